@@ -1,0 +1,162 @@
+"""The `pilot` command. Start-up stays fast: heavy libraries (torch, transformers, prefect) are imported inside
+the commands that need them, never at module level.
+
+Exit codes: 0 success; 1 the job ran and failed; 2 bad input or config (one line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from pilot_core.errors import JobFailed, UserError
+
+CONFIG_HELP = "YAML config file"
+SET_HELP = "override a config key, e.g. --set wsd.threshold=0.7 (repeatable)"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="pilot-wsd", prog_name="pilot")
+def cli() -> None:
+    """Pilot: curate GenerAlign, train pilot models, validate them with Weak-to-Strong Decoding, release them."""
+
+
+def _not_built(command: str, issue: int) -> None:
+    raise JobFailed(f"pilot {command}: not built yet (tracked in issue #{issue})")
+
+
+# ------------------------------------------------------------------------------------------------ run
+@cli.command()
+@click.option("--config", "config_path", required=True, help=CONFIG_HELP)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+def run(config_path: str, overrides: tuple[str, ...]) -> None:
+    """Run the pipeline described by a configs/pipeline/*.yaml file."""
+    from flows.pipeline_config import PipelineConfig
+    from pilot_core.config import load_config
+
+    cfg = load_config(PipelineConfig, config_path, overrides)
+    from flows.run_local import run_pipeline
+
+    run_pipeline(cfg)
+
+
+# ------------------------------------------------------------------------------------------------ config
+@cli.group()
+def config() -> None:
+    """Check and show configs."""
+
+
+@config.command("check")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+def config_check(paths: tuple[str, ...]) -> None:
+    """Validate YAML configs against the schema of their configs/<kind>/ directory."""
+    from flows.schemas import check_config
+
+    for p in paths:
+        check_config(p)
+        click.echo(f"ok  {p}")
+
+
+@config.command("show")
+@click.option("--config", "config_path", required=True, help=CONFIG_HELP)
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+def config_show(config_path: str, overrides: tuple[str, ...]) -> None:
+    """Print a config with defaults filled in and overrides applied."""
+    from flows.schemas import check_config
+    from pilot_core.config import dump_config
+
+    click.echo(dump_config(check_config(config_path, overrides)), nl=False)
+
+
+# ------------------------------------------------------------------------------------------------ models
+@cli.group()
+def models() -> None:
+    """Build tiny local models (tests, benchmarks, demo)."""
+
+
+@models.command("tiny")
+@click.option("--spec", "spec_path", required=True, help="configs/models/*.yaml (a TinyModelSpec)")
+@click.option("--out", required=True, type=click.Path(), help="output directory (must not exist)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
+def models_tiny(spec_path: str, out: str, overrides: tuple[str, ...]) -> None:
+    """Build a tiny causal LM with a locally trained tokenizer and save it with save_pretrained."""
+    from pathlib import Path
+
+    from pilot_core.config import load_config
+    from pilot_core.tiny_models import TinyModelSpec, build_tiny_model
+
+    spec = load_config(TinyModelSpec, spec_path, overrides)
+    if Path(out).exists():
+        raise UserError(f"--out {out}: already exists; choose a new directory")
+    click.echo(str(build_tiny_model(spec, out)))
+
+
+# ------------------------------------------------------------------------------------------------ stages
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def curate() -> None:
+    """Curate prompts into the GenerAlign dataset."""
+    _not_built("curate", 5)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def train() -> None:
+    """Train a pilot with SFT and DPO."""
+    _not_built("train", 7)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def validate() -> None:
+    """Validate a checkpoint with WSD against several base models."""
+    _not_built("validate", 8)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def release() -> None:
+    """Gate and publish a validated checkpoint."""
+    _not_built("release", 8)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def serve() -> None:
+    """Serve scheduled pipeline deployments."""
+    _not_built("serve", 9)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+def review() -> None:
+    """Export or import a curated subset for the data team's review."""
+    _not_built("review", 5)
+
+
+def _register_optional() -> None:
+    from flows.wsd_cli import wsd
+
+    cli.add_command(wsd)
+
+
+_register_optional()
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="pilot", standalone_mode=False)
+    except (UserError, JobFailed) as e:
+        click.echo(f"pilot: error: {e}" if isinstance(e, UserError) else f"pilot: {e}", err=True)
+        return e.exit_code
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.Abort:
+        click.echo("pilot: aborted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("pilot: interrupted", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

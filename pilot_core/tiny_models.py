@@ -1,0 +1,214 @@
+"""Tiny causal LMs built in-process: a BPE tokenizer trained locally, a chat template with {% generation %}
+markers, a Llama or Qwen2 of a chosen size with seeded random weights, saved with `save_pretrained`.
+
+Used by tests, benchmarks and the demo: no network, deterministic for a seed (same bytes on disk).
+Two tokenizer families make cross-tokenizer pilot/base pairs possible, as in the paper (Llama-3.2 pilot,
+Gemma-2 base).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from pilot_core.atomic import atomic_dir
+from pilot_core.config import BaseConfig
+from pilot_core.manifest import Manifest, config_hash, package_versions, read_manifest, write_manifest
+
+# head sizes vLLM's CPU attention accepts (reference/openai_servers.md): keep tiny models servable.
+VLLM_CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+# Special tokens and chat template of each family. Both templates wrap assistant turns in {% generation %}
+# so TRL's assistant_only_loss works, and end every turn with an end-of-turn token the pilot must learn to emit.
+FAMILIES = {
+    "chatml": {
+        "bos": "<s>", "eos": "<|im_end|>", "pad": "<pad>", "unk": "<unk>", "eod": "</s>",
+        "extra": ["<|im_start|>"],
+        "template": (
+            "{{ bos_token }}{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' }}"
+            "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + '<|im_end|>' }}"
+            "{% endgeneration %}{% else %}{{ message['content'] + '<|im_end|>' }}{% endif %}{{ '\n' }}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+        ),
+    },
+    "llama3": {
+        "bos": "<|begin_of_text|>", "eos": "<|eot_id|>", "pad": "<|finetune_right_pad_id|>", "unk": "<|unk|>",
+        "eod": "<|end_of_text|>", "extra": ["<|start_header_id|>", "<|end_header_id|>"],
+        "template": (
+            "{{ bos_token }}{% for message in messages %}"
+            "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
+            "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + '<|eot_id|>' }}"
+            "{% endgeneration %}{% else %}{{ message['content'] + '<|eot_id|>' }}{% endif %}{% endfor %}"
+            "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+        ),
+    },
+}
+
+
+class TokenizerSpec(BaseConfig):
+    family: Literal["chatml", "llama3"] = "chatml"
+    vocab_size: int = Field(512, ge=300, le=65536, description="BPE target size (byte alphabet + merges + specials)")
+
+
+class TinyModelSpec(BaseConfig):
+    """A tiny causal LM. Defaults give ~0.1M parameters; head_dim must be one vLLM's CPU backend accepts."""
+
+    arch: Literal["llama", "qwen2"] = "llama"
+    hidden_size: int = Field(64, ge=32)
+    num_layers: int = Field(2, ge=1)
+    num_heads: int = Field(2, ge=1)
+    num_kv_heads: int | None = Field(None, ge=1, description="defaults to num_heads")
+    intermediate_size: int | None = Field(None, ge=1, description="defaults to 2 * hidden_size")
+    max_position_embeddings: int = Field(4096, ge=64)
+    tie_word_embeddings: bool = False
+    init_std: float = Field(0.02, gt=0, description="weight init std; larger gives more confident random models")
+    seed: int = 0
+    tokenizer: TokenizerSpec = TokenizerSpec()
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> "TinyModelSpec":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        head_dim = self.hidden_size // self.num_heads
+        if head_dim not in VLLM_CPU_HEAD_DIMS:
+            raise ValueError(f"head_dim {head_dim} (hidden_size / num_heads) must be one of {VLLM_CPU_HEAD_DIMS}")
+        if self.num_heads % (self.num_kv_heads or self.num_heads):
+            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        return self
+
+
+_WORDS = (
+    "the a an of to in is it you that he she was for on are with as I his they be at one have this from or had by "
+    "word but what some we can out other were all there when up use your how said each which do their time if will "
+    "way about many then them write would like so these her long make thing see him two has look more day could go "
+    "come did number sound no most people my over know water than call first who may down side been now find any "
+    "new work part take get place made live where after back little only round man year came show every good me "
+    "give our under name very through just form sentence great think say help low line differ turn cause much mean "
+    "before move right boy old too same tell does set three want air well also play small end put home read hand "
+    "sorry cannot harmful safe answer question explain step first second because therefore sure here help please"
+).split()
+
+
+def default_corpus(n_lines: int = 600, seed: int = 1234) -> list[str]:
+    """A deterministic English-like corpus with role markers, chat-ish lines, digits and punctuation."""
+    rng = random.Random(seed)
+    lines = [
+        "[User]\nWhat is 12 + 7?\n\n[Assistant]\n12 + 7 = 19.",
+        "[System]\nYou are a helpful assistant.",
+        "I'm sorry, but I cannot help with that request because it could cause harm.",
+        "Sure! Here are the steps: 1. First, 2. Second, 3. Third.",
+        "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 100 1000",
+    ]
+    for _ in range(n_lines):
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 16))]
+        if rng.random() < 0.3:
+            words.insert(rng.randint(0, len(words)), str(rng.randint(0, 999)))
+        sent = " ".join(words)
+        sent = sent[0].upper() + sent[1:] + rng.choice([".", "?", "!", ":", ","])
+        if rng.random() < 0.2:
+            sent = f"[{rng.choice(['User', 'Assistant'])}]\n{sent}"
+        lines.append(sent)
+    return lines
+
+
+def train_tokenizer(spec: TokenizerSpec, corpus: list[str]):
+    """Train a byte-level BPE tokenizer with the family's special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    fam = FAMILIES[spec.family]
+    specials = [fam["pad"], fam["bos"], fam["eod"], fam["unk"], fam["eos"], *fam["extra"]]
+    tok = Tokenizer(models.BPE(unk_token=fam["unk"]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    bos_id = tok.token_to_id(fam["bos"])
+    # Like Llama: plain encoding adds BOS, so a base model sees BOS before raw text.
+    tok.post_processor = processors.TemplateProcessing(single=f"{fam['bos']} $A", pair=f"{fam['bos']} $A $B",
+                                                       special_tokens=[(fam["bos"], bos_id)])
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=fam["bos"], eos_token=fam["eos"],
+                                 pad_token=fam["pad"], unk_token=fam["unk"],
+                                 additional_special_tokens=[fam["eod"], *fam["extra"]])
+    hf.chat_template = fam["template"]
+    return hf
+
+
+def build_tiny_model(spec: TinyModelSpec, out_dir: str | Path, corpus: list[str] | None = None,
+                     overwrite: bool = False) -> Path:
+    """Build and save a tiny model + tokenizer into `out_dir` (atomically, with a manifest)."""
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    corpus = default_corpus() if corpus is None else corpus
+    tok = train_tokenizer(spec.tokenizer, corpus)
+    fam = FAMILIES[spec.tokenizer.family]
+    eos_ids = [tok.convert_tokens_to_ids(fam["eos"]), tok.convert_tokens_to_ids(fam["eod"])]
+    common = dict(
+        vocab_size=len(tok), hidden_size=spec.hidden_size, num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_kv_heads or spec.num_heads,
+        intermediate_size=spec.intermediate_size or 2 * spec.hidden_size,
+        max_position_embeddings=spec.max_position_embeddings, initializer_range=spec.init_std,
+        tie_word_embeddings=spec.tie_word_embeddings, bos_token_id=tok.bos_token_id, eos_token_id=eos_ids,
+        pad_token_id=tok.pad_token_id,
+    )
+    cfg_cls, model_cls = (LlamaConfig, LlamaForCausalLM) if spec.arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    torch.manual_seed(spec.seed)
+    model = model_cls(cfg_cls(**common)).eval()
+    model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=eos_ids,
+                                               pad_token_id=tok.pad_token_id, do_sample=False)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        write_manifest(tmp, Manifest(
+            kind="tiny-model", config_hash=config_hash(spec), config=spec.model_dump(mode="json"),
+            inputs={"corpus": _corpus_hash(corpus)},
+            data={"parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tok)},
+        ))
+    return Path(out_dir)
+
+
+def _corpus_hash(corpus: list[str]) -> str:
+    return hashlib.sha256("\n".join(corpus).encode("utf-8")).hexdigest()
+
+
+def cache_root() -> Path:
+    """$PILOT_CACHE_DIR, else $XDG_CACHE_HOME/pilot, else ~/.cache/pilot."""
+    if os.environ.get("PILOT_CACHE_DIR"):
+        return Path(os.environ["PILOT_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pilot"
+
+
+def cached_tiny_model(spec: TinyModelSpec, corpus: list[str] | None = None, cache_dir: str | Path | None = None) -> Path:
+    """Build once per (spec, corpus, library versions); later calls return the cached directory."""
+    corpus = default_corpus() if corpus is None else corpus
+    v = package_versions(("transformers", "tokenizers", "torch"))
+    key = config_hash({"spec": spec.model_dump(mode="json"), "corpus": _corpus_hash(corpus), "versions": v})[:16]
+    out = Path(cache_dir or cache_root() / "tiny-models") / key
+    if (out / "manifest.json").is_file():
+        read_manifest(out, kind="tiny-model")
+        return out
+    try:
+        return build_tiny_model(spec, out, corpus)
+    except FileExistsError:  # another process finished it first
+        read_manifest(out, kind="tiny-model")
+        return out
+
+
+# Two pilot/base pairs: the same tokenizer, and different tokenizer families (WSD must work across both).
+PILOT_SPEC = TinyModelSpec(hidden_size=64, num_layers=2, num_heads=2, init_std=0.2, seed=1)
+BASE_SPEC_SAME_TOKENIZER = TinyModelSpec(hidden_size=128, num_layers=3, num_heads=4, init_std=0.2, seed=2)
+BASE_SPEC_OTHER_TOKENIZER = TinyModelSpec(arch="qwen2", hidden_size=128, num_layers=3, num_heads=4, init_std=0.2,
+                                          seed=3, tokenizer=TokenizerSpec(family="llama3", vocab_size=700))
+
+
+def tiny_pair(kind: Literal["same", "different"], cache_dir: str | Path | None = None) -> tuple[Path, Path]:
+    """(pilot_dir, base_dir) for a pilot/base pair sharing a tokenizer ("same") or not ("different")."""
+    base = BASE_SPEC_SAME_TOKENIZER if kind == "same" else BASE_SPEC_OTHER_TOKENIZER
+    return cached_tiny_model(PILOT_SPEC, cache_dir=cache_dir), cached_tiny_model(base, cache_dir=cache_dir)

@@ -1,0 +1,117 @@
+"""The config system: every YAML under configs/ validates; errors name file, line, key, value, allowed."""
+
+from pathlib import Path
+
+import pytest
+
+from flows.pipeline_config import PipelineConfig
+from flows.schemas import SCHEMAS, check_config, schema_for
+from pilot_core.config import load_config
+from pilot_core.errors import UserError
+from wsd_inference.config import WSDConfig
+
+from .conftest import REPO
+
+ALL_YAML = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+def test_there_are_configs_of_every_kind():
+    kinds = {p.relative_to(REPO / "configs").parts[0] for p in ALL_YAML}
+    assert set(SCHEMAS) <= kinds
+
+
+@pytest.mark.parametrize("path", ALL_YAML, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_config_validates(path):
+    cfg = check_config(path)
+    assert isinstance(cfg, schema_for(path))
+
+
+def _write(tmp_path, text, kind="pipeline"):
+    d = tmp_path / "configs" / kind
+    d.mkdir(parents=True, exist_ok=True)
+    p = d / "x.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_unknown_key_names_file_line_key_and_allowed(tmp_path):
+    p = _write(tmp_path, "window: 6\nthreshold: 0.8\nwindw: 3\n", "wsd")
+    with pytest.raises(UserError) as e:
+        load_config(WSDConfig, p)
+    msg = str(e.value)
+    assert f"{p}:3" in msg and "unknown key 'windw'" in msg and "allowed: window, threshold" in msg
+
+
+def test_nested_unknown_key_and_bad_value(tmp_path):
+    demo = (REPO / "configs/pipeline/demo.yaml").read_text()
+    p = _write(tmp_path, demo.replace("  threshold: 0.8", "  threshold: 1.5\n  gamma: 1"))
+    with pytest.raises(UserError) as e:
+        load_config(PipelineConfig, p)
+    msg = str(e.value)
+    assert "key 'wsd.threshold': invalid value 1.5" in msg and "less than or equal to 1" in msg
+    assert "unknown key 'wsd.gamma'" in msg
+    line = demo.splitlines().index("  threshold: 0.8") + 1
+    assert f"{p}:{line}:" in msg
+
+
+def test_literal_lists_allowed_values(tmp_path):
+    p = _write(tmp_path, "arch: gpt2\n", "models")
+    with pytest.raises(UserError, match=r"key 'arch': invalid value 'gpt2'.*'llama' or 'qwen2'"):
+        check_config(p)
+
+
+def test_overrides_apply_and_are_validated():
+    cfg = load_config(PipelineConfig, REPO / "configs/pipeline/demo.yaml",
+                      ["wsd.threshold=0.5", "bases.1.tiny.seed=9", "name=other"])
+    assert cfg.wsd.threshold == 0.5 and cfg.bases[1].tiny.seed == 9 and cfg.name == "other"
+    with pytest.raises(UserError, match=r"--set wsd.window=zero: key 'wsd.window': invalid value 'zero'"):
+        load_config(PipelineConfig, REPO / "configs/pipeline/demo.yaml", ["wsd.window=zero"])
+    with pytest.raises(UserError, match="--set expects key.sub=value"):
+        load_config(PipelineConfig, REPO / "configs/pipeline/demo.yaml", ["wsd.window"])
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("", "the config is empty"),
+    ("- a\n- b\n", "top level must be a mapping"),
+    ("a: [1, 2\n", "invalid YAML"),
+])
+def test_malformed_yaml(tmp_path, text, expected):
+    p = _write(tmp_path, text, "wsd")
+    with pytest.raises(UserError, match=expected):
+        load_config(WSDConfig, p)
+
+
+def test_non_utf8_and_missing_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_bytes(b"window: \xff\xfe\n")
+    with pytest.raises(UserError, match="not valid UTF-8"):
+        load_config(WSDConfig, p)
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(WSDConfig, tmp_path / "nope.yaml")
+
+
+def test_model_source_needs_exactly_one_source(tmp_path):
+    demo = (REPO / "configs/pipeline/demo.yaml").read_text()
+    p = _write(tmp_path, demo.replace("  name: pilot-tiny\n", "  name: pilot-tiny\n  path: /some/dir\n"))
+    with pytest.raises(UserError, match="give exactly one of path, tiny, url"):
+        load_config(PipelineConfig, p)
+
+
+def test_names_that_become_paths_are_validated(tmp_path):
+    with pytest.raises(UserError, match="invalid pipeline name '../escape'"):
+        load_config(PipelineConfig, REPO / "configs/pipeline/demo.yaml", ["name=../escape"])
+
+
+def test_head_dim_vllm_cpu_rule():
+    from pilot_core.tiny_models import TinyModelSpec
+
+    with pytest.raises(ValueError, match="head_dim 16"):
+        TinyModelSpec(hidden_size=64, num_heads=4)
+    assert TinyModelSpec(hidden_size=64, num_heads=2).hidden_size == 64
+
+
+def test_unknown_config_kind(tmp_path):
+    p = _write(tmp_path, "a: 1\n", "nonsense")
+    with pytest.raises(UserError, match="unknown config kind 'nonsense'"):
+        check_config(p)
+    assert Path(p).exists()
