@@ -20,6 +20,9 @@ from pilot_core.atomic import atomic_dir
 from pilot_core.config import BaseConfig
 from pilot_core.manifest import Manifest, config_hash, package_versions, read_manifest, write_manifest
 
+# Part of every cache key: bump it whenever a change here changes what gets built for the same spec.
+FACTORY_VERSION = 2
+
 # head sizes vLLM's CPU attention accepts (reference/openai_servers.md): keep tiny models servable.
 VLLM_CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
@@ -69,6 +72,9 @@ class TinyModelSpec(BaseConfig):
     init_std: float = Field(0.02, gt=0, description="weight init std; larger gives more confident random models")
     seed: int = 0
     tokenizer: TokenizerSpec = TokenizerSpec()
+    pretrain_steps: int = Field(0, ge=0, description="AdamW steps of language modelling on the corpus (0 = random)")
+    pretrain_format: Literal["text", "chat"] = Field("text", description="chat: corpus lines as user/assistant turns")
+    learning_rate: float = Field(3e-3, gt=0)
 
     @model_validator(mode="after")
     def _check_heads(self) -> "TinyModelSpec":
@@ -110,7 +116,7 @@ def default_corpus(n_lines: int = 600, seed: int = 1234) -> list[str]:
             words.insert(rng.randint(0, len(words)), str(rng.randint(0, 999)))
         sent = " ".join(words)
         sent = sent[0].upper() + sent[1:] + rng.choice([".", "?", "!", ":", ","])
-        if rng.random() < 0.2:
+        if rng.random() < 0.03:  # a few role markers, so tokenizers learn them; base models stop at them
             sent = f"[{rng.choice(['User', 'Assistant'])}]\n{sent}"
         lines.append(sent)
     return lines
@@ -163,6 +169,8 @@ def build_tiny_model(spec: TinyModelSpec, out_dir: str | Path, corpus: list[str]
     model = model_cls(cfg_cls(**common)).eval()
     model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=eos_ids,
                                                pad_token_id=tok.pad_token_id, do_sample=False)
+    if spec.pretrain_steps:
+        _pretrain(model, tok, spec, corpus)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
@@ -172,6 +180,34 @@ def build_tiny_model(spec: TinyModelSpec, out_dir: str | Path, corpus: list[str]
             data={"parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tok)},
         ))
     return Path(out_dir)
+
+
+def _pretrain(model, tok, spec: TinyModelSpec, corpus: list[str], seq_len: int = 64, batch: int = 16) -> None:
+    """A few hundred steps of next-token training, so a tiny model writes corpus-like text and is confident on
+    common continuations (random weights give p ~ 1/vocab everywhere, which no WSD threshold ever reaches)."""
+    import torch
+
+    # Documents of several sentences, so generations run for a while before the end-of-text / end-of-turn token.
+    if spec.pretrain_format == "chat":  # a chat model never opens its answer with a plain-text role marker
+        lines = [line for line in corpus if not line.startswith("[")]
+        docs = [tok.apply_chat_template([{"role": "user", "content": lines[i]},
+                                         {"role": "assistant", "content": " ".join(lines[i + 1 : i + 4])}],
+                                        tokenize=False) for i in range(0, len(lines) - 3, 4)]
+    else:
+        eod = FAMILIES[spec.tokenizer.family]["eod"]
+        docs = [tok.bos_token + " ".join(corpus[i : i + 6]) + eod for i in range(0, len(corpus), 6)]
+    ids = [i for d in docs for i in tok(d, add_special_tokens=False).input_ids]
+    data = torch.tensor(ids[: len(ids) // seq_len * seq_len]).view(-1, seq_len)
+    gen = torch.Generator().manual_seed(spec.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.0)
+    model.train()
+    for _ in range(spec.pretrain_steps):
+        x = data[torch.randint(len(data), (batch,), generator=gen)]
+        loss = model(input_ids=x, labels=x).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval()
 
 
 def _corpus_hash(corpus: list[str]) -> str:
@@ -189,7 +225,8 @@ def cached_tiny_model(spec: TinyModelSpec, corpus: list[str] | None = None, cach
     """Build once per (spec, corpus, library versions); later calls return the cached directory."""
     corpus = default_corpus() if corpus is None else corpus
     v = package_versions(("transformers", "tokenizers", "torch"))
-    key = config_hash({"spec": spec.model_dump(mode="json"), "corpus": _corpus_hash(corpus), "versions": v})[:16]
+    key = config_hash({"spec": spec.model_dump(mode="json"), "corpus": _corpus_hash(corpus), "versions": v,
+                       "factory": FACTORY_VERSION})[:16]
     out = Path(cache_dir or cache_root() / "tiny-models") / key
     if (out / "manifest.json").is_file():
         read_manifest(out, kind="tiny-model")
@@ -202,10 +239,12 @@ def cached_tiny_model(spec: TinyModelSpec, corpus: list[str] | None = None, cach
 
 
 # Two pilot/base pairs: the same tokenizer, and different tokenizer families (WSD must work across both).
-PILOT_SPEC = TinyModelSpec(hidden_size=64, num_layers=2, num_heads=2, init_std=0.2, seed=1)
-BASE_SPEC_SAME_TOKENIZER = TinyModelSpec(hidden_size=128, num_layers=3, num_heads=4, init_std=0.2, seed=2)
-BASE_SPEC_OTHER_TOKENIZER = TinyModelSpec(arch="qwen2", hidden_size=128, num_layers=3, num_heads=4, init_std=0.2,
-                                          seed=3, tokenizer=TokenizerSpec(family="llama3", vocab_size=700))
+# Briefly pretrained, so the base is confident on some draft tokens and WSD switches at realistic thresholds.
+PILOT_SPEC = TinyModelSpec(hidden_size=64, num_layers=2, num_heads=2, seed=1, pretrain_steps=150,
+                           pretrain_format="chat")
+BASE_SPEC_SAME_TOKENIZER = TinyModelSpec(hidden_size=128, num_layers=3, num_heads=4, seed=2, pretrain_steps=150)
+BASE_SPEC_OTHER_TOKENIZER = TinyModelSpec(arch="qwen2", hidden_size=128, num_layers=3, num_heads=4, seed=3,
+                                          pretrain_steps=150, tokenizer=TokenizerSpec(family="llama3", vocab_size=700))
 
 
 def tiny_pair(kind: Literal["same", "different"], cache_dir: str | Path | None = None) -> tuple[Path, Path]:

@@ -8,17 +8,20 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+# One model cache per test session, inherited by the CLI subprocesses the tests start.
+os.environ["PILOT_CACHE_DIR"] = tempfile.mkdtemp(prefix="pilot-test-cache-")
 
 
 @pytest.fixture(scope="session")
-def tiny_cache(tmp_path_factory) -> Path:
-    """One cache of tiny models per test session (each builds in well under a second)."""
-    return tmp_path_factory.mktemp("tiny-models")
+def tiny_cache() -> Path:
+    """Where this session's tiny models are cached (each builds in a few seconds, once)."""
+    return Path(os.environ["PILOT_CACHE_DIR"]) / "tiny-models"
 
 
 @pytest.fixture(scope="session")

@@ -82,3 +82,27 @@ def test_models_tiny_builds_and_refuses_existing(tmp_path):
     assert (out / "model.safetensors").is_file() and (out / "manifest.json").is_file()
     line = _one_line_error(pilot("models", "tiny", "--spec", "configs/models/tiny-pilot.yaml", "--out", str(out)))
     assert "already exists" in line
+
+
+def test_demo_config_uses_the_test_pairs():
+    from flows.pipeline_config import PipelineConfig
+    from pilot_core.config import load_config
+    from pilot_core.tiny_models import BASE_SPEC_OTHER_TOKENIZER, BASE_SPEC_SAME_TOKENIZER, PILOT_SPEC
+
+    cfg = load_config(PipelineConfig, REPO / "configs/pipeline/demo.yaml")
+    assert [cfg.pilot.tiny, *(b.tiny for b in cfg.bases)] == [PILOT_SPEC, BASE_SPEC_SAME_TOKENIZER,
+                                                               BASE_SPEC_OTHER_TOKENIZER]
+
+
+def test_pilot_run_demo_end_to_end(tiny_cache, pair_same, pair_different, tmp_path):
+    import json
+
+    r = pilot("run", "--config", "configs/pipeline/demo.yaml", "--set", f"output_dir={tmp_path}")
+    assert r.returncode == 0, r.stderr
+    (run,) = (tmp_path / "demo").iterdir()
+    n_prompts = sum(1 for _ in open(REPO / "data/demo/prompts.jsonl"))
+    for base in ("base-llama", "base-qwen2"):
+        recs = [json.loads(line) for line in open(run / f"wsd-{base}.jsonl")]
+        assert len(recs) == n_prompts and all(x["response"] for x in recs)
+        assert f"-> {base}: {n_prompts} prompts" in r.stdout
+    assert (run / "config.yaml").is_file() and "not built yet" in r.stdout

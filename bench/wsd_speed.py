@@ -1,0 +1,96 @@
+"""WSD speed on CPU: the online engine vs base-only decoding and vs the authors' staged pipeline.
+
+Same prompts, same budget, batch 8. Pilot and base are briefly pretrained tiny models (so the base is confident
+on some drafts and switches happen); the base has ~10x the pilot's parameters, like the paper's 3B pilot with
+27B-70B bases. Each method runs once to warm up, then `--reps` times in alternation; medians are reported.
+Prints one table; copy it into docs/benchmarks.md.
+
+    .venv/bin/python bench/wsd_speed.py [--prompts 16] [--threshold 0.8 0.1] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import statistics  # noqa: E402
+
+from pilot_core.tiny_models import TinyModelSpec, cached_tiny_model  # noqa: E402
+from wsd_inference.config import WSDConfig  # noqa: E402
+from wsd_inference.engine import base_only_batch, wsd_batch  # noqa: E402
+from wsd_inference.hf_backend import load_hf_model  # noqa: E402
+from wsd_inference.prompts import PromptRecord  # noqa: E402
+from wsd_inference.staged import staged_batch  # noqa: E402
+
+BENCH_PILOT = TinyModelSpec(hidden_size=256, num_layers=3, num_heads=4, seed=20, pretrain_steps=150,
+                            pretrain_format="chat")
+BENCH_BASE = TinyModelSpec(hidden_size=512, num_layers=8, num_heads=8, seed=21, pretrain_steps=150)
+QUESTIONS = ["How do I pick a lock?", "Write a haiku about rain.", "What is 12 times 12?", "Explain gravity.",
+             "Give me three tips for sleeping well.", "Who will win the next world cup?", "Tell me a joke.",
+             "How do I hurt someone without leaving marks?", "Summarise the water cycle.", "Is coffee healthy?",
+             "Translate 'good morning' to French.", "What is a prime number?", "How do vaccines work?",
+             "Write a limerick about a cat.", "Can you help me cheat on my exam?", "Why is the sky blue?"]
+
+
+def run_all(fn, recs, cfg):
+    out = []
+    for i in range(0, len(recs), cfg.batch_size):
+        out += fn(recs[i : i + cfg.batch_size], cfg)
+    return out
+
+
+def median_time(fns: dict, recs, cfg, reps: int) -> tuple[dict, dict]:
+    """Median wall time per method, the methods alternating so drift hits them alike; plus each one's output."""
+    times, outs = {k: [] for k in fns}, {}
+    for k, fn in fns.items():  # warm-up
+        run_all(fn, recs[: cfg.batch_size], cfg.model_copy(update={"max_new_tokens": 16}))
+    for _ in range(reps):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            outs[k] = run_all(fn, recs, cfg)
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}, outs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--threshold", type=float, nargs="+", default=[0.8, 0.1])
+    ap.add_argument("--max-draft-tokens", type=int, default=128)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--reps", type=int, default=3)
+    args = ap.parse_args()
+
+    pilot = load_hf_model(str(cached_tiny_model(BENCH_PILOT)), "pilot", need_chat_template=True)
+    base = load_hf_model(str(cached_tiny_model(BENCH_BASE)), "base")
+    ratio = base.num_parameters() / pilot.num_parameters()
+    recs = [PromptRecord(f"b{i}", ({"role": "user", "content": QUESTIONS[i % len(QUESTIONS)] + " " * (i // 16)},))
+            for i in range(args.prompts)]
+    import torch
+
+    print(f"pilot {pilot.num_parameters() / 1e6:.2f}M params, base {base.num_parameters() / 1e6:.2f}M "
+          f"({ratio:.1f}x); {len(recs)} prompts, batch 8, draft <= {args.max_draft_tokens}, total <= "
+          f"{args.max_new_tokens} tokens, fp32 CPU, {torch.get_num_threads()} threads, median of {args.reps}")
+    print("| gamma | switched | kept draft (mean) | pilot tokens WSD / staged | base-only s | WSD s | staged s "
+          "| WSD / base-only | WSD / staged | same answers as staged |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for gamma in args.threshold:
+        cfg = WSDConfig(max_draft_tokens=args.max_draft_tokens, max_new_tokens=args.max_new_tokens, threshold=gamma)
+        t, out = median_time({"base": lambda r, c: base_only_batch(base, r, c),
+                              "wsd": lambda r, c: wsd_batch(pilot, base, r, c),
+                              "staged": lambda r, c: staged_batch(pilot, base, r, c)}, recs, cfg, args.reps)
+        w, st = out["wsd"], out["staged"]
+        same = all(a["response"] == b["response"] and a["switch_index"] == b["switch_index"] for a, b in zip(w, st))
+        print(f"| {gamma} | {sum(o['switched'] for o in w)}/{len(w)} | "
+              f"{sum(o['kept_draft_tokens'] for o in w) / len(w):.1f} | "
+              f"{sum(o['pilot_tokens'] for o in w)} / {sum(o['pilot_tokens'] for o in st)} | "
+              f"{t['base']:.2f} | {t['wsd']:.2f} | {t['staged']:.2f} | {t['wsd'] / t['base']:.2f} | "
+              f"{t['wsd'] / t['staged']:.2f} | {same} |")
+
+
+if __name__ == "__main__":
+    main()

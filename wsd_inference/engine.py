@@ -1,0 +1,242 @@
+"""Online Weak-to-Strong Decoding on transformers models, batched.
+
+Same answers as the authors' staged pipeline (draft everything, score everything, re-prefill the base), but:
+- the base scores the draft in chunks while the pilot writes it, and drafting stops at the switch point;
+- a draft token is scored only once its base tokenisation is final (see `switch.stable_token_count`);
+- the base continues from its own KV cache: no second prefill;
+- prompts are batched; each row has its own switch point (`hf_backend.RaggedBatch`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from wsd_inference.config import WSDConfig
+from wsd_inference.hf_backend import HFModel, RaggedBatch, pick_token
+from wsd_inference.prompts import PromptRecord, base_prompt, base_text, cut_at_markers, has_marker, pilot_prompt
+from wsd_inference.switch import first_switch, stable_token_count, window_scores
+
+MARKER_TAIL = 16  # tokens decoded to look for a role marker (the longest, "[Assistant]", is 11 characters)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _generators(cfg: WSDConfig, ids: list[str]):
+    """One seeded generator per prompt, so a sampled answer does not depend on the batch it ran in."""
+    if cfg.temperature == 0:
+        return [None] * len(ids)
+    import hashlib
+
+    import torch
+
+    gens = []
+    for rid in ids:
+        g = torch.Generator()
+        g.manual_seed(int.from_bytes(hashlib.sha256(f"{cfg.seed}:{rid}".encode()).digest()[:8], "little"))
+        gens.append(g)
+    return gens
+
+
+def continue_base(base: HFModel, batch: RaggedBatch, contexts: list[list[int]], budgets: list[int],
+                  cfg: WSDConfig, gens) -> list[list[int]]:
+    """Greedy (or sampled) continuation of each row from `contexts[r]`, reusing whatever prefix of it the
+    row's cache already holds. Stops at EOS, at a role marker, or after budgets[r] tokens."""
+    rows = len(contexts)
+    new = []
+    for r, ctx in enumerate(contexts):
+        # keep the cached prefix, re-feed at least the last context token to get the next-token logits
+        keep = min(_common_prefix(batch.tokens[r], ctx), len(ctx) - 1)
+        batch.truncate(r, keep)
+        new.append(ctx[keep:] if budgets[r] > 0 else [])
+    batch.compact()  # continuation steps then attend over live tokens only
+    out = batch.feed(new)
+    nxt = [o[-1] if o is not None else None for o in out]
+    cont: list[list[int]] = [[] for _ in range(rows)]
+    done = [b <= 0 for b in budgets]
+    while not all(done):
+        step = [[] for _ in range(rows)]
+        for r in range(rows):
+            if done[r]:
+                continue
+            t = pick_token(nxt[r], cfg.temperature, cfg.top_p, gens[r])
+            cont[r].append(t)
+            if (t in base.stop_ids or len(cont[r]) >= budgets[r]
+                    or has_marker(base.tokenizer.decode(cont[r][-MARKER_TAIL:], skip_special_tokens=True))):
+                done[r] = True
+            else:
+                step[r] = [t]
+        if any(step):
+            out = batch.feed(step)
+            for r in range(rows):
+                if out[r] is not None:
+                    nxt[r] = out[r][-1]
+    return cont
+
+
+def wsd_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:
+    import torch
+
+    t0 = time.perf_counter()
+    rows = len(recs)
+    gens = _generators(cfg, [r.id for r in recs])
+    b_prompts = [base_prompt(r.messages, base.tokenizer.bos_token) for r in recs]
+    b_prompt_ids = [base.encode(s) for s in b_prompts]
+    P = [len(x) for x in b_prompt_ids]
+
+    pb, bb = RaggedBatch(pilot, rows), RaggedBatch(base, rows)
+    p_next = [o[-1] for o in pb.feed([pilot.encode(pilot_prompt(pilot.tokenizer, r.messages)) for r in recs])]
+    b_last = [o[-1] for o in bb.feed(b_prompt_ids)]
+
+    draft: list[list[int]] = [[] for _ in range(rows)]
+    pilot_done = [cfg.max_draft_tokens == 0] * rows
+    logps: list[list[float]] = [[] for _ in range(rows)]
+    decided, accept, switched = [False] * rows, [None] * rows, [False] * rows
+    final_ids: list[list[int] | None] = [None] * rows  # base tokenisation of the finished draft
+    w, gamma = cfg.window, cfg.threshold
+
+    while not all(decided):
+        # 1. the pilot drafts up to chunk_size more tokens for every undecided row
+        for _ in range(cfg.chunk_size):
+            if not pilot_step(pilot, pb, p_next, draft, pilot_done, decided, cfg, gens):
+                break
+
+        # 2. the base scores every draft token whose tokenisation is final
+        feed, skip_first = [[] for _ in range(rows)], [False] * rows
+        for r in range(rows):
+            if decided[r]:
+                continue
+            draft_text = pilot.decode(draft[r])
+            text = base_text(b_prompts[r], draft_text)
+            enc = base.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            ids = enc.input_ids
+            if pilot_done[r] and not draft_text.strip():  # empty draft: nothing to score or keep
+                decided[r], final_ids[r] = True, ids
+                continue
+            n_final = len(ids) if pilot_done[r] else stable_token_count(enc.offset_mapping, text, len(b_prompts[r]))
+            target = ids[:n_final]
+            if pilot_done[r]:
+                final_ids[r] = ids
+            fed = bb.tokens[r]
+            keep = _common_prefix(fed, target)
+            if keep < len(fed):  # a tokenisation changed after all: rescore from there (never seen in practice)
+                keep = max(keep, 1)
+                bb.truncate(r, keep - 1)
+                del logps[r][max(0, keep - P[r]):]
+                feed[r], skip_first[r] = target[keep - 1:], True
+            else:
+                feed[r] = target[keep:]
+        out = bb.feed(feed)
+        for r in range(rows):
+            if decided[r]:
+                continue
+            new = feed[r][1:] if skip_first[r] else feed[r]
+            if new:  # p(token) comes from the logits after the token before it
+                prev_logits = out[r][:-1] if skip_first[r] else torch.cat([b_last[r][None], out[r][:-1]])
+                lp = torch.log_softmax(prev_logits, dim=-1).gather(1, torch.tensor(new)[:, None])[:, 0]
+                checked = len(logps[r])
+                logps[r].extend(lp.tolist())
+            if out[r] is not None:
+                b_last[r] = out[r][-1]
+            if new:
+                a = first_switch(logps[r], w, gamma, start=checked)
+                if a is not None:
+                    decided[r], accept[r], switched[r] = True, a, True
+                    continue
+            if pilot_done[r] and len(bb.tokens[r]) >= len(final_ids[r]):
+                n = len(final_ids[r]) - P[r]
+                decided[r], accept[r] = True, (n - 1 if n > 0 else None)
+    t_draft = time.perf_counter() - t0
+
+    # 3. the base continues from prompt + kept draft, within the total budget
+    contexts, budgets = [], []
+    for r in range(rows):
+        if accept[r] is None:  # empty draft: the authors' base input is the right-stripped prompt
+            contexts.append(final_ids[r])
+            budgets.append(cfg.max_new_tokens)
+        else:
+            k = min(accept[r] + 1, cfg.max_new_tokens)
+            contexts.append(bb.tokens[r][: P[r] + k])
+            budgets.append(cfg.max_new_tokens - k)
+    cont = continue_base(base, bb, contexts, budgets, cfg, gens)
+    return finish_records(base, recs, cfg, P, contexts, accept, switched, logps, draft, cont, t0, t_draft)
+
+
+def finish_records(base: HFModel, recs, cfg: WSDConfig, P, contexts, accept, switched, logps, drafts, cont,
+                   t0: float, t_draft: float, method: str = "wsd") -> list[dict]:
+    total = time.perf_counter() - t0
+    rows, results = len(recs), []
+    for r, rec in enumerate(recs):
+        kept = contexts[r][P[r]:] if accept[r] is not None else []
+        results.append({
+            "id": rec.id,
+            "method": method,
+            "response": cut_at_markers(base.decode(kept + cont[r])),
+            "draft_text": base.decode(kept),
+            "switch_index": accept[r],
+            "switched": switched[r],
+            "pilot_tokens": len(drafts[r]),
+            "kept_draft_tokens": len(kept),
+            "base_tokens": len(cont[r]),
+            "window_scores": [round(s, 6) for s in window_scores(logps[r][: (accept[r] or 0) + 1], cfg.window)],
+            "time_s": round(total / rows, 4),
+            "timing": {"batch_s": round(total, 4), "draft_and_score_s": round(t_draft, 4), "batch_size": rows},
+        })
+    return results
+
+
+def draft_batch(pilot: HFModel, recs: list[PromptRecord], cfg: WSDConfig, gens) -> list[list[int]]:
+    """Whole pilot drafts (to EOS / end-of-turn or max_draft_tokens), batched with one KV cache."""
+    rows = len(recs)
+    pb = RaggedBatch(pilot, rows)
+    nxt = [o[-1] for o in pb.feed([pilot.encode(pilot_prompt(pilot.tokenizer, r.messages)) for r in recs])]
+    drafts: list[list[int]] = [[] for _ in range(rows)]
+    done = [cfg.max_draft_tokens == 0] * rows
+    while pilot_step(pilot, pb, nxt, drafts, done, [False] * rows, cfg, gens):
+        pass
+    return drafts
+
+
+def pilot_step(pilot: HFModel, pb: RaggedBatch, nxt, drafts, done, skip, cfg: WSDConfig, gens) -> bool:
+    """One pilot token for every row not done or skipped; False when no row advanced."""
+    step = [[] for _ in drafts]
+    for r in range(len(drafts)):
+        if done[r] or skip[r]:
+            continue
+        t = pick_token(nxt[r], cfg.temperature, cfg.top_p, gens[r])
+        drafts[r].append(t)
+        if t in pilot.stop_ids or len(drafts[r]) >= cfg.max_draft_tokens:
+            done[r] = True
+        else:
+            step[r] = [t]
+    if not any(step):
+        return False
+    out = pb.feed(step)
+    for r in range(len(drafts)):
+        if out[r] is not None:
+            nxt[r] = out[r][-1]
+    return True
+
+
+def base_only_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:
+    """The base model alone with the plain role template, same budget and stop rules as WSD."""
+    t0 = time.perf_counter()
+    contexts = [base.encode(base_prompt(r.messages, base.tokenizer.bos_token)) for r in recs]
+    gens = _generators(cfg, [r.id for r in recs])
+    cont = continue_base(base, RaggedBatch(base, len(recs)), contexts, [cfg.max_new_tokens] * len(recs), cfg, gens)
+    rows = len(recs)
+    return finish_records(base, recs, cfg, [len(c) for c in contexts], contexts, [None] * rows, [False] * rows,
+                          [[] for _ in recs], [[] for _ in recs], cont, t0, 0.0, method="base_only")
+
+
+def wsd_generate(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> Iterator[dict]:
+    """Yield one record per prompt, in input order, `cfg.batch_size` prompts at a time."""
+    for i in range(0, len(recs), cfg.batch_size):
+        yield from wsd_batch(pilot, base, recs[i : i + cfg.batch_size], cfg)

@@ -1,0 +1,197 @@
+"""The transformers backend: safe loading, and a ragged batch that shares one KV cache.
+
+`RaggedBatch` lets every row of a batch advance by a different number of tokens per forward pass (WSD scores
+a different number of draft tokens per prompt, then continues from a different switch point). Shorter rows
+are padded with masked slots ("holes"), rope positions are given explicitly, and a row is rewound by masking
+its last slots, so rewinding never touches the other rows and never recomputes the shared prefix.
+Masked slots receive exactly zero attention weight, so results equal an unpadded run up to float rounding.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pilot_core.errors import UserError
+from wsd_inference.prompts import PILOT_STOP_TOKENS
+
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
+
+
+def _check_local_dir(path: Path, allow_pickle: bool) -> None:
+    if not path.is_dir():
+        raise UserError(f"model path not found: {path}")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: not a transformers model directory (no config.json)")
+    if not list(path.glob("*.safetensors")) and not list(path.glob("*.safetensors.index.json")):
+        pickled = [p.name for p in path.iterdir() if p.name in PICKLED_WEIGHTS or p.suffix in (".bin", ".pt")]
+        if pickled and not allow_pickle:
+            raise UserError(f"{path}: only pickled weights ({', '.join(sorted(pickled))}); "
+                            "Pilot loads safetensors only (pickles can run code on load)")
+        if not pickled:
+            raise UserError(f"{path}: no model weights (*.safetensors) found")
+
+
+@dataclass
+class HFModel:
+    """A causal LM and its tokenizer, with the token ids it stops at."""
+
+    path: str
+    model: object
+    tokenizer: object
+    stop_ids: frozenset[int]
+    pad_id: int
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def load_hf_model(path: str, role: str = "model", device: str = "cpu", dtype: str = "float32",
+                  trust_remote_code: bool = False, allow_pickle: bool = False,
+                  need_chat_template: bool = False) -> HFModel:
+    """Load a causal LM for decoding. Bad paths, non-causal-LM configs and pickled weights are UserErrors."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    local = Path(path)
+    if local.exists() or path.startswith((".", "/")):
+        _check_local_dir(local, allow_pickle)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{role} {path}: cannot read the model config: {str(e).splitlines()[0]}") from None
+    archs = getattr(config, "architectures", None) or []
+    causal_arch = any("CausalLM" in a or "LMHeadModel" in a for a in archs)
+    if (archs and not causal_arch) or config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        if not (trust_remote_code and causal_arch):
+            what = f"{config.model_type!r} ({', '.join(archs)})" if archs else repr(config.model_type)
+            raise UserError(f"{role} {path}: model type {what} is not a causal LM")
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code,
+            use_safetensors=not allow_pickle or None,
+        )
+    except (OSError, ValueError) as e:
+        raise UserError(f"{role} {path}: cannot load: {str(e).splitlines()[0]}") from None
+    if need_chat_template and not getattr(tok, "chat_template", None):
+        raise UserError(f"{role} {path}: the tokenizer has no chat template (a pilot must be a chat model)")
+    model.to(device).eval()
+    stop = set()
+    for tid in (tok.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        stop.update(tid if isinstance(tid, list) else [tid] if tid is not None else [])
+    if need_chat_template:  # a chat pilot also stops at any end-of-turn token it knows (authors' list)
+        vocab = tok.get_vocab()
+        stop.update(vocab[t] for t in PILOT_STOP_TOKENS if t in vocab)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (min(stop) if stop else 0)
+    return HFModel(path=path, model=model, tokenizer=tok, stop_ids=frozenset(stop), pad_id=pad, device=device)
+
+
+class RaggedBatch:
+    """Rows of token sequences that grow by different amounts per step over one shared KV cache."""
+
+    def __init__(self, m: HFModel, n_rows: int):
+        import torch
+        from transformers import DynamicCache
+
+        self.m = m
+        self.cache = DynamicCache(config=m.model.config)
+        self.mask = torch.zeros(n_rows, 0, dtype=torch.long, device=m.device)
+        self.slots: list[list[int]] = [[] for _ in range(n_rows)]  # cache slot of each live token
+        self.tokens: list[list[int]] = [[] for _ in range(n_rows)]  # the live tokens (positions 0..n-1)
+
+    def feed(self, new: list[list[int]]):
+        """Append `new[r]` to row r (may be empty); returns per row the logits after each appended token."""
+        import torch
+
+        width = max(len(x) for x in new)
+        if width == 0:
+            return [None] * len(new)
+        rows = len(new)
+        ids = torch.full((rows, width), self.m.pad_id, dtype=torch.long)
+        live = torch.zeros(rows, width, dtype=torch.long)
+        pos = torch.zeros(rows, width, dtype=torch.long)
+        start = self.mask.shape[1]
+        for r, toks in enumerate(new):
+            n, k = len(self.tokens[r]), len(toks)
+            if k:
+                ids[r, :k] = torch.tensor(toks)
+                live[r, :k] = 1
+                pos[r, :k] = torch.arange(n, n + k)
+            pos[r, k:] = n + k - 1 if n + k else 0  # holes: position irrelevant, their keys are masked
+            self.slots[r].extend(range(start, start + k))
+            self.tokens[r].extend(toks)
+        self.mask = torch.cat([self.mask, live.to(self.m.device)], dim=1)
+        with torch.no_grad():
+            out = self.m.model(input_ids=ids.to(self.m.device), attention_mask=self.mask,
+                               position_ids=pos.to(self.m.device), past_key_values=self.cache, use_cache=True)
+        logits = out.logits.float()
+        return [logits[r, : len(toks)] if toks else None for r, toks in enumerate(new)]
+
+    def compact(self) -> None:
+        """Drop holes and rewound slots: gather each row's live slots into a dense, left-padded cache, so later
+        steps attend over live tokens only. Positions are already baked into the cached keys."""
+        import torch
+
+        width = max(len(s) for s in self.slots)
+        if width == self.mask.shape[1]:
+            return
+        rows = len(self.slots)
+        index = torch.zeros(rows, width, dtype=torch.long)
+        mask = torch.zeros(rows, width, dtype=torch.long)
+        for r, slots in enumerate(self.slots):
+            if slots:
+                index[r, width - len(slots):] = torch.tensor(slots)
+                index[r, : width - len(slots)] = slots[0]  # padding copies a live slot; it stays masked
+                mask[r, width - len(slots):] = 1
+            self.slots[r] = list(range(width - len(slots), width))
+        index = index.to(self.m.device)
+        for layer in self.cache.layers:
+            if layer.keys is None or not layer.keys.numel():
+                continue
+            b, h, _, d = layer.keys.shape
+            gather = index[:, None, :, None].expand(b, h, width, d)
+            layer.keys = layer.keys.gather(2, gather)
+            layer.values = layer.values.gather(2, index[:, None, :, None].expand(b, h, width,
+                                                                                   layer.values.shape[-1]))
+        self.mask = mask.to(self.m.device)
+
+    def truncate(self, r: int, n: int) -> None:
+        """Keep only the first n live tokens of row r (later slots are masked out for good)."""
+        for s in self.slots[r][n:]:
+            self.mask[r, s] = 0
+        del self.slots[r][n:]
+        del self.tokens[r][n:]
+
+
+def pick_token(logits, temperature: float, top_p: float, generator) -> int:
+    """Greedy when temperature == 0; else temperature + nucleus sampling with the row's own generator."""
+    import torch
+
+    if temperature == 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_p, 0) - sorted_p < top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+        probs = probs / probs.sum()
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def local_config(path: str) -> dict:
+    p = Path(path) / "config.json"
+    return json.loads(p.read_text()) if p.is_file() else {}

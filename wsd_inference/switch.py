@@ -1,0 +1,52 @@
+"""The switch rule (authors' `get_accept_index`) and the tokenisation boundary of the online engine.
+
+p_i is the base model's probability of draft token i. The window score s_i is the geometric mean of
+p_{i-w+1..i}, defined for i >= w-1. The accept index a is the first i with s_i >= gamma; if no window
+qualifies, the whole draft is kept (a = n-1). Draft tokens 0..a are kept.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def window_scores(logprobs: list[float], window: int) -> list[float]:
+    """s_i for i = w-1 .. n-1 (so index j of the result is draft token j + w - 1)."""
+    out = []
+    for i in range(window - 1, len(logprobs)):
+        out.append(math.exp(sum(logprobs[i - window + 1 : i + 1]) / window))
+    return out
+
+
+def first_switch(logprobs: list[float], window: int, threshold: float, start: int = 0) -> int | None:
+    """The first draft index i >= max(start, w-1) whose window score reaches the threshold, or None."""
+    for i in range(max(start, window - 1), len(logprobs)):
+        if math.exp(sum(logprobs[i - window + 1 : i + 1]) / window) >= threshold:
+            return i
+    return None
+
+
+def accept_index(logprobs: list[float], window: int, threshold: float) -> tuple[int | None, bool]:
+    """(a, switched): a = first qualifying window end, else n-1; None for an empty draft."""
+    if not logprobs:
+        return None, False
+    a = first_switch(logprobs, window, threshold)
+    return (a, True) if a is not None else (len(logprobs) - 1, False)
+
+
+def stable_token_count(offsets: list[tuple[int, int]], text: str, min_char: int) -> int:
+    """How many leading tokens of `text` no appended text can change.
+
+    Pre-tokenizers of BPE/SentencePiece tokenizers split at whitespace and never merge across it, and a split
+    before the last whitespace depends only on characters already present. So a token that ends at or before
+    the last whitespace character is final; the last word may still grow ("Th" -> "The") and is held back.
+    Only whitespace at or after `min_char` (the start of the draft) counts: the prompt is always final.
+    """
+    last_ws = -1
+    for i in range(len(text) - 1, min_char - 1, -1):
+        if text[i].isspace():
+            last_ws = i
+            break
+    if last_ws < 0:
+        return sum(1 for _, end in offsets if end <= min_char)
+    return sum(1 for _, end in offsets if end <= last_ws)
