@@ -8,39 +8,9 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from pilot_core.config import BaseConfig
+from pilot_core.model_source import ModelSource
 from pilot_core.names import validate_name
-from pilot_core.tiny_models import TinyModelSpec
 from wsd_inference.config import WSDConfig
-
-
-class ModelSource(BaseConfig):
-    """Where a model comes from: exactly one of `path` (local directory or hub id), `tiny` (built in-process
-    and cached) or `url` (an OpenAI-compatible server such as vLLM, serving `served_model`)."""
-
-    name: str
-    path: str | None = None
-    tiny: TinyModelSpec | None = None
-    url: str | None = None
-    served_model: str | None = None
-    api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
-    trust_remote_code: bool = False
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        try:
-            return validate_name(v, "model name")
-        except Exception as e:  # surface as a validation error with the key's location
-            raise ValueError(str(e)) from None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "ModelSource":
-        given = [k for k in ("path", "tiny", "url") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of path, tiny, url (got {', '.join(given) or 'none'})")
-        if self.url and not self.served_model:
-            raise ValueError("a url source needs served_model (the model name the server serves)")
-        return self
 
 
 class PipelineConfig(BaseConfig):

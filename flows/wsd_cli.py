@@ -6,11 +6,6 @@ import click
 
 from pilot_core.errors import UserError
 
-FLAG_TO_KEY = {"window": "window", "threshold": "threshold", "max_draft_tokens": "max_draft_tokens",
-               "max_new_tokens": "max_new_tokens", "batch_size": "batch_size", "chunk_size": "chunk_size",
-               "temperature": "temperature", "top_p": "top_p", "seed": "seed"}
-
-
 @click.group()
 def wsd() -> None:
     """Weak-to-Strong Decoding and the methods it is compared with."""
@@ -34,43 +29,38 @@ def wsd() -> None:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--trust-remote-code", is_flag=True, help="allow model repos to run their own code (off by default)")
-def generate(pilot, base, input_path, output_path, config_path, device, dtype, trust_remote_code, **flags) -> None:
-    """Generate answers with Weak-to-Strong Decoding: the pilot drafts, the base takes over once confident."""
+@click.option("--pilot-model", help="model name on the pilot's server (when --pilot is a URL)")
+@click.option("--base-model", help="model name on the base's server (when --base is a URL)")
+@click.option("--base-tokenizer", help="the base's tokenizer (path or hub id) when --base is a URL; "
+              "default: --base-model")
+@click.option("--api-key-env", help="environment variable holding the servers' API key")
+def generate(pilot, base, input_path, output_path, config_path, device, dtype, trust_remote_code, pilot_model,
+             base_model, base_tokenizer, api_key_env, **flags) -> None:
+    """Generate answers with Weak-to-Strong Decoding: the pilot drafts, the base takes over once confident.
+
+    --pilot and --base are local model directories (or hub ids), or base URLs of OpenAI-compatible servers
+    such as vLLM (http://host:port/v1, with --pilot-model / --base-model naming the served models)."""
     from pilot_core.config import load_config, validate_config
+    from pilot_core.model_source import ModelSource
     from wsd_inference.config import WSDConfig
     from wsd_inference.prompts import load_prompts
+    from wsd_inference.runner import generate_to_file
 
     data = load_config(WSDConfig, config_path).model_dump() if config_path else {}
-    data.update({FLAG_TO_KEY[k]: v for k, v in flags.items() if v is not None})
+    data.update({k: v for k, v in flags.items() if v is not None})  # option names are the config keys
     cfg = validate_config(WSDConfig, data, source="options")
     prompts = load_prompts(input_path)
-    if pilot.startswith(("http://", "https://")) or base.startswith(("http://", "https://")):
-        raise UserError("OpenAI-compatible server backends are not built yet (issue #3); give local model paths")
-
-    from wsd_inference.records import ResumableJsonl
-
-    settings = {"method": "wsd", "pilot": pilot, "base": base, "config": cfg.model_dump(mode="json")}
-    out = ResumableJsonl(output_path, settings)
-    done = out.done_ids()
-    todo = [p for p in prompts if p.id not in done]
-    if not todo and out.path.exists():
+    sources = []
+    for role, where, model, tok in (("pilot", pilot, pilot_model, None), ("base", base, base_model, base_tokenizer)):
+        is_url = where.startswith(("http://", "https://"))
+        if is_url and not model:
+            raise UserError(f"--{role}-model is required when --{role} is a URL (the name the server serves)")
+        fields = {"url": where, "served_model": model, "tokenizer": tok} if is_url else {"path": where}
+        sources.append(validate_config(ModelSource, {"name": role, "trust_remote_code": trust_remote_code,
+                                                     "api_key_env": api_key_env, **fields}, source=f"--{role}"))
+    s = generate_to_file(sources[0], sources[1], prompts, cfg, output_path, device, dtype)
+    if not s["new"]:
         click.echo(f"{output_path}: all {len(prompts)} prompts already done", err=True)
-        return
-
-    from tqdm import tqdm
-
-    from wsd_inference.engine import wsd_batch
-    from wsd_inference.hf_backend import load_hf_model
-
-    pilot_m = load_hf_model(pilot, "pilot", device, dtype, trust_remote_code, need_chat_template=True)
-    base_m = load_hf_model(base, "base", device, dtype, trust_remote_code)
-    switched = 0
-    with out, tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="wsd", unit="prompt") as bar:
-        for i in range(0, len(todo), cfg.batch_size):
-            records = wsd_batch(pilot_m, base_m, todo[i : i + cfg.batch_size], cfg)
-            out.write(records)
-            switched += sum(r["switched"] for r in records)
-            bar.update(len(records))
-        out.finish()
-    click.echo(f"{output_path}: {len(todo)} new answers ({switched} switched to the base), "
-               f"{len(prompts) - len(todo)} already done", err=True)
+    else:
+        click.echo(f"{output_path}: {s['new']} new answers ({s['switched']} switched to the base), "
+                   f"{s['already_done']} already done", err=True)

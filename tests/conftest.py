@@ -36,3 +36,20 @@ def pair_different(tiny_cache):
     from pilot_core.tiny_models import tiny_pair
 
     return tiny_pair("different", cache_dir=tiny_cache)
+
+
+@pytest.fixture(scope="session")
+def vllm_servers(pair_same, pair_different, tmp_path_factory):
+    """Real vLLM servers on loopback: the tiny pilot and both tiny bases (started together, ~1-2 min)."""
+    from .vllm_server import VLLMServer
+
+    logs = tmp_path_factory.mktemp("vllm-logs")
+    servers = {name: VLLMServer(path, name, logs) for name, path in
+               (("pilot", pair_same[0]), ("base-same", pair_same[1]), ("base-different", pair_different[1]))}
+    try:
+        for s in servers.values():
+            s.wait()
+        yield servers
+    finally:
+        for s in servers.values():
+            s.stop()

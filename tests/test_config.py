@@ -115,3 +115,15 @@ def test_unknown_config_kind(tmp_path):
     with pytest.raises(UserError, match="unknown config kind 'nonsense'"):
         check_config(p)
     assert Path(p).exists()
+
+
+def test_url_sources_need_a_scheme_and_a_served_model(tmp_path):
+    from pilot_core.model_source import ModelSource
+
+    with pytest.raises(ValueError, match="must start with http"):
+        ModelSource(name="b", url="vllm-host:8000/v1", served_model="m")
+    with pytest.raises(ValueError, match="needs served_model"):
+        ModelSource(name="b", url="http://vllm-host:8000/v1")
+    src = ModelSource(name="b", url="http://vllm-host:8000/v1", served_model="m")
+    with pytest.raises(ValueError, match="served at http://vllm-host:8000/v1, not local"):
+        src.local_path()

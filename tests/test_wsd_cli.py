@@ -151,3 +151,10 @@ def test_bad_models(pair_same, prompts, tmp_path):
 def test_bad_option_value(pair_same, prompts, tmp_path):
     line = _err(run_wsd(pair_same, prompts, tmp_path / "o.jsonl", "--threshold", "1.5"))
     assert "threshold" in line and "1.5" in line
+
+
+def test_failed_model_load_leaves_no_output_behind(pair_same, prompts, tmp_path):
+    out = tmp_path / "o.jsonl"
+    _err(run_wsd((pair_same[0], tmp_path / "missing-base"), prompts, out))
+    assert list(tmp_path.glob("o.jsonl*")) == []
+    assert run_wsd(pair_same, prompts, out).returncode == 0  # the corrected command just works

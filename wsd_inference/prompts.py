@@ -16,6 +16,8 @@ ROLES = ("system", "user", "assistant")
 ROLE_TAGS = {"system": "[System]", "user": "[User]", "assistant": "[Assistant]"}
 # Where the base model must stop: a new role block, with two, one or no newlines before it (authors' list).
 STOP_MARKERS = tuple(f"{nl}{tag}" for tag in ROLE_TAGS.values() for nl in ("\n\n", "\n", ""))
+# Every marker contains a bare tag, so stopping at the three tags is the same rule (OpenAI allows 4 stop strings).
+STOP_STRINGS = tuple(ROLE_TAGS.values())
 # End-of-turn tokens the pilot stops at, besides its EOS (authors' list).
 PILOT_STOP_TOKENS = ("<end_of_turn>", "<|eot_id|>", "<|im_end|>")
 

@@ -1,0 +1,59 @@
+"""Where a model comes from, for every stage: a local directory or hub id, a tiny model built locally, or an
+OpenAI-compatible server (vLLM)."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from pilot_core.config import BaseConfig
+from pilot_core.names import validate_name
+from pilot_core.tiny_models import TinyModelSpec
+
+
+class ModelSource(BaseConfig):
+    """Exactly one of `path` (local directory or hub id), `tiny` (built in-process and cached) or `url` (an
+    OpenAI-compatible server such as vLLM, serving `served_model`; the tokenizer is loaded locally from
+    `tokenizer`, default `served_model`)."""
+
+    name: str
+    path: str | None = None
+    tiny: TinyModelSpec | None = None
+    url: str | None = None
+    served_model: str | None = None
+    tokenizer: str | None = Field(None, description="for url sources: tokenizer path or hub id")
+    api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
+    trust_remote_code: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        try:
+            return validate_name(v, "model name")
+        except Exception as e:  # surface as a validation error with the key's location
+            raise ValueError(str(e)) from None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("a url must start with http:// or https://")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "ModelSource":
+        given = [k for k in ("path", "tiny", "url") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of path, tiny, url (got {', '.join(given) or 'none'})")
+        if self.url and not self.served_model:
+            raise ValueError("a url source needs served_model (the model name the server serves)")
+        return self
+
+    def local_path(self) -> str:
+        """The local directory or hub id (tiny models are built once and cached)."""
+        if self.tiny is not None:
+            from pilot_core.tiny_models import cached_tiny_model
+
+            return str(cached_tiny_model(self.tiny))
+        if self.path is None:
+            raise ValueError(f"model {self.name} is served at {self.url}, not local")
+        return self.path

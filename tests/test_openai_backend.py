@@ -1,0 +1,51 @@
+"""Faults a real vLLM will not produce on demand: a server without logprobs, a transient 503."""
+
+import asyncio
+
+import httpx
+import pytest
+
+from pilot_core.errors import UserError
+from wsd_inference.openai_backend import OpenAIServer
+
+
+def server_with(handler, **kw) -> OpenAIServer:
+    from openai import AsyncOpenAI
+
+    s = OpenAIServer("http://127.0.0.1:9/v1", "m", **kw)
+    s.client = AsyncOpenAI(base_url=s.url, api_key="EMPTY", max_retries=s.client.max_retries,
+                           http_client=httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+    return s
+
+
+def completion(logprobs):
+    return {"id": "x", "object": "text_completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "text": "", "finish_reason": "length", "logprobs": logprobs}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
+
+
+def test_server_without_logprobs_is_a_clear_error():
+    s = server_with(lambda req: httpx.Response(200, json=completion(None)))
+    with pytest.raises(UserError, match="no prompt logprobs for echo=True"):
+        asyncio.run(s.score([1, 2, 3]))
+
+
+def test_transient_errors_are_retried():
+    calls = []
+
+    def handler(req):
+        calls.append(req)
+        if len(calls) < 3:
+            return httpx.Response(503, json={"error": {"message": "overloaded"}})
+        return httpx.Response(200, json=completion({"tokens": ["a", "b", "c", "d"], "token_logprobs": [None, -1.0, -2.0, -0.5],
+                                                    "top_logprobs": None, "text_offset": [0, 1, 2, 3]}))
+
+    s = server_with(handler, max_retries=3)
+    assert asyncio.run(s.score([1, 2, 3])) == [None, -1.0, -2.0]
+    assert len(calls) == 3
+
+
+def test_missing_api_key_env(monkeypatch):
+    monkeypatch.delenv("PILOT_TEST_KEY", raising=False)
+    with pytest.raises(UserError, match="PILOT_TEST_KEY"):
+        OpenAIServer("http://127.0.0.1:9/v1", "m", api_key_env="PILOT_TEST_KEY")

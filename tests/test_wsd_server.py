@@ -1,0 +1,103 @@
+"""WSD against real vLLM servers on loopback: the server path equals the in-process path."""
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from wsd_inference.config import WSDConfig
+from wsd_inference.engine import wsd_generate
+from wsd_inference.hf_backend import load_hf_model
+from wsd_inference.openai_backend import OpenAIServer
+from wsd_inference.prompts import base_prompt, base_text
+from wsd_inference.remote_engine import RemoteBase, wsd_remote
+
+from .conftest import REPO
+from .test_wsd_engine import RECS, _median_max_window
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+DECISIONS = ("switch_index", "switched", "kept_draft_tokens", "draft_text")
+
+
+@pytest.fixture(scope="module")
+def local(pair_same, pair_different):
+    return {"pilot": load_hf_model(str(pair_same[0]), need_chat_template=True),
+            "base-same": load_hf_model(str(pair_same[1])), "base-different": load_hf_model(str(pair_different[1]))}
+
+
+def remote(coro_fn):
+    return asyncio.run(coro_fn())
+
+
+@pytest.mark.parametrize("base", ["base-same", "base-different"])
+def test_server_logprobs_match_in_process(vllm_servers, local, base):
+    m = local[base]
+    texts = [base_text(base_prompt(r.messages, m.tokenizer.bos_token), d) for r, d in
+             zip(RECS, ["Sure, here are the steps.", "I cannot help with that, sorry!", "17 x 3 = 51", "Hello", "",
+                        "No: raw chicken can carry bacteria.", "Red."])]
+
+    async def go():
+        s = OpenAIServer(vllm_servers[base].url, base)
+        try:
+            return [await s.score(m.encode(t)) for t in texts]
+        finally:
+            await s.close()
+
+    worst = 0.0
+    for t, got in zip(texts, remote(go)):
+        ids = m.encode(t)
+        with torch.no_grad():
+            lp = torch.log_softmax(m.model(torch.tensor([ids])).logits[0].double(), -1)
+        ref = [float(lp[i - 1, ids[i]]) for i in range(1, len(ids))]
+        assert got[0] is None and len(got) == len(ids)
+        worst = max(worst, max(abs(a - b) for a, b in zip(got[1:], ref)))
+    assert worst < 1e-3
+
+
+@pytest.mark.parametrize("base", ["base-same", "base-different"])
+@pytest.mark.parametrize("threshold", [0.8, "median", 0.0])
+@pytest.mark.parametrize("pilot_on_server", [False, True])
+def test_server_path_equals_in_process(vllm_servers, local, base, threshold, pilot_on_server):
+    pilot, base_m = local["pilot"], local[base]
+    if threshold == "median":
+        threshold = _median_max_window(pilot, base_m, 3)
+    cfg = WSDConfig(window=3, threshold=threshold, max_draft_tokens=24, max_new_tokens=40, batch_size=4)
+    want = list(wsd_generate(pilot, base_m, RECS, cfg))
+
+    async def go():
+        p = OpenAIServer(vllm_servers["pilot"].url, "pilot") if pilot_on_server else pilot
+        s = OpenAIServer(vllm_servers[base].url, base)
+        try:
+            return await wsd_remote(p, RemoteBase(s, base_m.tokenizer), RECS, cfg)
+        finally:
+            await s.close()
+            if pilot_on_server:
+                await p.close()
+
+    got = remote(go)
+    for w, g in zip(want, got):
+        assert {k: g[k] for k in DECISIONS} == {k: w[k] for k in DECISIONS}, w["id"]
+        assert g["kept_draft_tokens"] + g["base_tokens"] <= 40
+    if threshold == 0.0:  # the pilot's stream is closed at the first check: drafting stops at the switch
+        assert all(g["pilot_tokens"] == cfg.chunk_size for g in got if g["switched"])
+
+
+def test_cli_with_servers(vllm_servers, pair_same, pair_different, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": r.id, "messages": list(r.messages)}) + "\n" for r in RECS))
+    common = ["--input", str(prompts), "--max-draft-tokens", "16", "--max-new-tokens", "24", "--window", "3",
+              "--threshold", "0.05"]
+    cli = [sys.executable, "-m", "flows.cli", "wsd", "generate"]
+    r1 = subprocess.run([*cli, "--pilot", str(pair_same[0]), "--base", str(pair_different[1]), *common,
+                         "--output", str(tmp_path / "local.jsonl")], cwd=REPO, capture_output=True, text=True)
+    r2 = subprocess.run([*cli, "--pilot", vllm_servers["pilot"].url, "--pilot-model", "pilot",
+                         "--base", vllm_servers["base-different"].url, "--base-model", "base-different",
+                         "--base-tokenizer", str(pair_different[1]), *common, "--output", str(tmp_path / "srv.jsonl")],
+                        cwd=REPO, capture_output=True, text=True)
+    assert r1.returncode == 0 and r2.returncode == 0, (r1.stderr, r2.stderr)
+    a = [json.loads(x) for x in open(tmp_path / "local.jsonl")]
+    b = [json.loads(x) for x in open(tmp_path / "srv.jsonl")]
+    assert [{k: x[k] for k in DECISIONS} for x in a] == [{k: x[k] for k in DECISIONS} for x in b]

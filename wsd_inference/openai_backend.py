@@ -1,0 +1,83 @@
+"""OpenAI-compatible servers (vLLM in production) through the `openai` client.
+
+- base scoring: `/v1/completions` with a token-id prompt, echo + logprobs and max_tokens=1 (the generated
+  token is dropped; this works on vLLM and llama.cpp alike). The caller tokenizes with the base's own tokenizer,
+  so the server scores exactly the tokens the switch rule sees (and offsets for the tokenisation boundary come
+  from that tokenizer: vLLM's `text_offset` is not usable with token ids);
+- base continuation: `/v1/completions` from token ids (the kept draft tokens are exactly the scored ones),
+  with the role markers as stop strings;
+- pilot drafting: streamed `/v1/chat/completions`, closed as soon as the switch point is known.
+Retries with backoff on 429/5xx/timeouts are the openai client's own (`max_retries`).
+The API key comes from the environment variable the caller names, never from a file or a flag.
+"""
+
+from __future__ import annotations
+
+import os
+from pilot_core.errors import UserError
+
+
+class OpenAIServer:
+    """One model on one OpenAI-compatible server."""
+
+    def __init__(self, base_url: str, model: str, api_key_env: str | None = None, timeout: float = 120.0,
+                 max_retries: int = 5):
+        from openai import AsyncOpenAI
+
+        key = os.environ.get(api_key_env, "") if api_key_env else ""
+        if api_key_env and not key:
+            raise UserError(f"environment variable {api_key_env} (the API key for {base_url}) is not set")
+        self.url, self.model = base_url, model
+        self.client = AsyncOpenAI(base_url=base_url, api_key=key or "EMPTY", timeout=timeout,
+                                  max_retries=max_retries)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # ------------------------------------------------------------------------------------------- base side
+    async def score(self, ids: list[int]) -> list[float | None]:
+        """log p(ids[i] | ids[:i]) for every token (None for the first), scored by the server."""
+        r = await self.client.completions.create(model=self.model, prompt=ids, echo=True, logprobs=1,
+                                                 max_tokens=1, temperature=0.0)
+        lp = r.choices[0].logprobs
+        if lp is None or not lp.token_logprobs or len(lp.token_logprobs) < len(ids):
+            raise UserError(f"{self.url}: the server returned no prompt logprobs for echo=True; WSD needs a "
+                            "server that scores prompts (vLLM does; `transformers serve` does not)")
+        return list(lp.token_logprobs[: len(ids)])  # drop the one generated token
+
+    async def complete(self, prompt_ids: list[int], max_tokens: int, stop: list[str], temperature: float,
+                       top_p: float, seed: int | None) -> tuple[str, int, str]:
+        """Continue from token ids; returns (text, completion tokens, finish reason)."""
+        r = await self.client.completions.create(
+            model=self.model, prompt=prompt_ids, max_tokens=max_tokens, stop=stop, temperature=temperature,
+            top_p=top_p, seed=seed,
+        )
+        c = r.choices[0]
+        return c.text, (r.usage.completion_tokens if r.usage else 0), c.finish_reason or ""
+
+    # ------------------------------------------------------------------------------------------- pilot side
+    async def stream_chat(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,
+                          seed: int | None):
+        """Yield text deltas of a chat completion, one per streamed chunk (closing the stream aborts it)."""
+        stream = await self.client.chat.completions.create(
+            model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            seed=seed, stream=True, stream_options={"include_usage": True},
+        )
+        try:
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content, (chunk.choices[0].finish_reason or "")
+                elif chunk.choices and chunk.choices[0].finish_reason:
+                    yield "", chunk.choices[0].finish_reason
+        finally:
+            await stream.close()
+
+
+def load_tokenizer(name: str, role: str = "tokenizer", trust_remote_code: bool = False):
+    """A tokenizer from a local directory or hub id; a missing one is a UserError."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{role} {name}: cannot load: {str(e).splitlines()[0]}") from None
