@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from flows.wsd_cli import wsd
 from pilot_core.errors import JobFailed, UserError
 
 CONFIG_HELP = "YAML config file"
@@ -129,13 +130,7 @@ def review() -> None:
     _not_built("review", 5)
 
 
-def _register_optional() -> None:
-    from flows.wsd_cli import wsd
-
-    cli.add_command(wsd)
-
-
-_register_optional()
+cli.add_command(wsd)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from pilot_core.errors import UserError
+from pilot_core.inputs import read_text
 
 C = TypeVar("C", bound=BaseModel)
 
@@ -43,15 +44,7 @@ def _line_map(node: yaml.Node, prefix: tuple = (), out: dict | None = None) -> d
 
 def read_yaml(path: str | Path) -> tuple[dict[str, Any], dict[tuple, int]]:
     """Read a YAML mapping and the line of each key. Errors name the file and line."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"config file not found: {path}")
-    if not path.is_file():
-        raise UserError(f"config path is not a file: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    text = read_text(path, "config file")
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)

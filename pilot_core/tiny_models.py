@@ -221,7 +221,8 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pilot"
 
 
-def cached_tiny_model(spec: TinyModelSpec, corpus: list[str] | None = None, cache_dir: str | Path | None = None) -> Path:
+def cached_tiny_model(spec: TinyModelSpec, corpus: list[str] | None = None,
+                      cache_dir: str | Path | None = None) -> Path:
     """Build once per (spec, corpus, library versions); later calls return the cached directory."""
     corpus = default_corpus() if corpus is None else corpus
     v = package_versions(("transformers", "tokenizers", "torch"))

@@ -37,8 +37,9 @@ def test_transient_errors_are_retried():
         calls.append(req)
         if len(calls) < 3:
             return httpx.Response(503, json={"error": {"message": "overloaded"}})
-        return httpx.Response(200, json=completion({"tokens": ["a", "b", "c", "d"], "token_logprobs": [None, -1.0, -2.0, -0.5],
-                                                    "top_logprobs": None, "text_offset": [0, 1, 2, 3]}))
+        return httpx.Response(200, json=completion({"tokens": ["a", "b", "c", "d"], "top_logprobs": None,
+                                                    "token_logprobs": [None, -1.0, -2.0, -0.5],
+                                                    "text_offset": [0, 1, 2, 3]}))
 
     s = server_with(handler, max_retries=3)
     assert asyncio.run(s.score([1, 2, 3])) == [None, -1.0, -2.0]

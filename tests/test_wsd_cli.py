@@ -1,7 +1,6 @@
 """`pilot wsd generate` as a user runs it: outputs, resume after a kill, and bad input -> exit 2 + one line."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess

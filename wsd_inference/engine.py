@@ -9,6 +9,7 @@ Same answers as the authors' staged pipeline (draft everything, score everything
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 
@@ -29,20 +30,18 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def _generators(cfg: WSDConfig, ids: list[str]):
-    """One seeded generator per prompt, so a sampled answer does not depend on the batch it ran in."""
+def prompt_seed(cfg: WSDConfig, rid: str) -> int:
+    """The seed of one prompt's sampling: a sampled answer does not depend on the batch it ran in."""
+    return int.from_bytes(hashlib.sha256(f"{cfg.seed}:{rid}".encode()).digest()[:4], "little")
+
+
+def prompt_generators(cfg: WSDConfig, ids: list[str]):
+    """One seeded torch generator per prompt (None when decoding greedily)."""
     if cfg.temperature == 0:
         return [None] * len(ids)
-    import hashlib
-
     import torch
 
-    gens = []
-    for rid in ids:
-        g = torch.Generator()
-        g.manual_seed(int.from_bytes(hashlib.sha256(f"{cfg.seed}:{rid}".encode()).digest()[:8], "little"))
-        gens.append(g)
-    return gens
+    return [torch.Generator().manual_seed(prompt_seed(cfg, rid)) for rid in ids]
 
 
 def continue_base(base: HFModel, batch: RaggedBatch, contexts: list[list[int]], budgets: list[int],
@@ -86,7 +85,7 @@ def wsd_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDC
 
     t0 = time.perf_counter()
     rows = len(recs)
-    gens = _generators(cfg, [r.id for r in recs])
+    gens = prompt_generators(cfg, [r.id for r in recs])
     b_prompts = [base_prompt(r.messages, base.tokenizer.bos_token) for r in recs]
     b_prompt_ids = [base.encode(s) for s in b_prompts]
     P = [len(x) for x in b_prompt_ids]
@@ -229,7 +228,7 @@ def base_only_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> 
     """The base model alone with the plain role template, same budget and stop rules as WSD."""
     t0 = time.perf_counter()
     contexts = [base.encode(base_prompt(r.messages, base.tokenizer.bos_token)) for r in recs]
-    gens = _generators(cfg, [r.id for r in recs])
+    gens = prompt_generators(cfg, [r.id for r in recs])
     cont = continue_base(base, RaggedBatch(base, len(recs)), contexts, [cfg.max_new_tokens] * len(recs), cfg, gens)
     rows = len(recs)
     return finish_records(base, recs, cfg, [len(c) for c in contexts], contexts, [None] * rows, [False] * rows,

@@ -9,8 +9,7 @@ Masked slots receive exactly zero attention weight, so results equal an unpadded
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from pilot_core.errors import UserError
@@ -43,7 +42,6 @@ class HFModel:
     stop_ids: frozenset[int]
     pad_id: int
     device: str = "cpu"
-    extra: dict = field(default_factory=dict)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids
@@ -191,7 +189,3 @@ def pick_token(logits, temperature: float, top_p: float, generator) -> int:
         probs = probs / probs.sum()
     return int(torch.multinomial(probs, 1, generator=generator))
 
-
-def local_config(path: str) -> dict:
-    p = Path(path) / "config.json"
-    return json.loads(p.read_text()) if p.is_file() else {}

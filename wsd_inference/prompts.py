@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pilot_core.errors import UserError
+from pilot_core.inputs import read_text
 
 ROLES = ("system", "user", "assistant")
 ROLE_TAGS = {"system": "[System]", "user": "[User]", "assistant": "[Assistant]"}
@@ -67,13 +68,7 @@ def parse_record(obj: object, path: str | Path = "<input>", lineno: int = 1) -> 
 
 def load_prompts(path: str | Path) -> list[PromptRecord]:
     """Read a JSONL prompt file; any bad line is one UserError naming the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"input file not found: {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    text = read_text(path, "input file")
     records, seen = [], {}
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -109,7 +104,8 @@ def base_text(prompt: str, draft: str) -> str:
 def pilot_prompt(tokenizer, messages) -> str:
     """The pilot's chat template with the generation prompt, BOS prepended if the template lacks it."""
     if not getattr(tokenizer, "chat_template", None):
-        raise UserError(f"pilot tokenizer {tokenizer.name_or_path!r} has no chat template: a pilot must be a chat model")
+        raise UserError(f"pilot tokenizer {tokenizer.name_or_path!r} has no chat template: "
+                        "a pilot must be a chat model")
     text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
     bos = tokenizer.bos_token
     if bos and not text.startswith(bos):

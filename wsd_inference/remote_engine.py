@@ -10,28 +10,21 @@ Same semantics and record format as `engine.wsd_batch`; prompts run concurrently
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from dataclasses import dataclass
 
 from wsd_inference.config import WSDConfig
+from wsd_inference.engine import prompt_generators, prompt_seed
 from wsd_inference.hf_backend import HFModel, RaggedBatch, pick_token
 from wsd_inference.openai_backend import OpenAIServer
-from wsd_inference.prompts import STOP_STRINGS, PromptRecord, base_prompt, base_text, cut_at_markers, pilot_prompt
+from wsd_inference.prompts import (STOP_STRINGS, PromptRecord, base_prompt, base_text, cut_at_markers,
+                                   pilot_prompt)
 from wsd_inference.switch import first_switch, stable_token_count, window_scores
-
-
-def prompt_seed(cfg: WSDConfig, rid: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{cfg.seed}:{rid}".encode()).digest()[:4], "little")
 
 
 async def _local_pilot(pilot: HFModel, rec: PromptRecord, cfg: WSDConfig):
     """A local pilot drafting one prompt, token by token in a worker thread; yields (delta, finished)."""
-    import torch
-
-    gen = None
-    if cfg.temperature > 0:
-        gen = torch.Generator().manual_seed(prompt_seed(cfg, rec.id))
+    (gen,) = prompt_generators(cfg, [rec.id])
     batch = RaggedBatch(pilot, 1)
     out = await asyncio.to_thread(batch.feed, [pilot.encode(pilot_prompt(pilot.tokenizer, rec.messages))])
     nxt, ids, text = out[0][-1], [], ""

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from wsd_inference.config import WSDConfig
-from wsd_inference.engine import _generators, continue_base, draft_batch, finish_records
+from wsd_inference.engine import continue_base, draft_batch, finish_records, prompt_generators
 from wsd_inference.hf_backend import HFModel, RaggedBatch
 from wsd_inference.prompts import PromptRecord, base_prompt, base_text
 from wsd_inference.switch import accept_index
@@ -16,7 +16,7 @@ def staged_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: W
     import torch
 
     t0 = time.perf_counter()
-    gens = _generators(cfg, [r.id for r in recs])
+    gens = prompt_generators(cfg, [r.id for r in recs])
     drafts = draft_batch(pilot, recs, cfg, gens)  # stage 1: whole drafts
     prompts = [base_prompt(r.messages, base.tokenizer.bos_token) for r in recs]
     P = [len(base.encode(p)) for p in prompts]
