@@ -21,7 +21,8 @@ import statistics  # noqa: E402
 
 from pilot_core.tiny_models import TinyModelSpec, cached_tiny_model  # noqa: E402
 from wsd_inference.config import WSDConfig  # noqa: E402
-from wsd_inference.engine import base_only_batch, wsd_batch  # noqa: E402
+from wsd_inference.baselines import base_only_batch  # noqa: E402
+from wsd_inference.engine import wsd_batch  # noqa: E402
 from wsd_inference.hf_backend import load_hf_model  # noqa: E402
 from wsd_inference.prompts import PromptRecord  # noqa: E402
 from wsd_inference.staged import staged_batch  # noqa: E402

@@ -118,7 +118,7 @@ def test_batched_staged_pipeline_equals_online_engine(models, pair):
 
 
 def test_base_only_matches_plain_greedy(models):
-    from wsd_inference.engine import base_only_batch
+    from wsd_inference.baselines import base_only_batch
     from wsd_inference.prompts import base_prompt, cut_at_markers
 
     from .wsd_reference import greedy

@@ -14,20 +14,12 @@ import time
 from collections.abc import Iterator
 
 from wsd_inference.config import WSDConfig
-from wsd_inference.hf_backend import HFModel, RaggedBatch, pick_token
-from wsd_inference.prompts import PromptRecord, base_prompt, base_text, cut_at_markers, has_marker, pilot_prompt
+from wsd_inference.hf_backend import HFModel, RaggedBatch, common_prefix, advance, pick_token
+from wsd_inference.prompts import (STOP_STRINGS, PromptRecord, base_prompt, base_text, cut_at_markers, has_marker,
+                                   pilot_prompt)
 from wsd_inference.switch import first_switch, stable_token_count, window_scores
 
-MARKER_TAIL = 16  # tokens decoded to look for a role marker (the longest, "[Assistant]", is 11 characters)
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+MARKER_TAIL = 16  # tokens decoded to look for a stop string (the longest, "[Assistant]", is 11 characters)
 
 
 def prompt_seed(cfg: WSDConfig, rid: str) -> int:
@@ -45,14 +37,15 @@ def prompt_generators(cfg: WSDConfig, ids: list[str]):
 
 
 def continue_base(base: HFModel, batch: RaggedBatch, contexts: list[list[int]], budgets: list[int],
-                  cfg: WSDConfig, gens) -> list[list[int]]:
+                  cfg: WSDConfig, gens, stop: tuple[str, ...] = STOP_STRINGS) -> list[list[int]]:
     """Greedy (or sampled) continuation of each row from `contexts[r]`, reusing whatever prefix of it the
-    row's cache already holds. Stops at EOS, at a role marker, or after budgets[r] tokens."""
+    row's cache already holds. Stops at EOS, at a stop string (role markers by default), or after budgets[r]
+    tokens."""
     rows = len(contexts)
     new = []
     for r, ctx in enumerate(contexts):
         # keep the cached prefix, re-feed at least the last context token to get the next-token logits
-        keep = min(_common_prefix(batch.tokens[r], ctx), len(ctx) - 1)
+        keep = min(common_prefix(batch.tokens[r], ctx), len(ctx) - 1)
         batch.truncate(r, keep)
         new.append(ctx[keep:] if budgets[r] > 0 else [])
     batch.compact()  # continuation steps then attend over live tokens only
@@ -68,7 +61,7 @@ def continue_base(base: HFModel, batch: RaggedBatch, contexts: list[list[int]], 
             t = pick_token(nxt[r], cfg.temperature, cfg.top_p, gens[r])
             cont[r].append(t)
             if (t in base.stop_ids or len(cont[r]) >= budgets[r]
-                    or has_marker(base.tokenizer.decode(cont[r][-MARKER_TAIL:], skip_special_tokens=True))):
+                    or has_marker(base.tokenizer.decode(cont[r][-MARKER_TAIL:], skip_special_tokens=True), stop)):
                 done[r] = True
             else:
                 step[r] = [t]
@@ -81,8 +74,6 @@ def continue_base(base: HFModel, batch: RaggedBatch, contexts: list[list[int]], 
 
 
 def wsd_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:
-    import torch
-
     t0 = time.perf_counter()
     rows = len(recs)
     gens = prompt_generators(cfg, [r.id for r in recs])
@@ -92,11 +83,12 @@ def wsd_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDC
 
     pb, bb = RaggedBatch(pilot, rows), RaggedBatch(base, rows)
     p_next = [o[-1] for o in pb.feed([pilot.encode(pilot_prompt(pilot.tokenizer, r.messages)) for r in recs])]
-    b_last = [o[-1] for o in bb.feed(b_prompt_ids)]
+    b_last: list = [None] * rows
+    pos_logps: list[list[float]] = [[] for _ in range(rows)]  # base log-prob of the token at each position
+    advance(bb, b_prompt_ids, b_last, pos_logps, P)
 
     draft: list[list[int]] = [[] for _ in range(rows)]
     pilot_done = [cfg.max_draft_tokens == 0] * rows
-    logps: list[list[float]] = [[] for _ in range(rows)]
     decided, accept, switched = [False] * rows, [None] * rows, [False] * rows
     final_ids: list[list[int] | None] = [None] * rows  # base tokenisation of the finished draft
     w, gamma = cfg.window, cfg.threshold
@@ -108,48 +100,28 @@ def wsd_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDC
                 break
 
         # 2. the base scores every draft token whose tokenisation is final
-        feed, skip_first = [[] for _ in range(rows)], [False] * rows
+        targets: list[list[int] | None] = [None] * rows
         for r in range(rows):
             if decided[r]:
                 continue
             draft_text = pilot.decode(draft[r])
             text = base_text(b_prompts[r], draft_text)
             enc = base.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            ids = enc.input_ids
             if pilot_done[r] and not draft_text.strip():  # empty draft: nothing to score or keep
-                decided[r], final_ids[r] = True, ids
+                decided[r], final_ids[r] = True, enc.input_ids
                 continue
-            n_final = len(ids) if pilot_done[r] else stable_token_count(enc.offset_mapping, text, len(b_prompts[r]))
-            target = ids[:n_final]
             if pilot_done[r]:
-                final_ids[r] = ids
-            fed = bb.tokens[r]
-            keep = _common_prefix(fed, target)
-            if keep < len(fed):  # a tokenisation changed after all: rescore from there (never seen in practice)
-                keep = max(keep, 1)
-                bb.truncate(r, keep - 1)
-                del logps[r][max(0, keep - P[r]):]
-                feed[r], skip_first[r] = target[keep - 1:], True
+                final_ids[r] = targets[r] = enc.input_ids
             else:
-                feed[r] = target[keep:]
-        out = bb.feed(feed)
+                targets[r] = enc.input_ids[: stable_token_count(enc.offset_mapping, text, len(b_prompts[r]))]
+        changed = advance(bb, targets, b_last, pos_logps, P)
         for r in range(rows):
-            if decided[r]:
+            if targets[r] is None:
                 continue
-            new = feed[r][1:] if skip_first[r] else feed[r]
-            if new:  # p(token) comes from the logits after the token before it
-                prev_logits = out[r][:-1] if skip_first[r] else torch.cat([b_last[r][None], out[r][:-1]])
-                lp = torch.log_softmax(prev_logits, dim=-1).gather(1, torch.tensor(new)[:, None])[:, 0]
-                checked = len(logps[r])
-                logps[r].extend(lp.tolist())
-            if out[r] is not None:
-                b_last[r] = out[r][-1]
-            if new:
-                a = first_switch(logps[r], w, gamma, start=checked)
-                if a is not None:
-                    decided[r], accept[r], switched[r] = True, a, True
-                    continue
-            if pilot_done[r] and len(bb.tokens[r]) >= len(final_ids[r]):
+            a = first_switch(pos_logps[r][P[r]:], w, gamma, start=max(0, changed[r] - P[r]))
+            if a is not None:
+                decided[r], accept[r], switched[r] = True, a, True
+            elif pilot_done[r]:
                 n = len(final_ids[r]) - P[r]
                 decided[r], accept[r] = True, (n - 1 if n > 0 else None)
     t_draft = time.perf_counter() - t0
@@ -165,11 +137,12 @@ def wsd_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDC
             contexts.append(bb.tokens[r][: P[r] + k])
             budgets.append(cfg.max_new_tokens - k)
     cont = continue_base(base, bb, contexts, budgets, cfg, gens)
-    return finish_records(base, recs, cfg, P, contexts, accept, switched, logps, draft, cont, t0, t_draft)
+    draft_logps = [pl[P[r]:] for r, pl in enumerate(pos_logps)]
+    return finish_records(base, recs, cfg, P, contexts, accept, switched, draft_logps, draft, cont, t0, t_draft)
 
 
 def finish_records(base: HFModel, recs, cfg: WSDConfig, P, contexts, accept, switched, logps, drafts, cont,
-                   t0: float, t_draft: float, method: str = "wsd") -> list[dict]:
+                   t0: float, t_draft: float, method: str = "wsd", stop: tuple[str, ...] = STOP_STRINGS) -> list[dict]:
     total = time.perf_counter() - t0
     rows, results = len(recs), []
     for r, rec in enumerate(recs):
@@ -177,7 +150,7 @@ def finish_records(base: HFModel, recs, cfg: WSDConfig, P, contexts, accept, swi
         results.append({
             "id": rec.id,
             "method": method,
-            "response": cut_at_markers(base.decode(kept + cont[r])),
+            "response": cut_at_markers(base.decode(kept + cont[r]), stop),
             "draft_text": base.decode(kept),
             "switch_index": accept[r],
             "switched": switched[r],
@@ -222,17 +195,6 @@ def pilot_step(pilot: HFModel, pb: RaggedBatch, nxt, drafts, done, skip, cfg: WS
         if out[r] is not None:
             nxt[r] = out[r][-1]
     return True
-
-
-def base_only_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:
-    """The base model alone with the plain role template, same budget and stop rules as WSD."""
-    t0 = time.perf_counter()
-    contexts = [base.encode(base_prompt(r.messages, base.tokenizer.bos_token)) for r in recs]
-    gens = prompt_generators(cfg, [r.id for r in recs])
-    cont = continue_base(base, RaggedBatch(base, len(recs)), contexts, [cfg.max_new_tokens] * len(recs), cfg, gens)
-    rows = len(recs)
-    return finish_records(base, recs, cfg, [len(c) for c in contexts], contexts, [None] * rows, [False] * rows,
-                          [[] for _ in recs], [[] for _ in recs], cont, t0, 0.0, method="base_only")
 
 
 def wsd_generate(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> Iterator[dict]:

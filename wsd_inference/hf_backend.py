@@ -167,6 +167,16 @@ class RaggedBatch:
                                                                                    layer.values.shape[-1]))
         self.mask = mask.to(self.m.device)
 
+    def select(self, rows: list[int]) -> None:
+        """Keep the given rows, in this order, repeats allowed (beam search re-indexing)."""
+        import torch
+
+        idx = torch.tensor(rows, device=self.m.device)
+        self.cache.reorder_cache(idx)
+        self.mask = self.mask[idx]
+        self.slots = [list(self.slots[r]) for r in rows]
+        self.tokens = [list(self.tokens[r]) for r in rows]
+
     def truncate(self, r: int, n: int) -> None:
         """Keep only the first n live tokens of row r (later slots are masked out for good)."""
         for s in self.slots[r][n:]:
@@ -175,17 +185,80 @@ class RaggedBatch:
         del self.tokens[r][n:]
 
 
-def pick_token(logits, temperature: float, top_p: float, generator) -> int:
-    """Greedy when temperature == 0; else temperature + nucleus sampling with the row's own generator."""
+def pick_token(logits, temperature: float, top_p: float, generator, top_k: int = 0) -> int:
+    """Greedy when temperature == 0; else sampling after transformers' temperature / top-k / top-p warpers,
+    with the row's own generator (so a row's samples do not depend on its batch)."""
     import torch
 
     if temperature == 0:
         return int(torch.argmax(logits))
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_p, 0) - sorted_p < top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-        probs = probs / probs.sum()
-    return int(torch.multinomial(probs, 1, generator=generator))
+    from transformers import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
+                              TopPLogitsWarper)
 
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    scores = warpers(None, logits[None].float())[0]
+    return int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator))
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def advance(batch: RaggedBatch, targets: list[list[int] | None], last: list, logps: list[list[float]],
+            score_from: list[int]) -> list[int]:
+    """Make row r's live tokens equal targets[r] (None: leave the row alone) with one batched forward pass.
+
+    Only what is new is fed: a row whose tokens diverge from its target is rewound to the common prefix (and
+    one token more, to recover the logits there). last[r] holds the logits after the row's last token (None
+    when unknown); logps[r][j] becomes log p(token j | tokens before it) for j >= score_from[r] (0.0 below,
+    where nobody needs it: computing it for a long prompt would cost a vocabulary-wide softmax per token).
+    Returns per row the first position whose log-prob may have changed.
+    """
+    import torch
+
+    rows = len(targets)
+    feed, start, carry = [[] for _ in range(rows)], [len(t) for t in batch.tokens], [0.0] * rows
+    for r, target in enumerate(targets):
+        if target is None:
+            continue
+        fed = batch.tokens[r]
+        keep = common_prefix(fed, target)
+        if keep == len(fed) and fed and last[r] is not None:
+            start[r] = keep
+        else:  # rewind (or unknown last logits): re-feed from one token back, keeping that token's log-prob
+            start[r] = max(keep - 1, 0)
+            carry[r] = logps[r][start[r]] if start[r] < len(logps[r]) else 0.0
+            batch.truncate(r, start[r])
+            last[r] = None
+        del logps[r][start[r]:]
+        feed[r] = target[start[r]:]
+    out = batch.feed(feed)
+    for r in range(rows):
+        if out[r] is None:
+            continue
+        pos = range(start[r], start[r] + len(feed[r]))
+        # logits before position p: last[r] for p == start (when known), else the output at p - 1
+        prev = [last[r]] if last[r] is not None else []
+        prev_logits = torch.cat([torch.stack(prev), out[r][:-1]]) if prev else out[r][:-1]
+        first = start[r] if prev else start[r] + 1
+        if not prev:
+            logps[r].append(carry[r])  # the re-fed token (0.0 for a sequence's first token)
+        need = [p for p in range(first, pos.stop) if p >= score_from[r]]
+        vals = dict.fromkeys(range(first, pos.stop), 0.0)
+        if need:
+            rows_idx = torch.tensor([p - first for p in need])
+            toks = torch.tensor([feed[r][p - start[r]] for p in need])
+            lp = torch.log_softmax(prev_logits[rows_idx], dim=-1).gather(1, toks[:, None])[:, 0].tolist()
+            vals.update(zip(need, lp))
+        logps[r].extend(vals[p] for p in range(first, pos.stop))
+        last[r] = out[r][-1]
+    return start

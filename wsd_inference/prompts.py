@@ -113,15 +113,15 @@ def pilot_prompt(tokenizer, messages) -> str:
     return text
 
 
-def cut_at_markers(text: str) -> str:
-    """Cut at the first role marker (the base model starting a new turn), then strip."""
+def cut_at_markers(text: str, stop: tuple[str, ...] = STOP_STRINGS) -> str:
+    """Cut at the first stop string (by default a role marker: the base model starting a new turn), strip."""
     cut = len(text)
-    for tag in ROLE_TAGS.values():
+    for tag in stop:
         i = text.find(tag)
         if i != -1:
             cut = min(cut, i)
     return text[:cut].strip()
 
 
-def has_marker(text: str) -> bool:
-    return any(tag in text for tag in ROLE_TAGS.values())
+def has_marker(text: str, stop: tuple[str, ...] = STOP_STRINGS) -> bool:
+    return any(tag in text for tag in stop)

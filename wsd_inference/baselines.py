@@ -1,0 +1,81 @@
+"""Single-model baselines on the transformers backend, in WSD's record format.
+
+- base_only: the base model alone with the plain role template.
+- pilot_only: the pilot alone with its chat template (it pays the alignment tax WSD avoids).
+- urial: the base model with a fixed in-context alignment prefix (Lin et al. 2024), "# Query:/# Answer:" blocks;
+  the default prefix (wsd_inference/data/urial_default.txt) was written for this project.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from pathlib import Path
+
+from pilot_core.inputs import read_text
+from wsd_inference.config import WSDConfig
+from wsd_inference.engine import continue_base, draft_batch, finish_records, prompt_generators
+from wsd_inference.hf_backend import HFModel, RaggedBatch
+from wsd_inference.prompts import PromptRecord, base_prompt
+
+URIAL_STOP = ("# Query",)
+
+
+def urial_prefix(path: str | Path | None = None) -> str:
+    if path is None:
+        return resources.files("wsd_inference").joinpath("data/urial_default.txt").read_text(encoding="utf-8")
+    return read_text(path, "URIAL prefix file")
+
+
+def urial_prompt(messages, prefix: str, bos_token: str | None) -> str:
+    """The URIAL prefix, then the conversation as Query/Answer blocks, ending inside an open Answer block."""
+    parts = [bos_token or "", prefix.rstrip()]
+    for m in messages:
+        if m["role"] == "system":
+            parts.append(f"\n\n# System:\n```\n{m['content'].strip()}\n```")
+        else:
+            tag = "Query" if m["role"] == "user" else "Answer"
+            parts.append(f"\n\n# {tag}:\n```\n{m['content'].strip()}\n```")
+    parts.append("\n\n# Answer:\n```\n")
+    return "".join(parts)
+
+
+def _base_alone(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prompts: list[str], method: str,
+                stop: tuple[str, ...] | None = None) -> list[dict]:
+    t0 = time.perf_counter()
+    contexts = [base.encode(p) for p in prompts]
+    gens = prompt_generators(cfg, [r.id for r in recs])
+    kw = {"stop": stop} if stop else {}
+    cont = continue_base(base, RaggedBatch(base, len(recs)), contexts, [cfg.max_new_tokens] * len(recs), cfg,
+                         gens, **kw)
+    rows = len(recs)
+    out = finish_records(base, recs, cfg, [len(c) for c in contexts], contexts, [None] * rows, [False] * rows,
+                         [[] for _ in recs], [[] for _ in recs], cont, t0, 0.0, method=method, **kw)
+    return out
+
+
+def base_only_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:
+    """The base model alone with the plain role template, same budget and stop rules as WSD."""
+    return _base_alone(base, recs, cfg, [base_prompt(r.messages, base.tokenizer.bos_token) for r in recs],
+                       "base_only")
+
+
+def urial_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prefix: str | None = None) -> list[dict]:
+    prefix = urial_prefix() if prefix is None else prefix
+    recs_out = _base_alone(base, recs, cfg, [urial_prompt(r.messages, prefix, base.tokenizer.bos_token)
+                                             for r in recs], "urial", stop=URIAL_STOP)
+    for r in recs_out:  # the answer block closes with ``` before the next "# Query"
+        r["response"] = r["response"].removesuffix("```").strip()
+    return recs_out
+
+
+def pilot_only_batch(pilot: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:
+    """The pilot alone with its chat template, for the whole budget."""
+    t0 = time.perf_counter()
+    gens = prompt_generators(cfg, [r.id for r in recs])
+    drafts = draft_batch(pilot, recs, cfg.model_copy(update={"max_draft_tokens": cfg.max_new_tokens}), gens)
+    total = time.perf_counter() - t0
+    return [{"id": rec.id, "method": "pilot_only", "response": pilot.decode(d).strip(), "draft_text": "",
+             "switch_index": None, "switched": False, "pilot_tokens": len(d), "kept_draft_tokens": 0,
+             "base_tokens": 0, "window_scores": [], "time_s": round(total / len(recs), 4),
+             "timing": {"batch_s": round(total, 4), "batch_size": len(recs)}} for rec, d in zip(recs, drafts)]
