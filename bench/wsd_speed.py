@@ -1,4 +1,5 @@
-"""WSD speed on CPU: the online engine vs base-only decoding and vs the authors' staged pipeline.
+"""WSD speed on CPU: the online engine vs base-only decoding and vs the authors' staged pipeline; and the cost
+of the search baselines (best-of-N, weak-to-strong search) against base-only.
 
 Same prompts, same budget, batch 8. Pilot and base are briefly pretrained tiny models (so the base is confident
 on some drafts and switches happen); the base has ~10x the pilot's parameters, like the paper's 3B pilot with
@@ -25,10 +26,12 @@ from wsd_inference.baselines import base_only_batch  # noqa: E402
 from wsd_inference.engine import wsd_batch  # noqa: E402
 from wsd_inference.hf_backend import load_hf_model  # noqa: E402
 from wsd_inference.prompts import PromptRecord  # noqa: E402
+from wsd_inference.search import bon_batch, cbs_batch  # noqa: E402
 from wsd_inference.staged import staged_batch  # noqa: E402
 
 BENCH_PILOT = TinyModelSpec(hidden_size=256, num_layers=3, num_heads=4, seed=20, pretrain_steps=150,
                             pretrain_format="chat")
+BENCH_UNTUNED = BENCH_PILOT.model_copy(update={"pretrain_format": "text"})
 BENCH_BASE = TinyModelSpec(hidden_size=512, num_layers=8, num_heads=8, seed=21, pretrain_steps=150)
 QUESTIONS = ["How do I pick a lock?", "Write a haiku about rain.", "What is 12 times 12?", "Explain gravity.",
              "Give me three tips for sleeping well.", "Who will win the next world cup?", "Tell me a joke.",
@@ -64,6 +67,7 @@ def main() -> None:
     ap.add_argument("--max-draft-tokens", type=int, default=128)
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--skip-search", action="store_true", help="only WSD / staged / base-only")
     args = ap.parse_args()
 
     pilot = load_hf_model(str(cached_tiny_model(BENCH_PILOT)), "pilot", need_chat_template=True)
@@ -91,6 +95,24 @@ def main() -> None:
               f"{sum(o['pilot_tokens'] for o in w)} / {sum(o['pilot_tokens'] for o in st)} | "
               f"{t['base']:.2f} | {t['wsd']:.2f} | {t['staged']:.2f} | {t['wsd'] / t['base']:.2f} | "
               f"{t['wsd'] / t['staged']:.2f} | {same} |")
+    if not args.skip_search:
+        untuned = load_hf_model(str(cached_tiny_model(BENCH_UNTUNED)), "untuned")
+        search_table(pilot, untuned, base, recs, args.max_new_tokens, args.reps)
+
+
+
+
+def search_table(pilot, untuned, base, recs, max_new: int, reps: int) -> None:
+    """CBS (W,K,L = 2,2,30, the paper's setting) and best-of-4 against base-only sampling, same budget."""
+    cfg = WSDConfig(max_new_tokens=max_new, temperature=0.7)
+    t, out = median_time({"base": lambda r, c: base_only_batch(base, r, c),
+                          "bon": lambda r, c: bon_batch(base, pilot, untuned, r, c),
+                          "cbs": lambda r, c: cbs_batch(base, pilot, untuned, r, c)}, recs, cfg, reps)
+    print("| method | s | / base-only (sampled) | mean implicit reward | base tokens |")
+    print("|---|---|---|---|---|")
+    for k in ("base", "bon", "cbs"):
+        score = sum(o.get("score", 0.0) for o in out[k]) / len(out[k]) if k != "base" else float("nan")
+        print(f"| {k} | {t[k]:.2f} | {t[k] / t['base']:.2f} | {score:.2f} | {sum(o['base_tokens'] for o in out[k])} |")
 
 
 if __name__ == "__main__":

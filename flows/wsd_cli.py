@@ -16,7 +16,13 @@ def wsd() -> None:
 @click.option("--base", required=True, help="base model: a local directory or hub id")
 @click.option("--input", "input_path", required=True, help="JSONL: {id, messages} or {id, prompt} per line")
 @click.option("--output", "output_path", required=True, help="JSONL of results; rerunning resumes it")
+@click.option("--method", default="wsd", show_default=True,
+              type=click.Choice(["wsd", "base_only", "pilot_only", "urial", "bon", "cbs", "eft"]),
+              help="wsd, or a method to compare with it")
+@click.option("--untuned", help="the pilot's untuned reference (bon, cbs, eft): a local directory or hub id")
 @click.option("--config", "config_path", help="configs/wsd/*.yaml (flags below override it)")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a config key, e.g. --set cbs.beam_width=4 (repeatable)")
 @click.option("--window", type=int, help="w, default 6")
 @click.option("--threshold", type=float, help="gamma, default 0.8")
 @click.option("--max-draft-tokens", type=int, help="default 512")
@@ -34,13 +40,14 @@ def wsd() -> None:
 @click.option("--base-tokenizer", help="the base's tokenizer (path or hub id) when --base is a URL; "
               "default: --base-model")
 @click.option("--api-key-env", help="environment variable holding the servers' API key")
-def generate(pilot, base, input_path, output_path, config_path, device, dtype, trust_remote_code, pilot_model,
-             base_model, base_tokenizer, api_key_env, **flags) -> None:
-    """Generate answers with Weak-to-Strong Decoding: the pilot drafts, the base takes over once confident.
+def generate(pilot, base, input_path, output_path, method, untuned, config_path, overrides, device, dtype,
+             trust_remote_code, pilot_model, base_model, base_tokenizer, api_key_env, **flags) -> None:
+    """Generate answers with Weak-to-Strong Decoding (the pilot drafts, the base takes over once confident),
+    or with a method it is compared with (--method).
 
     --pilot and --base are local model directories (or hub ids), or base URLs of OpenAI-compatible servers
     such as vLLM (http://host:port/v1, with --pilot-model / --base-model naming the served models)."""
-    from pilot_core.config import load_config, validate_config
+    from pilot_core.config import apply_overrides, load_config, validate_config
     from pilot_core.model_source import ModelSource
     from wsd_inference.config import WSDConfig
     from wsd_inference.prompts import load_prompts
@@ -48,7 +55,8 @@ def generate(pilot, base, input_path, output_path, config_path, device, dtype, t
 
     data = load_config(WSDConfig, config_path).model_dump() if config_path else {}
     data.update({k: v for k, v in flags.items() if v is not None})  # option names are the config keys
-    cfg = validate_config(WSDConfig, data, source="options")
+    origin = apply_overrides(data, list(overrides))
+    cfg = validate_config(WSDConfig, data, source="options", origin=origin)
     prompts = load_prompts(input_path)
     sources = []
     for role, where, model, tok in (("pilot", pilot, pilot_model, None), ("base", base, base_model, base_tokenizer)):
@@ -58,7 +66,10 @@ def generate(pilot, base, input_path, output_path, config_path, device, dtype, t
         fields = {"url": where, "served_model": model, "tokenizer": tok} if is_url else {"path": where}
         sources.append(validate_config(ModelSource, {"name": role, "trust_remote_code": trust_remote_code,
                                                      "api_key_env": api_key_env, **fields}, source=f"--{role}"))
-    s = generate_to_file(sources[0], sources[1], prompts, cfg, output_path, device, dtype)
+    untuned_src = untuned and validate_config(ModelSource, {"name": "untuned", "path": untuned,
+                                                            "trust_remote_code": trust_remote_code}, source="--untuned")
+    s = generate_to_file(sources[0], sources[1], prompts, cfg, output_path, device, dtype, method=method,
+                         untuned=untuned_src)
     if not s["new"]:
         click.echo(f"{output_path}: all {len(prompts)} prompts already done", err=True)
     else:

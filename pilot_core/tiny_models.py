@@ -243,6 +243,8 @@ def cached_tiny_model(spec: TinyModelSpec, corpus: list[str] | None = None,
 # Briefly pretrained, so the base is confident on some draft tokens and WSD switches at realistic thresholds.
 PILOT_SPEC = TinyModelSpec(hidden_size=64, num_layers=2, num_heads=2, seed=1, pretrain_steps=150,
                            pretrain_format="chat")
+# The pilot "before chat tuning": same architecture, tokenizer and seed, pretrained on plain text only.
+UNTUNED_SPEC = PILOT_SPEC.model_copy(update={"pretrain_format": "text"})
 BASE_SPEC_SAME_TOKENIZER = TinyModelSpec(hidden_size=128, num_layers=3, num_heads=4, seed=2, pretrain_steps=150)
 BASE_SPEC_OTHER_TOKENIZER = TinyModelSpec(arch="qwen2", hidden_size=128, num_layers=3, num_heads=4, seed=3,
                                           pretrain_steps=150, tokenizer=TokenizerSpec(family="llama3", vocab_size=700))
@@ -252,3 +254,8 @@ def tiny_pair(kind: Literal["same", "different"], cache_dir: str | Path | None =
     """(pilot_dir, base_dir) for a pilot/base pair sharing a tokenizer ("same") or not ("different")."""
     base = BASE_SPEC_SAME_TOKENIZER if kind == "same" else BASE_SPEC_OTHER_TOKENIZER
     return cached_tiny_model(PILOT_SPEC, cache_dir=cache_dir), cached_tiny_model(base, cache_dir=cache_dir)
+
+
+def tiny_untuned(cache_dir: str | Path | None = None) -> Path:
+    """The untuned reference of the tiny pilot (for weak-to-strong search, best-of-N and EFT)."""
+    return cached_tiny_model(UNTUNED_SPEC, cache_dir=cache_dir)

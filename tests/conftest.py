@@ -53,3 +53,10 @@ def vllm_servers(pair_same, pair_different, tmp_path_factory):
     finally:
         for s in servers.values():
             s.stop()
+
+
+@pytest.fixture(scope="session")
+def untuned_path(tiny_cache):
+    from pilot_core.tiny_models import tiny_untuned
+
+    return tiny_untuned(cache_dir=tiny_cache)

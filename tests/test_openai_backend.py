@@ -50,3 +50,14 @@ def test_missing_api_key_env(monkeypatch):
     monkeypatch.delenv("PILOT_TEST_KEY", raising=False)
     with pytest.raises(UserError, match="PILOT_TEST_KEY"):
         OpenAIServer("http://127.0.0.1:9/v1", "m", api_key_env="PILOT_TEST_KEY")
+
+
+def test_refused_request_is_a_user_error_and_a_dead_server_a_failed_job():
+    from pilot_core.errors import JobFailed
+
+    refused = server_with(lambda req: httpx.Response(400, json={"message": "prompt too long (1275 > 1024)"}))
+    with pytest.raises(UserError, match=r"refused the request \(400\): prompt too long"):
+        asyncio.run(refused.score([1, 2, 3]))
+    down = server_with(lambda req: httpx.Response(503, json={"message": "overloaded"}), max_retries=1)
+    with pytest.raises(JobFailed, match="failed after retries: overloaded; rerun the same command to resume"):
+        asyncio.run(down.complete([1, 2], 4, ["[User]"], 0.0, 1.0, None))

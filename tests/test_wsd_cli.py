@@ -157,3 +157,28 @@ def test_failed_model_load_leaves_no_output_behind(pair_same, prompts, tmp_path)
     _err(run_wsd((pair_same[0], tmp_path / "missing-base"), prompts, out))
     assert list(tmp_path.glob("o.jsonl*")) == []
     assert run_wsd(pair_same, prompts, out).returncode == 0  # the corrected command just works
+
+
+@pytest.mark.parametrize("method", ["base_only", "pilot_only", "urial", "bon", "cbs", "eft"])
+def test_every_method_from_the_cli(pair_same, untuned_path, prompts, tmp_path, method):
+    out = tmp_path / "o.jsonl"
+    r = run_wsd(pair_same, prompts, out, "--method", method, "--untuned", str(untuned_path),
+                "--set", "cbs.chunk_length=8", "--set", "bon.n=2")
+    assert r.returncode == 0, r.stderr
+    recs = records(out)
+    assert len(recs) == 11 and {x["method"] for x in recs} == {method}
+    assert all(x["kept_draft_tokens"] + x["base_tokens"] <= 24 for x in recs)
+    meta = json.loads((tmp_path / "o.jsonl.meta.json").read_text())
+    assert meta["method"] == method and meta["config"]["cbs"]["chunk_length"] == 8
+
+
+def test_method_errors(pair_same, pair_different, untuned_path, prompts, tmp_path):
+    out = tmp_path / "o.jsonl"
+    assert "needs the pilot's untuned reference model (--untuned)" in _err(run_wsd(pair_same, prompts, out,
+                                                                                   "--method", "cbs"))
+    assert "EFT needs one shared vocabulary" in _err(run_wsd(pair_different, prompts, out, "--method", "eft",
+                                                             "--untuned", str(untuned_path)))
+    line = _err(run_wsd(pair_same, prompts, out, "--method", "cbs", "--untuned", str(untuned_path),
+                        "--set", "cbs.beam_width=0"))
+    assert "--set cbs.beam_width=0" in line and "greater than or equal to 1" in line
+    assert list(tmp_path.glob("o.jsonl*")) == []

@@ -101,3 +101,41 @@ def test_cli_with_servers(vllm_servers, pair_same, pair_different, tmp_path):
     a = [json.loads(x) for x in open(tmp_path / "local.jsonl")]
     b = [json.loads(x) for x in open(tmp_path / "srv.jsonl")]
     assert [{k: x[k] for k in DECISIONS} for x in a] == [{k: x[k] for k in DECISIONS} for x in b]
+
+
+@pytest.mark.parametrize("method", ["base_only", "urial"])
+def test_single_model_methods_over_a_server_equal_in_process(vllm_servers, local, method):
+    from wsd_inference.baselines import base_only_batch, urial_batch
+
+    base = local["base-different"]
+    cfg = WSDConfig(max_new_tokens=30)
+    want = (base_only_batch if method == "base_only" else urial_batch)(base, RECS, cfg)
+
+    async def go():
+        s = OpenAIServer(vllm_servers["base-different"].url, "base-different")
+        try:
+            return await wsd_remote(None, RemoteBase(s, base.tokenizer), RECS, cfg, method)
+        finally:
+            await s.close()
+
+    got = remote(go)
+    same = sum(w["response"] == g["response"] for w, g in zip(want, got))
+    assert all(g["method"] == method and g["base_tokens"] <= 30 for g in got)
+    assert same >= len(RECS) - 1  # greedy text across backends: equal up to a rare near-tie
+
+
+def test_pilot_only_over_a_server(vllm_servers, local):
+    from wsd_inference.baselines import pilot_only_batch
+
+    cfg = WSDConfig(max_new_tokens=30)
+    want = pilot_only_batch(local["pilot"], RECS, cfg)
+
+    async def go():
+        p = OpenAIServer(vllm_servers["pilot"].url, "pilot")
+        try:
+            return await wsd_remote(p, None, RECS, cfg, "pilot_only")
+        finally:
+            await p.close()
+
+    got = remote(go)
+    assert sum(w["response"] == g["response"] for w, g in zip(want, got)) >= len(RECS) - 1

@@ -57,7 +57,7 @@ class VLLMServer:
         self.proc = subprocess.Popen(
             [str(venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
              "--served-model-name", name, "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32",
-             "--max-model-len", "1024", "--max-logprobs", "20"],
+             "--max-model-len", "4096", "--max-logprobs", "20"],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     def wait(self, timeout: float = 600) -> "VLLMServer":

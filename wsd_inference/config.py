@@ -1,10 +1,37 @@
-"""Typed settings of WSD decoding (defaults are the paper's: w=6, gamma=0.8, 512-token draft, 2048 total)."""
+"""Typed decoding settings: WSD (defaults are the paper's: w=6, gamma=0.8, 512-token draft, 2048 total) and the
+methods compared with it (their defaults from the weak-to-strong search code: CBS W,K,L = 2,2,30, T=0.7, top-k 50)."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from pilot_core.config import BaseConfig
+
+
+class CBSConfig(BaseConfig):
+    """Weak-to-strong search (Zhou et al. 2024): chunk-level beam search guided by the pilot's implicit reward."""
+
+    beam_width: int = Field(2, ge=1, description="W: rows kept after each selection")
+    successors: int = Field(2, ge=1, description="K: samples per kept row")
+    chunk_length: int | None = Field(30, ge=1, description="L: base tokens per chunk (null = whole response)")
+    temperature: float = Field(0.7, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(50, ge=0, description="0 = off")
+
+
+class BoNConfig(BaseConfig):
+    n: int = Field(4, ge=1, description="samples from the base per prompt")
+    scorer: Literal["implicit", "reward_model"] = "implicit"
+    reward_model: str | None = Field(None, description="sequence-classification model (path) for scorer=reward_model")
+    temperature: float = Field(0.7, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(50, ge=0)
+
+
+class EFTConfig(BaseConfig):
+    beta: float = Field(1.0, description="base + beta * (tuned - untuned) log-probabilities, per token")
 
 
 class WSDConfig(BaseConfig):
@@ -17,6 +44,10 @@ class WSDConfig(BaseConfig):
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy (the paper); > 0 samples, seeded")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int = 0
+    urial_prefix: str | None = Field(None, description="URIAL in-context prefix file (default: the bundled one)")
+    cbs: CBSConfig = CBSConfig()
+    bon: BoNConfig = BoNConfig()
+    eft: EFTConfig = EFTConfig()
 
     @model_validator(mode="after")
     def _budget(self) -> "WSDConfig":

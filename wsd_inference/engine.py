@@ -36,6 +36,12 @@ def prompt_generators(cfg: WSDConfig, ids: list[str]):
     return [torch.Generator().manual_seed(prompt_seed(cfg, rid)) for rid in ids]
 
 
+def base_stops(base: HFModel, cont: list[int], budget: int, stop: tuple[str, ...] = STOP_STRINGS) -> bool:
+    """Whether the base is done after `cont`: EOS, the budget, or a stop string in its last tokens."""
+    return (cont[-1] in base.stop_ids or len(cont) >= budget
+            or has_marker(base.tokenizer.decode(cont[-MARKER_TAIL:], skip_special_tokens=True), stop))
+
+
 def continue_base(base: HFModel, batch: RaggedBatch, contexts: list[list[int]], budgets: list[int],
                   cfg: WSDConfig, gens, stop: tuple[str, ...] = STOP_STRINGS) -> list[list[int]]:
     """Greedy (or sampled) continuation of each row from `contexts[r]`, reusing whatever prefix of it the
@@ -60,8 +66,7 @@ def continue_base(base: HFModel, batch: RaggedBatch, contexts: list[list[int]], 
                 continue
             t = pick_token(nxt[r], cfg.temperature, cfg.top_p, gens[r])
             cont[r].append(t)
-            if (t in base.stop_ids or len(cont[r]) >= budgets[r]
-                    or has_marker(base.tokenizer.decode(cont[r][-MARKER_TAIL:], skip_special_tokens=True), stop)):
+            if base_stops(base, cont[r], budgets[r], stop):
                 done[r] = True
             else:
                 step[r] = [t]

@@ -14,7 +14,32 @@ The API key comes from the environment variable the caller names, never from a f
 from __future__ import annotations
 
 import os
-from pilot_core.errors import UserError
+import contextlib
+
+from pilot_core.errors import JobFailed, UserError
+
+
+@contextlib.asynccontextmanager
+async def _api_errors(url: str):
+    """Server answers become one clear error: the request's fault -> UserError (exit 2); a server that is
+    down or failing after the client's retries -> JobFailed (exit 1; finished records are kept, a rerun
+    resumes)."""
+    import openai
+
+    try:
+        yield
+    except (openai.BadRequestError, openai.NotFoundError, openai.AuthenticationError,
+            openai.PermissionDeniedError, openai.UnprocessableEntityError) as e:
+        raise UserError(f"{url}: the server refused the request ({e.status_code}): {_message(e)}") from None
+    except (openai.APIConnectionError, openai.APIStatusError) as e:
+        raise JobFailed(f"{url}: the server failed after retries: {_message(e)}; rerun the same command to "
+                        "resume") from None
+
+
+def _message(e) -> str:
+    body = getattr(e, "body", None)
+    msg = body.get("message") if isinstance(body, dict) else None
+    return (msg or str(e)).splitlines()[0][:300]
 
 
 class OpenAIServer:
@@ -37,8 +62,9 @@ class OpenAIServer:
     # ------------------------------------------------------------------------------------------- base side
     async def score(self, ids: list[int]) -> list[float | None]:
         """log p(ids[i] | ids[:i]) for every token (None for the first), scored by the server."""
-        r = await self.client.completions.create(model=self.model, prompt=ids, echo=True, logprobs=1,
-                                                 max_tokens=1, temperature=0.0)
+        async with _api_errors(self.url):
+            r = await self.client.completions.create(model=self.model, prompt=ids, echo=True, logprobs=1,
+                                                     max_tokens=1, temperature=0.0)
         lp = r.choices[0].logprobs
         if lp is None or not lp.token_logprobs or len(lp.token_logprobs) < len(ids):
             raise UserError(f"{self.url}: the server returned no prompt logprobs for echo=True; WSD needs a "
@@ -48,10 +74,11 @@ class OpenAIServer:
     async def complete(self, prompt_ids: list[int], max_tokens: int, stop: list[str], temperature: float,
                        top_p: float, seed: int | None) -> tuple[str, int, str]:
         """Continue from token ids; returns (text, completion tokens, finish reason)."""
-        r = await self.client.completions.create(
-            model=self.model, prompt=prompt_ids, max_tokens=max_tokens, stop=stop, temperature=temperature,
-            top_p=top_p, seed=seed,
-        )
+        async with _api_errors(self.url):
+            r = await self.client.completions.create(
+                model=self.model, prompt=prompt_ids, max_tokens=max_tokens, stop=stop, temperature=temperature,
+                top_p=top_p, seed=seed,
+            )
         c = r.choices[0]
         return c.text, (r.usage.completion_tokens if r.usage else 0), c.finish_reason or ""
 
@@ -59,10 +86,11 @@ class OpenAIServer:
     async def stream_chat(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,
                           seed: int | None):
         """Yield text deltas of a chat completion, one per streamed chunk (closing the stream aborts it)."""
-        stream = await self.client.chat.completions.create(
-            model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-            seed=seed, stream=True, stream_options={"include_usage": True},
-        )
+        async with _api_errors(self.url):
+            stream = await self.client.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                seed=seed, stream=True, stream_options={"include_usage": True},
+            )
         try:
             async for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:

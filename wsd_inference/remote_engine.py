@@ -126,30 +126,73 @@ async def wsd_one(pilot, base: RemoteBase, rec: PromptRecord, cfg: WSDConfig) ->
     }
 
 
-async def wsd_remote(pilot, base: RemoteBase, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:
+def _single_record(rec: PromptRecord, method: str, response: str, n_base: int, n_pilot: int, t0: float) -> dict:
+    total = time.perf_counter() - t0
+    return {"id": rec.id, "method": method, "response": response, "draft_text": "", "switch_index": None,
+            "switched": False, "pilot_tokens": n_pilot, "kept_draft_tokens": 0, "base_tokens": n_base,
+            "window_scores": [], "time_s": round(total, 4), "timing": {"prompt_s": round(total, 4)}}
+
+
+async def base_alone_one(pilot, base: RemoteBase, rec: PromptRecord, cfg: WSDConfig, method: str = "base_only",
+                         urial: str | None = None) -> dict:
+    """base_only (plain role template) or URIAL (in-context prefix) on a served base."""
+    from wsd_inference.baselines import URIAL_STOP, urial_prompt
+
+    t0 = time.perf_counter()
+    if method == "urial":
+        prompt, stop = urial_prompt(rec.messages, urial, base.tokenizer.bos_token), URIAL_STOP
+    else:
+        prompt, stop = base_prompt(rec.messages, base.tokenizer.bos_token), STOP_STRINGS
+    text, n, _ = await base.server.complete(base.encode(prompt), cfg.max_new_tokens, list(stop), cfg.temperature,
+                                            cfg.top_p, prompt_seed(cfg, rec.id) if cfg.temperature else None)
+    response = cut_at_markers(text, stop)
+    if method == "urial":
+        response = response.removesuffix("```").strip()
+    return _single_record(rec, method, response, n, 0, t0)
+
+
+async def pilot_alone_one(pilot: OpenAIServer, base, rec: PromptRecord, cfg: WSDConfig) -> dict:
+    t0 = time.perf_counter()
+    text, n = "", 0
+    async for delta, _ in pilot.stream_chat(list(rec.messages), cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                                            prompt_seed(cfg, rec.id) if cfg.temperature else None):
+        text, n = text + delta, n + 1
+    return _single_record(rec, "pilot_only", text.strip(), 0, n, t0)
+
+
+async def wsd_remote(pilot, base: RemoteBase, recs: list[PromptRecord], cfg: WSDConfig,
+                     method: str = "wsd") -> list[dict]:
     """All prompts, `cfg.batch_size` in flight at once; results in input order."""
+    from wsd_inference.baselines import urial_prefix
+
     sem = asyncio.Semaphore(cfg.batch_size)
+    prefix = urial_prefix(cfg.urial_prefix) if method == "urial" else None
+    run = {"wsd": lambda rec: wsd_one(pilot, base, rec, cfg),
+           "base_only": lambda rec: base_alone_one(pilot, base, rec, cfg),
+           "urial": lambda rec: base_alone_one(pilot, base, rec, cfg, "urial", prefix),
+           "pilot_only": lambda rec: pilot_alone_one(pilot, base, rec, cfg)}[method]
 
     async def one(rec):
         async with sem:
-            return await wsd_one(pilot, base, rec, cfg)
+            return await run(rec)
 
     return list(await asyncio.gather(*(one(r) for r in recs)))
 
 
-def run_remote(pilot, base_server: OpenAIServer, base_tokenizer, recs: list[PromptRecord], cfg: WSDConfig,
-               on_records, group: int | None = None) -> None:
-    """Run WSD over HTTP for all prompts, handing each finished group of records to `on_records` (in input
+def run_remote(pilot, base_server: OpenAIServer | None, base_tokenizer, recs: list[PromptRecord], cfg: WSDConfig,
+               on_records, group: int | None = None, method: str = "wsd") -> None:
+    """Run a method over HTTP for all prompts, handing each finished group of records to `on_records` (in input
     order), so a caller can persist progress. `pilot` is an OpenAIServer or a local HFModel."""
     group = group or cfg.batch_size * 4
 
     async def main():
-        base = RemoteBase(base_server, base_tokenizer)
+        base = RemoteBase(base_server, base_tokenizer) if base_server else None
         try:
             for i in range(0, len(recs), group):
-                on_records(await wsd_remote(pilot, base, recs[i : i + group], cfg))
+                on_records(await wsd_remote(pilot, base, recs[i : i + group], cfg, method))
         finally:
-            await base_server.close()
+            if base_server:
+                await base_server.close()
             if isinstance(pilot, OpenAIServer):
                 await pilot.close()
 
