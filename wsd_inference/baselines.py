@@ -40,6 +40,11 @@ def urial_prompt(messages, prefix: str, bos_token: str | None) -> str:
     return "".join(parts)
 
 
+def urial_answer(response: str) -> str:
+    """The answer block closes with ``` before the next "# Query": drop the fence."""
+    return response.removesuffix("```").strip()
+
+
 def _base_alone(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prompts: list[str], method: str,
                 stop: tuple[str, ...] | None = None) -> list[dict]:
     t0 = time.perf_counter()
@@ -49,9 +54,8 @@ def _base_alone(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prompts
     cont = continue_base(base, RaggedBatch(base, len(recs)), contexts, [cfg.max_new_tokens] * len(recs), cfg,
                          gens, **kw)
     rows = len(recs)
-    out = finish_records(base, recs, cfg, [len(c) for c in contexts], contexts, [None] * rows, [False] * rows,
-                         [[] for _ in recs], [[] for _ in recs], cont, t0, 0.0, method=method, **kw)
-    return out
+    return finish_records(base, recs, cfg, [len(c) for c in contexts], contexts, [None] * rows, [False] * rows,
+                          [[] for _ in recs], [[] for _ in recs], cont, t0, 0.0, method=method, **kw)
 
 
 def base_only_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:
@@ -62,11 +66,11 @@ def base_only_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> 
 
 def urial_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prefix: str | None = None) -> list[dict]:
     prefix = urial_prefix() if prefix is None else prefix
-    recs_out = _base_alone(base, recs, cfg, [urial_prompt(r.messages, prefix, base.tokenizer.bos_token)
-                                             for r in recs], "urial", stop=URIAL_STOP)
-    for r in recs_out:  # the answer block closes with ``` before the next "# Query"
-        r["response"] = r["response"].removesuffix("```").strip()
-    return recs_out
+    out = _base_alone(base, recs, cfg, [urial_prompt(r.messages, prefix, base.tokenizer.bos_token) for r in recs],
+                      "urial", stop=URIAL_STOP)
+    for r in out:
+        r["response"] = urial_answer(r["response"])
+    return out
 
 
 def pilot_only_batch(pilot: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:

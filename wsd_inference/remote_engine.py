@@ -136,7 +136,7 @@ def _single_record(rec: PromptRecord, method: str, response: str, n_base: int, n
 async def base_alone_one(pilot, base: RemoteBase, rec: PromptRecord, cfg: WSDConfig, method: str = "base_only",
                          urial: str | None = None) -> dict:
     """base_only (plain role template) or URIAL (in-context prefix) on a served base."""
-    from wsd_inference.baselines import URIAL_STOP, urial_prompt
+    from wsd_inference.baselines import URIAL_STOP, urial_answer, urial_prompt
 
     t0 = time.perf_counter()
     if method == "urial":
@@ -147,7 +147,7 @@ async def base_alone_one(pilot, base: RemoteBase, rec: PromptRecord, cfg: WSDCon
                                             cfg.top_p, prompt_seed(cfg, rec.id) if cfg.temperature else None)
     response = cut_at_markers(text, stop)
     if method == "urial":
-        response = response.removesuffix("```").strip()
+        response = urial_answer(response)
     return _single_record(rec, method, response, n, 0, t0)
 
 
