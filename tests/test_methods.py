@@ -8,7 +8,8 @@ from wsd_inference.eft import eft_batch
 from wsd_inference.hf_backend import load_hf_model
 from wsd_inference.implicit_reward import IncrementalScorer, implicit_reward_from_scratch
 from wsd_inference.prompts import cut_at_markers
-from wsd_inference.search import _start, _text, bon_batch, cbs_batch, sample_steps
+from wsd_inference.engine import sample_steps
+from wsd_inference.search import _start, _text, bon_batch, cbs_batch
 
 from .test_wsd_engine import RECS
 from .wsd_reference import greedy
@@ -66,7 +67,7 @@ def test_incremental_scores_equal_from_scratch(m, pair):
     scorer = IncrementalScorer(tuned, untuned, [r.messages for r in rows])
     compared = 0
     for round_ in range(5):
-        sample_steps(base, batch, nxt, resp, finished, gens, 7, 40, 0.9, 1.0, 0)
+        sample_steps(base, batch, nxt, resp, finished, gens, 7, [40] * len(rows), 0.9, 1.0, 0)
         texts = [_text(base, resp[r], finished[r]) for r in range(len(rows))]
         got = scorer.score(texts, finished)
         for r, rec in enumerate(rows):

@@ -58,24 +58,31 @@ def continue_base(base: HFModel, batch: RaggedBatch, contexts: list[list[int]], 
     out = batch.feed(new)
     nxt = [o[-1] if o is not None else None for o in out]
     cont: list[list[int]] = [[] for _ in range(rows)]
-    done = [b <= 0 for b in budgets]
-    while not all(done):
-        step = [[] for _ in range(rows)]
-        for r in range(rows):
-            if done[r]:
-                continue
-            t = pick_token(nxt[r], cfg.temperature, cfg.top_p, gens[r])
-            cont[r].append(t)
-            if base_stops(base, cont[r], budgets[r], stop):
-                done[r] = True
-            else:
-                step[r] = [t]
-        if any(step):
-            out = batch.feed(step)
-            for r in range(rows):
-                if out[r] is not None:
-                    nxt[r] = out[r][-1]
+    sample_steps(base, batch, nxt, cont, [b <= 0 for b in budgets], gens, max(budgets, default=0), budgets,
+                 cfg.temperature, cfg.top_p, stop=stop)
     return cont
+
+
+def sample_steps(base: HFModel, batch: RaggedBatch, nxt, resp, finished, gens, steps: int, budgets: list[int],
+                 temperature: float, top_p: float, top_k: int = 0, stop: tuple[str, ...] = STOP_STRINGS) -> None:
+    """Up to `steps` tokens (greedy or sampled) for every unfinished row, in place: resp[r] grows, finished[r]
+    turns True at EOS, a stop string or budgets[r] tokens, nxt[r] holds the logits after the last token."""
+    for _ in range(steps):
+        step = [[] for _ in resp]
+        for r in range(len(resp)):
+            if finished[r]:
+                continue
+            resp[r].append(pick_token(nxt[r], temperature, top_p, gens[r], top_k))
+            if base_stops(base, resp[r], budgets[r], stop):
+                finished[r] = True
+            else:
+                step[r] = [resp[r][-1]]
+        if not any(step):
+            return
+        out = batch.feed(step)
+        for r, o in enumerate(out):
+            if o is not None:
+                nxt[r] = o[-1]
 
 
 def wsd_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:

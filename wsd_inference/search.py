@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 
 from wsd_inference.config import WSDConfig
-from wsd_inference.engine import base_stops, prompt_seed
-from wsd_inference.hf_backend import HFModel, RaggedBatch, pick_token
+from wsd_inference.engine import prompt_seed, sample_steps
+from wsd_inference.hf_backend import HFModel, RaggedBatch
 from wsd_inference.implicit_reward import IncrementalScorer, implicit_reward_from_scratch
 from wsd_inference.prompts import STOP_STRINGS, PromptRecord, base_prompt, cut_at_markers
 
@@ -31,27 +31,6 @@ def _start(base: HFModel, recs: list[PromptRecord], n: int, cfg: WSDConfig):
     out = batch.feed([base.encode(base_prompt(rec.messages, base.tokenizer.bos_token)) for rec in rows])
     gens = [_generator(cfg, rec.id, 0, i % n) for i, rec in enumerate(rows)]
     return rows, batch, [o[-1] for o in out], gens
-
-
-def sample_steps(base: HFModel, batch: RaggedBatch, nxt, resp, finished, gens, steps: int, budget: int,
-                 temperature: float, top_p: float, top_k: int) -> None:
-    """Up to `steps` sampled tokens for every unfinished row (in place)."""
-    for _ in range(steps):
-        step = [[] for _ in resp]
-        for r in range(len(resp)):
-            if finished[r]:
-                continue
-            resp[r].append(pick_token(nxt[r], temperature, top_p, gens[r], top_k))
-            if base_stops(base, resp[r], budget):
-                finished[r] = True
-            else:
-                step[r] = [resp[r][-1]]
-        if not any(step):
-            return
-        out = batch.feed(step)
-        for r, o in enumerate(out):
-            if o is not None:
-                nxt[r] = o[-1]
 
 
 def _text(base: HFModel, ids: list[int], finished: bool) -> str:
@@ -76,8 +55,8 @@ def bon_batch(base: HFModel, tuned: HFModel, untuned: HFModel, recs: list[Prompt
     t0, s = time.perf_counter(), cfg.bon
     rows, batch, nxt, gens = _start(base, recs, s.n, cfg)
     resp, finished = [[] for _ in rows], [False] * len(rows)
-    sample_steps(base, batch, nxt, resp, finished, gens, cfg.max_new_tokens, cfg.max_new_tokens, s.temperature,
-                 s.top_p, s.top_k)
+    sample_steps(base, batch, nxt, resp, finished, gens, cfg.max_new_tokens, [cfg.max_new_tokens] * len(rows),
+                 s.temperature, s.top_p, s.top_k)
     out = []
     for g, rec in enumerate(recs):
         cands = range(g * s.n, (g + 1) * s.n)
@@ -101,8 +80,8 @@ def cbs_batch(base: HFModel, tuned: HFModel, untuned: HFModel, recs: list[Prompt
     scorer = IncrementalScorer(tuned, untuned, [rec.messages for rec in rows])
     round_ = 0
     while True:
-        sample_steps(base, batch, nxt, resp, finished, gens, chunk, cfg.max_new_tokens, s.temperature, s.top_p,
-                     s.top_k)
+        sample_steps(base, batch, nxt, resp, finished, gens, chunk, [cfg.max_new_tokens] * len(rows),
+                     s.temperature, s.top_p, s.top_k)
         scores = scorer.score([_text(base, resp[r], finished[r]) for r in range(len(rows))], finished)
         # the global top W of each prompt's rows (ties: the earlier row)
         tops = [sorted(range(g * n, (g + 1) * n), key=lambda r: (-scores[r], r))[:W] for g in range(len(recs))]
