@@ -17,6 +17,7 @@ from wsd_inference.config import WSDConfig
 from wsd_inference.engine import continue_base, draft_batch, finish_records, prompt_generators
 from wsd_inference.hf_backend import HFModel, RaggedBatch
 from wsd_inference.prompts import PromptRecord, base_prompt
+from wsd_inference.records import method_record
 
 URIAL_STOP = ("# Query",)
 
@@ -79,7 +80,6 @@ def pilot_only_batch(pilot: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -
     gens = prompt_generators(cfg, [r.id for r in recs])
     drafts = draft_batch(pilot, recs, cfg.model_copy(update={"max_draft_tokens": cfg.max_new_tokens}), gens)
     total = time.perf_counter() - t0
-    return [{"id": rec.id, "method": "pilot_only", "response": pilot.decode(d).strip(), "draft_text": "",
-             "switch_index": None, "switched": False, "pilot_tokens": len(d), "kept_draft_tokens": 0,
-             "base_tokens": 0, "window_scores": [], "time_s": round(total / len(recs), 4),
-             "timing": {"batch_s": round(total, 4), "batch_size": len(recs)}} for rec, d in zip(recs, drafts)]
+    return [method_record(rec.id, "pilot_only", pilot.decode(d).strip(), pilot_tokens=len(d),
+                          time_s=total / len(recs), timing={"batch_s": round(total, 4), "batch_size": len(recs)})
+            for rec, d in zip(recs, drafts)]

@@ -15,6 +15,7 @@ from wsd_inference.engine import base_stops, prompt_generators
 from wsd_inference.hf_backend import HFModel, RaggedBatch, pick_token
 from wsd_inference.implicit_reward import small_prompt
 from wsd_inference.prompts import PromptRecord, base_prompt, cut_at_markers
+from wsd_inference.records import method_record
 
 
 def check_same_vocabulary(*models: HFModel) -> int:
@@ -63,7 +64,5 @@ def eft_batch(base: HFModel, tuned: HFModel, untuned: HFModel, recs: list[Prompt
                     if o is not None:
                         last[i][r] = o[-1]
     total = time.perf_counter() - t0
-    return [{"id": rec.id, "method": "eft", "response": cut_at_markers(base.decode(x)), "draft_text": "",
-             "switch_index": None, "switched": False, "pilot_tokens": 0, "kept_draft_tokens": 0,
-             "base_tokens": len(x), "window_scores": [], "time_s": round(total / rows, 4),
-             "timing": {"batch_s": round(total, 4), "batch_size": rows}} for rec, x in zip(recs, resp)]
+    return [method_record(rec.id, "eft", cut_at_markers(base.decode(x)), base_tokens=len(x), time_s=total / rows,
+                          timing={"batch_s": round(total, 4), "batch_size": rows}) for rec, x in zip(recs, resp)]

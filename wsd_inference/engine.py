@@ -17,6 +17,7 @@ from wsd_inference.config import WSDConfig
 from wsd_inference.hf_backend import HFModel, RaggedBatch, common_prefix, advance, pick_token
 from wsd_inference.prompts import (STOP_STRINGS, PromptRecord, base_prompt, base_text, cut_at_markers, has_marker,
                                    pilot_prompt)
+from wsd_inference.records import method_record
 from wsd_inference.switch import first_switch, stable_token_count, window_scores
 
 MARKER_TAIL = 16  # tokens decoded to look for a stop string (the longest, "[Assistant]", is 11 characters)
@@ -159,20 +160,12 @@ def finish_records(base: HFModel, recs, cfg: WSDConfig, P, contexts, accept, swi
     rows, results = len(recs), []
     for r, rec in enumerate(recs):
         kept = contexts[r][P[r]:] if accept[r] is not None else []
-        results.append({
-            "id": rec.id,
-            "method": method,
-            "response": cut_at_markers(base.decode(kept + cont[r]), stop),
-            "draft_text": base.decode(kept),
-            "switch_index": accept[r],
-            "switched": switched[r],
-            "pilot_tokens": len(drafts[r]),
-            "kept_draft_tokens": len(kept),
-            "base_tokens": len(cont[r]),
-            "window_scores": [round(s, 6) for s in window_scores(logps[r][: (accept[r] or 0) + 1], cfg.window)],
-            "time_s": round(total / rows, 4),
-            "timing": {"batch_s": round(total, 4), "draft_and_score_s": round(t_draft, 4), "batch_size": rows},
-        })
+        results.append(method_record(
+            rec.id, method, cut_at_markers(base.decode(kept + cont[r]), stop), draft_text=base.decode(kept),
+            switch_index=accept[r], switched=switched[r], pilot_tokens=len(drafts[r]), kept_draft_tokens=len(kept),
+            base_tokens=len(cont[r]), window_scores=window_scores(logps[r][: (accept[r] or 0) + 1], cfg.window),
+            time_s=total / rows,
+            timing={"batch_s": round(total, 4), "draft_and_score_s": round(t_draft, 4), "batch_size": rows}))
     return results
 
 

@@ -113,14 +113,14 @@ def pilot_prompt(tokenizer, messages) -> str:
     return text
 
 
+def cut_before_markers(text: str, stop: tuple[str, ...] = STOP_STRINGS) -> str:
+    """The text before the first stop string (by default a role marker: the base model starting a new turn)."""
+    return text[: min((i for i in (text.find(t) for t in stop) if i != -1), default=len(text))]
+
+
 def cut_at_markers(text: str, stop: tuple[str, ...] = STOP_STRINGS) -> str:
-    """Cut at the first stop string (by default a role marker: the base model starting a new turn), strip."""
-    cut = len(text)
-    for tag in stop:
-        i = text.find(tag)
-        if i != -1:
-            cut = min(cut, i)
-    return text[:cut].strip()
+    """Cut at the first stop string, then strip: the final response."""
+    return cut_before_markers(text, stop).strip()
 
 
 def has_marker(text: str, stop: tuple[str, ...] = STOP_STRINGS) -> bool:

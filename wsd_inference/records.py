@@ -12,6 +12,17 @@ from pilot_core.atomic import atomic_write_json
 from pilot_core.errors import UserError
 
 
+def method_record(rid: str, method: str, response: str, *, time_s: float, timing: dict, draft_text: str = "",
+                  switch_index: int | None = None, switched: bool = False, pilot_tokens: int = 0,
+                  kept_draft_tokens: int = 0, base_tokens: int = 0, window_scores=(), **extra) -> dict:
+    """One output record, the same fields for every method (WSD's draft fields stay empty for the others)."""
+    return {"id": rid, "method": method, "response": response, "draft_text": draft_text,
+            "switch_index": switch_index, "switched": switched, "pilot_tokens": pilot_tokens,
+            "kept_draft_tokens": kept_draft_tokens, "base_tokens": base_tokens,
+            "window_scores": [round(x, 6) for x in window_scores], **extra, "time_s": round(time_s, 4),
+            "timing": timing}
+
+
 def _read_records(path: Path, tolerate_torn_tail: bool) -> list[dict]:
     data = path.read_bytes()
     records, good_end, pos = [], 0, 0

@@ -19,6 +19,7 @@ from wsd_inference.hf_backend import HFModel, RaggedBatch, pick_token
 from wsd_inference.openai_backend import OpenAIServer
 from wsd_inference.prompts import (STOP_STRINGS, PromptRecord, base_prompt, base_text, cut_at_markers,
                                    pilot_prompt)
+from wsd_inference.records import method_record
 from wsd_inference.switch import first_switch, stable_token_count, window_scores
 
 
@@ -43,7 +44,7 @@ async def _local_pilot(pilot: HFModel, rec: PromptRecord, cfg: WSDConfig):
 def _pilot_stream(pilot, rec: PromptRecord, cfg: WSDConfig):
     if isinstance(pilot, OpenAIServer):
         return pilot.stream_chat(list(rec.messages), cfg.max_draft_tokens, cfg.temperature, cfg.top_p,
-                                 prompt_seed(cfg, rec.id) if cfg.temperature > 0 else None)
+                                 _seed(cfg, rec))
     return _local_pilot(pilot, rec, cfg)
 
 
@@ -107,33 +108,24 @@ async def wsd_one(pilot, base: RemoteBase, rec: PromptRecord, cfg: WSDConfig) ->
     cont, n_cont = "", 0
     if budget > 0:
         cont, n_cont, _ = await base.server.complete(context, budget, list(STOP_STRINGS), cfg.temperature,
-                                                     cfg.top_p, prompt_seed(cfg, rec.id) if cfg.temperature else None)
-    total = time.perf_counter() - t0
+                                                     cfg.top_p, _seed(cfg, rec))
     kept_text = base.decode(kept)
-    return {
-        "id": rec.id,
-        "method": "wsd",
-        "response": cut_at_markers(kept_text + cont),
-        "draft_text": kept_text,
-        "switch_index": accept,
-        "switched": switched,
-        "pilot_tokens": n_pilot,
-        "kept_draft_tokens": len(kept),
-        "base_tokens": n_cont,
-        "window_scores": [round(s, 6) for s in window_scores(logps[: (accept or 0) + 1], cfg.window)],
-        "time_s": round(total, 4),
-        "timing": {"prompt_s": round(total, 4)},
-    }
+    return _record(rec, "wsd", cut_at_markers(kept_text + cont), t0, draft_text=kept_text, switch_index=accept,
+                   switched=switched, pilot_tokens=n_pilot, kept_draft_tokens=len(kept), base_tokens=n_cont,
+                   window_scores=window_scores(logps[: (accept or 0) + 1], cfg.window))
 
 
-def _single_record(rec: PromptRecord, method: str, response: str, n_base: int, n_pilot: int, t0: float) -> dict:
+def _record(rec: PromptRecord, method: str, response: str, t0: float, **fields) -> dict:
     total = time.perf_counter() - t0
-    return {"id": rec.id, "method": method, "response": response, "draft_text": "", "switch_index": None,
-            "switched": False, "pilot_tokens": n_pilot, "kept_draft_tokens": 0, "base_tokens": n_base,
-            "window_scores": [], "time_s": round(total, 4), "timing": {"prompt_s": round(total, 4)}}
+    return method_record(rec.id, method, response, time_s=total, timing={"prompt_s": round(total, 4)}, **fields)
 
 
-async def base_alone_one(pilot, base: RemoteBase, rec: PromptRecord, cfg: WSDConfig, method: str = "base_only",
+def _seed(cfg: WSDConfig, rec: PromptRecord) -> int | None:
+    """The server-side sampling seed of a prompt (none when decoding greedily)."""
+    return prompt_seed(cfg, rec.id) if cfg.temperature > 0 else None
+
+
+async def base_alone_one(base: RemoteBase, rec: PromptRecord, cfg: WSDConfig, method: str = "base_only",
                          urial: str | None = None) -> dict:
     """base_only (plain role template) or URIAL (in-context prefix) on a served base."""
     from wsd_inference.baselines import URIAL_STOP, urial_answer, urial_prompt
@@ -144,20 +136,20 @@ async def base_alone_one(pilot, base: RemoteBase, rec: PromptRecord, cfg: WSDCon
     else:
         prompt, stop = base_prompt(rec.messages, base.tokenizer.bos_token), STOP_STRINGS
     text, n, _ = await base.server.complete(base.encode(prompt), cfg.max_new_tokens, list(stop), cfg.temperature,
-                                            cfg.top_p, prompt_seed(cfg, rec.id) if cfg.temperature else None)
+                                            cfg.top_p, _seed(cfg, rec))
     response = cut_at_markers(text, stop)
     if method == "urial":
         response = urial_answer(response)
-    return _single_record(rec, method, response, n, 0, t0)
+    return _record(rec, method, response, t0, base_tokens=n)
 
 
-async def pilot_alone_one(pilot: OpenAIServer, base, rec: PromptRecord, cfg: WSDConfig) -> dict:
+async def pilot_alone_one(pilot: OpenAIServer, rec: PromptRecord, cfg: WSDConfig) -> dict:
     t0 = time.perf_counter()
     text, n = "", 0
     async for delta, _ in pilot.stream_chat(list(rec.messages), cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                            prompt_seed(cfg, rec.id) if cfg.temperature else None):
+                                            _seed(cfg, rec)):
         text, n = text + delta, n + 1
-    return _single_record(rec, "pilot_only", text.strip(), 0, n, t0)
+    return _record(rec, "pilot_only", text.strip(), t0, pilot_tokens=n)
 
 
 async def wsd_remote(pilot, base: RemoteBase, recs: list[PromptRecord], cfg: WSDConfig,
@@ -168,9 +160,9 @@ async def wsd_remote(pilot, base: RemoteBase, recs: list[PromptRecord], cfg: WSD
     sem = asyncio.Semaphore(cfg.batch_size)
     prefix = urial_prefix(cfg.urial_prefix) if method == "urial" else None
     run = {"wsd": lambda rec: wsd_one(pilot, base, rec, cfg),
-           "base_only": lambda rec: base_alone_one(pilot, base, rec, cfg),
-           "urial": lambda rec: base_alone_one(pilot, base, rec, cfg, "urial", prefix),
-           "pilot_only": lambda rec: pilot_alone_one(pilot, base, rec, cfg)}[method]
+           "base_only": lambda rec: base_alone_one(base, rec, cfg),
+           "urial": lambda rec: base_alone_one(base, rec, cfg, "urial", prefix),
+           "pilot_only": lambda rec: pilot_alone_one(pilot, rec, cfg)}[method]
 
     async def one(rec):
         async with sem:

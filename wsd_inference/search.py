@@ -15,7 +15,8 @@ from wsd_inference.config import WSDConfig
 from wsd_inference.engine import prompt_seed, sample_steps
 from wsd_inference.hf_backend import HFModel, RaggedBatch
 from wsd_inference.implicit_reward import IncrementalScorer, implicit_reward_from_scratch
-from wsd_inference.prompts import STOP_STRINGS, PromptRecord, base_prompt, cut_at_markers
+from wsd_inference.prompts import PromptRecord, base_prompt, cut_at_markers, cut_before_markers
+from wsd_inference.records import method_record
 
 
 def _generator(cfg: WSDConfig, rid: str, round_: int, slot: int):
@@ -36,17 +37,14 @@ def _start(base: HFModel, recs: list[PromptRecord], n: int, cfg: WSDConfig):
 def _text(base: HFModel, ids: list[int], finished: bool) -> str:
     """The response as the scorers read it: decoded and, once finished, cut before the first role marker."""
     text = base.decode(ids)
-    if finished:
-        text = text[: min((i for i in (text.find(t) for t in STOP_STRINGS) if i != -1), default=len(text))]
-    return text
+    return cut_before_markers(text) if finished else text
 
 
 def _record(rec, method, base, resp, score, n_rows, t0, rows_total) -> dict:
     total = time.perf_counter() - t0
-    return {"id": rec.id, "method": method, "response": cut_at_markers(base.decode(resp)), "draft_text": "",
-            "switch_index": None, "switched": False, "pilot_tokens": 0, "kept_draft_tokens": 0,
-            "base_tokens": len(resp), "window_scores": [], "score": round(score, 6), "candidates": n_rows,
-            "time_s": round(total / rows_total, 4), "timing": {"batch_s": round(total, 4)}}
+    return method_record(rec.id, method, cut_at_markers(base.decode(resp)), base_tokens=len(resp),
+                         score=round(score, 6), candidates=n_rows, time_s=total / rows_total,
+                         timing={"batch_s": round(total, 4)})
 
 
 def bon_batch(base: HFModel, tuned: HFModel, untuned: HFModel, recs: list[PromptRecord], cfg: WSDConfig,
@@ -94,7 +92,6 @@ def cbs_batch(base: HFModel, tuned: HFModel, untuned: HFModel, recs: list[Prompt
         resp = [list(resp[r]) for r in order]
         finished = [finished[r] for r in order]
         nxt = [nxt[r] for r in order]
-        scores = [scores[r] for r in order]
         gens = [_generator(cfg, rows[i].id, round_, i % n) for i in range(len(rows))]  # fresh streams per copy
     return [_record(rec, "cbs", base, resp[top[0]], scores[top[0]], n, t0, len(recs))
             for rec, top in zip(recs, tops)]
