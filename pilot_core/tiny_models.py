@@ -1,4 +1,4 @@
-"""Tiny causal LMs built in-process: a BPE tokenizer trained locally, a chat template with {% generation %}
+"""Tiny causal LMs (and reward models) built in-process: a BPE tokenizer trained locally, a chat template with {% generation %}
 markers, a Llama or Qwen2 of a chosen size with seeded random weights, saved with `save_pretrained`.
 
 Used by tests, benchmarks and the demo: no network, deterministic for a seed (same bytes on disk).
@@ -75,6 +75,9 @@ class TinyModelSpec(BaseConfig):
     pretrain_steps: int = Field(0, ge=0, description="AdamW steps of language modelling on the corpus (0 = random)")
     pretrain_format: Literal["text", "chat"] = Field("text", description="chat: corpus lines as user/assistant turns")
     learning_rate: float = Field(3e-3, gt=0)
+    head: Literal["causal_lm", "reward"] = Field(
+        "causal_lm", description="reward: the pretrained backbone under a seeded one-output sequence-classification "
+        "head (a tiny reward model)")
 
     @model_validator(mode="after")
     def _check_heads(self) -> "TinyModelSpec":
@@ -171,6 +174,8 @@ def build_tiny_model(spec: TinyModelSpec, out_dir: str | Path, corpus: list[str]
                                                pad_token_id=tok.pad_token_id, do_sample=False)
     if spec.pretrain_steps:
         _pretrain(model, tok, spec, corpus)
+    if spec.head == "reward":
+        model = _reward_head(model, spec)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
@@ -208,6 +213,20 @@ def _pretrain(model, tok, spec: TinyModelSpec, corpus: list[str], seq_len: int =
         opt.step()
         opt.zero_grad(set_to_none=True)
     model.eval()
+
+
+def _reward_head(lm, spec: TinyModelSpec):
+    """The language model's backbone under a seeded score head with one output."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    fields = {k: v for k, v in lm.config.to_dict().items() if k not in ("id2label", "label2id")}
+    cfg = lm.config.__class__(**fields, num_labels=1)
+    torch.manual_seed(spec.seed + 1)
+    rm = AutoModelForSequenceClassification.from_config(cfg).eval()
+    rm.model.load_state_dict(lm.model.state_dict())
+    torch.nn.init.normal_(rm.score.weight, std=1.0 / spec.hidden_size**0.5)  # rewards of order 1
+    return rm
 
 
 def _corpus_hash(corpus: list[str]) -> str:
@@ -254,6 +273,14 @@ def tiny_pair(kind: Literal["same", "different"], cache_dir: str | Path | None =
     """(pilot_dir, base_dir) for a pilot/base pair sharing a tokenizer ("same") or not ("different")."""
     base = BASE_SPEC_SAME_TOKENIZER if kind == "same" else BASE_SPEC_OTHER_TOKENIZER
     return cached_tiny_model(PILOT_SPEC, cache_dir=cache_dir), cached_tiny_model(base, cache_dir=cache_dir)
+
+
+REWARD_SPEC = PILOT_SPEC.model_copy(update={"head": "reward"})
+
+
+def tiny_reward_model(cache_dir: str | Path | None = None) -> Path:
+    """A tiny reward model on the pilot's backbone and tokenizer (for best-of-N, judges and metrics)."""
+    return cached_tiny_model(REWARD_SPEC, cache_dir=cache_dir)
 
 
 def tiny_untuned(cache_dir: str | Path | None = None) -> Path:

@@ -9,7 +9,7 @@ from wsd_inference.hf_backend import load_hf_model
 from wsd_inference.implicit_reward import IncrementalScorer, implicit_reward_from_scratch
 from wsd_inference.prompts import cut_at_markers
 from wsd_inference.engine import sample_steps
-from wsd_inference.search import _start, _text, bon_batch, cbs_batch
+from wsd_inference.search import _start, bon_batch, cbs_batch, scored_text
 
 from .test_wsd_engine import RECS
 from .wsd_reference import greedy
@@ -68,7 +68,7 @@ def test_incremental_scores_equal_from_scratch(m, pair):
     compared = 0
     for round_ in range(5):
         sample_steps(base, batch, nxt, resp, finished, gens, 7, [40] * len(rows), 0.9, 1.0, 0)
-        texts = [_text(base, resp[r], finished[r]) for r in range(len(rows))]
+        texts = [scored_text(base, resp[r], finished[r]) for r in range(len(rows))]
         got = scorer.score(texts, finished)
         for r, rec in enumerate(rows):
             want = implicit_reward_from_scratch(tuned, untuned, rec.messages, texts[r], finished[r])
@@ -100,16 +100,18 @@ def test_cbs_with_one_beam_and_no_chunks_is_best_of_n(m, pair):
 def test_best_of_n_picks_the_highest_scoring_sample(m):
     base, tuned, untuned = m["different"], m["pilot"], m["untuned"]
     cfg = WSDConfig(max_new_tokens=20)
-    # a reward that prefers short answers: the chosen sample must be the shortest of the N
     seen = {}
 
-    def reward(messages, text):
-        seen.setdefault(messages[-1]["content"], []).append(len(text))
-        return -len(text)
+    class PrefersShort:  # a reward that prefers short answers: the chosen sample must be the shortest of the N
+        def score(self, items):
+            for messages, text in items:
+                seen.setdefault(messages[-1]["content"], []).append(len(text))
+            return [-len(text) for _, text in items]
 
-    for rec, g in zip(RECS, bon_batch(base, tuned, untuned, RECS, cfg, reward=reward)):
+    for rec, g in zip(RECS, bon_batch(base, tuned, untuned, RECS, cfg, reward=PrefersShort())):
         lengths = seen[rec.messages[-1]["content"]]
         assert len(lengths) == cfg.bon.n and g["score"] == -min(lengths)
+        assert g["candidate_scores"] == [-x for x in lengths]
 
 
 def test_cbs_searches_in_chunks_and_is_seeded(m):

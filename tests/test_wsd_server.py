@@ -139,3 +139,66 @@ def test_pilot_only_over_a_server(vllm_servers, local):
 
     got = remote(go)
     assert sum(w["response"] == g["response"] for w, g in zip(want, got)) >= len(RECS) - 1
+
+
+def _search(vllm_servers, local, untuned, base: str, method: str, cfg: WSDConfig, reward=None):
+    from wsd_inference.remote_search import bon_remote, cbs_remote
+
+    async def go():
+        s = OpenAIServer(vllm_servers[base].url, base)
+        try:
+            b = RemoteBase(s, local[base].tokenizer)
+            if method == "bon":
+                return await bon_remote(b, local["pilot"], untuned, RECS, cfg, reward)
+            return await cbs_remote(b, local["pilot"], untuned, RECS, cfg)
+        finally:
+            await s.close()
+
+    return remote(go)
+
+
+@pytest.fixture(scope="module")
+def untuned(untuned_path):
+    return load_hf_model(str(untuned_path))
+
+
+@pytest.mark.parametrize("base", ["base-same", "base-different"])
+def test_search_with_the_base_on_a_server(vllm_servers, local, untuned, base):
+    """CBS and best-of-N sample on the server (seeded per row) and score in-process: CBS with one beam and
+    whole responses is best-of-N; chunked CBS continues from the exact sampled ids, is repeatable, and beats a
+    single sample on its own metric."""
+    cfg = WSDConfig(max_new_tokens=24, seed=5, batch_size=4)
+    whole = cfg.model_copy(update={"cbs": cfg.cbs.model_copy(update={"beam_width": 1, "successors": 4,
+                                                                        "chunk_length": None})})
+    bon = _search(vllm_servers, local, untuned, base, "bon", whole)
+    cbs_whole = _search(vllm_servers, local, untuned, base, "cbs", whole)
+    for b, c in zip(bon, cbs_whole):
+        assert b["response"] == c["response"] and b["score"] == pytest.approx(c["score"], abs=1e-3)
+        assert b["score"] == max(b["candidate_scores"]) and len(b["candidate_scores"]) == 4
+        assert 0 < b["base_tokens"] <= 24
+    assert len({b["response"] for b in bon}) > 1
+
+    chunked = cfg.model_copy(update={"cbs": cfg.cbs.model_copy(update={"chunk_length": 5})})
+    a = _search(vllm_servers, local, untuned, base, "cbs", chunked)
+    again = _search(vllm_servers, local, untuned, base, "cbs", chunked)
+    assert [x["response"] for x in a] == [x["response"] for x in again]
+    single = _search(vllm_servers, local, untuned, base, "bon",
+                     cfg.model_copy(update={"bon": cfg.bon.model_copy(update={"n": 1})}))
+    assert sum(x["score"] for x in a) > sum(x["score"] for x in single)
+
+
+def test_search_cli_with_a_served_base(vllm_servers, pair_same, pair_different, untuned_path, tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": r.id, "messages": list(r.messages)}) + "\n" for r in RECS))
+    cli = [sys.executable, "-m", "flows.cli", "wsd", "generate", "--input", str(prompts), "--max-new-tokens", "20",
+           "--method", "cbs", "--untuned", str(untuned_path), "--base", vllm_servers["base-different"].url,
+           "--base-model", "base-different", "--base-tokenizer", str(pair_different[1])]
+    ok = subprocess.run([*cli, "--pilot", str(pair_same[0]), "--output", str(tmp_path / "cbs.jsonl")], cwd=REPO,
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    rows = [json.loads(x) for x in open(tmp_path / "cbs.jsonl")]
+    assert [r["id"] for r in rows] == [r.id for r in RECS] and all(r["method"] == "cbs" for r in rows)
+    served_pilot = subprocess.run([*cli, "--pilot", vllm_servers["pilot"].url, "--pilot-model", "pilot",
+                                   "--output", str(tmp_path / "no.jsonl")], cwd=REPO, capture_output=True, text=True)
+    assert served_pilot.returncode == 2 and "give both as local models" in served_pilot.stderr
+    assert not (tmp_path / "no.jsonl").exists()

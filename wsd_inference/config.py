@@ -24,10 +24,17 @@ class CBSConfig(BaseConfig):
 class BoNConfig(BaseConfig):
     n: int = Field(4, ge=1, description="samples from the base per prompt")
     scorer: Literal["implicit", "reward_model"] = "implicit"
-    reward_model: str | None = Field(None, description="sequence-classification model (path) for scorer=reward_model")
+    reward_model: str | None = Field(None, description="reward model (a one-output sequence-classification model: "
+                                     "a local path or hub id) for scorer=reward_model")
     temperature: float = Field(0.7, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(50, ge=0)
+
+    @model_validator(mode="after")
+    def _scorer(self) -> "BoNConfig":
+        if self.scorer == "reward_model" and not self.reward_model:
+            raise ValueError("scorer reward_model needs reward_model: the path of a sequence-classification model")
+        return self
 
 
 class EFTConfig(BaseConfig):

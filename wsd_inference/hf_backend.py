@@ -13,24 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pilot_core.errors import UserError
+from pilot_core.model_files import check_local_dir, is_local
 from wsd_inference.prompts import PILOT_STOP_TOKENS
-
-PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
-
-
-def _check_local_dir(path: Path, allow_pickle: bool) -> None:
-    if not path.is_dir():
-        raise UserError(f"model path not found: {path}")
-    if not (path / "config.json").is_file():
-        raise UserError(f"{path}: not a transformers model directory (no config.json)")
-    if not list(path.glob("*.safetensors")) and not list(path.glob("*.safetensors.index.json")):
-        pickled = [p.name for p in path.iterdir() if p.name in PICKLED_WEIGHTS or p.suffix in (".bin", ".pt")]
-        if pickled and not allow_pickle:
-            raise UserError(f"{path}: only pickled weights ({', '.join(sorted(pickled))}); "
-                            "Pilot loads safetensors only (pickles can run code on load)")
-        if not pickled:
-            raise UserError(f"{path}: no model weights (*.safetensors) found")
-
 
 @dataclass
 class HFModel:
@@ -64,9 +48,8 @@ def load_hf_model(path: str, role: str = "model", device: str = "cpu", dtype: st
 
     hf_logging.disable_progress_bar()
 
-    local = Path(path)
-    if local.exists() or path.startswith((".", "/")):
-        _check_local_dir(local, allow_pickle)
+    if is_local(path):
+        check_local_dir(Path(path), allow_pickle)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:

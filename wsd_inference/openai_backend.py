@@ -13,8 +13,9 @@ The API key comes from the environment variable the caller names, never from a f
 
 from __future__ import annotations
 
-import os
 import contextlib
+import os
+from typing import NamedTuple
 
 from pilot_core.errors import JobFailed, UserError
 
@@ -40,6 +41,13 @@ def _message(e) -> str:
     body = getattr(e, "body", None)
     msg = body.get("message") if isinstance(body, dict) else None
     return (msg or str(e)).splitlines()[0][:300]
+
+
+class Completion(NamedTuple):
+    text: str
+    tokens: int  # completion tokens, as the server counts them
+    finish_reason: str  # "stop": EOS or a stop string; "length": max_tokens
+    token_ids: list[int] | None  # None where the server does not return them
 
 
 class OpenAIServer:
@@ -72,15 +80,19 @@ class OpenAIServer:
         return list(lp.token_logprobs[: len(ids)])  # drop the one generated token
 
     async def complete(self, prompt_ids: list[int], max_tokens: int, stop: list[str], temperature: float,
-                       top_p: float, seed: int | None) -> tuple[str, int, str]:
-        """Continue from token ids; returns (text, completion tokens, finish reason)."""
+                       top_p: float, seed: int | None, top_k: int = 0) -> Completion:
+        """Continue from token ids. The sampled token ids come back where the server returns them (vLLM's
+        `return_token_ids`), so a search can continue a chunk from exactly the tokens that were sampled."""
+        extra = {"return_token_ids": True, **({"top_k": top_k} if top_k else {})}
         async with _api_errors(self.url):
             r = await self.client.completions.create(
                 model=self.model, prompt=prompt_ids, max_tokens=max_tokens, stop=stop, temperature=temperature,
-                top_p=top_p, seed=seed,
+                top_p=top_p, seed=seed, extra_body=extra,
             )
         c = r.choices[0]
-        return c.text, (r.usage.completion_tokens if r.usage else 0), c.finish_reason or ""
+        ids = getattr(c, "token_ids", None)
+        return Completion(c.text, (r.usage.completion_tokens if r.usage else 0), c.finish_reason or "",
+                          list(ids) if ids is not None else None)
 
     # ------------------------------------------------------------------------------------------- pilot side
     async def stream_chat(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,

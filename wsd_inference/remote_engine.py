@@ -107,7 +107,7 @@ async def wsd_one(pilot, base: RemoteBase, rec: PromptRecord, cfg: WSDConfig) ->
     budget = cfg.max_new_tokens - kept_n
     cont, n_cont = "", 0
     if budget > 0:
-        cont, n_cont, _ = await base.server.complete(context, budget, list(STOP_STRINGS), cfg.temperature,
+        cont, n_cont, *_ = await base.server.complete(context, budget, list(STOP_STRINGS), cfg.temperature,
                                                      cfg.top_p, _seed(cfg, rec))
     kept_text = base.decode(kept)
     return _record(rec, "wsd", cut_at_markers(kept_text + cont), t0, draft_text=kept_text, switch_index=accept,
@@ -135,7 +135,7 @@ async def base_alone_one(base: RemoteBase, rec: PromptRecord, cfg: WSDConfig, me
         prompt, stop = urial_prompt(rec.messages, urial, base.tokenizer.bos_token), URIAL_STOP
     else:
         prompt, stop = base_prompt(rec.messages, base.tokenizer.bos_token), STOP_STRINGS
-    text, n, _ = await base.server.complete(base.encode(prompt), cfg.max_new_tokens, list(stop), cfg.temperature,
+    text, n, *_ = await base.server.complete(base.encode(prompt), cfg.max_new_tokens, list(stop), cfg.temperature,
                                             cfg.top_p, _seed(cfg, rec))
     response = cut_at_markers(text, stop)
     if method == "urial":
@@ -172,16 +172,23 @@ async def wsd_remote(pilot, base: RemoteBase, recs: list[PromptRecord], cfg: WSD
 
 
 def run_remote(pilot, base_server: OpenAIServer | None, base_tokenizer, recs: list[PromptRecord], cfg: WSDConfig,
-               on_records, group: int | None = None, method: str = "wsd") -> None:
+               on_records, group: int | None = None, method: str = "wsd", untuned=None, reward=None) -> None:
     """Run a method over HTTP for all prompts, handing each finished group of records to `on_records` (in input
-    order), so a caller can persist progress. `pilot` is an OpenAIServer or a local HFModel."""
-    group = group or cfg.batch_size * 4
+    order), so a caller can persist progress. `pilot` is an OpenAIServer or a local HFModel (a local one for the
+    search methods, whose scorers run in-process)."""
+    from wsd_inference.remote_search import bon_remote, cbs_remote
+
+    search = {"bon": lambda b, group_recs: bon_remote(b, pilot, untuned, group_recs, cfg, reward),
+              "cbs": lambda b, group_recs: cbs_remote(b, pilot, untuned, group_recs, cfg)}.get(method)
+    # a search group is one scorer batch (batch_size prompts x their rows), as on the local backend
+    group = group or (cfg.batch_size if search else cfg.batch_size * 4)
 
     async def main():
         base = RemoteBase(base_server, base_tokenizer) if base_server else None
         try:
             for i in range(0, len(recs), group):
-                on_records(await wsd_remote(pilot, base, recs[i : i + group], cfg, method))
+                part = recs[i : i + group]
+                on_records(await (search(base, part) if search else wsd_remote(pilot, base, part, cfg, method)))
         finally:
             if base_server:
                 await base_server.close()

@@ -18,10 +18,11 @@ from wsd_inference.records import ResumableJsonl
 
 METHODS = ("wsd", "base_only", "pilot_only", "urial", "bon", "cbs", "eft")
 NEEDS_UNTUNED = ("cbs", "eft")  # and bon with the implicit-reward scorer
-SERVER_METHODS = ("wsd", "base_only", "urial", "pilot_only")  # over OpenAI-compatible servers
+SERVER_METHODS = ("wsd", "base_only", "urial", "pilot_only", "bon", "cbs")  # base (or pilot) on a server
+LOCAL_SCORERS = ("bon", "cbs")  # the pilot scores in-process even when the base is served
 
 
-def _batch_fn(method: str, pilot, base, untuned, cfg: WSDConfig):
+def _batch_fn(method: str, pilot, base, untuned, reward, cfg: WSDConfig):
     """The in-process function for one batch of prompts."""
     from wsd_inference import baselines, eft, search
     from wsd_inference.engine import wsd_batch
@@ -35,10 +36,15 @@ def _batch_fn(method: str, pilot, base, untuned, cfg: WSDConfig):
         "base_only": lambda recs: baselines.base_only_batch(base, recs, cfg),
         "pilot_only": lambda recs: baselines.pilot_only_batch(pilot, recs, cfg),
         "urial": lambda recs: baselines.urial_batch(base, recs, cfg, prefix),
-        "bon": lambda recs: search.bon_batch(base, pilot, untuned, recs, cfg),
+        "bon": lambda recs: search.bon_batch(base, pilot, untuned, recs, cfg, reward),
         "cbs": lambda recs: search.cbs_batch(base, pilot, untuned, recs, cfg),
         "eft": lambda recs: eft.eft_batch(base, pilot, untuned, recs, cfg),
     }[method]
+
+
+def _implicit(method: str, cfg: WSDConfig) -> bool:
+    """Whether the method scores with the implicit reward (pilot vs its untuned reference)."""
+    return method in NEEDS_UNTUNED or (method == "bon" and cfg.bon.scorer == "implicit")
 
 
 def _prepare(method: str, pilot: ModelSource, base: ModelSource, untuned: ModelSource | None, remote: bool,
@@ -52,8 +58,14 @@ def _prepare(method: str, pilot: ModelSource, base: ModelSource, untuned: ModelS
         return src and load_hf_model(src.local_path(), f"{role} {src.name}", device, dtype, src.trust_remote_code,
                                      need_chat_template=chat)
 
+    reward = None
+    if method == "bon" and cfg.bon.scorer == "reward_model":
+        from pilot_core.reward_model import RewardModel
+
+        reward = RewardModel(cfg.bon.reward_model, device, dtype)
     pilot_m = OpenAIServer(pilot.url, pilot.served_model, pilot.api_key_env) if pilot.url else \
         local(pilot, "pilot", chat=True)
+    untuned_m = local(untuned, "untuned") if _implicit(method, cfg) else None
     if remote:
         from wsd_inference.remote_engine import run_remote
 
@@ -62,9 +74,10 @@ def _prepare(method: str, pilot: ModelSource, base: ModelSource, untuned: ModelS
             base_tok = load_tokenizer(base.tokenizer or base.served_model, f"base {base.name} tokenizer",
                                       base.trust_remote_code)
             base_server = OpenAIServer(base.url, base.served_model, base.api_key_env)
-        return lambda todo, save: run_remote(pilot_m, base_server, base_tok, todo, cfg, save, method=method)
+        return lambda todo, save: run_remote(pilot_m, base_server, base_tok, todo, cfg, save, method=method,
+                                             untuned=untuned_m, reward=reward)
     base_m = None if method == "pilot_only" else local(base, "base")
-    batch = _batch_fn(method, pilot_m, base_m, local(untuned, "untuned"), cfg)
+    batch = _batch_fn(method, pilot_m, base_m, untuned_m, reward, cfg)
 
     def run(todo, save):
         for i in range(0, len(todo), cfg.batch_size):
@@ -84,10 +97,12 @@ def generate_to_file(pilot: ModelSource, base: ModelSource, prompts: list[Prompt
     if remote and method not in SERVER_METHODS:
         raise UserError(f"method {method} runs on local models only for now "
                         f"(over a server: {', '.join(SERVER_METHODS)})")
-    if untuned is None and (method in NEEDS_UNTUNED or (method == "bon" and cfg.bon.scorer == "implicit")):
+    implicit = _implicit(method, cfg)
+    if untuned is None and implicit:
         raise UserError(f"method {method} needs the pilot's untuned reference model (--untuned)")
-    if method == "bon" and cfg.bon.scorer == "reward_model":
-        raise UserError("bon.scorer=reward_model is not built yet; use the implicit reward (bon.scorer=implicit)")
+    if method in LOCAL_SCORERS and implicit and (pilot.url or (untuned and untuned.url)):
+        raise UserError(f"method {method} scores with the pilot and its untuned reference in-process: give both as "
+                        "local models (the base may be on a server)")
     settings = {"method": method, "pilot": pilot.model_dump(mode="json"), "base": base.model_dump(mode="json"),
                 "untuned": untuned.model_dump(mode="json") if untuned else None, "config": cfg.model_dump(mode="json")}
     out = ResumableJsonl(output, settings)

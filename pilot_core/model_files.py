@@ -1,0 +1,28 @@
+"""Checks on a local model directory before transformers touches it: safetensors only (pickled weights can run
+code when loaded), and a clear error for a missing or foreign directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pilot_core.errors import UserError
+
+PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.ckpt")
+
+
+def is_local(path: str) -> bool:
+    return Path(path).exists() or path.startswith((".", "/"))
+
+
+def check_local_dir(path: Path, allow_pickle: bool = False) -> None:
+    if not path.is_dir():
+        raise UserError(f"model path not found: {path}")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: not a transformers model directory (no config.json)")
+    if not list(path.glob("*.safetensors")) and not list(path.glob("*.safetensors.index.json")):
+        pickled = [p.name for p in path.iterdir() if p.name in PICKLED_WEIGHTS or p.suffix in (".bin", ".pt")]
+        if pickled and not allow_pickle:
+            raise UserError(f"{path}: only pickled weights ({', '.join(sorted(pickled))}); "
+                            "Pilot loads safetensors only (pickles can run code on load)")
+        if not pickled:
+            raise UserError(f"{path}: no model weights (*.safetensors) found")

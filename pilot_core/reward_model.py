@@ -1,0 +1,65 @@
+"""A reward model: a `transformers` sequence-classification model with one output, reading a conversation in
+its own chat template. Used by best-of-N (`bon.scorer: reward_model`), by the preference judges and by the
+validation metrics, so every stage scores a response the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pilot_core.errors import UserError
+from pilot_core.model_files import check_local_dir, is_local
+
+
+class RewardModel:
+    def __init__(self, path: str, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False,
+                 max_length: int = 4096, batch_size: int = 8):
+        import torch
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        if is_local(path):
+            check_local_dir(Path(path))
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise UserError(f"reward model {path}: cannot read the model config: {str(e).splitlines()[0]}") from None
+        archs = getattr(config, "architectures", None) or []
+        if not any(a.endswith("ForSequenceClassification") for a in archs):
+            raise UserError(f"reward model {path}: architecture {', '.join(archs) or config.model_type!r} is not a "
+                            "sequence-classification model")
+        if config.num_labels != 1:
+            raise UserError(f"reward model {path}: has {config.num_labels} outputs; a reward model has one")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True)
+        except (OSError, ValueError) as e:
+            raise UserError(f"reward model {path}: cannot load: {str(e).splitlines()[0]}") from None
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise UserError(f"reward model {path}: the tokenizer has no chat template")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.model.config.pad_token_id is None:  # it finds each row's last real token by the pad id
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.tokenizer.padding_side = "right"
+        self.path, self.device, self.max_length, self.batch_size = path, device, max_length, batch_size
+        self.model.to(device).eval()
+
+    def text(self, messages, response: str) -> str:
+        conv = [dict(m) for m in messages] + [{"role": "assistant", "content": response}]
+        return self.tokenizer.apply_chat_template(conv, tokenize=False)
+
+    def score(self, items: list[tuple[list, str]]) -> list[float]:
+        """The reward of each (messages, response) pair, in order."""
+        import torch
+
+        out: list[float] = []
+        texts = [self.text(m, r) for m, r in items]
+        for i in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True,
+                                 max_length=self.max_length, add_special_tokens=False, return_tensors="pt")
+            with torch.no_grad():
+                logits = self.model(**enc.to(self.device)).logits
+            out.extend(float(x) for x in logits[:, 0].float())
+        return out
