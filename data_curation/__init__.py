@@ -1,1 +1,2 @@
-"""data_curation"""
+"""GenerAlign curation: sources -> normalise -> score and filter (with reasons) -> dedup -> decontaminate -> mix
+-> a versioned dataset directory with its excluded table, manifest and data card; plus the data team's review."""

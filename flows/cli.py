@@ -10,6 +10,7 @@ import sys
 
 import click
 
+from flows.curate_cli import curate
 from flows.wsd_cli import wsd
 from pilot_core.errors import JobFailed, UserError
 
@@ -95,12 +96,6 @@ def models_tiny(spec_path: str, out: str, overrides: tuple[str, ...]) -> None:
 
 # ------------------------------------------------------------------------------------------------ stages
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def curate() -> None:
-    """Curate prompts into the GenerAlign dataset."""
-    _not_built("curate", 5)
-
-
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 def train() -> None:
     """Train a pilot with SFT and DPO."""
     _not_built("train", 7)
@@ -131,6 +126,7 @@ def review() -> None:
 
 
 cli.add_command(wsd)
+cli.add_command(curate)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ SCHEMAS = {
     "pipeline": "flows.pipeline_config:PipelineConfig",
     "wsd": "wsd_inference.config:WSDConfig",
     "models": "pilot_core.tiny_models:TinyModelSpec",
+    "curation": "data_curation.config:CurationConfig",
 }
 
 

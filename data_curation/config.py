@@ -1,0 +1,134 @@
+"""Typed curation recipe (configs/curation/*.yaml). Filters compute scores once; the thresholds here decide, so
+they can be changed and replayed on a finished run without recomputing any score (`pilot curate --replay`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from pilot_core.config import BaseConfig
+from pilot_core.model_source import ModelSource
+from pilot_core.names import validate_name
+
+
+class Columns(BaseConfig):
+    """Which source column holds what. Give `prompt` (one user turn) or `messages` (a conversation)."""
+
+    id: str | None = Field("id", description="original row id (null: the 1-based row number)")
+    prompt: str | None = "prompt"
+    messages: str | None = Field(None, description="a list of {role, content} (or {from, value}) turns")
+    system: str | None = Field(None, description="optional system prompt column, prepended as a system turn")
+    category: str | None = Field(None, description="optional category given by the source")
+
+
+class SourceConfig(BaseConfig):
+    """One input. `cap` and `weight` are documented in the README (Curation: mixing)."""
+
+    name: str
+    kind: Literal["jsonl", "parquet", "csv", "hf"] = "jsonl"
+    path: str = Field(description="a file; for kind hf a `save_to_disk` directory or a hub dataset id")
+    split: str = Field("train", description="kind hf: the split to read")
+    columns: Columns = Columns()
+    cap: int | None = Field(None, ge=1, description="read at most this many rows (a seeded sample, not the first N)")
+    weight: float = Field(1.0, gt=0, description="share of the mix when mix.total is set")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        try:
+            return validate_name(v, "source name")
+        except Exception as e:
+            raise ValueError(str(e)) from None
+
+
+class LengthFilter(BaseConfig):
+    min_tokens: int = Field(4, ge=0, description="tokens of the turns' content (the template's own not counted)")
+    max_tokens: int = Field(1024, ge=1, description="tokens of the whole prompt under the pilot's chat template")
+    max_chars: int = Field(200_000, ge=1, description="longer rows are excluded before tokenizing")
+
+
+class LanguageFilter(BaseConfig):
+    keep: list[str] = Field(["en"], description="ISO 639-1 codes to keep")
+    candidates: list[str] = Field(
+        ["en", "de", "fr", "es", "it", "pt", "nl", "ru", "zh", "ja", "ko", "ar", "hi", "tr", "pl", "sv", "vi",
+         "id", "uk", "fa"], description="languages the detector chooses among (ISO 639-1)")
+    min_confidence: float = Field(0.0, ge=0, le=1, description="and the top language's confidence at least this")
+    min_letters: int = Field(10, ge=0, description="shorter texts are not identified (language 'und', kept)")
+
+
+class QualityFilter(BaseConfig):
+    max_repetition: float = Field(0.3, ge=0, le=1, description="share of duplicated word 3-grams")
+    max_symbol_ratio: float = Field(0.3, ge=0, le=1, description="share of characters that are neither letters, "
+                                    "digits, spaces nor common punctuation")
+    boilerplate: bool = Field(True, description="drop rows matching the boilerplate patterns")
+
+
+class PIIFilter(BaseConfig):
+    action: Literal["flag", "redact", "drop"] = Field("redact", description="flag: keep and tag; redact: replace "
+                                                      "with <EMAIL> etc. (the original is kept); drop: exclude")
+    kinds: list[Literal["email", "phone", "ip", "card"]] = ["email", "phone", "ip", "card"]
+
+
+class Filters(BaseConfig):
+    length: LengthFilter = LengthFilter()
+    language: LanguageFilter | None = LanguageFilter()
+    quality: QualityFilter = QualityFilter()
+    pii: PIIFilter = PIIFilter()
+
+
+class DedupConfig(BaseConfig):
+    exact: bool = True
+    near: bool = True
+    threshold: float = Field(0.8, gt=0, lt=1, description="estimated Jaccard similarity of word n-gram sets")
+    num_perm: int = Field(128, ge=16, le=1024)
+    ngram: int = Field(3, ge=1, description="word n-gram shingles")
+    previous: list[str] | Literal["auto"] = Field(
+        "auto", description="earlier published versions to dedup against (dataset dirs); auto: every earlier "
+        "version under output_dir/name/")
+
+
+class DecontamConfig(BaseConfig):
+    reference_sets: list[str] = Field([], description="JSONL prompt files that must never leak into training "
+                                      "(benchmarks, the validation and eval sets)")
+    ngram: int = Field(8, ge=3, description="word n-grams compared")
+    max_overlap: float = Field(0.5, gt=0, le=1, description="drop a row when this share of its n-grams (or, for "
+                               "rows shorter than ngram words, its whole text) appears in a reference set")
+
+
+class MixConfig(BaseConfig):
+    total: int | None = Field(None, ge=1, description="rows in the final set, split by source weight "
+                              "(null: keep everything that passed)")
+
+
+class CurationConfig(BaseConfig):
+    name: str = "generalign"
+    version: str | None = Field(None, description="null: the next vN under output_dir/name/")
+    output_dir: str = "runs/datasets"
+    seed: int = 0
+    num_proc: int = Field(1, ge=1, description="worker processes for the per-row stages (datasets.map)")
+    tokenizer: ModelSource | None = Field(None, description="the pilot (its chat template measures length); "
+                                          "null: length in words")
+    sources: list[SourceConfig]
+    filters: Filters = Filters()
+    dedup: DedupConfig = DedupConfig()
+    decontamination: DecontamConfig = DecontamConfig()
+    mix: MixConfig = MixConfig()
+
+    @field_validator("name", "version")
+    @classmethod
+    def _names(cls, v: str | None) -> str | None:
+        try:
+            return v if v is None else validate_name(v, "dataset name or version")
+        except Exception as e:
+            raise ValueError(str(e)) from None
+
+    @model_validator(mode="after")
+    def _unique_sources(self) -> "CurationConfig":
+        if not self.sources:
+            raise ValueError("give at least one source")
+        names = [s.name for s in self.sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(dup)}")
+        return self

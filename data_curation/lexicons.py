@@ -1,0 +1,49 @@
+"""Word lists for tagging (harm categories, prompt categories) and boilerplate. They tag, they do not judge: a
+harmful prompt is wanted in alignment data (the pilot learns to refuse it). Patterns match whole words,
+case-insensitively; a row's category is the first rule that matches, in the order below."""
+
+from __future__ import annotations
+
+import re
+
+HARM = {
+    "weapons": r"bomb|explosives?|pipe bomb|napalm|gun ?powder|silencer|untraceable gun|ghost gun|nerve agent|bioweapon",
+    "violence": r"kill (?:him|her|them|someone|my)|murder|poison (?:him|her|someone|my)|torture|stab|assault|hurt (?:him|her|someone)",
+    "self_harm": r"kill myself|suicide|self[- ]harm|cut myself|end my life|overdose",
+    "drugs": r"meth(?:amphetamine)?|cocaine|heroin|fentanyl|crack|lsd|synthesi[sz]e (?:drugs|mdma)|grow weed",
+    "cyber": r"hack(?:ing)? into|malware|ransomware|keylogger|phishing|ddos|sql injection attack|steal passwords?|crack (?:a|the) password",
+    "fraud": r"scam|counterfeit|launder(?:ing)? money|money laundering|fake (?:id|passport)|forge (?:a|the) signature|tax evasion|shoplift",
+    "hate": r"racial slurs?|inferior races?|ethnic cleansing|white power|hate speech about",
+    "sexual": r"explicit sex|porn(?:ography)?|nude photos? of|sexual content involving",
+    "privacy": r"home address of|dox(?:x)?ing|track (?:my|someone's) (?:wife|husband|partner|phone)|spy on",
+}
+
+CATEGORIES = (
+    ("coding", r"python|javascript|typescript|java|c\+\+|rust|golang|sql|regex|function|code|bug|compile|"
+               r"script|api|class|algorithm|html|css|bash|git"),
+    ("math", r"solve|equation|integral|derivative|probability|calculate|sum of|prime|percent|how many|"
+             r"math|algebra|geometry|\d+ ?[-+*/x×] ?\d+"),
+    ("writing", r"write|poem|story|essay|email|letter|rewrite|summari[sz]e|paraphrase|translate|slogan|tweet|"
+                r"haiku|lyrics|cover letter"),
+    ("advice", r"should i|how (?:do|can|should) i|tips|advice|recommend|help me|my (?:boss|friend|partner|"
+               r"wife|husband|mom|dad)"),
+    ("knowledge", r"what (?:is|are|was|were)|who (?:is|was)|when did|why (?:do|does|is|are)|explain|describe|"
+                  r"difference between|history of"),
+)
+
+BOILERPLATE = {
+    "lorem_ipsum": r"lorem ipsum",
+    "click_here": r"click here|subscribe (?:now|to our)|sign up for our newsletter|all rights reserved",
+    "cookie_banner": r"we use cookies|accept (?:all )?cookies",
+    "template_placeholder": r"\{\{ ?\w+ ?\}\}|\[insert [^\]]+\]|<placeholder>",
+    "ai_disclaimer_prompt": r"as an ai language model",
+}
+
+
+def _compile(pattern: str) -> re.Pattern:
+    return re.compile(rf"(?<!\w)(?:{pattern})(?!\w)", re.IGNORECASE)
+
+
+HARM_RE = {k: _compile(v) for k, v in HARM.items()}
+CATEGORY_RE = tuple((k, _compile(v)) for k, v in CATEGORIES)
+BOILERPLATE_RE = {k: re.compile(v, re.IGNORECASE) for k, v in BOILERPLATE.items()}

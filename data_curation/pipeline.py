@@ -1,0 +1,143 @@
+"""The curation run: sources -> scores -> filter checks -> dedup -> decontamination -> mix -> dataset directory.
+
+Every row that is read ends either in `prompts` or in `excluded` with the stage and reason that dropped it
+(`curate` checks that the counts add up). Rows are visited in a canonical order (sources in config order,
+then row order), so the same inputs and config always give the same output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_curation.config import CurationConfig
+from data_curation.decontam import Decontaminator
+from data_curation.dedup import Deduplicator
+from data_curation.filters import drop_reason, score_batch
+from data_curation.sources import read_source
+from pilot_core.errors import UserError
+from pilot_core.manifest import read_manifest
+from pilot_core.names import safe_join
+
+SCORE_COLUMNS = ("tokens", "content_tokens", "lang", "lang_score", "repetition", "symbol_ratio", "boilerplate", "pii", "harm_tags",
+                 "category", "chars", "words")
+
+
+@dataclass
+class Decisions:
+    """What happened to each scored row: None (kept) or (stage, reason, score, matched)."""
+
+    drops: list[tuple | None]
+    stats: dict = field(default_factory=dict)
+
+
+def output_dir(cfg: CurationConfig, output: str | None = None) -> Path:
+    """--output as given, else output_dir/name/version (the next vN when version is null)."""
+    if output:
+        return Path(output)
+    root = safe_join(Path(cfg.output_dir), cfg.name, what="dataset name")
+    if cfg.version:
+        return safe_join(root, cfg.version, what="dataset version")
+    taken = [int(p.name[1:]) for p in root.glob("v*") if p.name[1:].isdigit()] if root.is_dir() else []
+    return root / f"v{max(taken, default=0) + 1}"
+
+
+def previous_versions(cfg: CurationConfig, out: Path, given: list[str] | None = None) -> list[Path]:
+    """Earlier published versions to deduplicate against (complete dataset directories only)."""
+    if given is not None:
+        dirs = [Path(p) for p in given]
+    elif cfg.dedup.previous == "auto":
+        root = out.parent
+        dirs = sorted((p for p in root.glob("v*") if p.is_dir() and p != out and (p / "manifest.json").is_file()),
+                      key=lambda p: int(p.name[1:]) if p.name[1:].isdigit() else 0) if root.is_dir() else []
+    else:
+        dirs = [Path(p) for p in cfg.dedup.previous]
+    for d in dirs:
+        read_manifest(d, kind="dataset")  # a half-written or foreign directory is refused
+    return dirs
+
+
+def load_and_score(cfg: CurationConfig, progress: bool = True):
+    """(scored datasets.Dataset in canonical order, load-stage excluded rows, source fingerprints, rows read per
+    source)."""
+    import datasets
+
+    rows, excluded, fps, read = [], [], {}, {}
+    for src in cfg.sources:
+        kept, dropped, fps[src.name] = read_source(src, cfg.filters.length.max_chars, cfg.seed)
+        read[src.name] = len(kept) + len(dropped)
+        rows += kept
+        excluded += dropped
+    if not rows:
+        raise UserError("no usable rows in any source (see the load-stage reasons: "
+                        + ", ".join(f"{k} x{v}" for k, v in Counter(r["reason"] for r in excluded).items()) + ")")
+    if not progress:
+        datasets.disable_progress_bars()
+    tok = cfg.tokenizer.local_path() if cfg.tokenizer else None
+    ds = datasets.Dataset.from_list(rows)
+    ds = ds.map(score_batch, batched=True, batch_size=512, num_proc=cfg.num_proc if len(rows) > 2048 else None,
+                fn_kwargs={"filters": cfg.filters.model_dump(mode="json"), "tokenizer_path": tok},
+                desc="normalise + score", new_fingerprint=_fingerprint(cfg, fps))
+    return ds, excluded, fps, read
+
+
+def _fingerprint(cfg: CurationConfig, fps: dict) -> str:
+    return hashlib.sha256(repr((cfg.model_dump(mode="json"), sorted(fps.items()))).encode()).hexdigest()[:16]
+
+
+def decide(cfg: CurationConfig, ds, previous: list[Path], progress: bool = True) -> Decisions:
+    """Filter checks, then dedup (against earlier versions first), then decontamination, then the mix."""
+    from tqdm import tqdm
+
+    cols = {c: ds[c] for c in ("id", "source", "text", *SCORE_COLUMNS)}
+    n = len(cols["id"])
+    drops: list[tuple | None] = [None] * n
+    for i in range(n):
+        r = drop_reason({c: cols[c][i] for c in SCORE_COLUMNS}, cfg.filters)
+        if r is not None:
+            drops[i] = ("filter", r[0], r[1], None)
+
+    dedup = Deduplicator(cfg.dedup)
+    indexed = 0
+    for d in previous:
+        import pyarrow.parquet as pq
+
+        t = pq.read_table(d / "prompts.parquet", columns=["id", "text"])
+        for rid, text in zip(t.column("id").to_pylist(), t.column("text").to_pylist()):
+            dedup.check(f"{d.name}/{rid}", text)
+            indexed += 1
+    decon = Decontaminator(cfg.decontamination) if cfg.decontamination.reference_sets else None
+    for i in tqdm(range(n), desc="dedup + decontaminate", unit="row", disable=not progress):
+        if drops[i] is not None:
+            continue
+        hit = dedup.check(cols["id"][i], cols["text"][i]) if (cfg.dedup.exact or cfg.dedup.near) else None
+        if hit is not None:
+            drops[i] = ("dedup", hit[0], hit[2], hit[1])
+            continue
+        hit = decon.check(cols["text"][i]) if decon else None
+        if hit is not None:
+            drops[i] = ("decontamination", hit[0], hit[2], hit[1])
+    mix = _mix(cfg, cols["id"], cols["source"], drops)
+    return Decisions(drops, {"previous_rows_indexed": indexed, "lsh_bands_rows": dedup.bands_rows,
+                             "reference_prompts": decon.prompts if decon else 0,
+                             "reference_sets": decon.fingerprints if decon else {}, "mix": mix})
+
+
+def _mix(cfg: CurationConfig, ids: list[str], sources: list[str], drops: list) -> dict:
+    """With mix.total: each source keeps round(total * weight / sum of weights) of its surviving rows, a seeded
+    sample; a source with fewer rows keeps them all and its shortfall is reported, not filled by others."""
+    if cfg.mix.total is None:
+        return {}
+    weights = {s.name: s.weight for s in cfg.sources}
+    total_w = sum(weights.values())
+    out = {}
+    for name, w in weights.items():
+        alive = [i for i in range(len(ids)) if sources[i] == name and drops[i] is None]
+        target = round(cfg.mix.total * w / total_w)
+        order = sorted(alive, key=lambda i: hashlib.sha256(f"{cfg.seed}:mix:{ids[i]}".encode()).digest())
+        for i in order[target:]:
+            drops[i] = ("mix", "over_source_share", None, None)
+        out[name] = {"target": target, "kept": min(target, len(alive)), "available": len(alive)}
+    return out

@@ -1,0 +1,109 @@
+"""`curate()`: one curation run (or a replay of new thresholds on a finished run's stored scores) into a
+versioned dataset directory. Library code: the CLI and the Prefect flow both call this."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from data_curation.config import CurationConfig
+from data_curation.pipeline import SCORE_COLUMNS, decide, load_and_score, output_dir, previous_versions
+from data_curation.writer import EXCLUDED_KEYS, data_card, write_dataset
+from pilot_core.errors import UserError
+from pilot_core.manifest import Manifest, config_hash, read_manifest
+
+KEPT_COLUMNS = ("id", "source", "source_id", "row", "source_fingerprint", "messages", "text", "original",
+                "category_given", *SCORE_COLUMNS)
+
+
+def scoring_hash(cfg: CurationConfig) -> str:
+    """What the stored scores depend on: a replay with other values here must recompute instead."""
+    f = cfg.filters
+    return config_hash({"sources": [s.model_dump(mode="json") for s in cfg.sources], "seed": cfg.seed,
+                        "tokenizer": cfg.tokenizer.model_dump(mode="json") if cfg.tokenizer else None,
+                        "max_chars": f.length.max_chars, "pii": f.pii.model_dump(mode="json"),
+                        "language": (f.language.candidates, f.language.min_letters) if f.language else None})
+
+
+def _replayed(cfg: CurationConfig, prev: Path):
+    """The scored rows and load-stage (and review) drops of a finished run, in canonical order."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    m = read_manifest(prev, kind="dataset")
+    if m.data.get("scoring_hash") != scoring_hash(cfg):
+        raise UserError(f"--replay {prev}: its scores were computed with other sources, tokenizer, PII or language "
+                        "settings; run without --replay to recompute them")
+    kept = pq.read_table(prev / "prompts.parquet")
+    excl = pq.read_table(prev / "excluded.parquet")
+    carried = excl.filter(pc.is_in(excl["stage"], pa.array(["load", "review"])))
+    rescored = excl.filter(pc.invert(pc.is_in(excl["stage"], pa.array(["load", "review"])))).select(kept.column_names)
+    table = pa.concat_tables([kept, rescored.cast(kept.schema)])
+    order = {s.name: i for i, s in enumerate(cfg.sources)}
+    idx = sorted(range(table.num_rows), key=lambda i: (order[table["source"][i].as_py()], table["row"][i].as_py()))
+    carried_rows = [{k: r.get(k) for k in EXCLUDED_KEYS} for r in carried.to_pylist()]
+    read = {k: v["read"] for k, v in m.data["per_source"].items()}
+    return datasets.Dataset(table.take(pa.array(idx, pa.int64()))), carried_rows, m.inputs, read
+
+
+def curate(cfg: CurationConfig, output: str | None = None, previous: list[str] | None = None,
+           replay: str | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+    import pyarrow as pa
+
+    out = output_dir(cfg, output)
+    if out.exists() and not overwrite:
+        raise UserError(f"{out} already exists (published versions are immutable; choose another output or "
+                        "version)")
+    prev = previous_versions(cfg, out, previous)
+    if replay:
+        ds, load_drops, inputs, read = _replayed(cfg, Path(replay))
+    else:
+        ds, load_drops, inputs, read = load_and_score(cfg, progress)
+    d = decide(cfg, ds, prev, progress)
+
+    table = ds.with_format("arrow")[:]
+    keep_idx = [i for i, x in enumerate(d.drops) if x is None]
+    drop_idx = [i for i, x in enumerate(d.drops) if x is not None]
+    kept = table.select(list(KEPT_COLUMNS)).take(pa.array(keep_idx, pa.int64()))
+    scored_drops = table.select(list(KEPT_COLUMNS)).take(pa.array(drop_idx, pa.int64()))
+    for name, pos in (("stage", 0), ("reason", 1), ("score", 2), ("matched", 3), ("detail", None)):
+        typ = pa.float64() if name == "score" else pa.string()
+        values = [d.drops[i][pos] if pos is not None else None for i in drop_idx]
+        scored_drops = scored_drops.append_column(name, pa.array(values, typ))
+    loaded = pa.Table.from_pylist([{k: r.get(k) for k in EXCLUDED_KEYS} for r in load_drops],
+                                  schema=pa.schema([(k, scored_drops.schema.field(k).type) for k in EXCLUDED_KEYS]))
+    excluded = pa.concat_tables([scored_drops.select(list(EXCLUDED_KEYS) + list(KEPT_COLUMNS[4:])),
+                                 loaded], promote_options="default")
+
+    counts = _counts(cfg, read, kept, excluded, d, prev)
+    if counts["read"] != counts["kept"] + counts["excluded_total"]:  # every row is accounted for
+        raise AssertionError(f"row accounting is off: {counts['read']} read, {counts['kept']} kept, "
+                             f"{counts['excluded_total']} excluded")
+    manifest = Manifest(kind="dataset", config_hash=config_hash(cfg), config=cfg.model_dump(mode="json"),
+                        inputs={**inputs, **{f"reference:{k}": v for k, v in d.stats["reference_sets"].items()}},
+                        data={**counts, "scoring_hash": scoring_hash(cfg), "replayed_from": replay,
+                              "lsh_bands_rows": d.stats["lsh_bands_rows"]})
+    write_dataset(out, kept, excluded, manifest, data_card(cfg.name, out.name, cfg, counts), overwrite)
+    return {"output": str(out), **{k: counts[k] for k in ("read", "kept", "excluded_total", "excluded")}}
+
+
+def _counts(cfg: CurationConfig, read: dict, kept, excluded, d, prev: list[Path]) -> dict:
+    stages: dict[str, Counter] = {}
+    for stage, reason in zip(excluded["stage"].to_pylist(), excluded["reason"].to_pylist()):
+        stages.setdefault(stage, Counter())[reason] += 1
+    per_source = {s.name: {"read": read[s.name], "kept": 0, "excluded": 0} for s in cfg.sources}
+    for s in kept["source"].to_pylist():
+        per_source[s]["kept"] += 1
+    for s in excluded["source"].to_pylist():
+        per_source[s]["excluded"] += 1
+    return {"read": sum(read.values()), "kept": kept.num_rows, "excluded_total": excluded.num_rows,
+            "excluded": {k: dict(v) for k, v in stages.items()}, "per_source": per_source,
+            "languages": dict(Counter(kept["lang"].to_pylist())),
+            "categories": dict(Counter(kept["category"].to_pylist())),
+            "harm_tags": dict(Counter(t for tags in kept["harm_tags"].to_pylist() for t in tags)),
+            "pii": dict(Counter(t for tags in kept["pii"].to_pylist() for t in tags)),
+            "previous_versions": [str(p) for p in prev], "previous_rows_indexed": d.stats["previous_rows_indexed"],
+            "reference_sets": d.stats["reference_sets"], "reference_prompts": d.stats["reference_prompts"],
+            "mix": d.stats["mix"]}
