@@ -13,7 +13,7 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from data_curation.config import Filters
-from data_curation.lexicons import BOILERPLATE_RE, CATEGORY_RE, HARM_RE
+from data_curation.lexicons import BOILERPLATE, BOILERPLATE_RE, CATEGORY_ORDER, CATEGORY_RE, HARM, HARM_RE, matches
 from data_curation.normalise import normalise_text, prompt_text, words
 
 # ------------------------------------------------------------------------------------------------ PII
@@ -24,6 +24,9 @@ PII_PATTERNS = {  # order matters: card numbers before phone numbers
     "phone": re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\d{3}[ .-])\d{3,4}[ .-]\d{3,4}(?!\w)"
                         r"|(?<![\w+])\+\d{1,3}(?:[ .-]?\d{2,4}){2,4}(?!\w)"),
 }
+
+
+_DIGIT = re.compile(r"\d")
 
 
 def _luhn(digits: str) -> bool:
@@ -39,9 +42,10 @@ def _luhn(digits: str) -> bool:
 def find_pii(text: str, kinds: list[str]) -> tuple[str, list[str]]:
     """(text with PII replaced by <EMAIL>/<CARD>/<IP>/<PHONE>, the kinds found, one entry per match)."""
     found: list[str] = []
+    has_digit = _DIGIT.search(text) is not None
     for kind, pattern in PII_PATTERNS.items():
-        if kind not in kinds:
-            continue
+        if kind not in kinds or (kind == "email" and "@" not in text) or (kind != "email" and not has_digit):
+            continue  # cheap pre-checks: most prompts hold neither '@' nor digits
 
         def sub(m: re.Match, kind=kind) -> str:
             if kind == "card" and not _luhn(re.sub(r"\D", "", m.group())):
@@ -54,7 +58,8 @@ def find_pii(text: str, kinds: list[str]) -> tuple[str, list[str]]:
 
 
 # ------------------------------------------------------------------------------------------------ scores
-_PUNCT = set(".,;:!?'\"()[]-/%&+=")  # other non-alphanumeric characters count as symbols
+# characters that are neither letters, digits, spaces nor common punctuation
+_SYMBOL = re.compile(r"[^\w\s.,;:!?'\"()\[\]/%&+=-]|_")
 
 
 def repetition(ws: list[str], n: int = 3) -> float:
@@ -66,16 +71,17 @@ def repetition(ws: list[str], n: int = 3) -> float:
 def symbol_ratio(text: str) -> float:
     if not text:
         return 0.0
-    odd = sum(1 for ch in text if not (ch.isalnum() or ch.isspace() or ch in _PUNCT))
-    return odd / len(text)
+    return len(_SYMBOL.findall(text)) / len(text)
 
 
 def boilerplate(text: str) -> str:
-    return next((name for name, rx in BOILERPLATE_RE.items() if rx.search(text)), "")
+    found = matches(BOILERPLATE_RE, text)
+    return next((name for name in BOILERPLATE if name in found), "")
 
 
 def harm_tags(text: str) -> list[str]:
-    return [name for name, rx in HARM_RE.items() if rx.search(text)]
+    found = matches(HARM_RE, text)
+    return [name for name in HARM if name in found]
 
 
 def category(text: str, harm: list[str], given: str | None) -> str:
@@ -83,7 +89,8 @@ def category(text: str, harm: list[str], given: str | None) -> str:
         return given
     if harm:
         return "harmful"
-    return next((name for name, rx in CATEGORY_RE if rx.search(text)), "other")
+    found = matches(CATEGORY_RE, text)
+    return next((name for name in CATEGORY_ORDER if name in found), "other")
 
 
 @lru_cache(maxsize=4)

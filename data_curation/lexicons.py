@@ -40,10 +40,18 @@ BOILERPLATE = {
 }
 
 
-def _compile(pattern: str) -> re.Pattern:
-    return re.compile(rf"(?<!\w)(?:{pattern})(?!\w)", re.IGNORECASE)
+def _any(groups, word: bool) -> re.Pattern:
+    """One pattern for a whole list (one scan per text); the named group that matched says which entry."""
+    alt = "|".join(f"(?P<{k}>{v})" for k, v in groups)
+    return re.compile(rf"(?<!\w)(?:{alt})(?!\w)" if word else alt, re.IGNORECASE)
 
 
-HARM_RE = {k: _compile(v) for k, v in HARM.items()}
-CATEGORY_RE = tuple((k, _compile(v)) for k, v in CATEGORIES)
-BOILERPLATE_RE = {k: re.compile(v, re.IGNORECASE) for k, v in BOILERPLATE.items()}
+HARM_RE = _any(HARM.items(), word=True)
+CATEGORY_RE = _any(CATEGORIES, word=True)
+CATEGORY_ORDER = tuple(k for k, _ in CATEGORIES)
+BOILERPLATE_RE = _any(BOILERPLATE.items(), word=False)
+
+
+def matches(pattern: re.Pattern, text: str) -> set[str]:
+    """The names of the list entries found in the text."""
+    return {m.lastgroup for m in pattern.finditer(text)}

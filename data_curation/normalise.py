@@ -11,9 +11,11 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 
 
 def normalise_text(text: str) -> str:
-    import ftfy
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.isascii():  # mojibake and unnormalised forms need non-ASCII characters: skip ftfy otherwise
+        import ftfy
 
-    text = ftfy.fix_text(text.replace("\r\n", "\n").replace("\r", "\n"), normalization="NFC")
+        text = ftfy.fix_text(text, normalization="NFC")
     text = _CONTROL.sub("", text)
     lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
     return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()

@@ -91,7 +91,8 @@ def decide(cfg: CurationConfig, ds, previous: list[Path], progress: bool = True)
     """Filter checks, then dedup (against earlier versions first), then decontamination, then the mix."""
     from tqdm import tqdm
 
-    cols = {c: ds[c] for c in ("id", "source", "text", *SCORE_COLUMNS)}
+    table = ds.with_format("arrow")[:]  # whole columns as Python lists (a datasets Column indexes row by row)
+    cols = {c: table.column(c).to_pylist() for c in ("id", "source", "text", *SCORE_COLUMNS)}
     n = len(cols["id"])
     drops: list[tuple | None] = [None] * n
     for i in range(n):

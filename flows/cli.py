@@ -11,6 +11,7 @@ import sys
 import click
 
 from flows.curate_cli import curate
+from flows.review_cli import review
 from flows.wsd_cli import wsd
 from pilot_core.errors import JobFailed, UserError
 
@@ -119,14 +120,9 @@ def serve() -> None:
     _not_built("serve", 9)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def review() -> None:
-    """Export or import a curated subset for the data team's review."""
-    _not_built("review", 5)
-
-
 cli.add_command(wsd)
 cli.add_command(curate)
+cli.add_command(review)
 
 
 def main(argv: list[str] | None = None) -> int:

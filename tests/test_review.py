@@ -1,0 +1,145 @@
+"""The data team's review: export a stratified subset (HTML page checked in headless Chromium, CSV/JSONL to
+mark), import the decisions (rejected rows excluded with reason `review`, who/when in the manifest)."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from data_curation.review import export_review, import_review
+from data_curation.run import curate
+from flows.curate_cli import quick_config
+from pilot_core.errors import UserError
+
+from .conftest import REPO
+from .test_curation import CHATS, EVAL, PROMPTS
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("rev") / "v1"
+    curate(quick_config((str(PROMPTS), str(CHATS)), (str(EVAL),), None, None), output=str(out), progress=False)
+    return out
+
+
+@pytest.fixture
+def copy(dataset, tmp_path):
+    dst = tmp_path / "v1"
+    shutil.copytree(dataset, dst)
+    return dst
+
+
+def test_export_is_stratified(dataset, tmp_path):
+    r = export_review(dataset, tmp_path / "review", per_stratum=2, rejects_per_reason=1)
+    rows = list(csv.DictReader(open(tmp_path / "review" / "review.csv")))
+    assert len(rows) == r["rows"] == len([json.loads(x) for x in open(tmp_path / "review" / "review.jsonl")])
+    kept = pq.read_table(dataset / "prompts.parquet").to_pylist()
+    strata = {(x["source"], x["category"]) for x in kept}
+    got = [(x["source"], x["category"]) for x in rows if x["set"] == "kept"]
+    assert set(got) == strata and all(got.count(s) <= 2 for s in strata)
+    reasons = {(x["stage"], x["reason"]) for x in pq.read_table(dataset / "excluded.parquet").to_pylist()}
+    assert sorted((x["stage"], x["reason"]) for x in rows if x["set"] == "excluded") == sorted(reasons)
+    assert all(x["decision"] == "" for x in rows)
+    again = export_review(dataset, tmp_path / "again", per_stratum=2, rejects_per_reason=1)
+    assert (tmp_path / "again" / "review.csv").read_bytes() == (tmp_path / "review" / "review.csv").read_bytes()
+    assert again["rows"] == r["rows"]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_review_page_sorts_in_headless_chromium(dataset, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    export_review(dataset, tmp_path / "review", per_stratum=3, rejects_per_reason=2)
+    rows = list(csv.DictReader(open(tmp_path / "review" / "review.csv")))
+    excluded = [x for x in rows if x["set"] == "excluded"]
+    scores = sorted(float(x["score"]) for x in excluded if x["score"])
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            requests = []
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto((tmp_path / "review" / "review.html").as_uri())
+            assert page.locator("#kept tbody tr").count() == sum(x["set"] == "kept" for x in rows)
+            assert page.locator("#excluded tbody tr").count() == len(excluded)
+            header = page.locator("#excluded th", has_text="score")
+            header.click()
+            first = page.locator("#excluded tbody tr").first.locator("td").nth(4).inner_text()
+            assert float(first) == scores[0]
+            header.click()
+            first = page.locator("#excluded tbody tr").first.locator("td").nth(4).inner_text()
+            assert float(first) == scores[-1]
+            page.locator("#kept th", has_text="id").click()
+            ids = page.locator("#kept tbody tr td:first-child").all_inner_texts()
+            assert ids == sorted(ids, key=str.lower)
+            assert all(u.startswith("file://") for u in requests)  # self-contained: nothing fetched
+        finally:
+            browser.close()
+
+
+def test_import_excludes_rejects_and_records_the_reviewer(copy, tmp_path):
+    export_review(copy, tmp_path / "review", per_stratum=2, rejects_per_reason=1)
+    rows = list(csv.DictReader(open(tmp_path / "review" / "review.csv")))
+    kept_rows = [x for x in rows if x["set"] == "kept"]
+    for x in kept_rows[:3]:
+        x["decision"], x["note"] = "reject", "off-topic"
+    for x in kept_rows[3:5]:
+        x["decision"] = "approve"
+    marked = tmp_path / "marked.csv"
+    with open(marked, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=rows[0].keys())
+        w.writeheader()
+        w.writerows(rows)
+    before = pq.read_table(copy / "prompts.parquet").num_rows
+    entry = import_review(copy, marked, "dana")
+    assert entry["rejected"] == 3 and entry["approved"] == 2
+    kept = {r["id"] for r in pq.read_table(copy / "prompts.parquet").to_pylist()}
+    excl = {r["id"]: r for r in pq.read_table(copy / "excluded.parquet").to_pylist()}
+    assert len(kept) == before - 3
+    for x in kept_rows[:3]:
+        assert x["id"] not in kept and excl[x["id"]]["reason"] == "review"
+        assert excl[x["id"]]["detail"] == "dana: off-topic"
+    m = json.loads((copy / "manifest.json").read_text())
+    assert m["data"]["reviews"][0]["reviewer"] == "dana" and m["data"]["kept"] == len(kept)
+    assert m["data"]["excluded"]["review"] == {"review": 3}
+    assert sum(v["kept"] for v in m["data"]["per_source"].values()) == len(kept)
+    assert "dana reviewed" in (copy / "README.md").read_text()
+    import_review(copy, marked, "dana")  # importing the same file again changes nothing more
+    assert pq.read_table(copy / "prompts.parquet").num_rows == len(kept)
+
+
+def test_bad_decisions_are_clear_errors(copy, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,decision\nprompts:ok-howto-0,maybe\n")
+    with pytest.raises(UserError, match=r"bad.csv:2: decision 'maybe'"):
+        import_review(copy, bad, "dana")
+    bad.write_text("id,decision\nprompts:nope,reject\n")
+    with pytest.raises(UserError, match="bad.csv:2: id 'prompts:nope' is not in"):
+        import_review(copy, bad, "dana")
+    bad.write_text("ident,verdict\nx,y\n")
+    with pytest.raises(UserError, match="header must have id and decision"):
+        import_review(copy, bad, "dana")
+
+
+def test_review_cli(copy, tmp_path):
+    cli = [sys.executable, "-m", "flows.cli", "review"]
+    r = subprocess.run([*cli, "export", str(copy), "--out", str(tmp_path / "r")], cwd=REPO, capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and "rows to review" in r.stdout, r.stderr
+    lines = [json.loads(x) for x in open(tmp_path / "r" / "review.jsonl")]
+    lines[0]["decision"] = "reject"
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    r = subprocess.run([*cli, "import", str(copy), "--decisions", str(tmp_path / "d.jsonl"), "--reviewer", "kim"],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0 and "1 rejected" in r.stdout, r.stderr
+    r = subprocess.run([*cli, "import", str(tmp_path / "nope"), "--decisions", str(tmp_path / "d.jsonl")],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "not a complete artifact" in r.stderr
