@@ -10,7 +10,7 @@ export HF_DATASETS_OFFLINE := 1
 export DS_ACCELERATOR := cpu
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup browser demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -22,7 +22,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## set up, then run the pipeline on the embedded default (offline, CPU)
 	$(BIN)/pilot run --config configs/pipeline/demo.yaml
 
-test: $(STAMP)  ## set up, then run every test (slow integration tests with real servers included)
+# The review page is tested in Debian's headless Chromium, driven by Playwright (no browser download).
+browser:
+	@command -v chromium >/dev/null || { \
+	  APT="apt-get"; [ "$$(id -u)" = 0 ] || APT="sudo -n apt-get"; \
+	  $$APT install -y -q chromium >/dev/null 2>&1 || \
+	  { $$APT update -q >/dev/null 2>&1 && $$APT install -y -q chromium >/dev/null 2>&1; }; } || \
+	  echo "warning: could not install chromium; the review page test will be skipped"
+
+test: $(STAMP) browser  ## set up, then run every test (slow integration tests with real servers included)
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

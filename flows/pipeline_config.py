@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator, model_validator
 
+from data_curation.config import CurationConfig
 from pilot_core.config import BaseConfig
 from pilot_core.model_source import ModelSource
 from pilot_core.names import validate_name
@@ -21,6 +22,7 @@ class PipelineConfig(BaseConfig):
     pilot: ModelSource
     bases: list[ModelSource] = Field(..., min_length=1)
     wsd: WSDConfig = WSDConfig()
+    curation: CurationConfig | None = Field(None, description="GenerAlign curation (tokenizer defaults to the pilot)")
 
     @field_validator("name")
     @classmethod

@@ -1,6 +1,7 @@
 """`pilot run`: the stages that exist today, in order. Prefect flows replace this module in issue #9.
 
-Today: WSD with the pilot against every base over the configured prompts (local models or vLLM servers).
+Today: GenerAlign curation (when the config has a `curation` section), then WSD with the pilot against every
+base over the configured prompts (local models or vLLM servers).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import click
 from flows.pipeline_config import PipelineConfig
 from pilot_core.names import safe_join
 
-NOT_BUILT = "not built yet: curate (#5), preferences (#6), train (#7), validate + release (#8), Prefect flows (#9)"
+NOT_BUILT = "not built yet: preferences (#6), train (#7), validate + release (#8), Prefect flows (#9)"
 
 
 def new_run_dir(cfg: PipelineConfig) -> Path:
@@ -33,6 +34,16 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
     run = new_run_dir(cfg)
     atomic_write_text(run / "config.yaml", dump_config(cfg))
     click.echo(f"pipeline {cfg.name}: run directory {run}")
+    if cfg.curation is not None:
+        from data_curation.run import curate
+
+        cur = cfg.curation
+        if cur.tokenizer is None and not cfg.pilot.url:  # prompt length under the pilot's own chat template
+            cur = cur.model_copy(update={"tokenizer": cfg.pilot})
+        s = curate(cur, output=str(run / cur.name))
+        click.echo(f"  curate {cur.name}: kept {s['kept']} of {s['read']} prompts, excluded "
+                   + ", ".join(f"{n} at {stage}" for stage, n in
+                               ((st, sum(r.values())) for st, r in s["excluded"].items())) + f" -> {s['output']}")
     for src in cfg.bases:
         s = generate_to_file(cfg.pilot, src, prompts, cfg.wsd, run / f"wsd-{src.name}.jsonl")
         click.echo(f"  wsd {cfg.pilot.name} -> {src.name}: {s['new']} prompts, {s['switched']} switched to the base, "

@@ -20,7 +20,7 @@ from pilot_core.errors import UserError
 
 from .conftest import REPO
 
-DATA = REPO / "tests" / "data" / "curation"
+DATA = REPO / "data" / "demo" / "generalign"
 PROMPTS, CHATS, EVAL, PREVIOUS = (DATA / f for f in ("prompts.jsonl", "chats.jsonl", "eval.jsonl", "previous.jsonl"))
 
 

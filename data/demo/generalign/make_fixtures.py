@@ -1,4 +1,5 @@
-"""Writes the curation fixtures (run it after changing them; the outputs are committed):
+"""Writes the demo world's raw prompt sources, also the curation tests' fixtures (run it after changing it; the
+outputs are committed):
 prompts.jsonl (several hundred varied prompts with planted cases, ids say what each plants), chats.jsonl
 (multi-turn conversations), eval.jsonl (a reference set that must not leak), previous.jsonl (rows of an
 "earlier version")."""
