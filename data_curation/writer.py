@@ -13,7 +13,9 @@ from pilot_core.manifest import Manifest, write_manifest
 EXCLUDED_KEYS = ("id", "source", "source_id", "row", "stage", "reason", "score", "matched", "detail")
 
 
-def write_dataset(out: Path, kept, excluded, manifest: Manifest, card: str, overwrite: bool = False) -> Path:
+def write_dataset(out: Path, kept, excluded, manifest: Manifest, card: str, overwrite: bool = False,
+                  extra: dict | None = None, splits: tuple[str, ...] = ()) -> Path:
+    """`extra` tables are written as <name>.parquet; those named in `splits` join the DatasetDict too."""
     import datasets
     import pyarrow.parquet as pq
 
@@ -23,10 +25,14 @@ def write_dataset(out: Path, kept, excluded, manifest: Manifest, card: str, over
     with atomic_dir(out, overwrite=overwrite) as tmp:
         pq.write_table(kept, tmp / "prompts.parquet")
         pq.write_table(excluded, tmp / "excluded.parquet")
+        for name, table in (extra or {}).items():
+            pq.write_table(table, tmp / f"{name}.parquet")
         fp = (manifest.config_hash or "")[:16]
-        datasets.DatasetDict({"prompts": datasets.Dataset(kept, fingerprint=f"{fp}-prompts"),
-                              "excluded": datasets.Dataset(excluded, fingerprint=f"{fp}-excluded")}
-                             ).save_to_disk(str(tmp / "dataset"))
+        tables = {"prompts": kept, "excluded": excluded, **{k: (extra or {})[k] for k in splits}}
+        # an empty split needs an explicit shard, or datasets writes no data file and cannot load it back
+        datasets.DatasetDict({k: datasets.Dataset(t, fingerprint=f"{fp}-{k}") for k, t in tables.items()}
+                             ).save_to_disk(str(tmp / "dataset"),
+                                            num_shards={k: 1 for k, t in tables.items() if t.num_rows == 0} or None)
         atomic_write_text(tmp / "README.md", card)
         write_manifest(tmp, manifest)
     return out

@@ -11,6 +11,7 @@ import sys
 import click
 
 from flows.curate_cli import curate
+from flows.preferences_cli import preferences
 from flows.review_cli import review
 from flows.wsd_cli import wsd
 from pilot_core.errors import JobFailed, UserError
@@ -123,6 +124,7 @@ def serve() -> None:
 cli.add_command(wsd)
 cli.add_command(curate)
 cli.add_command(review)
+cli.add_command(preferences)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ SCHEMAS = {
     "wsd": "wsd_inference.config:WSDConfig",
     "models": "pilot_core.tiny_models:TinyModelSpec",
     "curation": "data_curation.config:CurationConfig",
+    "preferences": "data_curation.preferences_config:PreferencesConfig",
 }
 
 

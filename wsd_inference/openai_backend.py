@@ -54,7 +54,7 @@ class OpenAIServer:
     """One model on one OpenAI-compatible server."""
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = None, timeout: float = 120.0,
-                 max_retries: int = 5):
+                 max_retries: int = 5, http_client=None):
         from openai import AsyncOpenAI
 
         key = os.environ.get(api_key_env, "") if api_key_env else ""
@@ -62,7 +62,7 @@ class OpenAIServer:
             raise UserError(f"environment variable {api_key_env} (the API key for {base_url}) is not set")
         self.url, self.model = base_url, model
         self.client = AsyncOpenAI(base_url=base_url, api_key=key or "EMPTY", timeout=timeout,
-                                  max_retries=max_retries)
+                                  max_retries=max_retries, http_client=http_client)
 
     async def close(self) -> None:
         await self.client.close()
@@ -93,6 +93,18 @@ class OpenAIServer:
         ids = getattr(c, "token_ids", None)
         return Completion(c.text, (r.usage.completion_tokens if r.usage else 0), c.finish_reason or "",
                           list(ids) if ids is not None else None)
+
+    # ------------------------------------------------------------------------------------------- chat
+    async def chat(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,
+                   seed: int | None) -> dict:
+        """One chat completion: {text, prompt_tokens, completion_tokens, finish_reason}. Errors are the openai
+        client's own (after its retries); callers decide which abort a run and which are recorded."""
+        r = await self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=max_tokens,
+                                                      temperature=temperature, top_p=top_p, seed=seed)
+        c = r.choices[0]
+        return {"text": c.message.content or "", "prompt_tokens": r.usage.prompt_tokens if r.usage else 0,
+                "completion_tokens": r.usage.completion_tokens if r.usage else 0,
+                "finish_reason": c.finish_reason or ""}
 
     # ------------------------------------------------------------------------------------------- pilot side
     async def stream_chat(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,

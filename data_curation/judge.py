@@ -1,0 +1,101 @@
+"""LLM-as-judge and reward-model verdicts, and the per-candidate scores pairs are built from.
+
+Rubrics are versioned files (rubrics/<category>.<version>.txt). The judge must answer with one JSON object:
+pointwise {"score": 1-10, "rationale": "..."}, pairwise {"winner": "A" | "B" | "tie", "rationale": "..."}.
+Anything else is recorded as `unparseable` with the raw answer, never guessed. Pairwise judging runs both
+orders; orders that disagree (position bias) count as a tie and are recorded as `inconsistent`.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+
+from pilot_core.errors import UserError
+
+POINTWISE = ('Rate the assistant response to the conversation below from 1 (worst) to 10 (best) by the rubric. '
+             'Answer with one JSON object only: {"score": <integer 1-10>, "rationale": "<one sentence>"}.')
+PAIRWISE = ('Compare the two assistant responses (A and B) to the conversation below by the rubric. Answer with '
+            'one JSON object only: {"winner": "A" or "B" or "tie", "rationale": "<one sentence>"}.')
+
+
+@lru_cache(maxsize=16)
+def rubric(category: str, version: str) -> str:
+    name = f"{category}.{version}.txt"
+    try:
+        return resources.files("data_curation").joinpath("rubrics", name).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise UserError(f"no rubric {name} (data_curation/rubrics/)") from None
+
+
+def _conversation(messages: list[dict]) -> str:
+    return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages)
+
+
+def pointwise_messages(rubric_text: str, messages: list[dict], response: str) -> list[dict]:
+    return [{"role": "system", "content": f"{rubric_text}\n\n{POINTWISE}"},
+            {"role": "user", "content": f"# Conversation\n{_conversation(messages)}\n\n# Response\n{response}"}]
+
+
+def pairwise_messages(rubric_text: str, messages: list[dict], a: str, b: str) -> list[dict]:
+    return [{"role": "system", "content": f"{rubric_text}\n\n{PAIRWISE}"},
+            {"role": "user", "content": f"# Conversation\n{_conversation(messages)}\n\n# Response A\n{a}\n\n"
+                                        f"# Response B\n{b}"}]
+
+
+def _object(text: str) -> dict | None:
+    """The one JSON object of an answer (a ```json fence is allowed around it), else None."""
+    t = text.strip()
+    if t.startswith("```"):
+        t = t.strip("`").removeprefix("json").strip()
+    try:
+        obj = json.loads(t)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def parse_pointwise(text: str) -> tuple[float | None, str]:
+    """(score, rationale); score None when the answer is not exactly the asked-for object."""
+    obj = _object(text)
+    if obj is None or not isinstance(obj.get("score"), (int, float)) or isinstance(obj.get("score"), bool):
+        return None, ""
+    score = float(obj["score"])
+    if not 1 <= score <= 10:
+        return None, ""
+    return score, str(obj.get("rationale", ""))
+
+
+def parse_pairwise(text: str) -> tuple[str | None, str]:
+    """("A" | "B" | "tie", rationale); None when unparseable."""
+    obj = _object(text)
+    winner = obj.get("winner") if obj else None
+    if not isinstance(winner, str) or winner.strip().upper() not in ("A", "B", "TIE"):
+        return None, ""
+    w = winner.strip().upper()
+    return ("tie" if w == "TIE" else w), str(obj.get("rationale", ""))
+
+
+def combine_orders(first: str | None, swapped: str | None) -> tuple[str | None, str]:
+    """One pair's verdict from the A/B order and the B/A order (in the swapped order "A" is the second
+    response). Returns (winner "A"/"B"/"tie" in the first order's terms, status)."""
+    if first is None or swapped is None:
+        return None, "unparseable"
+    back = {"A": "B", "B": "A", "tie": "tie"}[swapped]
+    if first == back:
+        return first, "consistent"
+    return "tie", "inconsistent"
+
+
+def win_rates(n: int, verdicts: dict[tuple[int, int], str | None]) -> list[float | None]:
+    """Each candidate's share of wins over its judged comparisons (a tie is half a win); None if none."""
+    wins, games = [0.0] * n, [0] * n
+    for (i, j), w in verdicts.items():
+        if w is None:
+            continue
+        games[i] += 1
+        games[j] += 1
+        wins[i] += 1.0 if w == "A" else 0.5 if w == "tie" else 0.0
+        wins[j] += 1.0 if w == "B" else 0.5 if w == "tie" else 0.0
+    return [wins[k] / games[k] if games[k] else None for k in range(n)]

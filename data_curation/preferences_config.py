@@ -1,0 +1,90 @@
+"""Typed recipe for responses and preferences (configs/preferences/*.yaml): who writes candidate responses, who
+judges them, and how chosen/rejected pairs are built from the verdicts."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from pilot_core.config import BaseConfig
+from pilot_core.model_source import ModelSource
+from pilot_core.names import validate_name
+
+
+def _name(v: str) -> str:
+    try:
+        return validate_name(v, "generator or judge name")
+    except Exception as e:
+        raise ValueError(str(e)) from None
+
+
+class Price(BaseConfig):
+    """USD per million tokens, for the cost estimate in the manifest (0 for self-hosted models)."""
+
+    input: float = Field(0.0, ge=0)
+    output: float = Field(0.0, ge=0)
+
+
+class GeneratorConfig(BaseConfig):
+    name: str
+    model: ModelSource = Field(description="url + served_model (OpenAI-compatible; key from api_key_env), or a "
+                               "local path / tiny model run with transformers")
+    samples: int = Field(1, ge=1, description="responses per prompt from this generator")
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(512, ge=1)
+    system_prompt: str | None = None
+    price: Price = Price()
+
+    _check_name = field_validator("name")(classmethod(lambda cls, v: _name(v)))
+
+
+class JudgeConfig(BaseConfig):
+    name: str
+    kind: Literal["pairwise", "pointwise", "reward_model"] = "pairwise"
+    model: ModelSource = Field(description="the judge LLM (pairwise/pointwise), or a sequence-classification "
+                               "reward model (kind reward_model, local)")
+    rubric_version: str = Field("v1", description="data_curation/rubrics/<category>.<version>.txt")
+    both_orders: bool = Field(True, description="pairwise: judge A/B and B/A; disagreeing orders make a tie")
+    max_tokens: int = Field(256, ge=16)
+    price: Price = Price()
+
+    _check_name = field_validator("name")(classmethod(lambda cls, v: _name(v)))
+
+
+class ClientConfig(BaseConfig):
+    concurrency: int = Field(8, ge=1, description="requests in flight per endpoint")
+    requests_per_minute: float | None = Field(None, gt=0, description="rate limit per endpoint (null: none)")
+    max_retries: int = Field(5, ge=0, description="retries with backoff on 429, 5xx and timeouts (openai client)")
+    timeout_s: float = Field(120.0, gt=0)
+
+
+class PairConfig(BaseConfig):
+    min_margin: float = Field(0.0, ge=0, description="chosen score - rejected score must exceed this")
+    max_response_chars: int = Field(8000, ge=1)
+    rejected: Literal["worst", "second_best"] = "worst"
+
+
+class PreferencesConfig(BaseConfig):
+    seed: int = 0
+    cache: str | None = Field(None, description="response/judgment cache (SQLite); null: <output>.cache.sqlite")
+    generators: list[GeneratorConfig] = Field(min_length=1)
+    judge: JudgeConfig
+    category_rubrics: dict[str, Literal["harmless", "helpful", "honest"]] = Field(
+        {"harmful": "harmless", "knowledge": "honest"},
+        description="curated category -> rubric (any other category: helpful)")
+    client: ClientConfig = ClientConfig()
+    pairs: PairConfig = PairConfig()
+
+    @model_validator(mode="after")
+    def _unique(self) -> "PreferencesConfig":
+        names = [g.name for g in self.generators]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"generator names must be unique; repeated: {', '.join(dup)}")
+        if sum(g.samples for g in self.generators) < 2:
+            raise ValueError("preference pairs need at least two responses per prompt (generators x samples)")
+        if self.judge.kind == "reward_model" and self.judge.model.url:
+            raise ValueError("a reward-model judge runs locally: give judge.model.path or tiny")
+        return self

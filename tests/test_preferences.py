@@ -1,0 +1,107 @@
+"""Responses and preferences with local transformers models: pairs in TRL's conversational format, a cache that
+makes a rerun free, strict verdict parsing and position-bias control."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from data_curation.judge import combine_orders, parse_pairwise, parse_pointwise, win_rates
+from data_curation.preferences import build_preferences
+from data_curation.preferences_config import PreferencesConfig
+from data_curation.run import curate
+from data_curation.config import CurationConfig, SourceConfig
+from pilot_core.tiny_models import PILOT_SPEC, REWARD_SPEC
+
+PROMPTS = [("p1", "How do I bake sourdough bread at home?"), ("p2", "How do I make a pipe bomb at home?"),
+           ("p3", "Explain photosynthesis to a beginner."), ("p4", "Write a haiku about morning coffee.")]
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pref")
+    (d / "in.jsonl").write_text("".join(json.dumps({"id": i, "prompt": t}) + "\n" for i, t in PROMPTS))
+    out = d / "curated"
+    curate(CurationConfig(sources=[SourceConfig(name="s", path=str(d / "in.jsonl"))]), output=str(out),
+           progress=False)
+    return out
+
+
+def local_cfg(cache, judge_kind="reward_model", **kw) -> PreferencesConfig:
+    pilot = {"name": "pilot", "tiny": PILOT_SPEC.model_dump(mode="json")}
+    judge = ({"name": "rm", "kind": "reward_model", "model": {"name": "rm", "tiny": REWARD_SPEC.model_dump(mode="json")}}
+             if judge_kind == "reward_model" else {"name": "j", "kind": judge_kind, "model": pilot})
+    return PreferencesConfig.model_validate({
+        "cache": str(cache), "judge": judge,
+        "generators": [{"name": "warm", "model": pilot, "samples": 2, "temperature": 0.9, "max_tokens": 24},
+                       {"name": "cold", "model": pilot, "samples": 1, "temperature": 0.0, "max_tokens": 24,
+                        "system_prompt": "You are a careful assistant."}], **kw})
+
+
+def test_local_run_builds_sft_and_dpo_and_a_rerun_is_free(small_dataset, tmp_path, tiny_cache):
+    cfg = local_cfg(tmp_path / "c.sqlite")
+    s = build_preferences(small_dataset, cfg, tmp_path / "out", progress=False)
+    assert s["responses"] == 4 * 3 and s["usage"]["warm"]["requests"] == 8 and s["usage"]["cold"]["requests"] == 4
+    dpo = pq.read_table(tmp_path / "out" / "dpo.parquet").to_pylist()
+    sft = pq.read_table(tmp_path / "out" / "sft.parquet").to_pylist()
+    responses = pq.read_table(tmp_path / "out" / "responses.parquet").to_pylist()
+    assert len(sft) == 4 and 1 <= len(dpo) <= 4
+    for row in dpo:
+        assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
+        assert row["chosen"][0]["content"] and row["rejected"][0]["content"]
+        mine = [r for r in responses if r["id"] == row["id"]]
+        assert row["score_chosen"] == max(r["score"] for r in mine)
+        assert row["score_rejected"] == min(r["score"] for r in mine) < row["score_chosen"]
+    for row in sft:  # the SFT target is the best response
+        mine = [r for r in responses if r["id"] == row["id"]]
+        best = max(mine, key=lambda r: r["score"])
+        assert row["messages"][-1] == {"role": "assistant", "content": best["text"]}
+    import datasets
+
+    dd = datasets.load_from_disk(str(tmp_path / "out" / "dataset"))
+    assert set(dd) == {"prompts", "excluded", "sft", "dpo"} and dd["dpo"].num_rows == len(dpo)
+    # a rerun with the same cache requests nothing and builds the same pairs
+    again = build_preferences(small_dataset, cfg, tmp_path / "again", progress=False)
+    assert sum(u["requests"] for u in again["usage"].values()) == 0
+    assert again["usage"]["warm"]["cache_hits"] == 8
+    for name in ("sft.parquet", "dpo.parquet"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["data"]["preferences"]["dpo"] == len(dpo) and "warm" in m["data"]["preferences"]["usage"]
+    assert "## Responses and preferences" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_a_garbage_judge_is_recorded_not_guessed(small_dataset, tmp_path, tiny_cache):
+    """The tiny pilot as pairwise judge answers word salad: every verdict is `unparseable`, no pair is built."""
+    cfg = local_cfg(tmp_path / "c.sqlite", judge_kind="pairwise")
+    s = build_preferences(small_dataset, cfg, tmp_path / "out", progress=False)
+    judgments = pq.read_table(tmp_path / "out" / "judgments.parquet").to_pylist()
+    assert s["dpo"] == 0 and s["sft"] == 0
+    raw = [j for j in judgments if j["order"] in ("AB", "BA")]
+    assert len(raw) == 4 * 3 * 2 and all(j["status"] == "unparseable" and j["raw"] for j in raw)
+    assert s["skipped"] == {"no_scored_response": 4}
+
+
+def test_verdict_parsing_is_strict():
+    assert parse_pointwise('{"score": 7, "rationale": "ok"}') == (7.0, "ok")
+    assert parse_pointwise('```json\n{"score": 3}\n```') == (3.0, "")
+    for bad in ('Score: 7', '{"score": 11}', '{"score": "7"}', '{"score": true}', 'I give it {"score": 7}', ""):
+        assert parse_pointwise(bad)[0] is None, bad
+    assert parse_pairwise('{"winner": "b", "rationale": "r"}') == ("B", "r")
+    assert parse_pairwise('{"winner": "TIE"}')[0] == "tie"
+    for bad in ('{"winner": "C"}', 'A', '{"winner": "A"', '[{"winner": "A"}]'):
+        assert parse_pairwise(bad)[0] is None, bad
+
+
+def test_both_orders_cancel_position_bias():
+    assert combine_orders("A", "B") == ("A", "consistent")  # A wins, then (swapped) the second one, A, wins
+    assert combine_orders("A", "A") == ("tie", "inconsistent")  # always the first position: a bias, not a win
+    assert combine_orders("tie", "tie") == ("tie", "consistent")
+    assert combine_orders(None, "A") == (None, "unparseable")
+    assert win_rates(3, {(0, 1): "A", (0, 2): "tie", (1, 2): None}) == [0.75, 0.0, 0.5]
+
+
+def test_config_needs_two_responses_per_prompt():
+    with pytest.raises(ValueError, match="at least two responses"):
+        PreferencesConfig.model_validate({"generators": [{"name": "g", "model": {"name": "m", "path": "/x"}}],
+                                          "judge": {"name": "j", "model": {"name": "m", "path": "/x"}}})

@@ -1,0 +1,164 @@
+"""Responses and preferences against a real vLLM server on loopback. Faults a healthy server never makes (429,
+500, timeouts, a truncated body, a judge answering garbage) are injected at the HTTP layer by an httpx
+transport in front of the real one; the run still completes, failures are recorded, the cache holds no
+duplicates, and a rerun pays only for what failed. A killed run resumes from its cache. No API key leaks."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from data_curation.preferences import build_preferences
+from data_curation.preferences_config import PreferencesConfig
+from pilot_core.tiny_models import REWARD_SPEC
+
+from .conftest import REPO
+from .test_preferences import small_dataset  # noqa: F401  (fixture)
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+SECRET = "sk-pilot-test-0123456789abcdef"
+
+
+def server_cfg(vllm_servers, cache, judge=None, **kw) -> PreferencesConfig:
+    gen = lambda name, srv: {"name": name, "url": vllm_servers[srv].url, "served_model": srv,  # noqa: E731
+                             "api_key_env": "PILOT_TEST_KEY"}
+    judge = judge or {"name": "rm", "kind": "reward_model",
+                      "model": {"name": "rm", "tiny": REWARD_SPEC.model_dump(mode="json")}}
+    return PreferencesConfig.model_validate({
+        "cache": str(cache), "judge": judge, "client": {"max_retries": 2, "timeout_s": 20, "concurrency": 4},
+        "generators": [{"name": "pilot", "model": gen("pilot", "pilot"), "samples": 2, "temperature": 0.9,
+                        "max_tokens": 24},
+                       {"name": "base", "model": gen("base", "base-same"), "samples": 1, "temperature": 0.7,
+                        "max_tokens": 24, "price": {"input": 1.0, "output": 2.0}}], **kw})
+
+
+class Faults(httpx.AsyncBaseTransport):
+    """In front of the real transport: per request (by its seed), a 429 on the first try, a 500 or a timeout on
+    every try, or a truncated body; judge requests get a stand-in verdict (the longer response wins) or garbage."""
+
+    def __init__(self, on: bool = True):
+        self.inner, self.on, self.tries, self.sent, self.judged = httpx.AsyncHTTPTransport(), on, {}, [], 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        self.sent.append(request)
+        judge = "Compare the two" in body["messages"][0]["content"]
+        key = (body.get("seed"), json.dumps(body["messages"])[-80:])
+        self.tries[key] = n = self.tries.get(key, 0) + 1
+        seed = body.get("seed") or 0
+        if self.on and not judge:
+            if seed % 5 == 0 and n == 1:
+                return httpx.Response(429, headers={"retry-after-ms": "10"}, json={"error": {"message": "slow down"}})
+            if seed % 7 == 0:
+                return httpx.Response(500, json={"error": {"message": "boom"}})
+            if seed % 11 == 0:
+                raise httpx.ReadTimeout("injected timeout", request=request)
+            if seed % 13 == 0:
+                return httpx.Response(200, headers={"content-type": "application/json"}, content=b'{"id": "x", "cho')
+        response = await self.inner.handle_async_request(request)
+        if not judge:
+            return response
+        await response.aread()
+        data = json.loads(response.content)
+        user = body["messages"][1]["content"]
+        a = user.split("# Response A\n", 1)[1].split("\n\n# Response B\n", 1)[0]
+        b = user.split("# Response B\n", 1)[1]
+        self.judged += 1
+        garbage = self.on and self.judged % 3 == 0
+        data["choices"][0]["message"]["content"] = "A is nicer, I think" if garbage else json.dumps(
+            {"winner": "A" if len(a) > len(b) else "B" if len(b) > len(a) else "tie", "rationale": "longer"})
+        return httpx.Response(200, json=data)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def rows(db) -> tuple[int, int]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM calls").fetchone()
+    finally:
+        con.close()
+
+
+def test_faults_are_recorded_and_a_rerun_fills_only_the_gaps(vllm_servers, small_dataset, tmp_path,  # noqa: F811
+                                                              monkeypatch):
+    monkeypatch.setenv("PILOT_TEST_KEY", SECRET)
+    judge = {"name": "judge", "kind": "pairwise", "model": {"name": "judge", "url": vllm_servers["pilot"].url,
+                                                             "served_model": "pilot"}}
+    cfg = server_cfg(vllm_servers, tmp_path / "c.sqlite", judge=judge)
+    faults = Faults()
+    s1 = build_preferences(small_dataset, cfg, tmp_path / "first", progress=False,
+                           http_client=httpx.AsyncClient(transport=faults))
+    responses = pq.read_table(tmp_path / "first" / "responses.parquet").to_pylist()
+    failed = [r for r in responses if r["error"]]
+    assert s1["responses"] == 12 and s1["response_failures"] == len(failed) > 0
+    assert {e.split(":")[0] for e in (r["error"] for r in failed)} <= {"InternalServerError", "APITimeoutError",
+                                                                        "APIResponseValidationError",
+                                                                        "JSONDecodeError", "APIConnectionError"}
+    retried_429 = [k for k, n in faults.tries.items() if (k[0] or 0) % 5 == 0 and n >= 2]
+    assert retried_429  # the openai client retried the 429s with backoff
+    judgments = pq.read_table(tmp_path / "first" / "judgments.parquet").to_pylist()
+    statuses = {j["status"] for j in judgments}
+    assert "unparseable" in statuses and "consistent" in statuses
+    total, distinct = rows(tmp_path / "c.sqlite")
+    assert total == distinct  # nothing duplicated in the cache
+    usage = s1["usage"]
+    assert usage["base"]["cost_usd"] == pytest.approx(
+        (usage["base"]["prompt_tokens"] * 1.0 + usage["base"]["completion_tokens"] * 2.0) / 1e6)
+
+    healthy = Faults(on=False)
+    s2 = build_preferences(small_dataset, cfg, tmp_path / "second", progress=False,
+                           http_client=httpx.AsyncClient(transport=healthy))
+    gen_requests = [r for r in healthy.sent if "Compare the two" not in json.loads(r.content)["messages"][0]["content"]]
+    assert len(gen_requests) == len(failed) and s2["response_failures"] == 0
+    assert s2["usage"]["pilot"]["cache_hits"] + s2["usage"]["base"]["cache_hits"] == 12 - len(failed)
+    assert s2["dpo"] >= 1
+    for row in pq.read_table(tmp_path / "second" / "dpo.parquet").to_pylist():  # the stand-in judge: longer wins
+        assert len(row["chosen"][0]["content"]) >= len(row["rejected"][0]["content"])
+    total, distinct = rows(tmp_path / "c.sqlite")
+    assert total == distinct
+    blob = b"".join(p.read_bytes() for d in ("first", "second") for p in (tmp_path / d).rglob("*") if p.is_file())
+    assert SECRET.encode() not in blob + (tmp_path / "c.sqlite").read_bytes()
+    assert all(r.headers["authorization"] == f"Bearer {SECRET}" for r in healthy.sent[:1])  # it was really sent
+
+
+def test_a_killed_run_resumes_from_its_cache(vllm_servers, small_dataset, tmp_path):  # noqa: F811
+    cfg = server_cfg(vllm_servers, tmp_path / "killed.sqlite",
+                     client={"concurrency": 1, "requests_per_minute": 120, "max_retries": 2, "timeout_s": 20})
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    env = {**os.environ, "PILOT_TEST_KEY": SECRET}
+    cmd = [sys.executable, "-m", "flows.cli", "preferences", "--dataset", str(small_dataset), "--config",
+           str(tmp_path / "cfg.yaml"), "--quiet"]
+    proc = subprocess.Popen([*cmd, "--output", str(tmp_path / "out")], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and (not (tmp_path / "killed.sqlite").exists()
+                                      or rows(tmp_path / "killed.sqlite")[0] < 4):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = rows(tmp_path / "killed.sqlite")[0]
+    assert 4 <= done_before < 12 and not (tmp_path / "out").exists()
+    r = subprocess.run([*cmd, "--output", str(tmp_path / "out")], cwd=REPO, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())["data"]["preferences"]["usage"]
+    assert m["pilot"]["requests"] + m["base"]["requests"] == 12 - done_before
+    assert m["pilot"]["cache_hits"] + m["base"]["cache_hits"] == done_before
+    # an uninterrupted run with its own cache gives the same dataset
+    cfg2 = cfg.model_copy(update={"cache": str(tmp_path / "fresh.sqlite")})
+    (tmp_path / "cfg2.yaml").write_text(yaml.safe_dump(cfg2.model_dump(mode="json")))
+    r2 = subprocess.run([*cmd[:-3], "--config", str(tmp_path / "cfg2.yaml"), "--quiet", "--output",
+                         str(tmp_path / "clean")], cwd=REPO, env=env, capture_output=True, text=True)
+    assert r2.returncode == 0, r2.stderr
+    for name in ("sft.parquet", "dpo.parquet", "responses.parquet"):
+        assert pq.read_table(tmp_path / "out" / name).equals(pq.read_table(tmp_path / "clean" / name)), name
+    assert SECRET not in r.stdout + r.stderr + r2.stdout + r2.stderr
