@@ -8,6 +8,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from data_curation.config import CurationConfig
+from data_curation.preferences_config import PreferencesConfig
 from pilot_core.config import BaseConfig
 from pilot_core.model_source import ModelSource
 from pilot_core.names import validate_name
@@ -23,6 +24,8 @@ class PipelineConfig(BaseConfig):
     bases: list[ModelSource] = Field(..., min_length=1)
     wsd: WSDConfig = WSDConfig()
     curation: CurationConfig | None = Field(None, description="GenerAlign curation (tokenizer defaults to the pilot)")
+    preferences: PreferencesConfig | None = Field(None, description="responses and preference pairs for the "
+                                                  "curated prompts (needs curation)")
 
     @field_validator("name")
     @classmethod
@@ -34,6 +37,8 @@ class PipelineConfig(BaseConfig):
 
     @model_validator(mode="after")
     def _unique_bases(self) -> "PipelineConfig":
+        if self.preferences is not None and self.curation is None:
+            raise ValueError("preferences need a curation section (they label its prompts)")
         names = [b.name for b in self.bases]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:

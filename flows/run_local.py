@@ -1,7 +1,7 @@
 """`pilot run`: the stages that exist today, in order. Prefect flows replace this module in issue #9.
 
-Today: GenerAlign curation (when the config has a `curation` section), then WSD with the pilot against every
-base over the configured prompts (local models or vLLM servers).
+Today: GenerAlign curation and preferences (when the config has those sections), then WSD with the pilot
+against every base over the configured prompts (local models or vLLM servers).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import click
 from flows.pipeline_config import PipelineConfig
 from pilot_core.names import safe_join
 
-NOT_BUILT = "not built yet: preferences (#6), train (#7), validate + release (#8), Prefect flows (#9)"
+NOT_BUILT = "not built yet: train (#7), validate + release (#8), Prefect flows (#9)"
 
 
 def new_run_dir(cfg: PipelineConfig) -> Path:
@@ -44,6 +44,12 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
         click.echo(f"  curate {cur.name}: kept {s['kept']} of {s['read']} prompts, excluded "
                    + ", ".join(f"{n} at {stage}" for stage, n in
                                ((st, sum(r.values())) for st, r in s["excluded"].items())) + f" -> {s['output']}")
+        if cfg.preferences is not None:
+            from data_curation.preferences import build_preferences
+
+            p = build_preferences(s["output"], cfg.preferences, run / f"{cur.name}-preferences")
+            click.echo(f"  preferences: {p['sft']} sft rows, {p['dpo']} dpo pairs from {p['prompts']} prompts, "
+                       f"{p['response_failures']} failed responses -> {p['output']}")
     for src in cfg.bases:
         s = generate_to_file(cfg.pilot, src, prompts, cfg.wsd, run / f"wsd-{src.name}.jsonl")
         click.echo(f"  wsd {cfg.pilot.name} -> {src.name}: {s['new']} prompts, {s['switched']} switched to the base, "

@@ -106,3 +106,9 @@ def test_pilot_run_demo_end_to_end(tiny_cache, pair_same, pair_different, tmp_pa
         assert len(recs) == n_prompts and all(x["response"] for x in recs)
         assert f"-> {base}: {n_prompts} prompts" in r.stdout
     assert (run / "config.yaml").is_file() and "not built yet" in r.stdout
+    import pyarrow.parquet as pq
+
+    kept = pq.read_table(run / "generalign" / "prompts.parquet")
+    assert f"curate generalign: kept {kept.num_rows} of" in r.stdout
+    dpo = pq.read_table(run / "generalign-preferences" / "dpo.parquet")
+    assert 0 < dpo.num_rows <= kept.num_rows and f"{dpo.num_rows} dpo pairs" in r.stdout
