@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pilot_core.config import BaseConfig
 from pilot_core.model_source import ModelSource
-from pilot_core.names import validate_name
+from pilot_core.names import config_name
 
 
 class Columns(BaseConfig):
@@ -33,13 +33,7 @@ class SourceConfig(BaseConfig):
     cap: int | None = Field(None, ge=1, description="read at most this many rows (a seeded sample, not the first N)")
     weight: float = Field(1.0, gt=0, description="share of the mix when mix.total is set")
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        try:
-            return validate_name(v, "source name")
-        except Exception as e:
-            raise ValueError(str(e)) from None
+    _name = field_validator("name")(config_name("source name"))
 
 
 class LengthFilter(BaseConfig):
@@ -115,13 +109,7 @@ class CurationConfig(BaseConfig):
     decontamination: DecontamConfig = DecontamConfig()
     mix: MixConfig = MixConfig()
 
-    @field_validator("name", "version")
-    @classmethod
-    def _names(cls, v: str | None) -> str | None:
-        try:
-            return v if v is None else validate_name(v, "dataset name or version")
-        except Exception as e:
-            raise ValueError(str(e)) from None
+    _names = field_validator("name", "version")(config_name("dataset name or version"))
 
     @model_validator(mode="after")
     def _unique_sources(self) -> "CurationConfig":

@@ -50,6 +50,16 @@ class LocalChat:
         pass
 
 
+def _weights_id(path: str | None) -> list | None:
+    """Cheap identity of a local checkpoint (names, sizes and modification times of its weight files), so a
+    checkpoint retrained in place does not hit the previous one's cache entries (a copy misses the cache once)."""
+    from pathlib import Path
+
+    if not path or not Path(path).is_dir():
+        return None
+    return sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in Path(path).glob("*.safetensors"))
+
+
 class Endpoint:
     """One model to call, with its concurrency and rate limits."""
 
@@ -61,7 +71,11 @@ class Endpoint:
                                         client.max_retries, http_client)
         else:
             self.backend = LocalChat(src)
-        self.identity = src.model_dump(mode="json", exclude={"api_key_env", "name"})  # what the cache key names
+        # what the cache key names: the served model (not the host, so another replica or a moved server still
+        # hits the cache), or the local weights; never the key variable
+        self.identity = ({"served_model": src.served_model} if src.url else
+                         {"path": src.path, "tiny": src.tiny.model_dump(mode="json") if src.tiny else None,
+                          "weights": _weights_id(src.path)})
         self.sem = asyncio.Semaphore(client.concurrency)
         self.interval = 60.0 / client.requests_per_minute if client.requests_per_minute else 0.0
         self.next_start = 0.0

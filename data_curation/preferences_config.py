@@ -9,14 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pilot_core.config import BaseConfig
 from pilot_core.model_source import ModelSource
-from pilot_core.names import validate_name
-
-
-def _name(v: str) -> str:
-    try:
-        return validate_name(v, "generator or judge name")
-    except Exception as e:
-        raise ValueError(str(e)) from None
+from pilot_core.names import config_name
 
 
 class Price(BaseConfig):
@@ -37,7 +30,7 @@ class GeneratorConfig(BaseConfig):
     system_prompt: str | None = None
     price: Price = Price()
 
-    _check_name = field_validator("name")(classmethod(lambda cls, v: _name(v)))
+    _name = field_validator("name")(config_name("generator or judge name"))
 
 
 class JudgeConfig(BaseConfig):
@@ -50,7 +43,7 @@ class JudgeConfig(BaseConfig):
     max_tokens: int = Field(256, ge=16)
     price: Price = Price()
 
-    _check_name = field_validator("name")(classmethod(lambda cls, v: _name(v)))
+    _name = field_validator("name")(config_name("generator or judge name"))
 
 
 class ClientConfig(BaseConfig):

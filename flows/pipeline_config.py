@@ -11,7 +11,7 @@ from data_curation.config import CurationConfig
 from data_curation.preferences_config import PreferencesConfig
 from pilot_core.config import BaseConfig
 from pilot_core.model_source import ModelSource
-from pilot_core.names import validate_name
+from pilot_core.names import config_name
 from wsd_inference.config import WSDConfig
 
 
@@ -27,13 +27,7 @@ class PipelineConfig(BaseConfig):
     preferences: PreferencesConfig | None = Field(None, description="responses and preference pairs for the "
                                                   "curated prompts (needs curation)")
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        try:
-            return validate_name(v, "pipeline name")
-        except Exception as e:
-            raise ValueError(str(e)) from None
+    _name = field_validator("name")(config_name("pipeline name"))
 
     @model_validator(mode="after")
     def _unique_bases(self) -> "PipelineConfig":

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from pilot_core.config import BaseConfig
-from pilot_core.names import validate_name
+from pilot_core.names import config_name
 from pilot_core.tiny_models import TinyModelSpec
 
 
@@ -24,13 +24,7 @@ class ModelSource(BaseConfig):
     api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
     trust_remote_code: bool = False
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        try:
-            return validate_name(v, "model name")
-        except Exception as e:  # surface as a validation error with the key's location
-            raise ValueError(str(e)) from None
+    _name = field_validator("name")(config_name("model name"))
 
     @field_validator("url")
     @classmethod

@@ -20,6 +20,20 @@ def validate_name(name: str, what: str = "name") -> str:
     return name
 
 
+def config_name(what: str):
+    """A pydantic field validator for a name that becomes a path (None passes): the error names the field."""
+
+    def check(cls, v):
+        if v is None:
+            return v
+        try:
+            return validate_name(v, what)
+        except UserError as e:  # pydantic reports a ValueError with the key's location
+            raise ValueError(str(e)) from None
+
+    return classmethod(check)
+
+
 def safe_join(root: Path, *names: str, what: str = "name") -> Path:
     """Join validated names under `root`; the result is guaranteed to stay inside `root`."""
     path = Path(root)

@@ -71,14 +71,16 @@ def test_local_run_builds_sft_and_dpo_and_a_rerun_is_free(small_dataset, tmp_pat
     assert "## Responses and preferences" in (tmp_path / "out" / "README.md").read_text()
 
 
-def test_a_garbage_judge_is_recorded_not_guessed(small_dataset, tmp_path, tiny_cache):
-    """The tiny pilot as pairwise judge answers word salad: every verdict is `unparseable`, no pair is built."""
-    cfg = local_cfg(tmp_path / "c.sqlite", judge_kind="pairwise")
+@pytest.mark.parametrize("kind", ["pairwise", "pointwise"])
+def test_a_garbage_judge_is_recorded_not_guessed(small_dataset, tmp_path, tiny_cache, kind):
+    """The tiny pilot as judge answers word salad: every verdict is `unparseable`, no pair is built."""
+    cfg = local_cfg(tmp_path / "c.sqlite", judge_kind=kind)
     s = build_preferences(small_dataset, cfg, tmp_path / "out", progress=False)
     judgments = pq.read_table(tmp_path / "out" / "judgments.parquet").to_pylist()
     assert s["dpo"] == 0 and s["sft"] == 0
-    raw = [j for j in judgments if j["order"] in ("AB", "BA")]
-    assert len(raw) == 4 * 3 * 2 and all(j["status"] == "unparseable" and j["raw"] for j in raw)
+    raw = [j for j in judgments if j["order"] in ("AB", "BA", "single")]
+    per_prompt = 3 * 2 if kind == "pairwise" else 3  # 3 pairs in both orders, or 3 single verdicts
+    assert len(raw) == 4 * per_prompt and all(j["status"] == "unparseable" and j["raw"] for j in raw)
     assert s["skipped"] == {"no_scored_response": 4}
 
 
