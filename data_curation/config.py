@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pilot_core.config import BaseConfig
 from pilot_core.model_source import ModelSource
-from pilot_core.names import config_name
+from pilot_core.names import check_unique, config_name
 
 
 class Columns(BaseConfig):
@@ -115,8 +115,5 @@ class CurationConfig(BaseConfig):
     def _unique_sources(self) -> "CurationConfig":
         if not self.sources:
             raise ValueError("give at least one source")
-        names = [s.name for s in self.sources]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"source names must be unique; repeated: {', '.join(dup)}")
+        check_unique([s.name for s in self.sources], "source")
         return self

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pilot_core.config import BaseConfig
 from pilot_core.model_source import ModelSource
-from pilot_core.names import config_name
+from pilot_core.names import check_unique, config_name
 
 
 class Price(BaseConfig):
@@ -72,10 +72,7 @@ class PreferencesConfig(BaseConfig):
 
     @model_validator(mode="after")
     def _unique(self) -> "PreferencesConfig":
-        names = [g.name for g in self.generators]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"generator names must be unique; repeated: {', '.join(dup)}")
+        check_unique([g.name for g in self.generators], "generator")
         if sum(g.samples for g in self.generators) < 2:
             raise ValueError("preference pairs need at least two responses per prompt (generators x samples)")
         if self.judge.kind == "reward_model" and self.judge.model.url:

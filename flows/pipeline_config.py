@@ -11,7 +11,7 @@ from data_curation.config import CurationConfig
 from data_curation.preferences_config import PreferencesConfig
 from pilot_core.config import BaseConfig
 from pilot_core.model_source import ModelSource
-from pilot_core.names import config_name
+from pilot_core.names import check_unique, config_name
 from wsd_inference.config import WSDConfig
 
 
@@ -33,8 +33,5 @@ class PipelineConfig(BaseConfig):
     def _unique_bases(self) -> "PipelineConfig":
         if self.preferences is not None and self.curation is None:
             raise ValueError("preferences need a curation section (they label its prompts)")
-        names = [b.name for b in self.bases]
-        dup = sorted({n for n in names if names.count(n) > 1})
-        if dup:
-            raise ValueError(f"base model names must be unique, repeated: {', '.join(dup)}")
+        check_unique([b.name for b in self.bases], "base model")
         return self

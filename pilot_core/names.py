@@ -34,6 +34,13 @@ def config_name(what: str):
     return classmethod(check)
 
 
+def check_unique(names: list[str], what: str) -> None:
+    """A ValueError (for a pydantic validator) naming the repeated names, if any."""
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{what} names must be unique; repeated: {', '.join(dup)}")
+
+
 def safe_join(root: Path, *names: str, what: str = "name") -> Path:
     """Join validated names under `root`; the result is guaranteed to stay inside `root`."""
     path = Path(root)
