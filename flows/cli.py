@@ -13,6 +13,7 @@ import click
 from flows.curate_cli import curate
 from flows.preferences_cli import preferences
 from flows.review_cli import review
+from flows.train_cli import train
 from flows.wsd_cli import wsd
 from pilot_core.errors import JobFailed, UserError
 
@@ -98,12 +99,6 @@ def models_tiny(spec_path: str, out: str, overrides: tuple[str, ...]) -> None:
 
 # ------------------------------------------------------------------------------------------------ stages
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def train() -> None:
-    """Train a pilot with SFT and DPO."""
-    _not_built("train", 7)
-
-
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 def validate() -> None:
     """Validate a checkpoint with WSD against several base models."""
     _not_built("validate", 8)
@@ -125,6 +120,7 @@ cli.add_command(wsd)
 cli.add_command(curate)
 cli.add_command(review)
 cli.add_command(preferences)
+cli.add_command(train)
 
 
 def main(argv: list[str] | None = None) -> int:

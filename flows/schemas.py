@@ -16,6 +16,8 @@ SCHEMAS = {
     "models": "pilot_core.tiny_models:TinyModelSpec",
     "curation": "data_curation.config:CurationConfig",
     "preferences": "data_curation.preferences_config:PreferencesConfig",
+    "training": "training.config:TrainConfig",
+    "accelerate": "training.launch:AccelerateConfig",
 }
 
 

@@ -68,7 +68,7 @@ def test_usage_error_exit_2():
     assert r.returncode == 2 and "Missing option '--config'" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("cmd,issue", [("train", 7), ("validate", 8), ("release", 8),
+@pytest.mark.parametrize("cmd,issue", [("validate", 8), ("release", 8),
                                        ("serve", 9)])
 def test_unbuilt_stages_say_so(cmd, issue):
     r = pilot(cmd)

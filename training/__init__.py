@@ -1,1 +1,1 @@
-"""training"""
+"""Pilot training: a thin adapter over TRL's SFTTrainer and DPOTrainer (+ PEFT LoRA, DeepSpeed presets)."""

@@ -1,0 +1,62 @@
+"""`pilot train`: SFT then DPO from a recipe (configs/training/*.yaml), one process or a DeepSpeed preset."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group(invoke_without_command=True)
+@click.option("--config", "config_path", help="configs/training/*.yaml")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config key (repeatable)")
+@click.option("--distributed", help="a DeepSpeed preset from configs/deepspeed/ (zero2, zero3, zero3_offload)")
+@click.option("--nproc", type=int, default=1, show_default=True, help="processes (with --distributed)")
+@click.option("--launcher", type=click.Choice(["torchrun", "accelerate"]), default="torchrun", show_default=True)
+@click.pass_context
+def train(ctx, config_path, overrides, distributed, nproc, launcher) -> None:
+    """Train a pilot (SFT, then DPO from the SFT output); rerunning resumes from the last checkpoint.
+    Subcommand: merge (a LoRA adapter into its base)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not config_path:
+        raise click.UsageError("Missing option '--config'.")
+    import json
+    from pathlib import Path
+
+    from pilot_core.atomic import atomic_write_text
+    from pilot_core.config import load_config
+    from training.config import TrainConfig
+
+    cfg = load_config(TrainConfig, config_path, overrides)
+    preset = distributed or cfg.distributed
+    if preset is None:
+        from training.train import train as run
+
+        outs = run(cfg)
+    else:
+        import torch
+
+        from training.launch import launch, load_preset
+
+        ds = load_preset(preset)
+        from training.data import load_split
+
+        for stage in cfg.stages:  # bad input fails here, before any process starts
+            load_split(cfg.dataset, stage)
+        run_file = Path(cfg.output_dir) / f"launch-{preset}.json"
+        atomic_write_text(run_file, json.dumps({"config": cfg.model_dump(mode="json"), "deepspeed": ds,
+                                                "cpu": not torch.cuda.is_available()}))
+        launch(run_file, nproc, launcher)
+        outs = {s: Path(cfg.output_dir) / s / "final" for s in cfg.stages}
+    for stage, path in outs.items():
+        click.echo(f"{stage}: {path}")
+
+
+@train.command("merge")
+@click.option("--adapter", required=True, help="a LoRA checkpoint directory (e.g. RUN/dpo/final)")
+@click.option("--out", required=True, help="the merged model directory (must not exist)")
+@click.option("--base", help="the base model (default: the one the adapter names)")
+def merge(adapter: str, out: str, base: str | None) -> None:
+    """Merge a LoRA adapter into its base and export safetensors + tokenizer."""
+    from training.merge import merge_adapter
+
+    click.echo(str(merge_adapter(adapter, out, base)))

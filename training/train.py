@@ -1,0 +1,181 @@
+"""One training stage (SFT or DPO) with TRL, resumable, ending in a complete checkpoint directory.
+
+<run>/<stage>/ holds TRL's checkpoint-N directories while training and `final/` when done: the model in
+safetensors, the tokenizer with its chat template, a generation config whose EOS matches the tokenizer, and
+`manifest.json` (dataset fingerprint, config, seed, versions, metrics) written last, after a complete save.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pilot_core.errors import UserError
+from pilot_core.manifest import Manifest, config_hash, write_manifest
+from training.config import TrainConfig
+from training.data import check_chat_tokenizer, load_split
+
+RUN_FILE = "run.json"  # identifies the run a stage directory belongs to
+
+
+def _trl_args(cfg: TrainConfig, stage: str, out: Path, deepspeed: dict | None):
+    from trl import DPOConfig, SFTConfig
+
+    cls = SFTConfig if stage == "sft" else DPOConfig
+    ours = {"output_dir": str(out), "seed": cfg.seed, "data_seed": cfg.seed, "report_to": cfg.report_to,
+            "use_cpu": _cpu(), "save_strategy": "steps", "save_only_model": False, "activation_checkpointing": False,
+            "deepspeed": deepspeed, "logging_steps": 1}
+    if ours["use_cpu"]:
+        ours["bf16"] = False  # use_cpu alone keeps bf16 autocast on: slower for small models, and not the recipe
+    if stage == "sft":
+        ours["assistant_only_loss"] = True
+    user = cfg.sft if stage == "sft" else cfg.dpo
+    try:
+        return cls(**{**ours, **user})
+    except TypeError as e:
+        raise UserError(f"{stage}: {e} (see trl.{cls.__name__})") from None
+    except ValueError as e:
+        raise UserError(f"{stage}: {str(e).splitlines()[0]}") from None
+
+
+def _cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def _claim(out: Path, identity: dict) -> None:
+    """A stage directory belongs to one run: another run's directory is refused, never overwritten."""
+    marker = out / RUN_FILE
+    if marker.exists():
+        if json.loads(marker.read_text()) != identity:
+            raise UserError(f"{out} holds another run (different config or dataset); choose another output_dir")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not a Pilot training run; choose another output_dir")
+    out.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(identity, sort_keys=True))
+
+
+def last_checkpoint(out: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(out)) if out.is_dir() else None
+
+
+def train_stage(cfg: TrainConfig, stage: str, start: str, deepspeed: dict | None = None) -> Path:
+    """Train `stage` from the model at `start`; returns <output_dir>/<stage>/final."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    from pilot_core.model_files import check_local_dir, is_local
+
+    out = Path(cfg.output_dir) / stage
+    final = out / "final"
+    if (final / "manifest.json").is_file():
+        return final  # this stage finished in an earlier run
+    data, data_fp = load_split(cfg.dataset, stage)
+    if is_local(start):
+        check_local_dir(Path(start))
+    tok = AutoTokenizer.from_pretrained(start, trust_remote_code=cfg.model.trust_remote_code)
+    check_chat_tokenizer(tok, start)
+    args = _trl_args(cfg, stage, out, deepspeed)
+    identity = {"config": config_hash(cfg), "stage": stage, "dataset": data_fp}
+    if args.process_index == 0:
+        _claim(out, identity)
+    set_seed(cfg.seed)
+    # the model object is loaded before the trainer (ZeRO-3 with several processes needs deepspeed.comm first)
+    model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32, use_safetensors=True,
+                                                 trust_remote_code=cfg.model.trust_remote_code)
+    peft = None
+    if cfg.lora:
+        from peft import LoraConfig
+
+        peft = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                          target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+    if stage == "sft":
+        from trl import SFTTrainer
+
+        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft)
+    else:
+        from trl import DPOTrainer
+
+        trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data, processing_class=tok,
+                             peft_config=peft)
+    resume = last_checkpoint(out) if cfg.resume else None
+    result = trainer.train(resume_from_checkpoint=resume)
+    _save(trainer, tok, final, cfg, stage, start, identity, result, resume)
+    return final
+
+
+def _save(trainer, tok, final: Path, cfg, stage, start, identity, result, resume) -> None:
+    """Save to final/.tmp then rename; the manifest is the last file written."""
+    import shutil
+
+    tmp = final.with_name(".tmp-final")
+    if trainer.args.process_index == 0 and tmp.exists():
+        shutil.rmtree(tmp)  # left by a run killed while saving
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(tmp))  # under ZeRO-3 this gathers the 16-bit weights (see the presets)
+    if trainer.args.process_index == 0:
+        _finish(trainer, tok, tmp, final, cfg, stage, start, identity, result, resume)
+    trainer.accelerator.wait_for_everyone()  # no rank starts the next stage before final/ exists
+
+
+def _finish(trainer, tok, tmp: Path, final: Path, cfg, stage, start, identity, result, resume) -> None:
+    import shutil
+
+    tok.save_pretrained(tmp)
+    (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the manifest holds the config
+    gen = tmp / "generation_config.json"
+    if gen.exists():  # the pilot stops where its tokenizer's turn ends
+        g = json.loads(gen.read_text())
+        eos = g.get("eos_token_id")
+        eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        if tok.eos_token_id not in eos:
+            g["eos_token_id"] = [tok.eos_token_id, *eos]
+        g["pad_token_id"] = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        gen.write_text(json.dumps(g, indent=2))
+    logs = trainer.state.log_history
+    losses = [x["loss"] for x in logs if "loss" in x]
+    write_manifest(tmp, Manifest(
+        kind="checkpoint", config_hash=identity["config"], config=cfg.model_dump(mode="json"),
+        inputs={"dataset": identity["dataset"], "start": str(start)},
+        data={"stage": stage, "seed": cfg.seed, "lora": cfg.lora is not None, "steps": trainer.state.global_step,
+              "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
+              "last_loss": losses[-1] if losses else None, "resumed_from": resume,
+              "metrics": result.metrics, "log_history": logs}))
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def train(cfg: TrainConfig, deepspeed: dict | None = None) -> dict[str, Path]:
+    """Run the configured stages in order; DPO starts from the SFT output when both run."""
+    start = cfg.model.local_path()
+    outs = {}
+    for stage in cfg.stages:
+        outs[stage] = train_stage(cfg, stage, start, deepspeed)
+        start = str(outs[stage])
+        if cfg.lora and stage != cfg.stages[-1]:  # the next stage trains a fresh adapter on the merged model
+            from training.merge import merge_adapter
+
+            merged = outs[stage].with_name("merged")
+            if _rank() == 0 and not (merged / "manifest.json").is_file():
+                merge_adapter(outs[stage], merged)
+            _barrier()
+            start = str(merged)
+    return outs

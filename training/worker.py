@@ -1,0 +1,23 @@
+"""One process of a distributed run (started by training.launch): python -m training.worker RUN.json."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main(path: str) -> None:
+    import deepspeed
+
+    from training.config import TrainConfig
+    from training.train import train
+
+    run = json.loads(open(path).read())
+    cfg = TrainConfig.model_validate(run["config"])
+    # deepspeed.comm before any model is loaded: ZeRO-3 partitions the model inside from_pretrained
+    deepspeed.init_distributed(dist_backend="gloo" if run["cpu"] else "nccl")
+    train(cfg, deepspeed=run["deepspeed"])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
