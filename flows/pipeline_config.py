@@ -12,6 +12,7 @@ from data_curation.preferences_config import PreferencesConfig
 from pilot_core.config import BaseConfig
 from pilot_core.model_source import ModelSource
 from pilot_core.names import check_unique, config_name
+from training.config import StagesConfig
 from wsd_inference.config import WSDConfig
 
 
@@ -26,6 +27,8 @@ class PipelineConfig(BaseConfig):
     curation: CurationConfig | None = Field(None, description="GenerAlign curation (tokenizer defaults to the pilot)")
     preferences: PreferencesConfig | None = Field(None, description="responses and preference pairs for the "
                                                   "curated prompts (needs curation)")
+    training: StagesConfig | None = Field(None, description="train the pilot on the preferences (needs them); WSD "
+                                          "then runs with the trained pilot")
 
     _name = field_validator("name")(config_name("pipeline name"))
 
@@ -33,5 +36,7 @@ class PipelineConfig(BaseConfig):
     def _unique_bases(self) -> "PipelineConfig":
         if self.preferences is not None and self.curation is None:
             raise ValueError("preferences need a curation section (they label its prompts)")
+        if self.training is not None and self.preferences is None:
+            raise ValueError("training needs a preferences section (it trains on its sft and dpo splits)")
         check_unique([b.name for b in self.bases], "base model")
         return self

@@ -1,11 +1,12 @@
 """`pilot run`: the stages that exist today, in order. Prefect flows replace this module in issue #9.
 
-Today: GenerAlign curation and preferences (when the config has those sections), then WSD with the pilot
-against every base over the configured prompts (local models or vLLM servers).
+Today: GenerAlign curation, preferences and training (when the config has those sections), then WSD with the
+(trained) pilot against every base over the configured prompts (local models or vLLM servers).
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import click
 from flows.pipeline_config import PipelineConfig
 from pilot_core.names import safe_join
 
-NOT_BUILT = "not built yet: train (#7), validate + release (#8), Prefect flows (#9)"
+NOT_BUILT = "not built yet: validate + release (#8), Prefect flows (#9)"
 
 
 def new_run_dir(cfg: PipelineConfig) -> Path:
@@ -22,6 +23,29 @@ def new_run_dir(cfg: PipelineConfig) -> Path:
     run = safe_join(Path(cfg.output_dir), cfg.name, stamp, what="run name")
     run.mkdir(parents=True, exist_ok=False)
     return run
+
+
+def _train(cfg: PipelineConfig, dataset: str, run: Path):
+    """Train the pilot on the preference data; returns the trained pilot as a model source."""
+    from pilot_core.model_source import ModelSource
+    from training.config import TrainConfig
+    from training.train import train
+
+    if cfg.training.distributed:
+        raise click.UsageError("the local pipeline trains in one process; run `pilot train --distributed` for "
+                               "a DeepSpeed preset")
+    tc = TrainConfig(**cfg.training.model_dump(), name=cfg.pilot.name, model=cfg.pilot, dataset=dataset,
+                     output_dir=str(run / "train"))
+    outs = train(tc)
+    final = outs[tc.stages[-1]]
+    if tc.lora:  # WSD needs full weights
+        from training.merge import merge_adapter
+
+        final = merge_adapter(final, final.with_name("merged"))
+    losses = {s: json.loads((p / "manifest.json").read_text())["data"] for s, p in outs.items()}
+    click.echo("  train " + ", ".join(f"{s}: loss {d['first_loss']:.3f} -> {d['last_loss']:.3f} in {d['steps']} "
+                                      f"steps" for s, d in losses.items()) + f" -> {final}")
+    return ModelSource(name=f"{cfg.pilot.name}-trained", path=str(final))
 
 
 def run_pipeline(cfg: PipelineConfig) -> Path:
@@ -32,6 +56,7 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
 
     prompts = load_prompts(cfg.prompts)
     run = new_run_dir(cfg)
+    pilot = cfg.pilot
     atomic_write_text(run / "config.yaml", dump_config(cfg))
     click.echo(f"pipeline {cfg.name}: run directory {run}")
     if cfg.curation is not None:
@@ -50,9 +75,11 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
             p = build_preferences(s["output"], cfg.preferences, run / f"{cur.name}-preferences")
             click.echo(f"  preferences: {p['sft']} sft rows, {p['dpo']} dpo pairs from {p['prompts']} prompts, "
                        f"{p['response_failures']} failed responses -> {p['output']}")
+            if cfg.training is not None:
+                pilot = _train(cfg, p["output"], run)
     for src in cfg.bases:
-        s = generate_to_file(cfg.pilot, src, prompts, cfg.wsd, run / f"wsd-{src.name}.jsonl")
-        click.echo(f"  wsd {cfg.pilot.name} -> {src.name}: {s['new']} prompts, {s['switched']} switched to the base, "
+        s = generate_to_file(pilot, src, prompts, cfg.wsd, run / f"wsd-{src.name}.jsonl")
+        click.echo(f"  wsd {pilot.name} -> {src.name}: {s['new']} prompts, {s['switched']} switched to the base, "
                    f"mean kept draft {s['mean_kept_draft_tokens']:.1f} tokens, mean base continuation "
                    f"{s['mean_base_tokens']:.1f} tokens -> {s['output']}")
     click.echo(f"  {NOT_BUILT}")

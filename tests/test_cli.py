@@ -112,3 +112,6 @@ def test_pilot_run_demo_end_to_end(tiny_cache, pair_same, pair_different, tmp_pa
     assert f"curate generalign: kept {kept.num_rows} of" in r.stdout
     dpo = pq.read_table(run / "generalign-preferences" / "dpo.parquet")
     assert 0 < dpo.num_rows <= kept.num_rows and f"{dpo.num_rows} dpo pairs" in r.stdout
+    trained = run / "train" / "dpo" / "final"
+    assert (trained / "manifest.json").is_file() and "train sft: loss" in r.stdout
+    assert "wsd pilot-tiny-trained -> base-llama" in r.stdout  # WSD runs with the trained pilot

@@ -22,11 +22,9 @@ class LoraSpec(BaseConfig):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
-class TrainConfig(BaseConfig):
-    name: str = "pilot"
-    model: ModelSource = Field(description="the starting chat model (path or tiny; safetensors)")
-    dataset: str = Field(description="a dataset directory from `pilot preferences` (splits sft and dpo)")
-    output_dir: str = Field(description="the run directory: <output_dir>/sft, <output_dir>/dpo, checkpoints inside")
+class StagesConfig(BaseConfig):
+    """How to train: the part of a recipe a pipeline config carries (it supplies the model and the data)."""
+
     stages: list[Literal["sft", "dpo"]] = Field(["sft", "dpo"], min_length=1)
     seed: int = 0
     lora: LoraSpec | None = None
@@ -37,13 +35,12 @@ class TrainConfig(BaseConfig):
     sft: dict[str, Any] = Field(default_factory=dict, description="trl.SFTConfig arguments")
     dpo: dict[str, Any] = Field(default_factory=dict, description="trl.DPOConfig arguments")
 
-    @model_validator(mode="after")
-    def _order(self) -> "TrainConfig":
-        if self.stages != sorted(set(self.stages), key=["sft", "dpo"].index):
+    @field_validator("stages")
+    @classmethod
+    def _order(cls, v: list[str]) -> list[str]:
+        if v != sorted(set(v), key=["sft", "dpo"].index):
             raise ValueError("stages run in the order sft, dpo, each at most once")
-        if self.model.url:
-            raise ValueError("training needs local weights: model.path or model.tiny")
-        return self
+        return v
 
     @field_validator("sft", "dpo")
     @classmethod
@@ -54,6 +51,19 @@ class TrainConfig(BaseConfig):
             name = "SFTConfig" if info.field_name == "sft" else "DPOConfig"
             raise ValueError(f"unknown argument {unknown[0]!r} for trl.{name}")
         return v
+
+
+class TrainConfig(StagesConfig):
+    name: str = "pilot"
+    model: ModelSource = Field(description="the starting chat model (path or tiny; safetensors)")
+    dataset: str = Field(description="a dataset directory from `pilot preferences` (splits sft and dpo)")
+    output_dir: str = Field(description="the run directory: <output_dir>/sft, <output_dir>/dpo, checkpoints inside")
+
+    @model_validator(mode="after")
+    def _local(self) -> "TrainConfig":
+        if self.model.url:
+            raise ValueError("training needs local weights: model.path or model.tiny")
+        return self
 
 
 def trl_fields(stage: str) -> set[str]:
