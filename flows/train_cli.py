@@ -38,14 +38,13 @@ def train(ctx, config_path, overrides, distributed, nproc, launcher) -> None:
         from training.launch import launch, load_preset
 
         ds = load_preset(preset)
-        from training.data import load_split
+        from training.train import preflight
 
-        for stage in cfg.stages:  # bad input fails here, before any process starts
-            load_split(cfg.dataset, stage)
+        preflight(cfg)  # bad input fails here, before any process starts
         run_file = Path(cfg.output_dir) / f"launch-{preset}.json"
         atomic_write_text(run_file, json.dumps({"config": cfg.model_dump(mode="json"), "deepspeed": ds,
                                                 "cpu": not torch.cuda.is_available()}))
-        launch(run_file, nproc, launcher)
+        launch(run_file, nproc, launcher, preset=preset)
         outs = {s: Path(cfg.output_dir) / s / "final" for s in cfg.stages}
     for stage, path in outs.items():
         click.echo(f"{stage}: {path}")

@@ -110,6 +110,15 @@ def test_a_killed_run_resumes_to_the_same_weights(prefs, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "killed" / "sft" / "final").exists(), "killed too late to test resuming"
+    # a kill can also land while a checkpoint is being written: plant one cut short after the last complete one
+    from training.train import last_checkpoint
+
+    done = last_checkpoint(tmp_path / "killed" / "sft")
+    cut = tmp_path / "killed" / "sft" / f"checkpoint-{int(done.rsplit('-', 1)[1]) + 2}"
+    if not cut.exists():
+        cut.mkdir()
+        shutil.copy(ckpt / "model.safetensors", cut / "model.safetensors")
+    (cut / "trainer_state.json").unlink(missing_ok=True)
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     final = tmp_path / "killed" / "sft" / "final"
@@ -144,11 +153,9 @@ def test_bad_input_is_one_clear_error(prefs, small_dataset, tmp_path, pair_same)
     train(first)
     before = sorted(p.name for p in (tmp_path / "run" / "sft").iterdir())
     other = cfg(prefs, tmp_path / "run", stages=["sft"], sft={**FAST, "learning_rate": 5e-4, "max_steps": 5})
-    (tmp_path / "run" / "sft" / "final").rename(tmp_path / "run" / "sft" / "final-moved")
-    with pytest.raises(UserError, match="holds another run"):
+    with pytest.raises(UserError, match="holds another run"):  # even though that run finished
         train(other)
-    assert sorted(p.name for p in (tmp_path / "run" / "sft").iterdir()) == sorted(
-        [n if n != "final" else "final-moved" for n in before])
+    assert sorted(p.name for p in (tmp_path / "run" / "sft").iterdir()) == before
 
 
 def test_cli_exit_codes(tmp_path, small_dataset):  # noqa: F811

@@ -42,7 +42,8 @@ def load_preset(name: str, presets: Path = PRESETS) -> dict:
     return cfg
 
 
-def launch(cfg_json: Path, nproc: int, launcher: str = "torchrun", port: int = 29531) -> None:
+def launch(cfg_json: Path, nproc: int, launcher: str = "torchrun", port: int = 29531,
+           preset: str | None = None) -> None:
     """Run training.worker on `nproc` processes; a failed worker is a JobFailed (exit 1)."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     try:
@@ -57,8 +58,9 @@ def launch(cfg_json: Path, nproc: int, launcher: str = "torchrun", port: int = 2
                "--master_port", str(port), "-m", "training.worker", str(cfg_json)]
     else:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc),
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(port), "-m", "training.worker", str(cfg_json)]
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--use_deepspeed",
+               "--deepspeed_config_file", str(PRESETS / f"{preset}.json"), "--main_process_port", str(port),
+               "-m", "training.worker", str(cfg_json)]
     r = subprocess.run(cmd, env=env)
     if r.returncode != 0:
         raise JobFailed(f"distributed training failed (exit {r.returncode}); rerun the same command to resume "

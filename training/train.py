@@ -44,23 +44,65 @@ def _cpu() -> bool:
     return not torch.cuda.is_available()
 
 
-def _claim(out: Path, identity: dict) -> None:
+def check_claim(out: Path, identity: dict) -> None:
     """A stage directory belongs to one run: another run's directory is refused, never overwritten."""
     marker = out / RUN_FILE
     if marker.exists():
         if json.loads(marker.read_text()) != identity:
             raise UserError(f"{out} holds another run (different config or dataset); choose another output_dir")
-        return
-    if out.exists() and any(out.iterdir()):
+    elif out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not a Pilot training run; choose another output_dir")
+
+
+def _claim(out: Path, identity: dict) -> None:
+    check_claim(out, identity)
     out.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(identity, sort_keys=True))
+    if not (out / RUN_FILE).exists():
+        (out / RUN_FILE).write_text(json.dumps(identity, sort_keys=True))
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """The checks that need no model, for every stage: before a multi-process launch, so bad input is one
+    clear error (exit 2) rather than a failed worker."""
+    for stage in cfg.stages:
+        _, data_fp = load_split(cfg.dataset, stage)
+        check_claim(Path(cfg.output_dir) / stage, _identity(cfg, stage, data_fp))
+
+
+def _identity(cfg: TrainConfig, stage: str, data_fp: str) -> dict:
+    return {"config": config_hash(cfg), "stage": stage, "dataset": data_fp}
 
 
 def last_checkpoint(out: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint. TRL writes a checkpoint's files in place, trainer_state.json last, so one
+    that a kill interrupted lacks a readable trainer_state.json for its step: it is skipped (and removed by
+    `drop_incomplete`)."""
+    done = [c for c in _checkpoints(out) if _complete(c)]
+    return str(done[-1]) if done else None
 
-    return get_last_checkpoint(str(out)) if out.is_dir() else None
+
+def drop_incomplete(out: Path) -> list[Path]:
+    import shutil
+
+    bad = [c for c in _checkpoints(out) if not _complete(c)]
+    for c in bad:
+        shutil.rmtree(c)
+    return bad
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    if not out.is_dir():
+        return []
+    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def _complete(c: Path) -> bool:
+    try:
+        state = json.loads((c / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return state.get("global_step") == int(c.name.split("-")[-1])
 
 
 def train_stage(cfg: TrainConfig, stage: str, start: str, deepspeed: dict | None = None) -> Path:
@@ -72,15 +114,16 @@ def train_stage(cfg: TrainConfig, stage: str, start: str, deepspeed: dict | None
 
     out = Path(cfg.output_dir) / stage
     final = out / "final"
-    if (final / "manifest.json").is_file():
-        return final  # this stage finished in an earlier run
     data, data_fp = load_split(cfg.dataset, stage)
+    identity = _identity(cfg, stage, data_fp)
+    check_claim(out, identity)
+    if (final / "manifest.json").is_file():
+        return final  # this stage finished in an earlier run of the same config
     if is_local(start):
         check_local_dir(Path(start))
     tok = AutoTokenizer.from_pretrained(start, trust_remote_code=cfg.model.trust_remote_code)
     check_chat_tokenizer(tok, start)
     args = _trl_args(cfg, stage, out, deepspeed)
-    identity = {"config": config_hash(cfg), "stage": stage, "dataset": data_fp}
     if args.process_index == 0:
         _claim(out, identity)
     set_seed(cfg.seed)
@@ -102,6 +145,9 @@ def train_stage(cfg: TrainConfig, stage: str, start: str, deepspeed: dict | None
 
         trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data, processing_class=tok,
                              peft_config=peft)
+    if args.process_index == 0:
+        drop_incomplete(out)  # a checkpoint a kill cut short would make the trainer fail to resume
+    trainer.accelerator.wait_for_everyone()
     resume = last_checkpoint(out) if cfg.resume else None
     result = trainer.train(resume_from_checkpoint=resume)
     _save(trainer, tok, final, cfg, stage, start, identity, result, resume)
