@@ -7,12 +7,16 @@ from __future__ import annotations
 import re
 
 HARM = {
-    "weapons": r"bomb|explosives?|pipe bomb|napalm|gun ?powder|silencer|untraceable gun|ghost gun|nerve agent|bioweapon",
-    "violence": r"kill (?:him|her|them|someone|my)|murder|poison (?:him|her|someone|my)|torture|stab|assault|hurt (?:him|her|someone)",
+    "weapons": r"bomb|explosives?|pipe bomb|napalm|gun ?powder|silencer|untraceable gun|ghost gun|nerve agent|"
+               r"bioweapon",
+    "violence": r"kill (?:him|her|them|someone|my)|murder|poison (?:him|her|someone|my)|torture|stab|assault|"
+                r"hurt (?:him|her|someone)",
     "self_harm": r"kill myself|suicide|self[- ]harm|cut myself|end my life|overdose",
     "drugs": r"meth(?:amphetamine)?|cocaine|heroin|fentanyl|crack|lsd|synthesi[sz]e (?:drugs|mdma)|grow weed",
-    "cyber": r"hack(?:ing)? into|malware|ransomware|keylogger|phishing|ddos|sql injection attack|steal passwords?|crack (?:a|the) password",
-    "fraud": r"scam|counterfeit|launder(?:ing)? money|money laundering|fake (?:id|passport)|forge (?:a|the) signature|tax evasion|shoplift",
+    "cyber": r"hack(?:ing)? into|malware|ransomware|keylogger|phishing|ddos|sql injection attack|"
+             r"steal passwords?|crack (?:a|the) password",
+    "fraud": r"scam|counterfeit|launder(?:ing)? money|money laundering|fake (?:id|passport)|"
+             r"forge (?:a|the) signature|tax evasion|shoplift",
     "hate": r"racial slurs?|inferior races?|ethnic cleansing|white power|hate speech about",
     "sexual": r"explicit sex|porn(?:ography)?|nude photos? of|sexual content involving",
     "privacy": r"home address of|dox(?:x)?ing|track (?:my|someone's) (?:wife|husband|partner|phone)|spy on",

@@ -21,7 +21,8 @@ from pilot_core.errors import UserError
 from pilot_core.manifest import read_manifest
 from pilot_core.names import safe_join
 
-SCORE_COLUMNS = ("tokens", "content_tokens", "lang", "lang_score", "repetition", "symbol_ratio", "boilerplate", "pii", "harm_tags",
+SCORE_COLUMNS = ("tokens", "content_tokens", "lang", "lang_score", "repetition", "symbol_ratio", "boilerplate", "pii",
+                 "harm_tags",
                  "category", "chars", "words")
 
 

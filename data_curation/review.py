@@ -152,7 +152,6 @@ def _read_decisions(path: Path) -> list[dict]:
 def import_review(dataset: str | Path, decisions: str | Path, reviewer: str) -> dict:
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     dataset, decisions = Path(dataset), Path(decisions)
     if not reviewer.strip():

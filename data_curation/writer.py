@@ -46,6 +46,7 @@ def _table(counter: dict, head: tuple[str, str], limit: int = 20) -> str:
 def data_card(name: str, version: str, cfg, counts: dict) -> str:
     """A README.md a reviewer can read without opening the tables."""
     f = cfg.filters
+    how = "under the pilot chat template" if cfg.tokenizer else "estimated as characters / 4: no tokenizer given"
     lines = [
         f"# {name} {version}",
         "",
@@ -73,9 +74,8 @@ def data_card(name: str, version: str, cfg, counts: dict) -> str:
         "",
         "## Filters",
         "",
-        f"- length: {f.length.min_tokens}-{f.length.max_tokens} tokens "
-        f"({'under the pilot chat template' if cfg.tokenizer else 'estimated as characters / 4: no tokenizer given'}); rows over "
-        f"{f.length.max_chars} characters are dropped when read",
+        f"- length: {f.length.min_tokens}-{f.length.max_tokens} tokens ({how}); rows over {f.length.max_chars} "
+        "characters are dropped when read",
         f"- language: keep {', '.join(f.language.keep)} (lingua, among {len(f.language.candidates)} languages; "
         f"texts with fewer than {f.language.min_letters} letters are not identified)" if f.language else
         "- language: off",

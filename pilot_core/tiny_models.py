@@ -1,5 +1,5 @@
-"""Tiny causal LMs (and reward models) built in-process: a BPE tokenizer trained locally, a chat template with {% generation %}
-markers, a Llama or Qwen2 of a chosen size with seeded random weights, saved with `save_pretrained`.
+"""Tiny causal LMs (and reward models) built in-process: a BPE tokenizer trained locally, a chat template with
+{% generation %} markers, a Llama or Qwen2 of a chosen size with seeded random weights, saved with `save_pretrained`.
 
 Used by tests, benchmarks and the demo: no network, deterministic for a seed (same bytes on disk).
 Two tokenizer families make cross-tokenizer pilot/base pairs possible, as in the paper (Llama-3.2 pilot,

@@ -29,7 +29,8 @@ def small_dataset(tmp_path_factory):
 
 def local_cfg(cache, judge_kind="reward_model", **kw) -> PreferencesConfig:
     pilot = {"name": "pilot", "tiny": PILOT_SPEC.model_dump(mode="json")}
-    judge = ({"name": "rm", "kind": "reward_model", "model": {"name": "rm", "tiny": REWARD_SPEC.model_dump(mode="json")}}
+    rm = {"name": "rm", "tiny": REWARD_SPEC.model_dump(mode="json")}
+    judge = ({"name": "rm", "kind": "reward_model", "model": rm}
              if judge_kind == "reward_model" else {"name": "j", "kind": judge_kind, "model": pilot})
     return PreferencesConfig.model_validate({
         "cache": str(cache), "judge": judge,
