@@ -63,7 +63,7 @@ def bench(n: int, num_proc: int, tmp: Path) -> dict:
     ds, _, _, _ = load_and_score(cfg, progress=False)
     times["read + normalise + score"] = time.perf_counter() - t
     t = time.perf_counter()
-    d = decide(cfg, ds, [], progress=False)
+    d = decide(cfg, ds.with_format("arrow")[:], [], progress=False)
     times["checks + dedup + decontam"] = time.perf_counter() - t
     t = time.perf_counter()
     s = curate(cfg, output=str(tmp / f"out-{n}"), progress=False)  # the whole run, written

@@ -81,7 +81,7 @@ class Endpoint:
         self.next_start = 0.0
         self.rate_lock = asyncio.Lock()
 
-    async def _wait_turn(self) -> None:
+    async def wait_turn(self) -> None:
         if not self.interval:
             return
         async with self.rate_lock:
@@ -130,7 +130,7 @@ async def run_calls(calls: list[Call], endpoints: dict[str, Endpoint], cache: Re
             results[c.key] = hit
         else:
             async with ep.sem:
-                await ep._wait_turn()
+                await ep.wait_turn()
                 st.requests += 1
                 try:
                     r = await ep.backend.chat(c.messages, **c.params)

@@ -88,11 +88,11 @@ def _fingerprint(cfg: CurationConfig, fps: dict) -> str:
     return hashlib.sha256(repr((cfg.model_dump(mode="json"), sorted(fps.items()))).encode()).hexdigest()[:16]
 
 
-def decide(cfg: CurationConfig, ds, previous: list[Path], progress: bool = True) -> Decisions:
-    """Filter checks, then dedup (against earlier versions first), then decontamination, then the mix."""
+def decide(cfg: CurationConfig, table, previous: list[Path], progress: bool = True) -> Decisions:
+    """Filter checks, then dedup (against earlier versions first), then decontamination, then the mix, over the
+    scored rows as an Arrow table (whole columns as Python lists: a datasets Column indexes row by row)."""
     from tqdm import tqdm
 
-    table = ds.with_format("arrow")[:]  # whole columns as Python lists (a datasets Column indexes row by row)
     cols = {c: table.column(c).to_pylist() for c in ("id", "source", "text", *SCORE_COLUMNS)}
     n = len(cols["id"])
     drops: list[tuple | None] = [None] * n

@@ -60,6 +60,9 @@ def _judge_calls(cfg, endpoint, prompts, cands):
 def _scores(cfg, prompts, cands, judged, reward) -> tuple[list[list], list[dict]]:
     """Per prompt, each candidate's score (None: unjudged); and the judgment records."""
     scores, records = [], []
+    by_prompt: dict[int, list] = {}
+    for x in judged:  # grouped once: a scan per prompt would be quadratic in the dataset size
+        by_prompt.setdefault(x[0], []).append(x)
     for p, row in enumerate(prompts):
         n = len(cands[p])
         if cfg.judge.kind == "reward_model":
@@ -72,7 +75,7 @@ def _scores(cfg, prompts, cands, judged, reward) -> tuple[list[list], list[dict]
                                 "status": "ok", "rationale": "", "raw": ""})
             scores.append(s)
             continue
-        mine = [x for x in judged if x[0] == p]
+        mine = by_prompt.get(p, [])
         if cfg.judge.kind == "pointwise":
             s = [None] * n
             for _, k, _, r in mine:

@@ -42,7 +42,8 @@ def _replayed(cfg: CurationConfig, prev: Path):
     rescored = excl.filter(pc.invert(pc.is_in(excl["stage"], pa.array(["load", "review"])))).select(kept.column_names)
     table = pa.concat_tables([kept, rescored.cast(kept.schema)])
     order = {s.name: i for i, s in enumerate(cfg.sources)}
-    idx = sorted(range(table.num_rows), key=lambda i: (order[table["source"][i].as_py()], table["row"][i].as_py()))
+    sources, rows = table["source"].to_pylist(), table["row"].to_pylist()
+    idx = sorted(range(table.num_rows), key=lambda i: (order[sources[i]], rows[i]))
     carried_rows = [{k: r.get(k) for k in EXCLUDED_KEYS} for r in carried.to_pylist()]
     read = {k: v["read"] for k, v in m.data["per_source"].items()}
     return datasets.Dataset(table.take(pa.array(idx, pa.int64()))), carried_rows, m.inputs, read
@@ -61,9 +62,8 @@ def curate(cfg: CurationConfig, output: str | None = None, previous: list[str] |
         ds, load_drops, inputs, read = _replayed(cfg, Path(replay))
     else:
         ds, load_drops, inputs, read = load_and_score(cfg, progress)
-    d = decide(cfg, ds, prev, progress)
-
     table = ds.with_format("arrow")[:]
+    d = decide(cfg, table, prev, progress)
     keep_idx = [i for i, x in enumerate(d.drops) if x is None]
     drop_idx = [i for i, x in enumerate(d.drops) if x is not None]
     kept = table.select(list(KEPT_COLUMNS)).take(pa.array(keep_idx, pa.int64()))
