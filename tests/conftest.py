@@ -60,3 +60,16 @@ def untuned_path(tiny_cache):
     from pilot_core.tiny_models import tiny_untuned
 
     return tiny_untuned(cache_dir=tiny_cache)
+
+
+def without_chat_template(model_dir: Path, out: Path) -> Path:
+    """A copy of a tiny model whose tokenizer has no chat template (a pilot must have one)."""
+    import json
+    import shutil
+
+    shutil.copytree(model_dir, out)
+    (out / "chat_template.jinja").unlink()
+    cfg = json.loads((out / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg))
+    return out

@@ -19,7 +19,7 @@ from pilot_core.tiny_models import PILOT_SPEC
 from training.config import TrainConfig
 from training.train import train
 
-from .conftest import REPO
+from .conftest import REPO, without_chat_template
 from .test_preferences import local_cfg, small_dataset  # noqa: F401  (fixture)
 
 TINY = {"name": "pilot", "tiny": PILOT_SPEC.model_dump(mode="json")}
@@ -131,12 +131,7 @@ def test_a_killed_run_resumes_to_the_same_weights(prefs, tmp_path):
 def test_bad_input_is_one_clear_error(prefs, small_dataset, tmp_path, pair_same):  # noqa: F811
     with pytest.raises(UserError, match="no 'sft' split"):
         train(cfg(small_dataset, tmp_path / "a"))
-    no_template = tmp_path / "no-template"
-    shutil.copytree(pair_same[0], no_template)
-    (no_template / "chat_template.jinja").unlink()
-    tc = json.loads((no_template / "tokenizer_config.json").read_text())
-    tc.pop("chat_template", None)
-    (no_template / "tokenizer_config.json").write_text(json.dumps(tc))
+    no_template = without_chat_template(pair_same[0], tmp_path / "no-template")
     with pytest.raises(UserError, match="no chat template"):
         train(cfg(prefs, tmp_path / "b", model={"name": "m", "path": str(no_template)}))
     from training.launch import load_preset

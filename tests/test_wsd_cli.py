@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .conftest import REPO
+from .conftest import REPO, without_chat_template
 
 VOLATILE = ("time_s", "timing")
 
@@ -131,12 +131,7 @@ def test_bad_models(pair_same, prompts, tmp_path):
     line = _err(run_wsd((pair_same[0], bert), prompts, tmp_path / "o.jsonl"))
     assert "base" in line and "'bert' (BertModel) is not a causal LM" in line
 
-    no_template = tmp_path / "no-template"
-    shutil.copytree(pair_same[0], no_template)
-    (no_template / "chat_template.jinja").unlink()
-    cfg = json.loads((no_template / "tokenizer_config.json").read_text())
-    cfg.pop("chat_template", None)
-    (no_template / "tokenizer_config.json").write_text(json.dumps(cfg))
+    no_template = without_chat_template(pair_same[0], tmp_path / "no-template")
     assert "has no chat template" in _err(run_wsd((no_template, pair_same[1]), prompts, tmp_path / "o.jsonl"))
 
     assert "model path not found" in _err(run_wsd((tmp_path / "nope", pair_same[1]), prompts, tmp_path / "o.jsonl"))
