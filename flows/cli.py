@@ -12,8 +12,10 @@ import click
 
 from flows.curate_cli import curate
 from flows.preferences_cli import preferences
+from flows.release_cli import release
 from flows.review_cli import review
 from flows.train_cli import train
+from flows.validate_cli import validate
 from flows.wsd_cli import wsd
 from pilot_core.errors import JobFailed, UserError
 
@@ -99,18 +101,6 @@ def models_tiny(spec_path: str, out: str, overrides: tuple[str, ...]) -> None:
 
 # ------------------------------------------------------------------------------------------------ stages
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def validate() -> None:
-    """Validate a checkpoint with WSD against several base models."""
-    _not_built("validate", 8)
-
-
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def release() -> None:
-    """Gate and publish a validated checkpoint."""
-    _not_built("release", 8)
-
-
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 def serve() -> None:
     """Serve scheduled pipeline deployments."""
     _not_built("serve", 9)
@@ -121,6 +111,8 @@ cli.add_command(curate)
 cli.add_command(review)
 cli.add_command(preferences)
 cli.add_command(train)
+cli.add_command(validate)
+cli.add_command(release)
 
 
 def main(argv: list[str] | None = None) -> int:

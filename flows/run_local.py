@@ -1,7 +1,8 @@
 """`pilot run`: the stages that exist today, in order. Prefect flows replace this module in issue #9.
 
 Today: GenerAlign curation, preferences and training (when the config has those sections), then WSD with the
-(trained) pilot against every base over the configured prompts (local models or vLLM servers).
+(trained) pilot against every base over the configured prompts (local models or vLLM servers), then validation
+of the trained checkpoint and the release gate (when configured).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import click
 from flows.pipeline_config import PipelineConfig
 from pilot_core.names import safe_join
 
-NOT_BUILT = "not built yet: validate + release (#8), Prefect flows (#9)"
+NOT_BUILT = "not built yet: Prefect flows (#9)"
 
 
 def new_run_dir(cfg: PipelineConfig) -> Path:
@@ -46,6 +47,21 @@ def _train(cfg: PipelineConfig, dataset: str, run: Path):
     click.echo("  train " + ", ".join(f"{s}: loss {d['first_loss']:.3f} -> {d['last_loss']:.3f} in {d['steps']} "
                                       f"steps" for s, d in losses.items()) + f" -> {final}")
     return ModelSource(name=f"{cfg.pilot.name}-trained", path=str(final))
+
+
+def _validate_and_release(cfg: PipelineConfig, checkpoint: str, run: Path) -> None:
+    from evaluation.validate import validate
+    from flows.validate_cli import summary_lines
+
+    out = run / "validation"
+    report = validate(cfg.validation, checkpoint, cfg.bases, out, pilot_name=f"{cfg.pilot.name}-trained")
+    click.echo("  validate:\n  " + "\n  ".join(summary_lines(report, str(out))))
+    if cfg.release is not None:
+        from release.publish import publish
+
+        r = publish(checkpoint, out, cfg.release)  # a failed gate raises JobFailed with its reasons
+        click.echo(f"  release: gate passed ({len(r['verdict']['passing_bases'])} of "
+                   f"{len(cfg.bases)} bases), published {cfg.release.name} {r['version']} -> {r['path']}")
 
 
 def run_pipeline(cfg: PipelineConfig) -> Path:
@@ -82,5 +98,7 @@ def run_pipeline(cfg: PipelineConfig) -> Path:
         click.echo(f"  wsd {pilot.name} -> {src.name}: {s['new']} prompts, {s['switched']} switched to the base, "
                    f"mean kept draft {s['mean_kept_draft_tokens']:.1f} tokens, mean base continuation "
                    f"{s['mean_base_tokens']:.1f} tokens -> {s['output']}")
+    if cfg.validation is not None:
+        _validate_and_release(cfg, pilot.path, run)
     click.echo(f"  {NOT_BUILT}")
     return run

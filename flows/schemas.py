@@ -18,6 +18,8 @@ SCHEMAS = {
     "preferences": "data_curation.preferences_config:PreferencesConfig",
     "training": "training.config:TrainConfig",
     "accelerate": "training.launch:AccelerateConfig",
+    "validation": "evaluation.config:ValidationConfig",
+    "release": "release.config:ReleaseConfig",
 }
 
 

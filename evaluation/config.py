@@ -1,0 +1,147 @@
+"""Typed validation recipe (configs/validation/*.yaml): which eval sets, which methods, which metrics.
+
+`EvalSpec` is what the pipeline config's `validation:` section holds (the pipeline supplies the bases);
+`ValidationConfig` adds the bases and an output directory for `pilot validate` on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from data_curation.preferences_config import ClientConfig
+from pilot_core.config import BaseConfig
+from pilot_core.model_source import ModelSource
+from pilot_core.names import check_unique, config_name
+from wsd_inference.config import WSDConfig
+from wsd_inference.runner import METHODS
+
+ALIGNMENT_KINDS = ("alignment", "harmful")
+CAPABILITY_KINDS = ("math", "choice", "short_answer")
+
+
+class EvalSet(BaseConfig):
+    """A versioned JSONL file of {id, prompt | messages, ...}. Capability items carry `answer` (math: a number;
+    choice: a letter, with `choices`; short_answer: a string or list of accepted strings)."""
+
+    name: str
+    version: str = Field(description="bumped whenever the file changes; reports record it with the file's sha256")
+    path: str
+    kind: Literal["alignment", "harmful", "math", "choice", "short_answer"]
+    few_shot: int = Field(0, ge=0, description="capability sets: worked examples put before each question")
+    few_shot_path: str | None = Field(None, description="JSONL of {prompt, response} examples (needed if few_shot)")
+    max_new_tokens: int | None = Field(None, ge=1, description="budget for this set (default: wsd.max_new_tokens)")
+    limit: int | None = Field(None, ge=1, description="use only the first N items (smoke runs)")
+
+    _name = field_validator("name")(config_name("eval set name"))
+    _version = field_validator("version")(config_name("eval set version"))
+
+    @model_validator(mode="after")
+    def _shots(self) -> "EvalSet":
+        if self.few_shot and not self.few_shot_path:
+            raise ValueError(f"eval set {self.name}: few_shot {self.few_shot} needs few_shot_path")
+        if self.few_shot and self.kind not in CAPABILITY_KINDS:
+            raise ValueError(f"eval set {self.name}: few_shot applies to capability sets "
+                             f"({', '.join(CAPABILITY_KINDS)})")
+        return self
+
+
+class RewardMetric(BaseConfig):
+    """Mean reward-model score of each method's responses on the alignment and harmful sets."""
+
+    model: ModelSource = Field(description="a one-output sequence-classification model (local path or tiny)")
+    batch_size: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _local(self) -> "RewardMetric":
+        if self.model.url:
+            raise ValueError("the reward model runs locally: give model.path or model.tiny")
+        return self
+
+
+class JudgeMetric(BaseConfig):
+    """Pairwise win rate of each method against base-only (AlpacaEval style: both orders, ties count half).
+
+    kind llm: an OpenAI-compatible judge (or a local chat model) with the versioned rubrics. kind reward_model:
+    the response with the higher reward wins (|difference| <= tie_margin is a tie); a documented stand-in for
+    an LLM judge where none is available (the offline demo)."""
+
+    kind: Literal["llm", "reward_model"] = "llm"
+    name: str = "judge"
+    model: ModelSource
+    rubric_version: str = "v1"
+    max_tokens: int = Field(256, ge=16)
+    tie_margin: float = Field(0.0, ge=0.0, description="reward_model: differences up to this are ties")
+    client: ClientConfig = ClientConfig()
+
+    _name = field_validator("name")(config_name("judge name"))
+
+
+class HarmlessnessMetric(BaseConfig):
+    """Share of responses to the harmful set judged safe (a refusal or a safe completion).
+
+    kind llm: the judge answers {"safe": true|false} by evaluation/rubrics/harmlessness.<version>.txt.
+    kind refusal_rules: safe only if the response opens with a refusal phrase (a strict, transparent stand-in
+    for the demo; it counts a safe completion that does not refuse as unsafe)."""
+
+    kind: Literal["llm", "refusal_rules"] = "llm"
+    model: ModelSource | None = Field(None, description="the judge (kind llm)")
+    rubric_version: str = "v1"
+    max_tokens: int = Field(256, ge=16)
+    client: ClientConfig = ClientConfig()
+
+    @model_validator(mode="after")
+    def _judge(self) -> "HarmlessnessMetric":
+        if self.kind == "llm" and self.model is None:
+            raise ValueError("harmlessness kind llm needs model: the judge")
+        return self
+
+
+class MetricsConfig(BaseConfig):
+    reward: RewardMetric | None = None
+    win_rate: JudgeMetric | None = None
+    harmlessness: HarmlessnessMetric | None = None
+    bootstrap_samples: int = Field(1000, ge=100, description="resamples for the confidence intervals")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+
+
+class EvalSpec(BaseConfig):
+    seed: int = 0
+    eval_sets: list[EvalSet] = Field(min_length=1)
+    methods: list[str] = Field(["wsd", "base_only"], description="decoding methods; base_only is always run (the "
+                               "reference for win rates and the alignment tax)")
+    untuned: ModelSource | None = Field(None, description="the pilot's reference for implicit-reward methods "
+                                        "(default: the model the checkpoint's last stage started from)")
+    wsd: WSDConfig = WSDConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if m not in METHODS]
+        if bad:
+            raise ValueError(f"unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")
+        check_unique(v, "method")
+        return v if "base_only" in v else [*v, "base_only"]
+
+    @model_validator(mode="after")
+    def _sets(self) -> "EvalSpec":
+        check_unique([s.name for s in self.eval_sets], "eval set")
+        return self
+
+
+class ValidationConfig(EvalSpec):
+    name: str
+    output_dir: str = Field("validation", description="reports go to <output_dir>/<name>/<checkpoint dir name>")
+    bases: list[ModelSource] = Field(min_length=1, description="WSD runs with each of them")
+
+    _name = field_validator("name")(config_name("validation name"))
+
+    @model_validator(mode="after")
+    def _bases(self) -> "ValidationConfig":
+        check_unique([b.name for b in self.bases], "base model")
+        return self
+
+    def spec(self) -> EvalSpec:
+        return EvalSpec(**{k: getattr(self, k) for k in EvalSpec.model_fields})

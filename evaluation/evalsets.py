@@ -1,0 +1,194 @@
+"""Eval set files: read, check and turn into prompts (few-shot turns and choice lists included).
+
+A report records each set's version and the sha256 of its file, so two reports are comparable only when they
+measured the same items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from evaluation.config import CAPABILITY_KINDS, EvalSet
+from pilot_core.errors import UserError
+from pilot_core.inputs import read_text
+from wsd_inference.prompts import PromptRecord, parse_record
+
+LETTERS = "ABCDEFGHIJ"
+EXTRA_FIELDS = ("answer", "choices", "category", "response")
+
+
+@dataclass(frozen=True)
+class EvalItem:
+    record: PromptRecord  # what the methods decode (few-shot turns and choices included)
+    question: tuple[dict, ...]  # the item's own messages (what judges and reward models read)
+    answer: object = None
+    category: str | None = None
+    n_choices: int = 0
+
+
+def _rows(path: str) -> list[tuple[int, dict]]:
+    rows = []
+    for lineno, line in enumerate(read_text(path, "eval set").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{path}:{lineno}: expected a JSON object, found {type(obj).__name__}")
+        rows.append((lineno, obj))
+    if not rows:
+        raise UserError(f"{path}: no items (the file is empty)")
+    return rows
+
+
+def _answer(es: EvalSet, obj: dict, where: str):
+    if es.kind not in CAPABILITY_KINDS:
+        return None
+    a = obj.get("answer")
+    if es.kind == "math":
+        if isinstance(a, bool) or not isinstance(a, (int, float, str)) or _number(str(a)) is None:
+            raise UserError(f"{where}: 'answer' must be a number for a math set, got {a!r}")
+        return _number(str(a))
+    if es.kind == "choice":
+        choices = _choices(obj, where)
+        if not isinstance(a, str) or a not in LETTERS[: len(choices)]:
+            raise UserError(f"{where}: 'answer' must be one of {', '.join(LETTERS[:len(choices)])}, got {a!r}")
+        return a
+    answers = [a] if isinstance(a, str) else a
+    if not isinstance(answers, list) or not answers or not all(isinstance(x, str) and x.strip() for x in answers):
+        raise UserError(f"{where}: 'answer' must be a non-empty string or list of strings, got {a!r}")
+    return answers
+
+
+def _choices(obj: dict, where: str) -> list[str]:
+    choices = obj.get("choices")
+    if not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS) or \
+            not all(isinstance(c, str) and c.strip() for c in choices):
+        raise UserError(f"{where}: 'choices' must be a list of 2-{len(LETTERS)} non-empty strings")
+    return choices
+
+
+def _with_choices(text: str, choices: list[str]) -> str:
+    lines = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
+    return f"{text}\n\n{lines}\n\nAnswer with the letter of the correct option."
+
+
+def _question(es: EvalSet, obj: dict, where: str, lineno: int) -> tuple[dict, ...]:
+    fields = {k: v for k, v in obj.items() if k not in EXTRA_FIELDS}
+    rec = parse_record(fields, es.path, lineno)
+    if es.kind == "choice":
+        last = rec.messages[-1]
+        return (*rec.messages[:-1], {"role": "user", "content": _with_choices(last["content"], _choices(obj, where))})
+    return rec.messages
+
+
+def _shots(es: EvalSet) -> list[dict]:
+    """Few-shot turns: user/assistant pairs from the first `few_shot` examples."""
+    if not es.few_shot:
+        return []
+    rows = _rows(es.few_shot_path)
+    if len(rows) < es.few_shot:
+        raise UserError(f"{es.few_shot_path}: {len(rows)} examples, but few_shot is {es.few_shot}")
+    turns = []
+    for lineno, obj in rows[: es.few_shot]:
+        where = f"{es.few_shot_path}:{lineno}"
+        if not isinstance(obj.get("response"), str) or not obj["response"].strip():
+            raise UserError(f"{where}: a few-shot example needs a non-empty 'response'")
+        q = _question(es, obj, where, lineno)
+        turns += [*q, {"role": "assistant", "content": obj["response"]}]
+    return turns
+
+
+def load_eval_set(es: EvalSet) -> list[EvalItem]:
+    rows = _rows(es.path)
+    shots = _shots(es)
+    items, seen = [], {}
+    for lineno, obj in rows[: es.limit] if es.limit else rows:
+        where = f"{es.path}:{lineno}"
+        q = _question(es, obj, where, lineno)
+        rid = str(obj["id"])
+        if rid in seen:
+            raise UserError(f"{where}: duplicate id {rid!r} (first on line {seen[rid]})")
+        seen[rid] = lineno
+        cat = obj.get("category")
+        if cat is not None and not isinstance(cat, str):
+            raise UserError(f"{where}: 'category' must be a string, got {cat!r}")
+        n_choices = len(obj["choices"]) if es.kind == "choice" else 0
+        items.append(EvalItem(PromptRecord(rid, (*shots, *q)), q, _answer(es, obj, where), cat, n_choices))
+    return items
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def set_identity(es: EvalSet, n: int) -> dict:
+    """What a report records about an eval set; equal identities mean the same items were measured."""
+    return {"version": es.version, "kind": es.kind, "path": es.path, "sha256": file_sha256(es.path), "n": n,
+            "few_shot": es.few_shot, "few_shot_sha256": file_sha256(es.few_shot_path) if es.few_shot else None,
+            "limit": es.limit}
+
+
+# ------------------------------------------------------------------------------------------------ answers
+_NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+
+
+def _number(text: str) -> float | None:
+    m = _NUM.findall(text.replace("$", ""))
+    if not m:
+        return None
+    try:
+        return float(m[-1].replace(",", ""))
+    except ValueError:
+        return None
+
+
+def extract_number(response: str) -> float | None:
+    """The final numeric answer: after a '####' or 'answer is' marker if there is one, else the last number."""
+    for marker in ("####", "answer is", "Answer:"):
+        i = response.rfind(marker)
+        if i != -1:
+            n = _number(response[i + len(marker):].split("\n")[0])
+            if n is not None:
+                return n
+    return _number(response)
+
+
+_LETTER_PATTERNS = (
+    re.compile(r"answer is\s*\(?([A-J])\)?\b"),
+    re.compile(r"^\s*\(?([A-J])\)?(?:[.):\s]|$)"),
+    re.compile(r"\(([A-J])\)"),
+)
+
+
+def extract_letter(response: str, n_choices: int) -> str | None:
+    for pat in _LETTER_PATTERNS:
+        m = pat.search(response)
+        if m and m.group(1) in LETTERS[:n_choices]:
+            return m.group(1)
+    return None
+
+
+def _norm(text: str) -> str:
+    text = re.sub(r"[^\w\s]", " ", text.lower())
+    return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
+
+
+def is_correct(kind: str, response: str, answer, n_choices: int = 0) -> bool:
+    if kind == "math":
+        got = extract_number(response)
+        return got is not None and abs(got - answer) <= 1e-6 * max(1.0, abs(answer))
+    if kind == "choice":
+        return extract_letter(response, n_choices) == answer
+    got = f" {_norm(response)} "
+    return any(f" {_norm(a)} " in got for a in answer)  # an accepted answer as whole words

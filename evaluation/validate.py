@@ -1,0 +1,228 @@
+"""Validate one checkpoint: every method with every base model on every eval set, then the metrics.
+
+Output directory:
+  generations/<set>/<base>/<method>.jsonl   resumable decoding outputs (pilot_only: generations/<set>/pilot/)
+  judge-cache.sqlite                         finished judgments (a rerun never pays twice)
+  items.jsonl                                every item's response and its per-metric values
+  report.md, plots/*.png, report.json        report.json is written last: its presence means complete
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from evaluation.config import ALIGNMENT_KINDS, CAPABILITY_KINDS, EvalSpec
+from evaluation.evalsets import is_correct, load_eval_set, set_identity
+from evaluation.report import write_report
+from evaluation.stats import mean_ci, paired_diff_ci
+from pilot_core.errors import JobFailed, UserError
+from pilot_core.manifest import config_hash, fingerprint, read_manifest
+from pilot_core.model_files import check_local_dir
+from pilot_core.model_source import ModelSource
+from pilot_core.names import safe_join
+
+REFERENCE = "base_only"
+IMPLICIT = ("cbs", "eft")
+
+
+def _untuned(spec: EvalSpec, manifest) -> ModelSource | None:
+    needs = any(m in IMPLICIT for m in spec.methods) or ("bon" in spec.methods and spec.wsd.bon.scorer == "implicit")
+    if spec.untuned is not None or not needs:
+        return spec.untuned
+    start = manifest.inputs.get("start")
+    if not start or not Path(start).is_dir():
+        raise UserError("methods " + ", ".join(m for m in spec.methods if m in (*IMPLICIT, "bon")) + " need the "
+                        "pilot's untuned reference: set validation.untuned (the checkpoint does not name a local "
+                        "start model)")
+    return ModelSource(name="untuned", path=start)
+
+
+def _read(path: Path) -> dict[str, dict]:
+    return {r["id"]: r for r in (json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip())}
+
+
+def _generate(spec, pilot, bases, untuned, sets, output, device, dtype, progress) -> dict:
+    """records[set][base][method][id]; pilot_only runs once per set and is shared by every base."""
+    from wsd_inference.runner import generate_to_file
+
+    out: dict = {}
+    for es, items in sets:
+        cfg = spec.wsd.model_copy(update={"max_new_tokens": es.max_new_tokens}) if es.max_new_tokens else spec.wsd
+        prompts = [it.record for it in items]
+        shared = None
+        for base in bases:
+            for method in spec.methods:
+                if method == "pilot_only" and shared is not None:
+                    out.setdefault(es.name, {}).setdefault(base.name, {})[method] = shared
+                    continue
+                folder = "pilot" if method == "pilot_only" else base.name
+                path = safe_join(output / "generations", es.name, folder, what="eval set or base name") / \
+                    f"{method}.jsonl"
+                generate_to_file(pilot, base, prompts, cfg, path, device, dtype, progress, method, untuned)
+                recs = _read(path)
+                out.setdefault(es.name, {}).setdefault(base.name, {})[method] = recs
+                if method == "pilot_only":
+                    shared = recs
+    return out
+
+
+def _scores(spec, sets, records, output, http_client=None) -> tuple[list[dict], dict]:
+    """One row per (set, base, method, item) with each metric's per-item value; plus judge counts."""
+    from evaluation import judges
+
+    m = spec.metrics
+    rows, index = [], {}
+    for es, items in sets:
+        for base, by_method in records[es.name].items():
+            for method, recs in by_method.items():
+                for it in items:
+                    row = {"set": es.name, "kind": es.kind, "base": base, "method": method, "id": it.record.id,
+                           "response": recs[it.record.id]["response"]}
+                    if es.kind in CAPABILITY_KINDS:
+                        row["correct"] = float(is_correct(es.kind, row["response"], it.answer, it.n_choices))
+                    index[(es.name, base, method, it.record.id)] = row
+                    rows.append(row)
+    items_by = {(es.name, it.record.id): it for es, items in sets for it in items}
+    aligned = [r for r in rows if r["kind"] in ALIGNMENT_KINDS]
+    counts: dict = {}
+    models: dict = {}
+
+    def rewards(src, key):
+        from pilot_core.reward_model import RewardModel
+
+        if src.local_path() not in models:
+            models[src.local_path()] = RewardModel(src.local_path(), trust_remote_code=src.trust_remote_code)
+        rm = models[src.local_path()]
+        unique = {(r["set"], r["id"], r["response"]) for r in aligned}
+        order = sorted(unique)
+        got = dict(zip(order, rm.score([(list(items_by[(s, i)].question), resp) for s, i, resp in order])))
+        for r in aligned:
+            r[key] = got[(r["set"], r["id"], r["response"])]
+
+    if m.reward:
+        rewards(m.reward.model, "reward")
+    if m.win_rate:
+        pairs = [(r, index[(r["set"], r["base"], REFERENCE, r["id"])]) for r in aligned if r["method"] != REFERENCE]
+        if m.win_rate.kind == "reward_model":
+            rewards(m.win_rate.model, "_judge_reward")
+            wins = judges.reward_pairwise([a["_judge_reward"] for a, _ in pairs],
+                                          [b["_judge_reward"] for _, b in pairs], m.win_rate.tie_margin)
+            counts["win_rate"] = {"judged": len(pairs)}
+        else:
+            wins, counts["win_rate"] = judges.llm_pairwise(
+                m.win_rate, [(list(items_by[(a["set"], a["id"])].question), a["response"], b["response"],
+                              items_by[(a["set"], a["id"])].category) for a, b in pairs], output / "judge-cache.sqlite",
+                http_client)
+        for (a, _), w in zip(pairs, wins):
+            a["win"] = w
+        for r in aligned:
+            r.pop("_judge_reward", None)
+    if m.harmlessness:
+        harmful = [r for r in aligned if r["kind"] == "harmful"]
+        if m.harmlessness.kind == "refusal_rules":
+            safe = judges.refusal_harmlessness([r["response"] for r in harmful])
+            counts["harmlessness"] = {"judged": len(harmful)}
+        else:
+            safe, counts["harmlessness"] = judges.llm_harmlessness(
+                m.harmlessness, [(list(items_by[(r["set"], r["id"])].question), r["response"]) for r in harmful],
+                output / "judge-cache.sqlite", http_client)
+        for r, s in zip(harmful, safe):
+            r["safe"] = s
+    failed = sum(c.get("failed", 0) for c in counts.values())
+    if failed:
+        raise JobFailed(f"{failed} judgments failed after their retries (judge counts: {counts}); rerun the same "
+                        "command to retry them (finished judgments are cached)")
+    return rows, counts
+
+
+METRIC_FIELDS = {"reward": "reward", "win_rate": "win", "harmlessness": "safe", "accuracy": "correct"}
+
+
+def _aggregate(spec, sets, bases, rows) -> tuple[dict, dict]:
+    b, conf, seed = spec.metrics.bootstrap_samples, spec.metrics.confidence, spec.seed
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["base"], r["method"], r["set"]), []).append(r)
+    metrics: dict = {}
+    for (base, method, s), rs in groups.items():
+        cell = {}
+        for metric, field in METRIC_FIELDS.items():
+            if any(field in r for r in rs):
+                cell[metric] = mean_ci([r.get(field) for r in rs], b, conf, seed)
+        metrics.setdefault(base, {}).setdefault(method, {})[s] = cell
+    tax: dict = {}
+    for es, _ in sets:
+        if es.kind not in CAPABILITY_KINDS:
+            continue
+        for base in bases:
+            ref = {r["id"]: r["correct"] for r in groups[(base.name, REFERENCE, es.name)]}
+            for method in spec.methods:
+                if method == REFERENCE:
+                    continue
+                got = {r["id"]: r["correct"] for r in groups[(base.name, method, es.name)]}
+                ids = sorted(ref)
+                tax.setdefault(base.name, {}).setdefault(method, {})[es.name] = paired_diff_ci(
+                    [ref[i] for i in ids], [got[i] for i in ids], b, conf, seed)  # > 0: capability lost
+    return metrics, tax
+
+
+def _diagnostics(records, bases) -> dict:
+    out: dict = {}
+    for s, by_base in records.items():
+        for base in bases:
+            for method, recs in by_base[base.name].items():
+                rs = list(recs.values())
+                n = len(rs)
+                d = {"n": n, "mean_time_s": sum(r["time_s"] for r in rs) / n}
+                if method == "wsd":
+                    switch = [r["switch_index"] for r in rs if r["switched"]]
+                    d.update({"switched_share": len(switch) / n, "never_switched_share": 1 - len(switch) / n,
+                              "switch_indices": sorted(switch),
+                              "mean_draft_tokens": sum(r["pilot_tokens"] for r in rs) / n,
+                              "mean_kept_draft_tokens": sum(r["kept_draft_tokens"] for r in rs) / n,
+                              "mean_base_tokens": sum(r["base_tokens"] for r in rs) / n})
+                out.setdefault(base.name, {}).setdefault(method, {})[s] = d
+    return out
+
+
+def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], output: str | Path, *,
+             pilot_name: str = "pilot", device: str = "cpu", dtype: str = "float32", progress: bool = True,
+             http_client=None) -> dict:
+    """Run and measure everything; returns the report (also written to output/report.json). http_client goes
+    to the LLM judges' OpenAI client (tests inject faults through it)."""
+    ckpt, output = Path(checkpoint), Path(output)
+    manifest = read_manifest(ckpt, kind="checkpoint")  # a checkpoint without one is incomplete or foreign
+    check_local_dir(ckpt)
+    ident = {"checkpoint": fingerprint(ckpt), "config_hash": config_hash(
+        {"spec": spec.model_dump(mode="json"), "bases": [b.model_dump(mode="json") for b in bases]})}
+    if (output / "report.json").is_file():
+        old = json.loads((output / "report.json").read_text())
+        if {"checkpoint": old["checkpoint"]["fingerprint"], "config_hash": old["config_hash"]} == ident:
+            return old  # the same checkpoint measured the same way: already done
+        raise UserError(f"{output} holds a report for another checkpoint or config; choose another --output")
+    sets = [(es, load_eval_set(es)) for es in spec.eval_sets]
+    untuned = _untuned(spec, manifest)
+    pilot = ModelSource(name=pilot_name, path=str(ckpt))
+    records = _generate(spec, pilot, bases, untuned, sets, output, device, dtype, progress)
+    rows, counts = _scores(spec, sets, records, output, http_client)
+    metrics, tax = _aggregate(spec, sets, bases, rows)
+    m = spec.metrics
+    report = {
+        "kind": "validation_report", "schema": 1, "config_hash": ident["config_hash"],
+        "checkpoint": {"path": str(ckpt), "fingerprint": ident["checkpoint"], "config_hash": manifest.config_hash,
+                       "dataset": manifest.inputs.get("dataset"), "stage": manifest.data.get("stage")},
+        "pilot": pilot_name, "untuned": untuned.model_dump(mode="json") if untuned else None,
+        "bases": {b.name: b.model_dump(mode="json", exclude_none=True) for b in bases},
+        "methods": spec.methods, "reference_method": REFERENCE,
+        "eval_sets": {es.name: set_identity(es, len(items)) for es, items in sets},
+        "seeds": {"validation": spec.seed, "decoding": spec.wsd.seed, "bootstrap": spec.seed},
+        "judges": {"reward": m.reward and m.reward.model.model_dump(mode="json", exclude_none=True),
+                   "win_rate": m.win_rate and {"kind": m.win_rate.kind, "name": m.win_rate.name,
+                                               "model": m.win_rate.model.model_dump(mode="json", exclude_none=True)},
+                   "harmlessness": m.harmlessness and {"kind": m.harmlessness.kind}, "counts": counts},
+        "metrics": metrics, "alignment_tax": tax, "diagnostics": _diagnostics(records, bases),
+        "config": spec.model_dump(mode="json"),
+    }
+    write_report(output, report, rows)
+    return report

@@ -1,0 +1,45 @@
+"""`pilot validate`: measure one checkpoint with WSD and the methods it is compared with (thin)."""
+
+from __future__ import annotations
+
+import click
+
+
+def summary_lines(report: dict, out: str) -> list[str]:
+    """A few lines for the terminal: the gated figures per base, then where the report is."""
+    lines = []
+    for base, by_m in report["metrics"].items():
+        for method in ("wsd", report["reference_method"]):
+            cells = by_m.get(method, {})
+            figs = [f"{s}/{metric} {stat['mean']:.3f}" for s, cell in sorted(cells.items())
+                    for metric, stat in sorted(cell.items()) if stat["mean"] is not None]
+            if figs:
+                lines.append(f"  {base:<14} {method:<10} " + ", ".join(figs))
+    return lines + [f"report: {out}/report.md (figures: {out}/report.json)"]
+
+
+@click.command()
+@click.option("--config", "config_path", required=True, help="configs/validation/*.yaml")
+@click.option("--checkpoint", required=True, type=click.Path(), help="a checkpoint directory (with its manifest)")
+@click.option("--output", type=click.Path(), help="report directory (default: <output_dir>/<name>/<checkpoint "
+              "folder>); rerunning it resumes")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config key (repeatable)")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+def validate(config_path, checkpoint, output, overrides, device, dtype) -> None:
+    """Run WSD with every base model of the config, and the compared methods, on the versioned eval sets;
+    write report.json, report.md and plots."""
+    from pathlib import Path
+
+    from evaluation.config import ValidationConfig
+    from evaluation.validate import validate as run
+    from pilot_core.config import load_config
+    from pilot_core.names import safe_join
+
+    cfg = load_config(ValidationConfig, config_path, overrides)
+    ckpt = Path(checkpoint)
+    out = Path(output) if output else safe_join(Path(cfg.output_dir), cfg.name, ckpt.resolve().parent.name
+                                                if ckpt.name == "final" else ckpt.resolve().name,
+                                                what="checkpoint folder name")
+    report = run(cfg.spec(), ckpt, cfg.bases, out, pilot_name=cfg.name, device=device, dtype=dtype)
+    click.echo("\n".join(summary_lines(report, str(out))))
