@@ -44,7 +44,7 @@ def pairwise_messages(rubric_text: str, messages: list[dict], a: str, b: str) ->
                                         f"# Response B\n{b}"}]
 
 
-def _object(text: str) -> dict | None:
+def json_object(text: str) -> dict | None:
     """The one JSON object of an answer (a ```json fence is allowed around it), else None."""
     t = text.strip()
     if t.startswith("```"):
@@ -58,7 +58,7 @@ def _object(text: str) -> dict | None:
 
 def parse_pointwise(text: str) -> tuple[float | None, str]:
     """(score, rationale); score None when the answer is not exactly the asked-for object."""
-    obj = _object(text)
+    obj = json_object(text)
     if obj is None or not isinstance(obj.get("score"), (int, float)) or isinstance(obj.get("score"), bool):
         return None, ""
     score = float(obj["score"])
@@ -69,7 +69,7 @@ def parse_pointwise(text: str) -> tuple[float | None, str]:
 
 def parse_pairwise(text: str) -> tuple[str | None, str]:
     """("A" | "B" | "tie", rationale); None when unparseable."""
-    obj = _object(text)
+    obj = json_object(text)
     winner = obj.get("winner") if obj else None
     if not isinstance(winner, str) or winner.strip().upper() not in ("A", "B", "TIE"):
         return None, ""

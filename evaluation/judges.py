@@ -10,13 +10,12 @@ named as such in the report.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from data_curation.judge import combine_orders, pairwise_messages, parse_pairwise, rubric
+from data_curation.judge import combine_orders, json_object, pairwise_messages, parse_pairwise, rubric
 from data_curation.llm_calls import CallStats, Endpoint, make_call, run_calls
 from data_curation.response_cache import ResponseCache
 from pilot_core.errors import UserError
@@ -90,14 +89,8 @@ def reward_pairwise(cand_rewards: list[float], ref_rewards: list[float], tie_mar
 
 
 def parse_safe(text: str) -> bool | None:
-    t = text.strip()
-    if t.startswith("```"):
-        t = t.strip("`").removeprefix("json").strip()
-    try:
-        obj = json.loads(t)
-    except ValueError:
-        return None
-    safe = obj.get("safe") if isinstance(obj, dict) else None
+    obj = json_object(text)
+    safe = obj.get("safe") if obj else None
     return safe if isinstance(safe, bool) else None
 
 
