@@ -60,6 +60,10 @@ def _validate_and_release(cfg: PipelineConfig, checkpoint: str, run: Path) -> No
         from release.publish import publish
 
         r = publish(checkpoint, out, cfg.release)  # a failed gate raises JobFailed with its reasons
+        if r["already"]:
+            click.echo(f"  release: this checkpoint is already published as {cfg.release.name} {r['version']} -> "
+                       f"{r['path']}")
+            return
         click.echo(f"  release: gate passed ({len(r['verdict']['passing_bases'])} of "
                    f"{len(cfg.bases)} bases), published {cfg.release.name} {r['version']} -> {r['path']}")
 

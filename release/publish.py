@@ -7,6 +7,7 @@ version's release.json and in the alias history; there is no silent bypass.
 from __future__ import annotations
 
 import getpass
+import json
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -42,7 +43,8 @@ def gate_report(report_dir: str | Path, cfg: ReleaseConfig, champion_report: str
 
 def publish(checkpoint: str | Path, report_dir: str | Path, cfg: ReleaseConfig, *, version: str | None = None,
             override_reason: str | None = None, push: bool = False) -> dict:
-    """Returns {verdict, version, path, pushed}. Raises JobFailed (exit 1) when the gate says no."""
+    """Returns {verdict, version, path, pushed, already}. Raises JobFailed (exit 1) when the gate says no; a
+    checkpoint already published returns that version (already=True) and publishes nothing."""
     checkpoint, report_dir = Path(checkpoint), Path(report_dir)
     manifest = read_manifest(checkpoint, kind="checkpoint")
     check_local_dir(checkpoint)
@@ -55,9 +57,10 @@ def publish(checkpoint: str | Path, report_dir: str | Path, cfg: ReleaseConfig, 
     if push and cfg.hub is None:
         raise UserError("--push needs a hub section in the release config")
     registry = Registry(cfg.registry, cfg.name)
-    for v in registry.versions():  # the same weights twice would be two names for one model
+    for v in registry.versions():  # the same weights twice would be two names for one model: a rerun is a no-op
         if report["checkpoint"]["fingerprint"] in (registry.dir / v / "release.json").read_text():
-            raise UserError(f"{checkpoint} is already published as {cfg.name} {v}")
+            verdict = json.loads((registry.dir / v / "validation" / "gate.json").read_text())
+            return {"verdict": verdict, "version": v, "path": str(registry.dir / v), "pushed": None, "already": True}
     verdict = gate_report(report_dir, cfg)
     if not verdict["passed"] and override_reason is None:
         raise JobFailed("gate failed; nothing published:\n  " + "\n  ".join(
@@ -78,4 +81,4 @@ def publish(checkpoint: str | Path, report_dir: str | Path, cfg: ReleaseConfig, 
         from release.hub import push_version
 
         pushed = push_version(path, cfg.hub)
-    return {"verdict": verdict, "version": path.name, "path": str(path), "pushed": pushed}
+    return {"verdict": verdict, "version": path.name, "path": str(path), "pushed": pushed, "already": False}

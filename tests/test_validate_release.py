@@ -107,6 +107,9 @@ def test_validate_publish_refuse_and_verify(world):
     card = (v1 / "README.md").read_text()
     assert "model-index" in card and "base-other" in card and "refusals" in card
     assert pilot("release", "verify", "--registry", str(world["registry"]), "--name", "pilot-refusals").returncode == 0
+    r = pilot("release", "publish", "--config", world["rel"], "--checkpoint", str(world["good"]),
+              "--report", str(good_dir))  # a rerun publishes nothing new
+    assert r.returncode == 0 and "already published as pilot-refusals v1" in r.stdout
 
     bad_dir, bad = _validate(world, "swapped")
     assert all(bad["metrics"][b]["wsd"]["harmful"]["harmlessness"]["mean"] < 0.6 for b in bad["metrics"])
