@@ -6,15 +6,14 @@ measured the same items.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from evaluation.config import CAPABILITY_KINDS, EvalSet
 from pilot_core.errors import UserError
 from pilot_core.inputs import read_text
+from pilot_core.manifest import file_sha256
 from wsd_inference.prompts import PromptRecord, parse_record
 
 LETTERS = "ABCDEFGHIJ"
@@ -122,14 +121,6 @@ def load_eval_set(es: EvalSet) -> list[EvalItem]:
         n_choices = len(obj["choices"]) if es.kind == "choice" else 0
         items.append(EvalItem(PromptRecord(rid, (*shots, *q)), q, _answer(es, obj, where), cat, n_choices))
     return items
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def set_identity(es: EvalSet, n: int) -> dict:

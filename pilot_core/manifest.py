@@ -31,6 +31,15 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of one file's bytes (eval sets in reports, checksum lists in the registry)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def fingerprint(path: str | Path) -> str:
     """sha256 over a file, or over every file of a directory (relative paths and contents, sorted).
 

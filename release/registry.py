@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import getpass
-import hashlib
 import json
 import os
 import re
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from pilot_core.atomic import TMP_PREFIX, _fsync_dir, atomic_write_json, remove_stale_temps
 from pilot_core.errors import UserError
+from pilot_core.manifest import file_sha256
 from pilot_core.names import safe_join, validate_name
 
 CHECKSUMS = "checksums.sha256"
@@ -35,14 +35,6 @@ REPORT_FILES = ("report.json", "report.md", "items.jsonl")
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _files(root: Path) -> list[str]:
@@ -122,7 +114,7 @@ class Registry:
                 (tmp / "README.md").write_text(card(version), encoding="utf-8")
                 (tmp / "release.json").write_text(json.dumps({**release, "name": self.name, "version": version},
                                                              indent=2, sort_keys=True) + "\n")
-                sums = {rel: sha256_file(tmp / rel) for rel in _files(tmp)}
+                sums = {rel: file_sha256(tmp / rel) for rel in _files(tmp)}
                 (tmp / CHECKSUMS).write_text("".join(f"{h}  {rel}\n" for rel, h in sums.items()))
                 problems = verify_dir(tmp)  # the copy as written, read back
                 if problems:
@@ -180,6 +172,6 @@ def verify_dir(version_dir: Path) -> list[str]:
         p = version_dir / rel
         if p.is_symlink():
             problems.append(f"{rel}: is a symlink")
-        elif sha256_file(p) != expected[rel]:
+        elif file_sha256(p) != expected[rel]:
             problems.append(f"{rel}: content changed (sha256 mismatch)")
     return problems
