@@ -14,6 +14,7 @@ from flows.curate_cli import curate
 from flows.preferences_cli import preferences
 from flows.release_cli import release
 from flows.review_cli import review
+from flows.run_cli import approval, run, serve
 from flows.train_cli import train
 from flows.validate_cli import validate
 from flows.wsd_cli import wsd
@@ -27,25 +28,6 @@ SET_HELP = "override a config key, e.g. --set wsd.threshold=0.7 (repeatable)"
 @click.version_option(package_name="pilot-wsd", prog_name="pilot")
 def cli() -> None:
     """Pilot: curate GenerAlign, train pilot models, validate them with Weak-to-Strong Decoding, release them."""
-
-
-def _not_built(command: str, issue: int) -> None:
-    raise JobFailed(f"pilot {command}: not built yet (tracked in issue #{issue})")
-
-
-# ------------------------------------------------------------------------------------------------ run
-@cli.command()
-@click.option("--config", "config_path", required=True, help=CONFIG_HELP)
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-def run(config_path: str, overrides: tuple[str, ...]) -> None:
-    """Run the pipeline described by a configs/pipeline/*.yaml file."""
-    from flows.pipeline_config import PipelineConfig
-    from pilot_core.config import load_config
-
-    cfg = load_config(PipelineConfig, config_path, overrides)
-    from flows.run_local import run_pipeline
-
-    run_pipeline(cfg)
 
 
 # ------------------------------------------------------------------------------------------------ config
@@ -99,13 +81,9 @@ def models_tiny(spec_path: str, out: str, overrides: tuple[str, ...]) -> None:
     click.echo(str(build_tiny_model(spec, out)))
 
 
-# ------------------------------------------------------------------------------------------------ stages
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def serve() -> None:
-    """Serve scheduled pipeline deployments."""
-    _not_built("serve", 9)
-
-
+cli.add_command(run)
+cli.add_command(serve)
+cli.add_command(approval)
 cli.add_command(wsd)
 cli.add_command(curate)
 cli.add_command(review)

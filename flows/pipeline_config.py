@@ -1,7 +1,7 @@
 """The end-to-end pipeline config (`configs/pipeline/*.yaml`): which models, which prompts, which settings.
 
 Stage sections, each optional and each needing the one before: curation, preferences, training, validation (of
-the trained checkpoint, with every base below), release (gate + publish).
+the trained checkpoint, with every base below), release (gate + publish). `approvals` pauses the run for people.
 """
 
 from __future__ import annotations
@@ -17,6 +17,21 @@ from pilot_core.names import check_unique, config_name
 from release.config import ReleaseConfig
 from training.config import StagesConfig
 from wsd_inference.config import WSDConfig
+
+
+class Approval(BaseConfig):
+    """A pause until someone answers (in the Prefect UI's form, or `pilot approval approve|reject RUN_ID`)."""
+
+    timeout_s: int = Field(86400, ge=1, description="nobody answered in time: the run fails, and a rerun (finished "
+                           "stages reused) asks again")
+    poll_s: int = Field(10, ge=1, description="how often the paused run checks for the answer")
+
+
+class ApprovalsConfig(BaseConfig):
+    curation: Approval | None = Field(None, description="the data team approves the curated subset (the review "
+                                      "page is linked; a filled-in review.csv can be imported with the answer)")
+    release: Approval | None = Field(None, description="the release owner signs off after the gate passes and "
+                                     "before anything is published")
 
 
 class PipelineConfig(BaseConfig):
@@ -36,6 +51,7 @@ class PipelineConfig(BaseConfig):
                                         "training)")
     release: ReleaseConfig | None = Field(None, description="gate the validated checkpoint and publish it (needs "
                                           "validation)")
+    approvals: ApprovalsConfig = Field(ApprovalsConfig(), description="human sign-offs (need a Prefect server)")
 
     _name = field_validator("name")(config_name("pipeline name"))
 
@@ -49,5 +65,20 @@ class PipelineConfig(BaseConfig):
             raise ValueError("validation needs a training section (it validates the trained checkpoint)")
         if self.release is not None and self.validation is None:
             raise ValueError("release needs a validation section (the gate decides from its report)")
+        if self.approvals.curation is not None and self.curation is None:
+            raise ValueError("approvals.curation needs a curation section")
+        if self.approvals.release is not None and self.release is None:
+            raise ValueError("approvals.release needs a release section")
         check_unique([b.name for b in self.bases], "base model")
         return self
+
+
+def check_inputs(cfg: PipelineConfig) -> None:
+    """Read the prompt and eval files the run will need at its end, now: a bad line is one error before hours
+    of curation and training, not after."""
+    from evaluation.evalsets import load_eval_set
+    from wsd_inference.prompts import load_prompts
+
+    load_prompts(cfg.prompts)
+    for es in cfg.validation.eval_sets if cfg.validation else []:
+        load_eval_set(es)

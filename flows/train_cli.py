@@ -9,7 +9,7 @@ import click
 @click.option("--config", "config_path", help="configs/training/*.yaml")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config key (repeatable)")
 @click.option("--distributed", help="a DeepSpeed preset from configs/deepspeed/ (zero2, zero3, zero3_offload)")
-@click.option("--nproc", type=int, default=1, show_default=True, help="processes (with --distributed)")
+@click.option("--nproc", type=int, help="processes (with --distributed; default: the config's nproc)")
 @click.option("--launcher", type=click.Choice(["torchrun", "accelerate"]), default="torchrun", show_default=True)
 @click.pass_context
 def train(ctx, config_path, overrides, distributed, nproc, launcher) -> None:
@@ -19,10 +19,6 @@ def train(ctx, config_path, overrides, distributed, nproc, launcher) -> None:
         return
     if not config_path:
         raise click.UsageError("Missing option '--config'.")
-    import json
-    from pathlib import Path
-
-    from pilot_core.atomic import atomic_write_text
     from pilot_core.config import load_config
     from training.config import TrainConfig
 
@@ -33,19 +29,9 @@ def train(ctx, config_path, overrides, distributed, nproc, launcher) -> None:
 
         outs = run(cfg)
     else:
-        import torch
+        from training.launch import train_distributed
 
-        from training.launch import launch, load_preset
-
-        ds = load_preset(preset)
-        from training.train import preflight
-
-        preflight(cfg)  # bad input fails here, before any process starts
-        run_file = Path(cfg.output_dir) / f"launch-{preset}.json"
-        atomic_write_text(run_file, json.dumps({"config": cfg.model_dump(mode="json"), "deepspeed": ds,
-                                                "cpu": not torch.cuda.is_available()}))
-        launch(run_file, nproc, launcher, preset=preset)
-        outs = {s: Path(cfg.output_dir) / s / "final" for s in cfg.stages}
+        outs = train_distributed(cfg, preset, nproc or cfg.nproc, launcher)
     for stage, path in outs.items():
         click.echo(f"{stage}: {path}")
 

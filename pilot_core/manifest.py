@@ -44,7 +44,8 @@ def fingerprint(path: str | Path) -> str:
     """sha256 over a file, or over every file of a directory (relative paths and contents, sorted).
 
     Temporaries and the manifest itself are excluded, so a directory's fingerprint is the same before and
-    after its manifest is written.
+    after its manifest is written; so are the cache-*.arrow files that `datasets` map() writes beside a saved
+    dataset when a reader (TRL) tokenizes it, so reading a dataset does not change its fingerprint.
     """
     path = Path(path)
     h = hashlib.sha256()
@@ -55,6 +56,7 @@ def fingerprint(path: str | Path) -> str:
             (p.relative_to(path).as_posix(), p)
             for p in path.rglob("*")
             if p.is_file() and p.name != MANIFEST and not any(part.startswith(".tmp-") for part in p.parts)
+            and not (p.name.startswith("cache-") and p.suffix == ".arrow")
         )
     else:
         raise UserError(f"cannot fingerprint {path}: no such file or directory")

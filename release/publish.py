@@ -42,9 +42,10 @@ def gate_report(report_dir: str | Path, cfg: ReleaseConfig, champion_report: str
 
 
 def publish(checkpoint: str | Path, report_dir: str | Path, cfg: ReleaseConfig, *, version: str | None = None,
-            override_reason: str | None = None, push: bool = False) -> dict:
+            override_reason: str | None = None, push: bool = False, sign_off: dict | None = None) -> dict:
     """Returns {verdict, version, path, pushed, already}. Raises JobFailed (exit 1) when the gate says no; a
-    checkpoint already published returns that version (already=True) and publishes nothing."""
+    checkpoint already published returns that version (already=True) and publishes nothing. `sign_off` (who
+    approved the release, when, why) is recorded in release.json."""
     checkpoint, report_dir = Path(checkpoint), Path(report_dir)
     manifest = read_manifest(checkpoint, kind="checkpoint")
     check_local_dir(checkpoint)
@@ -71,7 +72,8 @@ def publish(checkpoint: str | Path, report_dir: str | Path, cfg: ReleaseConfig, 
     release = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "checkpoint": {"path": str(checkpoint), "fingerprint": report["checkpoint"]["fingerprint"],
                               "config_hash": manifest.config_hash},
-               "report_config_hash": report["config_hash"], "gate_passed": verdict["passed"], "override": override}
+               "report_config_hash": report["config_hash"], "gate_passed": verdict["passed"], "override": override,
+               "sign_off": sign_off}
     path = registry.publish(checkpoint, report_dir, verdict,
                             lambda v: build_card(report, verdict, manifest, cfg.card, cfg.name, v,
                                                 cfg.hub.repo_id if cfg.hub else None), release, version,

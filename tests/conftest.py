@@ -14,8 +14,11 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-# One model cache per test session, inherited by the CLI subprocesses the tests start.
+# One model cache per test session, inherited by the CLI subprocesses the tests start; Prefect's home (its
+# profiles and the ephemeral API's database) likewise, out of ~/.prefect.
 os.environ["PILOT_CACHE_DIR"] = tempfile.mkdtemp(prefix="pilot-test-cache-")
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="pilot-test-prefect-")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +56,17 @@ def vllm_servers(pair_same, pair_different, tmp_path_factory):
     finally:
         for s in servers.values():
             s.stop()
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> str:
+    """Prefect's test harness (a temporary database behind a local API server) for this session; returns its
+    URL, which CLI subprocesses get as PREFECT_API_URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,7 @@
 
 import subprocess
 import sys
-
-import pytest
+from pathlib import Path
 
 from .conftest import REPO
 
@@ -68,10 +67,30 @@ def test_usage_error_exit_2():
     assert r.returncode == 2 and "Missing option '--config'" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("cmd,issue", [("serve", 9)])
-def test_unbuilt_stages_say_so(cmd, issue):
-    r = pilot(cmd)
-    assert r.returncode == 1 and f"not built yet (tracked in issue #{issue})" in r.stderr
+def test_inputs_needed_at_the_end_are_checked_before_the_run(tmp_path):
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text('{"id": "a", "prompt": "hi"}\n{"id": "b", "prompt": \n')
+    line = _one_line_error(pilot("run", "--config", "configs/pipeline/demo.yaml", "--set", f"prompts={bad}",
+                                 "--set", f"output_dir={tmp_path / 'runs'}"))
+    assert f"{bad}:2" in line
+    line = _one_line_error(pilot("run", "--config", "configs/pipeline/demo.yaml", "--set",
+                                 f"output_dir={tmp_path}/runs", "--set", "validation.eval_sets.0.path=missing.jsonl"))
+    assert "missing.jsonl" in line
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_serve_and_approvals_refuse_without_a_server(monkeypatch):
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    line = _one_line_error(pilot("serve", "--config", "configs/pipeline/demo.yaml", "--cron", "0 3 * * 1"))
+    assert "needs a Prefect server" in line and "PREFECT_API_URL" in line
+    line = _one_line_error(pilot("run", "--config", "configs/pipeline/demo.yaml", "--set",
+                                 "approvals.release.timeout_s=60"))
+    assert "approvals pause the run" in line
+    line = _one_line_error(pilot("serve", "--config", "configs/pipeline/demo.yaml", "--cron", "0 3 * * 99"))
+    assert line == 'pilot: error: --cron/--timezone: Invalid cron string: "0 3 * * 99"', line
+    assert "exactly one of --cron and --interval" in _one_line_error(
+        pilot("serve", "--config", "configs/pipeline/demo.yaml"))
+    assert "not a flow run id" in _one_line_error(pilot("approval", "approve", "nope", "--by", "me"))
 
 
 def test_models_tiny_builds_and_refuses_existing(tmp_path):
@@ -94,30 +113,43 @@ def test_demo_config_uses_the_test_pairs():
 
 
 def test_pilot_run_demo_end_to_end(tiny_cache, pair_same, pair_different, tmp_path):
+    """The README's first command (what `make demo` runs), on Prefect's ephemeral API; then again, reusing every
+    stage the first run finished."""
     import json
 
-    r = pilot("run", "--config", "configs/pipeline/demo.yaml", "--set", f"output_dir={tmp_path}",
-              "--set", f"release.registry={tmp_path / 'registry'}")
+    args = ("run", "--config", "configs/pipeline/demo.yaml", "--set", f"output_dir={tmp_path}",
+            "--set", f"release.registry={tmp_path / 'registry'}")
+    r = pilot(*args)
     assert r.returncode == 0, r.stderr
-    (run,) = (tmp_path / "demo").iterdir()
+    root = tmp_path / "demo"
+    out = {k: v.strip() for k, v in (line.strip().split(": ", 1) for line in r.stdout.splitlines()[1:])}
     n_prompts = sum(1 for _ in open(REPO / "data/demo/prompts.jsonl"))
     for base in ("base-llama", "base-qwen2"):
-        recs = [json.loads(line) for line in open(run / f"wsd-{base}.jsonl")]
+        recs = [json.loads(line) for line in open(out[f"wsd {base}"])]
         assert len(recs) == n_prompts and all(x["response"] for x in recs)
-        assert f"-> {base}: {n_prompts} prompts" in r.stdout
-    assert (run / "config.yaml").is_file() and "not built yet" in r.stdout
+        assert f"-> {base}: {n_prompts} new prompts" in r.stderr
     import pyarrow.parquet as pq
 
-    kept = pq.read_table(run / "generalign" / "prompts.parquet")
-    assert f"curate generalign: kept {kept.num_rows} of" in r.stdout
-    dpo = pq.read_table(run / "generalign-preferences" / "dpo.parquet")
-    assert 0 < dpo.num_rows <= kept.num_rows and f"{dpo.num_rows} dpo pairs" in r.stdout
-    trained = run / "train" / "dpo" / "final"
-    assert (trained / "manifest.json").is_file() and "train sft: loss" in r.stdout
-    assert "wsd pilot-tiny-trained -> base-llama" in r.stdout  # WSD runs with the trained pilot
-    report = json.loads((run / "validation" / "report.json").read_text())  # the trained checkpoint, validated
+    dataset = Path(out["dataset"])
+    assert dataset.parent == root and dataset.name.startswith("curate-")
+    kept = pq.read_table(dataset / "prompts.parquet")
+    assert f"curate generalign: kept {kept.num_rows} of" in r.stderr
+    assert Path(out["review page"]).is_file()
+    dpo = pq.read_table(Path(out["preferences"]) / "dpo.parquet")
+    assert 0 < dpo.num_rows <= kept.num_rows and f"{dpo.num_rows} dpo pairs" in r.stderr
+    trained = Path(out["checkpoint"])
+    assert (trained / "manifest.json").is_file() and "train sft: loss" in r.stderr
+    assert "wsd pilot-tiny-trained -> base-llama" in r.stderr  # WSD runs with the trained pilot
+    report_dir = Path(out["report"]).parent
+    report = json.loads((report_dir / "report.json").read_text())  # the trained checkpoint, validated
     assert report["checkpoint"]["path"] == str(trained) and set(report["metrics"]) == {"base-llama", "base-qwen2"}
-    gate = json.loads((run / "validation" / "gate.json").read_text())
+    gate = json.loads((report_dir / "gate.json").read_text())
     published = tmp_path / "registry" / "pilot-tiny" / "v1"
-    assert gate["passed"] == published.is_dir() and "release: gate passed" in r.stdout
+    assert gate["passed"] and published.is_dir() and out["published"].startswith("pilot-tiny v1 ->")
     assert json.loads((published / "release.json").read_text())["checkpoint"]["path"] == str(trained)
+
+    r2 = pilot(*args)  # nothing changed: every stage is reused, nothing is published twice
+    assert r2.returncode == 0, r2.stderr
+    assert r2.stdout.splitlines()[1:-1] == r.stdout.splitlines()[1:-1]
+    assert "reusing" in r2.stderr and "train: reusing" in r2.stderr and "0 new prompts" in r2.stderr
+    assert "(already published)" in r2.stdout and not (published.parent / "v2").exists()

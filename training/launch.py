@@ -42,6 +42,17 @@ def load_preset(name: str, presets: Path = PRESETS) -> dict:
     return cfg
 
 
+def die_with_parent() -> None:
+    """preexec_fn for a child that must not outlive its parent (a killed orchestrator, a killed launcher)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the child may outlive a killed parent (stop it by hand before a rerun)
+
+
 def launch(cfg_json: Path, nproc: int, launcher: str = "torchrun", port: int = 29531,
            preset: str | None = None) -> None:
     """Run training.worker on `nproc` processes; a failed worker is a JobFailed (exit 1)."""
@@ -61,10 +72,26 @@ def launch(cfg_json: Path, nproc: int, launcher: str = "torchrun", port: int = 2
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--use_deepspeed",
                "--deepspeed_config_file", str(PRESETS / f"{preset}.json"), "--main_process_port", str(port),
                "-m", "training.worker", str(cfg_json)]
-    r = subprocess.run(cmd, env=env)
+    r = subprocess.run(cmd, env=env, preexec_fn=die_with_parent)
     if r.returncode != 0:
         raise JobFailed(f"distributed training failed (exit {r.returncode}); rerun the same command to resume "
                         "from the last checkpoint")
+
+
+def train_distributed(cfg, preset: str, nproc: int, launcher: str = "torchrun") -> dict[str, Path]:
+    """Check the input in this process, write the run file, then train on `nproc` processes with a preset."""
+    import torch
+
+    from pilot_core.atomic import atomic_write_text
+    from training.train import preflight
+
+    ds = load_preset(preset)
+    preflight(cfg)  # bad input fails here, before any process starts
+    run_file = Path(cfg.output_dir) / f"launch-{preset}.json"
+    atomic_write_text(run_file, json.dumps({"config": cfg.model_dump(mode="json"), "deepspeed": ds,
+                                            "cpu": not torch.cuda.is_available()}))
+    launch(run_file, nproc, launcher, preset=preset)
+    return {s: Path(cfg.output_dir) / s / "final" for s in cfg.stages}
 
 
 class _DeepSpeedSection(BaseConfig):

@@ -1,0 +1,147 @@
+"""# The Pilot pipeline as Prefect flows
+
+curate -> (data team approves) -> preferences -> train -> validate -> gate -> (release owner signs off) -> publish
+
+Run it:
+
+    pilot run --config configs/pipeline/demo.yaml        # here and now, on Prefect's ephemeral API
+    pilot serve --config configs/pipeline/demo.yaml --cron "0 3 * * 1"   # on a schedule, against a Prefect server
+    prefect deploy --name demo-weekly                    # or as a deployment from prefect.yaml, for a work pool
+
+Why it is shaped this way:
+- Every flow only composes; the work is in library functions (flows/tasks.py says which) that tests call
+  without Prefect.
+- A rerun reuses what a crashed or failed run finished: each stage writes into a directory named by the hash of
+  its config and inputs, and a complete directory is reused (pilot_core.stages). Training runs in a child
+  process that the train task polls, so a multi-hour run never depends on this process's heartbeat, and a rerun
+  continues from the last checkpoint.
+- A failed gate ends the run as Failed with its reasons (a markdown artifact, and the error), not as a crash.
+- Each stage leaves an artifact in the UI under a stable key (flows/artifacts.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from flows import artifacts
+from flows.pipeline_config import PipelineConfig, check_inputs
+from flows.tasks import (curate_task, gate_task, preferences_task, publish_task, review_export_task,
+                         review_import_task, train_task, validate_task, wsd_task)
+from pilot_core.errors import JobFailed
+from pilot_core.model_source import ModelSource
+from pilot_core.names import safe_join
+
+
+def run_root(cfg: PipelineConfig) -> str:
+    """Where this pipeline's stage directories live: <output_dir>/<name>/."""
+    return str(safe_join(Path(cfg.output_dir), cfg.name, what="pipeline name"))
+
+
+# ------------------------------------------------------------------------------------------ curation
+@flow(name="curation")
+def curation_flow(cfg: PipelineConfig) -> dict:
+    """GenerAlign prompts from the configured sources, a review page for the data team, and (when configured)
+    their approval before anything is trained on the subset."""
+    from flows import approvals
+
+    root = run_root(cfg)
+    cur = cfg.curation
+    if cur.tokenizer is None and not cfg.pilot.url:  # prompt lengths under the pilot's own chat template
+        cur = cur.model_copy(update={"tokenizer": cfg.pilot})
+    s = curate_task(cur, root)
+    page = review_export_task(s["output"], root)
+    artifacts.curation(cfg.name, s, page)
+    if cfg.approvals.curation is not None:
+        a = cfg.approvals.curation
+        decision = approvals.ask("curation", s["output"], (
+            f"**Curated GenerAlign subset**: kept {s['kept']} of {s['read']} prompts in `{s['output']}`.\n\n"
+            f"Review page: `{page}`. Fill in `decision` (approve/reject) in the review.csv beside it and give its "
+            "path as `decisions` to move rejected rows out before training."), a.timeout_s, a.poll_s)
+        if decision["decisions"] and not decision["earlier"]:
+            review_import_task(s["output"], decision["decisions"], decision["by"])
+        if not decision["earlier"]:
+            approvals.remember(decision)
+    return {**s, "review_page": page}
+
+
+# ------------------------------------------------------------------------------------------ training
+@flow(name="training")
+def training_flow(cfg: PipelineConfig, dataset: str) -> dict:
+    """Preference pairs for the curated prompts, then SFT and DPO of the pilot (in a child process)."""
+    root = run_root(cfg)
+    p = preferences_task(dataset, cfg.preferences, root)
+    artifacts.preferences(cfg.name, p)
+    progress = artifacts.TrainingProgress(cfg.name, cfg.training.stages)
+    t = train_task(cfg.training, cfg.pilot, cfg.pilot.name, p["output"], root, on_poll=progress)
+    artifacts.training(cfg.name, t["manifests"])
+    return {"preferences": p["output"], **t}
+
+
+# ------------------------------------------------------------------------------------------ validation
+@flow(name="validation")
+def validation_flow(cfg: PipelineConfig, pilot: ModelSource) -> dict:
+    """WSD with every base on the pipeline's prompts, then (with a validation section) the full validation of
+    the trained checkpoint: every method x base x eval set, with the report as an artifact."""
+    root = run_root(cfg)
+    wsd = {b.name: wsd_task(pilot, b, cfg.prompts, cfg.wsd, root)["output"] for b in cfg.bases}
+    if cfg.validation is None:
+        return {"wsd": wsd}
+    v = validate_task(cfg.validation, pilot.path, cfg.bases, root, pilot.name)
+    artifacts.validation(cfg.name, v["output"])
+    return {"wsd": wsd, "report": v["output"]}
+
+
+# ------------------------------------------------------------------------------------------ release
+@flow(name="release")
+def release_flow(cfg: PipelineConfig, checkpoint: str, report: str) -> dict:
+    """The gate against the registry's champion; a failed gate fails the run with its reasons. Then the
+    release owner's sign-off (when configured), then publish (registry, and the Hub with a hub section)."""
+    from flows import approvals
+
+    verdict = gate_task(report, cfg.release)
+    artifacts.gate(cfg.name, verdict)
+    if not verdict["passed"]:
+        raise JobFailed("gate failed; nothing published:\n  " + "\n  ".join(
+            r for r in verdict["reasons"] if not r.startswith("ok ")) + f"\n  (verdict: {Path(report) / 'gate.json'})")
+    sign_off = None
+    if cfg.approvals.release is not None:
+        a = cfg.approvals.release
+        sign_off = approvals.ask("release", report, (
+            f"**Release {cfg.release.name}**: the gate passed on {len(verdict['passing_bases'])} bases.\n\n"
+            f"Report: `{Path(report) / 'report.md'}`. Approve to publish to `{cfg.release.registry}`."),
+            a.timeout_s, a.poll_s)
+    r = publish_task(checkpoint, report, cfg.release, sign_off)
+    if sign_off is not None and not sign_off["earlier"]:
+        approvals.remember(sign_off)
+    artifacts.release(cfg.name, cfg.release.name, r)
+    return {"version": r["version"], "path": r["path"], "already": r["already"]}
+
+
+# ------------------------------------------------------------------------------------------ the pipeline
+@flow(name="pilot-pipeline")
+def pipeline(config: str, overrides: list[str] | None = None) -> dict:
+    """The whole pipeline from a configs/pipeline/*.yaml file (a deployment's parameters are the same two)."""
+    from pilot_core.config import load_config
+
+    cfg = load_config(PipelineConfig, config, tuple(overrides or ()))
+    check_inputs(cfg)
+    log = get_run_logger()
+    log.info(f"pipeline {cfg.name}: stage directories under {run_root(cfg)}")
+    out: dict = {"root": run_root(cfg)}
+    pilot = cfg.pilot
+    if cfg.curation is not None:
+        c = curation_flow(cfg)
+        out |= {"dataset": c["output"], "review_page": c["review_page"]}
+        if cfg.preferences is not None and cfg.training is not None:
+            t = training_flow(cfg, c["output"])
+            out |= {"preferences": t["preferences"], "checkpoint": t["checkpoint"]}
+            pilot = ModelSource(name=f"{cfg.pilot.name}-trained", path=t["checkpoint"])
+        elif cfg.preferences is not None:
+            out["preferences"] = preferences_task(c["output"], cfg.preferences, run_root(cfg))["output"]
+    v = validation_flow(cfg, pilot)
+    out |= v
+    if cfg.release is not None:
+        out["release"] = release_flow(cfg, pilot.path, v["report"])
+    return out

@@ -1,0 +1,200 @@
+"""The pipeline's Prefect tasks. Each one runs a library function into its stage directory, or reuses the
+directory a finished run left there (keys from the config and the inputs: pilot_core.stages).
+
+The stage directory is the persisted result and its name the cache key. Prefect's own task cache is off
+(NO_CACHE): it would hand back a stored path even after the directory was deleted, while a directory is reused
+here only if its manifest or report, written last, is there.
+
+Retries only where they can help: calls to servers (responses, judges, served models) and a trainer that died
+(it resumes from its last checkpoint); never for bad input (UserError) or a decided failure (JobFailed).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from pilot_core.errors import JobFailed, UserError
+from pilot_core.manifest import MANIFEST
+from pilot_core.model_source import ModelSource
+from pilot_core.stages import dir_identity, files_identity, source_identity, stage_dir, stage_key
+
+
+def _retry_unless_decided(task, task_run, state) -> bool:
+    """Prefect's retry_condition_fn: retry a fault, not bad input or a failure the code decided on."""
+    try:
+        state.result()
+    except (UserError, JobFailed):
+        return False
+    except Exception:
+        return True
+    return False
+
+
+def _retry_unless_bad_input(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except UserError:
+        return False
+    except Exception:
+        return True
+    return False
+
+
+NETWORK = dict(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_retry_unless_decided,
+               cache_policy=NO_CACHE)
+LOCAL = dict(retries=0, cache_policy=NO_CACHE)
+
+
+def _progress() -> bool:
+    return sys.stderr.isatty()  # tqdm bars for a person at a terminal, not in a worker's log
+
+
+@task(name="curate", **LOCAL)
+def curate_task(cur, root: str) -> dict:
+    from data_curation.run import curate
+
+    log = get_run_logger()
+    key = stage_key("curate", cur.model_dump(mode="json"),
+                    files_identity([s.path for s in cur.sources] + list(cur.decontamination.reference_sets)))
+    out = stage_dir(root, "curate", key)
+    if (out / MANIFEST).is_file():
+        data = json.loads((out / MANIFEST).read_text())["data"]
+        log.info(f"curate {cur.name}: reusing {out} (same config and sources)")
+        return {"output": str(out), "reused": True,
+                **{k: data[k] for k in ("read", "kept", "excluded_total", "excluded")}}
+    s = curate(cur, output=str(out), progress=_progress())
+    log.info(f"curate {cur.name}: kept {s['kept']} of {s['read']} prompts, excluded "
+             + ", ".join(f"{sum(r.values())} at {st}" for st, r in s["excluded"].items()) + f" -> {out}")
+    return {**s, "reused": False}
+
+
+@task(name="review-export", **LOCAL)
+def review_export_task(dataset: str, root: str) -> str:
+    from data_curation.review import export_review
+
+    out = Path(root) / f"review-{Path(dataset).name}"
+    if not (out / "review.html").is_file():
+        export_review(dataset, out)
+    get_run_logger().info(f"review page: {out / 'review.html'}")
+    return str(out / "review.html")
+
+
+@task(name="review-import", **LOCAL)
+def review_import_task(dataset: str, decisions: str, reviewer: str) -> dict:
+    from data_curation.review import import_review
+
+    entry = import_review(dataset, decisions, reviewer)
+    get_run_logger().info(f"review by {reviewer}: {entry['rejected']} rows moved to excluded")
+    return entry
+
+
+@task(name="preferences", **NETWORK)
+def preferences_task(dataset: str, prefs, root: str) -> dict:
+    from data_curation.preferences import build_preferences
+
+    log = get_run_logger()
+    # the dataset's manifest changes when a review is imported, so a reviewed subset gets new preferences
+    key = stage_key("preferences", prefs.model_dump(mode="json"), {"dataset": dir_identity(dataset)})
+    out = stage_dir(root, "preferences", key)
+    if (out / MANIFEST).is_file():
+        log.info(f"preferences: reusing {out}")
+        return {"output": str(out), "reused": True, **json.loads((out / MANIFEST).read_text())["data"]["preferences"]}
+    p = build_preferences(dataset, prefs, out, progress=_progress())  # calls are cached beside it: a retry is free
+    log.info(f"preferences: {p['sft']} sft rows, {p['dpo']} dpo pairs from {p['prompts']} prompts, "
+             f"{p['response_failures']} failed responses -> {out}")
+    return {**p, "reused": False}
+
+
+@task(name="train", retries=1, retry_delay_seconds=30, retry_condition_fn=_retry_unless_bad_input,
+      cache_policy=NO_CACHE)
+def train_task(training, pilot: ModelSource, name: str, dataset: str, root: str, on_poll=None,
+               poll_s: float = 5.0) -> dict:
+    """Train in a child process and poll it; returns {checkpoint, manifests}. A rerun (or a retry) resumes."""
+    from training.config import TrainConfig
+    from training.process import run_training
+
+    log = get_run_logger()
+    key = stage_key("train", training.model_dump(mode="json"),
+                    {"pilot": source_identity(pilot), "dataset": dir_identity(dataset)})
+    out = stage_dir(root, "train", key)
+    cfg = TrainConfig(**training.model_dump(), name=name, model=pilot, dataset=dataset, output_dir=str(out))
+    finals = {s: out / s / "final" for s in cfg.stages}
+    if all((f / MANIFEST).is_file() for f in finals.values()):
+        log.info(f"train: reusing {out}")
+    else:
+        log.info(f"train: {', '.join(cfg.stages)} in a child process -> {out} (log: {out / 'train.log'})")
+        finals = run_training(cfg, out, poll_s=poll_s, on_poll=on_poll)
+    manifests = {s: json.loads((f / MANIFEST).read_text())["data"] for s, f in finals.items()}
+    for s, d in manifests.items():
+        log.info(f"train {s}: loss {d['first_loss']:.3f} -> {d['last_loss']:.3f} in {d['steps']} steps"
+                 + (f" (resumed from {Path(d['resumed_from']).name})" if d["resumed_from"] else ""))
+    final = finals[cfg.stages[-1]]
+    if cfg.lora:  # WSD and validation need full weights
+        from training.merge import merge_adapter
+
+        merged = final.with_name("merged")
+        if not (merged / MANIFEST).is_file():
+            merge_adapter(final, merged)
+        final = merged
+    return {"checkpoint": str(final), "manifests": manifests, "output": str(out)}
+
+
+@task(name="wsd", **NETWORK)
+def wsd_task(pilot: ModelSource, base: ModelSource, prompts: str, wsd, root: str) -> dict:
+    from wsd_inference.prompts import load_prompts
+    from wsd_inference.runner import generate_to_file
+
+    key = stage_key("wsd", wsd.model_dump(mode="json"), {"pilot": source_identity(pilot), "base":
+                    source_identity(base), "prompts": files_identity([prompts])})
+    out = stage_dir(root, "wsd", key) / f"{base.name}.jsonl"  # resumable: done ids are skipped
+    s = generate_to_file(pilot, base, load_prompts(prompts), wsd, out, progress=_progress())
+    get_run_logger().info(f"wsd {pilot.name} -> {base.name}: {s['new']} new prompts, {s['switched']} switched to "
+                          f"the base, mean kept draft {s['mean_kept_draft_tokens']:.1f} tokens, mean base "
+                          f"continuation {s['mean_base_tokens']:.1f} tokens -> {out}")
+    return {**s, "output": str(out)}
+
+
+@task(name="validate", **NETWORK)
+def validate_task(spec, checkpoint: str, bases: list[ModelSource], root: str, pilot_name: str) -> dict:
+    from evaluation.validate import validate
+    from flows.validate_cli import summary_lines
+
+    key = stage_key("validation", spec.model_dump(mode="json"),
+                    {"checkpoint": dir_identity(checkpoint), "bases": [source_identity(b) for b in bases],
+                     "eval_sets": files_identity([p for es in spec.eval_sets for p in (es.path, es.few_shot_path)
+                                                  if p])})
+    out = stage_dir(root, "validation", key)  # generations resume; a finished report is returned as it is
+    report = validate(spec, checkpoint, bases, out, pilot_name=pilot_name, progress=_progress())
+    get_run_logger().info("validate:\n" + "\n".join(summary_lines(report, str(out))))
+    return {"output": str(out), "report": report}
+
+
+@task(name="gate", **LOCAL)
+def gate_task(report_dir: str, release) -> dict:
+    from release.publish import gate_report
+
+    verdict = gate_report(report_dir, release)
+    n = len(verdict["passing_bases"]) + len(verdict["failing_bases"])
+    get_run_logger().info(f"gate: {'passed' if verdict['passed'] else 'failed'} ({len(verdict['passing_bases'])} "
+                          f"of {n} bases pass)")
+    return verdict
+
+
+@task(name="publish", **NETWORK)
+def publish_task(checkpoint: str, report_dir: str, release, approval: dict | None = None) -> dict:
+    from release.publish import publish
+
+    sign_off = approval and {k: approval[k] for k in ("by", "at", "note")}
+    r = publish(checkpoint, report_dir, release, push=release.hub is not None, sign_off=sign_off)
+    log = get_run_logger()
+    if r["already"]:
+        log.info(f"release: this checkpoint is already published as {release.name} {r['version']} -> {r['path']}")
+    else:
+        log.info(f"release: published {release.name} {r['version']} -> {r['path']}"
+                 + (f" (signed off by {approval['by']})" if approval else ""))
+    return r

@@ -1,0 +1,244 @@
+"""The Prefect flows on Prefect's test harness (a real local API server and database): the whole pipeline on
+tiny models with its artifacts; a run killed mid-training and rerun; a failed gate; the approvals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+CONFIG = "configs/pipeline/demo.yaml"
+
+
+def small(out: Path) -> list[str]:
+    """The demo pipeline, smaller (fewer prompts, eval items), with a gate it passes whatever tiny models do."""
+    return [f"output_dir={out}", f"release.registry={out / 'registry'}",
+            "curation.sources.0.cap=40", "curation.sources.1.cap=20",
+            *(f"validation.eval_sets.{i}.limit=4" for i in range(4)),
+            "release.gate.metrics.reward.min_gain=-100", "release.gate.alignment_tax.max=1.0"]
+
+
+RUNNING: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_runs():
+    yield
+    while RUNNING:  # a failed assertion must not leave a paused or training run behind
+        p = RUNNING.pop()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def pilot_run(overrides: list[str], api: str) -> subprocess.Popen:
+    """`pilot run` in the background against the harness's API; its output goes to files (a pipe nobody reads
+    while it runs could fill up and stall it). finish(p) waits and returns (stdout, stderr)."""
+    import tempfile
+
+    args = [sys.executable, "-m", "flows.cli", "run", "--config", CONFIG]
+    for o in overrides:
+        args += ["--set", o]
+    env = {**os.environ, "PREFECT_API_URL": api}
+    out, err = (tempfile.TemporaryFile("w+") for _ in range(2))
+    p = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=err, text=True)
+    p.files = (out, err)
+    RUNNING.append(p)
+    return p
+
+
+def finish(p: subprocess.Popen, timeout: float = 900) -> tuple[str, str]:
+    p.wait(timeout=timeout)
+    texts = []
+    for f in p.files:
+        f.seek(0)
+        texts.append(f.read())
+    return texts[0], texts[1]
+
+
+def artifacts(*keys: str) -> dict[str, object]:
+    """The latest artifact under each key."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+
+    with get_client(sync_client=True) as c:
+        got = c.read_latest_artifacts(artifact_filter=ArtifactCollectionFilter(
+            key=ArtifactCollectionFilterKey(any_=list(keys))))
+    return {a.key: a for a in got}
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("flows")
+
+
+@pytest.fixture(autouse=True)
+def _in_repo(monkeypatch):
+    monkeypatch.chdir(REPO)  # the configs name data/ relative to the checkout
+
+
+def test_pipeline_flow_runs_green_with_artifacts(prefect_api, shared, pair_same, pair_different):
+    from flows.pipeline import pipeline
+
+    state = pipeline(config=CONFIG, overrides=small(shared), return_state=True)
+    assert state.is_completed(), state.message
+    out = state.result()
+    assert Path(out["dataset"]).parent == shared / "demo" and Path(out["review_page"]).is_file()
+    assert (Path(out["checkpoint"]) / "manifest.json").is_file()
+    assert json.loads((Path(out["report"]) / "gate.json").read_text())["passed"]
+    assert out["release"]["version"] == "v1" and (shared / "registry" / "pilot-tiny" / "v1").is_dir()
+
+    got = artifacts(*(f"demo-{k}" for k in ("curation", "review", "preferences", "training", "training-progress",
+                                           "validation", "gate", "release")))
+    assert len(got) == 8, sorted(got)
+    kept = json.loads(got["demo-curation"].data)[0]
+    assert kept["stage"] == "kept" and kept["rows"] == json.loads(
+        (Path(out["dataset"]) / "manifest.json").read_text())["data"]["kept"]
+    assert got["demo-review"].data.startswith("[review page](file://")
+    assert [r["stage"] for r in json.loads(got["demo-training"].data)] == ["sft", "dpo"]
+    assert float(got["demo-training-progress"].data) == 100.0
+    assert "data:image/png;base64," in got["demo-validation"].data  # the plots travel with the report
+    assert got["demo-gate"].data.startswith("# Gate: passed")
+    assert "published pilot-tiny v1" in got["demo-release"].data
+
+
+def test_failed_gate_fails_the_run_with_reasons(prefect_api, shared, pair_same, pair_different):
+    """Same stages as above (all reused), a gate no pilot passes: exit 1, the reasons on stderr and as an
+    artifact, the flow run Failed (not Crashed), nothing published."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    before = sorted(p.name for p in (shared / "registry" / "pilot-tiny").iterdir())
+    p = pilot_run(small(shared) + ["release.gate.metrics.reward.floor=100"], prefect_api)
+    stdout, stderr = finish(p, 600)
+    assert p.returncode == 1, stderr
+    assert "curate generalign: reusing" in stderr and "train: reusing" in stderr
+    last = stderr.strip().splitlines()
+    assert "pilot: gate failed; nothing published:" in stderr and "Traceback" not in stderr
+    assert any("reward" in line and "floor" in line for line in last[-6:]), last[-6:]
+    assert sorted(p.name for p in (shared / "registry" / "pilot-tiny").iterdir()) == before
+    gate = artifacts("demo-gate")["demo-gate"].data
+    assert gate.startswith("# Gate: FAILED") and "floor" in gate
+    with get_client(sync_client=True) as c:
+        (run,) = c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["pilot-pipeline"])),
+                                  sort=FlowRunSort.START_TIME_DESC, limit=1)
+    assert run.state.is_failed() and "gate failed" in run.state.message
+
+
+def _trainer_pids(job: Path) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and str(job) in (d / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(d.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_killed_mid_training_then_rerun_resumes_without_redoing_curation(prefect_api, tmp_path, pair_same,
+                                                                          pair_different):
+    overrides = small(tmp_path) + ["training.sft.max_steps=600", "training.sft.save_steps=20",
+                                   "training.sft.per_device_train_batch_size=2"]
+    p = pilot_run(overrides, prefect_api)
+    deadline = time.monotonic() + 400
+    ckpts = []
+    while not ckpts and time.monotonic() < deadline and p.poll() is None:
+        ckpts = [c for c in tmp_path.glob("demo/train-*/sft/checkpoint-*") if (c / "trainer_state.json").is_file()]
+        time.sleep(0.2)
+    assert ckpts, finish(p)[1][-3000:]
+    (train_dir,) = {c.parent.parent for c in ckpts}
+    assert not (train_dir / "sft" / "final").exists()  # killed mid-training, not after
+    job = train_dir / "train.json"
+    assert _trainer_pids(job), "the trainer runs in a child process"
+    p.send_signal(signal.SIGKILL)  # the orchestrator dies hard (OOM killer, node lost)
+    p.wait()
+    for _ in range(100):  # its trainer dies with it (PR_SET_PDEATHSIG)
+        if not _trainer_pids(job):
+            break
+        time.sleep(0.1)
+    assert not _trainer_pids(job)
+    (dataset,) = tmp_path.glob("demo/curate-*")
+    stamp = (dataset / "manifest.json").stat().st_mtime_ns
+
+    p = pilot_run(overrides, prefect_api)
+    stdout, stderr = finish(p)
+    assert p.returncode == 0, stderr[-3000:]
+    assert "curate generalign: reusing" in stderr and (dataset / "manifest.json").stat().st_mtime_ns == stamp
+    sft = json.loads((train_dir / "sft" / "final" / "manifest.json").read_text())["data"]
+    assert sft["steps"] == 600 and Path(sft["resumed_from"]).name.startswith("checkpoint-")
+    assert f"(resumed from {Path(sft['resumed_from']).name})" in stderr
+    assert (tmp_path / "registry" / "pilot-tiny" / "v1").is_dir()
+
+
+def _wait_paused(what: str, timeout: float = 600) -> str:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as c:
+            runs = c.read_flow_runs(flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+        for r in runs:
+            if r.state.state_details.pause_key == what:
+                return str(r.id)
+        time.sleep(1)
+    raise AssertionError(f"no run paused for {what}")
+
+
+def pilot_cli(*args, api: str):
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "PREFECT_API_URL": api}, timeout=120)
+
+
+def test_approvals_pause_for_the_data_team_and_the_release_owner(prefect_api, tmp_path, pair_same,
+                                                                 pair_different):
+    import pyarrow.parquet as pq
+
+    overrides = small(tmp_path) + ["approvals.curation.poll_s=1", "approvals.release.poll_s=1"]
+    p = pilot_run(overrides, prefect_api)
+    run_id = _wait_paused("curation")
+    r = pilot_cli("approval", "list", api=prefect_api)
+    assert run_id in r.stdout and "waits for: curation" in r.stdout
+    (dataset,) = tmp_path.glob("demo/curate-*")
+    with open(next(tmp_path.glob("demo/review-*/review.csv")), newline="") as f:
+        kept_ids = [r["id"] for r in csv.DictReader(f) if r["set"] == "kept"][:2]
+    decisions = tmp_path / "decisions.csv"  # the data team's answers: two sampled prompts rejected
+    decisions.write_text("id,decision,note\n" + "".join(f"{i},reject,off-topic\n" for i in kept_ids))
+    r = pilot_cli("approval", "approve", run_id, "--by", "data team", "--decisions", str(decisions), api=prefect_api)
+    assert r.returncode == 0, r.stderr
+
+    run_id = _wait_paused("release")  # the gate passed; nothing is published before the owner says so
+    assert not (tmp_path / "registry" / "pilot-tiny").exists()
+    r = pilot_cli("approval", "reject", run_id, "--by", "owner", "--note", "not this week", api=prefect_api)
+    assert r.returncode == 0, r.stderr
+    _, stderr = finish(p, 300)
+    assert p.returncode == 1 and "pilot: release rejected by owner: not this week" in stderr
+    assert not (tmp_path / "registry" / "pilot-tiny").exists()
+    excluded = pq.read_table(dataset / "excluded.parquet").to_pylist()
+    assert sorted(r["id"] for r in excluded if r["stage"] == "review") == sorted(kept_ids)
+    assert json.loads(next(tmp_path.glob("demo/approvals/curation-*.json")).read_text())["by"] == "data team"
+
+    p = pilot_run(overrides, prefect_api)  # asks the owner again, not the data team
+    run_id = _wait_paused("release")
+    r = pilot_cli("approval", "approve", run_id, "--by", "owner", "--note", "ship it", api=prefect_api)
+    assert r.returncode == 0, r.stderr
+    stdout, stderr = finish(p, 300)
+    assert p.returncode == 0, stderr[-3000:]
+    assert "curation: approved earlier by data team" in stderr
+    release = json.loads((tmp_path / "registry" / "pilot-tiny" / "v1" / "release.json").read_text())
+    assert release["sign_off"]["by"] == "owner" and release["sign_off"]["note"] == "ship it"

@@ -1,0 +1,116 @@
+"""Training in a child process that the caller starts and polls.
+
+A multi-hour run must not live inside an orchestrator's process (its heartbeat, its memory, its restarts), and a
+killed orchestrator must not leave a trainer writing behind it: the child gets SIGKILL when its parent dies
+(Linux), and a rerun resumes from the last complete checkpoint (training.train does that).
+
+Parent: run_training(cfg, run_dir, on_poll=...). Child: python -m training.process RUN_DIR/train.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from pilot_core.errors import JobFailed, UserError
+from training.config import TrainConfig
+from training.launch import die_with_parent
+
+LOG = "train.log"
+
+
+def progress(cfg: TrainConfig) -> dict:
+    """Where training stands on disk: {stage: {step, max_steps, loss, done}} from the checkpoints' trainer
+    states (read by the poller; no trainer involved)."""
+    from training.train import last_checkpoint
+
+    out = {}
+    for stage in cfg.stages:
+        d = Path(cfg.output_dir) / stage
+        if (d / "final" / "manifest.json").is_file():
+            m = json.loads((d / "final" / "manifest.json").read_text())["data"]
+            out[stage] = {"step": m["steps"], "max_steps": m["steps"], "loss": m["last_loss"], "done": True}
+            continue
+        ckpt = last_checkpoint(d) if d.is_dir() else None
+        if ckpt is None:
+            continue
+        try:
+            st = json.loads((Path(ckpt) / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        losses = [x["loss"] for x in st.get("log_history", []) if "loss" in x]
+        out[stage] = {"step": st.get("global_step"), "max_steps": st.get("max_steps"),
+                      "loss": losses[-1] if losses else None, "done": False}
+    return out
+
+
+def run_training(cfg: TrainConfig, run_dir: str | Path, *, poll_s: float = 5.0,
+                 on_poll: Callable[[dict], None] | None = None) -> dict[str, Path]:
+    """Train in a child process (one process, or cfg.distributed with cfg.nproc processes) and wait for it,
+    calling on_poll(progress) every poll_s seconds. Returns {stage: final checkpoint}. Bad input in the child is
+    a UserError here; any other failure a JobFailed that says a rerun resumes."""
+    from pilot_core.atomic import atomic_write_text
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    job = run_dir / "train.json"
+    atomic_write_text(job, json.dumps({"config": cfg.model_dump(mode="json")}, indent=2))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(run_dir / LOG, "ab") as log:
+        child = subprocess.Popen([sys.executable, "-m", "training.process", str(job)], stdout=log,
+                                 stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
+        try:
+            while child.poll() is None:
+                time.sleep(poll_s)
+                if on_poll is not None:
+                    on_poll(progress(cfg))
+        except BaseException:  # interrupted: the trainer must not run on unattended
+            child.kill()
+            child.wait()
+            raise
+    if on_poll is not None:
+        on_poll(progress(cfg))
+    if child.returncode == 2:
+        raise UserError(_last_line(run_dir / LOG, "pilot: error: ") or f"training refused its input; see "
+                        f"{run_dir / LOG}")
+    if child.returncode != 0:
+        raise JobFailed(f"training failed (exit {child.returncode}); see {run_dir / LOG}; rerunning resumes from "
+                        "the last checkpoint")
+    return {s: Path(cfg.output_dir) / s / "final" for s in cfg.stages}
+
+
+def _last_line(path: Path, prefix: str) -> str | None:
+    text = path.read_text(errors="replace")  # progress bars end lines with \r: search the text, not lines
+    at = text.rfind(prefix)
+    return text[at + len(prefix):].splitlines()[0] if at >= 0 else None
+
+
+def main(job_path: str) -> int:
+    """The child: one process trains in place; a preset goes through the distributed launcher."""
+    try:
+        job = json.loads(Path(job_path).read_text())
+        cfg = TrainConfig.model_validate(job["config"])
+        if cfg.distributed is None:
+            from training.train import train
+
+            train(cfg)
+        else:
+            from training.launch import train_distributed
+
+            train_distributed(cfg, cfg.distributed, cfg.nproc)
+    except UserError as e:
+        print(f"pilot: error: {e}", file=sys.stderr, flush=True)
+        return 2
+    except JobFailed as e:
+        print(f"pilot: {e}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
