@@ -80,12 +80,12 @@ def run(config_path: str, overrides: tuple[str, ...]) -> None:
     for label, k in (("dataset", "dataset"), ("review page", "review_page"), ("preferences", "preferences"),
                      ("checkpoint", "checkpoint"), ("report", "report")):
         if out.get(k):
-            click.echo(f"  {label + ':':<13} {out[k]}" + ("/report.md" if k == "report" else ""))
+            click.echo(f"  {label + ':':<16} {out[k]}" + ("/report.md" if k == "report" else ""))
     for base, path in out["wsd"].items():
-        click.echo(f"  {'wsd ' + base + ':':<13} {path}")
+        click.echo(f"  {'wsd ' + base + ':':<16} {path}")
     if out.get("release"):
         r = out["release"]
-        click.echo(f"  {'published:':<13} {cfg.release.name} {r['version']} -> {r['path']}"
+        click.echo(f"  {'published:':<16} {cfg.release.name} {r['version']} -> {r['path']}"
                    + (" (already published)" if r["already"] else ""))
 
 
