@@ -116,7 +116,7 @@ def train_task(training, pilot: ModelSource, name: str, dataset: str, root: str,
                poll_s: float = 5.0) -> dict:
     """Train in a child process and poll it; returns {checkpoint, manifests}. A rerun (or a retry) resumes."""
     from training.config import TrainConfig
-    from training.process import run_training
+    from training.process import progress, run_training
 
     log = get_run_logger()
     key = stage_key("train", training.model_dump(mode="json"),
@@ -126,6 +126,8 @@ def train_task(training, pilot: ModelSource, name: str, dataset: str, root: str,
     finals = {s: out / s / "final" for s in cfg.stages}
     if all((f / MANIFEST).is_file() for f in finals.values()):
         log.info(f"train: reusing {out}")
+        if on_poll is not None:
+            on_poll(progress(cfg))  # a reused run is a finished one
     else:
         log.info(f"train: {', '.join(cfg.stages)} in a child process -> {out} (log: {out / 'train.log'})")
         finals = run_training(cfg, out, poll_s=poll_s, on_poll=on_poll)

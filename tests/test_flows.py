@@ -129,8 +129,9 @@ def test_failed_gate_fails_the_run_with_reasons(prefect_api, shared, pair_same, 
     assert "pilot: gate failed; nothing published:" in stderr and "Traceback" not in stderr
     assert any("reward" in line and "floor" in line for line in last[-6:]), last[-6:]
     assert sorted(p.name for p in (shared / "registry" / "pilot-tiny").iterdir()) == before
-    gate = artifacts("demo-gate")["demo-gate"].data
-    assert gate.startswith("# Gate: FAILED") and "floor" in gate
+    got = artifacts("demo-gate", "demo-training-progress")
+    assert got["demo-gate"].data.startswith("# Gate: FAILED") and "floor" in got["demo-gate"].data
+    assert float(got["demo-training-progress"].data) == 100.0  # reused training is finished training
     with get_client(sync_client=True) as c:
         (run,) = c.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["pilot-pipeline"])),
                                   sort=FlowRunSort.START_TIME_DESC, limit=1)
