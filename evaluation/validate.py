@@ -18,7 +18,7 @@ from evaluation.report import write_report
 from evaluation.stats import mean_ci, paired_diff_ci
 from pilot_core.errors import JobFailed, UserError
 from pilot_core.manifest import config_hash, fingerprint, read_manifest
-from pilot_core.model_files import check_local_dir
+from pilot_core.model_files import check_contained, check_local_dir
 from pilot_core.model_source import ModelSource
 from pilot_core.names import safe_join
 
@@ -194,6 +194,7 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
     ckpt, output = Path(checkpoint), Path(output)
     manifest = read_manifest(ckpt, kind="checkpoint")  # a checkpoint without one is incomplete or foreign
     check_local_dir(ckpt)
+    check_contained(ckpt)
     ident = {"checkpoint": fingerprint(ckpt), "config_hash": config_hash(
         {"spec": spec.model_dump(mode="json"), "bases": [b.model_dump(mode="json") for b in bases]})}
     if (output / "report.json").is_file():

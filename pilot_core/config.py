@@ -165,8 +165,10 @@ def format_validation_error(err: ValidationError, cls: type[BaseModel], source: 
             parts.append(f"{where}: missing required key '{_key(loc)}'")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            key = f"key '{_key(loc)}'" if loc else "config"
-            parts.append(f"{where}: {key}: invalid value {_short(e.get('input'))}: {msg}")
+            if loc:
+                parts.append(f"{where}: key '{_key(loc)}': invalid value {_short(e.get('input'))}: {msg}")
+            else:  # a check across keys: the message names them, the whole config as a value would not help
+                parts.append(f"{where}: {msg}")
     return "; ".join(parts)
 
 

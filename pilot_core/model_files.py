@@ -3,6 +3,7 @@ code when loaded), and a clear error for a missing or foreign directory."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pilot_core.errors import UserError
@@ -12,6 +13,16 @@ PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.p
 
 def is_local(path: str) -> bool:
     return Path(path).exists() or path.startswith((".", "/"))
+
+
+def check_contained(path: Path) -> None:
+    """An artifact we publish or measure must hold its own files: a symlink that resolves outside it would be
+    copied into the registry (a secret, another model's weights) under this artifact's name."""
+    root = Path(path).resolve()
+    for p in Path(path).rglob("*"):
+        if p.is_symlink() and not p.resolve().is_relative_to(root):
+            raise UserError(f"{path}: {p.relative_to(path)} is a symlink that points outside the directory "
+                            f"({os.readlink(p)}); copy the file in instead")
 
 
 def check_local_dir(path: Path, allow_pickle: bool = False) -> None:

@@ -16,7 +16,7 @@ from evaluation.report import load_report, markdown
 from pilot_core.atomic import atomic_write_json, atomic_write_text
 from pilot_core.errors import JobFailed, UserError
 from pilot_core.manifest import fingerprint, read_manifest
-from pilot_core.model_files import check_local_dir
+from pilot_core.model_files import check_contained, check_local_dir
 from release.config import ReleaseConfig
 from release.model_card import build_card
 from release.registry import Registry
@@ -49,6 +49,7 @@ def publish(checkpoint: str | Path, report_dir: str | Path, cfg: ReleaseConfig, 
     checkpoint, report_dir = Path(checkpoint), Path(report_dir)
     manifest = read_manifest(checkpoint, kind="checkpoint")
     check_local_dir(checkpoint)
+    check_contained(checkpoint)
     report = load_report(report_dir)
     if report["checkpoint"]["fingerprint"] != fingerprint(checkpoint):
         raise UserError(f"{report_dir}: the report was made for another checkpoint ({report['checkpoint']['path']}, "
