@@ -143,3 +143,29 @@ def test_review_cli(copy, tmp_path):
     r = subprocess.run([*cli, "import", str(tmp_path / "nope"), "--decisions", str(tmp_path / "d.jsonl")],
                        cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "not a complete artifact" in r.stderr
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_review_page_shows_markup_in_prompts_as_text(tmp_path):
+    """A prompt is data: `<script>` and event handlers in it are shown, never run (issue #11)."""
+    from playwright.sync_api import sync_playwright
+
+    src = tmp_path / "hostile.jsonl"
+    attacks = ["Please explain what this page snippet does: <script>window.pwned = 1</script> and why it is risky.",
+               'Why would anyone write <img src=x onerror="window.pwned = 2"> inside a product review form?']
+    src.write_text("".join(json.dumps({"id": f"h{i}", "prompt": a}) + "\n" for i, a in enumerate(attacks)))
+    curate(quick_config((str(src),), (), None, None), output=str(tmp_path / "v1"), progress=False)
+    export_review(tmp_path / "v1", tmp_path / "review", per_stratum=100)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.goto((tmp_path / "review" / "review.html").as_uri())
+            page.wait_for_timeout(300)
+            texts = page.locator("#kept tbody tr").all_inner_texts()
+            assert page.evaluate("window.pwned") is None
+            assert any("<script>window.pwned = 1</script>" in t for t in texts), texts
+            assert any('<img src=x onerror="window.pwned = 2">' in t for t in texts), texts
+            assert page.locator("#kept img").count() == 0 and page.locator("#kept script").count() == 0
+        finally:
+            browser.close()
