@@ -24,28 +24,21 @@ from pilot_core.model_source import ModelSource
 from pilot_core.stages import dir_identity, files_identity, source_identity, stage_dir, stage_key
 
 
-def _retry_unless_decided(task, task_run, state) -> bool:
-    """Prefect's retry_condition_fn: retry a fault, not bad input or a failure the code decided on."""
-    try:
-        state.result()
-    except (UserError, JobFailed):
+def _retry_unless(*never: type[Exception]):
+    """A Prefect retry_condition_fn: retry a fault, not the exceptions named (bad input, a decided failure)."""
+    def condition(task, task_run, state) -> bool:
+        try:
+            state.result()
+        except never:
+            return False
+        except Exception:
+            return True
         return False
-    except Exception:
-        return True
-    return False
+
+    return condition
 
 
-def _retry_unless_bad_input(task, task_run, state) -> bool:
-    try:
-        state.result()
-    except UserError:
-        return False
-    except Exception:
-        return True
-    return False
-
-
-NETWORK = dict(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_retry_unless_decided,
+NETWORK = dict(retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_retry_unless(UserError, JobFailed),
                cache_policy=NO_CACHE)
 LOCAL = dict(retries=0, cache_policy=NO_CACHE)
 
@@ -110,7 +103,7 @@ def preferences_task(dataset: str, prefs, root: str) -> dict:
     return {**p, "reused": False}
 
 
-@task(name="train", retries=1, retry_delay_seconds=30, retry_condition_fn=_retry_unless_bad_input,
+@task(name="train", retries=1, retry_delay_seconds=30, retry_condition_fn=_retry_unless(UserError),
       cache_policy=NO_CACHE)
 def train_task(training, pilot: ModelSource, name: str, dataset: str, root: str, on_poll=None,
                poll_s: float = 5.0) -> dict:
