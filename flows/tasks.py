@@ -11,7 +11,6 @@ Retries only where they can help: calls to servers (responses, judges, served mo
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pilot_core.errors import JobFailed, UserError
-from pilot_core.manifest import MANIFEST
+from pilot_core.manifest import MANIFEST, read_manifest
 from pilot_core.model_source import ModelSource
 from pilot_core.stages import dir_identity, files_identity, source_identity, stage_dir, stage_key
 
@@ -56,7 +55,7 @@ def curate_task(cur, root: str) -> dict:
                     files_identity([s.path for s in cur.sources] + list(cur.decontamination.reference_sets)))
     out = stage_dir(root, "curate", key)
     if (out / MANIFEST).is_file():
-        data = json.loads((out / MANIFEST).read_text())["data"]
+        data = read_manifest(out, kind="dataset").data
         log.info(f"curate {cur.name}: reusing {out} (same config and sources)")
         return {"output": str(out), "reused": True,
                 **{k: data[k] for k in ("read", "kept", "excluded_total", "excluded")}}
@@ -96,7 +95,7 @@ def preferences_task(dataset: str, prefs, root: str) -> dict:
     out = stage_dir(root, "preferences", key)
     if (out / MANIFEST).is_file():
         log.info(f"preferences: reusing {out}")
-        return {"output": str(out), "reused": True, **json.loads((out / MANIFEST).read_text())["data"]["preferences"]}
+        return {"output": str(out), "reused": True, **read_manifest(out, kind="dataset").data["preferences"]}
     p = build_preferences(dataset, prefs, out, progress=_progress())  # calls are cached beside it: a retry is free
     log.info(f"preferences: {p['sft']} sft rows, {p['dpo']} dpo pairs from {p['prompts']} prompts, "
              f"{p['response_failures']} failed responses -> {out}")
@@ -124,7 +123,7 @@ def train_task(training, pilot: ModelSource, name: str, dataset: str, root: str,
     else:
         log.info(f"train: {', '.join(cfg.stages)} in a child process -> {out} (log: {out / 'train.log'})")
         finals = run_training(cfg, out, poll_s=poll_s, on_poll=on_poll)
-    manifests = {s: json.loads((f / MANIFEST).read_text())["data"] for s, f in finals.items()}
+    manifests = {s: read_manifest(f, kind="checkpoint").data for s, f in finals.items()}
     for s, d in manifests.items():
         log.info(f"train {s}: loss {d['first_loss']:.3f} -> {d['last_loss']:.3f} in {d['steps']} steps"
                  + (f" (resumed from {Path(d['resumed_from']).name})" if d["resumed_from"] else ""))

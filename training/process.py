@@ -27,13 +27,14 @@ LOG = "train.log"
 def progress(cfg: TrainConfig) -> dict:
     """Where training stands on disk: {stage: {step, max_steps, loss, done}} from the checkpoints' trainer
     states (read by the poller; no trainer involved)."""
+    from pilot_core.manifest import read_manifest
     from training.train import last_checkpoint
 
     out = {}
     for stage in cfg.stages:
         d = Path(cfg.output_dir) / stage
         if (d / "final" / "manifest.json").is_file():
-            m = json.loads((d / "final" / "manifest.json").read_text())["data"]
+            m = read_manifest(d / "final", kind="checkpoint").data
             out[stage] = {"step": m["steps"], "max_steps": m["steps"], "loss": m["last_loss"], "done": True}
             continue
         ckpt = last_checkpoint(d) if d.is_dir() else None
