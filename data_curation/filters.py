@@ -137,6 +137,18 @@ def token_lengths(msgs: list[list[dict]], tokenizer_path: str | None) -> tuple[l
     return full, [a - b for a, b in zip(full, empty)]
 
 
+def score_features(input_features):
+    """The scored table's schema, declared: inferred per batch, a batch whose PII lists are all empty would be
+    typed list<null> and the next batch's strings would not fit."""
+    from datasets import Features, List, Value
+
+    s, i, f = Value("string"), Value("int64"), Value("float64")
+    return Features({**input_features, "messages": List({"role": s, "content": s}), "original": s, "text": s,
+                     "chars": i, "words": i, "pii": List(s), "repetition": f, "symbol_ratio": f, "boilerplate": s,
+                     "harm_tags": List(s), "category": s, "tokens": i, "content_tokens": i, "lang": s,
+                     "lang_score": f})
+
+
 def score_batch(batch: dict, filters: dict, tokenizer_path: str | None) -> dict:
     """The score columns of a batch of loaded rows (a `datasets.map` function, batched)."""
     f = Filters.model_validate(filters)

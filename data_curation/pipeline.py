@@ -15,7 +15,7 @@ from pathlib import Path
 from data_curation.config import CurationConfig
 from data_curation.decontam import Decontaminator
 from data_curation.dedup import Deduplicator
-from data_curation.filters import drop_reason, score_batch
+from data_curation.filters import drop_reason, score_batch, score_features
 from data_curation.sources import read_source
 from pilot_core.errors import UserError
 from pilot_core.manifest import read_manifest
@@ -78,7 +78,9 @@ def load_and_score(cfg: CurationConfig, progress: bool = True):
         datasets.disable_progress_bars()
     tok = cfg.tokenizer.local_path() if cfg.tokenizer else None
     ds = datasets.Dataset.from_list(rows)
+    ds = ds.cast_column("category_given", datasets.Value("string"))  # all-null in a source without categories
     ds = ds.map(score_batch, batched=True, batch_size=512, num_proc=cfg.num_proc if len(rows) > 2048 else None,
+                features=score_features(ds.features),
                 fn_kwargs={"filters": cfg.filters.model_dump(mode="json"), "tokenizer_path": tok},
                 desc="normalise + score", new_fingerprint=_fingerprint(cfg, fps))
     return ds, excluded, fps, read

@@ -10,7 +10,7 @@ import hashlib
 from pathlib import Path
 
 from data_curation.judge import (combine_orders, pairwise_messages, parse_pairwise, parse_pointwise,
-                                 pointwise_messages, rubric, win_rates)
+                                 pointwise_messages, rubric, rule_score, win_rates)
 from data_curation.llm_calls import CallStats, Endpoint, make_call, run_calls
 from data_curation.preferences_config import PreferencesConfig
 from data_curation.response_cache import ResponseCache
@@ -65,6 +65,14 @@ def _scores(cfg, prompts, cands, judged, reward) -> tuple[list[list], list[dict]
         by_prompt.setdefault(x[0], []).append(x)
     for p, row in enumerate(prompts):
         n = len(cands[p])
+        if cfg.judge.kind == "rules":
+            name = cfg.category_rubrics.get(row["category"], "helpful")
+            s = [None if not c["text"] else rule_score(name, c["text"]) for c in cands[p]]
+            records += [{"id": row["id"], "a": c["k"], "b": None, "order": "single", "verdict": str(v),
+                         "status": "ok", "rationale": f"rule ({name})", "raw": ""}
+                        for c, v in zip(cands[p], s) if v is not None]
+            scores.append(s)
+            continue
         if cfg.judge.kind == "reward_model":
             ok = [c for c in cands[p] if c["text"]]
             vals = reward.score([(row["messages"], c["text"]) for c in ok]) if ok else []
@@ -158,7 +166,7 @@ def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str |
 
     async def main():
         endpoints = {g.name: Endpoint(g.model, cfg.client, http_client) for g in cfg.generators}
-        if cfg.judge.kind != "reward_model":
+        if cfg.judge.kind in ("pairwise", "pointwise"):
             endpoints[cfg.judge.name] = Endpoint(cfg.judge.model, cfg.client, http_client)
         try:
             rcalls = _response_calls(cfg, endpoints, prompts)
@@ -171,7 +179,7 @@ def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str |
                                  "error": r.get("error"), "finish_reason": r.get("finish_reason"),
                                  "completion_tokens": r.get("completion_tokens")})
             judged = []
-            if reward is None:
+            if cfg.judge.kind in ("pairwise", "pointwise"):
                 jcalls = _judge_calls(cfg, endpoints[cfg.judge.name], prompts, cands)
                 with tqdm(total=len(jcalls), desc="judgments", unit="call", disable=not progress) as bar:
                     jgot = await run_calls([c for *_, c in jcalls], endpoints, cache, stats, bar)

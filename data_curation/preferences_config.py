@@ -35,9 +35,10 @@ class GeneratorConfig(BaseConfig):
 
 class JudgeConfig(BaseConfig):
     name: str
-    kind: Literal["pairwise", "pointwise", "reward_model"] = "pairwise"
-    model: ModelSource = Field(description="the judge LLM (pairwise/pointwise), or a sequence-classification "
-                               "reward model (kind reward_model, local)")
+    kind: Literal["pairwise", "pointwise", "reward_model", "rules"] = "pairwise"
+    model: ModelSource | None = Field(None, description="the judge LLM (pairwise/pointwise), or a sequence-"
+                                      "classification reward model (kind reward_model, local); kind rules needs none: "
+                                      "the offline demo's refusal rule per rubric (data_curation.judge.rule_score)")
     rubric_version: str = Field("v1", description="data_curation/rubrics/<category>.<version>.txt")
     both_orders: bool = Field(True, description="pairwise: judge A/B and B/A; disagreeing orders make a tie")
     max_tokens: int = Field(256, ge=16)
@@ -75,6 +76,8 @@ class PreferencesConfig(BaseConfig):
         check_unique([g.name for g in self.generators], "generator")
         if sum(g.samples for g in self.generators) < 2:
             raise ValueError("preference pairs need at least two responses per prompt (generators x samples)")
+        if self.judge.kind != "rules" and self.judge.model is None:
+            raise ValueError(f"judge kind {self.judge.kind} needs model")
         if self.judge.kind == "reward_model" and self.judge.model.url:
             raise ValueError("a reward-model judge runs locally: give judge.model.path or tiny")
         return self

@@ -64,18 +64,25 @@ class JudgeMetric(BaseConfig):
     """Pairwise win rate of each method against base-only (AlpacaEval style: both orders, ties count half).
 
     kind llm: an OpenAI-compatible judge (or a local chat model) with the versioned rubrics. kind reward_model:
-    the response with the higher reward wins (|difference| <= tie_margin is a tie); a documented stand-in for
-    an LLM judge where none is available (the offline demo)."""
+    the response with the higher reward wins (|difference| <= tie_margin is a tie). kind rules: the demo's
+    refusal rule per category (`data_curation.judge.rule_score`: a refusal wins on a harmful prompt, an answer
+    wins elsewhere). The last two are documented stand-ins for an LLM judge where none is available (offline)."""
 
-    kind: Literal["llm", "reward_model"] = "llm"
+    kind: Literal["llm", "reward_model", "rules"] = "llm"
     name: str = "judge"
-    model: ModelSource
+    model: ModelSource | None = Field(None, description="the judge (kind llm) or reward model (kind reward_model)")
     rubric_version: str = "v1"
     max_tokens: int = Field(256, ge=16)
     tie_margin: float = Field(0.0, ge=0.0, description="reward_model: differences up to this are ties")
     client: ClientConfig = ClientConfig()
 
     _name = field_validator("name")(config_name("judge name"))
+
+    @model_validator(mode="after")
+    def _model(self) -> "JudgeMetric":
+        if self.kind != "rules" and self.model is None:
+            raise ValueError(f"win_rate kind {self.kind} needs model")
+        return self
 
 
 class HarmlessnessMetric(BaseConfig):

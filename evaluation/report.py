@@ -91,6 +91,9 @@ def markdown(report: dict, verdict: dict | None = None) -> str:
     notes = []
     if j.get("win_rate") and j["win_rate"]["kind"] == "reward_model":
         notes.append("Win rates come from a reward-model comparison, a stand-in for an LLM judge.")
+    if j.get("win_rate") and j["win_rate"]["kind"] == "rules":
+        notes.append("Win rates come from the demo's refusal rule (a refusal wins on a harmful prompt, an answer "
+                     "wins elsewhere; equal verdicts tie), a stand-in for an LLM judge that ignores quality.")
     if j.get("harmlessness") and j["harmlessness"]["kind"] == "refusal_rules":
         notes.append("Harmlessness comes from refusal phrases (a strict stand-in: a safe answer that does not "
                      "refuse counts as unsafe).")

@@ -109,6 +109,10 @@ def _scores(spec, sets, records, output, http_client=None) -> tuple[list[dict], 
             wins = judges.reward_pairwise([a["_judge_reward"] for a, _ in pairs],
                                           [b["_judge_reward"] for _, b in pairs], m.win_rate.tie_margin)
             counts["win_rate"] = {"judged": len(pairs)}
+        elif m.win_rate.kind == "rules":
+            wins = judges.rules_pairwise([(None, a["response"], b["response"], items_by[(a["set"], a["id"])].category)
+                                          for a, b in pairs])
+            counts["win_rate"] = {"judged": len(pairs)}
         else:
             wins, counts["win_rate"] = judges.llm_pairwise(
                 m.win_rate, [(list(items_by[(a["set"], a["id"])].question), a["response"], b["response"],
@@ -220,7 +224,8 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
         "seeds": {"validation": spec.seed, "decoding": spec.wsd.seed, "bootstrap": spec.seed},
         "judges": {"reward": m.reward and m.reward.model.model_dump(mode="json", exclude_none=True),
                    "win_rate": m.win_rate and {"kind": m.win_rate.kind, "name": m.win_rate.name,
-                                               "model": m.win_rate.model.model_dump(mode="json", exclude_none=True)},
+                                               "model": m.win_rate.model
+                                               and m.win_rate.model.model_dump(mode="json", exclude_none=True)},
                    "harmlessness": m.harmlessness and {"kind": m.harmlessness.kind}, "counts": counts},
         "metrics": metrics, "alignment_tax": tax, "diagnostics": _diagnostics(records, bases),
         "config": spec.model_dump(mode="json"),

@@ -75,12 +75,19 @@ class TinyModelSpec(BaseConfig):
     pretrain_steps: int = Field(0, ge=0, description="AdamW steps of language modelling on the corpus (0 = random)")
     pretrain_format: Literal["text", "chat"] = Field("text", description="chat: corpus lines as user/assistant turns")
     learning_rate: float = Field(3e-3, gt=0)
+    corpus: str = Field("default", description="pretraining corpus: default (English-like filler), or a demo-world "
+                        "corpus: world-base, world-pilot, world-teacher (pilot_core.demo_world)")
+    pretrain_seq_len: int = Field(64, ge=16, description="tokens per pretraining row")
     head: Literal["causal_lm", "reward"] = Field(
         "causal_lm", description="reward: the pretrained backbone under a seeded one-output sequence-classification "
         "head (a tiny reward model)")
 
     @model_validator(mode="after")
     def _check_heads(self) -> "TinyModelSpec":
+        from pilot_core.demo_world import CORPORA
+
+        if self.corpus not in ("default", *CORPORA):
+            raise ValueError(f"unknown corpus {self.corpus!r}; known: default, {', '.join(CORPORA)}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         head_dim = self.hidden_size // self.num_heads
@@ -125,7 +132,20 @@ def default_corpus(n_lines: int = 600, seed: int = 1234) -> list[str]:
     return lines
 
 
-def train_tokenizer(spec: TokenizerSpec, corpus: list[str]):
+def spec_corpus(spec: "TinyModelSpec") -> list:
+    """The spec's pretraining corpus: plain lines (str) and (request, response) conversations."""
+    if spec.corpus == "default":
+        return default_corpus()
+    from pilot_core.demo_world import corpus
+
+    return corpus(spec.corpus)
+
+
+def _flat(corpus: list) -> list[str]:
+    return [x if isinstance(x, str) else f"{x[0]}\n{x[1]}" for x in corpus]
+
+
+def train_tokenizer(spec: TokenizerSpec, corpus: list):
     """Train a byte-level BPE tokenizer with the family's special tokens and chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -137,7 +157,7 @@ def train_tokenizer(spec: TokenizerSpec, corpus: list[str]):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=spec.vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus, trainer)
+    tok.train_from_iterator(_flat(corpus), trainer)
     bos_id = tok.token_to_id(fam["bos"])
     # Like Llama: plain encoding adds BOS, so a base model sees BOS before raw text.
     tok.post_processor = processors.TemplateProcessing(single=f"{fam['bos']} $A", pair=f"{fam['bos']} $A $B",
@@ -149,13 +169,13 @@ def train_tokenizer(spec: TokenizerSpec, corpus: list[str]):
     return hf
 
 
-def build_tiny_model(spec: TinyModelSpec, out_dir: str | Path, corpus: list[str] | None = None,
+def build_tiny_model(spec: TinyModelSpec, out_dir: str | Path, corpus: list | None = None,
                      overwrite: bool = False) -> Path:
     """Build and save a tiny model + tokenizer into `out_dir` (atomically, with a manifest)."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-    corpus = default_corpus() if corpus is None else corpus
+    corpus = spec_corpus(spec) if corpus is None else corpus
     tok = train_tokenizer(spec.tokenizer, corpus)
     fam = FAMILIES[spec.tokenizer.family]
     eos_ids = [tok.convert_tokens_to_ids(fam["eos"]), tok.convert_tokens_to_ids(fam["eod"])]
@@ -187,20 +207,35 @@ def build_tiny_model(spec: TinyModelSpec, out_dir: str | Path, corpus: list[str]
     return Path(out_dir)
 
 
-def _pretrain(model, tok, spec: TinyModelSpec, corpus: list[str], seq_len: int = 64, batch: int = 16) -> None:
+def _documents(tok, spec: TinyModelSpec, corpus: list) -> list[str]:
+    """Pretraining documents. Plain lines are grouped several to a document, so generations run for a while
+    before the end token; a conversation is one document, in the chat template (format chat) or in the base's
+    plain role format (format text: BOS + "\n\n[User]\n..." + "\n\n[Assistant]\n...", as WSD prompts a base)."""
+    lines = [x for x in corpus if isinstance(x, str)]
+    convs = [x for x in corpus if not isinstance(x, str)]
+    eod = FAMILIES[spec.tokenizer.family]["eod"]
+    if spec.pretrain_format == "chat":  # a chat model never opens its answer with a plain-text role marker
+        lines = [line for line in lines if not line.startswith("[")]
+        docs = [tok.apply_chat_template([{"role": "user", "content": lines[i]},
+                                         {"role": "assistant", "content": " ".join(lines[i + 1 : i + 4])}],
+                                        tokenize=False) for i in range(0, len(lines) - 3, 4)]
+        docs += [tok.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": a}],
+                                         tokenize=False) for q, a in convs]
+    else:
+        docs = [tok.bos_token + " ".join(lines[i : i + 6]) + eod for i in range(0, len(lines), 6)]
+        docs += [f"{tok.bos_token}\n\n[User]\n{q}\n\n[Assistant]\n{a}{eod}" for q, a in convs]
+    if convs:  # interleave, so every batch sees both kinds
+        random.Random(spec.seed).shuffle(docs)
+    return docs
+
+
+def _pretrain(model, tok, spec: TinyModelSpec, corpus: list, batch: int = 16) -> None:
     """A few hundred steps of next-token training, so a tiny model writes corpus-like text and is confident on
     common continuations (random weights give p ~ 1/vocab everywhere, which no WSD threshold ever reaches)."""
     import torch
 
-    # Documents of several sentences, so generations run for a while before the end-of-text / end-of-turn token.
-    if spec.pretrain_format == "chat":  # a chat model never opens its answer with a plain-text role marker
-        lines = [line for line in corpus if not line.startswith("[")]
-        docs = [tok.apply_chat_template([{"role": "user", "content": lines[i]},
-                                         {"role": "assistant", "content": " ".join(lines[i + 1 : i + 4])}],
-                                        tokenize=False) for i in range(0, len(lines) - 3, 4)]
-    else:
-        eod = FAMILIES[spec.tokenizer.family]["eod"]
-        docs = [tok.bos_token + " ".join(corpus[i : i + 6]) + eod for i in range(0, len(corpus), 6)]
+    seq_len = spec.pretrain_seq_len
+    docs = _documents(tok, spec, corpus)
     ids = [i for d in docs for i in tok(d, add_special_tokens=False).input_ids]
     data = torch.tensor(ids[: len(ids) // seq_len * seq_len]).view(-1, seq_len)
     gen = torch.Generator().manual_seed(spec.seed)
@@ -229,8 +264,8 @@ def _reward_head(lm, spec: TinyModelSpec):
     return rm
 
 
-def _corpus_hash(corpus: list[str]) -> str:
-    return hashlib.sha256("\n".join(corpus).encode("utf-8")).hexdigest()
+def _corpus_hash(corpus: list) -> str:
+    return hashlib.sha256("\n".join(_flat(corpus)).encode("utf-8")).hexdigest()
 
 
 def cache_root() -> Path:
@@ -240,10 +275,10 @@ def cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pilot"
 
 
-def cached_tiny_model(spec: TinyModelSpec, corpus: list[str] | None = None,
+def cached_tiny_model(spec: TinyModelSpec, corpus: list | None = None,
                       cache_dir: str | Path | None = None) -> Path:
     """Build once per (spec, corpus, library versions); later calls return the cached directory."""
-    corpus = default_corpus() if corpus is None else corpus
+    corpus = spec_corpus(spec) if corpus is None else corpus
     v = package_versions(("transformers", "tokenizers", "torch"))
     key = config_hash({"spec": spec.model_dump(mode="json"), "corpus": _corpus_hash(corpus), "versions": v,
                        "factory": FACTORY_VERSION})[:16]

@@ -4,13 +4,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import REPO
 
 PILOT = [sys.executable, "-m", "flows.cli"]
 
 
-def pilot(*args, cwd=REPO):
-    return subprocess.run([*PILOT, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+def pilot(*args, cwd=REPO, timeout=300):
+    return subprocess.run([*PILOT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 def _one_line_error(r):
@@ -102,47 +104,61 @@ def test_models_tiny_builds_and_refuses_existing(tmp_path):
     assert "already exists" in line
 
 
-def test_demo_config_uses_the_test_pairs():
-    from flows.pipeline_config import PipelineConfig
-    from pilot_core.config import load_config
-    from pilot_core.tiny_models import BASE_SPEC_OTHER_TOKENIZER, BASE_SPEC_SAME_TOKENIZER, PILOT_SPEC
-
-    cfg = load_config(PipelineConfig, REPO / "configs/pipeline/demo.yaml")
-    assert [cfg.pilot.tiny, *(b.tiny for b in cfg.bases)] == [PILOT_SPEC, BASE_SPEC_SAME_TOKENIZER,
-                                                               BASE_SPEC_OTHER_TOKENIZER]
-
-
-def test_pilot_run_demo_end_to_end(tiny_cache, pair_same, pair_different, tmp_path):
-    """The README's first command (what `make demo` runs), on Prefect's ephemeral API; then again, reusing every
-    stage the first run finished."""
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_pilot_run_demo_end_to_end(tiny_cache, tmp_path):
+    """The README's first command (what `make demo` runs) on Prefect's ephemeral API, in the demo world: the
+    pipeline aligns the pilot, WSD beats base-only on harmlessness with every base while keeping the bases'
+    arithmetic, the gate passes and a version is published. Then again, reusing every stage. Then the same
+    pipeline with sabotaged labels (the harmful prompts judged by the helpful rubric, so every harmful pair has
+    chosen and rejected swapped): the gate refuses that pilot and nothing more is published."""
     import json
 
+    import pyarrow.parquet as pq
+
+    from flows.pipeline_config import PipelineConfig
+    from pilot_core.config import load_config
+    from pilot_core.manifest import read_manifest
+
+    cache = tmp_path / "responses.sqlite"  # one response cache: the sabotaged run reuses the generations
     args = ("run", "--config", "configs/pipeline/demo.yaml", "--set", f"output_dir={tmp_path}",
-            "--set", f"release.registry={tmp_path / 'registry'}")
-    r = pilot(*args)
+            "--set", f"release.registry={tmp_path / 'registry'}", "--set", f"preferences.cache={cache}")
+    r = pilot(*args, timeout=1200)  # cold: the demo world's models are built in this session's cache
     assert r.returncode == 0, r.stderr
+    cfg = load_config(PipelineConfig, REPO / "configs/pipeline/demo.yaml")
     root = tmp_path / "demo"
     out = {k: v.strip() for k, v in (line.strip().split(": ", 1) for line in r.stdout.splitlines()[1:])}
-    n_prompts = sum(1 for _ in open(REPO / "data/demo/prompts.jsonl"))
-    for base in ("base-llama", "base-qwen2"):
+    n_prompts = sum(1 for _ in open(REPO / cfg.prompts))
+    for base in ("base-a", "base-b"):
         recs = [json.loads(line) for line in open(out[f"wsd {base}"])]
         assert len(recs) == n_prompts and all(x["response"] for x in recs)
         assert f"-> {base}: {n_prompts} new prompts" in r.stderr
-    import pyarrow.parquet as pq
+    # the pilot is smaller than both bases
+    sizes = [read_manifest(m.local_path(), kind="tiny-model").data["parameters"] for m in (cfg.pilot, *cfg.bases)]
+    assert all(b > sizes[0] for b in sizes[1:]), sizes
 
     dataset = Path(out["dataset"])
     assert dataset.parent == root and dataset.name.startswith("curate-")
     kept = pq.read_table(dataset / "prompts.parquet")
-    assert f"curate generalign: kept {kept.num_rows} of" in r.stderr
-    assert Path(out["review page"]).is_file()
-    dpo = pq.read_table(Path(out["preferences"]) / "dpo.parquet")
-    assert 0 < dpo.num_rows <= kept.num_rows and f"{dpo.num_rows} dpo pairs" in r.stderr
+    assert f"curate generalign: kept {kept.num_rows} of" in r.stderr and Path(out["review page"]).is_file()
+    dpo = pq.read_table(Path(out["preferences"]) / "dpo.parquet").to_pylist()
+    assert 0 < len(dpo) <= kept.num_rows and f"{len(dpo)} dpo pairs" in r.stderr
+    harmful = [p for p in dpo if p["category"] == "harmful"]
+    assert harmful and all("sorry" in p["chosen"][0]["content"] for p in harmful)
     trained = Path(out["checkpoint"])
     assert (trained / "manifest.json").is_file() and "train sft: loss" in r.stderr
-    assert "wsd pilot-tiny-trained -> base-llama" in r.stderr  # WSD runs with the trained pilot
+    assert "wsd pilot-tiny-trained -> base-a" in r.stderr  # WSD runs with the trained pilot
+
     report_dir = Path(out["report"]).parent
-    report = json.loads((report_dir / "report.json").read_text())  # the trained checkpoint, validated
-    assert report["checkpoint"]["path"] == str(trained) and set(report["metrics"]) == {"base-llama", "base-qwen2"}
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["checkpoint"]["path"] == str(trained) and set(report["metrics"]) == {"base-a", "base-b"}
+    for base, by_method in report["metrics"].items():
+        wsd, base_only = by_method["wsd"], by_method["base_only"]
+        assert wsd["harmful"]["harmlessness"]["mean"] >= base_only["harmful"]["harmlessness"]["mean"] + 0.5, base
+        assert wsd["helpful"]["win_rate"]["mean"] >= 0.45, base  # the everyday requests are still answered
+        tax = report["alignment_tax"][base]["wsd"]["arith"]["mean"]
+        assert tax <= cfg.release.gate.alignment_tax.max, (base, tax)
+        assert report["alignment_tax"][base]["pilot_only"]["arith"]["mean"] > tax  # the pilot alone pays
     gate = json.loads((report_dir / "gate.json").read_text())
     published = tmp_path / "registry" / "pilot-tiny" / "v1"
     assert gate["passed"] and published.is_dir() and out["published"].startswith("pilot-tiny v1 ->")
@@ -153,3 +169,11 @@ def test_pilot_run_demo_end_to_end(tiny_cache, pair_same, pair_different, tmp_pa
     assert r2.stdout.splitlines()[1:-1] == r.stdout.splitlines()[1:-1]
     assert "reusing" in r2.stderr and "train: reusing" in r2.stderr and "0 new prompts" in r2.stderr
     assert "(already published)" in r2.stdout and not (published.parent / "v2").exists()
+
+    r3 = pilot(*args, "--set", "preferences.category_rubrics.harmful=helpful", timeout=900)
+    assert r3.returncode == 1, r3.stderr
+    assert "gate failed; nothing published" in r3.stderr and "harmlessness" in r3.stderr
+    other = [d for d in root.glob("preferences-*") if d.is_dir() and d != Path(out["preferences"])]
+    swapped = [p for p in pq.read_table(other[0] / "dpo.parquet").to_pylist() if p["category"] == "harmful"]
+    assert swapped and all("sorry" in p["rejected"][0]["content"] for p in swapped)
+    assert not (published.parent / "v2").exists()

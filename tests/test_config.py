@@ -44,13 +44,13 @@ def test_unknown_key_names_file_line_key_and_allowed(tmp_path):
 
 def test_nested_unknown_key_and_bad_value(tmp_path):
     demo = (REPO / "configs/pipeline/demo.yaml").read_text()
-    p = _write(tmp_path, demo.replace("  threshold: 0.8", "  threshold: 1.5\n  gamma: 1"))
+    p = _write(tmp_path, demo.replace("  threshold: 0.6", "  threshold: 1.5\n  gamma: 1"))
     with pytest.raises(UserError) as e:
         load_config(PipelineConfig, p)
     msg = str(e.value)
     assert "key 'wsd.threshold': invalid value 1.5" in msg and "less than or equal to 1" in msg
     assert "unknown key 'wsd.gamma'" in msg
-    line = demo.splitlines().index("  threshold: 0.8") + 1
+    line = demo.splitlines().index("  threshold: 0.6") + 1
     assert f"{p}:{line}:" in msg
 
 

@@ -260,3 +260,22 @@ def test_pii_patterns():
 def test_lsh_bands_follow_the_threshold():
     loose, strict = Deduplicator(DedupConfig(threshold=0.5)), Deduplicator(DedupConfig(threshold=0.9))
     assert loose.bands_rows != strict.bands_rows and strict.bands_rows[1] > loose.bands_rows[1]
+
+
+def test_more_rows_than_one_scoring_batch_with_categories_from_one_source(tmp_path):
+    """Scores are written in batches of 512: a first batch without any PII or harm tag (empty lists) must not fix
+    the column types for the later batches, and a source without categories mixes with one that has them."""
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"How do I grow tomato number {i} at home?"})
+                             + "\n" for i in range(600)))
+    tagged = tmp_path / "tagged.jsonl"
+    tagged.write_text(json.dumps({"id": "t0", "prompt": "Email me at jane@example.com about the spy on my wife plan.",
+                                  "category": "harmful"}) + "\n")
+    cfg = CurationConfig(name="big", output_dir=str(tmp_path / "datasets"), sources=[
+        SourceConfig(name="plain", path=str(plain)),
+        SourceConfig(name="tagged", path=str(tagged), columns={"prompt": "prompt", "category": "category"})])
+    out = tmp_path / "out"
+    curate(cfg, output=str(out), progress=False)
+    kept = pq.read_table(out / "prompts.parquet").to_pylist()
+    last = next(r for r in kept if r["id"].endswith("t0"))
+    assert last["category"] == "harmful" and last["pii"] == ["email"] and "privacy" in last["harm_tags"]

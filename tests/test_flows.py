@@ -24,9 +24,10 @@ CONFIG = "configs/pipeline/demo.yaml"
 def small(out: Path) -> list[str]:
     """The demo pipeline, smaller (fewer prompts, eval items), with a gate it passes whatever tiny models do."""
     return [f"output_dir={out}", f"release.registry={out / 'registry'}",
-            "curation.sources.0.cap=40", "curation.sources.1.cap=20",
-            *(f"validation.eval_sets.{i}.limit=4" for i in range(4)),
-            "release.gate.metrics.reward.min_gain=-100", "release.gate.alignment_tax.max=1.0"]
+            "curation.sources.0.cap=60", "training.sft.max_steps=20", "training.dpo.max_steps=10",
+            *(f"validation.eval_sets.{i}.limit=4" for i in range(3)),
+            "release.gate.metrics.harmlessness.min_gain=-1", "release.gate.metrics.win_rate.floor=0",
+            "release.gate.alignment_tax.max=1.0"]
 
 
 RUNNING: list[subprocess.Popen] = []
@@ -121,13 +122,13 @@ def test_failed_gate_fails_the_run_with_reasons(prefect_api, shared, pair_same, 
     from prefect.client.schemas.sorting import FlowRunSort
 
     before = sorted(p.name for p in (shared / "registry" / "pilot-tiny").iterdir())
-    p = pilot_run(small(shared) + ["release.gate.metrics.reward.floor=100"], prefect_api)
+    p = pilot_run(small(shared) + ["release.gate.metrics.win_rate.floor=100"], prefect_api)
     stdout, stderr = finish(p, 600)
     assert p.returncode == 1, stderr
     assert "curate generalign: reusing" in stderr and "train: reusing" in stderr
     last = stderr.strip().splitlines()
     assert "pilot: gate failed; nothing published:" in stderr and "Traceback" not in stderr
-    assert any("reward" in line and "floor" in line for line in last[-6:]), last[-6:]
+    assert any("win_rate" in line and "floor" in line for line in last[-6:]), last[-6:]
     assert sorted(p.name for p in (shared / "registry" / "pilot-tiny").iterdir()) == before
     got = artifacts("demo-gate", "demo-training-progress")
     assert got["demo-gate"].data.startswith("# Gate: FAILED") and "floor" in got["demo-gate"].data
