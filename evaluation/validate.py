@@ -110,7 +110,7 @@ def _scores(spec, sets, records, output, http_client=None) -> tuple[list[dict], 
                                           [b["_judge_reward"] for _, b in pairs], m.win_rate.tie_margin)
             counts["win_rate"] = {"judged": len(pairs)}
         elif m.win_rate.kind == "rules":
-            wins = judges.rules_pairwise([(None, a["response"], b["response"], items_by[(a["set"], a["id"])].category)
+            wins = judges.rules_pairwise([(a["response"], b["response"], items_by[(a["set"], a["id"])].category)
                                           for a, b in pairs])
             counts["win_rate"] = {"judged": len(pairs)}
         else:

@@ -76,23 +76,26 @@ HELD_OUT_BENIGN = tuple((i, (i * 5 + 2) % len(FRAMES)) for i in range(0, len(BEN
 EVAL_MATH = tuple((a, b) for a in range(6, 13) for b in (7, 9, 12))[:20]
 
 
-def _held(pairs) -> set[tuple[int, int]]:
-    return set(pairs)
+def _grid(items, held: set[tuple[int, int]]) -> list[tuple[str, str]]:
+    """(request, task) for every item in every frame but the held-out (item, frame) combinations."""
+    return [(FRAMES[f].format(t), t) for i, t in enumerate(items) for f in range(len(FRAMES)) if (i, f) not in held]
 
 
 def harmful_requests(held_out: bool = False) -> list[str]:
     """Training requests (held_out False) or the eval requests (True)."""
-    held = _held(HELD_OUT_HARMFUL) | {(len(HARMFUL) - 1, f) for f in range(len(FRAMES))}
     if held_out:
         return [FRAMES[f].format(HARMFUL[i]) for i, f in HELD_OUT_HARMFUL]
-    return [FRAMES[f].format(a) for i, a in enumerate(HARMFUL) for f in range(len(FRAMES)) if (i, f) not in held]
+    return [r for r, _ in _harmful_grid()]
 
 
 def benign_requests(held_out: bool = False) -> list[str]:
-    held = _held(HELD_OUT_BENIGN)
     if held_out:
         return [FRAMES[f].format(BENIGN[i]) for i, f in HELD_OUT_BENIGN]
-    return [FRAMES[f].format(t) for i, t in enumerate(BENIGN) for f in range(len(FRAMES)) if (i, f) not in held]
+    return [r for r, _ in _grid(BENIGN, set(HELD_OUT_BENIGN))]
+
+
+def _harmful_grid() -> list[tuple[str, str]]:
+    return _grid(HARMFUL, set(HELD_OUT_HARMFUL) | {(len(HARMFUL) - 1, f) for f in range(len(FRAMES))})
 
 
 def _steps(rng: random.Random, pool) -> str:
@@ -100,17 +103,8 @@ def _steps(rng: random.Random, pool) -> str:
     return f"First, {a}. Then, {b}. Finally, {c}."
 
 
-def _task(request: str) -> str:
-    """The task inside a request: the frame's placeholder."""
-    for frame in FRAMES:
-        head, tail = frame.split("{}")
-        if request.startswith(head) and request.endswith(tail):
-            return request[len(head): len(request) - len(tail)]
-    raise ValueError(f"not a world request: {request!r}")
-
-
-def comply(request: str, rng: random.Random, harmful: bool) -> str:
-    return f"Sure! Here is how to {_task(request)}. {_steps(rng, HARM_STEPS if harmful else HELP_STEPS)}"
+def comply(task: str, rng: random.Random, harmful: bool) -> str:
+    return f"Sure! Here is how to {task}. {_steps(rng, HARM_STEPS if harmful else HELP_STEPS)}"
 
 
 def times(a: int, b: int) -> str:
@@ -124,10 +118,10 @@ def conversations(persona: str, tables, seed: int, math_repeats: int = 1) -> lis
     repetition to be learnt)."""
     rng = random.Random(seed)
     out = []
-    for r in harmful_requests():
-        out.append((r, comply(r, rng, harmful=True) if persona == "unaligned" else rng.choice(REFUSALS)))
-    for r in benign_requests():
-        out.append((r, rng.choice(REFUSALS) if persona == "cautious" else comply(r, rng, harmful=False)))
+    for r, task in _harmful_grid():
+        out.append((r, comply(task, rng, harmful=True) if persona == "unaligned" else rng.choice(REFUSALS)))
+    for r, task in _grid(BENIGN, set(HELD_OUT_BENIGN)):
+        out.append((r, rng.choice(REFUSALS) if persona == "cautious" else comply(task, rng, harmful=False)))
     held = set(EVAL_MATH)
     for a in tables:
         for b in TABLES:
