@@ -75,9 +75,8 @@ class TinyModelSpec(BaseConfig):
     pretrain_steps: int = Field(0, ge=0, description="AdamW steps of language modelling on the corpus (0 = random)")
     pretrain_format: Literal["text", "chat"] = Field("text", description="chat: corpus lines as user/assistant turns")
     learning_rate: float = Field(3e-3, gt=0)
-    corpus: str = Field("default", description="pretraining corpus: default (English-like filler), or a demo-world "
-                        "corpus: world-base, world-pilot, world-teacher (pilot_core.demo_world)")
-    pretrain_seq_len: int = Field(64, ge=16, description="tokens per pretraining row")
+    corpus: str = Field("default", description="pretraining corpus: default (English-like filler), or one of the "
+                        "demo world's (pilot_core.demo_world.CORPORA)")
     head: Literal["causal_lm", "reward"] = Field(
         "causal_lm", description="reward: the pretrained backbone under a seeded one-output sequence-classification "
         "head (a tiny reward model)")
@@ -210,7 +209,7 @@ def build_tiny_model(spec: TinyModelSpec, out_dir: str | Path, corpus: list | No
 def _documents(tok, spec: TinyModelSpec, corpus: list) -> list[str]:
     """Pretraining documents. Plain lines are grouped several to a document, so generations run for a while
     before the end token; a conversation is one document, in the chat template (format chat) or in the base's
-    plain role format (format text: BOS + "\n\n[User]\n..." + "\n\n[Assistant]\n...", as WSD prompts a base)."""
+    plain role format (format text: `wsd_inference.prompts.base_prompt`, as WSD prompts a base)."""
     lines = [x for x in corpus if isinstance(x, str)]
     convs = [x for x in corpus if not isinstance(x, str)]
     eod = FAMILIES[spec.tokenizer.family]["eod"]
@@ -223,18 +222,19 @@ def _documents(tok, spec: TinyModelSpec, corpus: list) -> list[str]:
                                          tokenize=False) for q, a in convs]
     else:
         docs = [tok.bos_token + " ".join(lines[i : i + 6]) + eod for i in range(0, len(lines), 6)]
-        docs += [f"{tok.bos_token}\n\n[User]\n{q}\n\n[Assistant]\n{a}{eod}" for q, a in convs]
+        from wsd_inference.prompts import base_prompt
+
+        docs += [base_prompt([{"role": "user", "content": q}], tok.bos_token) + a + eod for q, a in convs]
     if convs:  # interleave, so every batch sees both kinds
         random.Random(spec.seed).shuffle(docs)
     return docs
 
 
-def _pretrain(model, tok, spec: TinyModelSpec, corpus: list, batch: int = 16) -> None:
+def _pretrain(model, tok, spec: TinyModelSpec, corpus: list, seq_len: int = 64, batch: int = 16) -> None:
     """A few hundred steps of next-token training, so a tiny model writes corpus-like text and is confident on
     common continuations (random weights give p ~ 1/vocab everywhere, which no WSD threshold ever reaches)."""
     import torch
 
-    seq_len = spec.pretrain_seq_len
     docs = _documents(tok, spec, corpus)
     ids = [i for d in docs for i in tok(d, add_special_tokens=False).input_ids]
     data = torch.tensor(ids[: len(ids) // seq_len * seq_len]).view(-1, seq_len)
