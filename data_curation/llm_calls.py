@@ -120,6 +120,8 @@ async def run_calls(calls: list[Call], endpoints: dict[str, Endpoint], cache: Re
     """Every call's result by key: {text, prompt_tokens, completion_tokens, finish_reason} or {error: ...}."""
     import openai
 
+    from wsd_inference.openai_backend import malformed_errors
+
     results: dict[str, dict] = {}
 
     async def one(c: Call) -> None:
@@ -137,7 +139,7 @@ async def run_calls(calls: list[Call], endpoints: dict[str, Endpoint], cache: Re
                 except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
                     raise UserError(f"{c.who}: the server refused the request ({e.status_code}): check the model "
                                     "name and the API key variable") from None
-                except (openai.APIError, ValueError) as e:  # after the client's retries; a rerun tries again
+                except (openai.APIError, ValueError, *malformed_errors()) as e:  # after retries; a rerun tries again
                     st.failures += 1
                     name = type(e).__name__
                     st.errors[name] = st.errors.get(name, 0) + 1

@@ -10,7 +10,7 @@ from data_curation.config import CurationConfig
 from data_curation.pipeline import SCORE_COLUMNS, decide, load_and_score, output_dir, previous_versions
 from data_curation.writer import EXCLUDED_KEYS, data_card, write_dataset
 from pilot_core.errors import UserError
-from pilot_core.manifest import Manifest, config_hash, read_manifest
+from pilot_core.manifest import Manifest, config_hash, fingerprint, read_manifest
 
 KEPT_COLUMNS = ("id", "source", "source_id", "row", "source_fingerprint", "messages", "text", "original",
                 "category_given", *SCORE_COLUMNS)
@@ -54,10 +54,13 @@ def curate(cfg: CurationConfig, output: str | None = None, previous: list[str] |
     import pyarrow as pa
 
     out = output_dir(cfg, output)
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists (published versions are immutable; choose another output or "
-                        "version)")
     prev = previous_versions(cfg, out, previous)
+    if out.exists() and not overwrite:
+        done = None if replay else _already_done(cfg, out, prev)
+        if done is None:
+            raise UserError(f"{out} already exists (published versions are immutable; choose another output or "
+                            "version)")
+        return done
     if replay:
         ds, load_drops, inputs, read = _replayed(cfg, Path(replay))
     else:
@@ -87,6 +90,26 @@ def curate(cfg: CurationConfig, output: str | None = None, previous: list[str] |
                               "lsh_bands_rows": d.stats["lsh_bands_rows"]})
     write_dataset(out, kept, excluded, manifest, data_card(cfg.name, out.name, cfg, counts), overwrite)
     return {"output": str(out), **{k: counts[k] for k in ("read", "kept", "excluded_total", "excluded")}}
+
+
+def _already_done(cfg: CurationConfig, out: Path, prev: list[Path]) -> dict | None:
+    """The summary of `out` when it is this very run's finished dataset (same config, source and reference files,
+    previous versions): a rerun after a crash that came after the rename has nothing to do. Else None."""
+    from data_curation.sources import source_fingerprint
+
+    try:
+        m = read_manifest(out, kind="dataset")
+    except UserError:
+        return None
+    inputs = {s.name: source_fingerprint(s) for s in cfg.sources}
+    inputs.update({f"reference:{Path(p).name}": fingerprint(p) for p in cfg.decontamination.reference_sets
+                   if Path(p).is_file()})
+    d = m.data or {}
+    if (m.config_hash, m.inputs, d.get("previous_versions"), d.get("replayed_from")) != \
+            (config_hash(cfg), inputs, [str(p) for p in prev], None):
+        return None
+    return {"output": str(out), "already_done": True, **{k: d[k] for k in ("read", "kept", "excluded_total",
+                                                                             "excluded")}}
 
 
 def _counts(cfg: CurationConfig, read: dict, kept, excluded, d, prev: list[Path]) -> dict:

@@ -112,6 +112,12 @@ def _messages(row: dict, src: SourceConfig) -> tuple[list[dict] | None, str | No
     return out, None
 
 
+def source_fingerprint(src: SourceConfig) -> str:
+    """The file's fingerprint; a hub dataset's name (its revision is pinned in the config)."""
+    path = Path(src.path)
+    return fingerprint(path) if path.exists() else hashlib.sha256(src.path.encode()).hexdigest()
+
+
 def read_source(src: SourceConfig, max_chars: int, seed: int) -> tuple[list[dict], list[dict], str]:
     """(rows, excluded, fingerprint) of one source, capped to `src.cap` rows by a seeded sample."""
     path = Path(src.path)
@@ -120,7 +126,7 @@ def read_source(src: SourceConfig, max_chars: int, seed: int) -> tuple[list[dict
             raise UserError(f"source {src.name}: file not found: {path}")
         if path.stat().st_size == 0:
             raise UserError(f"source {src.name}: {path} is empty")
-    fp = fingerprint(path) if path.exists() else hashlib.sha256(src.path.encode()).hexdigest()
+    fp = source_fingerprint(src)
     c = src.columns
     wanted = [col for col in (c.messages, c.prompt) if col]
     if not wanted:

@@ -40,8 +40,13 @@ def wsd() -> None:
 @click.option("--base-tokenizer", help="the base's tokenizer (path or hub id) when --base is a URL; "
               "default: --base-model")
 @click.option("--api-key-env", help="environment variable holding the servers' API key")
+@click.option("--timeout-s", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+              help="seconds per server request")
+@click.option("--max-retries", type=click.IntRange(0, 20), default=5, show_default=True,
+              help="retries per server request (429, 5xx, timeouts, broken responses)")
 def generate(pilot, base, input_path, output_path, method, untuned, config_path, overrides, device, dtype,
-             trust_remote_code, pilot_model, base_model, base_tokenizer, api_key_env, **flags) -> None:
+             trust_remote_code, pilot_model, base_model, base_tokenizer, api_key_env, timeout_s, max_retries,
+             **flags) -> None:
     """Generate answers with Weak-to-Strong Decoding (the pilot drafts, the base takes over once confident),
     or with a method it is compared with (--method).
 
@@ -63,7 +68,8 @@ def generate(pilot, base, input_path, output_path, method, untuned, config_path,
         is_url = where.startswith(("http://", "https://"))
         if is_url and not model:
             raise UserError(f"--{role}-model is required when --{role} is a URL (the name the server serves)")
-        fields = {"url": where, "served_model": model, "tokenizer": tok} if is_url else {"path": where}
+        fields = {"url": where, "served_model": model, "tokenizer": tok, "timeout_s": timeout_s,
+                  "max_retries": max_retries} if is_url else {"path": where}
         sources.append(validate_config(ModelSource, {"name": role, "trust_remote_code": trust_remote_code,
                                                      "api_key_env": api_key_env, **fields}, source=f"--{role}"))
     untuned_src = untuned and validate_config(ModelSource, {"name": "untuned", "path": untuned,

@@ -1,7 +1,9 @@
 """Atomic artifacts: every writer writes to a temporary sibling and renames it into place when complete.
 
 A crash (even SIGKILL) therefore leaves either the old artifact or the new one, never a half-written file or
-directory that a later stage would trust. Temporary siblings start with ".tmp-" and are safe to delete.
+directory that a later stage would trust. Temporary siblings start with ".tmp-<name>." and are safe to delete:
+the next write of the same artifact removes those a killed writer left (one writer per artifact at a time; the
+registry takes a lock where two publishes could meet).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -57,12 +60,14 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     """Yield an empty temporary directory; on normal exit it becomes `final` in one rename.
 
     With overwrite=False an existing `final` is an error (artifacts are immutable); with overwrite=True the old
-    directory is swapped out only after the new one is complete.
+    directory is swapped out only after the new one is complete. Temporaries that a killed writer of the same
+    `final` left behind are removed first.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists() and not overwrite:
         raise FileExistsError(f"{final} already exists")
+    remove_stale_temps(final.parent, final.name)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + final.name + ".", dir=final.parent))
     try:
         yield tmp
@@ -79,14 +84,15 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         raise
 
 
-def remove_stale_temps(directory: str | os.PathLike) -> list[Path]:
-    """Delete temporaries left by a killed writer; returns what was removed."""
+def remove_stale_temps(directory: str | os.PathLike, name: str | None = None) -> list[Path]:
+    """Delete temporaries left by a killed writer (only those of `name` when given); returns what was removed."""
     removed = []
     d = Path(directory)
     if not d.is_dir():
         return removed
+    prefix = TMP_PREFIX + (f"{name}." if name else "")
     for p in d.iterdir():
-        if p.name.startswith(TMP_PREFIX):
+        if p.name.startswith(prefix):
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             else:

@@ -22,6 +22,10 @@ class ModelSource(BaseConfig):
     served_model: str | None = None
     tokenizer: str | None = Field(None, description="for url sources: tokenizer path or hub id")
     api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
+    # client settings for url sources; they change no result, so resumable outputs and stage keys ignore them
+    timeout_s: float = Field(120.0, gt=0, exclude=True, description="for url sources: seconds per request")
+    max_retries: int = Field(5, ge=0, le=20, exclude=True,
+                             description="for url sources: retries with backoff on 429, 5xx, timeouts, broken bodies")
     trust_remote_code: bool = False
 
     _name = field_validator("name")(config_name("model name"))

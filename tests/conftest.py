@@ -90,10 +90,15 @@ def without_chat_template(model_dir: Path, out: Path) -> Path:
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The reliability figures docs/reliability.md records: how many bad inputs were tried, and how they ended."""
+    """The reliability figures docs/reliability.md records: how many bad inputs were tried, and how they ended;
+    faults injected, kills, artifacts compared and files scanned for secrets (tests/figures.py)."""
+    from . import figures
+
     reports = [r for key in ("passed", "failed") for r in terminalreporter.stats.get(key, [])
                if getattr(r, "when", "") == "call" and "test_bad_inputs.py::test_bad_input[" in r.nodeid]
     if reports:
         ok = sum(r.passed for r in reports)
         terminalreporter.write_line(f"bad inputs: {len(reports)} tried, {ok} refused with exit 2 and one line, "
                                     f"artifacts unchanged ({len(reports) - ok} not)")
+    for line in figures.lines():
+        terminalreporter.write_line(line)

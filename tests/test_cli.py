@@ -109,9 +109,9 @@ def test_models_tiny_builds_and_refuses_existing(tmp_path):
 def test_pilot_run_demo_end_to_end(tiny_cache, tmp_path):
     """The README's first command (what `make demo` runs) on Prefect's ephemeral API, in the demo world: the
     pipeline aligns the pilot, WSD beats base-only on harmlessness with every base while keeping the bases'
-    arithmetic, the gate passes and a version is published. Then again, reusing every stage. Then the same
-    pipeline with sabotaged labels (the harmful prompts judged by the helpful rubric, so every harmful pair has
-    chosen and rejected swapped): the gate refuses that pilot and nothing more is published."""
+    arithmetic, the gate passes and a version is published. Then again, reusing every stage. (A pilot trained on
+    swapped labels is refused by the gate in test_validate_release.py; the demo's sabotaged run is a by-hand
+    check in the README, left out here to keep CI short.)"""
     import json
 
     import pyarrow.parquet as pq
@@ -120,9 +120,8 @@ def test_pilot_run_demo_end_to_end(tiny_cache, tmp_path):
     from pilot_core.config import load_config
     from pilot_core.manifest import read_manifest
 
-    cache = tmp_path / "responses.sqlite"  # one response cache: the sabotaged run reuses the generations
     args = ("run", "--config", "configs/pipeline/demo.yaml", "--set", f"output_dir={tmp_path}",
-            "--set", f"release.registry={tmp_path / 'registry'}", "--set", f"preferences.cache={cache}")
+            "--set", f"release.registry={tmp_path / 'registry'}")
     r = pilot(*args, timeout=1200)  # cold: the demo world's models are built in this session's cache
     assert r.returncode == 0, r.stderr
     cfg = load_config(PipelineConfig, REPO / "configs/pipeline/demo.yaml")
@@ -170,10 +169,3 @@ def test_pilot_run_demo_end_to_end(tiny_cache, tmp_path):
     assert "reusing" in r2.stderr and "train: reusing" in r2.stderr and "0 new prompts" in r2.stderr
     assert "(already published)" in r2.stdout and not (published.parent / "v2").exists()
 
-    r3 = pilot(*args, "--set", "preferences.category_rubrics.harmful=helpful", timeout=900)
-    assert r3.returncode == 1, r3.stderr
-    assert "gate failed; nothing published" in r3.stderr and "harmlessness" in r3.stderr
-    other = [d for d in root.glob("preferences-*") if d.is_dir() and d != Path(out["preferences"])]
-    swapped = [p for p in pq.read_table(other[0] / "dpo.parquet").to_pylist() if p["category"] == "harmful"]
-    assert swapped and all("sorry" in p["rejected"][0]["content"] for p in swapped)
-    assert not (published.parent / "v2").exists()

@@ -240,9 +240,16 @@ def test_cli_quick_mode_and_exit_codes(tmp_path):
                         cwd=REPO, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert "excluded at dedup: exact_duplicate 4, near_duplicate 3" in ok.stdout
+    before = (tmp_path / "o" / "manifest.json").read_bytes()
+    # the same run again (a rerun after a crash that came after the rename): nothing to do
+    same = subprocess.run([*cli, "--source", str(PROMPTS), "--eval-set", str(EVAL), "--output", str(tmp_path / "o")],
+                          cwd=REPO, capture_output=True, text=True)
+    assert same.returncode == 0 and "already complete" in same.stdout, same.stderr
+    # another run (here without the eval set) into a finished version: refused, the version untouched
     again = subprocess.run([*cli, "--source", str(PROMPTS), "--output", str(tmp_path / "o")], cwd=REPO,
                            capture_output=True, text=True)
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+    assert (tmp_path / "o" / "manifest.json").read_bytes() == before
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     bad = subprocess.run([*cli, "--source", str(empty), "--output", str(tmp_path / "e")], cwd=REPO,

@@ -61,3 +61,25 @@ def test_refused_request_is_a_user_error_and_a_dead_server_a_failed_job():
     down = server_with(lambda req: httpx.Response(503, json={"message": "overloaded"}), max_retries=1)
     with pytest.raises(JobFailed, match="failed after retries: overloaded; rerun the same command to resume"):
         asyncio.run(down.complete([1, 2], 4, ["[User]"], 0.0, 1.0, None))
+
+
+def test_a_body_cut_short_is_retried_then_a_failed_job():
+    """The openai client does not retry a 200 whose JSON is broken; Pilot does, then fails the job (exit 1)."""
+    from pilot_core.errors import JobFailed
+
+    good = completion({"tokens": ["a", "b", "c", "d"], "top_logprobs": None,
+                       "token_logprobs": [None, -1.0, -2.0, -0.5], "text_offset": [0, 1, 2, 3]})
+    calls = []
+
+    def handler(req):
+        calls.append(req)
+        if len(calls) < 3:
+            return httpx.Response(200, headers={"content-type": "application/json"}, content=b'{"id": "x", "cho')
+        return httpx.Response(200, json=good)
+
+    assert asyncio.run(server_with(handler, max_retries=3).score([1, 2, 3])) == [None, -1.0, -2.0]
+    assert len(calls) == 3
+    broken = server_with(lambda req: httpx.Response(200, headers={"content-type": "application/json"},
+                                                    content=b'{"id": "x", "cho'), max_retries=1)
+    with pytest.raises(JobFailed, match=r"broken responses after 2 tries \(JSONDecodeError"):
+        asyncio.run(broken.score([1, 2, 3]))

@@ -7,13 +7,17 @@
 - base continuation: `/v1/completions` from token ids (the kept draft tokens are exactly the scored ones),
   with the role markers as stop strings;
 - pilot drafting: streamed `/v1/chat/completions`, closed as soon as the switch point is known.
-Retries with backoff on 429/5xx/timeouts are the openai client's own (`max_retries`).
+Retries with backoff on 429/5xx/timeouts are the openai client's own (`max_retries`). A response that arrives
+broken (a body cut short, a connection dropped mid-body) is not retried by the client: `retry_malformed` retries
+it the same number of times, then the job fails (exit 1) and a rerun resumes.
 The API key comes from the environment variable the caller names, never from a file or a flag.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
 from typing import NamedTuple
 
@@ -35,6 +39,31 @@ async def _api_errors(url: str):
     except (openai.APIConnectionError, openai.APIStatusError) as e:
         raise JobFailed(f"{url}: the server failed after retries: {_message(e)}; rerun the same command to "
                         "resume") from None
+
+
+def malformed_errors() -> tuple[type[BaseException], ...]:
+    """What a broken response raises: JSON cut short, a connection dropped mid-body or mid-stream, a body of the
+    wrong shape."""
+    import httpx
+    import openai
+
+    return json.JSONDecodeError, httpx.TransportError, openai.APIResponseValidationError
+
+
+async def retry_malformed(url: str, tries: int, call, fail: bool = True):
+    """await call() again (with backoff) while the server's answer arrives broken. After `tries`: JobFailed, or
+    with fail=False the last error (for callers that record failed calls)."""
+    errors = malformed_errors()
+    for attempt in range(tries):
+        try:
+            return await call()
+        except errors as e:
+            if attempt == tries - 1:
+                if not fail:
+                    raise
+                raise JobFailed(f"{url}: broken responses after {tries} tries ({type(e).__name__}: "
+                                f"{str(e).splitlines()[0][:200]}); rerun the same command to resume") from None
+            await asyncio.sleep(min(0.25 * 2**attempt, 4.0))
 
 
 def _message(e) -> str:
@@ -60,7 +89,7 @@ class OpenAIServer:
         key = os.environ.get(api_key_env, "") if api_key_env else ""
         if api_key_env and not key:
             raise UserError(f"environment variable {api_key_env} (the API key for {base_url}) is not set")
-        self.url, self.model = base_url, model
+        self.url, self.model, self.tries = base_url, model, max_retries + 1
         self.client = AsyncOpenAI(base_url=base_url, api_key=key or "EMPTY", timeout=timeout,
                                   max_retries=max_retries, http_client=http_client)
 
@@ -70,9 +99,12 @@ class OpenAIServer:
     # ------------------------------------------------------------------------------------------- base side
     async def score(self, ids: list[int]) -> list[float | None]:
         """log p(ids[i] | ids[:i]) for every token (None for the first), scored by the server."""
-        async with _api_errors(self.url):
-            r = await self.client.completions.create(model=self.model, prompt=ids, echo=True, logprobs=1,
-                                                     max_tokens=1, temperature=0.0)
+        async def call():
+            async with _api_errors(self.url):
+                return await self.client.completions.create(model=self.model, prompt=ids, echo=True, logprobs=1,
+                                                            max_tokens=1, temperature=0.0)
+
+        r = await retry_malformed(self.url, self.tries, call)
         lp = r.choices[0].logprobs
         if lp is None or not lp.token_logprobs or len(lp.token_logprobs) < len(ids):
             raise UserError(f"{self.url}: the server returned no prompt logprobs for echo=True; WSD needs a "
@@ -84,11 +116,14 @@ class OpenAIServer:
         """Continue from token ids. The sampled token ids come back where the server returns them (vLLM's
         `return_token_ids`), so a search can continue a chunk from exactly the tokens that were sampled."""
         extra = {"return_token_ids": True, **({"top_k": top_k} if top_k else {})}
-        async with _api_errors(self.url):
-            r = await self.client.completions.create(
-                model=self.model, prompt=prompt_ids, max_tokens=max_tokens, stop=stop, temperature=temperature,
-                top_p=top_p, seed=seed, extra_body=extra,
-            )
+        async def call():
+            async with _api_errors(self.url):
+                return await self.client.completions.create(
+                    model=self.model, prompt=prompt_ids, max_tokens=max_tokens, stop=stop, temperature=temperature,
+                    top_p=top_p, seed=seed, extra_body=extra,
+                )
+
+        r = await retry_malformed(self.url, self.tries, call)
         c = r.choices[0]
         ids = getattr(c, "token_ids", None)
         return Completion(c.text, (r.usage.completion_tokens if r.usage else 0), c.finish_reason or "",
@@ -98,9 +133,11 @@ class OpenAIServer:
     async def chat(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,
                    seed: int | None) -> dict:
         """One chat completion: {text, prompt_tokens, completion_tokens, finish_reason}. Errors are the openai
-        client's own (after its retries); callers decide which abort a run and which are recorded."""
-        r = await self.client.chat.completions.create(model=self.model, messages=messages, max_tokens=max_tokens,
-                                                      temperature=temperature, top_p=top_p, seed=seed)
+        client's own (after its retries; broken responses too); callers decide which abort a run and which are
+        recorded."""
+        r = await retry_malformed(self.url, self.tries, lambda: self.client.chat.completions.create(
+            model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+            seed=seed), fail=False)
         c = r.choices[0]
         return {"text": c.message.content or "", "prompt_tokens": r.usage.prompt_tokens if r.usage else 0,
                 "completion_tokens": r.usage.completion_tokens if r.usage else 0,
@@ -109,7 +146,8 @@ class OpenAIServer:
     # ------------------------------------------------------------------------------------------- pilot side
     async def stream_chat(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,
                           seed: int | None):
-        """Yield text deltas of a chat completion, one per streamed chunk (closing the stream aborts it)."""
+        """Yield text deltas of a chat completion, one per streamed chunk (closing the stream aborts it). A stream
+        that breaks part-way raises one of `malformed_errors()`; the caller restarts the prompt."""
         async with _api_errors(self.url):
             stream = await self.client.chat.completions.create(
                 model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from wsd_inference.config import WSDConfig
 from wsd_inference.engine import prompt_generators, prompt_seed
 from wsd_inference.hf_backend import HFModel, RaggedBatch, pick_token
-from wsd_inference.openai_backend import OpenAIServer
+from wsd_inference.openai_backend import OpenAIServer, retry_malformed
 from wsd_inference.prompts import (STOP_STRINGS, PromptRecord, base_prompt, base_text, cut_at_markers,
                                    pilot_prompt)
 from wsd_inference.records import method_record
@@ -166,6 +166,8 @@ async def wsd_remote(pilot, base: RemoteBase, recs: list[PromptRecord], cfg: WSD
 
     async def one(rec):
         async with sem:
+            if isinstance(pilot, OpenAIServer):  # a pilot stream that breaks part-way: the prompt starts again
+                return await retry_malformed(pilot.url, pilot.tries, lambda: run(rec))
             return await run(rec)
 
     return list(await asyncio.gather(*(one(r) for r in recs)))

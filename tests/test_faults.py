@@ -1,0 +1,200 @@
+"""Faulty servers over real HTTP: WSD and validation run through a fault-injecting proxy (tests/fault_proxy.py)
+in front of real vLLM servers, with an API key. Every run ends with exactly the outputs of a run against the
+healthy servers, the servers saw the key, and no file the runs wrote holds it."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from . import figures
+from .conftest import REPO
+from .fault_proxy import FaultProxy
+from .test_wsd_engine import RECS
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+KEY = "sk-pilot-faults-0123456789abcdef"
+RATE = 0.3  # of attempts; at most 2 faults in a row for one request (the client retries up to 5 times)
+VOLATILE = {"time_s", "timing", "mean_time_s", "created_at", "at", "seconds", "wall_s"}  # clock readings
+
+
+def _env() -> dict:
+    return {**os.environ, "PILOT_TEST_KEY": KEY}
+
+
+def stable(obj):
+    """obj without the fields that measure time (they differ between any two runs)."""
+    if isinstance(obj, dict):
+        return {k: stable(v) for k, v in obj.items() if k not in VOLATILE}
+    if isinstance(obj, list):
+        return [stable(v) for v in obj]
+    return obj
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [stable(json.loads(x)) for x in path.read_text().splitlines() if x.strip()]
+
+
+def files_holding(key: str, *roots: Path) -> list[Path]:
+    """Every file under roots whose bytes hold the key (counted in the figures)."""
+    found = []
+    for root in roots:
+        for p in [root] if root.is_file() else sorted(x for x in root.rglob("*") if x.is_file()):
+            data = p.read_bytes()
+            figures.COUNTS["files_scanned"] += 1
+            figures.COUNTS["bytes_scanned"] += len(data)
+            if key.encode() in data:
+                found.append(p)
+    figures.COUNTS["key_found"] += len(found)
+    return found
+
+
+def proxies(vllm_servers, *names):
+    return {n: FaultProxy(vllm_servers[n].url.removesuffix("/v1"), RATE, hang_s=5.0, seed=i)
+            for i, n in enumerate(names)}
+
+
+def _finish(proxy_list) -> None:
+    for p in proxy_list:
+        p.stop()
+        figures.add_proxy(p)
+    figures.COUNTS["faulty_runs"] += 1
+    seen = set().union(*(p.auth for p in proxy_list))
+    assert seen == {f"Bearer {KEY}"}  # the key went to the servers, and only as the Authorization header
+    figures.COUNTS["key_sent"] += 1
+
+
+def test_wsd_cli_through_faulty_servers_equals_a_healthy_run(vllm_servers, pair_same, tmp_path):
+    """`pilot wsd generate` with the pilot and the base both served, sampling with seeds: 500s, 429s, hangs,
+    dropped connections and cut-short bodies (streamed drafts included) change nothing in the output."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"{rep}-{r.id}", "messages": list(r.messages)}) + "\n"
+                               for rep in range(2) for r in RECS))
+    common = ["--input", str(prompts), "--max-draft-tokens", "16", "--max-new-tokens", "24", "--window", "3",
+              "--threshold", "0.05", "--temperature", "0.8", "--seed", "3", "--chunk-size", "4",
+              "--pilot-model", "pilot", "--base-model", "base-same", "--base-tokenizer", str(pair_same[1]),
+              "--api-key-env", "PILOT_TEST_KEY", "--timeout-s", "3", "--max-retries", "5"]
+    cli = [sys.executable, "-m", "flows.cli", "wsd", "generate"]
+
+    def run(pilot_url, base_url, out):
+        r = subprocess.run([*cli, "--pilot", pilot_url, "--base", base_url, *common, "--output", str(out)],
+                           cwd=REPO, capture_output=True, text=True, env=_env())
+        assert r.returncode == 0, r.stderr[-3000:]
+        return jsonl(out)
+
+    healthy = run(vllm_servers["pilot"].url, vllm_servers["base-same"].url, tmp_path / "healthy.jsonl")
+    px = proxies(vllm_servers, "pilot", "base-same")
+    for p in px.values():
+        p.start()
+    try:
+        faulty = run(px["pilot"].url, px["base-same"].url, tmp_path / "faulty.jsonl")
+    finally:
+        _finish(px.values())
+    assert faulty == healthy
+    figures.COUNTS["fault_outputs_equal"] += 1
+    injected = sum((p.faults for p in px.values()), start=type(px["pilot"].faults)())
+    assert set(injected) == {"500", "429", "timeout", "drop", "garbage"}, injected  # every kind happened
+    assert px["pilot"].faults and px["base-same"].faults
+    assert files_holding(KEY, tmp_path) == []
+
+
+def _checkpoint(pilot_dir: Path, out: Path) -> Path:
+    """The tiny pilot as a finished checkpoint (its manifest), as `pilot validate` takes one."""
+    from pilot_core.manifest import Manifest, write_manifest
+
+    shutil.copytree(pilot_dir, out)
+    write_manifest(out, Manifest(kind="checkpoint", config={"name": "tiny-pilot"}))
+    return out
+
+
+def test_validate_through_faulty_servers_equals_a_healthy_run(vllm_servers, pair_same, pair_different, tmp_path):
+    """`pilot validate` with both bases and the LLM judges served: the same items, metrics and report."""
+    ckpt = _checkpoint(pair_same[0], tmp_path / "ckpt")
+    served = lambda name, url, tok=None: {  # noqa: E731
+        "name": name, "url": url, "served_model": name, "api_key_env": "PILOT_TEST_KEY", "timeout_s": 3,
+        "max_retries": 5, **({"tokenizer": str(tok)} if tok else {})}
+    client = {"max_retries": 5, "timeout_s": 3, "concurrency": 4}
+
+    def config(urls: dict, name: str) -> Path:
+        cfg = {"name": "faults", "output_dir": str(tmp_path / "unused"),
+               "bases": [served("base-same", urls["base-same"], pair_same[1]),
+                         served("base-different", urls["base-different"], pair_different[1])],
+               "methods": ["wsd", "base_only"],
+               "eval_sets": [{"name": "harmful", "version": "v1", "kind": "harmful", "limit": 4,
+                              "path": str(REPO / "data/demo/eval/harmful.v1.jsonl")},
+                             {"name": "math", "version": "v1", "kind": "math", "limit": 3,
+                              "path": str(REPO / "data/demo/eval/math.v1.jsonl")}],
+               "metrics": {"win_rate": {"kind": "llm", "model": served("pilot", urls["pilot"]), "max_tokens": 24,
+                                        "client": client},
+                           "harmlessness": {"kind": "llm", "model": served("pilot", urls["pilot"]),
+                                            "max_tokens": 24, "client": client},
+                           "bootstrap_samples": 200},
+               "wsd": {"max_draft_tokens": 16, "max_new_tokens": 24, "window": 4, "temperature": 0.8}}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    def run(urls, name):
+        out = tmp_path / name
+        r = subprocess.run([sys.executable, "-m", "flows.cli", "validate", "--config", str(config(urls, name)),
+                            "--checkpoint", str(ckpt), "--output", str(out)], cwd=REPO, capture_output=True,
+                           text=True, env=_env())
+        assert r.returncode == 0, r.stderr[-3000:]
+        report = json.loads((out / "report.json").read_text())
+        return out, jsonl(out / "items.jsonl"), stable({k: report[k] for k in ("metrics", "alignment_tax")})
+
+    names = ("pilot", "base-same", "base-different")
+    healthy_dir, items, report = run({n: vllm_servers[n].url for n in names}, "healthy")
+    px = proxies(vllm_servers, *names)
+    for p in px.values():
+        p.start()
+    try:
+        faulty_dir, f_items, f_report = run({n: p.url for n, p in px.items()}, "faulty")
+    finally:
+        _finish(px.values())
+    assert f_items == items and f_report == report
+    figures.COUNTS["fault_outputs_equal"] += 1
+    assert all(p.faults for p in px.values())  # the bases and the judge each met faults
+    assert files_holding(KEY, tmp_path) == []
+
+
+def test_a_pipeline_run_through_faulty_servers_writes_no_key(prefect_api, vllm_servers, pair_same, pair_different,
+                                                             tmp_path, monkeypatch):
+    """`pilot run` (reduced demo) with both bases and a preference generator served behind faulty proxies and an
+    API key: the run passes, the servers saw the key, and no file it wrote (outputs, registry, caches, Prefect's
+    home and database, its own log) holds the key."""
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+
+    from .test_flows import finish, pilot_run, small
+
+    monkeypatch.setenv("PILOT_TEST_KEY", KEY)
+    px = proxies(vllm_servers, "pilot", "base-same", "base-different")
+    for p in px.values():
+        p.rate = 0.1  # hundreds of requests; a tenth of their attempts fail
+        p.start()
+    served = lambda name, tok=None: {  # noqa: E731
+        "name": name, "url": px[name].url, "served_model": name, "api_key_env": "PILOT_TEST_KEY", "timeout_s": 3,
+        **({"tokenizer": str(tok)} if tok else {})}
+    out = tmp_path / "run"
+    overrides = small(out) + [
+        "bases=" + json.dumps([served("base-same", pair_same[1]), served("base-different", pair_different[1])]),
+        "preferences.generators.0=" + json.dumps({"name": "served", "model": served("pilot"), "temperature": 0.7,
+                                                  "max_tokens": 40}),
+        "preferences.client.timeout_s=3"]
+    try:
+        run = pilot_run(overrides, prefect_api)
+        stdout, stderr = finish(run, 1200)
+    finally:
+        _finish(px.values())
+    assert run.returncode == 0, stderr[-3000:]
+    assert all(p.faults for p in px.values())
+    (tmp_path / "pilot-run.log").write_text(stdout + stderr)
+    db = Path(PREFECT_API_DATABASE_CONNECTION_URL.value().split("///", 1)[-1])  # the harness's database
+    assert db.is_file(), db
+    roots = [tmp_path, Path(os.environ["PREFECT_HOME"]), Path(os.environ["PILOT_CACHE_DIR"]), db.parent]
+    assert files_holding(KEY, *roots) == []
