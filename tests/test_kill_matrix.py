@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 POINTS = 4  # kill points per writer, spread evenly over its commit points (the last one included)
 
 
-def matrix(work: Path, args: list[str]) -> tuple[dict, list[int]]:
+def matrix(work: Path, args: list[str]) -> list[int]:
     """Count the command's commit points in an uninterrupted run, then kill and rerun it at POINTS of them."""
     work.mkdir(parents=True, exist_ok=True)
 
@@ -44,7 +44,7 @@ def matrix(work: Path, args: list[str]) -> tuple[dict, list[int]]:
         assert codes[f"k{n}.rerun"] == 0, (n, (work / f"k{n}.rerun.err").read_text()[-3000:])
     figures.COUNTS["kills"] += len(points)
     figures.COUNTS["kill_writers"] += 1
-    return codes, points
+    return points
 
 
 def tree(root: Path) -> dict[str, object]:
@@ -94,8 +94,8 @@ def test_dataset_writer_killed_anywhere(tmp_path):
     """`pilot curate`: the dataset directory appears complete (manifest last) or not at all."""
     work = tmp_path / "curate"
     d = REPO / "data/demo/generalign"
-    _, points = matrix(work, ["curate", "--source", str(d / "prompts.jsonl"), "--source", str(d / "chats.jsonl"),
-                              "--eval-set", str(d / "eval.jsonl"), "--output", "{out}", "--quiet"])
+    points = matrix(work, ["curate", "--source", str(d / "prompts.jsonl"), "--source", str(d / "chats.jsonl"),
+                           "--eval-set", str(d / "eval.jsonl"), "--output", "{out}", "--quiet"])
     full = read_manifest(work / "full" / "out", kind="dataset")
     for n in points:
         left = work / f"k{n}.killed" / "out"
@@ -129,8 +129,8 @@ def test_validation_report_killed_anywhere(validation_setup):
     the rerun resumes the finished generations without duplicating a record."""
     tmp, ckpt = validation_setup
     work = tmp / "work"
-    _, points = matrix(work, ["validate", "--config", str(tmp / "validation.yaml"), "--checkpoint", str(ckpt),
-                              "--output", "{out}"])
+    points = matrix(work, ["validate", "--config", str(tmp / "validation.yaml"), "--checkpoint", str(ckpt),
+                           "--output", "{out}"])
     full_report = json.loads((work / "full" / "out" / "report.json").read_text())
     for n in points:
         left = work / f"k{n}.killed" / "out"
@@ -157,8 +157,8 @@ def test_registry_publish_killed_anywhere(validation_setup):
         "gate": {"method": "wsd", "bases": "all", "metrics": {"harmlessness": {"floor": 0.0}},
                  "alignment_tax": {"max": 1.0}, "eval_sets": {"harmful": "v1", "math": "v1"}}}))
     work = tmp / "publish"
-    _, points = matrix(work, ["release", "publish", "--config", str(rel), "--set", "registry={out}",
-                              "--checkpoint", str(ckpt), "--report", str(report)])
+    points = matrix(work, ["release", "publish", "--config", str(rel), "--set", "registry={out}",
+                           "--checkpoint", str(ckpt), "--report", str(report)])
     for n in points:
         left = work / f"k{n}.killed" / "out"
         version = left / "pilot-kills" / "v1"
