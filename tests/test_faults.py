@@ -4,7 +4,6 @@ healthy servers, the servers saw the key, and no file the runs wrote holds it.""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ import yaml
 from . import figures
 from .conftest import REPO
 from .fault_proxy import FaultProxy
+from .test_bad_inputs import _checkpoint as checkpoint  # the tiny pilot dressed as a checkpoint
 from .test_wsd_engine import RECS
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -103,18 +103,9 @@ def test_wsd_cli_through_faulty_servers_equals_a_healthy_run(vllm_servers, pair_
     assert files_holding(KEY, tmp_path) == []
 
 
-def _checkpoint(pilot_dir: Path, out: Path) -> Path:
-    """The tiny pilot as a finished checkpoint (its manifest), as `pilot validate` takes one."""
-    from pilot_core.manifest import Manifest, write_manifest
-
-    shutil.copytree(pilot_dir, out)
-    write_manifest(out, Manifest(kind="checkpoint", config={"name": "tiny-pilot"}))
-    return out
-
-
 def test_validate_through_faulty_servers_equals_a_healthy_run(vllm_servers, pair_same, pair_different, tmp_path):
     """`pilot validate` with both bases and the LLM judges served: the same items, metrics and report."""
-    ckpt = _checkpoint(pair_same[0], tmp_path / "ckpt")
+    ckpt = checkpoint(tmp_path, {"pilot": pair_same[0]})
     served = lambda name, url, tok=None: {  # noqa: E731
         "name": name, "url": url, "served_model": name, "api_key_env": "PILOT_TEST_KEY", "timeout_s": 3,
         "max_retries": 5, **({"tokenizer": str(tok)} if tok else {})}

@@ -18,7 +18,8 @@ from pilot_core.manifest import read_manifest
 
 from . import figures
 from .conftest import REPO
-from .test_faults import _checkpoint, stable
+from .test_bad_inputs import _checkpoint as checkpoint
+from .test_faults import stable
 
 pytestmark = pytest.mark.slow
 POINTS = 4  # kill points per writer, spread evenly over its commit points (the last one included)
@@ -108,7 +109,7 @@ def test_dataset_writer_killed_anywhere(tmp_path):
 @pytest.fixture(scope="module")
 def validation_setup(tmp_path_factory, pair_same, pair_different):
     tmp = tmp_path_factory.mktemp("kill-validate")
-    ckpt = _checkpoint(pair_same[0], tmp / "ckpt")
+    ckpt = checkpoint(tmp, {"pilot": pair_same[0]})
     cfg = {"name": "kills", "output_dir": str(tmp / "unused"),
            "bases": [{"name": "base-same", "path": str(pair_same[1])},
                      {"name": "base-different", "path": str(pair_different[1])}],

@@ -96,15 +96,19 @@ class OpenAIServer:
     async def close(self) -> None:
         await self.client.close()
 
+    async def _request(self, make):
+        """await make() with the server's answers mapped to clear errors, again while the answer arrives broken."""
+        async def call():
+            async with _api_errors(self.url):
+                return await make()
+
+        return await retry_malformed(self.url, self.tries, call)
+
     # ------------------------------------------------------------------------------------------- base side
     async def score(self, ids: list[int]) -> list[float | None]:
         """log p(ids[i] | ids[:i]) for every token (None for the first), scored by the server."""
-        async def call():
-            async with _api_errors(self.url):
-                return await self.client.completions.create(model=self.model, prompt=ids, echo=True, logprobs=1,
-                                                            max_tokens=1, temperature=0.0)
-
-        r = await retry_malformed(self.url, self.tries, call)
+        r = await self._request(lambda: self.client.completions.create(
+            model=self.model, prompt=ids, echo=True, logprobs=1, max_tokens=1, temperature=0.0))
         lp = r.choices[0].logprobs
         if lp is None or not lp.token_logprobs or len(lp.token_logprobs) < len(ids):
             raise UserError(f"{self.url}: the server returned no prompt logprobs for echo=True; WSD needs a "
@@ -116,14 +120,9 @@ class OpenAIServer:
         """Continue from token ids. The sampled token ids come back where the server returns them (vLLM's
         `return_token_ids`), so a search can continue a chunk from exactly the tokens that were sampled."""
         extra = {"return_token_ids": True, **({"top_k": top_k} if top_k else {})}
-        async def call():
-            async with _api_errors(self.url):
-                return await self.client.completions.create(
-                    model=self.model, prompt=prompt_ids, max_tokens=max_tokens, stop=stop, temperature=temperature,
-                    top_p=top_p, seed=seed, extra_body=extra,
-                )
-
-        r = await retry_malformed(self.url, self.tries, call)
+        r = await self._request(lambda: self.client.completions.create(
+            model=self.model, prompt=prompt_ids, max_tokens=max_tokens, stop=stop, temperature=temperature,
+            top_p=top_p, seed=seed, extra_body=extra))
         c = r.choices[0]
         ids = getattr(c, "token_ids", None)
         return Completion(c.text, (r.usage.completion_tokens if r.usage else 0), c.finish_reason or "",
