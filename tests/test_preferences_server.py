@@ -21,6 +21,7 @@ from data_curation.preferences_config import PreferencesConfig
 from pilot_core.tiny_models import REWARD_SPEC
 
 from .conftest import REPO
+from .test_faults import files_holding
 from .test_preferences import small_dataset  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -126,8 +127,7 @@ def test_faults_are_recorded_and_a_rerun_fills_only_the_gaps(vllm_servers, small
         assert len(row["chosen"][0]["content"]) >= len(row["rejected"][0]["content"])
     total, distinct = rows(tmp_path / "c.sqlite")
     assert total == distinct
-    blob = b"".join(p.read_bytes() for d in ("first", "second") for p in (tmp_path / d).rglob("*") if p.is_file())
-    assert SECRET.encode() not in blob + (tmp_path / "c.sqlite").read_bytes()
+    assert files_holding(SECRET, tmp_path) == []  # both runs' outputs and the call cache
     assert all(r.headers["authorization"] == f"Bearer {SECRET}" for r in healthy.sent[:1])  # it was really sent
 
 
