@@ -85,6 +85,8 @@ class Faults(httpx.AsyncBaseTransport):
 def rows(db) -> tuple[int, int]:
     con = sqlite3.connect(db)
     try:
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'calls'").fetchone():
+            return 0, 0  # the file exists a moment before the run creates its table
         return con.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM calls").fetchone()
     finally:
         con.close()
