@@ -36,6 +36,10 @@ def stable(obj):
     return obj
 
 
+def without(record: dict, *keys: str) -> dict:
+    return {k: v for k, v in record.items() if k not in keys}
+
+
 def jsonl(path: Path) -> list[dict]:
     return [stable(json.loads(x)) for x in path.read_text().splitlines() if x.strip()]
 
@@ -95,12 +99,46 @@ def test_wsd_cli_through_faulty_servers_equals_a_healthy_run(vllm_servers, pair_
         faulty = run(px["pilot"].url, px["base-same"].url, tmp_path / "faulty.jsonl")
     finally:
         _finish(px.values())
-    assert faulty == healthy
+    # pilot_tokens counts the draft tokens read before the switch check stopped the stream. A busy vLLM merges
+    # several tokens into one chunk, so a check can come a few tokens late: the decision is the same (the base
+    # scores a longer prefix of the same draft), the count is not. A restarted prompt must not count twice.
+    for r in faulty + healthy:
+        assert r["pilot_tokens"] <= 16 and (r["pilot_tokens"] >= 4 or not r["switched"]), r
+    assert [without(r, "pilot_tokens") for r in faulty] == [without(r, "pilot_tokens") for r in healthy]
     figures.COUNTS["fault_outputs_equal"] += 1
     injected = sum((p.faults for p in px.values()), start=type(px["pilot"].faults)())
     assert set(injected) == {"500", "429", "timeout", "drop", "garbage"}, injected  # every kind happened
     assert px["pilot"].faults and px["base-same"].faults
     assert files_holding(KEY, tmp_path) == []
+
+
+def test_a_pilot_stream_cut_short_is_an_error_not_a_finished_draft(vllm_servers):
+    """A streamed draft whose body stops early at an event boundary ends cleanly for the openai client; taken as
+    finished, WSD would score a truncated draft (the CI run that found this differed in pilot_tokens only by
+    luck). stream_chat raises instead, and the same request again streams what the server answers directly."""
+    import asyncio
+
+    from wsd_inference.openai_backend import OpenAIServer, StreamCutShort, malformed_errors
+
+    assert issubclass(StreamCutShort, malformed_errors())  # so the caller restarts the prompt
+    messages = [{"role": "user", "content": "Tell me about the weather."}]
+    px = FaultProxy(vllm_servers["pilot"].url.removesuffix("/v1"), 1.0, kinds=("garbage",), burst=1).start()
+
+    async def draft(url):
+        s = OpenAIServer(url, "pilot", max_retries=0)
+        try:
+            return "".join([d async for d, _, _ in s.stream_chat(messages, 16, 0.0, 1.0, None)])
+        finally:
+            await s.close()
+
+    try:
+        with pytest.raises(StreamCutShort, match="ended before the server finished it"):
+            asyncio.run(draft(px.url))
+        assert asyncio.run(draft(px.url)) == asyncio.run(draft(vllm_servers["pilot"].url)) != ""
+    finally:
+        px.stop()
+        figures.add_proxy(px)
+    assert px.faults == {"garbage": 1}
 
 
 def test_validate_through_faulty_servers_equals_a_healthy_run(vllm_servers, pair_same, pair_different, tmp_path):

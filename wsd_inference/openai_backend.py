@@ -41,13 +41,17 @@ async def _api_errors(url: str):
                         "resume") from None
 
 
+class StreamCutShort(Exception):
+    """A streamed answer that ended (the connection closed cleanly) before the server said it was finished."""
+
+
 def malformed_errors() -> tuple[type[BaseException], ...]:
-    """What a broken response raises: JSON cut short, a connection dropped mid-body or mid-stream, a body of the
-    wrong shape."""
+    """What a broken response raises: JSON cut short, a connection dropped mid-body or mid-stream, a stream that
+    ends early, a body of the wrong shape."""
     import httpx
     import openai
 
-    return json.JSONDecodeError, httpx.TransportError, openai.APIResponseValidationError
+    return json.JSONDecodeError, httpx.TransportError, openai.APIResponseValidationError, StreamCutShort
 
 
 async def retry_malformed(url: str, tries: int, call, fail: bool = True):
@@ -145,21 +149,32 @@ class OpenAIServer:
     # ------------------------------------------------------------------------------------------- pilot side
     async def stream_chat(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,
                           seed: int | None):
-        """Yield text deltas of a chat completion, one per streamed chunk (closing the stream aborts it). A stream
-        that breaks part-way raises one of `malformed_errors()`; the caller restarts the prompt."""
+        """Yield (text delta, finish_reason or "", tokens in the delta) of a chat completion, one per streamed
+        chunk (closing the stream aborts it). A chunk can hold several tokens (vLLM merges the deltas a busy
+        server has not sent yet), so tokens are counted from the chunk's logprobs, or as 1 where a server sends
+        none. A stream that breaks part-way, or ends before a finish_reason (the openai client takes a body cut
+        short at an event boundary for a finished stream), raises one of `malformed_errors()`; the caller
+        restarts the prompt."""
         async with _api_errors(self.url):
             stream = await self.client.chat.completions.create(
                 model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                seed=seed, stream=True, stream_options={"include_usage": True},
+                seed=seed, stream=True, stream_options={"include_usage": True}, logprobs=True,
             )
+        finished = False
         try:
             async for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
-                    yield chunk.choices[0].delta.content, (chunk.choices[0].finish_reason or "")
-                elif chunk.choices and chunk.choices[0].finish_reason:
-                    yield "", chunk.choices[0].finish_reason
+                c = chunk.choices[0] if chunk.choices else None
+                if c is None:
+                    continue
+                finished = finished or bool(c.finish_reason)
+                text = (c.delta.content if c.delta else None) or ""
+                tokens = len(c.logprobs.content) if c.logprobs and c.logprobs.content else int(bool(text))
+                if text or tokens or c.finish_reason:
+                    yield text, c.finish_reason or "", tokens
         finally:
             await stream.close()
+        if not finished:
+            raise StreamCutShort(f"{self.url}: the streamed answer ended before the server finished it")
 
 
 def load_tokenizer(name: str, role: str = "tokenizer", trust_remote_code: bool = False):

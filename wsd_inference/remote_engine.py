@@ -24,7 +24,7 @@ from wsd_inference.switch import first_switch, stable_token_count, window_scores
 
 
 async def _local_pilot(pilot: HFModel, rec: PromptRecord, cfg: WSDConfig):
-    """A local pilot drafting one prompt, token by token in a worker thread; yields (delta, finished)."""
+    """A local pilot drafting one prompt, token by token in a worker thread; yields (delta, finished, 1)."""
     (gen,) = prompt_generators(cfg, [rec.id])
     batch = RaggedBatch(pilot, 1)
     out = await asyncio.to_thread(batch.feed, [pilot.encode(pilot_prompt(pilot.tokenizer, rec.messages))])
@@ -34,7 +34,7 @@ async def _local_pilot(pilot: HFModel, rec: PromptRecord, cfg: WSDConfig):
         ids.append(t)
         done = t in pilot.stop_ids or len(ids) >= cfg.max_draft_tokens
         new_text = pilot.decode(ids)
-        yield new_text[len(text):], done
+        yield new_text[len(text):], done, 1
         text = new_text
         if done:
             return
@@ -72,9 +72,9 @@ async def wsd_one(pilot, base: RemoteBase, rec: PromptRecord, cfg: WSDConfig) ->
     try:
         while True:
             if not finished:
-                async for delta, reason in stream:
+                async for delta, reason, tokens in stream:
                     draft += delta
-                    n_pilot += 1
+                    n_pilot += tokens
                     finished = bool(reason) or n_pilot >= cfg.max_draft_tokens
                     if finished or n_pilot >= next_check:
                         break
@@ -146,9 +146,9 @@ async def base_alone_one(base: RemoteBase, rec: PromptRecord, cfg: WSDConfig, me
 async def pilot_alone_one(pilot: OpenAIServer, rec: PromptRecord, cfg: WSDConfig) -> dict:
     t0 = time.perf_counter()
     text, n = "", 0
-    async for delta, _ in pilot.stream_chat(list(rec.messages), cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                                            _seed(cfg, rec)):
-        text, n = text + delta, n + 1
+    async for delta, _, tokens in pilot.stream_chat(list(rec.messages), cfg.max_new_tokens, cfg.temperature,
+                                                    cfg.top_p, _seed(cfg, rec)):
+        text, n = text + delta, n + tokens
     return _record(rec, "pilot_only", text.strip(), t0, pilot_tokens=n)
 
 
