@@ -1,8 +1,9 @@
 """Model calls for responses and judgments, through one path: cache first, then an OpenAI-compatible endpoint
 (`wsd_inference.openai_backend.OpenAIServer`, whose openai client retries 429/5xx/timeouts with backoff) or a
-local transformers model. Concurrency and a requests-per-minute limit apply per endpoint. A call that still
-fails is returned as a failure (recorded by the caller, retried by a rerun); a refused credential or an unknown
-model aborts the run with one clear error."""
+local transformers model. Concurrency and a requests-per-minute limit apply per served endpoint; a local model
+generates `concurrency` calls at a time, in one batch. A call that still fails is returned as a failure
+(recorded by the caller, retried by a rerun); a refused credential or an unknown model aborts the run with one
+clear error."""
 
 from __future__ import annotations
 
@@ -18,33 +19,56 @@ from pilot_core.model_source import ModelSource
 
 
 class LocalChat:
-    """A local transformers chat model; calls run one at a time in a worker thread, seeded per call."""
+    """A local transformers chat model. Calls are generated `batch_size` at a time over one KV cache
+    (`RaggedBatch`); each call samples with its own seeded generator, so its answer does not depend on the batch
+    it ran in (nor on which calls a rerun still had to make)."""
 
-    def __init__(self, src: ModelSource):
+    def __init__(self, src: ModelSource, batch_size: int = 8):
         from wsd_inference.hf_backend import load_hf_model
 
         self.m = load_hf_model(src.local_path(), f"model {src.name}", trust_remote_code=src.trust_remote_code,
                                need_chat_template=True)
-        self.lock = threading.Lock()
+        self.batch_size = batch_size
+        self.lock = threading.Lock()  # one batch at a time on the model
 
-    def _generate(self, messages, max_tokens, temperature, top_p, seed) -> dict:
+    def _generate(self, calls: list[tuple[list[dict], dict]]) -> list[dict]:
+        """calls: (messages, {max_tokens, temperature, top_p, seed}) -> one result per call."""
         import torch
 
+        from wsd_inference.hf_backend import RaggedBatch, pick_token
         from wsd_inference.prompts import pilot_prompt
 
-        ids = self.m.encode(pilot_prompt(self.m.tokenizer, messages))
+        prompts = [self.m.encode(pilot_prompt(self.m.tokenizer, msgs)) for msgs, _ in calls]
+        params = [p for _, p in calls]
+        gens = [torch.Generator().manual_seed(p["seed"] or 0) if p["temperature"] > 0 else None for p in params]
+        new: list[list[int]] = [[] for _ in calls]
+        done = [p["max_tokens"] <= 0 for p in params]
         with self.lock, torch.no_grad():
-            torch.manual_seed(seed or 0)
-            out = self.m.model.generate(torch.tensor([ids]), max_new_tokens=max_tokens, do_sample=temperature > 0,
-                                        temperature=temperature or None, top_p=top_p if temperature > 0 else None,
-                                        eos_token_id=sorted(self.m.stop_ids), pad_token_id=self.m.pad_id)
-        new = out[0, len(ids):].tolist()
-        stopped = bool(new) and new[-1] in self.m.stop_ids
-        return {"text": self.m.decode(new).strip(), "prompt_tokens": len(ids), "completion_tokens": len(new),
-                "finish_reason": "stop" if stopped else "length"}
+            batch = RaggedBatch(self.m, len(calls))
+            nxt = [o[-1] for o in batch.feed(prompts)]
+            while not all(done):
+                step: list[list[int]] = [[] for _ in calls]
+                for r, p in enumerate(params):
+                    if done[r]:
+                        continue
+                    t = pick_token(nxt[r], p["temperature"], p["top_p"], gens[r])
+                    new[r].append(t)
+                    done[r] = t in self.m.stop_ids or len(new[r]) >= p["max_tokens"]
+                    step[r] = [] if done[r] else [t]
+                if any(step):
+                    for r, o in enumerate(batch.feed(step)):
+                        if o is not None:
+                            nxt[r] = o[-1]
+        return [{"text": self.m.decode(ids).strip(), "prompt_tokens": len(ids_in), "completion_tokens": len(ids),
+                 "finish_reason": "stop" if ids and ids[-1] in self.m.stop_ids else "length"}
+                for ids_in, ids in zip(prompts, new)]
+
+    async def chat_many(self, calls: list[tuple[list[dict], dict]]) -> list[dict]:
+        return await asyncio.to_thread(self._generate, calls)
 
     async def chat(self, messages, max_tokens, temperature, top_p, seed) -> dict:
-        return await asyncio.to_thread(self._generate, messages, max_tokens, temperature, top_p, seed)
+        params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+        return (await self.chat_many([(messages, params)]))[0]
 
     async def close(self) -> None:
         pass
@@ -70,7 +94,7 @@ class Endpoint:
             self.backend = OpenAIServer(src.url, src.served_model, src.api_key_env, client.timeout_s,
                                         client.max_retries, http_client)
         else:
-            self.backend = LocalChat(src)
+            self.backend = LocalChat(src, client.concurrency)  # a local model's batch
         # what the cache key names: the served model (not the host, so another replica or a moved server still
         # hits the cache), or the local weights; never the key variable
         self.identity = ({"served_model": src.served_model} if src.url else
@@ -117,36 +141,24 @@ class CallStats:
 
 async def run_calls(calls: list[Call], endpoints: dict[str, Endpoint], cache: ResponseCache,
                     stats: dict[str, CallStats], progress=None) -> dict[str, dict]:
-    """Every call's result by key: {text, prompt_tokens, completion_tokens, finish_reason} or {error: ...}."""
+    """Every call's result by key: {text, prompt_tokens, completion_tokens, finish_reason} or {error: ...}.
+    Served models get one request per call (up to `concurrency` in flight); a local model gets its calls in
+    batches, one batch at a time."""
     import openai
 
     from wsd_inference.openai_backend import malformed_errors
 
     results: dict[str, dict] = {}
+    failures = (openai.APIError, ValueError, *malformed_errors())  # after retries; a rerun tries again
 
-    async def one(c: Call) -> None:
-        ep, st = endpoints[c.who], stats.setdefault(c.who, CallStats())
-        hit = cache.get(c.key)
-        if hit is not None:
-            st.cache_hits += 1
-            results[c.key] = hit
+    def finish(c: Call, r: dict | None = None, error: BaseException | None = None) -> None:
+        st = stats[c.who]
+        if error is not None:
+            st.failures += 1
+            name = type(error).__name__
+            st.errors[name] = st.errors.get(name, 0) + 1
+            results[c.key] = {"error": f"{name}: {str(error).splitlines()[0][:200]}"}
         else:
-            async with ep.sem:
-                await ep.wait_turn()
-                st.requests += 1
-                try:
-                    r = await ep.backend.chat(c.messages, **c.params)
-                except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
-                    raise UserError(f"{c.who}: the server refused the request ({e.status_code}): check the model "
-                                    "name and the API key variable") from None
-                except (openai.APIError, ValueError, *malformed_errors()) as e:  # after retries; a rerun tries again
-                    st.failures += 1
-                    name = type(e).__name__
-                    st.errors[name] = st.errors.get(name, 0) + 1
-                    results[c.key] = {"error": f"{name}: {str(e).splitlines()[0][:200]}"}
-                    if progress is not None:
-                        progress.update(1)
-                    return
             st.prompt_tokens += r["prompt_tokens"]
             st.completion_tokens += r["completion_tokens"]
             cache.put(c.key, c.kind, c.who, r)
@@ -154,5 +166,46 @@ async def run_calls(calls: list[Call], endpoints: dict[str, Endpoint], cache: Re
         if progress is not None:
             progress.update(1)
 
-    await asyncio.gather(*(one(c) for c in calls))
+    async def served(c: Call) -> None:
+        ep = endpoints[c.who]
+        async with ep.sem:
+            await ep.wait_turn()
+            stats[c.who].requests += 1
+            try:
+                r = await ep.backend.chat(c.messages, **c.params)
+            except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
+                raise UserError(f"{c.who}: the server refused the request ({e.status_code}): check the model "
+                                "name and the API key variable") from None
+            except failures as e:
+                return finish(c, error=e)
+        finish(c, r)
+
+    async def local(who: str, todo: list[Call]) -> None:
+        backend = endpoints[who].backend
+        for i in range(0, len(todo), backend.batch_size):
+            part = todo[i : i + backend.batch_size]
+            stats[who].requests += len(part)
+            try:
+                rs = await backend.chat_many([(c.messages, c.params) for c in part])
+            except ValueError as e:
+                for c in part:
+                    finish(c, error=e)
+                continue
+            for c, r in zip(part, rs):
+                finish(c, r)
+
+    jobs, by_local = [], {}
+    for c in calls:
+        st = stats.setdefault(c.who, CallStats())
+        hit = cache.get(c.key)
+        if hit is not None:
+            st.cache_hits += 1
+            results[c.key] = hit
+            if progress is not None:
+                progress.update(1)
+        elif isinstance(endpoints[c.who].backend, LocalChat):
+            by_local.setdefault(c.who, []).append(c)
+        else:
+            jobs.append(served(c))
+    await asyncio.gather(*jobs, *(local(who, todo) for who, todo in by_local.items()))
     return results

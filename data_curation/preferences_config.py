@@ -48,7 +48,8 @@ class JudgeConfig(BaseConfig):
 
 
 class ClientConfig(BaseConfig):
-    concurrency: int = Field(8, ge=1, description="requests in flight per endpoint")
+    concurrency: int = Field(8, ge=1, description="requests in flight per endpoint (a local model: calls "
+                             "generated together in one batch)")
     requests_per_minute: float | None = Field(None, gt=0, description="rate limit per endpoint (null: none)")
     max_retries: int = Field(5, ge=0, description="retries with backoff on 429, 5xx and timeouts (openai client)")
     timeout_s: float = Field(120.0, gt=0)

@@ -108,3 +108,33 @@ def test_config_needs_two_responses_per_prompt():
     with pytest.raises(ValueError, match="at least two responses"):
         PreferencesConfig.model_validate({"generators": [{"name": "g", "model": {"name": "m", "path": "/x"}}],
                                           "judge": {"name": "j", "model": {"name": "m", "path": "/x"}}})
+
+
+def test_local_calls_in_a_batch_answer_as_alone(tiny_cache):
+    """A local generator answers `concurrency` calls in one batch. Each call's answer is what it gets alone:
+    sampled with its own seed (so a rerun that makes only the missing calls builds the same responses), and
+    greedy exactly transformers' own `generate`."""
+    import asyncio
+
+    import torch
+
+    from data_curation.llm_calls import LocalChat
+    from pilot_core.model_source import ModelSource
+    from wsd_inference.prompts import pilot_prompt
+
+    chat = LocalChat(ModelSource(name="pilot", tiny=PILOT_SPEC), batch_size=8)
+    calls = [([{"role": "user", "content": text}], {"max_tokens": 6 + 5 * i, "temperature": t, "top_p": p,
+                                                    "seed": i})
+             for i, (_, text) in enumerate(PROMPTS) for t, p in ((0.0, 1.0), (0.9, 0.95))]
+    batched = asyncio.run(chat.chat_many(calls))
+    alone = [asyncio.run(chat.chat(msgs, **params)) for msgs, params in calls]
+    assert batched == alone
+    assert len({r["text"] for r in batched}) > len(PROMPTS)  # sampled answers differ from the greedy ones
+    for (msgs, params), got in zip(calls, batched):
+        assert got["completion_tokens"] <= params["max_tokens"]
+        if params["temperature"] == 0:
+            ids = chat.m.encode(pilot_prompt(chat.m.tokenizer, msgs))
+            with torch.no_grad():
+                ref = chat.m.model.generate(torch.tensor([ids]), max_new_tokens=params["max_tokens"], do_sample=False,
+                                            eos_token_id=sorted(chat.m.stop_ids), pad_token_id=chat.m.pad_id)
+            assert got["text"] == chat.m.decode(ref[0, len(ids):].tolist()).strip()
