@@ -51,8 +51,10 @@ class ClientConfig(BaseConfig):
     concurrency: int = Field(8, ge=1, description="requests in flight per endpoint (a local model: calls "
                              "generated together in one batch)")
     requests_per_minute: float | None = Field(None, gt=0, description="rate limit per endpoint (null: none)")
-    max_retries: int = Field(5, ge=0, description="retries with backoff on 429, 5xx and timeouts (openai client)")
-    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(5, ge=0, le=20, description="retries with backoff on 429, 5xx, timeouts and broken "
+                             "bodies (a model's own `max_retries` wins where set)")
+    timeout_s: float = Field(120.0, gt=0, description="seconds per request (a model's own `timeout_s` wins where "
+                             "set)")
 
 
 class PairConfig(BaseConfig):

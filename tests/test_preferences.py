@@ -138,3 +138,18 @@ def test_local_calls_in_a_batch_answer_as_alone(tiny_cache):
                 ref = chat.m.model.generate(torch.tensor([ids]), max_new_tokens=params["max_tokens"], do_sample=False,
                                             eos_token_id=sorted(chat.m.stop_ids), pad_token_id=chat.m.pad_id)
             assert got["text"] == chat.m.decode(ref[0, len(ids):].tolist()).strip()
+
+
+def test_a_served_models_own_timeout_and_retries_win_over_the_client_section():
+    """`client:` sets the stage's default; a model that sets `timeout_s`/`max_retries` itself (as WSD and
+    validation bases do) keeps its own."""
+    from data_curation.llm_calls import Endpoint
+
+    served = {"url": "http://127.0.0.1:9/v1", "served_model": "m"}
+    cfg = PreferencesConfig.model_validate({
+        "client": {"timeout_s": 30, "max_retries": 2}, "judge": {"name": "r", "kind": "rules"},
+        "generators": [{"name": "own", "model": {"name": "own", **served, "timeout_s": 7, "max_retries": 4}},
+                       {"name": "default", "model": {"name": "default", **served}}]})
+    own, default = (Endpoint(g.model, cfg.client).backend.client for g in cfg.generators)
+    assert (own.timeout, own.max_retries) == (7, 4)
+    assert (default.timeout, default.max_retries) == (30, 2)
