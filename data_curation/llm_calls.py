@@ -20,7 +20,7 @@ from pilot_core.model_source import ModelSource
 
 class LocalChat:
     """A local transformers chat model. Calls are generated `batch_size` at a time over one KV cache
-    (`RaggedBatch`); each call samples with its own seeded generator, so its answer does not depend on the batch
+    (`engine.draft_batch`); each call samples with its own seeded generator, so its answer does not depend on the batch
     it ran in (nor on which calls a rerun still had to make)."""
 
     def __init__(self, src: ModelSource, batch_size: int = 8):
@@ -32,36 +32,31 @@ class LocalChat:
         self.lock = threading.Lock()  # one batch at a time on the model
 
     def _generate(self, calls: list[tuple[list[dict], dict]]) -> list[dict]:
-        """calls: (messages, {max_tokens, temperature, top_p, seed}) -> one result per call."""
+        """calls: (messages, {max_tokens, temperature, top_p, seed}) -> one result per call. The pilot-only
+        baseline's batched drafting (`engine.draft_batch`), once per distinct set of sampling settings."""
         import torch
 
-        from wsd_inference.hf_backend import RaggedBatch, pick_token
-        from wsd_inference.prompts import pilot_prompt
+        from wsd_inference.config import WSDConfig
+        from wsd_inference.engine import draft_batch
+        from wsd_inference.prompts import PromptRecord, pilot_prompt
 
-        prompts = [self.m.encode(pilot_prompt(self.m.tokenizer, msgs)) for msgs, _ in calls]
-        params = [p for _, p in calls]
-        gens = [torch.Generator().manual_seed(p["seed"] or 0) if p["temperature"] > 0 else None for p in params]
-        new: list[list[int]] = [[] for _ in calls]
-        done = [p["max_tokens"] <= 0 for p in params]
-        with self.lock, torch.no_grad():
-            batch = RaggedBatch(self.m, len(calls))
-            nxt = [o[-1] for o in batch.feed(prompts)]
-            while not all(done):
-                step: list[list[int]] = [[] for _ in calls]
-                for r, p in enumerate(params):
-                    if done[r]:
-                        continue
-                    t = pick_token(nxt[r], p["temperature"], p["top_p"], gens[r])
-                    new[r].append(t)
-                    done[r] = t in self.m.stop_ids or len(new[r]) >= p["max_tokens"]
-                    step[r] = [] if done[r] else [t]
-                if any(step):
-                    for r, o in enumerate(batch.feed(step)):
-                        if o is not None:
-                            nxt[r] = o[-1]
-        return [{"text": self.m.decode(ids).strip(), "prompt_tokens": len(ids_in), "completion_tokens": len(ids),
-                 "finish_reason": "stop" if ids and ids[-1] in self.m.stop_ids else "length"}
-                for ids_in, ids in zip(prompts, new)]
+        groups: dict[tuple, list[int]] = {}
+        for i, (_, p) in enumerate(calls):
+            groups.setdefault((p["max_tokens"], p["temperature"], p["top_p"]), []).append(i)
+        out: list[dict] = [{} for _ in calls]
+        with self.lock:
+            for (max_tokens, temperature, top_p), rows in groups.items():
+                cfg = WSDConfig(max_draft_tokens=max_tokens, max_new_tokens=max_tokens, temperature=temperature,
+                                top_p=top_p)
+                gens = [torch.Generator().manual_seed(calls[i][1]["seed"] or 0) if temperature > 0 else None
+                        for i in rows]
+                recs = [PromptRecord(str(i), tuple(calls[i][0])) for i in rows]
+                for i, ids in zip(rows, draft_batch(self.m, recs, cfg, gens)):
+                    prompt = self.m.encode(pilot_prompt(self.m.tokenizer, calls[i][0]))
+                    out[i] = {"text": self.m.decode(ids).strip(), "prompt_tokens": len(prompt),
+                              "completion_tokens": len(ids),
+                              "finish_reason": "stop" if ids and ids[-1] in self.m.stop_ids else "length"}
+        return out
 
     async def chat_many(self, calls: list[tuple[list[dict], dict]]) -> list[dict]:
         return await asyncio.to_thread(self._generate, calls)
