@@ -87,10 +87,7 @@ class Endpoint:
             from wsd_inference.openai_backend import OpenAIServer
 
             # the model's own timeout and retries win where its config sets them; `client:` is the default
-            own = src.model_fields_set
-            self.backend = OpenAIServer(src.url, src.served_model, src.api_key_env,
-                                        src.timeout_s if "timeout_s" in own else client.timeout_s,
-                                        src.max_retries if "max_retries" in own else client.max_retries, http_client)
+            self.backend = OpenAIServer.of(src, client, http_client)
         else:
             self.backend = LocalChat(src, client.concurrency)  # a local model's batch
         # what the cache key names: the served model (not the host, so another replica or a moved server still

@@ -97,6 +97,17 @@ class OpenAIServer:
         self.client = AsyncOpenAI(base_url=base_url, api_key=key or "EMPTY", timeout=timeout,
                                   max_retries=max_retries, http_client=http_client)
 
+    @classmethod
+    def of(cls, src, defaults=None, http_client=None) -> "OpenAIServer":
+        """The server of a url `ModelSource`, with the source's timeout and retries. `defaults` (an object with
+        `timeout_s` and `max_retries`, such as a stage's `client:` section) applies where the source sets none."""
+        def setting(name: str):
+            return getattr(defaults, name) if defaults is not None and name not in src.model_fields_set else \
+                getattr(src, name)
+
+        return cls(src.url, src.served_model, src.api_key_env, setting("timeout_s"), setting("max_retries"),
+                   http_client)
+
     async def close(self) -> None:
         await self.client.close()
 

@@ -63,9 +63,7 @@ def _prepare(method: str, pilot: ModelSource, base: ModelSource, untuned: ModelS
         from pilot_core.reward_model import RewardModel
 
         reward = RewardModel(cfg.bon.reward_model, device, dtype)
-    served = lambda src: OpenAIServer(src.url, src.served_model, src.api_key_env, src.timeout_s,  # noqa: E731
-                                      src.max_retries)
-    pilot_m = served(pilot) if pilot.url else local(pilot, "pilot", chat=True)
+    pilot_m = OpenAIServer.of(pilot) if pilot.url else local(pilot, "pilot", chat=True)
     untuned_m = local(untuned, "untuned") if _implicit(method, cfg) else None
     if remote:
         from wsd_inference.remote_engine import run_remote
@@ -74,7 +72,7 @@ def _prepare(method: str, pilot: ModelSource, base: ModelSource, untuned: ModelS
         if method != "pilot_only":
             base_tok = load_tokenizer(base.tokenizer or base.served_model, f"base {base.name} tokenizer",
                                       base.trust_remote_code)
-            base_server = served(base)
+            base_server = OpenAIServer.of(base)
         return lambda todo, save: run_remote(pilot_m, base_server, base_tok, todo, cfg, save, method=method,
                                              untuned=untuned_m, reward=reward)
     base_m = None if method == "pilot_only" else local(base, "base")
