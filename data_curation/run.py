@@ -85,11 +85,16 @@ def curate(cfg: CurationConfig, output: str | None = None, previous: list[str] |
         raise AssertionError(f"row accounting is off: {counts['read']} read, {counts['kept']} kept, "
                              f"{counts['excluded_total']} excluded")
     manifest = Manifest(kind="dataset", config_hash=config_hash(cfg), config=cfg.model_dump(mode="json"),
-                        inputs={**inputs, **{f"reference:{k}": v for k, v in d.stats["reference_sets"].items()}},
+                        inputs=_inputs(inputs, d.stats["reference_sets"]),
                         data={**counts, "scoring_hash": scoring_hash(cfg), "replayed_from": replay,
                               "lsh_bands_rows": d.stats["lsh_bands_rows"]})
     write_dataset(out, kept, excluded, manifest, data_card(cfg.name, out.name, cfg, counts), overwrite)
     return {"output": str(out), **{k: counts[k] for k in ("read", "kept", "excluded_total", "excluded")}}
+
+
+def _inputs(sources: dict[str, str], references: dict[str, str]) -> dict[str, str]:
+    """The manifest's input identities: each source's fingerprint by name, each reference set's by file name."""
+    return {**sources, **{f"reference:{name}": fp for name, fp in references.items()}}
 
 
 def _already_done(cfg: CurationConfig, out: Path, prev: list[Path]) -> dict | None:
@@ -101,9 +106,8 @@ def _already_done(cfg: CurationConfig, out: Path, prev: list[Path]) -> dict | No
         m = read_manifest(out, kind="dataset")
     except UserError:
         return None
-    inputs = {s.name: source_fingerprint(s) for s in cfg.sources}
-    inputs.update({f"reference:{Path(p).name}": fingerprint(p) for p in cfg.decontamination.reference_sets
-                   if Path(p).is_file()})
+    inputs = _inputs({s.name: source_fingerprint(s) for s in cfg.sources},
+                     {Path(p).name: fingerprint(p) for p in cfg.decontamination.reference_sets if Path(p).is_file()})
     d = m.data or {}
     if (m.config_hash, m.inputs, d.get("previous_versions"), d.get("replayed_from")) != \
             (config_hash(cfg), inputs, [str(p) for p in prev], None):
