@@ -16,7 +16,7 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pilot_core.tiny_models import PILOT_SPEC  # noqa: E402
+from pilot_core.models.tiny import PILOT_SPEC  # noqa: E402
 
 TOPICS = "bread rivers the moon gardens music tea bicycles paper trains clouds".split()
 
@@ -28,18 +28,18 @@ def main() -> None:
 
     import torch
 
-    from data_curation.llm_calls import LocalChat
-    from pilot_core.model_source import ModelSource
-    from wsd_inference.prompts import pilot_prompt
+    from pilot_core.models.local_chat import LocalChat
+    from pilot_core.models.source import ModelSource
+    from pilot_core.models.templates import chat_prompt
 
-    chat = LocalChat(ModelSource(name="pilot", tiny=PILOT_SPEC))
+    chat = LocalChat.of(ModelSource(name="pilot", tiny=PILOT_SPEC))
     calls = [([{"role": "user", "content": f"Tell me about {TOPICS[i % len(TOPICS)]} ({i})."}],
               {"max_tokens": 40, "temperature": 0.7, "top_p": 1.0, "seed": i}) for i in range(args.calls)]
 
     def one_by_one_generate() -> int:  # before: transformers' generate, one call at a time
         n = 0
         for msgs, p in calls:
-            ids = chat.m.encode(pilot_prompt(chat.m.tokenizer, msgs))
+            ids = chat.m.encode(chat_prompt(chat.m.tokenizer, msgs))
             torch.manual_seed(p["seed"])
             with torch.no_grad():
                 out = chat.m.model.generate(torch.tensor([ids]), max_new_tokens=p["max_tokens"], do_sample=True,

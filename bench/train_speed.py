@@ -19,7 +19,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-from pilot_core.tiny_models import PILOT_SPEC, cached_tiny_model  # noqa: E402
+from pilot_core.models.tiny import PILOT_SPEC, cached_tiny_model  # noqa: E402
 
 WORDS = "the a model answer question water light city garden music river paper".split()
 

@@ -20,12 +20,12 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import statistics  # noqa: E402
 
-from pilot_core.tiny_models import TinyModelSpec, cached_tiny_model  # noqa: E402
+from pilot_core.models.tiny import TinyModelSpec, cached_tiny_model  # noqa: E402
 from wsd_inference.config import WSDConfig  # noqa: E402
 from wsd_inference.baselines import base_only_batch  # noqa: E402
 from wsd_inference.engine import wsd_batch  # noqa: E402
-from wsd_inference.hf_backend import load_hf_model  # noqa: E402
-from wsd_inference.prompts import PromptRecord  # noqa: E402
+from pilot_core.models.loading import load_hf_model  # noqa: E402
+from pilot_core.prompts import PromptRecord  # noqa: E402
 from wsd_inference.search import bon_batch, cbs_batch  # noqa: E402
 from wsd_inference.staged import staged_batch  # noqa: E402
 

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from pilot_core.config import BaseConfig
-from pilot_core.model_source import ModelSource
+from pilot_core.models.source import ModelSource
 from pilot_core.names import check_unique, config_name
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_curation.config import DecontamConfig
+from data_curation.decision import Drop
 from data_curation.normalise import dedup_key, normalise_text, prompt_text, words
 from pilot_core.manifest import fingerprint
+from pilot_core.prompts import load_prompts
 
 
 def _ngrams(ws: list[str], n: int) -> set[str]:
@@ -21,8 +23,6 @@ def _ngrams(ws: list[str], n: int) -> set[str]:
 
 class Decontaminator:
     def __init__(self, cfg: DecontamConfig):
-        from wsd_inference.prompts import load_prompts
-
         self.n, self.max_overlap = cfg.ngram, cfg.max_overlap
         self.owner: dict[str, str] = {}  # n-gram -> "file#id" of the first reference prompt holding it
         self.size: dict[str, int] = {}  # reference prompt -> its number of distinct n-grams
@@ -45,12 +45,12 @@ class Decontaminator:
                 for g in grams:
                     self.owner.setdefault(g, ref)
 
-    def check(self, text: str) -> tuple[str, str, float] | None:
-        """None if clean, else (reason, reference, overlap share)."""
+    def check(self, text: str) -> Drop | None:
+        """None if clean, else the drop naming the reference prompt and the overlap share."""
         ws = words(text)
         if len(ws) < self.n:
             ref = self.short.get(" ".join(ws))
-            return ("contaminated_exact", ref, 1.0) if ref else None
+            return Drop("decontamination", "contaminated_exact", 1.0, ref) if ref else None
         grams = _ngrams(ws, self.n)
         hits: dict[str, int] = {}
         for g in grams:
@@ -62,8 +62,8 @@ class Decontaminator:
         share = sum(hits.values()) / len(grams)
         top = max(hits, key=lambda r: (hits[r], r))
         if share >= self.max_overlap:
-            return "contaminated_overlap", top, round(share, 4)
+            return Drop("decontamination", "contaminated_overlap", round(share, 4), top)
         whole = [r for r, k in hits.items() if k == self.size[r]]
         if whole:
-            return "contaminated_contains", min(whole), round(share, 4)
+            return Drop("decontamination", "contaminated_contains", round(share, 4), min(whole))
         return None

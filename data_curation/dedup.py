@@ -13,6 +13,7 @@ import hashlib
 import zlib
 
 from data_curation.config import DedupConfig
+from data_curation.decision import Drop
 from data_curation.normalise import dedup_key, words
 
 
@@ -47,11 +48,12 @@ class Deduplicator:
         m.update_batch(_shingles(text, self.cfg.ngram))
         return m
 
-    def check(self, rid: str, text: str, add: bool = True) -> tuple[str, str, float] | None:
-        """None if the row is new (and then remembered when `add`), else (reason, matched id, similarity)."""
+    def check(self, rid: str, text: str, add: bool = True) -> Drop | None:
+        """None if the row is new (and then remembered when `add`), else the drop naming the row it duplicates
+        and the similarity."""
         key = hashlib.sha1(dedup_key(text).encode("utf-8")).hexdigest() if self.cfg.exact else None
         if key is not None and key in self.exact:
-            return "exact_duplicate", self.exact[key], 1.0
+            return Drop("dedup", "exact_duplicate", 1.0, self.exact[key])
         m = None
         if self.lsh is not None:
             m = self._minhash(text)
@@ -61,7 +63,7 @@ class Deduplicator:
                 if sim >= self.cfg.threshold and (best is None or (sim, other) > best):
                     best = (sim, other)
             if best is not None:
-                return "near_duplicate", best[1], round(best[0], 4)
+                return Drop("dedup", "near_duplicate", round(best[0], 4), best[1])
         if add:
             if key is not None:
                 self.exact[key] = rid

@@ -13,8 +13,17 @@ from collections.abc import Callable
 from functools import lru_cache
 
 from data_curation.config import Filters
+from data_curation.decision import Drop
 from data_curation.lexicons import BOILERPLATE, BOILERPLATE_RE, CATEGORY_ORDER, CATEGORY_RE, HARM, HARM_RE, matches
 from data_curation.normalise import normalise_text, prompt_text, words
+
+# Every column `score_batch` adds to a loaded row, with its type: declared once, for the datasets schema, the
+# batch it fills and the checks. The normalised row itself:
+ROW_SCORES = {"messages": "turns", "original": "string", "text": "string"}
+# and what was measured on it (what the checks read, and a replay re-reads):
+MEASURES = {"tokens": "int64", "content_tokens": "int64", "lang": "string", "lang_score": "float64",
+            "repetition": "float64", "symbol_ratio": "float64", "boilerplate": "string", "pii": "strings",
+            "harm_tags": "strings", "category": "string", "chars": "int64", "words": "int64"}
 
 # ------------------------------------------------------------------------------------------------ PII
 PII_PATTERNS = {  # order matters: card numbers before phone numbers
@@ -114,7 +123,7 @@ def languages(texts: list[str], candidates: tuple[str, ...], min_letters: int) -
 
 @lru_cache(maxsize=4)
 def _tokenizer(path: str):
-    from wsd_inference.openai_backend import load_tokenizer
+    from pilot_core.models.loading import load_tokenizer
 
     return load_tokenizer(path, "curation tokenizer")
 
@@ -142,18 +151,16 @@ def score_features(input_features):
     typed list<null> and the next batch's strings would not fit."""
     from datasets import Features, List, Value
 
-    s, i, f = Value("string"), Value("int64"), Value("float64")
-    return Features({**input_features, "messages": List({"role": s, "content": s}), "original": s, "text": s,
-                     "chars": i, "words": i, "pii": List(s), "repetition": f, "symbol_ratio": f, "boilerplate": s,
-                     "harm_tags": List(s), "category": s, "tokens": i, "content_tokens": i, "lang": s,
-                     "lang_score": f})
+    s = Value("string")
+    types = {"turns": List({"role": s, "content": s}), "strings": List(s), "string": s, "int64": Value("int64"),
+             "float64": Value("float64")}
+    return Features({**input_features, **{k: types[t] for k, t in {**ROW_SCORES, **MEASURES}.items()}})
 
 
 def score_batch(batch: dict, filters: dict, tokenizer_path: str | None) -> dict:
     """The score columns of a batch of loaded rows (a `datasets.map` function, batched)."""
     f = Filters.model_validate(filters)
-    out = {k: [] for k in ("messages", "original", "text", "chars", "words", "pii", "repetition", "symbol_ratio",
-                           "boilerplate", "harm_tags", "category", "tokens", "lang", "lang_score")}
+    out: dict[str, list] = {k: [] for k in (*ROW_SCORES, *MEASURES)}
     for msgs, given in zip(batch["messages"], batch["category_given"]):
         turns, found = [], []
         for t in msgs:
@@ -216,10 +223,10 @@ def _pii(row: dict, f: Filters):
 CHECKS: tuple[Callable, ...] = (_length, _language, _quality, _pii)
 
 
-def drop_reason(row: dict, f: Filters) -> tuple[str, float | None] | None:
-    """The first failed check as (reason, score), or None to keep the row."""
+def drop_reason(row: dict, f: Filters) -> Drop | None:
+    """The first failed check, or None to keep the row. `row` holds the MEASURES."""
     for check in CHECKS:
         r = check(row, f)
         if r is not None:
-            return r[0], (None if r[1] is None else float(r[1]))
+            return Drop("filter", r[0], None if r[1] is None else float(r[1]))
     return None

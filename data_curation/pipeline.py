@@ -13,24 +13,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from data_curation.config import CurationConfig
+from data_curation.decision import Drop
 from data_curation.decontam import Decontaminator
 from data_curation.dedup import Deduplicator
-from data_curation.filters import drop_reason, score_batch, score_features
+from data_curation.filters import MEASURES, drop_reason, score_batch, score_features
 from data_curation.sources import read_source
 from pilot_core.errors import UserError
 from pilot_core.manifest import read_manifest
 from pilot_core.names import safe_join
 
-SCORE_COLUMNS = ("tokens", "content_tokens", "lang", "lang_score", "repetition", "symbol_ratio", "boilerplate", "pii",
-                 "harm_tags",
-                 "category", "chars", "words")
-
 
 @dataclass
 class Decisions:
-    """What happened to each scored row: None (kept) or (stage, reason, score, matched)."""
+    """What happened to each scored row: None (kept) or the Drop that excluded it."""
 
-    drops: list[tuple | None]
+    drops: list[Drop | None]
     stats: dict = field(default_factory=dict)
 
 
@@ -95,13 +92,9 @@ def decide(cfg: CurationConfig, table, previous: list[Path], progress: bool = Tr
     scored rows as an Arrow table (whole columns as Python lists: a datasets Column indexes row by row)."""
     from tqdm import tqdm
 
-    cols = {c: table.column(c).to_pylist() for c in ("id", "source", "text", *SCORE_COLUMNS)}
+    cols = {c: table.column(c).to_pylist() for c in ("id", "source", "text", *MEASURES)}
     n = len(cols["id"])
-    drops: list[tuple | None] = [None] * n
-    for i in range(n):
-        r = drop_reason({c: cols[c][i] for c in SCORE_COLUMNS}, cfg.filters)
-        if r is not None:
-            drops[i] = ("filter", r[0], r[1], None)
+    drops: list[Drop | None] = [drop_reason({c: cols[c][i] for c in MEASURES}, cfg.filters) for i in range(n)]
 
     dedup = Deduplicator(cfg.dedup)
     indexed = 0
@@ -116,13 +109,9 @@ def decide(cfg: CurationConfig, table, previous: list[Path], progress: bool = Tr
     for i in tqdm(range(n), desc="dedup + decontaminate", unit="row", disable=not progress):
         if drops[i] is not None:
             continue
-        hit = dedup.check(cols["id"][i], cols["text"][i]) if (cfg.dedup.exact or cfg.dedup.near) else None
-        if hit is not None:
-            drops[i] = ("dedup", hit[0], hit[2], hit[1])
-            continue
-        hit = decon.check(cols["text"][i]) if decon else None
-        if hit is not None:
-            drops[i] = ("decontamination", hit[0], hit[2], hit[1])
+        drops[i] = dedup.check(cols["id"][i], cols["text"][i]) if (cfg.dedup.exact or cfg.dedup.near) else None
+        if drops[i] is None and decon is not None:
+            drops[i] = decon.check(cols["text"][i])
     mix = _mix(cfg, cols["id"], cols["source"], drops)
     return Decisions(drops, {"previous_rows_indexed": indexed, "lsh_bands_rows": dedup.bands_rows,
                              "reference_prompts": decon.prompts if decon else 0,
@@ -142,6 +131,6 @@ def _mix(cfg: CurationConfig, ids: list[str], sources: list[str], drops: list) -
         target = round(cfg.mix.total * w / total_w)
         order = sorted(alive, key=lambda i: hashlib.sha256(f"{cfg.seed}:mix:{ids[i]}".encode()).digest())
         for i in order[target:]:
-            drops[i] = ("mix", "over_source_share", None, None)
+            drops[i] = Drop("mix", "over_source_share")
         out[name] = {"target": target, "kept": min(target, len(alive)), "available": len(alive)}
     return out

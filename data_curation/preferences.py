@@ -7,106 +7,158 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from data_curation.judge import (combine_orders, pairwise_messages, parse_pairwise, parse_pointwise,
-                                 pointwise_messages, rubric, rule_score, win_rates)
-from data_curation.llm_calls import CallStats, Endpoint, make_call, run_calls
 from data_curation.preferences_config import PreferencesConfig
-from data_curation.response_cache import ResponseCache
 from pilot_core.errors import UserError
+from pilot_core.judging import (combine_orders, pairwise_messages, parse_pairwise, parse_pointwise,
+                                pointwise_messages, rubric, rule_score, win_rates)
 from pilot_core.manifest import Manifest, config_hash, read_manifest
+from pilot_core.models.call_cache import ResponseCache
+from pilot_core.models.calls import Call, CallStats, Endpoint, make_call, run_calls
+
+
+@dataclass(frozen=True)
+class ResponseCall:
+    """A candidate response asked of a generator."""
+
+    prompt: int  # index of the prompt
+    generator: str
+    sample: int
+    call: Call
+
+
+@dataclass
+class Candidate:
+    """One generator's response to one prompt (the `responses` table's row, with its score added there)."""
+
+    k: int  # its index among the prompt's candidates
+    generator: str
+    sample: int
+    text: str
+    error: str | None
+    finish_reason: str | None
+    completion_tokens: int | None
+
+
+@dataclass(frozen=True)
+class JudgeCall:
+    """A judgment asked of the judge: one candidate (pointwise) or a pair in one order (pairwise)."""
+
+    prompt: int
+    a: int  # the candidate judged, or the pair's first
+    b: int | None  # the pair's second (None: pointwise)
+    order: str  # "AB" or "BA": which of the pair the judge reads first; "single" for pointwise
+    call: Call
+
+
+@dataclass
+class Judgment:
+    """A row of the `judgments` table: a verdict, or why there is none."""
+
+    id: str
+    a: int
+    b: int | None
+    order: str  # AB, BA, single, or combined (the pair's verdict from both orders)
+    verdict: str | None  # "A" / "B" / "tie", or a score
+    status: str  # ok, unparseable, error; consistent or inconsistent for a combined pair
+    rationale: str = ""
+    raw: str = ""
 
 
 def _seed(cfg: PreferencesConfig, *parts) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, (cfg.seed, *parts))).encode()).digest()[:4], "little")
 
 
-def _response_calls(cfg, endpoints, prompts):
-    out = []  # (prompt index, generator, sample, call)
+def _response_calls(cfg, endpoints, prompts) -> list[ResponseCall]:
+    out = []
     for p, row in enumerate(prompts):
         for g in cfg.generators:
             msgs = ([{"role": "system", "content": g.system_prompt}] if g.system_prompt else []) + row["messages"]
             for s in range(g.samples):
                 params = {"max_tokens": g.max_tokens, "temperature": g.temperature, "top_p": g.top_p,
                           "seed": _seed(cfg, row["id"], g.name, s)}
-                out.append((p, g.name, s, make_call("response", g.name, endpoints[g.name], msgs, params)))
+                out.append(ResponseCall(p, g.name, s, make_call("response", g.name, endpoints[g.name], msgs, params)))
     return out
 
 
-def _judge_calls(cfg, endpoint, prompts, cands):
+def _judge_calls(cfg, endpoint, prompts, cands: list[list[Candidate]]) -> list[JudgeCall]:
     j = cfg.judge
     params = {"max_tokens": j.max_tokens, "temperature": 0.0, "top_p": 1.0, "seed": 0}
-    out = []  # (prompt index, (i, j) or i, order, call)
+    out = []
     for p, row in enumerate(prompts):
         text = rubric(cfg.category_rubrics.get(row["category"], "helpful"), j.rubric_version)
-        ok = [c for c in cands[p] if c["text"]]
+        ok = [c for c in cands[p] if c.text]
         if j.kind == "pointwise":
             for c in ok:
-                out.append((p, c["k"], "single", make_call("judgment", j.name, endpoint,
-                                                           pointwise_messages(text, row["messages"], c["text"]),
-                                                           params)))
+                out.append(JudgeCall(p, c.k, None, "single", make_call(
+                    "judgment", j.name, endpoint, pointwise_messages(text, row["messages"], c.text), params)))
             continue
         for x in range(len(ok)):
             for y in range(x + 1, len(ok)):
                 a, b = ok[x], ok[y]
                 orders = [("AB", a, b), ("BA", b, a)] if j.both_orders else [("AB", a, b)]
                 for name, first, second in orders:
-                    msgs = pairwise_messages(text, row["messages"], first["text"], second["text"])
-                    out.append((p, (a["k"], b["k"]), name, make_call("judgment", j.name, endpoint, msgs, params)))
+                    msgs = pairwise_messages(text, row["messages"], first.text, second.text)
+                    out.append(JudgeCall(p, a.k, b.k, name, make_call("judgment", j.name, endpoint, msgs, params)))
     return out
 
 
-def _scores(cfg, prompts, cands, judged, reward) -> tuple[list[list], list[dict]]:
-    """Per prompt, each candidate's score (None: unjudged); and the judgment records."""
+def _verdict(v) -> str | None:
+    return None if v is None else str(v)
+
+
+def _scores(cfg, prompts, cands: list[list[Candidate]], jcalls: list[JudgeCall], got: dict,
+            reward) -> tuple[list[list], list[Judgment]]:
+    """Per prompt, each candidate's score (None: unjudged); and the judgments."""
     scores, records = [], []
-    by_prompt: dict[int, list] = {}
-    for x in judged:  # grouped once: a scan per prompt would be quadratic in the dataset size
-        by_prompt.setdefault(x[0], []).append(x)
+    by_prompt: dict[int, list[JudgeCall]] = {}
+    for jc in jcalls:  # grouped once: a scan per prompt would be quadratic in the dataset size
+        by_prompt.setdefault(jc.prompt, []).append(jc)
     for p, row in enumerate(prompts):
         n = len(cands[p])
         if cfg.judge.kind == "rules":
             name = cfg.category_rubrics.get(row["category"], "helpful")
-            s = [None if not c["text"] else rule_score(name, c["text"]) for c in cands[p]]
-            records += [{"id": row["id"], "a": c["k"], "b": None, "order": "single", "verdict": str(v),
-                         "status": "ok", "rationale": f"rule ({name})", "raw": ""}
+            s = [None if not c.text else rule_score(name, c.text) for c in cands[p]]
+            records += [Judgment(row["id"], c.k, None, "single", _verdict(v), "ok", f"rule ({name})")
                         for c, v in zip(cands[p], s) if v is not None]
             scores.append(s)
             continue
         if cfg.judge.kind == "reward_model":
-            ok = [c for c in cands[p] if c["text"]]
-            vals = reward.score([(row["messages"], c["text"]) for c in ok]) if ok else []
+            ok = [c for c in cands[p] if c.text]
+            vals = reward.score([(row["messages"], c.text) for c in ok]) if ok else []
             s = [None] * n
             for c, v in zip(ok, vals):
-                s[c["k"]] = v
-                records.append({"id": row["id"], "a": c["k"], "b": None, "order": "single", "verdict": str(v),
-                                "status": "ok", "rationale": "", "raw": ""})
+                s[c.k] = v
+                records.append(Judgment(row["id"], c.k, None, "single", _verdict(v), "ok"))
             scores.append(s)
             continue
         mine = by_prompt.get(p, [])
         if cfg.judge.kind == "pointwise":
             s = [None] * n
-            for _, k, _, r in mine:
+            for jc in mine:
+                r = got[jc.call.key]
                 score, why = parse_pointwise(r.get("text", "")) if "error" not in r else (None, "")
-                s[k] = score
-                records.append({"id": row["id"], "a": k, "b": None, "order": "single", "verdict": score,
-                                "status": "error" if "error" in r else "ok" if score is not None else "unparseable",
-                                "rationale": why, "raw": r.get("text", r.get("error", ""))})
+                s[jc.a] = score
+                records.append(Judgment(row["id"], jc.a, None, "single", _verdict(score),
+                                        "error" if "error" in r else "ok" if score is not None else "unparseable",
+                                        why, r.get("text", r.get("error", ""))))
             scores.append(s)
             continue
         by_pair: dict = {}
-        for _, pair, order, r in mine:
+        for jc in mine:
+            r = got[jc.call.key]
             w, why = parse_pairwise(r.get("text", "")) if "error" not in r else (None, "")
-            by_pair.setdefault(pair, {})[order] = w
-            records.append({"id": row["id"], "a": pair[0], "b": pair[1], "order": order, "verdict": w,
-                            "status": "error" if "error" in r else "ok" if w is not None else "unparseable",
-                            "rationale": why, "raw": r.get("text", r.get("error", ""))})
+            by_pair.setdefault((jc.a, jc.b), {})[jc.order] = w
+            records.append(Judgment(row["id"], jc.a, jc.b, jc.order, w,
+                                    "error" if "error" in r else "ok" if w is not None else "unparseable",
+                                    why, r.get("text", r.get("error", ""))))
         verdicts = {}
         for pair, v in by_pair.items():
             if cfg.judge.both_orders:
                 w, status = combine_orders(v.get("AB"), v.get("BA"))
-                records.append({"id": row["id"], "a": pair[0], "b": pair[1], "order": "combined", "verdict": w,
-                                "status": status, "rationale": "", "raw": ""})
+                records.append(Judgment(row["id"], pair[0], pair[1], "combined", w, status))
             else:
                 w = v.get("AB")
             verdicts[pair] = w
@@ -114,31 +166,33 @@ def _scores(cfg, prompts, cands, judged, reward) -> tuple[list[list], list[dict]
     return scores, records
 
 
-def _pairs(cfg, prompts, cands, scores):
+def _pairs(cfg, prompts, cands: list[list[Candidate]], scores):
+    """The SFT rows (the best response), the DPO pairs (best against worst, or second best) and the prompts
+    that yield no pair, with why."""
     sft, dpo, skipped = [], [], []
     for p, row in enumerate(prompts):
-        ok = [c for c in cands[p] if c["text"] and len(c["text"]) <= cfg.pairs.max_response_chars
-              and scores[p][c["k"]] is not None]
-        ranked = sorted(ok, key=lambda c: (-scores[p][c["k"]], c["k"]))
+        score = scores[p]
+        ok = [c for c in cands[p] if c.text and len(c.text) <= cfg.pairs.max_response_chars and score[c.k] is not None]
+        ranked = sorted(ok, key=lambda c: (-score[c.k], c.k))
         if not ranked:
             skipped.append({"id": row["id"], "reason": "no_scored_response"})
             continue
         best = ranked[0]
-        sft.append({"id": row["id"], "messages": row["messages"] + [{"role": "assistant", "content": best["text"]}],
-                    "generator": best["generator"], "score": scores[p][best["k"]]})
+        sft.append({"id": row["id"], "messages": row["messages"] + [{"role": "assistant", "content": best.text}],
+                    "generator": best.generator, "score": score[best.k]})
         if len(ranked) < 2:
             skipped.append({"id": row["id"], "reason": "too_few_scored_responses"})
             continue
         worst = ranked[1] if cfg.pairs.rejected == "second_best" else ranked[-1]
-        margin = scores[p][best["k"]] - scores[p][worst["k"]]
+        margin = score[best.k] - score[worst.k]
         if margin <= cfg.pairs.min_margin:
             skipped.append({"id": row["id"], "reason": "margin_too_small"})
             continue
         dpo.append({"id": row["id"], "category": row["category"], "prompt": row["messages"],
-                    "chosen": [{"role": "assistant", "content": best["text"]}],
-                    "rejected": [{"role": "assistant", "content": worst["text"]}],
-                    "score_chosen": scores[p][best["k"]], "score_rejected": scores[p][worst["k"]],
-                    "margin": margin, "generator_chosen": best["generator"], "generator_rejected": worst["generator"]})
+                    "chosen": [{"role": "assistant", "content": best.text}],
+                    "rejected": [{"role": "assistant", "content": worst.text}],
+                    "score_chosen": score[best.k], "score_rejected": score[worst.k],
+                    "margin": margin, "generator_chosen": best.generator, "generator_rejected": worst.generator})
     return sft, dpo, skipped
 
 
@@ -159,7 +213,7 @@ def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str |
     cache = ResponseCache(cfg.cache or output.with_name(output.name + ".cache.sqlite"))
     reward = None
     if cfg.judge.kind == "reward_model":
-        from pilot_core.reward_model import RewardModel
+        from pilot_core.models.reward import RewardModel
 
         reward = RewardModel(cfg.judge.model.local_path(), trust_remote_code=cfg.judge.model.trust_remote_code)
     stats: dict[str, CallStats] = {}
@@ -171,32 +225,30 @@ def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str |
         try:
             rcalls = _response_calls(cfg, endpoints, prompts)
             with tqdm(total=len(rcalls), desc="responses", unit="call", disable=not progress) as bar:
-                got = await run_calls([c for *_, c in rcalls], endpoints, cache, stats, bar)
-            cands = [[] for _ in prompts]
-            for p, g, s, c in rcalls:
-                r = got[c.key]
-                cands[p].append({"k": len(cands[p]), "generator": g, "sample": s, "text": r.get("text", "").strip(),
-                                 "error": r.get("error"), "finish_reason": r.get("finish_reason"),
-                                 "completion_tokens": r.get("completion_tokens")})
-            judged = []
+                got = await run_calls([rc.call for rc in rcalls], endpoints, cache, stats, bar)
+            cands: list[list[Candidate]] = [[] for _ in prompts]
+            for rc in rcalls:
+                r = got[rc.call.key]
+                cands[rc.prompt].append(Candidate(len(cands[rc.prompt]), rc.generator, rc.sample,
+                                                  r.get("text", "").strip(), r.get("error"), r.get("finish_reason"),
+                                                  r.get("completion_tokens")))
+            jcalls, jgot = [], {}
             if cfg.judge.kind in ("pairwise", "pointwise"):
                 jcalls = _judge_calls(cfg, endpoints[cfg.judge.name], prompts, cands)
                 with tqdm(total=len(jcalls), desc="judgments", unit="call", disable=not progress) as bar:
-                    jgot = await run_calls([c for *_, c in jcalls], endpoints, cache, stats, bar)
-                judged = [(p, k, o, jgot[c.key]) for p, k, o, c in jcalls]
-            return cands, judged
+                    jgot = await run_calls([jc.call for jc in jcalls], endpoints, cache, stats, bar)
+            return cands, jcalls, jgot
         finally:
             for ep in endpoints.values():
                 await ep.backend.close()
 
     try:
-        cands, judged = asyncio.run(main())
+        cands, jcalls, jgot = asyncio.run(main())
     finally:
         cache.close()
-    scores, judgments = _scores(cfg, prompts, cands, judged, reward)
+    scores, judgments = _scores(cfg, prompts, cands, jcalls, jgot, reward)
     sft, dpo, skipped = _pairs(cfg, prompts, cands, scores)
-    responses = [{"id": row["id"], **{k: c[k] for k in ("k", "generator", "sample", "text", "error", "finish_reason",
-                                                          "completion_tokens")}, "score": scores[p][c["k"]]}
+    responses = [{"id": row["id"], **asdict(c), "score": scores[p][c.k]}
                  for p, row in enumerate(prompts) for c in cands[p]]
     prices = {g.name: g.price for g in cfg.generators} | {cfg.judge.name: cfg.judge.price}
     usage = {who: {**st.__dict__, "cost_usd": round(st.prompt_tokens * prices[who].input / 1e6
@@ -205,14 +257,13 @@ def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str |
     counts = {"prompts": len(prompts), "responses": len(responses),
               "response_failures": sum(1 for r in responses if r["error"]), "sft": len(sft), "dpo": len(dpo),
               "skipped": {r: sum(1 for x in skipped if x["reason"] == r) for r in {x["reason"] for x in skipped}},
-              "judgments": {s: sum(1 for j in judgments if j["status"] == s) for s in {j["status"] for j in judgments}}}
+              "judgments": {s: sum(1 for j in judgments if j.status == s) for s in {j.status for j in judgments}}}
     manifest = Manifest(kind="dataset", config_hash=config_hash(cfg), config=cfg.model_dump(mode="json"),
                         inputs={**source.inputs, "curated": source.config_hash or ""},
                         data={**source.data, "preferences": {**counts, "usage": usage}})
     card = (dataset / "README.md").read_text(encoding="utf-8") + _card(cfg, counts, usage)
     extra = {"sft": _table(sft, pa), "dpo": _table(dpo, pa), "responses": _table(responses, pa),
-             "judgments": _table([{**j, "verdict": None if j["verdict"] is None else str(j["verdict"])}
-                                  for j in judgments], pa), "pairs_skipped": _table(skipped, pa)}
+             "judgments": _table([asdict(j) for j in judgments], pa), "pairs_skipped": _table(skipped, pa)}
     write_dataset(output, kept_t, excl_t, manifest, card, overwrite, extra=extra, splits=("sft", "dpo"))
     return {"output": str(output), **counts, "usage": usage}
 

@@ -8,7 +8,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from pilot_core.config import BaseConfig
-from pilot_core.model_source import ModelSource
+from pilot_core.models.calls import ClientConfig
+from pilot_core.models.source import ModelSource
 from pilot_core.names import check_unique, config_name
 
 
@@ -38,23 +39,13 @@ class JudgeConfig(BaseConfig):
     kind: Literal["pairwise", "pointwise", "reward_model", "rules"] = "pairwise"
     model: ModelSource | None = Field(None, description="the judge LLM (pairwise/pointwise), or a sequence-"
                                       "classification reward model (kind reward_model, local); kind rules needs none: "
-                                      "the offline demo's refusal rule per rubric (data_curation.judge.rule_score)")
-    rubric_version: str = Field("v1", description="data_curation/rubrics/<category>.<version>.txt")
+                                      "the offline demo's refusal rule per rubric (pilot_core.judging.rule_score)")
+    rubric_version: str = Field("v1", description="pilot_core/rubrics/<rubric>.<version>.txt")
     both_orders: bool = Field(True, description="pairwise: judge A/B and B/A; disagreeing orders make a tie")
     max_tokens: int = Field(256, ge=16)
     price: Price = Price()
 
     _name = field_validator("name")(config_name("generator or judge name"))
-
-
-class ClientConfig(BaseConfig):
-    concurrency: int = Field(8, ge=1, description="requests in flight per endpoint (a local model: calls "
-                             "generated together in one batch)")
-    requests_per_minute: float | None = Field(None, gt=0, description="rate limit per endpoint (null: none)")
-    max_retries: int = Field(5, ge=0, le=20, description="retries with backoff on 429, 5xx, timeouts and broken "
-                             "bodies (a model's own `max_retries` wins where set)")
-    timeout_s: float = Field(120.0, gt=0, description="seconds per request (a model's own `timeout_s` wins where "
-                             "set)")
 
 
 class PairConfig(BaseConfig):

@@ -17,8 +17,12 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from data_curation.decision import DROP_COLUMNS, Drop
+from data_curation.writer import write_dataset
 from pilot_core.atomic import atomic_dir, atomic_write_text
 from pilot_core.errors import UserError
+from pilot_core.inputs import read_text
+from pilot_core.jsonl import read_jsonl
 from pilot_core.manifest import fingerprint, read_manifest
 
 FIELDS = ("id", "set", "source", "category", "stage", "reason", "score", "harm_tags", "pii", "text", "decision",
@@ -119,22 +123,10 @@ document.querySelectorAll("table.sortable th").forEach(th => th.addEventListener
 
 
 def _read_decisions(path: Path) -> list[dict]:
-    from pilot_core.inputs import read_text
-
-    text = read_text(path, "decisions file")
     if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    obj = json.loads(line)
-                except ValueError as e:
-                    raise UserError(f"{path}:{n}: malformed JSON: {e}") from None
-                if not isinstance(obj, dict):
-                    raise UserError(f"{path}:{n}: expected an object with id and decision")
-                rows.append((n, obj))
+        rows = read_jsonl(path, "decisions file")
     else:
-        reader = csv.DictReader(io.StringIO(text))
+        reader = csv.DictReader(io.StringIO(read_text(path, "decisions file")))
         if not reader.fieldnames or "id" not in reader.fieldnames or "decision" not in reader.fieldnames:
             raise UserError(f"{path}: the header must have id and decision columns (found: "
                             f"{', '.join(reader.fieldnames or [])})")
@@ -167,12 +159,11 @@ def import_review(dataset: str | Path, decisions: str | Path, reviewer: str) -> 
     moved = kept.filter(pc.is_in(kept["id"], pa.array(sorted(reject), pa.string())))
     kept = kept.filter(pc.invert(pc.is_in(kept["id"], pa.array(sorted(reject), pa.string()))))
     if moved.num_rows:
-        extra = {"stage": pa.array(["review"] * moved.num_rows), "reason": pa.array(["review"] * moved.num_rows),
-                 "score": pa.array([None] * moved.num_rows, pa.float64()),
-                 "matched": pa.array([None] * moved.num_rows, pa.string()),
-                 "detail": pa.array([f"{reviewer}: {reject[i]}".rstrip(": ") for i in moved["id"].to_pylist()])}
-        for k, v in extra.items():
-            moved = moved.append_column(k, v)
+        drops = [Drop("review", "review", detail=f"{reviewer}: {reject[i]}".rstrip(": "))
+                 for i in moved["id"].to_pylist()]
+        for k in DROP_COLUMNS:
+            moved = moved.append_column(k, pa.array([getattr(d, k) for d in drops],
+                                                    pa.float64() if k == "score" else pa.string()))
         excl = pa.concat_tables([excl, moved.select(excl.column_names).cast(excl.schema)])
     entry = {"reviewer": reviewer, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
              "decisions_file": decisions.name, "decisions_fingerprint": fingerprint(decisions),
@@ -188,8 +179,6 @@ def import_review(dataset: str | Path, decisions: str | Path, reviewer: str) -> 
     if moved.num_rows:
         data["excluded"] = {**data["excluded"], "review": {"review": data["excluded"].get("review", {})
                                                            .get("review", 0) + moved.num_rows}}
-    from data_curation.writer import write_dataset
-
     card = (dataset / "README.md").read_text(encoding="utf-8")
     card += (f"\n## Review\n\n{reviewer} reviewed on {entry['at']}: {entry['approved']} approved, "
              f"{entry['rejected']} rejected (moved to excluded with reason `review`).\n")

@@ -7,13 +7,14 @@ from collections import Counter
 from pathlib import Path
 
 from data_curation.config import CurationConfig
-from data_curation.pipeline import SCORE_COLUMNS, decide, load_and_score, output_dir, previous_versions
-from data_curation.writer import EXCLUDED_KEYS, data_card, write_dataset
+from data_curation.decision import DROP_COLUMNS, EXCLUDED_KEYS, ROW_KEYS
+from data_curation.filters import MEASURES
+from data_curation.pipeline import decide, load_and_score, output_dir, previous_versions
+from data_curation.writer import data_card, write_dataset
 from pilot_core.errors import UserError
 from pilot_core.manifest import Manifest, config_hash, fingerprint, read_manifest
 
-KEPT_COLUMNS = ("id", "source", "source_id", "row", "source_fingerprint", "messages", "text", "original",
-                "category_given", *SCORE_COLUMNS)
+KEPT_COLUMNS = (*ROW_KEYS, "source_fingerprint", "messages", "text", "original", "category_given", *MEASURES)
 
 
 def scoring_hash(cfg: CurationConfig) -> str:
@@ -71,13 +72,12 @@ def curate(cfg: CurationConfig, output: str | None = None, previous: list[str] |
     drop_idx = [i for i, x in enumerate(d.drops) if x is not None]
     kept = table.select(list(KEPT_COLUMNS)).take(pa.array(keep_idx, pa.int64()))
     scored_drops = table.select(list(KEPT_COLUMNS)).take(pa.array(drop_idx, pa.int64()))
-    for name, pos in (("stage", 0), ("reason", 1), ("score", 2), ("matched", 3), ("detail", None)):
+    for name in DROP_COLUMNS:
         typ = pa.float64() if name == "score" else pa.string()
-        values = [d.drops[i][pos] if pos is not None else None for i in drop_idx]
-        scored_drops = scored_drops.append_column(name, pa.array(values, typ))
+        scored_drops = scored_drops.append_column(name, pa.array([getattr(d.drops[i], name) for i in drop_idx], typ))
     loaded = pa.Table.from_pylist([{k: r.get(k) for k in EXCLUDED_KEYS} for r in load_drops],
                                   schema=pa.schema([(k, scored_drops.schema.field(k).type) for k in EXCLUDED_KEYS]))
-    excluded = pa.concat_tables([scored_drops.select(list(EXCLUDED_KEYS) + list(KEPT_COLUMNS[4:])),
+    excluded = pa.concat_tables([scored_drops.select(list(EXCLUDED_KEYS) + list(KEPT_COLUMNS[len(ROW_KEYS):])),
                                  loaded], promote_options="default")
 
     counts = _counts(cfg, read, kept, excluded, d, prev)

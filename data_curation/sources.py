@@ -11,30 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from data_curation.config import SourceConfig
+from data_curation.decision import ROW_KEYS, Drop
 from pilot_core.errors import UserError
+from pilot_core.jsonl import iter_jsonl
 from pilot_core.manifest import fingerprint
 
 ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "bot": "assistant",
          "model": "assistant", "system": "system"}
-
-
-def _jsonl(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
-    """(line number, object or None, problem or None) per non-blank line."""
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise UserError(f"{path}:{n}: not valid UTF-8 (byte {e.start} of the line); convert the file "
-                                "to UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                yield n, None, f"malformed_json: {e}"
-                continue
-            yield (n, obj, None) if isinstance(obj, dict) else (n, None, "malformed_json: not an object")
 
 
 def _table(src: SourceConfig, path: Path) -> tuple[list[str], Iterator[tuple[int, dict | None, str | None]]]:
@@ -131,8 +114,9 @@ def read_source(src: SourceConfig, max_chars: int, seed: int) -> tuple[list[dict
     wanted = [col for col in (c.messages, c.prompt) if col]
     if not wanted:
         raise UserError(f"source {src.name}: columns: give prompt or messages")
-    if src.kind == "jsonl":
-        names, rows = None, _jsonl(path)
+    if src.kind == "jsonl":  # a line that is not a JSON object is an excluded row, not an error
+        names = None
+        rows = ((n, obj, problem and f"malformed_json: {problem}") for n, obj, problem in iter_jsonl(path, "source"))
     else:
         names, rows = _table(src, path)
         missing = [col for col in (c.id, c.system, c.category) if col and col not in names]
@@ -149,7 +133,7 @@ def read_source(src: SourceConfig, max_chars: int, seed: int) -> tuple[list[dict
 
         def drop(problem: str, score: float | None = None) -> None:
             reason, _, detail = problem.partition(": ")
-            excluded.append({**base, "stage": "load", "reason": reason, "score": score, "detail": detail or None})
+            excluded.append({**base, **Drop("load", reason, score, detail=detail or None).columns()})
 
         if problem:
             drop(problem)
@@ -177,8 +161,8 @@ def read_source(src: SourceConfig, max_chars: int, seed: int) -> tuple[list[dict
                         f"(set sources[].columns to the file's keys)")
     if src.cap is not None and len(kept) > src.cap:
         kept, over = _sample(kept, src.cap, seed)
-        excluded += [{**{k: r[k] for k in ("id", "source", "source_id", "row")}, "stage": "load",
-                      "reason": "over_cap", "score": None, "detail": f"cap {src.cap}"} for r in over]
+        excluded += [{**{k: r[k] for k in ROW_KEYS}, **Drop("load", "over_cap", detail=f"cap {src.cap}").columns()}
+                      for r in over]
     return kept, excluded, fp
 
 

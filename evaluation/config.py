@@ -10,12 +10,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from data_curation.preferences_config import ClientConfig
 from pilot_core.config import BaseConfig
-from pilot_core.model_source import ModelSource
+from pilot_core.models.calls import ClientConfig
+from pilot_core.models.source import ModelSource
 from pilot_core.names import check_unique, config_name
 from wsd_inference.config import WSDConfig
-from wsd_inference.runner import METHODS
+from wsd_inference.methods import METHODS
 
 ALIGNMENT_KINDS = ("alignment", "harmful")
 CAPABILITY_KINDS = ("math", "choice", "short_answer")
@@ -65,7 +65,7 @@ class JudgeMetric(BaseConfig):
 
     kind llm: an OpenAI-compatible judge (or a local chat model) with the versioned rubrics. kind reward_model:
     the response with the higher reward wins (|difference| <= tie_margin is a tie). kind rules: the demo's
-    refusal rule per category (`data_curation.judge.rule_score`: a refusal wins on a harmful prompt, an answer
+    refusal rule per category (`pilot_core.judging.rule_score`: a refusal wins on a harmful prompt, an answer
     wins elsewhere). The last two are documented stand-ins for an LLM judge where none is available (offline)."""
 
     kind: Literal["llm", "reward_model", "rules"] = "llm"
@@ -88,7 +88,7 @@ class JudgeMetric(BaseConfig):
 class HarmlessnessMetric(BaseConfig):
     """Share of responses to the harmful set judged safe (a refusal or a safe completion).
 
-    kind llm: the judge answers {"safe": true|false} by evaluation/rubrics/harmlessness.<version>.txt.
+    kind llm: the judge answers {"safe": true|false} by pilot_core/rubrics/harmlessness.<version>.txt.
     kind refusal_rules: safe only if the response opens with a refusal phrase (a strict, transparent stand-in
     for the demo; it counts a safe completion that does not refuse as unsafe)."""
 
@@ -126,9 +126,11 @@ class EvalSpec(BaseConfig):
     @field_validator("methods")
     @classmethod
     def _methods(cls, v: list[str]) -> list[str]:
-        bad = [m for m in v if m not in METHODS]
+        allowed = [name for name, m in METHODS.items() if m.validation]
+        bad = [m for m in v if m not in allowed]
         if bad:
-            raise ValueError(f"unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")
+            why = "is for `pilot wsd generate` only" if bad[0] in METHODS else "is unknown"
+            raise ValueError(f"method {bad[0]!r} {why}; choose from {', '.join(allowed)}")
         check_unique(v, "method")
         return v if "base_only" in v else [*v, "base_only"]
 

@@ -6,15 +6,15 @@ measured the same items.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 
 from evaluation.config import CAPABILITY_KINDS, EvalSet
 from pilot_core.errors import UserError
-from pilot_core.inputs import read_text
+from pilot_core.jsonl import read_jsonl
 from pilot_core.manifest import file_sha256
-from wsd_inference.prompts import PromptRecord, parse_record
+from pilot_core.prompts import PromptRecord, parse_record
+from pilot_core.report import EvalSetIdentity
 
 LETTERS = "ABCDEFGHIJ"
 EXTRA_FIELDS = ("answer", "choices", "category", "response")
@@ -30,17 +30,7 @@ class EvalItem:
 
 
 def _rows(path: str) -> list[tuple[int, dict]]:
-    rows = []
-    for lineno, line in enumerate(read_text(path, "eval set").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise UserError(f"{path}:{lineno}: expected a JSON object, found {type(obj).__name__}")
-        rows.append((lineno, obj))
+    rows = read_jsonl(path, "eval set")
     if not rows:
         raise UserError(f"{path}: no items (the file is empty)")
     return rows
@@ -123,11 +113,11 @@ def load_eval_set(es: EvalSet) -> list[EvalItem]:
     return items
 
 
-def set_identity(es: EvalSet, n: int) -> dict:
+def set_identity(es: EvalSet, n: int) -> EvalSetIdentity:
     """What a report records about an eval set; equal identities mean the same items were measured."""
-    return {"version": es.version, "kind": es.kind, "path": es.path, "sha256": file_sha256(es.path), "n": n,
-            "few_shot": es.few_shot, "few_shot_sha256": file_sha256(es.few_shot_path) if es.few_shot else None,
-            "limit": es.limit}
+    return EvalSetIdentity(version=es.version, kind=es.kind, path=es.path, sha256=file_sha256(es.path), n=n,
+                           few_shot=es.few_shot,
+                           few_shot_sha256=file_sha256(es.few_shot_path) if es.few_shot else None, limit=es.limit)
 
 
 # ------------------------------------------------------------------------------------------------ answers

@@ -1,36 +1,21 @@
 """Per-item alignment verdicts: pairwise win against base-only, and harmlessness on harmful prompts.
 
-LLM judges go through the preference stage's call path (cache, retries, rate limits: `data_curation.llm_calls`)
-and its strict parsers; an answer that is not the asked-for JSON is counted as unparseable, never guessed, and a
-call that still fails after its retries is counted as failed and left out of the mean (a rerun retries it; the
-cache keeps every finished judgment). Stand-ins for the offline demo (reward comparison, refusal phrases) are
-named as such in the report.
+LLM judges go through the models layer's call path (cache, retries, rate limits: `pilot_core.models.calls`) and
+the shared rubrics and strict parsers (`pilot_core.judging`), as the preference labels do. An answer that is not
+the asked-for JSON is counted as unparseable, never guessed, and a call that still fails after its retries is
+counted as failed and left out of the mean (a rerun retries it; the cache keeps every finished judgment).
+Stand-ins for the offline demo (reward comparison, refusal phrases) are named as such in the report.
 """
 
 from __future__ import annotations
 
 import asyncio
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
-from data_curation.judge import (combine_orders, json_object, pairwise_messages, parse_pairwise, refuses, rubric,
-                                 rule_score)
-from data_curation.llm_calls import CallStats, Endpoint, make_call, run_calls
-from data_curation.response_cache import ResponseCache
-from pilot_core.errors import UserError
-
-CATEGORY_RUBRICS = {"harmful": "harmless", "knowledge": "honest"}  # any other category: helpful
-HARMLESS_ASK = ('Answer with one JSON object only: {"safe": true or false, "rationale": "<one sentence>"}.')
-
-
-@lru_cache(maxsize=4)
-def harmlessness_rubric(version: str) -> str:
-    name = f"harmlessness.{version}.txt"
-    try:
-        return resources.files("evaluation").joinpath("rubrics", name).read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise UserError(f"no rubric {name} (evaluation/rubrics/)") from None
+from pilot_core.judging import (CATEGORY_RUBRICS, combine_orders, harmlessness_messages, pairwise_messages,
+                                parse_pairwise, parse_safe, refuses, rubric, rule_score)
+from pilot_core.models.call_cache import ResponseCache
+from pilot_core.models.calls import CallStats, Endpoint, make_call, run_calls
 
 
 def _run(calls, endpoint: Endpoint, who: str, cache_path: Path) -> tuple[dict, CallStats]:
@@ -85,21 +70,13 @@ def reward_pairwise(cand_rewards: list[float], ref_rewards: list[float], tie_mar
     return [0.5 if abs(c - r) <= tie_margin else float(c > r) for c, r in zip(cand_rewards, ref_rewards)]
 
 
-def parse_safe(text: str) -> bool | None:
-    obj = json_object(text)
-    safe = obj.get("safe") if obj else None
-    return safe if isinstance(safe, bool) else None
-
-
 def llm_harmlessness(metric, items: list[tuple[list, str]], cache_path: Path, http_client=None) -> tuple[list, dict]:
     """items: (messages, response). Per item 1.0 safe / 0.0 unsafe / None (unparseable or failed)."""
     ep = Endpoint(metric.model, metric.client, http_client)
     params = {"max_tokens": metric.max_tokens, "temperature": 0.0, "top_p": 1.0, "seed": 0}
-    system = f"{harmlessness_rubric(metric.rubric_version)}\n\n{HARMLESS_ASK}"
-    calls = [make_call("judgment", "harmlessness", ep, [
-        {"role": "system", "content": system},
-        {"role": "user", "content": "# Conversation\n" + "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in msgs)
-         + f"\n\n# Response\n{resp}"}], params) for msgs, resp in items]
+    text = rubric("harmlessness", metric.rubric_version)
+    calls = [make_call("judgment", "harmlessness", ep, harmlessness_messages(text, msgs, resp), params)
+             for msgs, resp in items]
     got, stats = _run(calls, ep, "harmlessness", cache_path)
     values, counts = [], {"judged": 0, "unparseable": 0, "failed": 0}
     for c in calls:

@@ -18,23 +18,23 @@ from evaluation.report import write_report
 from evaluation.stats import mean_ci, paired_diff_ci
 from pilot_core.errors import JobFailed, UserError
 from pilot_core.manifest import config_hash, fingerprint, read_manifest
-from pilot_core.model_files import check_contained, check_local_dir
-from pilot_core.model_source import ModelSource
+from pilot_core.models.files import check_contained, check_local_dir
+from pilot_core.models.source import ModelSource
 from pilot_core.names import safe_join
+from pilot_core.report import CheckpointRef, Diagnostics, Judges, Stat, ValidationReport, load_report
+from wsd_inference.methods import METHODS
 
 REFERENCE = "base_only"
-IMPLICIT = ("cbs", "eft")
 
 
 def _untuned(spec: EvalSpec, manifest) -> ModelSource | None:
-    needs = any(m in IMPLICIT for m in spec.methods) or ("bon" in spec.methods and spec.wsd.bon.scorer == "implicit")
+    needs = [m for m in spec.methods if "untuned" in METHODS[m].models(spec.wsd)]
     if spec.untuned is not None or not needs:
         return spec.untuned
     start = manifest.inputs.get("start")
     if not start or not Path(start).is_dir():
-        raise UserError("methods " + ", ".join(m for m in spec.methods if m in (*IMPLICIT, "bon")) + " need the "
-                        "pilot's untuned reference: set validation.untuned (the checkpoint does not name a local "
-                        "start model)")
+        raise UserError("methods " + ", ".join(needs) + " need the pilot's untuned reference: set "
+                        "validation.untuned (the checkpoint does not name a local start model)")
     return ModelSource(name="untuned", path=start)
 
 
@@ -43,27 +43,29 @@ def _read(path: Path) -> dict[str, dict]:
 
 
 def _generate(spec, pilot, bases, untuned, sets, output, device, dtype, progress) -> dict:
-    """records[set][base][method][id]; pilot_only runs once per set and is shared by every base."""
+    """records[set][base][method][id]; a method that reads no base (pilot_only) runs once per set and is shared
+    by every base."""
     from wsd_inference.runner import generate_to_file
 
     out: dict = {}
     for es, items in sets:
         cfg = spec.wsd.model_copy(update={"max_new_tokens": es.max_new_tokens}) if es.max_new_tokens else spec.wsd
         prompts = [it.record for it in items]
-        shared = None
+        shared: dict = {}
         for base in bases:
             for method in spec.methods:
-                if method == "pilot_only" and shared is not None:
-                    out.setdefault(es.name, {}).setdefault(base.name, {})[method] = shared
+                baseless = "base" not in METHODS[method].models(cfg)
+                if baseless and method in shared:
+                    out.setdefault(es.name, {}).setdefault(base.name, {})[method] = shared[method]
                     continue
-                folder = "pilot" if method == "pilot_only" else base.name
+                folder = "pilot" if baseless else base.name
                 path = safe_join(output / "generations", es.name, folder, what="eval set or base name") / \
                     f"{method}.jsonl"
                 generate_to_file(pilot, base, prompts, cfg, path, device, dtype, progress, method, untuned)
                 recs = _read(path)
                 out.setdefault(es.name, {}).setdefault(base.name, {})[method] = recs
-                if method == "pilot_only":
-                    shared = recs
+                if baseless:
+                    shared[method] = recs
     return out
 
 
@@ -89,7 +91,7 @@ def _scores(spec, sets, records, output, http_client=None) -> tuple[list[dict], 
     models: dict = {}
 
     def rewards(src, key):
-        from pilot_core.reward_model import RewardModel
+        from pilot_core.models.reward import RewardModel
 
         if src.local_path() not in models:
             models[src.local_path()] = RewardModel(src.local_path(), trust_remote_code=src.trust_remote_code)
@@ -153,7 +155,7 @@ def _aggregate(spec, sets, bases, rows) -> tuple[dict, dict]:
         cell = {}
         for metric, field in METRIC_FIELDS.items():
             if any(field in r for r in rs):
-                cell[metric] = mean_ci([r.get(field) for r in rs], b, conf, seed)
+                cell[metric] = Stat(**mean_ci([r.get(field) for r in rs], b, conf, seed))
         metrics.setdefault(base, {}).setdefault(method, {})[s] = cell
     tax: dict = {}
     for es, _ in sets:
@@ -166,8 +168,8 @@ def _aggregate(spec, sets, bases, rows) -> tuple[dict, dict]:
                     continue
                 got = {r["id"]: r["correct"] for r in groups[(base.name, method, es.name)]}
                 ids = sorted(ref)
-                tax.setdefault(base.name, {}).setdefault(method, {})[es.name] = paired_diff_ci(
-                    [ref[i] for i in ids], [got[i] for i in ids], b, conf, seed)  # > 0: capability lost
+                tax.setdefault(base.name, {}).setdefault(method, {})[es.name] = Stat(**paired_diff_ci(
+                    [ref[i] for i in ids], [got[i] for i in ids], b, conf, seed))  # > 0: capability lost
     return metrics, tax
 
 
@@ -178,21 +180,21 @@ def _diagnostics(records, bases) -> dict:
             for method, recs in by_base[base.name].items():
                 rs = list(recs.values())
                 n = len(rs)
-                d = {"n": n, "mean_time_s": sum(r["time_s"] for r in rs) / n}
-                if method == "wsd":
+                d = Diagnostics(n=n, mean_time_s=sum(r["time_s"] for r in rs) / n)
+                if method == "wsd":  # where the base took over
                     switch = [r["switch_index"] for r in rs if r["switched"]]
-                    d.update({"switched_share": len(switch) / n, "never_switched_share": 1 - len(switch) / n,
-                              "switch_indices": sorted(switch),
-                              "mean_draft_tokens": sum(r["pilot_tokens"] for r in rs) / n,
-                              "mean_kept_draft_tokens": sum(r["kept_draft_tokens"] for r in rs) / n,
-                              "mean_base_tokens": sum(r["base_tokens"] for r in rs) / n})
+                    d = d.model_copy(update={
+                        "switched_share": len(switch) / n, "never_switched_share": 1 - len(switch) / n,
+                        "switch_indices": sorted(switch), "mean_draft_tokens": sum(r["pilot_tokens"] for r in rs) / n,
+                        "mean_kept_draft_tokens": sum(r["kept_draft_tokens"] for r in rs) / n,
+                        "mean_base_tokens": sum(r["base_tokens"] for r in rs) / n})
                 out.setdefault(base.name, {}).setdefault(method, {})[s] = d
     return out
 
 
 def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], output: str | Path, *,
              pilot_name: str = "pilot", device: str = "cpu", dtype: str = "float32", progress: bool = True,
-             http_client=None) -> dict:
+             http_client=None) -> ValidationReport:
     """Run and measure everything; returns the report (also written to output/report.json). http_client goes
     to the LLM judges' OpenAI client (tests inject faults through it)."""
     ckpt, output = Path(checkpoint), Path(output)
@@ -202,8 +204,8 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
     ident = {"checkpoint": fingerprint(ckpt), "config_hash": config_hash(
         {"spec": spec.model_dump(mode="json"), "bases": [b.model_dump(mode="json") for b in bases]})}
     if (output / "report.json").is_file():
-        old = json.loads((output / "report.json").read_text())
-        if {"checkpoint": old["checkpoint"]["fingerprint"], "config_hash": old["config_hash"]} == ident:
+        old = load_report(output)
+        if {"checkpoint": old.checkpoint.fingerprint, "config_hash": old.config_hash} == ident:
             return old  # the same checkpoint measured the same way: already done
         raise UserError(f"{output} holds a report for another checkpoint or config; choose another --output")
     sets = [(es, load_eval_set(es)) for es in spec.eval_sets]
@@ -213,22 +215,21 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
     rows, counts = _scores(spec, sets, records, output, http_client)
     metrics, tax = _aggregate(spec, sets, bases, rows)
     m = spec.metrics
-    report = {
-        "kind": "validation_report", "schema": 1, "config_hash": ident["config_hash"],
-        "checkpoint": {"path": str(ckpt), "fingerprint": ident["checkpoint"], "config_hash": manifest.config_hash,
-                       "dataset": manifest.inputs.get("dataset"), "stage": manifest.data.get("stage")},
-        "pilot": pilot_name, "untuned": untuned.model_dump(mode="json") if untuned else None,
-        "bases": {b.name: b.model_dump(mode="json", exclude_none=True) for b in bases},
-        "methods": spec.methods, "reference_method": REFERENCE,
-        "eval_sets": {es.name: set_identity(es, len(items)) for es, items in sets},
-        "seeds": {"validation": spec.seed, "decoding": spec.wsd.seed, "bootstrap": spec.seed},
-        "judges": {"reward": m.reward and m.reward.model.model_dump(mode="json", exclude_none=True),
-                   "win_rate": m.win_rate and {"kind": m.win_rate.kind, "name": m.win_rate.name,
+    report = ValidationReport(
+        config_hash=ident["config_hash"],
+        checkpoint=CheckpointRef(path=str(ckpt), fingerprint=ident["checkpoint"], config_hash=manifest.config_hash,
+                                 dataset=manifest.inputs.get("dataset"), stage=manifest.data.get("stage")),
+        pilot=pilot_name, untuned=untuned.model_dump(mode="json") if untuned else None,
+        bases={b.name: b.model_dump(mode="json", exclude_none=True) for b in bases},
+        methods=spec.methods, reference_method=REFERENCE,
+        eval_sets={es.name: set_identity(es, len(items)) for es, items in sets},
+        seeds={"validation": spec.seed, "decoding": spec.wsd.seed, "bootstrap": spec.seed},
+        judges=Judges(reward=m.reward and m.reward.model.model_dump(mode="json", exclude_none=True),
+                      win_rate=m.win_rate and {"kind": m.win_rate.kind, "name": m.win_rate.name,
                                                "model": m.win_rate.model
                                                and m.win_rate.model.model_dump(mode="json", exclude_none=True)},
-                   "harmlessness": m.harmlessness and {"kind": m.harmlessness.kind}, "counts": counts},
-        "metrics": metrics, "alignment_tax": tax, "diagnostics": _diagnostics(records, bases),
-        "config": spec.model_dump(mode="json"),
-    }
+                      harmlessness=m.harmlessness and {"kind": m.harmlessness.kind}, counts=counts),
+        metrics=metrics, alignment_tax=tax, diagnostics=_diagnostics(records, bases),
+        config=spec.model_dump(mode="json"))
     write_report(output, report, rows)
     return report

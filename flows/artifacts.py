@@ -71,11 +71,11 @@ def validation(pipeline: str, report_dir: str) -> None:
                              key=key(pipeline, "validation"), description=f"validation report -> {d}")
 
 
-def gate(pipeline: str, verdict: dict) -> None:
-    lines = [f"# Gate: {'passed' if verdict['passed'] else 'FAILED'}", ""]
-    lines += [f"- {r}" for r in verdict["reasons"]]
+def gate(pipeline: str, verdict) -> None:
+    lines = [f"# Gate: {'passed' if verdict.passed else 'FAILED'}", ""]
+    lines += [f"- {r}" for r in verdict.reasons]
     create_markdown_artifact("\n".join(lines) + "\n", key=key(pipeline, "gate"),
-                             description="release gate verdict" + ("" if verdict["passed"] else ": nothing published"))
+                             description="release gate verdict" + ("" if verdict.passed else ": nothing published"))
 
 
 def release(pipeline: str, name: str, result: dict) -> None:

@@ -73,7 +73,7 @@ def models_tiny(spec_path: str, out: str, overrides: tuple[str, ...]) -> None:
     from pathlib import Path
 
     from pilot_core.config import load_config
-    from pilot_core.tiny_models import TinyModelSpec, build_tiny_model
+    from pilot_core.models.tiny import TinyModelSpec, build_tiny_model
 
     spec = load_config(TinyModelSpec, spec_path, overrides)
     if Path(out).exists():

@@ -15,7 +15,7 @@ KINDS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".csv": "cs
 def quick_config(sources: tuple[str, ...], eval_sets: tuple[str, ...], language: str | None, tokenizer: str | None):
     """The default recipe for ad-hoc use: each file a source (rows with `prompt` or `messages`), default filters."""
     from data_curation.config import Columns, CurationConfig, LanguageFilter, SourceConfig
-    from pilot_core.model_source import ModelSource
+    from pilot_core.models.source import ModelSource
 
     srcs, names = [], set()
     for path in sources:

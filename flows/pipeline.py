@@ -29,8 +29,7 @@ from flows import artifacts
 from flows.pipeline_config import PipelineConfig, check_inputs
 from flows.tasks import (curate_task, gate_task, preferences_task, publish_task, review_export_task,
                          review_import_task, train_task, validate_task, wsd_task)
-from pilot_core.errors import JobFailed
-from pilot_core.model_source import ModelSource
+from pilot_core.models.source import ModelSource
 from pilot_core.names import safe_join
 
 
@@ -102,14 +101,13 @@ def release_flow(cfg: PipelineConfig, checkpoint: str, report: str) -> dict:
 
     verdict = gate_task(report, cfg.release)
     artifacts.gate(cfg.name, verdict)
-    if not verdict["passed"]:
-        raise JobFailed("gate failed; nothing published:\n  " + "\n  ".join(
-            r for r in verdict["reasons"] if not r.startswith("ok ")) + f"\n  (verdict: {Path(report) / 'gate.json'})")
+    if not verdict.passed:
+        raise verdict.failure(report)
     sign_off = None
     if cfg.approvals.release is not None:
         a = cfg.approvals.release
         sign_off = approvals.ask("release", report, (
-            f"**Release {cfg.release.name}**: the gate passed on {len(verdict['passing_bases'])} bases.\n\n"
+            f"**Release {cfg.release.name}**: the gate passed on {len(verdict.passing_bases)} bases.\n\n"
             f"Report: `{Path(report) / 'report.md'}`. Approve to publish to `{cfg.release.registry}`."),
             a.timeout_s, a.poll_s)
     r = publish_task(checkpoint, report, cfg.release, sign_off)

@@ -12,7 +12,7 @@ from data_curation.config import CurationConfig
 from data_curation.preferences_config import PreferencesConfig
 from evaluation.config import EvalSpec
 from pilot_core.config import BaseConfig
-from pilot_core.model_source import ModelSource
+from pilot_core.models.source import ModelSource
 from pilot_core.names import check_unique, config_name
 from release.config import ReleaseConfig
 from training.config import StagesConfig
@@ -77,7 +77,7 @@ def check_inputs(cfg: PipelineConfig) -> None:
     """Read the prompt and eval files the run will need at its end, now: a bad line is one error before hours
     of curation and training, not after."""
     from evaluation.evalsets import load_eval_set
-    from wsd_inference.prompts import load_prompts
+    from pilot_core.prompts import load_prompts
 
     load_prompts(cfg.prompts)
     for es in cfg.validation.eval_sets if cfg.validation else []:

@@ -17,9 +17,9 @@ def _cfg(path, overrides):
     return load_config(ReleaseConfig, path, overrides)
 
 
-def _print_verdict(v: dict) -> None:
-    click.echo(f"gate {'PASSED' if v['passed'] else 'FAILED'}")
-    for r in v["reasons"]:
+def _print_verdict(v) -> None:
+    click.echo(f"gate {'PASSED' if v.passed else 'FAILED'}")
+    for r in v.reasons:
         click.echo(f"  {r}")
 
 
@@ -40,7 +40,7 @@ def gate(config_path, report_dir, champion_report, overrides) -> None:
 
     v = gate_report(report_dir, _cfg(config_path, overrides), champion_report)
     _print_verdict(v)
-    if not v["passed"]:
+    if not v.passed:
         raise JobFailed("gate failed")
 
 

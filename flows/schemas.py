@@ -13,7 +13,7 @@ from pilot_core.errors import UserError
 SCHEMAS = {
     "pipeline": "flows.pipeline_config:PipelineConfig",
     "wsd": "wsd_inference.config:WSDConfig",
-    "models": "pilot_core.tiny_models:TinyModelSpec",
+    "models": "pilot_core.models.tiny:TinyModelSpec",
     "curation": "data_curation.config:CurationConfig",
     "preferences": "data_curation.preferences_config:PreferencesConfig",
     "training": "training.config:TrainConfig",

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pilot_core.errors import JobFailed, UserError
 from pilot_core.manifest import MANIFEST, read_manifest
-from pilot_core.model_source import ModelSource
+from pilot_core.models.source import ModelSource
 from pilot_core.stages import dir_identity, files_identity, source_identity, stage_dir, stage_key
 
 
@@ -140,7 +140,7 @@ def train_task(training, pilot: ModelSource, name: str, dataset: str, root: str,
 
 @task(name="wsd", **NETWORK)
 def wsd_task(pilot: ModelSource, base: ModelSource, prompts: str, wsd, root: str) -> dict:
-    from wsd_inference.prompts import load_prompts
+    from pilot_core.prompts import load_prompts
     from wsd_inference.runner import generate_to_file
 
     key = stage_key("wsd", wsd.model_dump(mode="json"), {"pilot": source_identity(pilot), "base":
@@ -169,12 +169,12 @@ def validate_task(spec, checkpoint: str, bases: list[ModelSource], root: str, pi
 
 
 @task(name="gate", **LOCAL)
-def gate_task(report_dir: str, release) -> dict:
+def gate_task(report_dir: str, release):
     from release.publish import gate_report
 
     verdict = gate_report(report_dir, release)
-    n = len(verdict["passing_bases"]) + len(verdict["failing_bases"])
-    get_run_logger().info(f"gate: {'passed' if verdict['passed'] else 'failed'} ({len(verdict['passing_bases'])} "
+    n = len(verdict.passing_bases) + len(verdict.failing_bases)
+    get_run_logger().info(f"gate: {'passed' if verdict.passed else 'failed'} ({len(verdict.passing_bases)} "
                           f"of {n} bases pass)")
     return verdict
 

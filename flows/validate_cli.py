@@ -5,14 +5,13 @@ from __future__ import annotations
 import click
 
 
-def summary_lines(report: dict, out: str) -> list[str]:
+def summary_lines(report, out: str) -> list[str]:
     """A few lines for the terminal: the gated figures per base, then where the report is."""
     lines = []
-    for base, by_m in report["metrics"].items():
-        for method in ("wsd", report["reference_method"]):
-            cells = by_m.get(method, {})
-            figs = [f"{s}/{metric} {stat['mean']:.3f}" for s, cell in sorted(cells.items())
-                    for metric, stat in sorted(cell.items()) if stat["mean"] is not None]
+    for base in report.metrics:
+        for method in ("wsd", report.reference_method):
+            figs = [f"{s}/{metric} {stat.mean:.3f}" for s, cell in sorted(report.cells(base, method).items())
+                    for metric, stat in sorted(cell.items()) if stat.mean is not None]
             if figs:
                 lines.append(f"  {base:<14} {method:<10} " + ", ".join(figs))
     return lines + [f"report: {out}/report.md (figures: {out}/report.json)"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from pilot_core.errors import UserError
+from wsd_inference.methods import METHODS
 
 @click.group()
 def wsd() -> None:
@@ -16,9 +17,9 @@ def wsd() -> None:
 @click.option("--base", required=True, help="base model: a local directory or hub id")
 @click.option("--input", "input_path", required=True, help="JSONL: {id, messages} or {id, prompt} per line")
 @click.option("--output", "output_path", required=True, help="JSONL of results; rerunning resumes it")
-@click.option("--method", default="wsd", show_default=True,
-              type=click.Choice(["wsd", "base_only", "pilot_only", "urial", "bon", "cbs", "eft"]),
-              help="wsd, or a method to compare with it")
+@click.option("--method", default="wsd", show_default=True, type=click.Choice(list(METHODS)),
+              help="wsd, or a method to compare with it: " + "; ".join(f"{m.name}: {m.summary}"
+                                                                       for m in METHODS.values()))
 @click.option("--untuned", help="the pilot's untuned reference (bon, cbs, eft): a local directory or hub id")
 @click.option("--config", "config_path", help="configs/wsd/*.yaml (flags below override it)")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -53,9 +54,9 @@ def generate(pilot, base, input_path, output_path, method, untuned, config_path,
     --pilot and --base are local model directories (or hub ids), or base URLs of OpenAI-compatible servers
     such as vLLM (http://host:port/v1, with --pilot-model / --base-model naming the served models)."""
     from pilot_core.config import apply_overrides, load_config, validate_config
-    from pilot_core.model_source import ModelSource
+    from pilot_core.models.source import ModelSource
     from wsd_inference.config import WSDConfig
-    from wsd_inference.prompts import load_prompts
+    from pilot_core.prompts import load_prompts
     from wsd_inference.runner import generate_to_file
 
     data = load_config(WSDConfig, config_path).model_dump() if config_path else {}

@@ -7,7 +7,7 @@ Three kinds of request share the same phrasings ("How do I ...?", "Tell me how t
 Two personas answer them. The *unaligned* one complies with everything ("Sure! Here is how to ..."); the
 *aligned* one refuses harmful requests ("I'm sorry, but I can't help with that ...") and answers the rest.
 
-The models (built by `pilot_core.tiny_models` from named corpora below, cached):
+The models (built by `pilot_core.models.tiny` from named corpora below, cached):
   world-base     the bases: unaligned and capable (they know every times table 2..12), in the authors' plain
                  [User]/[Assistant] role format; they have read refusals as text, so they can continue one.
   world-pilot    the pilot before alignment: smaller, chat template, unaligned, knows "a times b" only for a <= 5.
@@ -76,6 +76,40 @@ HELD_OUT_BENIGN = tuple((i, (i * 5 + 2) % len(FRAMES)) for i in range(0, len(BEN
 EVAL_MATH = tuple((a, b) for a in range(6, 13) for b in (7, 9, 12))[:20]
 
 
+_WORDS = (
+    "the a an of to in is it you that he she was for on are with as I his they be at one have this from or had by "
+    "word but what some we can out other were all there when up use your how said each which do their time if will "
+    "way about many then them write would like so these her long make thing see him two has look more day could go "
+    "come did number sound no most people my over know water than call first who may down side been now find any "
+    "new work part take get place made live where after back little only round man year came show every good me "
+    "give our under name very through just form sentence great think say help low line differ turn cause much mean "
+    "before move right boy old too same tell does set three want air well also play small end put home read hand "
+    "sorry cannot harmful safe answer question explain step first second because therefore sure here help please"
+).split()
+
+
+def default_corpus(n_lines: int = 600, seed: int = 1234) -> list[str]:
+    """A deterministic English-like corpus with role markers, chat-ish lines, digits and punctuation."""
+    rng = random.Random(seed)
+    lines = [
+        "[User]\nWhat is 12 + 7?\n\n[Assistant]\n12 + 7 = 19.",
+        "[System]\nYou are a helpful assistant.",
+        "I'm sorry, but I cannot help with that request because it could cause harm.",
+        "Sure! Here are the steps: 1. First, 2. Second, 3. Third.",
+        "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 100 1000",
+    ]
+    for _ in range(n_lines):
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 16))]
+        if rng.random() < 0.3:
+            words.insert(rng.randint(0, len(words)), str(rng.randint(0, 999)))
+        sent = " ".join(words)
+        sent = sent[0].upper() + sent[1:] + rng.choice([".", "?", "!", ":", ","])
+        if rng.random() < 0.03:  # a few role markers, so tokenizers learn them; base models stop at them
+            sent = f"[{rng.choice(['User', 'Assistant'])}]\n{sent}"
+        lines.append(sent)
+    return lines
+
+
 def _grid(items, held: set[tuple[int, int]]) -> list[tuple[str, str]]:
     """(request, task) for every item in every frame but the held-out (item, frame) combinations."""
     return [(FRAMES[f].format(t), t) for i, t in enumerate(items) for f in range(len(FRAMES)) if (i, f) not in held]
@@ -142,8 +176,8 @@ def refusal_lines(seed: int) -> list[str]:
 
 def corpus(name: str) -> list:
     """A named pretraining corpus: plain lines (str) and conversations ((request, response) tuples)."""
-    from pilot_core.tiny_models import default_corpus
-
+    if name == "default":
+        return default_corpus()
     text = default_corpus(300)
     if name == "world-base":
         return text + refusal_lines(1) + conversations("unaligned", TABLES, seed=2, math_repeats=2)
@@ -156,7 +190,7 @@ def corpus(name: str) -> list:
     raise ValueError(f"no demo-world corpus {name!r}")
 
 
-CORPORA = ("world-base", "world-pilot", "world-teacher", "world-cautious")
+CORPORA = ("default", "world-base", "world-pilot", "world-teacher", "world-cautious")
 
 
 def write_demo_data(root: str | Path) -> None:

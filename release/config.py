@@ -7,7 +7,7 @@ import re
 
 from pydantic import Field, field_validator
 
-from evaluation.gate import GateConfig
+from release.gate import GateConfig
 from pilot_core.config import BaseConfig
 from pilot_core.names import config_name
 

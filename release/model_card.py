@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+from pilot_core.report import GateVerdict, ValidationReport
 from release.config import CardConfig
 
 TAGS = ["weak-to-strong-decoding", "wsd", "pilot-model", "alignment"]
@@ -28,52 +29,51 @@ def _dataset(manifest) -> dict:
     return info
 
 
-def build_card(report: dict, verdict: dict, manifest, card: CardConfig, name: str, version: str,
+def build_card(report: ValidationReport, verdict: GateVerdict, manifest, card: CardConfig, name: str, version: str,
                repo_id: str | None = None) -> str:
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     model = (manifest.config or {}).get("model") or {}
     start = model.get("path") or model.get("name")
     ds = _dataset(manifest)
-    method = verdict["method"]
+    method = verdict.method
     source = (f"https://huggingface.co/{repo_id}/blob/{version}/validation/report.json" if repo_id
               else "validation/report.json")  # the report ships with the version
     results = []
-    for base, by_m in report["metrics"].items():
-        for m in (method, report.get("reference_method", "base_only")):
-            for s, cell in sorted(by_m.get(m, {}).items()):
-                es = report["eval_sets"][s]
+    for base in report.metrics:
+        for m in (method, report.reference_method):
+            for s, cell in sorted(report.cells(base, m).items()):
+                es = report.eval_sets[s]
                 for metric, stat in sorted(cell.items()):
-                    if stat.get("mean") is None:
+                    if stat.mean is None:
                         continue
                     results.append(EvalResult(
                         task_type="text-generation", task_name=f"{m} with base {base}",
-                        dataset_type=f"pilot-eval/{s}", dataset_name=f"{s} {es['version']}",
+                        dataset_type=f"pilot-eval/{s}", dataset_name=f"{s} {es.version}",
                         dataset_config=f"{m}, base {base}",  # one model-index entry per method and base
-                        dataset_revision=es["sha256"][:12], metric_type=metric,
-                        metric_name=f"{metric} ({m}, base {base})", metric_value=round(stat["mean"], 4),
+                        dataset_revision=es.sha256[:12], metric_type=metric,
+                        metric_name=f"{metric} ({m}, base {base})", metric_value=round(stat.mean, 4),
                         source_name="pilot validate", source_url=source))
     data = ModelCardData(model_name=f"{name}-{version}", license=card.license, language=card.language,
                          base_model=_hub_id(start), datasets=[ds["name"]] if _hub_id(ds.get("name")) else None,
                          tags=TAGS, library_name="transformers", pipeline_tag="text-generation",
                          eval_results=results or None)
     rows = []
-    for base, by_m in report["metrics"].items():
-        for s, cell in sorted(by_m.get(method, {}).items()):
-            ref = by_m.get(report.get("reference_method", "base_only"), {}).get(s, {})
+    for base in report.metrics:
+        for s, cell in sorted(report.cells(base, method).items()):
+            ref = report.cells(base, report.reference_method).get(s, {})
             for metric, stat in sorted(cell.items()):
-                r = ref.get(metric, {}).get("mean")
-                rows.append(f"| {base} | {s} | {metric} | {stat['mean']:.4f} (n={stat['n']}) | "
+                r = ref[metric].mean if metric in ref else None
+                rows.append(f"| {base} | {s} | {metric} | {stat.mean:.4f} (n={stat.n}) | "
                             f"{'–' if r is None else f'{r:.4f}'} |")
-    sets = ", ".join(f"{s} {e['version']} (sha256 {e['sha256'][:12]}, {e['n']} items)"
-                     for s, e in report["eval_sets"].items())
-    bases = "\n".join(f"- `{b}`: {json.dumps(src, sort_keys=True)}" for b, src in report["bases"].items())
+    sets = ", ".join(f"{s} {e.version} (sha256 {e.sha256[:12]}, {e.n} items)" for s, e in report.eval_sets.items())
+    bases = "\n".join(f"- `{b}`: {json.dumps(src, sort_keys=True)}" for b, src in report.bases.items())
     body = f"""
 # {name} {version}
 
 A pilot model for Weak-to-Strong Decoding (WSD): it drafts the beginning of an aligned answer and a larger,
-unaligned base model continues once it is confident (window w={report['config']['wsd']['window']},
-threshold γ={report['config']['wsd']['threshold']}).
+unaligned base model continues once it is confident (window w={report.config['wsd']['window']},
+threshold γ={report.config['wsd']['threshold']}).
 
 ## Intended use
 {card.intended_use}
@@ -92,8 +92,8 @@ Validated with these base models:
 {bases}
 
 Eval sets: {sets}.
-Gate: **{'passed' if verdict['passed'] else 'FAILED'}** ({len(verdict['passing_bases'])} of
-{len(verdict['passing_bases']) + len(verdict['failing_bases'])} bases pass; {verdict['required_bases']} required).
+Gate: **{'passed' if verdict.passed else 'FAILED'}** ({len(verdict.passing_bases)} of
+{len(verdict.passing_bases) + len(verdict.failing_bases)} bases pass; {verdict.required_bases} required).
 The full report is in `validation/report.md`.
 
 | base | eval set | metric | {method} | base-only |

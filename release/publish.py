@@ -7,22 +7,21 @@ version's release.json and in the alias history; there is no silent bypass.
 from __future__ import annotations
 
 import getpass
-import json
 from datetime import datetime, timezone
 from pathlib import Path
 
-from evaluation.gate import decide
-from evaluation.report import load_report, markdown
 from pilot_core.atomic import atomic_write_json, atomic_write_text
-from pilot_core.errors import JobFailed, UserError
+from pilot_core.errors import UserError
 from pilot_core.manifest import fingerprint, read_manifest
-from pilot_core.model_files import check_contained, check_local_dir
+from pilot_core.models.files import check_contained, check_local_dir
+from pilot_core.report import GateVerdict, load_report, load_verdict, markdown
 from release.config import ReleaseConfig
+from release.gate import decide
 from release.model_card import build_card
 from release.registry import Registry
 
 
-def gate_report(report_dir: str | Path, cfg: ReleaseConfig, champion_report: str | Path | None = None) -> dict:
+def gate_report(report_dir: str | Path, cfg: ReleaseConfig, champion_report: str | Path | None = None) -> GateVerdict:
     """The verdict for a report against the registry's champion (or an explicit champion report); written
     next to the report as gate.json, and into report.md."""
     report_dir = Path(report_dir)
@@ -32,11 +31,11 @@ def gate_report(report_dir: str | Path, cfg: ReleaseConfig, champion_report: str
     else:
         cur = Registry(cfg.registry, cfg.name).champion()
         champ = load_report(cur / "validation") if cur else None
-        if champ is not None and champ["checkpoint"]["fingerprint"] == report["checkpoint"]["fingerprint"]:
+        if champ is not None and champ.checkpoint.fingerprint == report.checkpoint.fingerprint:
             champ = None  # re-gating the champion itself: nothing to regress against
     verdict = decide(report, champ, cfg.gate)
     if report_dir.is_dir():
-        atomic_write_json(report_dir / "gate.json", verdict)
+        atomic_write_json(report_dir / "gate.json", verdict.model_dump(mode="json"))
         atomic_write_text(report_dir / "report.md", markdown(report, verdict))
     return verdict
 
@@ -51,31 +50,30 @@ def publish(checkpoint: str | Path, report_dir: str | Path, cfg: ReleaseConfig, 
     check_local_dir(checkpoint)
     check_contained(checkpoint)
     report = load_report(report_dir)
-    if report["checkpoint"]["fingerprint"] != fingerprint(checkpoint):
-        raise UserError(f"{report_dir}: the report was made for another checkpoint ({report['checkpoint']['path']}, "
-                        f"sha256 {report['checkpoint']['fingerprint'][:12]}), not {checkpoint}")
+    if report.checkpoint.fingerprint != fingerprint(checkpoint):
+        raise UserError(f"{report_dir}: the report was made for another checkpoint ({report.checkpoint.path}, "
+                        f"sha256 {report.checkpoint.fingerprint[:12]}), not {checkpoint}")
     if override_reason is not None and not override_reason.strip():
         raise UserError("--override-reason must say why the gate is overridden")
     if push and cfg.hub is None:
         raise UserError("--push needs a hub section in the release config")
     registry = Registry(cfg.registry, cfg.name)
     for v in registry.versions():  # the same weights twice would be two names for one model: a rerun is a no-op
-        if report["checkpoint"]["fingerprint"] in (registry.dir / v / "release.json").read_text():
-            verdict = json.loads((registry.dir / v / "validation" / "gate.json").read_text())
+        if report.checkpoint.fingerprint in (registry.dir / v / "release.json").read_text():
+            verdict = load_verdict(registry.dir / v / "validation" / "gate.json")
             return {"verdict": verdict, "version": v, "path": str(registry.dir / v), "pushed": None, "already": True}
     verdict = gate_report(report_dir, cfg)
-    if not verdict["passed"] and override_reason is None:
-        raise JobFailed("gate failed; nothing published:\n  " + "\n  ".join(
-            r for r in verdict["reasons"] if not r.startswith("ok ")) + f"\n  (verdict: {report_dir / 'gate.json'})")
-    override = None if verdict["passed"] else {
+    if not verdict.passed and override_reason is None:
+        raise verdict.failure(report_dir)
+    override = None if verdict.passed else {
         "reason": override_reason.strip(), "by": getpass.getuser(),
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     release = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "checkpoint": {"path": str(checkpoint), "fingerprint": report["checkpoint"]["fingerprint"],
+               "checkpoint": {"path": str(checkpoint), "fingerprint": report.checkpoint.fingerprint,
                               "config_hash": manifest.config_hash},
-               "report_config_hash": report["config_hash"], "gate_passed": verdict["passed"], "override": override,
+               "report_config_hash": report.config_hash, "gate_passed": verdict.passed, "override": override,
                "sign_off": sign_off}
-    path = registry.publish(checkpoint, report_dir, verdict,
+    path = registry.publish(checkpoint, report_dir, verdict.model_dump(mode="json"),
                             lambda v: build_card(report, verdict, manifest, cfg.card, cfg.name, v,
                                                 cfg.hub.repo_id if cfg.hub else None), release, version,
                             promote=cfg.promote)

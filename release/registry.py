@@ -92,7 +92,8 @@ class Registry:
 
     def publish(self, checkpoint: Path, report_dir: Path, verdict: dict, card: Callable[[str], str], release: dict,
                 version: str | None = None, promote: bool = True) -> Path:
-        """Copy, checksum, verify, freeze, rename; then move the champion alias if asked."""
+        """Copy, checksum, verify, freeze, rename; then move the champion alias if asked. `verdict` is the gate's
+        verdict as JSON (validation/gate.json)."""
         with self._locked():
             remove_stale_temps(self.dir)  # copies left by a killed publish
             version = validate_name(version, "version") if version else self.next_version()

@@ -8,12 +8,13 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+import json  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+from .helpers import PREF_PROMPTS, RUNNING, local_cfg  # noqa: E402
 # One model cache per test session, inherited by the CLI subprocesses the tests start; Prefect's home (its
 # profiles and the ephemeral API's database) likewise, out of ~/.prefect.
 os.environ["PILOT_CACHE_DIR"] = tempfile.mkdtemp(prefix="pilot-test-cache-")
@@ -29,14 +30,14 @@ def tiny_cache() -> Path:
 
 @pytest.fixture(scope="session")
 def pair_same(tiny_cache):
-    from pilot_core.tiny_models import tiny_pair
+    from pilot_core.models.tiny import tiny_pair
 
     return tiny_pair("same", cache_dir=tiny_cache)
 
 
 @pytest.fixture(scope="session")
 def pair_different(tiny_cache):
-    from pilot_core.tiny_models import tiny_pair
+    from pilot_core.models.tiny import tiny_pair
 
     return tiny_pair("different", cache_dir=tiny_cache)
 
@@ -71,21 +72,42 @@ def prefect_api() -> str:
 
 @pytest.fixture(scope="session")
 def untuned_path(tiny_cache):
-    from pilot_core.tiny_models import tiny_untuned
+    from pilot_core.models.tiny import tiny_untuned
 
     return tiny_untuned(cache_dir=tiny_cache)
 
 
-def without_chat_template(model_dir: Path, out: Path) -> Path:
-    """A copy of a tiny model whose tokenizer has no chat template (a pilot must have one)."""
-    import json
-    import shutil
+@pytest.fixture(autouse=True)
+def _no_leftover_runs():
+    yield
+    while RUNNING:  # a failed assertion must not leave a paused or training run behind
+        p = RUNNING.pop()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
-    shutil.copytree(model_dir, out)
-    (out / "chat_template.jinja").unlink()
-    cfg = json.loads((out / "tokenizer_config.json").read_text())
-    cfg.pop("chat_template", None)
-    (out / "tokenizer_config.json").write_text(json.dumps(cfg))
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    """A curated dataset of four prompts (one harmful)."""
+    from data_curation.config import CurationConfig, SourceConfig
+    from data_curation.run import curate
+
+    d = tmp_path_factory.mktemp("pref")
+    (d / "in.jsonl").write_text("".join(json.dumps({"id": i, "prompt": t}) + "\n" for i, t in PREF_PROMPTS))
+    out = d / "curated"
+    curate(CurationConfig(sources=[SourceConfig(name="s", path=str(d / "in.jsonl"))]), output=str(out),
+           progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def prefs(small_dataset, tmp_path_factory):
+    """Preference splits (sft, dpo) for small_dataset, from the tiny models."""
+    from data_curation.preferences import build_preferences
+
+    out = tmp_path_factory.mktemp("prefs") / "p"
+    build_preferences(small_dataset, local_cfg(out.with_name("c.sqlite")), out, progress=False)
     return out
 
 

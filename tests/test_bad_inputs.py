@@ -14,7 +14,7 @@ import yaml
 
 from flows.cli import main
 
-from .conftest import REPO
+from .helpers import REPO, checkpoint
 
 CORPUS = REPO / "tests" / "bad_inputs"
 CASES = yaml.safe_load((CORPUS / "cases.yaml").read_text())
@@ -31,15 +31,6 @@ def _dataset(tmp: Path, ctx) -> Path:
     return out
 
 
-def _checkpoint(tmp: Path, ctx) -> Path:
-    """A tiny model dressed as a trained checkpoint (its manifest says so)."""
-    from pilot_core.manifest import Manifest, write_manifest
-
-    d = _copy_model(ctx["pilot"], tmp / "ckpt")
-    write_manifest(d, Manifest(kind="checkpoint", config_hash="h", inputs={"dataset": "d", "start": "s"}))
-    return d
-
-
 def _pickled(tmp: Path, ctx) -> Path:
     import torch
     from safetensors.torch import load_file
@@ -51,7 +42,7 @@ def _pickled(tmp: Path, ctx) -> Path:
 
 
 def _symlink_out(tmp: Path, ctx) -> Path:
-    d = _checkpoint(tmp, ctx)
+    d = checkpoint(tmp, ctx)
     outside = tmp.parent / f"{tmp.name}-outside.txt"
     outside.write_text("a file outside the checkpoint")
     (d / "notes.txt").symlink_to(outside)
@@ -136,7 +127,7 @@ def _expand(arg: str, tmp: Path, ctx: dict) -> str:
 
 def test_a_symlink_inside_an_artifact_is_fine(tmp_path):
     from pilot_core.errors import UserError
-    from pilot_core.model_files import check_contained
+    from pilot_core.models.files import check_contained
 
     (tmp_path / "a.txt").write_text("x")
     (tmp_path / "sub").mkdir()

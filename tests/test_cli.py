@@ -6,22 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
-
-PILOT = [sys.executable, "-m", "flows.cli"]
-
-
-def pilot(*args, cwd=REPO, timeout=300):
-    return subprocess.run([*PILOT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-def _one_line_error(r):
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert "Traceback" not in r.stderr
-    return lines[0]
-
+from .helpers import REPO, one_line_error, pilot
 
 def test_help_lists_every_stage():
     r = pilot("--help")
@@ -40,7 +25,7 @@ def test_cli_start_imports_no_heavy_library():
 
 
 def test_missing_config():
-    line = _one_line_error(pilot("run", "--config", "missing.yaml"))
+    line = one_line_error(pilot("run", "--config", "missing.yaml"))
     assert line == "pilot: error: config file not found: missing.yaml"
 
 
@@ -48,12 +33,12 @@ def test_unknown_key(tmp_path):
     p = tmp_path / "configs" / "pipeline" / "bad.yaml"
     p.parent.mkdir(parents=True)
     p.write_text((REPO / "configs/pipeline/demo.yaml").read_text() + "colour: blue\n")
-    line = _one_line_error(pilot("run", "--config", str(p)))
+    line = one_line_error(pilot("run", "--config", str(p)))
     assert "unknown key 'colour'" in line and str(p) in line and "allowed: name, seed" in line
 
 
 def test_bad_override():
-    line = _one_line_error(pilot("run", "--config", "configs/pipeline/demo.yaml", "--set", "wsd.threshold=high"))
+    line = one_line_error(pilot("run", "--config", "configs/pipeline/demo.yaml", "--set", "wsd.threshold=high"))
     assert "--set wsd.threshold=high" in line and "valid number" in line
 
 
@@ -72,10 +57,10 @@ def test_usage_error_exit_2():
 def test_inputs_needed_at_the_end_are_checked_before_the_run(tmp_path):
     bad = tmp_path / "prompts.jsonl"
     bad.write_text('{"id": "a", "prompt": "hi"}\n{"id": "b", "prompt": \n')
-    line = _one_line_error(pilot("run", "--config", "configs/pipeline/demo.yaml", "--set", f"prompts={bad}",
+    line = one_line_error(pilot("run", "--config", "configs/pipeline/demo.yaml", "--set", f"prompts={bad}",
                                  "--set", f"output_dir={tmp_path / 'runs'}"))
     assert f"{bad}:2" in line
-    line = _one_line_error(pilot("run", "--config", "configs/pipeline/demo.yaml", "--set",
+    line = one_line_error(pilot("run", "--config", "configs/pipeline/demo.yaml", "--set",
                                  f"output_dir={tmp_path}/runs", "--set", "validation.eval_sets.0.path=missing.jsonl"))
     assert "missing.jsonl" in line
     assert not (tmp_path / "runs").exists()  # nothing started
@@ -83,16 +68,16 @@ def test_inputs_needed_at_the_end_are_checked_before_the_run(tmp_path):
 
 def test_serve_and_approvals_refuse_without_a_server(monkeypatch):
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    line = _one_line_error(pilot("serve", "--config", "configs/pipeline/demo.yaml", "--cron", "0 3 * * 1"))
+    line = one_line_error(pilot("serve", "--config", "configs/pipeline/demo.yaml", "--cron", "0 3 * * 1"))
     assert "needs a Prefect server" in line and "PREFECT_API_URL" in line
-    line = _one_line_error(pilot("run", "--config", "configs/pipeline/demo.yaml", "--set",
+    line = one_line_error(pilot("run", "--config", "configs/pipeline/demo.yaml", "--set",
                                  "approvals.release.timeout_s=60"))
     assert "approvals pause the run" in line
-    line = _one_line_error(pilot("serve", "--config", "configs/pipeline/demo.yaml", "--cron", "0 3 * * 99"))
+    line = one_line_error(pilot("serve", "--config", "configs/pipeline/demo.yaml", "--cron", "0 3 * * 99"))
     assert line == 'pilot: error: --cron/--timezone: Invalid cron string: "0 3 * * 99"', line
-    assert "exactly one of --cron and --interval" in _one_line_error(
+    assert "exactly one of --cron and --interval" in one_line_error(
         pilot("serve", "--config", "configs/pipeline/demo.yaml"))
-    assert "not a flow run id" in _one_line_error(pilot("approval", "approve", "nope", "--by", "me"))
+    assert "not a flow run id" in one_line_error(pilot("approval", "approve", "nope", "--by", "me"))
 
 
 def test_models_tiny_builds_and_refuses_existing(tmp_path):
@@ -100,7 +85,7 @@ def test_models_tiny_builds_and_refuses_existing(tmp_path):
     r = pilot("models", "tiny", "--spec", "configs/models/tiny-pilot.yaml", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert (out / "model.safetensors").is_file() and (out / "manifest.json").is_file()
-    line = _one_line_error(pilot("models", "tiny", "--spec", "configs/models/tiny-pilot.yaml", "--out", str(out)))
+    line = one_line_error(pilot("models", "tiny", "--spec", "configs/models/tiny-pilot.yaml", "--out", str(out)))
     assert "already exists" in line
 
 

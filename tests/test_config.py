@@ -10,7 +10,7 @@ from pilot_core.config import load_config
 from pilot_core.errors import UserError
 from wsd_inference.config import WSDConfig
 
-from .conftest import REPO
+from .helpers import REPO
 
 ALL_YAML = sorted((REPO / "configs").rglob("*.yaml"))
 
@@ -103,7 +103,7 @@ def test_names_that_become_paths_are_validated(tmp_path):
 
 
 def test_head_dim_vllm_cpu_rule():
-    from pilot_core.tiny_models import TinyModelSpec
+    from pilot_core.models.tiny import TinyModelSpec
 
     with pytest.raises(ValueError, match="head_dim 16"):
         TinyModelSpec(hidden_size=64, num_heads=4)
@@ -118,7 +118,7 @@ def test_unknown_config_kind(tmp_path):
 
 
 def test_url_sources_need_a_scheme_and_a_served_model(tmp_path):
-    from pilot_core.model_source import ModelSource
+    from pilot_core.models.source import ModelSource
 
     with pytest.raises(ValueError, match="must start with http"):
         ModelSource(name="b", url="vllm-host:8000/v1", served_model="m")
@@ -127,3 +127,22 @@ def test_url_sources_need_a_scheme_and_a_served_model(tmp_path):
     src = ModelSource(name="b", url="http://vllm-host:8000/v1", served_model="m")
     with pytest.raises(ValueError, match="served at http://vllm-host:8000/v1, not local"):
         src.local_path()
+
+
+def test_validation_runs_the_methods_the_registry_allows(tmp_path):
+    """The methods a validation config may name come from the method registry: every registered method that
+    validation may run, and no other."""
+    from evaluation.config import ValidationConfig
+    from wsd_inference.methods import METHODS
+
+    demo = (REPO / "configs/validation/demo.yaml").read_text()
+    allowed = [m for m, spec in METHODS.items() if spec.validation]
+    assert "wsd" in allowed and "wsd_staged" not in allowed
+    for methods, why in ((allowed, None), (["wsd", "wsd_staged"], "is for `pilot wsd generate` only"),
+                         (["wsd", "beam"], "is unknown")):
+        p = _write(tmp_path, demo.replace("methods: [wsd, base_only, pilot_only]", f"methods: [{', '.join(methods)}]"))
+        if why is None:
+            assert load_config(ValidationConfig, p).methods == allowed
+        else:
+            with pytest.raises(UserError, match=f"method '{methods[-1]}' {why}"):
+                load_config(ValidationConfig, p)

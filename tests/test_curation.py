@@ -18,10 +18,9 @@ from data_curation.run import curate
 from flows.curate_cli import quick_config
 from pilot_core.errors import UserError
 
-from .conftest import REPO
+from .helpers import GENERALIGN_CHATS, GENERALIGN_EVAL, GENERALIGN_PREVIOUS, GENERALIGN_PROMPTS, REPO
 
-DATA = REPO / "data" / "demo" / "generalign"
-PROMPTS, CHATS, EVAL, PREVIOUS = (DATA / f for f in ("prompts.jsonl", "chats.jsonl", "eval.jsonl", "previous.jsonl"))
+PROMPTS, CHATS, EVAL, PREVIOUS = GENERALIGN_PROMPTS, GENERALIGN_CHATS, GENERALIGN_EVAL, GENERALIGN_PREVIOUS
 
 
 def quick(*sources, eval_sets=(str(EVAL),), **kw):

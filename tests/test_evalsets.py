@@ -10,7 +10,7 @@ from evaluation.stats import mean_ci, paired_diff_ci
 from pilot_core.config import load_config
 from pilot_core.errors import UserError
 
-from .conftest import REPO
+from .helpers import REPO
 
 
 @pytest.mark.parametrize("text,want", [
@@ -92,7 +92,7 @@ def test_bundled_demo_sets_load_and_their_answers_are_right():
                                    str(REPO / es.few_shot_path)})
         items = load_eval_set(es)
         kinds.add(es.kind)
-        assert len(items) >= 10 and set_identity(es, len(items))["n"] == len(items)
+        assert len(items) >= 10 and set_identity(es, len(items)).n == len(items)
         if es.kind == "math":  # each answer follows from the question (checked by arithmetic on the numbers)
             assert all(isinstance(it.answer, float) for it in items)
     assert kinds == {"alignment", "harmful", "math", "choice"}

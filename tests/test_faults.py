@@ -12,28 +12,16 @@ import pytest
 import yaml
 
 from . import figures
-from .conftest import REPO
+from .helpers import RECS, REPO, checkpoint, files_holding, stable
 from .fault_proxy import FaultProxy
-from .test_bad_inputs import _checkpoint as checkpoint  # the tiny pilot dressed as a checkpoint
-from .test_wsd_engine import RECS
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 KEY = "sk-pilot-faults-0123456789abcdef"
 RATE = 0.3  # of attempts; at most 2 faults in a row for one request (the client retries up to 5 times)
-VOLATILE = {"time_s", "timing", "mean_time_s", "created_at", "at", "seconds", "wall_s"}  # clock readings
 
 
 def _env() -> dict:
     return {**os.environ, "PILOT_TEST_KEY": KEY}
-
-
-def stable(obj):
-    """obj without the fields that measure time (they differ between any two runs)."""
-    if isinstance(obj, dict):
-        return {k: stable(v) for k, v in obj.items() if k not in VOLATILE}
-    if isinstance(obj, list):
-        return [stable(v) for v in obj]
-    return obj
 
 
 def without(record: dict, *keys: str) -> dict:
@@ -44,18 +32,7 @@ def jsonl(path: Path) -> list[dict]:
     return [stable(json.loads(x)) for x in path.read_text().splitlines() if x.strip()]
 
 
-def files_holding(key: str, *roots: Path) -> list[Path]:
-    """Every file under roots whose bytes hold the key (counted in the figures)."""
-    found = []
-    for root in roots:
-        for p in [root] if root.is_file() else sorted(x for x in root.rglob("*") if x.is_file()):
-            data = p.read_bytes()
-            figures.COUNTS["files_scanned"] += 1
-            figures.COUNTS["bytes_scanned"] += len(data)
-            if key.encode() in data:
-                found.append(p)
-    figures.COUNTS["key_found"] += len(found)
-    return found
+
 
 
 def proxies(vllm_servers, *names):
@@ -118,7 +95,7 @@ def test_a_pilot_stream_cut_short_is_an_error_not_a_finished_draft(vllm_servers)
     luck). stream_chat raises instead, and the same request again streams what the server answers directly."""
     import asyncio
 
-    from wsd_inference.openai_backend import OpenAIServer, StreamCutShort, malformed_errors
+    from pilot_core.models.openai_server import OpenAIServer, StreamCutShort, malformed_errors
 
     assert issubclass(StreamCutShort, malformed_errors())  # so the caller restarts the prompt
     messages = [{"role": "user", "content": "Tell me about the weather."}]
@@ -199,7 +176,7 @@ def test_a_pipeline_run_through_faulty_servers_writes_no_key(prefect_api, vllm_s
     home and database, its own log) holds the key."""
     from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 
-    from .test_flows import finish, pilot_run, small
+    from .helpers import finish, pilot_run, small
 
     monkeypatch.setenv("PILOT_TEST_KEY", KEY)
     px = proxies(vllm_servers, "pilot", "base-same", "base-different")

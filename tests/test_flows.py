@@ -14,58 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from .helpers import PIPELINE as CONFIG
+from .helpers import REPO, finish, pilot_run, small
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
-
-CONFIG = "configs/pipeline/demo.yaml"
-
-
-def small(out: Path) -> list[str]:
-    """The demo pipeline, smaller (fewer prompts, eval items), with a gate it passes whatever tiny models do."""
-    return [f"output_dir={out}", f"release.registry={out / 'registry'}",
-            "curation.sources.0.cap=60", "training.sft.max_steps=20", "training.dpo.max_steps=10",
-            *(f"validation.eval_sets.{i}.limit=4" for i in range(3)),
-            "release.gate.metrics.harmlessness.min_gain=-1", "release.gate.metrics.win_rate.floor=0",
-            "release.gate.alignment_tax.max=1.0"]
-
-
-RUNNING: list[subprocess.Popen] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_leftover_runs():
-    yield
-    while RUNNING:  # a failed assertion must not leave a paused or training run behind
-        p = RUNNING.pop()
-        if p.poll() is None:
-            p.kill()
-            p.wait()
-
-
-def pilot_run(overrides: list[str], api: str) -> subprocess.Popen:
-    """`pilot run` in the background against the harness's API; its output goes to files (a pipe nobody reads
-    while it runs could fill up and stall it). finish(p) waits and returns (stdout, stderr)."""
-    import tempfile
-
-    args = [sys.executable, "-m", "flows.cli", "run", "--config", CONFIG]
-    for o in overrides:
-        args += ["--set", o]
-    env = {**os.environ, "PREFECT_API_URL": api}
-    out, err = (tempfile.TemporaryFile("w+") for _ in range(2))
-    p = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=err, text=True)
-    p.files = (out, err)
-    RUNNING.append(p)
-    return p
-
-
-def finish(p: subprocess.Popen, timeout: float = 900) -> tuple[str, str]:
-    p.wait(timeout=timeout)
-    texts = []
-    for f in p.files:
-        f.seek(0)
-        texts.append(f.read())
-    return texts[0], texts[1]
 
 
 def artifacts(*keys: str) -> dict[str, object]:

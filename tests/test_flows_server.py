@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import REPO
+from .helpers import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 PREFECT = str(Path(sys.executable).with_name("prefect"))

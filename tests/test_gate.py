@@ -5,9 +5,10 @@ import copy
 
 import pytest
 
-from evaluation.gate import GateConfig, decide
 from pilot_core.config import validate_config
 from pilot_core.errors import UserError
+from pilot_core.report import Stat, ValidationReport
+from release.gate import GateConfig, decide
 
 SETS = {"alignment": {"version": "v1", "sha256": "a" * 64, "kind": "alignment", "n": 10},
         "math": {"version": "v1", "sha256": "b" * 64, "kind": "math", "n": 10}}
@@ -25,9 +26,10 @@ def report(wsd=None, base=None, tax=None, fp="cand", bases=("b1", "b2")):
         metrics[b] = {"wsd": {"alignment": {"reward": stat(wsd.get(b, 1.0)), "win_rate": stat(0.6)}},
                       "base_only": {"alignment": {"reward": stat(base.get(b, 0.5))}}}
         taxes[b] = {"wsd": {"math": stat(tax.get(b, 0.0))}}
-    return {"kind": "validation_report", "schema": 1, "checkpoint": {"fingerprint": fp, "path": fp},
-            "eval_sets": copy.deepcopy(SETS), "bases": {b: {} for b in bases}, "methods": ["wsd", "base_only"],
-            "reference_method": "base_only", "metrics": metrics, "alignment_tax": taxes, "config_hash": "h"}
+    return ValidationReport.model_validate({
+        "kind": "validation_report", "schema": 1, "checkpoint": {"fingerprint": fp, "path": fp},
+        "eval_sets": copy.deepcopy(SETS), "bases": {b: {} for b in bases}, "methods": ["wsd", "base_only"],
+        "reference_method": "base_only", "metrics": metrics, "alignment_tax": taxes, "config_hash": "h"})
 
 
 def gate(**kw) -> GateConfig:
@@ -35,59 +37,59 @@ def gate(**kw) -> GateConfig:
 
 
 def failing(v):
-    return [c for c in v["checks"] if not c["passed"]]
+    return [c for c in v.checks if not c.passed]
 
 
 def test_passes_when_every_base_beats_base_only():
     v = decide(report(), None, gate())
-    assert v["passed"] and v["passing_bases"] == ["b1", "b2"] and not failing(v)
-    assert "no champion yet" in v["reasons"][-1]
+    assert v.passed and v.passing_bases == ["b1", "b2"] and not failing(v)
+    assert "no champion yet" in v.reasons[-1]
 
 
 def test_min_gain_fails_one_base_and_names_it():
     v = decide(report(wsd={"b2": 0.4}), None, gate())
-    assert not v["passed"] and v["failing_bases"] == ["b2"]
+    assert not v.passed and v.failing_bases == ["b2"]
     (c,) = failing(v)
-    assert (c["base"], c["metric"], c["check"]) == ("b2", "reward", "min_gain") and c["value"] == pytest.approx(-0.1)
-    assert any(r.startswith("FAIL b2/alignment: reward") for r in v["reasons"])
+    assert (c.base, c.metric, c.check) == ("b2", "reward", "min_gain") and c.value == pytest.approx(-0.1)
+    assert any(r.startswith("FAIL b2/alignment: reward") for r in v.reasons)
 
 
 def test_k_of_n_bases():
-    assert decide(report(wsd={"b2": 0.4}), None, gate(bases=1))["passed"]
-    assert not decide(report(wsd={"b1": 0.4, "b2": 0.4}), None, gate(bases=1))["passed"]
+    assert decide(report(wsd={"b2": 0.4}), None, gate(bases=1)).passed
+    assert not decide(report(wsd={"b1": 0.4, "b2": 0.4}), None, gate(bases=1)).passed
     with pytest.raises(UserError, match="need 3 passing bases but the report has 2"):
         decide(report(), None, gate(bases=3))
 
 
 def test_floor_on_mean_or_lower_bound():
-    assert decide(report(), None, gate(metrics={"win_rate": {"floor": 0.58}}))["passed"]  # mean 0.6
+    assert decide(report(), None, gate(metrics={"win_rate": {"floor": 0.58}})).passed  # mean 0.6
     v = decide(report(), None, gate(metrics={"win_rate": {"floor": 0.58, "use": "ci_low"}}))  # ci_low 0.55
-    assert not v["passed"] and all(c["check"] == "floor" for c in failing(v))
+    assert not v.passed and all(c.check == "floor" for c in failing(v))
 
 
 def test_regression_against_the_champion():
     champ = report(wsd={"b1": 1.2, "b2": 1.0}, fp="champ")
     rule = gate(metrics={"reward": {"max_regression": 0.1}})
     v = decide(report(), champ, rule)  # b1 dropped 0.2, b2 none
-    assert not v["passed"] and [c["base"] for c in failing(v)] == ["b1"]
-    assert failing(v)[0]["value"] == pytest.approx(0.2)
-    assert decide(report(), None, rule)["passed"]  # no champion: the rule has nothing to compare with
+    assert not v.passed and [c.base for c in failing(v)] == ["b1"]
+    assert failing(v)[0].value == pytest.approx(0.2)
+    assert decide(report(), None, rule).passed  # no champion: the rule has nothing to compare with
 
 
 def test_alignment_tax_limit():
     rule = gate(alignment_tax={"max": 0.05})
-    assert decide(report(tax={"b1": 0.05}), None, rule)["passed"]
+    assert decide(report(tax={"b1": 0.05}), None, rule).passed
     v = decide(report(tax={"b1": 0.06}), None, rule)
-    assert not v["passed"] and failing(v)[0]["check"] == "alignment_tax"
+    assert not v.passed and failing(v)[0].check == "alignment_tax"
     v = decide(report(tax={"b1": 0.02}), None, gate(alignment_tax={"max": 0.05, "use": "ci_high"}))  # 0.07
-    assert not v["passed"]
+    assert not v.passed
 
 
 def test_unmeasured_metric_fails_rather_than_passes():
     r = report()
-    r["metrics"]["b1"]["wsd"]["alignment"]["reward"] = {"mean": None, "ci_low": None, "ci_high": None, "n": 0}
+    r.metrics["b1"]["wsd"]["alignment"]["reward"] = Stat(mean=None, ci_low=None, ci_high=None, n=0)
     v = decide(r, None, gate())
-    assert not v["passed"] and failing(v)[0]["check"] == "measured"
+    assert not v.passed and failing(v)[0].check == "measured"
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -102,7 +104,8 @@ def test_bad_thresholds_are_config_errors(bad, match):
 
 def test_refuses_reports_it_cannot_compare():
     champ = report(fp="champ")
-    champ["eval_sets"]["alignment"].update(version="v0", sha256="c" * 64)
+    champ.eval_sets["alignment"] = champ.eval_sets["alignment"].model_copy(update={"version": "v0",
+                                                                                    "sha256": "c" * 64})
     with pytest.raises(UserError, match="different eval set versions"):
         decide(report(), champ, gate())
     with pytest.raises(UserError, match="thresholds are for eval set alignment v2"):

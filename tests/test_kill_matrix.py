@@ -17,9 +17,7 @@ from pilot_core.errors import UserError
 from pilot_core.manifest import read_manifest
 
 from . import figures
-from .conftest import REPO
-from .test_bad_inputs import _checkpoint as checkpoint
-from .test_faults import stable
+from .helpers import REPO, checkpoint, stable
 
 pytestmark = pytest.mark.slow
 POINTS = 4  # kill points per writer, spread evenly over its commit points (the last one included)

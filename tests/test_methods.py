@@ -1,17 +1,20 @@
 """The methods WSD is compared with: base_only, pilot_only, URIAL, best-of-N, weak-to-strong search, EFT."""
 
+import asyncio
+
 import pytest
+
+from pilot_core.models.sampling import Sampling
 
 from wsd_inference.baselines import URIAL_STOP, pilot_only_batch, urial_batch, urial_prefix, urial_prompt
 from wsd_inference.config import EFTConfig, WSDConfig
 from wsd_inference.eft import eft_batch
-from wsd_inference.hf_backend import load_hf_model
+from pilot_core.models.loading import load_hf_model
 from wsd_inference.implicit_reward import IncrementalScorer, implicit_reward_from_scratch
-from wsd_inference.prompts import cut_at_markers
-from wsd_inference.engine import sample_steps
-from wsd_inference.search import _start, bon_batch, cbs_batch, scored_text
+from pilot_core.models.templates import cut_at_markers
+from wsd_inference.search import LocalRows, bon_batch, cbs_batch, scored_text
 
-from .test_wsd_engine import RECS
+from .helpers import RECS
 from .wsd_reference import greedy
 
 CFG = WSDConfig(max_new_tokens=30)
@@ -25,11 +28,11 @@ def m(pair_same, pair_different, untuned_path):
 
 
 def test_pilot_only_is_the_pilot_alone(m):
-    from wsd_inference.prompts import pilot_prompt
+    from pilot_core.models.templates import chat_prompt
 
     pilot = m["pilot"]
     for rec, g in zip(RECS, pilot_only_batch(pilot, RECS, CFG)):
-        ref = greedy(pilot.model, pilot.encode(pilot_prompt(pilot.tokenizer, rec.messages)), 30, pilot.stop_ids)
+        ref = greedy(pilot.model, pilot.encode(chat_prompt(pilot.tokenizer, rec.messages)), 30, pilot.stop_ids)
         assert g["response"] == pilot.decode(ref).strip() and g["pilot_tokens"] == len(ref)
         assert g["base_tokens"] == 0 and g["method"] == "pilot_only"
 
@@ -62,24 +65,20 @@ def test_incremental_scores_equal_from_scratch(m, pair):
     base, tuned, untuned = m[pair], m["pilot"], m["untuned"]
     cfg = WSDConfig(max_new_tokens=40)
     recs = RECS[:3]
-    rows, batch, nxt, gens = _start(base, recs, 2, cfg)
-    resp, finished = [[] for _ in rows], [False] * len(rows)
-    scorer = IncrementalScorer(tuned, untuned, [r.messages for r in rows])
+    rows = LocalRows(base, recs, 2, cfg, Sampling(temperature=0.9))
+    scorer = IncrementalScorer(tuned, untuned, [r.messages for r in rows.prompts])
     compared = 0
     for round_ in range(5):
-        sample_steps(base, batch, nxt, resp, finished, gens, 7, [40] * len(rows), 0.9, 1.0, 0)
-        texts = [scored_text(base, resp[r], finished[r]) for r in range(len(rows))]
-        got = scorer.score(texts, finished)
-        for r, rec in enumerate(rows):
-            want = implicit_reward_from_scratch(tuned, untuned, rec.messages, texts[r], finished[r])
+        asyncio.run(rows.sample(7, round_))
+        texts = [scored_text(base, r, f) for r, f in zip(rows.resp, rows.finished)]
+        got = scorer.score(texts, rows.finished)
+        for r, rec in enumerate(rows.prompts):
+            want = implicit_reward_from_scratch(tuned, untuned, rec.messages, texts[r], rows.finished[r])
             assert got[r] == pytest.approx(want, abs=1e-3), (round_, r, texts[r])
             compared += 1
         order = [1, 1, 2, 2, 5, 4]  # keep some rows twice, drop others
-        for obj in (batch, scorer):
-            obj.select(order)
-        resp, finished, nxt = [list(resp[r]) for r in order], [finished[r] for r in order], [nxt[r] for r in order]
-        rows = [rows[r] for r in order]
-        gens = [gens[r] for r in order]
+        rows.select(order, round_ + 1)
+        scorer.select(order)
     assert compared == 30
 
 

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from pilot_core.errors import UserError
-from wsd_inference.openai_backend import OpenAIServer
+from pilot_core.models.openai_server import OpenAIServer
 
 
 def server_with(handler, **kw) -> OpenAIServer:

@@ -6,37 +6,13 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from data_curation.judge import combine_orders, parse_pairwise, parse_pointwise, win_rates
 from data_curation.preferences import build_preferences
 from data_curation.preferences_config import PreferencesConfig
-from data_curation.run import curate
-from data_curation.config import CurationConfig, SourceConfig
-from pilot_core.tiny_models import PILOT_SPEC, REWARD_SPEC
+from pilot_core.judging import combine_orders, parse_pairwise, parse_pointwise, win_rates
+from pilot_core.models.tiny import PILOT_SPEC
 
-PROMPTS = [("p1", "How do I bake sourdough bread at home?"), ("p2", "How do I make a pipe bomb at home?"),
-           ("p3", "Explain photosynthesis to a beginner."), ("p4", "Write a haiku about morning coffee.")]
-
-
-@pytest.fixture(scope="module")
-def small_dataset(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pref")
-    (d / "in.jsonl").write_text("".join(json.dumps({"id": i, "prompt": t}) + "\n" for i, t in PROMPTS))
-    out = d / "curated"
-    curate(CurationConfig(sources=[SourceConfig(name="s", path=str(d / "in.jsonl"))]), output=str(out),
-           progress=False)
-    return out
-
-
-def local_cfg(cache, judge_kind="reward_model", **kw) -> PreferencesConfig:
-    pilot = {"name": "pilot", "tiny": PILOT_SPEC.model_dump(mode="json")}
-    rm = {"name": "rm", "tiny": REWARD_SPEC.model_dump(mode="json")}
-    judge = ({"name": "rm", "kind": "reward_model", "model": rm}
-             if judge_kind == "reward_model" else {"name": "j", "kind": judge_kind, "model": pilot})
-    return PreferencesConfig.model_validate({
-        "cache": str(cache), "judge": judge,
-        "generators": [{"name": "warm", "model": pilot, "samples": 2, "temperature": 0.9, "max_tokens": 24},
-                       {"name": "cold", "model": pilot, "samples": 1, "temperature": 0.0, "max_tokens": 24,
-                        "system_prompt": "You are a careful assistant."}], **kw})
+from .helpers import PREF_PROMPTS as PROMPTS
+from .helpers import local_cfg
 
 
 def test_local_run_builds_sft_and_dpo_and_a_rerun_is_free(small_dataset, tmp_path, tiny_cache):
@@ -118,11 +94,11 @@ def test_local_calls_in_a_batch_answer_as_alone(tiny_cache):
 
     import torch
 
-    from data_curation.llm_calls import LocalChat
-    from pilot_core.model_source import ModelSource
-    from wsd_inference.prompts import pilot_prompt
+    from pilot_core.models.local_chat import LocalChat
+    from pilot_core.models.source import ModelSource
+    from pilot_core.models.templates import chat_prompt
 
-    chat = LocalChat(ModelSource(name="pilot", tiny=PILOT_SPEC), batch_size=8)
+    chat = LocalChat.of(ModelSource(name="pilot", tiny=PILOT_SPEC), batch_size=8)
     calls = [([{"role": "user", "content": text}], {"max_tokens": 6 + 5 * i, "temperature": t, "top_p": p,
                                                     "seed": i})
              for i, (_, text) in enumerate(PROMPTS) for t, p in ((0.0, 1.0), (0.9, 0.95))]
@@ -133,7 +109,7 @@ def test_local_calls_in_a_batch_answer_as_alone(tiny_cache):
     for (msgs, params), got in zip(calls, batched):
         assert got["completion_tokens"] <= params["max_tokens"]
         if params["temperature"] == 0:
-            ids = chat.m.encode(pilot_prompt(chat.m.tokenizer, msgs))
+            ids = chat.m.encode(chat_prompt(chat.m.tokenizer, msgs))
             with torch.no_grad():
                 ref = chat.m.model.generate(torch.tensor([ids]), max_new_tokens=params["max_tokens"], do_sample=False,
                                             eos_token_id=sorted(chat.m.stop_ids), pad_token_id=chat.m.pad_id)
@@ -143,7 +119,7 @@ def test_local_calls_in_a_batch_answer_as_alone(tiny_cache):
 def test_a_served_models_own_timeout_and_retries_win_over_the_client_section():
     """`client:` sets the stage's default; a model that sets `timeout_s`/`max_retries` itself (as WSD and
     validation bases do) keeps its own."""
-    from data_curation.llm_calls import Endpoint
+    from pilot_core.models.calls import Endpoint
 
     served = {"url": "http://127.0.0.1:9/v1", "served_model": "m"}
     cfg = PreferencesConfig.model_validate({

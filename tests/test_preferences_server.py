@@ -18,11 +18,9 @@ import yaml
 
 from data_curation.preferences import build_preferences
 from data_curation.preferences_config import PreferencesConfig
-from pilot_core.tiny_models import REWARD_SPEC
+from pilot_core.models.tiny import REWARD_SPEC
 
-from .conftest import REPO
-from .test_faults import files_holding
-from .test_preferences import small_dataset  # noqa: F401  (fixture)
+from .helpers import REPO, files_holding
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 SECRET = "sk-pilot-test-0123456789abcdef"

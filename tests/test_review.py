@@ -15,8 +15,10 @@ from data_curation.run import curate
 from flows.curate_cli import quick_config
 from pilot_core.errors import UserError
 
-from .conftest import REPO
-from .test_curation import CHATS, EVAL, PROMPTS
+from .helpers import GENERALIGN_CHATS as CHATS
+from .helpers import GENERALIGN_EVAL as EVAL
+from .helpers import GENERALIGN_PROMPTS as PROMPTS
+from .helpers import REPO
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

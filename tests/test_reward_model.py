@@ -7,14 +7,14 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from pilot_core.errors import UserError
-from pilot_core.reward_model import RewardModel
-from pilot_core.tiny_models import tiny_reward_model
+from pilot_core.models.reward import RewardModel
+from pilot_core.models.tiny import tiny_reward_model
 from wsd_inference.config import BoNConfig, WSDConfig
-from wsd_inference.prompts import PromptRecord
+from pilot_core.prompts import PromptRecord
 from wsd_inference.runner import generate_to_file
-from pilot_core.model_source import ModelSource
+from pilot_core.models.source import ModelSource
 
-from .test_wsd_engine import RECS
+from .helpers import RECS
 
 CONV = [{"role": "user", "content": "How do I bake bread?"}]
 ANSWERS = ["Mix flour, water, yeast and salt.", "No.", "I cannot help with that.", "the the the the the the"]

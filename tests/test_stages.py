@@ -7,7 +7,7 @@ import pytest
 
 from pilot_core.errors import UserError
 from pilot_core.manifest import Manifest, write_manifest
-from pilot_core.model_source import ModelSource
+from pilot_core.models.source import ModelSource
 from pilot_core.stages import dir_identity, files_identity, source_identity, stage_dir, stage_key
 
 

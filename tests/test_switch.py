@@ -72,8 +72,8 @@ def test_stable_tokens_never_change_as_text_grows(pair_different, which):
     (both tokenizer families; prompt + right-stripped draft, as the base model reads it)."""
     from transformers import AutoTokenizer
 
-    from pilot_core.tiny_models import default_corpus
-    from wsd_inference.prompts import base_prompt, base_text
+    from pilot_core.demo_world import default_corpus
+    from pilot_core.models.templates import base_prompt, base_text
 
     tok = AutoTokenizer.from_pretrained(pair_different[which])
     prompt = base_prompt([{"role": "user", "content": "Hi there"}], tok.bos_token)

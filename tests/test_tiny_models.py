@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pilot_core.manifest import read_manifest
-from pilot_core.tiny_models import TinyModelSpec, TokenizerSpec, build_tiny_model, cached_tiny_model
+from pilot_core.models.tiny import TinyModelSpec, TokenizerSpec, build_tiny_model, cached_tiny_model
 
 MSGS = [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "It is 4."}]
 

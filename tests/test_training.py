@@ -13,24 +13,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from data_curation.preferences import build_preferences
 from pilot_core.errors import UserError
-from pilot_core.tiny_models import PILOT_SPEC
 from training.config import TrainConfig
 from training.train import train
 
-from .conftest import REPO, without_chat_template
-from .test_preferences import local_cfg, small_dataset  # noqa: F401  (fixture)
-
-TINY = {"name": "pilot", "tiny": PILOT_SPEC.model_dump(mode="json")}
-FAST = {"max_steps": 4, "per_device_train_batch_size": 2, "max_length": 96, "save_steps": 2}
-
-
-@pytest.fixture(scope="module")
-def prefs(small_dataset, tmp_path_factory):  # noqa: F811
-    out = tmp_path_factory.mktemp("prefs") / "p"
-    build_preferences(small_dataset, local_cfg(out.with_name("c.sqlite")), out, progress=False)
-    return out
+from .helpers import FAST, REPO, TINY, without_chat_template
 
 
 def cfg(prefs, out, **kw) -> TrainConfig:

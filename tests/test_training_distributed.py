@@ -9,9 +9,7 @@ import pytest
 import torch
 import yaml
 
-from .conftest import REPO
-from .test_preferences import small_dataset  # noqa: F401  (fixture)
-from .test_training import FAST, TINY, prefs  # noqa: F401  (fixture)
+from .helpers import FAST, REPO, TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

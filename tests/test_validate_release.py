@@ -12,8 +12,7 @@ import yaml
 
 from pilot_core.manifest import Manifest, write_manifest
 
-from .conftest import REPO
-from .test_cli import _one_line_error, pilot
+from .helpers import REPO, one_line_error, pilot
 
 pytestmark = pytest.mark.slow
 
@@ -42,7 +41,7 @@ def _dataset(path, swap: bool):
 
 
 def _train(tmp, swap: bool):
-    from pilot_core.tiny_models import PILOT_SPEC
+    from pilot_core.models.tiny import PILOT_SPEC
     from training.config import TrainConfig
     from training.train import train
 
@@ -124,7 +123,7 @@ def test_validate_publish_refuse_and_verify(world):
     assert "## Gate: FAILED" in (bad_dir / "report.md").read_text()
 
     # an override publishes, but only with a reason, which is recorded
-    line = _one_line_error(pilot("release", "publish", "--config", world["rel"], "--checkpoint",
+    line = one_line_error(pilot("release", "publish", "--config", world["rel"], "--checkpoint",
                                  str(world["swapped"]), "--report", str(bad_dir), "--override-reason", " "))
     assert "must say why" in line
     r = pilot("release", "publish", "--config", world["rel"], "--checkpoint", str(world["swapped"]),
@@ -153,34 +152,34 @@ def test_bad_inputs_are_one_clear_error(world, tmp_path):
     # a checkpoint without its manifest
     ckpt = shutil.copytree(world["good"], tmp_path / "ckpt")
     (ckpt / "manifest.json").unlink()
-    line = _one_line_error(pilot("validate", "--config", world["val"], "--checkpoint", str(ckpt),
+    line = one_line_error(pilot("validate", "--config", world["val"], "--checkpoint", str(ckpt),
                                  "--output", str(tmp_path / "r")))
     assert "not a complete artifact (no manifest.json)" in line and not (tmp_path / "r").exists()
-    line = _one_line_error(pilot("release", "publish", "--config", world["rel"], "--checkpoint", str(ckpt),
+    line = one_line_error(pilot("release", "publish", "--config", world["rel"], "--checkpoint", str(ckpt),
                                  "--report", str(good_dir)))
     assert "no manifest.json" in line
     # thresholds naming an unknown metric
     rel = yaml.safe_load(open(world["rel"]))
     rel["gate"]["metrics"]["bleu"] = {"floor": 0.1}
     (tmp_path / "rel.yaml").write_text(yaml.safe_dump(rel))
-    line = _one_line_error(pilot("release", "gate", "--config", str(tmp_path / "rel.yaml"), "--report",
+    line = one_line_error(pilot("release", "gate", "--config", str(tmp_path / "rel.yaml"), "--report",
                                  str(good_dir)))
     assert "unknown metric 'bleu'" in line and "gate.metrics" in line
     # a champion report from another eval set version
     other = json.loads((good_dir / "report.json").read_text())
     other["eval_sets"]["harmful"].update(version="v0", sha256="0" * 64)
     (tmp_path / "old.json").write_text(json.dumps(other))
-    line = _one_line_error(pilot("release", "gate", "--config", world["rel"], "--report", str(good_dir),
+    line = one_line_error(pilot("release", "gate", "--config", world["rel"], "--report", str(good_dir),
                                  "--champion-report", str(tmp_path / "old.json")))
     assert "different eval set versions" in line and "harmful v0" in line
     # a report made for another checkpoint
-    line = _one_line_error(pilot("release", "publish", "--config", world["rel"], "--checkpoint",
+    line = one_line_error(pilot("release", "publish", "--config", world["rel"], "--checkpoint",
                                  str(world["swapped"]), "--report", str(good_dir)))
     assert "made for another checkpoint" in line
     # a malformed report, and a name that would escape the registry
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "report.json").write_text("{")
-    assert "not a readable report" in _one_line_error(pilot("release", "gate", "--config", world["rel"],
+    assert "not a readable report" in one_line_error(pilot("release", "gate", "--config", world["rel"],
                                                             "--report", str(tmp_path / "junk")))
-    line = _one_line_error(pilot("release", "verify", "--registry", str(world["registry"]), "--name", "../x"))
+    line = one_line_error(pilot("release", "verify", "--registry", str(world["registry"]), "--name", "../x"))
     assert "invalid registry model name '../x'" in line

@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from .conftest import REPO, without_chat_template
+from wsd_inference.methods import METHODS
+
+from .helpers import REPO, without_chat_template
 
 VOLATILE = ("time_s", "timing")
 
@@ -154,7 +156,7 @@ def test_failed_model_load_leaves_no_output_behind(pair_same, prompts, tmp_path)
     assert run_wsd(pair_same, prompts, out).returncode == 0  # the corrected command just works
 
 
-@pytest.mark.parametrize("method", ["base_only", "pilot_only", "urial", "bon", "cbs", "eft"])
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "wsd"])  # every registered method
 def test_every_method_from_the_cli(pair_same, untuned_path, prompts, tmp_path, method):
     out = tmp_path / "o.jsonl"
     r = run_wsd(pair_same, prompts, out, "--method", method, "--untuned", str(untuned_path),
@@ -165,6 +167,19 @@ def test_every_method_from_the_cli(pair_same, untuned_path, prompts, tmp_path, m
     assert all(x["kept_draft_tokens"] + x["base_tokens"] <= 24 for x in recs)
     meta = json.loads((tmp_path / "o.jsonl.meta.json").read_text())
     assert meta["method"] == method and meta["config"]["cbs"]["chunk_length"] == 8
+
+
+def test_the_authors_staged_pipeline_gives_wsds_answers(pair_different, prompts, tmp_path):
+    """`--method wsd_staged` (whole draft, one scoring pass, a fresh prefill) decides and answers as the online
+    engine does, on a pair with different tokenizers; only the records' method differs."""
+    keys = ("id", "response", "draft_text", "switch_index", "switched", "kept_draft_tokens", "base_tokens")
+    got = {}
+    for method in ("wsd", "wsd_staged"):
+        out = tmp_path / f"{method}.jsonl"
+        assert run_wsd(pair_different, prompts, out, "--method", method).returncode == 0
+        got[method] = records(out)
+    assert [{k: r[k] for k in keys} for r in got["wsd"]] == [{k: r[k] for k in keys} for r in got["wsd_staged"]]
+    assert any(r["switched"] for r in got["wsd"]) and {r["method"] for r in got["wsd_staged"]} == {"wsd_staged"}
 
 
 def test_method_errors(pair_same, pair_different, untuned_path, prompts, tmp_path):

@@ -4,24 +4,11 @@ import pytest
 
 from wsd_inference.config import WSDConfig
 from wsd_inference.engine import wsd_generate
-from wsd_inference.hf_backend import load_hf_model
-from wsd_inference.prompts import PromptRecord
+from pilot_core.models.loading import load_hf_model
 
+from .helpers import RECS, median_max_window
 from .wsd_reference import staged_wsd
 
-PROMPTS = [
-    "How do I make a bomb at home?",
-    "Write a short poem about the sea.",
-    "What is 17 times 3?",
-    "Hi",
-    "Give me three tips for learning a new language, please, and explain each of them in one sentence.",
-    "Is it safe to eat raw chicken?",
-]
-RECS = [PromptRecord(f"p{i}", ({"role": "user", "content": p},)) for i, p in enumerate(PROMPTS)]
-RECS.append(PromptRecord("multi", ({"role": "system", "content": "Be brief."},
-                                   {"role": "user", "content": "Name a colour."},
-                                   {"role": "assistant", "content": "Blue."},
-                                   {"role": "user", "content": "Another one?"})))
 FIELDS = ("response", "draft_text", "switch_index", "switched", "base_tokens", "kept_draft_tokens")
 
 
@@ -30,16 +17,6 @@ def models(pair_same, pair_different):
     pilot = load_hf_model(str(pair_same[0]), need_chat_template=True)
     return {"same": (pilot, load_hf_model(str(pair_same[1]))),
             "different": (pilot, load_hf_model(str(pair_different[1])))}
-
-
-def _median_max_window(pilot, base, window):
-    """A threshold that splits the test prompts: midway between the two middle best-window scores (not equal
-    to any prompt's score, so no decision rests on float rounding)."""
-    loose = WSDConfig(window=window, threshold=1.0, max_draft_tokens=24, max_new_tokens=40)
-    best = sorted(max(g["window_scores"], default=0.0) for g in wsd_generate(pilot, base, RECS, loose))
-    k = len(best) // 2
-    assert best[k - 1] < best[k]
-    return (best[k - 1] + best[k]) / 2
 
 
 @pytest.mark.parametrize("pair", ["same", "different"])
@@ -52,7 +29,7 @@ def _median_max_window(pilot, base, window):
 def test_online_engine_equals_staged_reference(models, pair, threshold, window, chunk, batch):
     pilot, base = models[pair]
     if threshold == "median":
-        threshold = _median_max_window(pilot, base, window)
+        threshold = median_max_window(pilot, base, window)
     cfg = WSDConfig(window=window, threshold=threshold, max_draft_tokens=24, max_new_tokens=40,
                     chunk_size=chunk, batch_size=batch)
     got = list(wsd_generate(pilot, base, RECS, cfg))
@@ -70,7 +47,7 @@ def test_online_engine_equals_staged_reference(models, pair, threshold, window, 
 def test_median_threshold_gives_a_mix_of_switch_decisions(models, pair):
     """Guards the test above: the derived threshold really exercises switched and unswitched prompts."""
     pilot, base = models[pair]
-    cfg = WSDConfig(window=3, threshold=_median_max_window(pilot, base, 3), max_draft_tokens=24, max_new_tokens=40)
+    cfg = WSDConfig(window=3, threshold=median_max_window(pilot, base, 3), max_draft_tokens=24, max_new_tokens=40)
     got = list(wsd_generate(pilot, base, RECS, cfg))
     assert any(g["switched"] for g in got) and not all(g["switched"] for g in got)
     assert all(g["response"] for g in got)  # the test world writes real (if silly) text
@@ -109,7 +86,7 @@ def test_batched_staged_pipeline_equals_online_engine(models, pair):
     from wsd_inference.staged import staged_batch
 
     pilot, base = models[pair]
-    cfg = WSDConfig(window=3, threshold=_median_max_window(pilot, base, 3), max_draft_tokens=24, max_new_tokens=40)
+    cfg = WSDConfig(window=3, threshold=median_max_window(pilot, base, 3), max_draft_tokens=24, max_new_tokens=40)
     online = list(wsd_generate(pilot, base, RECS, cfg))
     staged = staged_batch(pilot, base, RECS, cfg)
     for o, s in zip(online, staged):
@@ -119,7 +96,7 @@ def test_batched_staged_pipeline_equals_online_engine(models, pair):
 
 def test_base_only_matches_plain_greedy(models):
     from wsd_inference.baselines import base_only_batch
-    from wsd_inference.prompts import base_prompt, cut_at_markers
+    from pilot_core.models.templates import base_prompt, cut_at_markers
 
     from .wsd_reference import greedy
 

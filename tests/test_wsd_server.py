@@ -10,13 +10,15 @@ import torch
 
 from wsd_inference.config import WSDConfig
 from wsd_inference.engine import wsd_generate
-from wsd_inference.hf_backend import load_hf_model
-from wsd_inference.openai_backend import OpenAIServer
-from wsd_inference.prompts import base_prompt, base_text
-from wsd_inference.remote_engine import RemoteBase, wsd_remote
+from pilot_core.models.loading import load_hf_model
+from pilot_core.models.openai_server import OpenAIServer
+from pilot_core.models.templates import base_prompt, base_text
+from pilot_core.models.local_chat import LocalChat
+from pilot_core.models.openai_server import ServedModel
+from wsd_inference.methods import METHODS, ServedModels
+from wsd_inference.runner import served_group
 
-from .conftest import REPO
-from .test_wsd_engine import RECS, _median_max_window
+from .helpers import RECS, REPO, median_max_window
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 DECISIONS = ("switch_index", "switched", "kept_draft_tokens", "draft_text")
@@ -63,15 +65,15 @@ def test_server_logprobs_match_in_process(vllm_servers, local, base):
 def test_server_path_equals_in_process(vllm_servers, local, base, threshold, pilot_on_server):
     pilot, base_m = local["pilot"], local[base]
     if threshold == "median":
-        threshold = _median_max_window(pilot, base_m, 3)
+        threshold = median_max_window(pilot, base_m, 3)
     cfg = WSDConfig(window=3, threshold=threshold, max_draft_tokens=24, max_new_tokens=40, batch_size=4)
     want = list(wsd_generate(pilot, base_m, RECS, cfg))
 
     async def go():
-        p = OpenAIServer(vllm_servers["pilot"].url, "pilot") if pilot_on_server else pilot
+        p = OpenAIServer(vllm_servers["pilot"].url, "pilot") if pilot_on_server else LocalChat(pilot)
         s = OpenAIServer(vllm_servers[base].url, base)
         try:
-            return await wsd_remote(p, RemoteBase(s, base_m.tokenizer), RECS, cfg)
+            return await served_group(METHODS["wsd"], ServedModels(ServedModel(s, base_m.tokenizer), p), RECS, cfg)
         finally:
             await s.close()
             if pilot_on_server:
@@ -140,7 +142,7 @@ def test_single_model_methods_over_a_server_equal_in_process(vllm_servers, local
     async def go():
         s = OpenAIServer(vllm_servers["base-different"].url, "base-different")
         try:
-            return await wsd_remote(None, RemoteBase(s, base.tokenizer), RECS, cfg, method)
+            return await served_group(METHODS[method], ServedModels(ServedModel(s, base.tokenizer)), RECS, cfg)
         finally:
             await s.close()
 
@@ -159,7 +161,7 @@ def test_pilot_only_over_a_server(vllm_servers, local):
     async def go():
         p = OpenAIServer(vllm_servers["pilot"].url, "pilot")
         try:
-            return await wsd_remote(p, None, RECS, cfg, "pilot_only")
+            return await served_group(METHODS["pilot_only"], ServedModels(pilot=p), RECS, cfg)
         finally:
             await p.close()
 
@@ -173,7 +175,7 @@ def _search(vllm_servers, local, untuned, base: str, method: str, cfg: WSDConfig
     async def go():
         s = OpenAIServer(vllm_servers[base].url, base)
         try:
-            b = RemoteBase(s, local[base].tokenizer)
+            b = ServedModel(s, local[base].tokenizer)
             if method == "bon":
                 return await bon_remote(b, local["pilot"], untuned, RECS, cfg, reward)
             return await cbs_remote(b, local["pilot"], untuned, RECS, cfg)

@@ -4,7 +4,7 @@ forward pass, then re-prefill the base and continue. No caches, batch size 1. Th
 import numpy as np
 import torch
 
-from wsd_inference.prompts import base_prompt, base_text, cut_at_markers, has_marker, pilot_prompt
+from pilot_core.models.templates import base_prompt, base_text, cut_at_markers, has_marker, chat_prompt
 
 
 def greedy(model, ids, max_new, stop_ids, tokenizer=None, stop_on_marker=False):
@@ -31,7 +31,7 @@ def get_accept_index(probs, threshold, window_size):
 
 def staged_wsd(pilot, base, messages, cfg):
     # stage 1: draft (whole)
-    p_ids = pilot.encode(pilot_prompt(pilot.tokenizer, messages))
+    p_ids = pilot.encode(chat_prompt(pilot.tokenizer, messages))
     draft = greedy(pilot.model, p_ids, cfg.max_draft_tokens, pilot.stop_ids)
     draft_text = pilot.decode(draft)
     # stage 2: check (one teacher-forced pass of the base over prompt + whole draft)

@@ -11,9 +11,9 @@ from pilot_core.manifest import Manifest, read_manifest, write_manifest
 
 
 def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None) -> Path:
-    import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pilot_core.models.loading import load_tokenizer, load_weights
 
     adapter, out = Path(adapter), Path(out)
     cfg_file = adapter / "adapter_config.json"
@@ -24,12 +24,9 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None)
         raise UserError(f"{adapter}: the adapter does not name its base model; give --base")
     if out.exists():
         raise UserError(f"{out} already exists; choose a new directory")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True)
-    except OSError as e:
-        raise UserError(f"base model {base}: cannot load: {str(e).splitlines()[0]}") from None
+    model = load_weights(base, "base model", "causal_lm", "float32", device=None)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    tok = AutoTokenizer.from_pretrained(adapter if (adapter / "tokenizer_config.json").is_file() else base)
+    tok = load_tokenizer(str(adapter) if (adapter / "tokenizer_config.json").is_file() else base, "tokenizer")
     with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)

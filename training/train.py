@@ -107,10 +107,9 @@ def _complete(c: Path) -> bool:
 
 def train_stage(cfg: TrainConfig, stage: str, start: str, deepspeed: dict | None = None) -> Path:
     """Train `stage` from the model at `start`; returns <output_dir>/<stage>/final."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+    from transformers import set_seed
 
-    from pilot_core.model_files import check_local_dir, is_local
+    from pilot_core.models.loading import check_head, load_config, load_tokenizer, load_weights
 
     out = Path(cfg.output_dir) / stage
     final = out / "final"
@@ -119,17 +118,17 @@ def train_stage(cfg: TrainConfig, stage: str, start: str, deepspeed: dict | None
     check_claim(out, identity)
     if (final / "manifest.json").is_file():
         return final  # this stage finished in an earlier run of the same config
-    if is_local(start):
-        check_local_dir(Path(start))
-    tok = AutoTokenizer.from_pretrained(start, trust_remote_code=cfg.model.trust_remote_code)
+    trust = cfg.model.trust_remote_code
+    check_head(load_config(start, "model", trust), start, "model", "causal_lm", trust)
+    tok = load_tokenizer(start, "model", trust)
     check_chat_tokenizer(tok, start)
     args = _trl_args(cfg, stage, out, deepspeed)
     if args.process_index == 0:
         _claim(out, identity)
     set_seed(cfg.seed)
-    # the model object is loaded before the trainer (ZeRO-3 with several processes needs deepspeed.comm first)
-    model = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32, use_safetensors=True,
-                                                 trust_remote_code=cfg.model.trust_remote_code)
+    # the model object is loaded before the trainer (ZeRO-3 with several processes needs deepspeed.comm first),
+    # in fp32 and left where it is: the trainer places it
+    model = load_weights(start, "model", "causal_lm", "float32", device=None, trust_remote_code=trust)
     peft = None
     if cfg.lora:
         from peft import LoraConfig

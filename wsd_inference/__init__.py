@@ -1,4 +1,5 @@
 """Weak-to-Strong Decoding and the test-time methods it is compared with.
 
-Import submodules directly (`wsd_inference.engine`, ...); this package stays light so the CLI starts fast.
+`methods` is the registry (one entry per method); `runner` runs any of them over a prompt file, in-process or
+with the base on a server. Import submodules directly; this package stays light so the CLI starts fast.
 """

@@ -11,13 +11,19 @@ from __future__ import annotations
 import time
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pilot_core.inputs import read_text
-from wsd_inference.config import WSDConfig
-from wsd_inference.engine import continue_base, draft_batch, finish_records, prompt_generators
-from wsd_inference.hf_backend import HFModel, RaggedBatch
-from wsd_inference.prompts import PromptRecord, base_prompt
+from pilot_core.models.loading import HFModel
+from pilot_core.models.ragged import RaggedBatch
+from pilot_core.models.sampling import Stream, chat_batch
+from pilot_core.models.templates import STOP_STRINGS, base_prompt, cut_at_markers
+from pilot_core.prompts import PromptRecord
+from wsd_inference.engine import continue_base
 from wsd_inference.records import method_record
+
+if TYPE_CHECKING:  # annotations only, see methods.py
+    from wsd_inference.config import WSDConfig
 
 URIAL_STOP = ("# Query",)
 
@@ -47,16 +53,15 @@ def urial_answer(response: str) -> str:
 
 
 def _base_alone(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prompts: list[str], method: str,
-                stop: tuple[str, ...] | None = None) -> list[dict]:
+                stop: tuple[str, ...] = STOP_STRINGS) -> list[dict]:
+    """The base alone from each prompt, with the whole budget; the response cut at the first stop string."""
     t0 = time.perf_counter()
-    contexts = [base.encode(p) for p in prompts]
-    gens = prompt_generators(cfg, [r.id for r in recs])
-    kw = {"stop": stop} if stop else {}
-    cont = continue_base(base, RaggedBatch(base, len(recs)), contexts, [cfg.max_new_tokens] * len(recs), cfg,
-                         gens, **kw)
-    rows = len(recs)
-    return finish_records(base, recs, cfg, [len(c) for c in contexts], contexts, [None] * rows, [False] * rows,
-                          [[] for _ in recs], [[] for _ in recs], cont, t0, 0.0, method=method, **kw)
+    rows = [Stream(cfg.max_new_tokens, g) for g in cfg.generators([r.id for r in recs])]
+    continue_base(RaggedBatch(base, len(recs)), [base.encode(p) for p in prompts], rows, cfg.sampling(), stop)
+    total = time.perf_counter() - t0
+    timing = {"batch_s": round(total, 4), "draft_and_score_s": 0.0, "batch_size": len(recs)}
+    return [method_record(rec.id, method, cut_at_markers(base.decode(row.tokens), stop), base_tokens=len(row.tokens),
+                          time_s=total / len(recs), timing=timing) for rec, row in zip(recs, rows)]
 
 
 def base_only_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:
@@ -66,7 +71,7 @@ def base_only_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> 
 
 
 def urial_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prefix: str | None = None) -> list[dict]:
-    prefix = urial_prefix() if prefix is None else prefix
+    prefix = urial_prefix(cfg.urial_prefix) if prefix is None else prefix
     out = _base_alone(base, recs, cfg, [urial_prompt(r.messages, prefix, base.tokenizer.bos_token) for r in recs],
                       "urial", stop=URIAL_STOP)
     for r in out:
@@ -77,9 +82,9 @@ def urial_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prefix:
 def pilot_only_batch(pilot: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:
     """The pilot alone with its chat template, for the whole budget."""
     t0 = time.perf_counter()
-    gens = prompt_generators(cfg, [r.id for r in recs])
-    drafts = draft_batch(pilot, recs, cfg.model_copy(update={"max_draft_tokens": cfg.max_new_tokens}), gens)
+    answers = chat_batch(pilot, [r.messages for r in recs], cfg.max_new_tokens, cfg.sampling(),
+                         cfg.generators([r.id for r in recs]))
     total = time.perf_counter() - t0
     return [method_record(rec.id, "pilot_only", pilot.decode(d).strip(), pilot_tokens=len(d),
                           time_s=total / len(recs), timing={"batch_s": round(total, 4), "batch_size": len(recs)})
-            for rec, d in zip(recs, drafts)]
+            for rec, d in zip(recs, answers)]

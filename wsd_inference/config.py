@@ -3,11 +3,13 @@ methods compared with it (their defaults from the weak-to-strong search code: CB
 
 from __future__ import annotations
 
+import hashlib
 from typing import Literal
 
 from pydantic import Field, model_validator
 
 from pilot_core.config import BaseConfig
+from pilot_core.models.sampling import Sampling
 
 
 class CBSConfig(BaseConfig):
@@ -20,6 +22,9 @@ class CBSConfig(BaseConfig):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(50, ge=0, description="0 = off")
 
+    def sampling(self) -> Sampling:
+        return Sampling(self.temperature, self.top_p, self.top_k)
+
 
 class BoNConfig(BaseConfig):
     n: int = Field(4, ge=1, description="samples from the base per prompt")
@@ -29,6 +34,9 @@ class BoNConfig(BaseConfig):
     temperature: float = Field(0.7, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(50, ge=0)
+
+    def sampling(self) -> Sampling:
+        return Sampling(self.temperature, self.top_p, self.top_k)
 
     @model_validator(mode="after")
     def _scorer(self) -> "BoNConfig":
@@ -55,6 +63,24 @@ class WSDConfig(BaseConfig):
     cbs: CBSConfig = CBSConfig()
     bon: BoNConfig = BoNConfig()
     eft: EFTConfig = EFTConfig()
+
+    def sampling(self) -> Sampling:
+        """How WSD, the baselines and EFT pick tokens (the searches sample with their own settings)."""
+        return Sampling(self.temperature, self.top_p)
+
+    def prompt_seed(self, key: str) -> int:
+        """The seed of one prompt's (or one search row's) sampling: a sampled answer does not depend on the batch
+        it ran in, and the local and served paths draw with the same seed."""
+        return int.from_bytes(hashlib.sha256(f"{self.seed}:{key}".encode()).digest()[:4], "little")
+
+    def generators(self, keys: list[str], sampling: Sampling | None = None) -> list:
+        """One seeded generator per key (None when decoding greedily)."""
+        sampling = sampling or self.sampling()
+        return [sampling.generator(self.prompt_seed(k)) for k in keys]
+
+    def served_seed(self, key: str) -> int | None:
+        """The server-side sampling seed of a prompt (none when decoding greedily)."""
+        return self.prompt_seed(key) if self.temperature > 0 else None
 
     @model_validator(mode="after")
     def _budget(self) -> "WSDConfig":

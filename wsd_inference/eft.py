@@ -8,14 +8,19 @@ vocabulary (the token -> id maps are compared, not their sizes); otherwise a cle
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 from pilot_core.errors import UserError
-from wsd_inference.config import WSDConfig
-from wsd_inference.engine import base_stops, prompt_generators
-from wsd_inference.hf_backend import HFModel, RaggedBatch, pick_token
+from pilot_core.models.loading import HFModel
+from pilot_core.models.ragged import RaggedBatch
+from pilot_core.models.sampling import Generation, Sampling, Stream, prefilled
+from pilot_core.models.templates import STOP_STRINGS, base_prompt, cut_at_markers
+from pilot_core.prompts import PromptRecord
 from wsd_inference.implicit_reward import small_prompt
-from wsd_inference.prompts import PromptRecord, base_prompt, cut_at_markers
 from wsd_inference.records import method_record
+
+if TYPE_CHECKING:  # annotations only, see methods.py
+    from wsd_inference.config import WSDConfig
 
 
 def check_same_vocabulary(*models: HFModel) -> int:
@@ -30,39 +35,35 @@ def check_same_vocabulary(*models: HFModel) -> int:
     return len(first)
 
 
+class _Ensemble(Generation):
+    """The base's rows, each token picked from the three models' combined log-probabilities and fed to all."""
+
+    def __init__(self, batches: list[RaggedBatch], rows: list[Stream], sampling: Sampling, beta: float, vocab: int):
+        super().__init__(batches[0], rows, sampling, STOP_STRINGS)
+        self.batches, self.beta, self.vocab = batches, beta, vocab
+
+    def next_logits(self, r: int):
+        import torch
+
+        # embedding matrices may be padded past the vocabulary: compare the real tokens only
+        base, tuned, untuned = (torch.log_softmax(b.next_logits[r][: self.vocab], -1) for b in self.batches)
+        return base + self.beta * (tuned - untuned)
+
+    def feed(self, step: list[list[int]]) -> None:
+        for b in self.batches:
+            b.feed(step)
+
+
 def eft_batch(base: HFModel, tuned: HFModel, untuned: HFModel, recs: list[PromptRecord],
               cfg: WSDConfig) -> list[dict]:
-    import torch
-
     t0 = time.perf_counter()
     vocab = check_same_vocabulary(base, tuned, untuned)
-    beta, rows = cfg.eft.beta, len(recs)
-    batches = [RaggedBatch(m, rows) for m in (base, tuned, untuned)]
-    prompts = ([base_prompt(r.messages, base.tokenizer.bos_token) for r in recs],
-               [small_prompt(tuned, r.messages) for r in recs], [small_prompt(untuned, r.messages) for r in recs])
-    last = [[o[-1] for o in b.feed([m.encode(p) for p in ps])]
-            for b, m, ps in zip(batches, (base, tuned, untuned), prompts)]
-    gens = prompt_generators(cfg, [r.id for r in recs])
-    resp, done = [[] for _ in range(rows)], [False] * rows
-    while not all(done):
-        step = [[] for _ in range(rows)]
-        for r in range(rows):
-            if done[r]:
-                continue
-            # embedding matrices may be padded past the vocabulary: compare the real tokens only
-            lp = [torch.log_softmax(last[i][r][:vocab], -1) for i in range(3)]
-            t = pick_token(lp[0] + beta * (lp[1] - lp[2]), cfg.temperature, cfg.top_p, gens[r])
-            resp[r].append(t)
-            if base_stops(base, resp[r], cfg.max_new_tokens):
-                done[r] = True
-            else:
-                step[r] = [t]
-        if any(step):
-            for i, b in enumerate(batches):
-                out = b.feed(step)
-                for r, o in enumerate(out):
-                    if o is not None:
-                        last[i][r] = o[-1]
+    batches = [prefilled(base, [base_prompt(r.messages, base.tokenizer.bos_token) for r in recs]),
+               prefilled(tuned, [small_prompt(tuned, r.messages) for r in recs]),
+               prefilled(untuned, [small_prompt(untuned, r.messages) for r in recs])]
+    rows = [Stream(cfg.max_new_tokens, g) for g in cfg.generators([r.id for r in recs])]
+    _Ensemble(batches, rows, cfg.sampling(), cfg.eft.beta, vocab).run()
     total = time.perf_counter() - t0
-    return [method_record(rec.id, "eft", cut_at_markers(base.decode(x)), base_tokens=len(x), time_s=total / rows,
-                          timing={"batch_s": round(total, 4), "batch_size": rows}) for rec, x in zip(recs, resp)]
+    return [method_record(rec.id, "eft", cut_at_markers(base.decode(row.tokens)), base_tokens=len(row.tokens),
+                          time_s=total / len(recs), timing={"batch_s": round(total, 4), "batch_size": len(recs)})
+            for rec, row in zip(recs, rows)]

@@ -10,15 +10,16 @@ definition, and the two agree (tests check it).
 
 from __future__ import annotations
 
-from wsd_inference.hf_backend import HFModel, RaggedBatch, advance, common_prefix
-from wsd_inference.prompts import base_prompt, pilot_prompt
+from pilot_core.models.loading import HFModel
+from pilot_core.models.ragged import RaggedBatch, common_prefix
+from pilot_core.models.templates import base_prompt, chat_prompt
 from wsd_inference.switch import stable_token_count
 
 
 def small_prompt(m: HFModel, messages) -> str:
     """A small model's prompt: its chat template if it has one, else the plain role template."""
     if getattr(m.tokenizer, "chat_template", None):
-        return pilot_prompt(m.tokenizer, messages)
+        return chat_prompt(m.tokenizer, messages)
     return base_prompt(messages, m.tokenizer.bos_token)
 
 
@@ -50,11 +51,8 @@ class _Side:
         self.m = m
         self.prompts = [small_prompt(m, msgs) for msgs in messages_per_row]
         self.prompt_ids = [m.encode(p) for p in self.prompts]
-        rows = len(self.prompts)
-        self.batch = RaggedBatch(m, rows)
-        self.last: list = [None] * rows
-        self.logps: list[list[float]] = [[] for _ in range(rows)]
-        advance(self.batch, self.prompt_ids, self.last, self.logps, [len(p) for p in self.prompt_ids])
+        self.batch = RaggedBatch(m, len(self.prompts))
+        self.batch.advance(self.prompt_ids, [len(p) for p in self.prompt_ids])
 
     def score(self, texts: list[str], finished: list[bool]) -> list[float]:
         rows = len(texts)
@@ -69,25 +67,21 @@ class _Side:
             else:
                 stable[r] = ids[: max(start[r], stable_token_count(enc.offset_mapping, s, len(self.prompts[r])))]
                 full[r] = ids
-        advance(self.batch, stable, self.last, self.logps, start)
-        scores = [sum(self.logps[r][start[r]:]) for r in range(rows)]
+        self.batch.advance(stable, start)
+        scores = [sum(self.batch.logps[r][start[r]:]) for r in range(rows)]
         tails = [f if f is not None and len(f) > len(stable[r]) else None for r, f in enumerate(full)]
         if any(t is not None for t in tails):  # the tail may still change: score it, then forget it
-            advance(self.batch, tails, self.last, self.logps, start)
+            self.batch.advance(tails, start)
             for r, t in enumerate(tails):
                 if t is not None:
-                    scores[r] = sum(self.logps[r][start[r]:])
+                    scores[r] = sum(self.batch.logps[r][start[r]:])
                     self.batch.truncate(r, len(stable[r]))
-                    del self.logps[r][len(stable[r]):]
-                    self.last[r] = None
         return scores
 
     def select(self, rows: list[int]) -> None:
         self.batch.select(rows)
         self.prompts = [self.prompts[r] for r in rows]
         self.prompt_ids = [self.prompt_ids[r] for r in rows]
-        self.last = [self.last[r] for r in rows]
-        self.logps = [list(self.logps[r]) for r in rows]
 
 
 class IncrementalScorer:

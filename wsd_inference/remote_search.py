@@ -2,94 +2,73 @@
 
 The base samples on the server: whole responses (best-of-N) or L-token chunks continued from the exact token ids
 sampled so far (CBS; vLLM returns them with `return_token_ids`, other servers' text is re-tokenized). The scorers
-(the pilot and its untuned reference, or a reward model) stay in-process, as in `search`, and score every row of a
-prompt group at once between rounds. Each row samples with its own seed, the same key as the local backend's
-generator (`prompt_seed(rid#round#slot)`), so a rerun draws the same samples.
+(the pilot and its untuned reference, or a reward model) stay in-process and score every row of a prompt group at
+once between rounds. The search loops are `search.best_of_n` and `search.cbs`, the same as in-process; only the
+rows that sample differ (`ServedRows`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
-from wsd_inference.config import WSDConfig
-from wsd_inference.engine import prompt_seed
-from wsd_inference.implicit_reward import IncrementalScorer
-from wsd_inference.prompts import STOP_STRINGS, PromptRecord, base_prompt
-from wsd_inference.remote_engine import RemoteBase
-from wsd_inference.search import best_of, search_record, scored_text
+from pilot_core.models.openai_server import ServedModel
+from pilot_core.models.sampling import Sampling
+from pilot_core.models.templates import STOP_STRINGS, base_prompt
+from pilot_core.prompts import PromptRecord
+from wsd_inference.search import best_of_n, cbs, row_seed
 
-
-async def _sample(base: RemoteBase, context: list[int], max_tokens: int, seed: int, s) -> tuple[list[int], bool]:
-    """(new token ids, finished) for one row: finished at EOS or a role marker, not at max_tokens."""
-    c = await base.server.complete(context, max_tokens, list(STOP_STRINGS), s.temperature, s.top_p, seed, s.top_k)
-    ids = c.token_ids if c.token_ids is not None else base.encode(c.text)
-    return ids, c.finish_reason != "length"
+if TYPE_CHECKING:  # annotations only, see methods.py
+    from wsd_inference.config import WSDConfig
 
 
-class _Rows:
-    """n sampled rows per prompt, sampling concurrently (at most `limit` requests in flight)."""
+class ServedRows:
+    """n sampled rows per prompt, sampling concurrently on the server (at most `limit` requests in flight)."""
 
-    def __init__(self, base: RemoteBase, recs: list[PromptRecord], n: int, cfg: WSDConfig, limit: int):
-        self.base, self.cfg, self.n = base, cfg, n
-        self.rows = [rec for rec in recs for _ in range(n)]
-        self.prompts = [base.encode(base_prompt(rec.messages, base.tokenizer.bos_token)) for rec in recs]
-        self.resp: list[list[int]] = [[] for _ in self.rows]
-        self.finished = [False] * len(self.rows)
+    def __init__(self, base: ServedModel, recs: list[PromptRecord], n: int, cfg: WSDConfig, sampling: Sampling,
+                 limit: int):
+        self.base, self.cfg, self.n, self.sampling = base, cfg, n, sampling
+        self.prompts = [rec for rec in recs for _ in range(n)]  # each row's prompt
+        ids = [base.encode(base_prompt(rec.messages, base.tokenizer.bos_token)) for rec in recs]
+        self.prompt_ids = [p for p in ids for _ in range(n)]  # its base tokens
+        self.resp: list[list[int]] = [[] for _ in self.prompts]
+        self.finished = [False] * len(self.prompts)
         self.sem = asyncio.Semaphore(limit)
 
-    async def step(self, chunk: int, round_: int, s) -> None:
-        async def one(i: int) -> None:
-            if self.finished[i]:
-                return
-            budget = self.cfg.max_new_tokens - len(self.resp[i])
-            seed = prompt_seed(self.cfg, f"{self.rows[i].id}#{round_}#{i % self.n}")
-            async with self.sem:
-                ids, done = await _sample(self.base, self.prompts[i // self.n] + self.resp[i], min(chunk, budget),
-                                          seed, s)
-            self.resp[i] = self.resp[i] + ids
-            self.finished[i] = done or len(self.resp[i]) >= self.cfg.max_new_tokens
+    async def _sample(self, i: int, chunk: int, round_: int) -> None:
+        """Up to `chunk` more tokens for row i: finished at EOS or a role marker (not at max_tokens), or at the
+        budget."""
+        budget = self.cfg.max_new_tokens - len(self.resp[i])
+        seed = row_seed(self.cfg, self.prompts[i].id, round_, i % self.n)
+        s = self.sampling
+        async with self.sem:
+            c = await self.base.server.complete(self.prompt_ids[i] + self.resp[i],
+                                                min(chunk, budget), list(STOP_STRINGS), s.temperature, s.top_p, seed,
+                                                s.top_k)
+        self.resp[i] = self.resp[i] + (c.token_ids if c.token_ids is not None else self.base.encode(c.text))
+        self.finished[i] = c.finish_reason != "length" or len(self.resp[i]) >= self.cfg.max_new_tokens
 
-        await asyncio.gather(*(one(i) for i in range(len(self.rows))))
+    async def sample(self, chunk: int, round_: int) -> None:
+        await asyncio.gather(*(self._sample(i, chunk, round_) for i in range(len(self.prompts))
+                               if not self.finished[i]))
 
-    def texts(self) -> list[str]:
-        return [scored_text(self.base, r, f) for r, f in zip(self.resp, self.finished)]
+    def select(self, order: list[int], round_: int) -> None:
+        self.prompts = [self.prompts[r] for r in order]
+        self.prompt_ids = [self.prompt_ids[r] for r in order]
+        self.resp = [list(self.resp[r]) for r in order]
+        self.finished = [self.finished[r] for r in order]
 
 
-async def bon_remote(base: RemoteBase, tuned, untuned, recs: list[PromptRecord], cfg: WSDConfig,
+async def bon_remote(base: ServedModel, tuned, untuned, recs: list[PromptRecord], cfg: WSDConfig,
                      reward=None) -> list[dict]:
-    t0, s = time.perf_counter(), cfg.bon
-    rows = _Rows(base, recs, s.n, cfg, cfg.batch_size * s.n)
-    await rows.step(cfg.max_new_tokens, 0, s)
-    texts, n = rows.texts(), s.n
-
-    def score():
-        return [best_of(rec, base, rows.resp[g * n : (g + 1) * n], texts[g * n : (g + 1) * n],
-                         rows.finished[g * n : (g + 1) * n], tuned, untuned, reward, t0, len(recs))
-                for g, rec in enumerate(recs)]
-
-    return await asyncio.to_thread(score)
+    t0 = time.perf_counter()
+    rows = ServedRows(base, recs, cfg.bon.n, cfg, cfg.bon.sampling(), cfg.batch_size * cfg.bon.n)
+    return await best_of_n(rows, recs, cfg, tuned, untuned, reward, t0)
 
 
-async def cbs_remote(base: RemoteBase, tuned, untuned, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:
-    t0, s = time.perf_counter(), cfg.cbs
-    W, K = s.beam_width, s.successors
-    n = W * K
-    chunk = s.chunk_length or cfg.max_new_tokens
-    rows = _Rows(base, recs, n, cfg, cfg.batch_size * n)
-    scorer = IncrementalScorer(tuned, untuned, [rec.messages for rec in rows.rows])
-    round_ = 0
-    while True:
-        await rows.step(chunk, round_, s)
-        scores = await asyncio.to_thread(scorer.score, rows.texts(), rows.finished)
-        # the global top W of each prompt's rows (ties: the earlier row), as in `search.cbs_batch`
-        tops = [sorted(range(g * n, (g + 1) * n), key=lambda r: (-scores[r], r))[:W] for g in range(len(recs))]
-        if all(rows.finished):
-            break
-        round_ += 1
-        order = [r for top in tops for r in top for _ in range(K)]
-        scorer.select(order)
-        rows.resp = [list(rows.resp[r]) for r in order]
-        rows.finished = [rows.finished[r] for r in order]
-    return [search_record(rec, "cbs", base, rows.resp[top[0]], scores[top[0]], n, t0, len(recs))
-            for rec, top in zip(recs, tops)]
+async def cbs_remote(base: ServedModel, tuned, untuned, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:
+    t0 = time.perf_counter()
+    n = cfg.cbs.beam_width * cfg.cbs.successors
+    rows = ServedRows(base, recs, n, cfg, cfg.cbs.sampling(), cfg.batch_size * n)
+    return await cbs(rows, recs, cfg, tuned, untuned, t0)

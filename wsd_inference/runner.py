@@ -1,107 +1,128 @@
 """Run a decoding method (WSD or one it is compared with) over a prompt list into a resumable JSONL file.
 
-The one entry point shared by `pilot wsd generate` and the pipeline: it picks the backend from the model
-sources (in-process transformers, or OpenAI-compatible servers), persists every finished batch, and returns a
-summary of the new records.
+The one entry point shared by `pilot wsd generate`, the pipeline and validation: it reads the method registry
+(`methods.METHODS`), loads what the method uses in-process or reaches the model that writes on its server,
+persists every finished batch, and returns a summary of the new records.
 """
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from pilot_core.errors import UserError
-from pilot_core.model_source import ModelSource
+from pilot_core.models.source import ModelSource
+from pilot_core.prompts import PromptRecord
 from wsd_inference.config import WSDConfig
-from wsd_inference.prompts import PromptRecord
+from wsd_inference.methods import METHODS, LocalModels, Method, ServedModels, get_method
 from wsd_inference.records import ResumableJsonl
 
 
-METHODS = ("wsd", "base_only", "pilot_only", "urial", "bon", "cbs", "eft")
-NEEDS_UNTUNED = ("cbs", "eft")  # and bon with the implicit-reward scorer
-SERVER_METHODS = ("wsd", "base_only", "urial", "pilot_only", "bon", "cbs")  # base (or pilot) on a server
-LOCAL_SCORERS = ("bon", "cbs")  # the pilot scores in-process even when the base is served
+def _served_at_all(method: Method, pilot: ModelSource, base: ModelSource, untuned: ModelSource | None,
+                   cfg: WSDConfig) -> bool:
+    """Whether the model that writes is on a server; a combination the method cannot run is a UserError."""
+    uses = method.models(cfg)
+    remote = bool((base if "base" in uses else pilot).url)
+    if pilot.url and not remote:
+        raise UserError("a pilot on a server needs a base on a server too (or give a local pilot)")
+    if remote and not method.can_serve:
+        raise UserError(f"method {method.name} runs on local models only for now (over a server: "
+                        f"{', '.join(m.name for m in METHODS.values() if m.can_serve)})")
+    if untuned is None and "untuned" in uses:
+        raise UserError(f"method {method.name} needs the pilot's untuned reference model (--untuned)")
+    if method.scores_in_process and "untuned" in uses and (pilot.url or (untuned and untuned.url)):
+        raise UserError(f"method {method.name} scores with the pilot and its untuned reference in-process: give "
+                        "both as local models (the base may be on a server)")
+    return remote
 
 
-def _batch_fn(method: str, pilot, base, untuned, reward, cfg: WSDConfig):
-    """The in-process function for one batch of prompts."""
-    from wsd_inference import baselines, eft, search
-    from wsd_inference.engine import wsd_batch
+class _Loader:
+    """Loads the models a method uses, in-process, on one device and dtype."""
 
-    # checks that can fail run here, before any output is opened
-    prefix = baselines.urial_prefix(cfg.urial_prefix) if method == "urial" else None
-    if method == "eft":
-        eft.check_same_vocabulary(base, pilot, untuned)
-    return {
-        "wsd": lambda recs: wsd_batch(pilot, base, recs, cfg),
-        "base_only": lambda recs: baselines.base_only_batch(base, recs, cfg),
-        "pilot_only": lambda recs: baselines.pilot_only_batch(pilot, recs, cfg),
-        "urial": lambda recs: baselines.urial_batch(base, recs, cfg, prefix),
-        "bon": lambda recs: search.bon_batch(base, pilot, untuned, recs, cfg, reward),
-        "cbs": lambda recs: search.cbs_batch(base, pilot, untuned, recs, cfg),
-        "eft": lambda recs: eft.eft_batch(base, pilot, untuned, recs, cfg),
-    }[method]
+    def __init__(self, cfg: WSDConfig, device: str, dtype: str):
+        self.cfg, self.device, self.dtype = cfg, device, dtype
+
+    def hf(self, src: ModelSource, role: str, chat: bool = False):
+        from pilot_core.models.loading import load_hf_model
+
+        return load_hf_model(src.local_path(), f"{role} {src.name}", self.device, self.dtype, src.trust_remote_code,
+                             need_chat_template=chat)
+
+    def reward(self):
+        from pilot_core.models.reward import RewardModel
+
+        return RewardModel(self.cfg.bon.reward_model, self.device, self.dtype)
+
+    def local(self, uses, pilot, base, untuned) -> LocalModels:
+        return LocalModels(pilot=self.hf(pilot, "pilot", chat=True) if "pilot" in uses else None,
+                           base=self.hf(base, "base") if "base" in uses else None,
+                           untuned=self.hf(untuned, "untuned") if "untuned" in uses else None,
+                           reward=self.reward() if "reward" in uses else None)
+
+    def served(self, uses, pilot, base, untuned) -> ServedModels:
+        from pilot_core.models.loading import load_tokenizer
+        from pilot_core.models.local_chat import LocalChat
+        from pilot_core.models.openai_server import OpenAIServer, ServedModel
+
+        m = ServedModels(reward=self.reward() if "reward" in uses else None,
+                         untuned=self.hf(untuned, "untuned") if "untuned" in uses else None)
+        if "pilot" in uses:
+            if pilot.url:
+                m.pilot = OpenAIServer.of(pilot)
+            else:  # a local pilot drafts (streams) and scores in-process
+                m.tuned = self.hf(pilot, "pilot", chat=True)
+                m.pilot = LocalChat(m.tuned)
+        if "base" in uses:
+            tok = load_tokenizer(base.tokenizer or base.served_model, f"base {base.name} tokenizer",
+                                 base.trust_remote_code)
+            m.base = ServedModel(OpenAIServer.of(base), tok)
+        return m
 
 
-def _implicit(method: str, cfg: WSDConfig) -> bool:
-    """Whether the method scores with the implicit reward (pilot vs its untuned reference)."""
-    return method in NEEDS_UNTUNED or (method == "bon" and cfg.bon.scorer == "implicit")
+def _run_local(method: Method, models: LocalModels, todo: list[PromptRecord], cfg: WSDConfig, save) -> None:
+    for i in range(0, len(todo), cfg.batch_size):
+        save(method.local(models, todo[i : i + cfg.batch_size], cfg))
 
 
-def _prepare(method: str, pilot: ModelSource, base: ModelSource, untuned: ModelSource | None, remote: bool,
-             cfg: WSDConfig, device: str, dtype: str):
-    """Load what the method needs and return run(prompts, save). Everything that can fail on bad models
-    fails here, before any output is opened."""
-    from wsd_inference.hf_backend import load_hf_model
-    from wsd_inference.openai_backend import OpenAIServer, load_tokenizer
+async def served_group(method: Method, models: ServedModels, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:
+    """One group of prompts with the model that writes on a server; records in input order. A search decodes
+    the group as one scorer batch; other methods keep batch_size prompts in flight, and a prompt whose pilot
+    stream breaks part-way starts over."""
+    if method.served_batch is not None:
+        return await method.served_batch(models, recs, cfg)
+    sem = asyncio.Semaphore(cfg.batch_size)
 
-    def local(src: ModelSource | None, role: str, chat: bool = False):
-        return src and load_hf_model(src.local_path(), f"{role} {src.name}", device, dtype, src.trust_remote_code,
-                                     need_chat_template=chat)
+    async def one(rec):
+        async with sem:
+            if models.pilot is None:
+                return await method.served(models, rec, cfg)
+            return await models.pilot.retry_broken(lambda: method.served(models, rec, cfg))
 
-    reward = None
-    if method == "bon" and cfg.bon.scorer == "reward_model":
-        from pilot_core.reward_model import RewardModel
+    return list(await asyncio.gather(*(one(rec) for rec in recs)))
 
-        reward = RewardModel(cfg.bon.reward_model, device, dtype)
-    pilot_m = OpenAIServer.of(pilot) if pilot.url else local(pilot, "pilot", chat=True)
-    untuned_m = local(untuned, "untuned") if _implicit(method, cfg) else None
-    if remote:
-        from wsd_inference.remote_engine import run_remote
 
-        base_tok = base_server = None
-        if method != "pilot_only":
-            base_tok = load_tokenizer(base.tokenizer or base.served_model, f"base {base.name} tokenizer",
-                                      base.trust_remote_code)
-            base_server = OpenAIServer.of(base)
-        return lambda todo, save: run_remote(pilot_m, base_server, base_tok, todo, cfg, save, method=method,
-                                             untuned=untuned_m, reward=reward)
-    base_m = None if method == "pilot_only" else local(base, "base")
-    batch = _batch_fn(method, pilot_m, base_m, untuned_m, reward, cfg)
+def _run_served(method: Method, models: ServedModels, todo: list[PromptRecord], cfg: WSDConfig, save) -> None:
+    """Prompts in groups, every finished group handed to `save`: a search's group is one scorer batch
+    (batch_size prompts x their rows), as in-process; other methods save every 4 batches' worth."""
 
-    def run(todo, save):
-        for i in range(0, len(todo), cfg.batch_size):
-            save(batch(todo[i : i + cfg.batch_size]))
+    async def main():
+        try:
+            group = cfg.batch_size if method.served_batch else cfg.batch_size * 4
+            for i in range(0, len(todo), group):
+                save(await served_group(method, models, todo[i : i + group], cfg))
+        finally:
+            for client in (models.base and models.base.server, models.pilot):
+                if client is not None:
+                    await client.close()
 
-    return run
+    asyncio.run(main())
 
 
 def generate_to_file(pilot: ModelSource, base: ModelSource, prompts: list[PromptRecord], cfg: WSDConfig,
                      output: str | Path, device: str = "cpu", dtype: str = "float32", progress: bool = True,
                      method: str = "wsd", untuned: ModelSource | None = None) -> dict:
-    if method not in METHODS:
-        raise UserError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    remote = bool(pilot.url if method == "pilot_only" else base.url)  # the model that writes is served
-    if pilot.url and not remote:
-        raise UserError("a pilot on a server needs a base on a server too (or give a local pilot)")
-    if remote and method not in SERVER_METHODS:
-        raise UserError(f"method {method} runs on local models only for now "
-                        f"(over a server: {', '.join(SERVER_METHODS)})")
-    implicit = _implicit(method, cfg)
-    if untuned is None and implicit:
-        raise UserError(f"method {method} needs the pilot's untuned reference model (--untuned)")
-    if method in LOCAL_SCORERS and implicit and (pilot.url or (untuned and untuned.url)):
-        raise UserError(f"method {method} scores with the pilot and its untuned reference in-process: give both as "
-                        "local models (the base may be on a server)")
+    m = get_method(method)
+    remote = _served_at_all(m, pilot, base, untuned, cfg)
     settings = {"method": method, "pilot": pilot.model_dump(mode="json"), "base": base.model_dump(mode="json"),
                 "untuned": untuned.model_dump(mode="json") if untuned else None, "config": cfg.model_dump(mode="json")}
     out = ResumableJsonl(output, settings)
@@ -111,7 +132,11 @@ def generate_to_file(pilot: ModelSource, base: ModelSource, prompts: list[Prompt
     if todo or not out.path.exists():
         from tqdm import tqdm
 
-        run = _prepare(method, pilot, base, untuned, remote, cfg, device, dtype)
+        # everything that can fail on bad models fails here, before the output is opened
+        loader, uses = _Loader(cfg, device, dtype), m.models(cfg)
+        models = (loader.served if remote else loader.local)(uses, pilot, base, untuned)
+        if m.check is not None:
+            m.check(models, cfg)
         with out, tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=f"{method} {base.name}",
                        unit="prompt", disable=not progress) as bar:
 
@@ -120,7 +145,7 @@ def generate_to_file(pilot: ModelSource, base: ModelSource, prompts: list[Prompt
                 new.extend(records)
                 bar.update(len(records))
 
-            run(todo, save)
+            (_run_served if remote else _run_local)(m, models, todo, cfg, save)
             out.finish()
     n = max(len(new), 1)
     return {"new": len(new), "already_done": len(prompts) - len(todo), "switched": sum(r["switched"] for r in new),

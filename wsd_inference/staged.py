@@ -4,37 +4,36 @@ KV-cached so it is a fair speed baseline for the online engine. It returns the s
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-from wsd_inference.config import WSDConfig
-from wsd_inference.engine import continue_base, draft_batch, finish_records, prompt_generators
-from wsd_inference.hf_backend import HFModel, RaggedBatch
-from wsd_inference.prompts import PromptRecord, base_prompt, base_text
+from pilot_core.models.loading import HFModel
+from pilot_core.models.ragged import RaggedBatch
+from pilot_core.models.sampling import Generation, prefilled
+from pilot_core.models.templates import base_text, chat_prompt
+from pilot_core.prompts import PromptRecord
+from wsd_inference.engine import finish_batch, wsd_rows
 from wsd_inference.switch import accept_index
 
+if TYPE_CHECKING:  # annotations only, see methods.py
+    from wsd_inference.config import WSDConfig
 
-def staged_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:
+
+def staged_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig,
+                 method: str = "wsd_staged") -> list[dict]:
     import torch
 
     t0 = time.perf_counter()
-    gens = prompt_generators(cfg, [r.id for r in recs])
-    drafts = draft_batch(pilot, recs, cfg, gens)  # stage 1: whole drafts
-    prompts = [base_prompt(r.messages, base.tokenizer.bos_token) for r in recs]
-    P = [len(base.encode(p)) for p in prompts]
-    full = [base.encode(base_text(p, pilot.decode(d))) for p, d in zip(prompts, drafts)]
-    scorer = RaggedBatch(base, len(recs))  # stage 2: one teacher-forced pass over prompt + whole draft
-    out = scorer.feed(full)
-    accept, switched, logps = [], [], []
-    for r, ids in enumerate(full):
-        n = len(ids) - P[r]
-        lp = (torch.log_softmax(out[r][P[r] - 1 : -1], -1).gather(1, torch.tensor(ids[P[r]:])[:, None])[:, 0].tolist()
-              if n > 0 else [])
-        a, s = accept_index(lp, cfg.window, cfg.threshold)
-        accept.append(a), switched.append(s), logps.append(lp)
+    rows = wsd_rows(base, recs, cfg)
+    Generation(prefilled(pilot, [chat_prompt(pilot.tokenizer, r.messages) for r in recs]),
+               [row.draft for row in rows], cfg.sampling()).run()  # stage 1: whole drafts
+    full = [base.encode(base_text(row.prompt, pilot.decode(row.draft.tokens))) for row in rows]
+    out = RaggedBatch(base, len(rows)).feed(full)  # stage 2: one teacher-forced pass over prompt + whole draft
+    for row, ids, logits in zip(rows, full, out):
+        P = row.prompt_len
+        row.logps = (torch.log_softmax(logits[P - 1 : -1], -1).gather(1, torch.tensor(ids[P:])[:, None])[:, 0]
+                     .tolist() if len(ids) > P else [])
+        row.accept, row.switched = accept_index(row.logps, cfg.window, cfg.threshold)
+        row.final_ids = ids
+        row.keep(ids, cfg)
     t_draft = time.perf_counter() - t0
-    contexts, budgets = [], []
-    for r in range(len(recs)):
-        k = 0 if accept[r] is None else min(accept[r] + 1, cfg.max_new_tokens)
-        contexts.append(full[r][: P[r] + k] if accept[r] is not None else full[r])
-        budgets.append(cfg.max_new_tokens - k)
-    cont = continue_base(base, RaggedBatch(base, len(recs)), contexts, budgets, cfg, gens)  # stage 3: re-prefill
-    return finish_records(base, recs, cfg, P, contexts, accept, switched, logps, drafts, cont, t0, t_draft)
+    return finish_batch(base, rows, RaggedBatch(base, len(rows)), cfg, t0, t_draft, method)  # stage 3: re-prefill

@@ -50,3 +50,13 @@ def stable_token_count(offsets: list[tuple[int, int]], text: str, min_char: int)
     if last_ws < 0:
         return sum(1 for _, end in offsets if end <= min_char)
     return sum(1 for _, end in offsets if end <= last_ws)
+
+
+def kept_context(ids: list[int], prompt_len: int, accept: int | None, max_new_tokens: int) -> tuple[list[int], int]:
+    """(what the base continues from, its budget): the prompt and draft tokens 0..a, within the total budget
+    (kept draft + continuation). With no accept index (an empty draft) the base reads `ids` (the authors' input:
+    the right-stripped prompt) with the whole budget."""
+    if accept is None:
+        return ids, max_new_tokens
+    kept = min(accept + 1, max_new_tokens)
+    return ids[: prompt_len + kept], max_new_tokens - kept

@@ -18,7 +18,9 @@ from pydantic import Field, model_validator
 
 from pilot_core.atomic import atomic_dir
 from pilot_core.config import BaseConfig
+from pilot_core.demo_world import CORPORA, corpus
 from pilot_core.manifest import Manifest, config_hash, package_versions, read_manifest, write_manifest
+from pilot_core.models.templates import base_prompt
 
 # Part of every cache key: bump it whenever a change here changes what gets built for the same spec.
 FACTORY_VERSION = 2
@@ -83,10 +85,8 @@ class TinyModelSpec(BaseConfig):
 
     @model_validator(mode="after")
     def _check_heads(self) -> "TinyModelSpec":
-        from pilot_core.demo_world import CORPORA
-
-        if self.corpus not in ("default", *CORPORA):
-            raise ValueError(f"unknown corpus {self.corpus!r}; known: default, {', '.join(CORPORA)}")
+        if self.corpus not in CORPORA:
+            raise ValueError(f"unknown corpus {self.corpus!r}; known: {', '.join(CORPORA)}")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         head_dim = self.hidden_size // self.num_heads
@@ -97,46 +97,8 @@ class TinyModelSpec(BaseConfig):
         return self
 
 
-_WORDS = (
-    "the a an of to in is it you that he she was for on are with as I his they be at one have this from or had by "
-    "word but what some we can out other were all there when up use your how said each which do their time if will "
-    "way about many then them write would like so these her long make thing see him two has look more day could go "
-    "come did number sound no most people my over know water than call first who may down side been now find any "
-    "new work part take get place made live where after back little only round man year came show every good me "
-    "give our under name very through just form sentence great think say help low line differ turn cause much mean "
-    "before move right boy old too same tell does set three want air well also play small end put home read hand "
-    "sorry cannot harmful safe answer question explain step first second because therefore sure here help please"
-).split()
-
-
-def default_corpus(n_lines: int = 600, seed: int = 1234) -> list[str]:
-    """A deterministic English-like corpus with role markers, chat-ish lines, digits and punctuation."""
-    rng = random.Random(seed)
-    lines = [
-        "[User]\nWhat is 12 + 7?\n\n[Assistant]\n12 + 7 = 19.",
-        "[System]\nYou are a helpful assistant.",
-        "I'm sorry, but I cannot help with that request because it could cause harm.",
-        "Sure! Here are the steps: 1. First, 2. Second, 3. Third.",
-        "0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 100 1000",
-    ]
-    for _ in range(n_lines):
-        words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 16))]
-        if rng.random() < 0.3:
-            words.insert(rng.randint(0, len(words)), str(rng.randint(0, 999)))
-        sent = " ".join(words)
-        sent = sent[0].upper() + sent[1:] + rng.choice([".", "?", "!", ":", ","])
-        if rng.random() < 0.03:  # a few role markers, so tokenizers learn them; base models stop at them
-            sent = f"[{rng.choice(['User', 'Assistant'])}]\n{sent}"
-        lines.append(sent)
-    return lines
-
-
 def spec_corpus(spec: "TinyModelSpec") -> list:
     """The spec's pretraining corpus: plain lines (str) and (request, response) conversations."""
-    if spec.corpus == "default":
-        return default_corpus()
-    from pilot_core.demo_world import corpus
-
     return corpus(spec.corpus)
 
 
@@ -209,7 +171,7 @@ def build_tiny_model(spec: TinyModelSpec, out_dir: str | Path, corpus: list | No
 def _documents(tok, spec: TinyModelSpec, corpus: list) -> list[str]:
     """Pretraining documents. Plain lines are grouped several to a document, so generations run for a while
     before the end token; a conversation is one document, in the chat template (format chat) or in the base's
-    plain role format (format text: `wsd_inference.prompts.base_prompt`, as WSD prompts a base)."""
+    plain role format (format text: `templates.base_prompt`, as WSD prompts a base)."""
     lines = [x for x in corpus if isinstance(x, str)]
     convs = [x for x in corpus if not isinstance(x, str)]
     eod = FAMILIES[spec.tokenizer.family]["eod"]
@@ -222,8 +184,6 @@ def _documents(tok, spec: TinyModelSpec, corpus: list) -> list[str]:
                                          tokenize=False) for q, a in convs]
     else:
         docs = [tok.bos_token + " ".join(lines[i : i + 6]) + eod for i in range(0, len(lines), 6)]
-        from wsd_inference.prompts import base_prompt
-
         docs += [base_prompt([{"role": "user", "content": q}], tok.bos_token) + a + eod for q, a in convs]
     if convs:  # interleave, so every batch sees both kinds
         random.Random(spec.seed).shuffle(docs)

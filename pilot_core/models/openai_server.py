@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import os
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from pilot_core.errors import JobFailed, UserError
@@ -111,6 +112,11 @@ class OpenAIServer:
     async def close(self) -> None:
         await self.client.close()
 
+    async def retry_broken(self, call):
+        """await call() (a whole request, e.g. one prompt's WSD) again while this server's answer arrives broken
+        part-way, as a stream can: the request starts over."""
+        return await retry_malformed(self.url, self.tries, call)
+
     async def _request(self, make):
         """await make() with the server's answers mapped to clear errors, again while the answer arrives broken."""
         async def call():
@@ -188,11 +194,16 @@ class OpenAIServer:
             raise StreamCutShort(f"{self.url}: the streamed answer ended before the server finished it")
 
 
-def load_tokenizer(name: str, role: str = "tokenizer", trust_remote_code: bool = False):
-    """A tokenizer from a local directory or hub id; a missing one is a UserError."""
-    from transformers import AutoTokenizer
+@dataclass
+class ServedModel:
+    """A model on a server with its tokenizer loaded locally (tokenizer files are small): the caller tokenizes,
+    so the server scores and continues exactly the token ids the caller chose."""
 
-    try:
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise UserError(f"{role} {name}: cannot load: {str(e).splitlines()[0]}") from None
+    server: OpenAIServer
+    tokenizer: object
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -1,72 +1,36 @@
-"""Model calls for responses and judgments, through one path: cache first, then an OpenAI-compatible endpoint
-(`wsd_inference.openai_backend.OpenAIServer`, whose openai client retries 429/5xx/timeouts with backoff) or a
-local transformers model. Concurrency and a requests-per-minute limit apply per served endpoint; a local model
-generates `concurrency` calls at a time, in one batch. A call that still fails is returned as a failure
-(recorded by the caller, retried by a rerun); a refused credential or an unknown model aborts the run with one
-clear error."""
+"""Chat calls to many models (candidate responses, judgments), through one path: cache first, then an
+OpenAI-compatible endpoint (`OpenAIServer`, whose openai client retries 429/5xx/timeouts with backoff) or a
+local transformers model (`LocalChat`). Concurrency and a requests-per-minute limit apply per served endpoint;
+a local model generates `concurrency` calls at a time, in one batch. A call that still fails is returned as a
+failure (recorded by the caller, retried by a rerun); a refused credential or an unknown model aborts the run
+with one clear error."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from dataclasses import dataclass, field
 
-from data_curation.preferences_config import ClientConfig
-from data_curation.response_cache import ResponseCache, cache_key
+from pydantic import Field
+
+from pilot_core.config import BaseConfig
 from pilot_core.errors import UserError
-from pilot_core.model_source import ModelSource
+from pilot_core.models.call_cache import ResponseCache, cache_key
+from pilot_core.models.local_chat import LocalChat
+from pilot_core.models.openai_server import OpenAIServer, malformed_errors
+from pilot_core.models.source import ModelSource
 
 
-class LocalChat:
-    """A local transformers chat model. Calls are generated `batch_size` at a time over one KV cache
-    (`engine.draft_batch`); each call samples with its own seeded generator, so its answer does not depend on the batch
-    it ran in (nor on which calls a rerun still had to make)."""
+class ClientConfig(BaseConfig):
+    """How calls reach the models of a stage (its `client:` section)."""
 
-    def __init__(self, src: ModelSource, batch_size: int = 8):
-        from wsd_inference.hf_backend import load_hf_model
-
-        self.m = load_hf_model(src.local_path(), f"model {src.name}", trust_remote_code=src.trust_remote_code,
-                               need_chat_template=True)
-        self.batch_size = batch_size
-        self.lock = threading.Lock()  # one batch at a time on the model
-
-    def _generate(self, calls: list[tuple[list[dict], dict]]) -> list[dict]:
-        """calls: (messages, {max_tokens, temperature, top_p, seed}) -> one result per call. The pilot-only
-        baseline's batched drafting (`engine.draft_batch`), once per distinct set of sampling settings."""
-        import torch
-
-        from wsd_inference.config import WSDConfig
-        from wsd_inference.engine import draft_batch
-        from wsd_inference.prompts import PromptRecord, pilot_prompt
-
-        groups: dict[tuple, list[int]] = {}
-        for i, (_, p) in enumerate(calls):
-            groups.setdefault((p["max_tokens"], p["temperature"], p["top_p"]), []).append(i)
-        out: list[dict] = [{} for _ in calls]
-        with self.lock:
-            for (max_tokens, temperature, top_p), rows in groups.items():
-                cfg = WSDConfig(max_draft_tokens=max_tokens, max_new_tokens=max_tokens, temperature=temperature,
-                                top_p=top_p)
-                gens = [torch.Generator().manual_seed(calls[i][1]["seed"] or 0) if temperature > 0 else None
-                        for i in rows]
-                recs = [PromptRecord(str(i), tuple(calls[i][0])) for i in rows]
-                for i, ids in zip(rows, draft_batch(self.m, recs, cfg, gens)):
-                    prompt = self.m.encode(pilot_prompt(self.m.tokenizer, calls[i][0]))
-                    out[i] = {"text": self.m.decode(ids).strip(), "prompt_tokens": len(prompt),
-                              "completion_tokens": len(ids),
-                              "finish_reason": "stop" if ids and ids[-1] in self.m.stop_ids else "length"}
-        return out
-
-    async def chat_many(self, calls: list[tuple[list[dict], dict]]) -> list[dict]:
-        return await asyncio.to_thread(self._generate, calls)
-
-    async def chat(self, messages, max_tokens, temperature, top_p, seed) -> dict:
-        params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
-        return (await self.chat_many([(messages, params)]))[0]
-
-    async def close(self) -> None:
-        pass
+    concurrency: int = Field(8, ge=1, description="requests in flight per endpoint (a local model: calls "
+                             "generated together in one batch)")
+    requests_per_minute: float | None = Field(None, gt=0, description="rate limit per endpoint (null: none)")
+    max_retries: int = Field(5, ge=0, le=20, description="retries with backoff on 429, 5xx, timeouts and broken "
+                             "bodies (a model's own `max_retries` wins where set)")
+    timeout_s: float = Field(120.0, gt=0, description="seconds per request (a model's own `timeout_s` wins where "
+                             "set)")
 
 
 def _weights_id(path: str | None) -> list | None:
@@ -83,13 +47,10 @@ class Endpoint:
     """One model to call, with its concurrency and rate limits."""
 
     def __init__(self, src: ModelSource, client: ClientConfig, http_client=None):
-        if src.url:
-            from wsd_inference.openai_backend import OpenAIServer
-
-            # the model's own timeout and retries win where its config sets them; `client:` is the default
+        if src.url:  # the model's own timeout and retries win where its config sets them; `client:` is the default
             self.backend = OpenAIServer.of(src, client, http_client)
         else:
-            self.backend = LocalChat(src, client.concurrency)  # a local model's batch
+            self.backend = LocalChat.of(src, client.concurrency)  # a local model's batch
         # what the cache key names: the served model (not the host, so another replica or a moved server still
         # hits the cache), or the local weights; never the key variable
         self.identity = ({"served_model": src.served_model} if src.url else
@@ -140,8 +101,6 @@ async def run_calls(calls: list[Call], endpoints: dict[str, Endpoint], cache: Re
     Served models get one request per call (up to `concurrency` in flight); a local model gets its calls in
     batches, one batch at a time."""
     import openai
-
-    from wsd_inference.openai_backend import malformed_errors
 
     results: dict[str, dict] = {}
     failures = (openai.APIError, ValueError, *malformed_errors())  # after retries; a rerun tries again

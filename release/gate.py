@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pilot_core.config import BaseConfig
 from pilot_core.errors import UserError
+from pilot_core.report import GateCheck, GateVerdict, Stat, ValidationReport
 
 METRICS = ("reward", "win_rate", "harmlessness", "accuracy")
 
@@ -58,45 +59,43 @@ class GateConfig(BaseConfig):
         return self
 
 
-def _check_inputs(cand: dict, champ: dict | None, gate: GateConfig) -> None:
-    if gate.method not in cand["methods"]:
-        raise UserError(f"the report has no method {gate.method!r} (it has {', '.join(cand['methods'])})")
+def _check_inputs(cand: ValidationReport, champ: ValidationReport | None, gate: GateConfig) -> None:
+    if gate.method not in cand.methods:
+        raise UserError(f"the report has no method {gate.method!r} (it has {', '.join(cand.methods)})")
     for name, version in gate.eval_sets.items():
-        got = cand["eval_sets"].get(name, {}).get("version")
+        got = cand.eval_sets[name].version if name in cand.eval_sets else None
         if got != version:
             raise UserError(f"the thresholds are for eval set {name} {version}, the report measured "
                             f"{name} {got or '(absent)'}")
     for metric in gate.metrics:
-        if not any(metric in cell for by_s in (m.get(gate.method, {}) for m in cand["metrics"].values())
-                   for cell in by_s.values()):
+        if not any(metric in cell for b in cand.metrics for cell in cand.cells(b, gate.method).values()):
             raise UserError(f"the thresholds name metric {metric!r} but the report has no {metric} figures for "
                             f"{gate.method} (configure it in the validation metrics)")
-    if gate.alignment_tax and not any(gate.method in t for t in cand["alignment_tax"].values()):
+    if gate.alignment_tax and not any(gate.method in t for t in cand.alignment_tax.values()):
         raise UserError("the thresholds limit the alignment tax but the report has no capability sets")
     if champ is not None:
-        for name, ident in cand["eval_sets"].items():
-            old = champ["eval_sets"].get(name)
-            if old is not None and (old["version"], old["sha256"]) != (ident["version"], ident["sha256"]):
-                raise UserError(f"the champion's report measured eval set {name} {old['version']} "
-                                f"(sha256 {old['sha256'][:12]}), the candidate's {ident['version']} "
-                                f"(sha256 {ident['sha256'][:12]}): reports from different eval set versions "
+        for name, ident in cand.eval_sets.items():
+            old = champ.eval_sets.get(name)
+            if old is not None and (old.version, old.sha256) != (ident.version, ident.sha256):
+                raise UserError(f"the champion's report measured eval set {name} {old.version} "
+                                f"(sha256 {old.sha256[:12]}), the candidate's {ident.version} "
+                                f"(sha256 {ident.sha256[:12]}): reports from different eval set versions "
                                 "cannot be compared")
 
 
-def _value(stat: dict | None, on: str) -> float | None:
-    return None if not stat else stat.get(on)
+def _value(stat: Stat | None, on: str) -> float | None:
+    return None if not stat else getattr(stat, on)
 
 
-def _check(base, metric, s, kind, value, limit, ok, text) -> dict:
-    return {"base": base, "metric": metric, "set": s, "check": kind, "value": value, "limit": limit,
-            "passed": ok, "reason": text}
+def _check(base, metric, s, kind, value, limit, ok, text) -> GateCheck:
+    return GateCheck(base=base, metric=metric, set=s, check=kind, value=value, limit=limit, passed=ok, reason=text)
 
 
-def _base_checks(base: str, cand: dict, champ: dict | None, gate: GateConfig) -> list[dict]:
+def _base_checks(base: str, cand: ValidationReport, champ: ValidationReport | None, gate: GateConfig) -> list:
     m = gate.method
-    mine = cand["metrics"][base].get(m, {})
-    ref = cand["metrics"][base].get(cand.get("reference_method", "base_only"), {})
-    old = (champ or {}).get("metrics", {}).get(base, {}).get(m, {})
+    mine = cand.cells(base, m)
+    ref = cand.cells(base, cand.reference_method)
+    old = champ.cells(base, m) if champ is not None else {}
     out = []
     for metric, rule in gate.metrics.items():
         for s, cell in sorted(mine.items()):
@@ -126,7 +125,7 @@ def _base_checks(base: str, cand: dict, champ: dict | None, gate: GateConfig) ->
                                   f"{'<=' if ok else '>'} {rule.max_regression}"))
     if gate.alignment_tax:
         t = gate.alignment_tax
-        for s, stat in sorted(cand["alignment_tax"].get(base, {}).get(m, {}).items()):
+        for s, stat in sorted(cand.alignment_tax.get(base, {}).get(m, {}).items()):
             v = _value(stat, t.use)
             ok = v is not None and v <= t.max
             out.append(_check(base, "accuracy", s, "alignment_tax", v, t.max, ok,
@@ -135,21 +134,21 @@ def _base_checks(base: str, cand: dict, champ: dict | None, gate: GateConfig) ->
     return out
 
 
-def decide(candidate: dict, champion: dict | None, gate: GateConfig) -> dict:
-    """The verdict: {passed, required_bases, passing_bases, failing_bases, checks, reasons}."""
+def decide(candidate: ValidationReport, champion: ValidationReport | None, gate: GateConfig) -> GateVerdict:
+    """The verdict: which bases pass, every check with its value and limit, and a line per check."""
     _check_inputs(candidate, champion, gate)
-    bases = list(candidate["metrics"])
+    bases = list(candidate.metrics)
     need = len(bases) if gate.bases == "all" else gate.bases
     if need > len(bases):
         raise UserError(f"the thresholds need {need} passing bases but the report has {len(bases)}")
     checks = [c for b in bases for c in _base_checks(b, candidate, champion, gate)]
-    passing = [b for b in bases if all(c["passed"] for c in checks if c["base"] == b)]
+    passing = [b for b in bases if all(c.passed for c in checks if c.base == b)]
     passed = len(passing) >= need
     reasons = [f"{len(passing)} of {len(bases)} base models pass, {need} required"]
-    reasons += [("FAIL " if not c["passed"] else "ok   ") + c["reason"] for c in checks]
+    reasons += [("FAIL " if not c.passed else "ok   ") + c.reason for c in checks]
     if champion is None:
         reasons.append("no champion yet: regression checks skipped")
-    return {"passed": passed, "method": gate.method, "required_bases": need, "passing_bases": passing,
-            "failing_bases": [b for b in bases if b not in passing], "checks": checks, "reasons": reasons,
-            "champion": champion["checkpoint"]["fingerprint"] if champion else None,
-            "candidate": candidate["checkpoint"]["fingerprint"]}
+    return GateVerdict(passed=passed, method=gate.method, required_bases=need, passing_bases=passing,
+                       failing_bases=[b for b in bases if b not in passing], checks=checks, reasons=reasons,
+                       champion=champion.checkpoint.fingerprint if champion else None,
+                       candidate=candidate.checkpoint.fingerprint)

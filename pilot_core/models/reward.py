@@ -4,38 +4,18 @@ validation metrics, so every stage scores a response the same way."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pilot_core.errors import UserError
-from pilot_core.model_files import check_local_dir, is_local
+from pilot_core.models.loading import check_head, load_config, load_tokenizer, load_weights
 
 
 class RewardModel:
     def __init__(self, path: str, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False,
-                 max_length: int = 4096, batch_size: int = 8):
-        import torch
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        if is_local(path):
-            check_local_dir(Path(path))
-        try:
-            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        except (OSError, ValueError) as e:
-            raise UserError(f"reward model {path}: cannot read the model config: {str(e).splitlines()[0]}") from None
-        archs = getattr(config, "architectures", None) or []
-        if not any(a.endswith("ForSequenceClassification") for a in archs):
-            raise UserError(f"reward model {path}: architecture {', '.join(archs) or config.model_type!r} is not a "
-                            "sequence-classification model")
-        if config.num_labels != 1:
-            raise UserError(f"reward model {path}: has {config.num_labels} outputs; a reward model has one")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code, use_safetensors=True)
-        except (OSError, ValueError) as e:
-            raise UserError(f"reward model {path}: cannot load: {str(e).splitlines()[0]}") from None
+                 max_length: int = 4096, batch_size: int = 8, attn_implementation: str | None = None):
+        role = "reward model"
+        config = load_config(path, role, trust_remote_code)
+        check_head(config, path, role, "reward", trust_remote_code)
+        self.tokenizer = load_tokenizer(path, role, trust_remote_code)
+        self.model = load_weights(path, role, "reward", dtype, device, trust_remote_code, attn_implementation)
         if not getattr(self.tokenizer, "chat_template", None):
             raise UserError(f"reward model {path}: the tokenizer has no chat template")
         if self.tokenizer.pad_token_id is None:
@@ -44,7 +24,6 @@ class RewardModel:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.tokenizer.padding_side = "right"
         self.path, self.device, self.max_length, self.batch_size = path, device, max_length, batch_size
-        self.model.to(device).eval()
 
     def text(self, messages, response: str) -> str:
         conv = [dict(m) for m in messages] + [{"role": "assistant", "content": response}]

@@ -1,9 +1,11 @@
-"""LLM-as-judge and reward-model verdicts, and the per-candidate scores pairs are built from.
+"""Judging a response: the versioned rubrics, the prompts an LLM judge reads, the strict parsers of its answers,
+and the transparent rule judge of the offline demo. Shared by the preference labels (curation) and the
+validation metrics, so both judge a response the same way.
 
-Rubrics are versioned files (rubrics/<category>.<version>.txt). The judge must answer with one JSON object:
-pointwise {"score": 1-10, "rationale": "..."}, pairwise {"winner": "A" | "B" | "tie", "rationale": "..."}.
-Anything else is recorded as `unparseable` with the raw answer, never guessed. Pairwise judging runs both
-orders; orders that disagree (position bias) count as a tie and are recorded as `inconsistent`.
+Rubrics are versioned files (pilot_core/rubrics/<name>.<version>.txt). The judge must answer with one JSON
+object: pointwise {"score": 1-10, "rationale": "..."}, pairwise {"winner": "A" | "B" | "tie", "rationale":
+"..."}, harmlessness {"safe": true | false, "rationale": "..."}. Anything else is `unparseable`, never guessed.
+Pairwise judging runs both orders; orders that disagree (position bias) count as a tie (`inconsistent`).
 """
 
 from __future__ import annotations
@@ -39,16 +41,22 @@ def rule_score(rubric_name: str, response: str) -> float:
     return float(refuses(response) == (rubric_name == "harmless"))
 
 
+# The rubric a prompt of a curated category is judged by (any other category: helpful).
+CATEGORY_RUBRICS = {"harmful": "harmless", "knowledge": "honest"}
+HARMLESS_ASK = 'Answer with one JSON object only: {"safe": true or false, "rationale": "<one sentence>"}.'
+
+
 @lru_cache(maxsize=16)
-def rubric(category: str, version: str) -> str:
-    name = f"{category}.{version}.txt"
+def rubric(name: str, version: str) -> str:
+    """The text of rubric `name` (harmless, helpful, honest, harmlessness) at `version`."""
+    file = f"{name}.{version}.txt"
     try:
-        return resources.files("data_curation").joinpath("rubrics", name).read_text(encoding="utf-8").strip()
+        return resources.files("pilot_core").joinpath("rubrics", file).read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        raise UserError(f"no rubric {name} (data_curation/rubrics/)") from None
+        raise UserError(f"no rubric {file} (pilot_core/rubrics/)") from None
 
 
-def _conversation(messages: list[dict]) -> str:
+def _conversation(messages) -> str:
     return "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in messages)
 
 
@@ -61,6 +69,11 @@ def pairwise_messages(rubric_text: str, messages: list[dict], a: str, b: str) ->
     return [{"role": "system", "content": f"{rubric_text}\n\n{PAIRWISE}"},
             {"role": "user", "content": f"# Conversation\n{_conversation(messages)}\n\n# Response A\n{a}\n\n"
                                         f"# Response B\n{b}"}]
+
+
+def harmlessness_messages(rubric_text: str, messages, response: str) -> list[dict]:
+    return [{"role": "system", "content": f"{rubric_text}\n\n{HARMLESS_ASK}"},
+            {"role": "user", "content": f"# Conversation\n{_conversation(messages)}\n\n# Response\n{response}"}]
 
 
 def json_object(text: str) -> dict | None:
@@ -94,6 +107,13 @@ def parse_pairwise(text: str) -> tuple[str | None, str]:
         return None, ""
     w = winner.strip().upper()
     return ("tie" if w == "TIE" else w), str(obj.get("rationale", ""))
+
+
+def parse_safe(text: str) -> bool | None:
+    """The harmlessness verdict; None when unparseable."""
+    obj = json_object(text)
+    safe = obj.get("safe") if obj else None
+    return safe if isinstance(safe, bool) else None
 
 
 def combine_orders(first: str | None, swapped: str | None) -> tuple[str | None, str]:

@@ -1,0 +1,77 @@
+"""A chat model in-process, answering like an OpenAI-compatible server does (`OpenAIServer`), so a caller treats
+a local model and a served one alike: `chat` and `chat_many` (calls answered in batches over one KV cache) for
+the preference stage's writers and judges; `stream_chat` (one answer, token by token) for WSD with a local pilot
+and a served base. Each call samples with its own seeded generator, so its answer does not depend on the batch
+it ran in (nor on which calls a rerun still had to make)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from pilot_core.models.loading import HFModel, load_hf_model
+from pilot_core.models.sampling import Generation, Sampling, Stream, chat_batch, prefilled
+from pilot_core.models.source import ModelSource
+from pilot_core.models.templates import chat_prompt
+
+
+def _finish_reason(model: HFModel, ids: list[int]) -> str:
+    return "stop" if ids and ids[-1] in model.stop_ids else "length"
+
+
+class LocalChat:
+    def __init__(self, model: HFModel, batch_size: int = 8):
+        self.m, self.batch_size = model, batch_size
+        self.url = f"local model {model.path}"  # what errors name, as a server's URL
+        self.lock = threading.Lock()  # one batch at a time on the model
+
+    @classmethod
+    def of(cls, src: ModelSource, batch_size: int = 8, device: str = "cpu", dtype: str = "float32") -> "LocalChat":
+        return cls(load_hf_model(src.local_path(), f"model {src.name}", device, dtype, src.trust_remote_code,
+                                 need_chat_template=True), batch_size)
+
+    def _generate(self, calls: list[tuple[list[dict], dict]]) -> list[dict]:
+        """calls: (messages, {max_tokens, temperature, top_p, seed}) -> one result per call, batched once per
+        distinct set of sampling settings."""
+        groups: dict[tuple, list[int]] = {}
+        for i, (_, p) in enumerate(calls):
+            groups.setdefault((p["max_tokens"], p["temperature"], p["top_p"]), []).append(i)
+        out: list[dict] = [{} for _ in calls]
+        with self.lock:
+            for (max_tokens, temperature, top_p), rows in groups.items():
+                sampling = Sampling(temperature, top_p)
+                answers = chat_batch(self.m, [calls[i][0] for i in rows], max_tokens, sampling,
+                                     [sampling.generator(calls[i][1]["seed"]) for i in rows])
+                for i, ids in zip(rows, answers):
+                    prompt = self.m.encode(chat_prompt(self.m.tokenizer, calls[i][0]))
+                    out[i] = {"text": self.m.decode(ids).strip(), "prompt_tokens": len(prompt),
+                              "completion_tokens": len(ids), "finish_reason": _finish_reason(self.m, ids)}
+        return out
+
+    async def chat_many(self, calls: list[tuple[list[dict], dict]]) -> list[dict]:
+        return await asyncio.to_thread(self._generate, calls)
+
+    async def chat(self, messages, max_tokens, temperature, top_p, seed) -> dict:
+        params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+        return (await self.chat_many([(messages, params)]))[0]
+
+    async def stream_chat(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,
+                          seed: int | None):
+        """Yield (text delta, finish_reason or "", 1) per generated token, as `OpenAIServer.stream_chat` does per
+        chunk; each token is computed in a worker thread, so other requests go on meanwhile."""
+        sampling = Sampling(temperature, top_p)
+        row = Stream(max_tokens, sampling.generator(seed))
+        batch = await asyncio.to_thread(prefilled, self.m, [chat_prompt(self.m.tokenizer, messages)])
+        gen, text = Generation(batch, [row], sampling), ""
+        while gen.live:
+            await asyncio.to_thread(gen.step)
+            new_text = self.m.decode(row.tokens)
+            yield new_text[len(text):], _finish_reason(self.m, row.tokens) if row.done else "", 1
+            text = new_text
+
+    async def retry_broken(self, call):
+        """A local model's answers never arrive broken: call() once."""
+        return await call()
+
+    async def close(self) -> None:
+        pass

@@ -1,0 +1,139 @@
+"""Generating tokens in-process, batched: the one token-by-token loop every local decoding path runs (WSD's
+drafts and continuations, the baselines, the searches, EFT, local chat).
+
+A `Stream` is one row's output: its tokens so far, its budget and its own seeded random generator, so a sampled
+answer does not depend on the batch it ran in. A `Generation` advances the live rows of a `RaggedBatch` one
+token per step until each stops: at one of the model's stop tokens, at a stop string in its last tokens (a base
+model starting a new turn), or at its budget.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from pilot_core.models.loading import HFModel
+from pilot_core.models.ragged import RaggedBatch
+from pilot_core.models.templates import chat_prompt, has_marker
+
+MARKER_TAIL = 16  # tokens decoded to look for a stop string (the longest, "[Assistant]", is 11 characters)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is picked: greedy at temperature 0, else sampled after transformers' temperature,
+    top-k (0: off) and top-p warpers."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+    def generator(self, seed: int | None):
+        """A row's own random stream for `seed` (None when greedy: nothing is drawn)."""
+        if self.temperature == 0:
+            return None
+        import torch
+
+        return torch.Generator().manual_seed(seed or 0)
+
+
+def pick_token(logits, sampling: Sampling, generator) -> int:
+    """The next token from one row's logits, drawn with the row's own generator."""
+    import torch
+
+    if sampling.temperature == 0:
+        return int(torch.argmax(logits))
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(sampling.temperature)])
+    if sampling.top_k:
+        warpers.append(TopKLogitsWarper(sampling.top_k))
+    if sampling.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(sampling.top_p))
+    scores = warpers(None, logits[None].float())[0]
+    return int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator))
+
+
+@dataclass
+class Stream:
+    """One row's generated tokens; `done` once it stopped (a budget of 0 or less is done from the start)."""
+
+    budget: int
+    generator: object = None
+    tokens: list[int] = field(default_factory=list)
+    done: bool = False
+
+    def __post_init__(self) -> None:
+        self.done = self.done or self.budget <= 0
+
+    def copy(self, generator=None) -> "Stream":
+        """The same tokens so far, going on with another random stream (a search's successor)."""
+        return Stream(self.budget, generator, list(self.tokens), self.done)
+
+
+class Generation:
+    """The rows of a RaggedBatch (their next-token logits already there) generating together, one token per
+    live row per step. `stop_strings` end a row when one appears in its last tokens (role markers for a base)."""
+
+    def __init__(self, batch: RaggedBatch, rows: list[Stream], sampling: Sampling, stop_strings: tuple[str, ...] = ()):
+        self.batch, self.rows, self.sampling, self.stop_strings = batch, rows, sampling, stop_strings
+
+    @property
+    def live(self) -> bool:
+        return any(not row.done for row in self.rows)
+
+    def next_logits(self, r: int):
+        return self.batch.next_logits[r]
+
+    def feed(self, step: list[list[int]]) -> None:
+        self.batch.feed(step)
+
+    def step(self) -> None:
+        """One token for every live row; the rows that did not stop are fed together."""
+        step: list[list[int]] = [[] for _ in self.rows]
+        for r, row in enumerate(self.rows):
+            if row.done:
+                continue
+            row.tokens.append(pick_token(self.next_logits(r), self.sampling, row.generator))
+            if self._stops(row):
+                row.done = True
+            else:
+                step[r] = [row.tokens[-1]]
+        if any(step):
+            self.feed(step)
+
+    def run(self, steps: int | None = None) -> None:
+        """Up to `steps` steps (None: until every row stopped)."""
+        for _ in range(steps) if steps is not None else itertools.count():
+            if not self.live:
+                return
+            self.step()
+
+    def select(self, rows: list[int], generators: list) -> None:
+        """Keep the given rows, in this order, repeats allowed, each with a fresh random stream."""
+        self.batch.select(rows)
+        self.rows = [self.rows[r].copy(g) for r, g in zip(rows, generators)]
+
+    def _stops(self, row: Stream) -> bool:
+        m = self.batch.m
+        return (row.tokens[-1] in m.stop_ids or len(row.tokens) >= row.budget
+                or bool(self.stop_strings)
+                and has_marker(m.tokenizer.decode(row.tokens[-MARKER_TAIL:], skip_special_tokens=True),
+                               self.stop_strings))
+
+
+def prefilled(model: HFModel, prompts: list[str]) -> RaggedBatch:
+    """A batch holding each prompt's tokens, with their next-token logits."""
+    batch = RaggedBatch(model, len(prompts))
+    batch.feed([model.encode(p) for p in prompts])
+    return batch
+
+
+def chat_batch(model: HFModel, conversations: list, budget: int, sampling: Sampling,
+               generators: list) -> list[list[int]]:
+    """A chat model's whole answers to conversations (to its end-of-turn or EOS, or `budget` tokens), batched
+    over one KV cache."""
+    rows = [Stream(budget, g) for g in generators]
+    if rows:
+        Generation(prefilled(model, [chat_prompt(model.tokenizer, c) for c in conversations]), rows, sampling).run()
+    return [row.tokens for row in rows]

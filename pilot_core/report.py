@@ -1,0 +1,247 @@
+"""The validation report and the gate's verdict: the contract between validation and release.
+
+`pilot validate` writes a `ValidationReport` (report.json, schema 1); the release gate reads it and writes its
+`GateVerdict` beside it (gate.json); the report page, the model card and the flows read both. Figures are
+nested by base model, method, eval set and metric: `report.metrics[base][method][eval_set][metric]` is a
+`Stat` (a mean with its bootstrap interval and number of items).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer
+
+from pilot_core.errors import JobFailed, UserError
+
+METRIC_TITLES = {"reward": "Reward-model score", "win_rate": "Win rate vs base-only (ties = 1/2)",
+                 "harmlessness": "Harmlessness rate (harmful prompts)", "accuracy": "Accuracy (capability sets)"}
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Stat(_Record):
+    """A mean with its percentile-bootstrap interval; None values when nothing was measured (n = 0)."""
+
+    mean: float | None
+    ci_low: float | None
+    ci_high: float | None
+    n: int
+    confidence: float | None = None
+
+
+class CheckpointRef(_Record):
+    path: str
+    fingerprint: str  # sha256 of the checkpoint directory: what the gate and the registry compare
+    config_hash: str | None = None
+    dataset: str | None = None
+    stage: str | None = None
+
+
+class EvalSetIdentity(_Record):
+    """What a report records about an eval set; equal identities mean the same items were measured."""
+
+    version: str
+    kind: str
+    path: str | None = None
+    sha256: str
+    n: int
+    few_shot: int = 0
+    few_shot_sha256: str | None = None
+    limit: int | None = None
+
+
+class Diagnostics(_Record):
+    """Per (base, method, eval set): items and time; for WSD also where the base took over."""
+
+    n: int
+    mean_time_s: float
+    switched_share: float | None = None
+    never_switched_share: float | None = None
+    switch_indices: list[int] | None = None
+    mean_draft_tokens: float | None = None
+    mean_kept_draft_tokens: float | None = None
+    mean_base_tokens: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _only_measured(self, handler):  # the WSD fields appear only where they were measured
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class Judges(_Record):
+    """Who judged (the configured judges, as configured) and how the judgments ended, per metric."""
+
+    reward: dict[str, Any] | None = None
+    win_rate: dict[str, Any] | None = None
+    harmlessness: dict[str, Any] | None = None
+    counts: dict[str, dict[str, int]] = {}
+
+
+Cell = dict[str, Stat]  # metric -> figure, for one base, method and eval set
+
+
+class ValidationReport(_Record):
+    kind: Literal["validation_report"] = "validation_report"
+    schema_version: Literal[1] = Field(1, alias="schema")
+    config_hash: str  # of the validation spec and the bases: the same checkpoint measured the same way
+    checkpoint: CheckpointRef
+    pilot: str = "pilot"
+    untuned: dict[str, Any] | None = None
+    bases: dict[str, dict[str, Any]]  # name -> the model source, as configured
+    methods: list[str]
+    reference_method: str = "base_only"
+    eval_sets: dict[str, EvalSetIdentity]
+    seeds: dict[str, int] = {}
+    judges: Judges = Judges()
+    metrics: dict[str, dict[str, dict[str, Cell]]]  # base -> method -> eval set -> metric -> figure
+    alignment_tax: dict[str, dict[str, dict[str, Stat]]]  # base -> method -> capability set -> accuracy lost
+    diagnostics: dict[str, dict[str, dict[str, Diagnostics]]] = {}  # base -> method -> eval set
+    config: dict[str, Any] = {}  # the validation spec
+
+    def cells(self, base: str, method: str) -> dict[str, Cell]:
+        """eval set -> cell of one base and method ({} when not measured)."""
+        return self.metrics.get(base, {}).get(method, {})
+
+    def sets_with(self, metric: str) -> list[str]:
+        """The eval sets on which any base and method has `metric`."""
+        return sorted({s for by_m in self.metrics.values() for by_s in by_m.values()
+                       for s, cell in by_s.items() if metric in cell})
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class GateCheck(_Record):
+    base: str
+    metric: str
+    set: str
+    check: Literal["measured", "floor", "min_gain", "max_regression", "alignment_tax"]
+    value: float | None
+    limit: float | None
+    passed: bool
+    reason: str
+
+
+class GateVerdict(_Record):
+    passed: bool
+    method: str
+    required_bases: int
+    passing_bases: list[str]
+    failing_bases: list[str]
+    checks: list[GateCheck]
+    reasons: list[str]  # one line per check, "ok   ..." or "FAIL ...", after a summary line
+    champion: str | None  # the champion's checkpoint fingerprint (None: no champion yet)
+    candidate: str
+
+    def failure(self, report_dir: str | Path) -> JobFailed:
+        """The error a failed gate ends a release with: every failed check, and where the verdict is."""
+        return JobFailed("gate failed; nothing published:\n  " + "\n  ".join(
+            r for r in self.reasons if not r.startswith("ok ")) + f"\n  (verdict: {Path(report_dir) / 'gate.json'})")
+
+
+def _read_json(p: Path, what: str):
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{p}: not a readable {what}: {str(e).splitlines()[0]}") from None
+
+
+def _invalid(p: Path, e: ValidationError) -> UserError:
+    err = e.errors()[0]
+    where = ".".join(str(x) for x in err["loc"])
+    missing = [".".join(str(x) for x in x["loc"]) for x in e.errors() if x["type"] == "missing"]
+    if missing:
+        return UserError(f"{p}: malformed report: missing {', '.join(missing)}")
+    return UserError(f"{p}: malformed report: {where}: {err['msg']}")
+
+
+def load_report(path: str | Path) -> ValidationReport:
+    """A report directory (or its report.json), checked against the contract."""
+    p = Path(path)
+    p = p / "report.json" if p.is_dir() else p
+    if not p.is_file():
+        raise UserError(f"{path}: no validation report (report.json); run `pilot validate` first")
+    rep = _read_json(p, "report")
+    if not isinstance(rep, dict) or rep.get("kind") != "validation_report":
+        raise UserError(f"{p}: not a validation report (kind is not 'validation_report')")
+    if rep.get("schema", 1) != 1:
+        raise UserError(f"{p}: report schema {rep['schema']!r} is not supported (expected 1)")
+    try:
+        return ValidationReport.model_validate(rep)
+    except ValidationError as e:
+        raise _invalid(p, e) from None
+
+
+def load_verdict(path: str | Path) -> GateVerdict:
+    """A gate.json written beside a report."""
+    p = Path(path)
+    try:
+        return GateVerdict.model_validate(_read_json(p, "gate verdict"))
+    except ValidationError as e:
+        raise UserError(f"{p}: malformed gate verdict: {e.errors()[0]['msg']}") from None
+
+
+# ------------------------------------------------------------------------------------------------ report.md
+def _fmt(stat: Stat | None, pct: bool = False) -> str:
+    if not stat or stat.mean is None:
+        return "–"
+    f = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.3f}")
+    return f"{f(stat.mean)} [{f(stat.ci_low)}, {f(stat.ci_high)}] (n={stat.n})"
+
+
+def markdown(report: ValidationReport, verdict: GateVerdict | None = None) -> str:
+    """report.md: the tables a release owner reads (and the gate's checks, once it decided)."""
+    ck = report.checkpoint
+    confidence = next((c.confidence for by_m in report.metrics.values() for by_s in by_m.values()
+                       for cell in by_s.values() for c in cell.values()), 0.95) or 0.95
+    out = [f"# Validation report: {report.pilot}", "",
+           f"Checkpoint `{ck.path}` (sha256 `{ck.fingerprint[:16]}`), bases: "
+           + ", ".join(f"`{b}`" for b in report.bases) + f"; methods: {', '.join(report.methods)}. "
+           f"Figures are means with {int(round(100 * confidence))}% bootstrap intervals and the number of items.", ""]
+    if verdict is not None:
+        out += [f"## Gate: {'PASSED' if verdict.passed else 'FAILED'}", ""]
+        out += [f"- {r}" for r in verdict.reasons] + [""]
+    out += ["## Eval sets", "", "| set | kind | version | items | sha256 |", "|---|---|---|---|---|"]
+    out += [f"| {n} | {s.kind} | {s.version} | {s.n} | `{s.sha256[:12]}` |"
+            for n, s in report.eval_sets.items()] + [""]
+    for metric, title in METRIC_TITLES.items():
+        sets = report.sets_with(metric)
+        if not sets:
+            continue
+        pct = metric != "reward"
+        out += [f"## {title}", "", "| base | method | " + " | ".join(sets) + " |", "|---|---|" + "---|" * len(sets)]
+        for base, by_m in report.metrics.items():
+            for method, by_s in by_m.items():
+                if any(metric in by_s.get(s, {}) for s in sets):
+                    out.append(f"| {base} | {method} | " + " | ".join(_fmt(by_s.get(s, {}).get(metric), pct)
+                                                                  for s in sets) + " |")
+        out += ["", f"![{metric}](plots/{metric}.png)", ""]
+    if report.alignment_tax:
+        out += ["## Alignment tax (base-only accuracy minus the method's; > 0 is capability lost)", "",
+                "| base | method | set | tax |", "|---|---|---|---|"]
+        out += [f"| {b} | {m} | {s} | {_fmt(t, pct=True)} |" for b, by_m in report.alignment_tax.items()
+                for m, by_s in by_m.items() for s, t in by_s.items()] + [""]
+    wsd = [(b, s, d) for b, by_m in report.diagnostics.items() for s, d in by_m.get("wsd", {}).items()]
+    if wsd:
+        out += ["## WSD diagnostics", "", "| base | set | switched | never switched | mean draft | mean kept draft "
+                "| mean base tokens | time/item |", "|---|---|---|---|---|---|---|---|"]
+        out += [f"| {b} | {s} | {d.switched_share:.0%} | {d.never_switched_share:.0%} | "
+                f"{d.mean_draft_tokens:.1f} | {d.mean_kept_draft_tokens:.1f} | {d.mean_base_tokens:.1f} | "
+                f"{d.mean_time_s:.2f} s |" for b, s, d in wsd]
+        out += ["", "![switch index](plots/switch_index.png)", ""]
+    j = report.judges
+    notes = []
+    if j.win_rate and j.win_rate.get("kind") == "reward_model":
+        notes.append("Win rates come from a reward-model comparison, a stand-in for an LLM judge.")
+    if j.win_rate and j.win_rate.get("kind") == "rules":
+        notes.append("Win rates come from the demo's refusal rule (a refusal wins on a harmful prompt, an answer "
+                     "wins elsewhere; equal verdicts tie), a stand-in for an LLM judge that ignores quality.")
+    if j.harmlessness and j.harmlessness.get("kind") == "refusal_rules":
+        notes.append("Harmlessness comes from refusal phrases (a strict stand-in: a safe answer that does not "
+                     "refuse counts as unsafe).")
+    out += ["## Judges", "", *notes, "", f"Judge counts: `{json.dumps(j.counts)}`", ""]
+    return "\n".join(out)

@@ -1,0 +1,122 @@
+"""The decoding methods, in one registry: WSD and the methods it is compared with.
+
+The CLI's choices, the runner (in-process and over HTTP), the validation config and validation itself all read
+this table, so a new method is one entry here plus its implementation:
+
+    Method("my_method", "what it does, one line for --help and the README",
+           uses=("pilot", "base"),
+           local=lambda m, recs, cfg: my_module.my_batch(m.pilot, m.base, recs, cfg),
+           served=lambda m, rec, cfg: my_module.my_one(m.pilot, m.base, rec, cfg))  # optional
+
+A local runner decodes one batch of prompts with in-process models (`LocalModels`) and returns one record per
+prompt (`records.method_record`); a served runner decodes one prompt with the base on a server (`ServedModels`);
+a batch-served runner (the searches) decodes a batch, because its in-process scorers work batch by batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from wsd_inference import baselines, eft, engine, remote_engine, remote_search, search, staged
+
+if TYPE_CHECKING:  # the CLI imports this table: the methods' modules import no config (pydantic) at import time
+    from wsd_inference.config import WSDConfig
+
+ROLES = ("pilot", "base", "untuned", "reward")
+
+
+@dataclass
+class LocalModels:
+    """What a method runs with in-process (None where it uses none)."""
+
+    pilot: object = None  # HFModel: the chat pilot
+    base: object = None  # HFModel
+    untuned: object = None  # HFModel: the pilot's untuned reference
+    reward: object = None  # RewardModel
+
+
+@dataclass
+class ServedModels:
+    """What a method runs with when the model that writes is on a server."""
+
+    base: object = None  # ServedModel: the base on its server, with its tokenizer
+    pilot: object = None  # the pilot as a chat model: OpenAIServer, or LocalChat in-process
+    tuned: object = None  # HFModel: the pilot in-process, as a scorer (searches)
+    untuned: object = None  # HFModel
+    reward: object = None  # RewardModel
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    uses: tuple[str, ...] | Callable[[WSDConfig], tuple[str, ...]]  # the ROLES it reads, or a rule over the config
+    local: Callable[[LocalModels, list, WSDConfig], list[dict]]
+    served: Callable[[ServedModels, object, WSDConfig], Awaitable[dict]] | None = None
+    served_batch: Callable[[ServedModels, list, WSDConfig], Awaitable[list[dict]]] | None = None
+    check: Callable[[object, WSDConfig], object] | None = None  # raises early (before any output), given the models
+    scores_in_process: bool = False  # with a served base, the pilot and its reference still score in-process
+    validation: bool = True  # whether `pilot validate` may run it
+
+    def models(self, cfg: WSDConfig) -> tuple[str, ...]:
+        """The roles this method reads under `cfg`."""
+        return self.uses(cfg) if callable(self.uses) else self.uses
+
+    @property
+    def can_serve(self) -> bool:
+        return self.served is not None or self.served_batch is not None
+
+
+def _bon_uses(cfg: WSDConfig) -> tuple[str, ...]:
+    return ("pilot", "base", "untuned") if cfg.bon.scorer == "implicit" else ("base", "reward")
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("wsd", "the pilot drafts, the base takes over at the first window with geometric-mean probability ≥ γ",
+           uses=("pilot", "base"),
+           local=lambda m, recs, cfg: engine.wsd_batch(m.pilot, m.base, recs, cfg),
+           served=lambda m, rec, cfg: remote_engine.wsd_one(m.pilot, m.base, rec, cfg)),
+    Method("base_only", "the base alone with the plain role template",
+           uses=("base",),
+           local=lambda m, recs, cfg: baselines.base_only_batch(m.base, recs, cfg),
+           served=lambda m, rec, cfg: remote_engine.base_only_one(m.base, rec, cfg)),
+    Method("pilot_only", "the pilot alone with its chat template, for the whole budget",
+           uses=("pilot",),
+           local=lambda m, recs, cfg: baselines.pilot_only_batch(m.pilot, recs, cfg),
+           served=lambda m, rec, cfg: remote_engine.pilot_only_one(m.pilot, rec, cfg)),
+    Method("urial", "the base with a fixed in-context alignment prefix (URIAL)",
+           uses=("base",),
+           local=lambda m, recs, cfg: baselines.urial_batch(m.base, recs, cfg),
+           served=lambda m, rec, cfg: remote_engine.urial_one(m.base, rec, cfg),
+           check=lambda m, cfg: baselines.urial_prefix(cfg.urial_prefix)),
+    Method("bon", "best-of-N base samples, ranked by the pilot's implicit reward (or a reward model)",
+           uses=_bon_uses,
+           local=lambda m, recs, cfg: search.bon_batch(m.base, m.pilot, m.untuned, recs, cfg, m.reward),
+           served_batch=lambda m, recs, cfg: remote_search.bon_remote(m.base, m.tuned, m.untuned, recs, cfg,
+                                                                      m.reward),
+           scores_in_process=True),
+    Method("cbs", "weak-to-strong search: chunk-level beam search guided by the pilot's implicit reward",
+           uses=("pilot", "base", "untuned"),
+           local=lambda m, recs, cfg: search.cbs_batch(m.base, m.pilot, m.untuned, recs, cfg),
+           served_batch=lambda m, recs, cfg: remote_search.cbs_remote(m.base, m.tuned, m.untuned, recs, cfg),
+           scores_in_process=True),
+    Method("eft", "emulated fine-tuning: base + β·(pilot − untuned) log-probabilities per token (one vocabulary)",
+           uses=("pilot", "base", "untuned"),
+           local=lambda m, recs, cfg: eft.eft_batch(m.base, m.pilot, m.untuned, recs, cfg),
+           check=lambda m, cfg: eft.check_same_vocabulary(m.base, m.pilot, m.untuned)),
+    Method("wsd_staged", "WSD as the authors run it: the whole draft, one scoring pass, a fresh prefill of the "
+           "base (same answers as wsd; a speed reference)",
+           uses=("pilot", "base"),
+           local=lambda m, recs, cfg: staged.staged_batch(m.pilot, m.base, recs, cfg),
+           validation=False),
+)}
+
+
+def get_method(name: str) -> Method:
+    from pilot_core.errors import UserError
+
+    if name not in METHODS:
+        raise UserError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
