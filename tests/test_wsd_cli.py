@@ -169,17 +169,23 @@ def test_every_method_from_the_cli(pair_same, untuned_path, prompts, tmp_path, m
     assert meta["method"] == method and meta["config"]["cbs"]["chunk_length"] == 8
 
 
-def test_the_authors_staged_pipeline_gives_wsds_answers(pair_different, prompts, tmp_path):
+@pytest.mark.parametrize("pair,threshold", [("same", "0.05"), ("different", "0.01")])
+def test_the_authors_staged_pipeline_gives_wsds_answers(pair, threshold, pair_same, pair_different, prompts,
+                                                         tmp_path):
     """`--method wsd_staged` (whole draft, one scoring pass, a fresh prefill) decides and answers as the online
-    engine does, on a pair with different tokenizers; only the records' method differs."""
+    engine does, with one tokenizer and across two; only the records' method differs."""
     keys = ("id", "response", "draft_text", "switch_index", "switched", "kept_draft_tokens", "base_tokens")
+    models = pair_same if pair == "same" else pair_different
     got = {}
     for method in ("wsd", "wsd_staged"):
         out = tmp_path / f"{method}.jsonl"
-        assert run_wsd(pair_different, prompts, out, "--method", method).returncode == 0
+        r = run_wsd(models, prompts, out, "--method", method, "--threshold", threshold)
+        assert r.returncode == 0, r.stderr
         got[method] = records(out)
     assert [{k: r[k] for k in keys} for r in got["wsd"]] == [{k: r[k] for k in keys} for r in got["wsd_staged"]]
-    assert any(r["switched"] for r in got["wsd"]) and {r["method"] for r in got["wsd_staged"]} == {"wsd_staged"}
+    switched = [r["switched"] for r in got["wsd"]]
+    assert any(switched) and not all(switched)  # both decisions are exercised
+    assert {r["method"] for r in got["wsd_staged"]} == {"wsd_staged"}
 
 
 def test_method_errors(pair_same, pair_different, untuned_path, prompts, tmp_path):

@@ -22,30 +22,34 @@ from typing import TYPE_CHECKING
 from wsd_inference import baselines, eft, engine, remote_engine, remote_search, search, staged
 
 if TYPE_CHECKING:  # the CLI imports this table: the methods' modules import no config (pydantic) at import time
+    from pilot_core.models.loading import HFModel
+    from pilot_core.models.local_chat import LocalChat
+    from pilot_core.models.openai_server import OpenAIServer, ServedModel
+    from pilot_core.models.reward import RewardModel
     from wsd_inference.config import WSDConfig
 
-ROLES = ("pilot", "base", "untuned", "reward")
+ROLES = ("pilot", "base", "untuned", "reward")  # what a method may use
 
 
 @dataclass
 class LocalModels:
     """What a method runs with in-process (None where it uses none)."""
 
-    pilot: object = None  # HFModel: the chat pilot
-    base: object = None  # HFModel
-    untuned: object = None  # HFModel: the pilot's untuned reference
-    reward: object = None  # RewardModel
+    pilot: HFModel | None = None  # the chat pilot
+    base: HFModel | None = None
+    untuned: HFModel | None = None  # the pilot's untuned reference
+    reward: RewardModel | None = None
 
 
 @dataclass
 class ServedModels:
     """What a method runs with when the model that writes is on a server."""
 
-    base: object = None  # ServedModel: the base on its server, with its tokenizer
-    pilot: object = None  # the pilot as a chat model: OpenAIServer, or LocalChat in-process
-    tuned: object = None  # HFModel: the pilot in-process, as a scorer (searches)
-    untuned: object = None  # HFModel
-    reward: object = None  # RewardModel
+    base: ServedModel | None = None  # the base on its server, with its tokenizer
+    pilot: OpenAIServer | LocalChat | None = None  # the pilot as a chat model, served or in-process
+    tuned: HFModel | None = None  # the pilot in-process, as a scorer (the searches)
+    untuned: HFModel | None = None
+    reward: RewardModel | None = None
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,10 @@ class Method:
     validation: bool = True  # whether `pilot validate` may run it
 
     def models(self, cfg: WSDConfig) -> tuple[str, ...]:
-        """The roles this method reads under `cfg`."""
-        return self.uses(cfg) if callable(self.uses) else self.uses
+        """The ROLES this method reads under `cfg`."""
+        uses = self.uses(cfg) if callable(self.uses) else self.uses
+        assert set(uses) <= set(ROLES), f"method {self.name} uses an unknown role: {uses}"
+        return uses
 
     @property
     def can_serve(self) -> bool:

@@ -7,7 +7,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pilot_core.config import BaseConfig
 from pilot_core.names import config_name
-from pilot_core.models.tiny import TinyModelSpec
+from pilot_core.models.tiny import TinyModelSpec, cached_tiny_model
 
 
 class ModelSource(BaseConfig):
@@ -49,8 +49,6 @@ class ModelSource(BaseConfig):
     def local_path(self) -> str:
         """The local directory or hub id (tiny models are built once and cached)."""
         if self.tiny is not None:
-            from pilot_core.models.tiny import cached_tiny_model
-
             return str(cached_tiny_model(self.tiny))
         if self.path is None:
             raise ValueError(f"model {self.name} is served at {self.url}, not local")
