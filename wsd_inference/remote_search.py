@@ -53,6 +53,10 @@ class ServedRows:
         await asyncio.gather(*(self._sample(i, chunk, round_) for i in range(len(self.prompts))
                                if not self.finished[i]))
 
+    async def compute(self, fn, *args):
+        """The in-process scorers' work between rounds, in a worker thread: the event loop stays free."""
+        return await asyncio.to_thread(fn, *args)
+
     def select(self, order: list[int], round_: int) -> None:
         self.prompts = [self.prompts[r] for r in order]
         self.prompt_ids = [self.prompt_ids[r] for r in order]
