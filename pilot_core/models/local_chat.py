@@ -22,7 +22,6 @@ def _finish_reason(model: HFModel, ids: list[int]) -> str:
 class LocalChat:
     def __init__(self, model: HFModel, batch_size: int = 8):
         self.m, self.batch_size = model, batch_size
-        self.url = f"local model {model.path}"  # what errors name, as a server's URL
         self.lock = threading.Lock()  # one batch at a time on the model
 
     @classmethod
