@@ -54,6 +54,7 @@ def curate(cfg: CurationConfig, output: str | None = None, previous: list[str] |
            replay: str | None = None, overwrite: bool = False, progress: bool = True) -> dict:
     import pyarrow as pa
 
+    check_inputs(cfg)
     out = output_dir(cfg, output)
     prev = previous_versions(cfg, out, previous)
     if out.exists() and not overwrite:
@@ -90,6 +91,19 @@ def curate(cfg: CurationConfig, output: str | None = None, previous: list[str] |
                               "lsh_bands_rows": d.stats["lsh_bands_rows"]})
     write_dataset(out, kept, excluded, manifest, data_card(cfg.name, out.name, cfg, counts), overwrite)
     return {"output": str(out), **{k: counts[k] for k in ("read", "kept", "excluded_total", "excluded")}}
+
+
+def check_inputs(cfg: CurationConfig) -> None:
+    """Files the run reads only after loading and scoring every source, checked first: a wrong path is one
+    error at once, not after minutes of work."""
+    from pilot_core.models.files import is_local
+
+    for p in cfg.decontamination.reference_sets:
+        if not Path(p).is_file():
+            raise UserError(f"decontamination reference set {p}: file not found")
+    tok = cfg.tokenizer
+    if tok is not None and tok.path is not None and is_local(tok.path) and not Path(tok.path).exists():
+        raise UserError(f"curation tokenizer {tok.path}: not found")
 
 
 def _inputs(sources: dict[str, str], references: dict[str, str]) -> dict[str, str]:

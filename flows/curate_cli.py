@@ -20,6 +20,8 @@ def quick_config(sources: tuple[str, ...], eval_sets: tuple[str, ...], language:
     srcs, names = [], set()
     for path in sources:
         p = Path(path)
+        if not p.exists():
+            raise UserError(f"--source {path}: not found")
         kind = "hf" if p.is_dir() else KINDS.get(p.suffix.lower())
         if kind is None:
             raise UserError(f"--source {path}: unknown file type {p.suffix!r} (use .jsonl, .parquet, .csv or a "

@@ -76,9 +76,12 @@ class PipelineConfig(BaseConfig):
 def check_inputs(cfg: PipelineConfig) -> None:
     """Read the prompt and eval files the run will need at its end, now: a bad line is one error before hours
     of curation and training, not after."""
+    from data_curation.run import check_inputs as check_curation_inputs
     from evaluation.evalsets import load_eval_set
     from pilot_core.prompts import load_prompts
 
     load_prompts(cfg.prompts)
+    if cfg.curation:
+        check_curation_inputs(cfg.curation)
     for es in cfg.validation.eval_sets if cfg.validation else []:
         load_eval_set(es)

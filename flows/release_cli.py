@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pilot_core.errors import JobFailed
+from pilot_core.errors import JobFailed, UserError
 
 CONFIG = click.option("--config", "config_path", required=True, help="configs/release/*.yaml")
 SET = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config key")
@@ -15,6 +15,21 @@ def _cfg(path, overrides):
     from release.config import ReleaseConfig
 
     return load_config(ReleaseConfig, path, overrides)
+
+
+def _registry(registry: str, name: str):
+    """The registry entry to read; a registry directory or a name that is not there is bad input (exit 2)."""
+    from pathlib import Path
+
+    from release.registry import Registry
+
+    reg = Registry(registry, name)  # validates the name first: it becomes a path
+    if not Path(registry).is_dir():
+        raise UserError(f"--registry {registry}: no such directory")
+    if not reg.dir.is_dir():
+        names = sorted(p.name for p in Path(registry).iterdir() if p.is_dir())
+        raise UserError(f"--name {name}: not in the registry {registry} (there: {', '.join(names) or 'nothing'})")
+    return reg
 
 
 def _print_verdict(v) -> None:
@@ -74,9 +89,9 @@ def publish(config_path, checkpoint, report_dir, version, override_reason, push,
 @click.option("--version", "versions", multiple=True, help="a version or alias (default: every version)")
 def verify(registry, name, versions) -> None:
     """Check published files against their checksum lists; exit 1 naming every changed, missing or extra file."""
-    from release.registry import Registry, verify_dir
+    from release.registry import verify_dir
 
-    reg = Registry(registry, name)
+    reg = _registry(registry, name)
     targets = [reg.resolve(v) for v in versions] if versions else [reg.resolve(v) for v in reg.versions()]
     if not targets:
         raise JobFailed(f"{name}: nothing published in {registry}")
@@ -102,9 +117,7 @@ def list_versions(registry, name) -> None:
     """Versions, aliases and the alias history."""
     import json
 
-    from release.registry import Registry
-
-    reg = Registry(registry, name)
+    reg = _registry(registry, name)
     al = reg.aliases()
     by_version = {}
     for a, v in al["aliases"].items():

@@ -3,6 +3,7 @@ paused run). Prefect is imported inside the commands: `pilot --help` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -59,23 +60,25 @@ def _load(config_path: str, overrides: tuple[str, ...]):
 @click.option("--config", "config_path", required=True, help=CONFIG_HELP)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 def run(config_path: str, overrides: tuple[str, ...]) -> None:
-    """Run the pipeline flow now: on the Prefect server at PREFECT_API_URL, or on an ephemeral local API.
-    A rerun reuses the stages an earlier run finished."""
+    """Run the pipeline flow now: on the Prefect server at PREFECT_API_URL, or on an ephemeral local API that
+    ends with the run. A rerun reuses the stages an earlier run finished."""
     cfg = _load(config_path, overrides)
     _prefect_env()
+    from flows.ephemeral_api import ephemeral_api
     from flows.pipeline import pipeline
 
     if (cfg.approvals.curation or cfg.approvals.release) and not _api_url():
         raise UserError("approvals pause the run until someone answers, which needs a Prefect server: start one "
                         "(`prefect server start`) and set PREFECT_API_URL, or remove the approvals section")
     _quiet_known_errors()
-    state = pipeline(config=config_path, overrides=list(overrides), return_state=True)
-    if not state.is_completed():
-        exc = state.result(raise_on_failure=False)
-        if isinstance(exc, BaseException):
-            raise exc
-        raise JobFailed(f"pipeline {cfg.name}: {state.name}: {state.message}")
-    out = state.result()
+    with contextlib.nullcontext() if _api_url() else ephemeral_api():
+        state = pipeline(config=config_path, overrides=list(overrides), return_state=True)
+        if not state.is_completed():
+            exc = state.result(raise_on_failure=False)
+            if isinstance(exc, BaseException):
+                raise exc
+            raise JobFailed(f"pipeline {cfg.name}: {state.name}: {state.message}")
+        out = state.result()
     click.echo(f"pipeline {cfg.name}: done (stage directories under {out['root']})")
     for label, k in (("dataset", "dataset"), ("review page", "review_page"), ("preferences", "preferences"),
                      ("checkpoint", "checkpoint"), ("report", "report")):

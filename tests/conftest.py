@@ -117,7 +117,8 @@ def pytest_terminal_summary(terminalreporter):
     from . import figures
 
     reports = [r for key in ("passed", "failed") for r in terminalreporter.stats.get(key, [])
-               if getattr(r, "when", "") == "call" and "test_bad_inputs.py::test_bad_input[" in r.nodeid]
+               if getattr(r, "when", "") == "call" and ("test_bad_inputs.py::test_bad_input[" in r.nodeid
+                                                   or "test_bad_inputs.py::test_a_path_that_does_not" in r.nodeid)]
     if reports:
         ok = sum(r.passed for r in reports)
         terminalreporter.write_line(f"bad inputs: {len(reports)} tried, {ok} refused with exit 2 and one line, "

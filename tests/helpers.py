@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from pilot_core.models.tiny import PILOT_SPEC, REWARD_SPEC
@@ -80,15 +81,18 @@ def small(out: Path) -> list[str]:
             "release.gate.alignment_tax.max=1.0"]
 
 
-def pilot_run(overrides: list[str], api: str) -> subprocess.Popen:
-    """`pilot run` in the background against the harness's API; its output goes to files (a pipe nobody reads
-    while it runs could fill up and stall it). finish(p) waits and returns (stdout, stderr)."""
+def pilot_run(overrides: list[str], api: str | None, config: str = PIPELINE) -> subprocess.Popen:
+    """`pilot run` in the background against the harness's API (None: the run's own ephemeral API); its output
+    goes to files (a pipe nobody reads while it runs could fill up and stall it). finish(p) waits and returns
+    (stdout, stderr)."""
     import tempfile
 
-    args = [sys.executable, "-m", "flows.cli", "run", "--config", PIPELINE]
+    args = [sys.executable, "-m", "flows.cli", "run", "--config", config]
     for o in overrides:
         args += ["--set", o]
-    env = {**os.environ, "PREFECT_API_URL": api}
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    if api:
+        env["PREFECT_API_URL"] = api
     out, err = (tempfile.TemporaryFile("w+") for _ in range(2))
     p = subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=err, text=True)
     p.files = (out, err)
@@ -96,13 +100,72 @@ def pilot_run(overrides: list[str], api: str) -> subprocess.Popen:
     return p
 
 
-def finish(p: subprocess.Popen, timeout: float = 900) -> tuple[str, str]:
-    p.wait(timeout=timeout)
+def _outputs(p: subprocess.Popen) -> tuple[str, str]:
     texts = []
     for f in p.files:
         f.seek(0)
         texts.append(f.read())
     return texts[0], texts[1]
+
+
+def finish(p: subprocess.Popen, patience_s: float = 600) -> tuple[str, str]:
+    """Wait for a background run as long as it makes progress: how long a correct run takes follows the
+    machine's load, so the run fails only when it has written nothing for `patience_s` (stuck, not slow); the
+    failure says so and shows its last lines. The test's own pytest timeout stays the outer bound."""
+    size, changed = -1, time.monotonic()
+    while p.poll() is None:
+        now_size = sum(os.fstat(f.fileno()).st_size for f in p.files)
+        if now_size != size:
+            size, changed = now_size, time.monotonic()
+        elif time.monotonic() - changed > patience_s:
+            p.kill()
+            p.wait()
+            tail = "\n".join(_outputs(p)[1].splitlines()[-20:])
+            raise AssertionError(f"the run wrote nothing for {patience_s:.0f} s (stuck, not slow) and was "
+                                 f"killed; its last lines:\n{tail}")
+        time.sleep(0.5)
+    return _outputs(p)
+
+
+def processes() -> dict[int, tuple[int, str, str]]:
+    """Every process on the machine: {pid: (parent pid, start time, command line)}; the start time tells a pid
+    the kernel reused for another process. Zombies count as ended."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state, ppid, ..., starttime
+            if fields[0] != "Z":
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                out[int(d.name)] = (int(fields[1]), fields[19], cmd)
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def descendants(pid: int) -> dict[int, tuple[str, str]]:
+    """The processes under pid, now: {pid: (start time, command line)}."""
+    procs, out, todo = processes(), {}, [pid]
+    while todo:
+        parent = todo.pop()
+        for child, (ppid, start, cmd) in procs.items():
+            if ppid == parent and child not in out:
+                out[child] = (start, cmd)
+                todo.append(child)
+    return out
+
+
+def still_running(seen: dict[int, tuple[str, str]], patience_s: float = 15) -> list[str]:
+    """The command lines of the processes in `seen` still alive after up to patience_s."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        procs = processes()
+        left = [cmd for pid, (start, cmd) in seen.items() if pid in procs and procs[pid][1] == start]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.1)
 
 
 # ------------------------------------------------------------------------------------------ models and artifacts

@@ -92,12 +92,31 @@ def _unknown_id(tmp: Path, ctx) -> Path:
     return tmp / "decisions.csv"
 
 
+def _adapter(tmp: Path, ctx) -> Path:
+    (tmp / "adapter").mkdir()
+    (tmp / "adapter" / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    return tmp / "adapter"
+
+
+def _valid_report(tmp: Path, ctx) -> Path:
+    """The smallest report the contract accepts (one base, wsd against base-only)."""
+    stat = {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 10, "confidence": 0.95}
+    sets = {"alignment": {"version": "v1", "sha256": "a" * 64, "kind": "alignment", "n": 10}}
+    body = {"kind": "validation_report", "schema": 1, "checkpoint": {"fingerprint": "f", "path": "p"},
+            "eval_sets": sets, "bases": {"base-a": {}}, "methods": ["wsd", "base_only"],
+            "reference_method": "base_only", "config_hash": "h", "alignment_tax": {"base-a": {}},
+            "metrics": {"base-a": {m: {"alignment": {"reward": stat}} for m in ("wsd", "base_only")}}}
+    return _report(json.dumps(body))(tmp, ctx)
+
+
 MAKERS = {"dataset": _dataset, "checkpoint_no_manifest": lambda t, c: _copy_model(c["pilot"], t / "m"),
           "checkpoint_pickled": _pickled, "checkpoint_symlink_out": _symlink_out, "prompts": _prompts,
           "report_truncated": _report((CORPUS / "files" / "report-truncated.json").read_text()),
           "report_missing_keys": _report((CORPUS / "files" / "report-missing-keys.json").read_text()),
           "registry_bad_aliases": _registry, "registry_empty": _registry_empty, "dataset_no_manifest": _no_manifest,
-          "dataset_wrong_kind": _wrong_kind, "decision_unknown_id": _unknown_id}
+          "dataset_wrong_kind": _wrong_kind, "decision_unknown_id": _unknown_id,
+          "checkpoint": lambda t, c: checkpoint(t, c), "adapter": _adapter, "report": _valid_report,
+          "registry": _registry_empty}
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -121,8 +140,8 @@ def _expand(arg: str, tmp: Path, ctx: dict) -> str:
             (tmp / "made" / name).mkdir(parents=True)
             ctx["made"][name] = MAKERS[name](tmp / "made" / name, ctx)
         return str(ctx["made"][name])
-    return (arg.replace("{files}", str(tmp / "files")).replace("{tmp}", str(tmp))
-            .replace("{pilot}", str(ctx["pilot"])).replace("{base}", str(ctx["base"])))
+    return (arg.replace("{missing}", str(tmp / "no" / "such-path")).replace("{files}", str(tmp / "files"))
+            .replace("{tmp}", str(tmp)).replace("{pilot}", str(ctx["pilot"])).replace("{base}", str(ctx["base"])))
 
 
 def test_a_symlink_inside_an_artifact_is_fine(tmp_path):
@@ -163,3 +182,96 @@ def test_bad_input(case, tmp_path, pair_same, monkeypatch, capfd):
     assert case["expect"] in lines[0], lines[0]
     assert snapshot(tmp_path) == before, "a bad input changed or created files"
     json.dumps(case)  # the case itself stays plain data
+
+
+# Every command, each path it reads given as one that does not exist ({missing}); the other arguments valid, so
+# that the error can only be about that path. A command added to the CLI must be added here.
+W = ["wsd", "generate", "--output", "{tmp}/o.jsonl"]
+SRC = ["curate", "--source", "data/demo/generalign/prompts.jsonl", "--output", "{tmp}/c"]
+MISSING = {
+    "config check": [["config", "check", "{missing}"]],
+    "config show": [["config", "show", "--config", "{missing}"]],
+    "models tiny": [["models", "tiny", "--spec", "{missing}", "--out", "{tmp}/m"]],
+    "run": [["run", "--config", "{missing}"]],
+    "serve": [["serve", "--config", "{missing}", "--interval", "60"]],
+    "approval list": [],  # no path arguments
+    "approval reject": [],
+    "approval approve": [["approval", "approve", "5f0e2a52-8f5e-4c9c-9a51-3d4bb7a2f4a1", "--by", "kim",
+                          "--decisions", "{missing}"]],
+    "wsd generate": [[*W, "--pilot", "{missing}", "--base", "{base}", "--input", "{made:prompts}"],
+                     [*W, "--pilot", "{pilot}", "--base", "{missing}", "--input", "{made:prompts}"],
+                     [*W, "--pilot", "{pilot}", "--base", "{base}", "--input", "{missing}"],
+                     [*W, "--pilot", "{pilot}", "--base", "{base}", "--input", "{made:prompts}", "--config",
+                      "{missing}"],
+                     [*W, "--pilot", "{pilot}", "--base", "{base}", "--input", "{made:prompts}", "--method", "eft",
+                      "--untuned", "{missing}"],
+                     [*W, "--pilot", "{pilot}", "--base", "http://127.0.0.1:9/v1", "--base-model", "b",
+                      "--base-tokenizer", "{missing}", "--input", "{made:prompts}"]],
+    "curate": [["curate", "--config", "{missing}"],
+               ["curate", "--source", "{missing}", "--output", "{tmp}/c"],
+               [*SRC, "--eval-set", "{missing}"],
+               [*SRC, "--tokenizer", "{missing}"],
+               [*SRC, "--previous", "{missing}"],
+               [*SRC, "--replay", "{missing}"]],
+    "review export": [["review", "export", "{missing}", "--out", "{tmp}/r"]],
+    "review import": [["review", "import", "{missing}", "--decisions", "{files}/decision-unknown.csv"],
+                      ["review", "import", "{made:dataset}", "--decisions", "{missing}"]],
+    "preferences": [["preferences", "--dataset", "{missing}", "--config", "configs/preferences/demo.yaml",
+                     "--output", "{tmp}/p"],
+                    ["preferences", "--dataset", "{made:dataset}", "--config", "{missing}", "--output", "{tmp}/p"]],
+    "train": [["train", "--config", "{missing}"]],
+    "train merge": [["train", "merge", "--adapter", "{missing}", "--out", "{tmp}/m"],
+                    ["train", "merge", "--adapter", "{made:adapter}", "--base", "{missing}", "--out", "{tmp}/m"]],
+    "validate": [["validate", "--config", "{missing}", "--checkpoint", "{made:checkpoint}"],
+                 ["validate", "--config", "configs/validation/demo.yaml", "--checkpoint", "{missing}"]],
+    "release gate": [["release", "gate", "--config", "{missing}", "--report", "{made:report}"],
+                     ["release", "gate", "--config", "configs/release/demo.yaml", "--report", "{missing}"],
+                     ["release", "gate", "--config", "configs/release/demo.yaml", "--report", "{made:report}",
+                      "--champion-report", "{missing}"]],
+    "release publish": [["release", "publish", "--config", "{missing}", "--checkpoint", "{made:checkpoint}",
+                         "--report", "{made:report}"],
+                        ["release", "publish", "--config", "configs/release/demo.yaml", "--checkpoint", "{missing}",
+                         "--report", "{made:report}"],
+                        ["release", "publish", "--config", "configs/release/demo.yaml", "--checkpoint",
+                         "{made:checkpoint}", "--report", "{missing}"]],
+    "release verify": [["release", "verify", "--registry", "{missing}", "--name", "pilot-tiny"]],
+    "release list": [["release", "list", "--registry", "{missing}", "--name", "pilot-tiny"]],
+}
+
+
+def _commands(group, prefix=()) -> set[str]:
+    import click
+
+    out = set()
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            out |= _commands(cmd, (*prefix, name))
+        if not isinstance(cmd, click.Group) or cmd.invoke_without_command:
+            out.add(" ".join((*prefix, name)))
+    return out
+
+
+def test_every_command_is_walked_with_a_missing_path():
+    from flows.cli import cli
+
+    assert set(MISSING) == _commands(cli)
+    assert all(sum("{missing}" in a for a in args) == 1 for cases in MISSING.values() for args in cases)
+
+
+@pytest.mark.parametrize("args", [a for cases in MISSING.values() for a in cases],
+                         ids=[f"{c}:{a[a.index('{missing}') - 1]}" for c, cases in MISSING.items() for a in cases])
+def test_a_path_that_does_not_exist_is_bad_input(args, tmp_path, pair_same, monkeypatch, capfd):
+    """Exit 2 (bad input, not 1: the job never ran), one line that names the path, nothing written."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    shutil.copytree(CORPUS / "files", tmp_path / "files")
+    ctx = {"pilot": pair_same[0], "base": pair_same[1], "made": {}}
+    argv = [_expand(a, tmp_path, ctx) for a in args]
+    capfd.readouterr()
+    before = snapshot(tmp_path)
+    code = main(argv)
+    err = capfd.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err[-2000:])
+    assert "such-path" in lines[0], lines[0]
+    assert snapshot(tmp_path) == before, "a bad input changed or created files"

@@ -194,7 +194,7 @@ def test_a_pipeline_run_through_faulty_servers_writes_no_key(prefect_api, vllm_s
         "preferences.client.timeout_s=3"]
     try:
         run = pilot_run(overrides, prefect_api)
-        stdout, stderr = finish(run, 1200)
+        stdout, stderr = finish(run)
     finally:
         _finish(px.values())
     assert run.returncode == 0, stderr[-3000:]

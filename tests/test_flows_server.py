@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pilot_core.processes import die_with_parent
+
 from .helpers import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -44,7 +46,7 @@ def server(tmp_path_factory):
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
     log = open(home / "server.log", "w")
     p = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                         stdout=log, stderr=subprocess.STDOUT)
+                         stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     try:
         deadline = time.monotonic() + 120
         while True:

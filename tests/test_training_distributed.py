@@ -37,3 +37,33 @@ def test_two_processes_save_a_loadable_checkpoint(prefs, tmp_path, preset, stage
         with torch.no_grad():
             logits = model(torch.tensor([tok("hello there").input_ids])).logits
         assert torch.isfinite(logits).all()
+
+
+def test_a_killed_launch_leaves_no_worker_behind(prefs, tmp_path):
+    """torchrun starts its workers in a session of their own; when `pilot train` is SIGKILLed, torchrun dies with
+    it (PR_SET_PDEATHSIG) and so does each worker (it asks to, first thing)."""
+    import signal
+    import time
+
+    from .helpers import RUNNING, descendants, still_running
+
+    c = {"model": TINY, "dataset": str(prefs), "output_dir": str(tmp_path / "run"), "stages": ["sft"],
+         "sft": {**FAST, "max_steps": 100000}}
+    d = tmp_path / "configs" / "training"
+    d.mkdir(parents=True)
+    (d / "c.yaml").write_text(yaml.safe_dump(c))
+    p = subprocess.Popen([sys.executable, "-m", "flows.cli", "train", "--config", str(d / "c.yaml"), "--distributed",
+                          "zero2", "--nproc", "2", "--launcher", "torchrun"], cwd=REPO, stdout=subprocess.DEVNULL,
+                         stderr=open(tmp_path / "stderr", "w"))
+    RUNNING.append(p)  # killed after the test whatever happens (a leftover would hold the rendezvous port)
+    def workers() -> int:
+        return sum("training.worker" in cmd and "torch.distributed.run" not in cmd for _, cmd in seen.values())
+
+    seen, deadline = {}, time.monotonic() + 300
+    while time.monotonic() < deadline and p.poll() is None and workers() < 2:
+        seen.update(descendants(p.pid))
+        time.sleep(0.1)
+    assert workers() == 2, (tmp_path / "stderr").read_text()[-3000:]
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not still_running(seen), still_running(seen)

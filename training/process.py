@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from pilot_core.errors import JobFailed, UserError
+from pilot_core.processes import die_with_parent
 from training.config import TrainConfig
-from training.launch import die_with_parent
 
 LOG = "train.log"
 

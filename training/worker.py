@@ -7,6 +7,9 @@ import sys
 
 
 def main(path: str) -> None:
+    from pilot_core.processes import die_with_launcher
+
+    die_with_launcher()  # torchrun starts workers in their own session: a killed torchrun must not leave them
     import deepspeed
 
     from training.config import TrainConfig

@@ -12,7 +12,10 @@ PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.p
 
 
 def is_local(path: str) -> bool:
-    return Path(path).exists() or path.startswith((".", "/"))
+    """A path on this machine rather than a hub id: it exists, starts like a path, or its first directory is
+    here (a mistyped `runs/pilot-v2` is a missing directory, not a hub repository to download)."""
+    p = Path(path)
+    return p.exists() or path.startswith((".", "/", "~")) or (len(p.parts) > 1 and Path(p.parts[0]).is_dir())
 
 
 def check_contained(path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -246,6 +247,9 @@ def cached_tiny_model(spec: TinyModelSpec, corpus: list | None = None,
     if (out / "manifest.json").is_file():
         read_manifest(out, kind="tiny-model")
         return out
+    # a first run sits here for minutes on a small CPU: say what it does (and that it happens once)
+    print(f"building a tiny {spec.arch} model ({spec.hidden_size}x{spec.num_layers}, {spec.pretrain_steps} "
+          f"pretraining steps) once, cached in {out}", file=sys.stderr, flush=True)
     try:
         return build_tiny_model(spec, out, corpus)
     except FileExistsError:  # another process finished it first
