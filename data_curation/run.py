@@ -121,7 +121,7 @@ def _already_done(cfg: CurationConfig, out: Path, prev: list[Path]) -> dict | No
     except UserError:
         return None
     inputs = _inputs({s.name: source_fingerprint(s) for s in cfg.sources},
-                     {Path(p).name: fingerprint(p) for p in cfg.decontamination.reference_sets if Path(p).is_file()})
+                     {Path(p).name: fingerprint(p) for p in cfg.decontamination.reference_sets})
     d = m.data or {}
     if (m.config_hash, m.inputs, d.get("previous_versions"), d.get("replayed_from")) != \
             (config_hash(cfg), inputs, [str(p) for p in prev], None):

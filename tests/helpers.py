@@ -157,6 +157,23 @@ def descendants(pid: int) -> dict[int, tuple[str, str]]:
     return out
 
 
+def watch(p: subprocess.Popen, until, timeout_s: float = 400) -> dict[int, tuple[str, str]]:
+    """Every process started under p, recorded until `until(seen)` holds, p ends, or timeout_s passes."""
+    seen: dict[int, tuple[str, str]] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and p.poll() is None:
+        seen.update(descendants(p.pid))
+        if until(seen):
+            break
+        time.sleep(0.1)
+    return seen
+
+
+def running(seen: dict[int, tuple[str, str]], what: str) -> bool:
+    """Whether a process whose command line holds `what` was seen."""
+    return any(what in cmd for _, cmd in seen.values())
+
+
 def still_running(seen: dict[int, tuple[str, str]], patience_s: float = 15) -> list[str]:
     """The command lines of the processes in `seen` still alive after up to patience_s."""
     deadline = time.monotonic() + patience_s

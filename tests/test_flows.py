@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from .helpers import PIPELINE as CONFIG
-from .helpers import REPO, descendants, finish, pilot_run, small, still_running
+from .helpers import REPO, finish, pilot_run, running, small, still_running, watch
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -92,22 +92,6 @@ def test_failed_gate_fails_the_run_with_reasons(prefect_api, shared, pair_same, 
     assert run.state.is_failed() and "gate failed" in run.state.message
 
 
-def _watch(p: subprocess.Popen, until, timeout_s: float = 400) -> dict[int, tuple[str, str]]:
-    """Every process started under the run until `until(seen)` holds (or the run ends)."""
-    seen: dict[int, tuple[str, str]] = {}
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and p.poll() is None:
-        seen.update(descendants(p.pid))
-        if until(seen):
-            break
-        time.sleep(0.1)
-    return seen
-
-
-def _running(seen, what: str) -> bool:
-    return any(what in cmd for _, cmd in seen.values())
-
-
 def test_a_killed_run_leaves_no_process_behind_and_its_rerun_resumes(tmp_path, pair_same, pair_different):
     """`pilot run` on its own ephemeral API, SIGKILLed (the OOM killer, a lost node) twice: while the API server
     is up, and mid-training. Nothing it started outlives it (PR_SET_PDEATHSIG on the API server and the trainer).
@@ -115,8 +99,8 @@ def test_a_killed_run_leaves_no_process_behind_and_its_rerun_resumes(tmp_path, p
     overrides = small(tmp_path) + ["training.sft.max_steps=600", "training.sft.save_steps=20",
                                    "training.sft.per_device_train_batch_size=2"]
     p = pilot_run(overrides, None)
-    seen = _watch(p, lambda seen: _running(seen, "prefect.server.api.server:create_app"))
-    assert _running(seen, "uvicorn"), finish(p)[1][-3000:]
+    seen = watch(p, lambda seen: running(seen, "prefect.server.api.server:create_app"))
+    assert running(seen, "uvicorn"), finish(p)[1][-3000:]
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not still_running(seen), still_running(seen)
@@ -126,12 +110,12 @@ def test_a_killed_run_leaves_no_process_behind_and_its_rerun_resumes(tmp_path, p
     def mid_training(seen) -> bool:
         return any((c / "trainer_state.json").is_file() for c in tmp_path.glob("demo/train-*/sft/checkpoint-*"))
 
-    seen = _watch(p, mid_training)
+    seen = watch(p, mid_training)
     ckpts = list(tmp_path.glob("demo/train-*/sft/checkpoint-*"))
     assert ckpts, finish(p)[1][-3000:]
     (train_dir,) = {c.parent.parent for c in ckpts}
     assert not (train_dir / "sft" / "final").exists()  # killed mid-training, not after
-    assert _running(seen, str(train_dir / "train.json")) and _running(seen, "uvicorn"), seen
+    assert running(seen, str(train_dir / "train.json")) and running(seen, "uvicorn"), seen
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not still_running(seen), still_running(seen)

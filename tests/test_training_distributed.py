@@ -43,9 +43,8 @@ def test_a_killed_launch_leaves_no_worker_behind(prefs, tmp_path):
     """torchrun starts its workers in a session of their own; when `pilot train` is SIGKILLed, torchrun dies with
     it (PR_SET_PDEATHSIG) and so does each worker (it asks to, first thing)."""
     import signal
-    import time
 
-    from .helpers import RUNNING, descendants, still_running
+    from .helpers import RUNNING, still_running, watch
 
     c = {"model": TINY, "dataset": str(prefs), "output_dir": str(tmp_path / "run"), "stages": ["sft"],
          "sft": {**FAST, "max_steps": 100000}}
@@ -56,14 +55,12 @@ def test_a_killed_launch_leaves_no_worker_behind(prefs, tmp_path):
                           "zero2", "--nproc", "2", "--launcher", "torchrun"], cwd=REPO, stdout=subprocess.DEVNULL,
                          stderr=open(tmp_path / "stderr", "w"))
     RUNNING.append(p)  # killed after the test whatever happens (a leftover would hold the rendezvous port)
-    def workers() -> int:
+
+    def workers(seen) -> int:
         return sum("training.worker" in cmd and "torch.distributed.run" not in cmd for _, cmd in seen.values())
 
-    seen, deadline = {}, time.monotonic() + 300
-    while time.monotonic() < deadline and p.poll() is None and workers() < 2:
-        seen.update(descendants(p.pid))
-        time.sleep(0.1)
-    assert workers() == 2, (tmp_path / "stderr").read_text()[-3000:]
+    seen = watch(p, lambda seen: workers(seen) == 2, timeout_s=300)
+    assert workers(seen) == 2, (tmp_path / "stderr").read_text()[-3000:]
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert not still_running(seen), still_running(seen)
