@@ -10,6 +10,7 @@ from pilot_core.atomic import atomic_dir, atomic_write_text
 from pilot_core.errors import UserError
 from pilot_core.manifest import Manifest, write_manifest
 
+
 def write_dataset(out: Path, kept, excluded, manifest: Manifest, card: str, overwrite: bool = False,
                   extra: dict | None = None, splits: tuple[str, ...] = ()) -> Path:
     """`extra` tables are written as <name>.parquet; those named in `splits` join the DatasetDict too."""

@@ -72,8 +72,7 @@ def _stop(proc: subprocess.Popen) -> None:
 @contextlib.contextmanager
 def ephemeral_api() -> Iterator[str]:
     """PREFECT_API_URL set, within the block, to a fresh local API that ends with this process."""
-    from prefect.settings import (PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-                                  temporary_settings)
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
 
     for _ in range(5):
         port = _free_port()

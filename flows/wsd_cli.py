@@ -7,6 +7,7 @@ import click
 from pilot_core.errors import UserError
 from wsd_inference.methods import METHODS
 
+
 @click.group()
 def wsd() -> None:
     """Weak-to-Strong Decoding and the methods it is compared with."""
@@ -55,8 +56,8 @@ def generate(pilot, base, input_path, output_path, method, untuned, config_path,
     such as vLLM (http://host:port/v1, with --pilot-model / --base-model naming the served models)."""
     from pilot_core.config import apply_overrides, load_config, validate_config
     from pilot_core.models.source import ModelSource
-    from wsd_inference.config import WSDConfig
     from pilot_core.prompts import load_prompts
+    from wsd_inference.config import WSDConfig
     from wsd_inference.runner import generate_to_file
 
     data = load_config(WSDConfig, config_path).model_dump() if config_path else {}

@@ -8,6 +8,7 @@ import pytest
 
 from .helpers import REPO, finish, one_line_error, pilot, pilot_run
 
+
 def test_help_lists_every_stage():
     r = pilot("--help")
     assert r.returncode == 0

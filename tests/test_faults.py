@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from . import figures
-from .helpers import RECS, REPO, checkpoint, files_holding, stable
 from .fault_proxy import FaultProxy
+from .helpers import RECS, REPO, checkpoint, files_holding, stable
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 KEY = "sk-pilot-faults-0123456789abcdef"

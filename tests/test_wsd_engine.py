@@ -2,9 +2,9 @@
 
 import pytest
 
+from pilot_core.models.loading import load_hf_model
 from wsd_inference.config import WSDConfig
 from wsd_inference.engine import wsd_generate
-from pilot_core.models.loading import load_hf_model
 
 from .helpers import RECS, median_max_window
 from .wsd_reference import staged_wsd
@@ -95,8 +95,8 @@ def test_batched_staged_pipeline_equals_online_engine(models, pair):
 
 
 def test_base_only_matches_plain_greedy(models):
-    from wsd_inference.baselines import base_only_batch
     from pilot_core.models.templates import base_prompt, cut_at_markers
+    from wsd_inference.baselines import base_only_batch
 
     from .wsd_reference import greedy
 

@@ -8,13 +8,12 @@ import sys
 import pytest
 import torch
 
+from pilot_core.models.loading import load_hf_model
+from pilot_core.models.local_chat import LocalChat
+from pilot_core.models.openai_server import OpenAIServer, ServedModel
+from pilot_core.models.templates import base_prompt, base_text
 from wsd_inference.config import WSDConfig
 from wsd_inference.engine import wsd_generate
-from pilot_core.models.loading import load_hf_model
-from pilot_core.models.openai_server import OpenAIServer
-from pilot_core.models.templates import base_prompt, base_text
-from pilot_core.models.local_chat import LocalChat
-from pilot_core.models.openai_server import ServedModel
 from wsd_inference.methods import METHODS, ServedModels
 from wsd_inference.runner import served_group
 

@@ -4,7 +4,7 @@ forward pass, then re-prefill the base and continue. No caches, batch size 1. Th
 import numpy as np
 import torch
 
-from pilot_core.models.templates import base_prompt, base_text, cut_at_markers, has_marker, chat_prompt
+from pilot_core.models.templates import base_prompt, base_text, chat_prompt, cut_at_markers, has_marker
 
 
 def greedy(model, ids, max_new, stop_ids, tokenizer=None, stop_on_marker=False):

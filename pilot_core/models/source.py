@@ -6,8 +6,8 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from pilot_core.config import BaseConfig
-from pilot_core.names import config_name
 from pilot_core.models.tiny import TinyModelSpec, cached_tiny_model
+from pilot_core.names import config_name
 
 
 class ModelSource(BaseConfig):
