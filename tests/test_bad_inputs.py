@@ -199,6 +199,7 @@ MISSING = {
     "config check": [["config", "check", "{missing}"]],
     "config show": [["config", "show", "--config", "{missing}"]],
     "models tiny": [["models", "tiny", "--spec", "{missing}", "--out", "{tmp}/m"]],
+    "models import": [["models", "import", "{missing}", "--out", "{tmp}/m"]],
     "run": [["run", "--config", "{missing}"]],
     "serve": [["serve", "--config", "{missing}", "--interval", "60"]],
     "approval list": [],  # no path arguments

@@ -151,3 +151,49 @@ def test_cli_exit_codes(tmp_path, small_dataset):  # noqa: F811
     r = subprocess.run([sys.executable, "-m", "flows.cli", "train", "--config", str(d / "c.yaml"), "--distributed",
                         "nope", "--nproc", "2"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "unknown DeepSpeed preset 'nope'" in r.stderr
+
+
+def test_the_training_template_is_found_or_refused_clearly(pair_same, tmp_path):
+    """Tokenizers only: which template a pilot trains with, and one clear error when none fits."""
+    from pathlib import Path
+
+    import trl
+    from transformers import AutoTokenizer
+
+    from training.chat_template import training_template
+    from training.data import check_chat_tokenizer
+
+    tok = AutoTokenizer.from_pretrained(pair_same[0])
+    marked = tok.chat_template
+    assert training_template(tok, None, "tiny").origin == "model"
+    plain = marked.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    files = {"marked.jinja": marked, "plain.jinja": plain, "other.jinja": marked.replace("'\n'", "'\n\n'"),
+             "eos-outside.jinja": marked.replace("+ '<|im_end|>' }}{% endgeneration %}",
+                                                 "}}{% endgeneration %}{{ '<|im_end|>' }}")}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert files["eos-outside.jinja"] != marked and files["other.jinja"] != marked
+    tok.chat_template = plain
+    with pytest.raises(UserError, match="neither TRL nor Pilot has a training variant"):
+        training_template(tok, None, "tiny")
+    assert training_template(tok, str(tmp_path / "marked.jinja"), "tiny").origin.endswith("marked.jinja")
+    with pytest.raises(UserError, match="file not found"):
+        training_template(tok, str(tmp_path / "none.jinja"), "tiny")
+    with pytest.raises(UserError, match="has no {% generation %} markers"):
+        training_template(tok, str(tmp_path / "plain.jinja"), "tiny")
+    with pytest.raises(UserError, match="renders a conversation differently"):
+        training_template(tok, str(tmp_path / "other.jinja"), "tiny")
+    outside = training_template(tok, str(tmp_path / "eos-outside.jinja"), "tiny")
+    with pytest.raises(UserError, match="outside the template's {% generation %} block"):
+        check_chat_tokenizer(tok, outside.text, "tiny")
+
+    # Llama 3.x: TRL knows Llama 3; for 3.2 (the production pilot) Pilot's own variant is matched
+    templates = Path(trl.__file__).parent / "chat_templates"
+    tok.add_special_tokens({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                            "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]})
+    tok.chat_template = (templates / "llama3.jinja").read_text()
+    assert training_template(tok, None, "llama3").origin == "trl"
+    tok.chat_template = (templates / "llama3_2.jinja").read_text()
+    found = training_template(tok, None, "llama3.2")
+    assert found.origin == "training/chat_templates/llama3_2_training.jinja"
+    check_chat_tokenizer(tok, found.text, "llama3.2")

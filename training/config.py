@@ -31,6 +31,9 @@ class StagesConfig(BaseConfig):
     distributed: str | None = Field(None, description="a preset in configs/deepspeed/ (zero2, zero3, "
                                     "zero3_offload); null: one process, no DeepSpeed")
     nproc: int = Field(1, ge=1, description="processes on this node with a distributed preset")
+    chat_template: str | None = Field(None, description="a Jinja file: the model's own chat template with {% "
+                                      "generation %} markers, for models TRL has no training template for "
+                                      "(configs/chat_templates/)")
     report_to: Literal["none", "mlflow", "wandb", "tensorboard"] = "none"
     resume: bool = Field(True, description="continue from the last checkpoint of the same run")
     sft: dict[str, Any] = Field(default_factory=dict, description="trl.SFTConfig arguments")

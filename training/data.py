@@ -32,18 +32,17 @@ def load_split(dataset: str | Path, stage: str):
     return split.select_columns(list(COLUMNS[stage])), fingerprint(d / "dataset")
 
 
-def check_chat_tokenizer(tok, where: str) -> None:
-    """Loss on assistant tokens needs {% generation %} markers; WSD needs a pilot that ends its turn with the
-    tokenizer's EOS (a pilot that never stops drafts until the budget)."""
-    template = getattr(tok, "chat_template", None)
-    if not template:
-        raise UserError(f"{where}: the tokenizer has no chat template (a pilot is a chat model)")
-    if "{% generation %}" not in template and "{%- generation %}" not in template:
-        raise UserError(f"{where}: the chat template has no {{% generation %}} markers, so the loss cannot be "
-                        "limited to assistant tokens; use a template with them (TRL: get_training_chat_template)")
+def check_chat_tokenizer(tok, template: str, where: str) -> None:
+    """WSD needs a pilot that ends its turn with the tokenizer's EOS (a pilot that never stops drafts until the
+    budget), and SFT must train that token: it lies inside the assistant's {% generation %} block."""
+    from trl.chat_template_utils import is_chat_template_stop_token_trained
+
     text = tok.apply_chat_template([{"role": "user", "content": "u"}, {"role": "assistant", "content": "MARK"}],
-                                   tokenize=False)
+                                   chat_template=template, tokenize=False)
     after = text.split("MARK", 1)[1]
     if tok.eos_token is None or not after.lstrip().startswith(tok.eos_token):
         raise UserError(f"{where}: an assistant turn ends with {after.strip()[:20]!r}, not the EOS token "
                         f"{tok.eos_token!r}: the trained pilot would not stop where generation stops")
+    if not is_chat_template_stop_token_trained(tok, template):
+        raise UserError(f"{where}: the assistant's end-of-turn token {tok.eos_token!r} lies outside the template's "
+                        "{% generation %} block, so SFT would never teach the pilot to stop")

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from pilot_core.errors import UserError
 from pilot_core.manifest import Manifest, config_hash, write_manifest
-from training.config import TrainConfig
+from training.chat_template import TrainingTemplate, training_template
+from training.config import StagesConfig, TrainConfig
 from training.data import check_chat_tokenizer, load_split
 
 RUN_FILE = "run.json"  # identifies the run a stage directory belongs to
@@ -62,15 +63,26 @@ def _claim(out: Path, identity: dict) -> None:
 
 
 def preflight(cfg: TrainConfig) -> None:
-    """The checks that need no model, for every stage: before a multi-process launch, so bad input is one
+    """The checks that need no weights, for every stage: before a multi-process launch, so bad input is one
     clear error (exit 2) rather than a failed worker."""
+    template = pilot_template(cfg, cfg.model.local_path(), cfg.model.trust_remote_code)
     for stage in cfg.stages:
         _, data_fp = load_split(cfg.dataset, stage)
-        check_claim(Path(cfg.output_dir) / stage, _identity(cfg, stage, data_fp))
+        check_claim(Path(cfg.output_dir) / stage, _identity(cfg, stage, data_fp, template))
 
 
-def _identity(cfg: TrainConfig, stage: str, data_fp: str) -> dict:
-    return {"config": config_hash(cfg), "stage": stage, "dataset": data_fp}
+def pilot_template(cfg: StagesConfig, model: str, trust_remote_code: bool = False) -> TrainingTemplate:
+    """The template `model` trains with under `cfg`, checked (tokenizer only, no weights)."""
+    from pilot_core.models.loading import load_tokenizer
+
+    tok = load_tokenizer(model, "model", trust_remote_code)
+    template = training_template(tok, cfg.chat_template, model)
+    check_chat_tokenizer(tok, template.text, model)
+    return template
+
+
+def _identity(cfg: TrainConfig, stage: str, data_fp: str, template: TrainingTemplate) -> dict:
+    return {"config": config_hash(cfg), "stage": stage, "dataset": data_fp, "chat_template": template.digest()}
 
 
 def last_checkpoint(out: Path) -> str | None:
@@ -113,15 +125,18 @@ def train_stage(cfg: TrainConfig, stage: str, start: str, deepspeed: dict | None
 
     out = Path(cfg.output_dir) / stage
     final = out / "final"
+    trust = cfg.model.trust_remote_code
+    tok = load_tokenizer(start, "model", trust)
+    template = training_template(tok, cfg.chat_template, start)
+    check_chat_tokenizer(tok, template.text, start)
     data, data_fp = load_split(cfg.dataset, stage)
-    identity = _identity(cfg, stage, data_fp)
+    identity = _identity(cfg, stage, data_fp, template)
     check_claim(out, identity)
     if (final / "manifest.json").is_file():
         return final  # this stage finished in an earlier run of the same config
-    trust = cfg.model.trust_remote_code
     check_head(load_config(start, "model", trust), start, "model", "causal_lm", trust)
-    tok = load_tokenizer(start, "model", trust)
-    check_chat_tokenizer(tok, start)
+    own_template = tok.chat_template
+    tok.chat_template = template.text  # TRL renders and masks with it; the checkpoint ships the model's own
     args = _trl_args(cfg, stage, out, deepspeed)
     if args.process_index == 0:
         _claim(out, identity)
@@ -149,6 +164,7 @@ def train_stage(cfg: TrainConfig, stage: str, start: str, deepspeed: dict | None
     trainer.accelerator.wait_for_everyone()
     resume = last_checkpoint(out) if cfg.resume else None
     result = trainer.train(resume_from_checkpoint=resume)
+    tok.chat_template = own_template
     _save(trainer, tok, final, cfg, stage, start, identity, result, resume)
     return final
 
@@ -189,6 +205,7 @@ def _finish(trainer, tok, tmp: Path, final: Path, cfg, stage, start, identity, r
         data={"stage": stage, "seed": cfg.seed, "lora": cfg.lora is not None, "steps": trainer.state.global_step,
               "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
               "last_loss": losses[-1] if losses else None, "resumed_from": resume,
+              "training_chat_template": identity["chat_template"],
               "metrics": result.metrics, "log_history": logs}))
     if final.exists():
         shutil.rmtree(final)
