@@ -29,6 +29,8 @@ class SourceConfig(BaseConfig):
     kind: Literal["jsonl", "parquet", "csv", "hf"] = "jsonl"
     path: str = Field(description="a file; for kind hf a `save_to_disk` directory or a hub dataset id")
     split: str = Field("train", description="kind hf: the split to read")
+    revision: str | None = Field(None, description="kind hf, a hub dataset: the commit to read; pin one in "
+                                 "production, or a changed upstream is silently used")
     columns: Columns = Columns()
     cap: int | None = Field(None, ge=1, description="read at most this many rows (a seeded sample, not the first N)")
     weight: float = Field(1.0, gt=0, description="share of the mix when mix.total is set")

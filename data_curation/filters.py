@@ -122,20 +122,21 @@ def languages(texts: list[str], candidates: tuple[str, ...], min_letters: int) -
 
 
 @lru_cache(maxsize=4)
-def _tokenizer(path: str):
+def _tokenizer(path: str, revision: str | None = None):
     from pilot_core.models.loading import load_tokenizer
 
-    return load_tokenizer(path, "curation tokenizer")
+    return load_tokenizer(path, "curation tokenizer", revision=revision)
 
 
-def token_lengths(msgs: list[list[dict]], tokenizer_path: str | None) -> tuple[list[int], list[int]]:
+def token_lengths(msgs: list[list[dict]], tokenizer_path: str | None,
+                  revision: str | None = None) -> tuple[list[int], list[int]]:
     """(tokens of the prompt under the pilot's chat template with the generation prompt, tokens of the turns'
     content alone: the same minus the template's own tokens). Without a tokenizer both are an estimate of one
     token per 4 characters (word counts would make every CJK prompt one word long)."""
     if tokenizer_path is None:
         est = [-(-len(prompt_text(m)) // 4) for m in msgs]
         return est, est
-    tok = _tokenizer(tokenizer_path)
+    tok = _tokenizer(tokenizer_path, revision)
 
     def lengths(convs):
         texts = [tok.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in convs]
@@ -157,7 +158,7 @@ def score_features(input_features):
     return Features({**input_features, **{k: types[t] for k, t in {**ROW_SCORES, **MEASURES}.items()}})
 
 
-def score_batch(batch: dict, filters: dict, tokenizer_path: str | None) -> dict:
+def score_batch(batch: dict, filters: dict, tokenizer_path: str | None, tokenizer_revision: str | None = None) -> dict:
     """The score columns of a batch of loaded rows (a `datasets.map` function, batched)."""
     f = Filters.model_validate(filters)
     out: dict[str, list] = {k: [] for k in (*ROW_SCORES, *MEASURES)}
@@ -179,7 +180,7 @@ def score_batch(batch: dict, filters: dict, tokenizer_path: str | None) -> dict:
                      ("boilerplate", boilerplate(text)), ("harm_tags", harm),
                      ("category", category(text, harm, given))):
             out[k].append(v)
-    out["tokens"], out["content_tokens"] = token_lengths(out["messages"], tokenizer_path)
+    out["tokens"], out["content_tokens"] = token_lengths(out["messages"], tokenizer_path, tokenizer_revision)
     if f.language is not None:
         langs = languages(out["text"], tuple(f.language.candidates), f.language.min_letters)
     else:

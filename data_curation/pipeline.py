@@ -78,7 +78,8 @@ def load_and_score(cfg: CurationConfig, progress: bool = True):
     ds = ds.cast_column("category_given", datasets.Value("string"))  # all-null in a source without categories
     ds = ds.map(score_batch, batched=True, batch_size=512, num_proc=cfg.num_proc if len(rows) > 2048 else None,
                 features=score_features(ds.features),
-                fn_kwargs={"filters": cfg.filters.model_dump(mode="json"), "tokenizer_path": tok},
+                fn_kwargs={"filters": cfg.filters.model_dump(mode="json"), "tokenizer_path": tok,
+                           "tokenizer_revision": cfg.tokenizer.revision if cfg.tokenizer else None},
                 desc="normalise + score", new_fingerprint=_fingerprint(cfg, fps))
     return ds, excluded, fps, read
 

@@ -17,6 +17,7 @@ from pilot_core.judging import (combine_orders, pairwise_messages, parse_pairwis
 from pilot_core.manifest import Manifest, config_hash, read_manifest
 from pilot_core.models.call_cache import ResponseCache
 from pilot_core.models.calls import Call, CallStats, Endpoint, make_call, run_calls
+from pilot_core.models.compute import Compute
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def _pairs(cfg, prompts, cands: list[list[Candidate]], scores):
 
 
 def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str | Path, overwrite: bool = False,
-                      progress: bool = True, http_client=None) -> dict:
+                      progress: bool = True, http_client=None, compute: Compute | None = None) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
@@ -215,13 +216,14 @@ def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str |
     if cfg.judge.kind == "reward_model":
         from pilot_core.models.reward import RewardModel
 
-        reward = RewardModel(cfg.judge.model.local_path(), trust_remote_code=cfg.judge.model.trust_remote_code)
+        reward = RewardModel(cfg.judge.model.local_path(), compute, trust_remote_code=cfg.judge.model.trust_remote_code,
+                             revision=cfg.judge.model.revision)
     stats: dict[str, CallStats] = {}
 
     async def main():
-        endpoints = {g.name: Endpoint(g.model, cfg.client, http_client) for g in cfg.generators}
+        endpoints = {g.name: Endpoint(g.model, cfg.client, http_client, compute) for g in cfg.generators}
         if cfg.judge.kind in ("pairwise", "pointwise"):
-            endpoints[cfg.judge.name] = Endpoint(cfg.judge.model, cfg.client, http_client)
+            endpoints[cfg.judge.name] = Endpoint(cfg.judge.model, cfg.client, http_client, compute)
         try:
             rcalls = _response_calls(cfg, endpoints, prompts)
             with tqdm(total=len(rcalls), desc="responses", unit="call", disable=not progress) as bar:

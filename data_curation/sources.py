@@ -51,7 +51,7 @@ def _hf_table(src: SourceConfig):
         if Path(src.path).is_dir():
             ds = datasets.load_from_disk(src.path)
         else:
-            ds = datasets.load_dataset(src.path, split=src.split)
+            ds = datasets.load_dataset(src.path, split=src.split, revision=src.revision)
     except Exception as e:  # offline hub, missing dir, foreign format
         raise UserError(f"source {src.name}: cannot load dataset {src.path!r}: {str(e).splitlines()[0]}") from None
     if isinstance(ds, datasets.DatasetDict):
@@ -96,9 +96,9 @@ def _messages(row: dict, src: SourceConfig) -> tuple[list[dict] | None, str | No
 
 
 def source_fingerprint(src: SourceConfig) -> str:
-    """The file's fingerprint; a hub dataset's name (its revision is pinned in the config)."""
+    """The file's fingerprint; a hub dataset's name and pinned revision."""
     path = Path(src.path)
-    return fingerprint(path) if path.exists() else hashlib.sha256(src.path.encode()).hexdigest()
+    return fingerprint(path) if path.exists() else hashlib.sha256(f"{src.path}@{src.revision}".encode()).hexdigest()
 
 
 def read_source(src: SourceConfig, max_chars: int, seed: int) -> tuple[list[dict], list[dict], str]:

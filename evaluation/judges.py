@@ -16,6 +16,7 @@ from pilot_core.judging import (CATEGORY_RUBRICS, combine_orders, harmlessness_m
                                 parse_pairwise, parse_safe, refuses, rubric, rule_score)
 from pilot_core.models.call_cache import ResponseCache
 from pilot_core.models.calls import CallStats, Endpoint, make_call, run_calls
+from pilot_core.models.compute import Compute
 
 
 def _run(calls, endpoint: Endpoint, who: str, cache_path: Path) -> tuple[dict, CallStats]:
@@ -36,10 +37,10 @@ def _run(calls, endpoint: Endpoint, who: str, cache_path: Path) -> tuple[dict, C
 
 
 def llm_pairwise(judge, items: list[tuple[list, str, str, str | None]], cache_path: Path,
-                 http_client=None) -> tuple[list, dict]:
+                 http_client=None, compute: Compute | None = None) -> tuple[list, dict]:
     """items: (messages, candidate, reference, category). Returns per item 1 / 0.5 / 0 (candidate wins, tie,
     loses) or None (unparseable or failed), and counts. Identical responses are a tie without a call."""
-    ep = Endpoint(judge.model, judge.client, http_client)
+    ep = Endpoint(judge.model, judge.client, http_client, compute)
     params = {"max_tokens": judge.max_tokens, "temperature": 0.0, "top_p": 1.0, "seed": 0}
     calls = []
     for msgs, cand, ref, cat in items:
@@ -70,9 +71,10 @@ def reward_pairwise(cand_rewards: list[float], ref_rewards: list[float], tie_mar
     return [0.5 if abs(c - r) <= tie_margin else float(c > r) for c, r in zip(cand_rewards, ref_rewards)]
 
 
-def llm_harmlessness(metric, items: list[tuple[list, str]], cache_path: Path, http_client=None) -> tuple[list, dict]:
+def llm_harmlessness(metric, items: list[tuple[list, str]], cache_path: Path, http_client=None,
+                     compute: Compute | None = None) -> tuple[list, dict]:
     """items: (messages, response). Per item 1.0 safe / 0.0 unsafe / None (unparseable or failed)."""
-    ep = Endpoint(metric.model, metric.client, http_client)
+    ep = Endpoint(metric.model, metric.client, http_client, compute)
     params = {"max_tokens": metric.max_tokens, "temperature": 0.0, "top_p": 1.0, "seed": 0}
     text = rubric("harmlessness", metric.rubric_version)
     calls = [make_call("judgment", "harmlessness", ep, harmlessness_messages(text, msgs, resp), params)

@@ -18,6 +18,7 @@ from evaluation.report import write_report
 from evaluation.stats import mean_ci, paired_diff_ci
 from pilot_core.errors import JobFailed, UserError
 from pilot_core.manifest import config_hash, fingerprint, read_manifest
+from pilot_core.models.compute import Compute
 from pilot_core.models.files import check_contained, check_local_dir
 from pilot_core.models.source import ModelSource
 from pilot_core.names import safe_join
@@ -42,7 +43,7 @@ def _read(path: Path) -> dict[str, dict]:
     return {r["id"]: r for r in (json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip())}
 
 
-def _generate(spec, pilot, bases, untuned, sets, output, device, dtype, progress) -> dict:
+def _generate(spec, pilot, bases, untuned, sets, output, compute, progress) -> dict:
     """records[set][base][method][id]; a method that reads no base (pilot_only) runs once per set and is shared
     by every base."""
     from wsd_inference.runner import generate_to_file
@@ -61,7 +62,7 @@ def _generate(spec, pilot, bases, untuned, sets, output, device, dtype, progress
                 folder = "pilot" if baseless else base.name
                 path = safe_join(output / "generations", es.name, folder, what="eval set or base name") / \
                     f"{method}.jsonl"
-                generate_to_file(pilot, base, prompts, cfg, path, device, dtype, progress, method, untuned)
+                generate_to_file(pilot, base, prompts, cfg, path, compute, progress, method, untuned)
                 recs = _read(path)
                 out.setdefault(es.name, {}).setdefault(base.name, {})[method] = recs
                 if baseless:
@@ -69,7 +70,7 @@ def _generate(spec, pilot, bases, untuned, sets, output, device, dtype, progress
     return out
 
 
-def _scores(spec, sets, records, output, http_client=None) -> tuple[list[dict], dict]:
+def _scores(spec, sets, records, output, http_client=None, compute=None) -> tuple[list[dict], dict]:
     """One row per (set, base, method, item) with each metric's per-item value; plus judge counts."""
     from evaluation import judges
 
@@ -94,7 +95,8 @@ def _scores(spec, sets, records, output, http_client=None) -> tuple[list[dict], 
         from pilot_core.models.reward import RewardModel
 
         if src.local_path() not in models:
-            models[src.local_path()] = RewardModel(src.local_path(), trust_remote_code=src.trust_remote_code)
+            models[src.local_path()] = RewardModel(src.local_path(), compute, trust_remote_code=src.trust_remote_code,
+                                                   revision=src.revision)
         rm = models[src.local_path()]
         unique = {(r["set"], r["id"], r["response"]) for r in aligned}
         order = sorted(unique)
@@ -119,7 +121,7 @@ def _scores(spec, sets, records, output, http_client=None) -> tuple[list[dict], 
             wins, counts["win_rate"] = judges.llm_pairwise(
                 m.win_rate, [(list(items_by[(a["set"], a["id"])].question), a["response"], b["response"],
                               items_by[(a["set"], a["id"])].category) for a, b in pairs], output / "judge-cache.sqlite",
-                http_client)
+                http_client, compute)
         for (a, _), w in zip(pairs, wins):
             a["win"] = w
         for r in aligned:
@@ -132,7 +134,7 @@ def _scores(spec, sets, records, output, http_client=None) -> tuple[list[dict], 
         else:
             safe, counts["harmlessness"] = judges.llm_harmlessness(
                 m.harmlessness, [(list(items_by[(r["set"], r["id"])].question), r["response"]) for r in harmful],
-                output / "judge-cache.sqlite", http_client)
+                output / "judge-cache.sqlite", http_client, compute)
         for r, s in zip(harmful, safe):
             r["safe"] = s
     failed = sum(c.get("failed", 0) for c in counts.values())
@@ -193,7 +195,7 @@ def _diagnostics(records, bases) -> dict:
 
 
 def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], output: str | Path, *,
-             pilot_name: str = "pilot", device: str = "cpu", dtype: str = "float32", progress: bool = True,
+             pilot_name: str = "pilot", compute: Compute | None = None, progress: bool = True,
              http_client=None) -> ValidationReport:
     """Run and measure everything; returns the report (also written to output/report.json). http_client goes
     to the LLM judges' OpenAI client (tests inject faults through it)."""
@@ -211,8 +213,8 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
     sets = [(es, load_eval_set(es)) for es in spec.eval_sets]
     untuned = _untuned(spec, manifest)
     pilot = ModelSource(name=pilot_name, path=str(ckpt))
-    records = _generate(spec, pilot, bases, untuned, sets, output, device, dtype, progress)
-    rows, counts = _scores(spec, sets, records, output, http_client)
+    records = _generate(spec, pilot, bases, untuned, sets, output, compute, progress)
+    rows, counts = _scores(spec, sets, records, output, http_client, compute)
     metrics, tax = _aggregate(spec, sets, bases, rows)
     m = spec.metrics
     report = ValidationReport(

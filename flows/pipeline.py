@@ -70,10 +70,10 @@ def curation_flow(cfg: PipelineConfig) -> dict:
 def training_flow(cfg: PipelineConfig, dataset: str) -> dict:
     """Preference pairs for the curated prompts, then SFT and DPO of the pilot (in a child process)."""
     root = run_root(cfg)
-    p = preferences_task(dataset, cfg.preferences, root)
+    p = preferences_task(dataset, cfg.preferences, root, cfg.compute)
     artifacts.preferences(cfg.name, p)
     progress = artifacts.TrainingProgress(cfg.name, cfg.training.stages)
-    t = train_task(cfg.training, cfg.pilot, cfg.pilot.name, p["output"], root, on_poll=progress)
+    t = train_task(cfg.training, cfg.pilot, cfg.pilot.name, p["output"], root, cfg.compute, on_poll=progress)
     artifacts.training(cfg.name, t["manifests"])
     return {"preferences": p["output"], **t}
 
@@ -84,10 +84,10 @@ def validation_flow(cfg: PipelineConfig, pilot: ModelSource) -> dict:
     """WSD with every base on the pipeline's prompts, then (with a validation section) the full validation of
     the trained checkpoint: every method x base x eval set, with the report as an artifact."""
     root = run_root(cfg)
-    wsd = {b.name: wsd_task(pilot, b, cfg.prompts, cfg.wsd, root)["output"] for b in cfg.bases}
+    wsd = {b.name: wsd_task(pilot, b, cfg.prompts, cfg.wsd, root, cfg.compute)["output"] for b in cfg.bases}
     if cfg.validation is None:
         return {"wsd": wsd}
-    v = validate_task(cfg.validation, pilot.path, cfg.bases, root, pilot.name)
+    v = validate_task(cfg.validation, pilot.path, cfg.bases, root, pilot.name, cfg.compute)
     artifacts.validation(cfg.name, v["output"])
     return {"wsd": wsd, "report": v["output"]}
 
@@ -137,7 +137,7 @@ def pipeline(config: str, overrides: list[str] | None = None) -> dict:
             out |= {"preferences": t["preferences"], "checkpoint": t["checkpoint"]}
             pilot = ModelSource(name=f"{cfg.pilot.name}-trained", path=t["checkpoint"])
         elif cfg.preferences is not None:
-            out["preferences"] = preferences_task(c["output"], cfg.preferences, run_root(cfg))["output"]
+            out["preferences"] = preferences_task(c["output"], cfg.preferences, run_root(cfg), cfg.compute)["output"]
     v = validation_flow(cfg, pilot)
     out |= v
     if cfg.release is not None:

@@ -12,6 +12,7 @@ from data_curation.config import CurationConfig
 from data_curation.preferences_config import PreferencesConfig
 from evaluation.config import EvalSpec
 from pilot_core.config import BaseConfig
+from pilot_core.models.compute import Compute
 from pilot_core.models.files import hub_offline, is_local
 from pilot_core.models.source import ModelSource
 from pilot_core.names import check_unique, config_name
@@ -42,6 +43,9 @@ class PipelineConfig(BaseConfig):
     prompts: str = Field(..., description="JSONL of {id, messages} or {id, prompt}, relative to the working directory")
     pilot: ModelSource
     bases: list[ModelSource] = Field(..., min_length=1)
+    compute: Compute = Field(Compute(), description="where every in-process model runs (the drafting pilot, local "
+                             "bases, generators, reward models and judges, training); auto: the GPU in bf16 when "
+                             "there is one")
     wsd: WSDConfig = WSDConfig()
     curation: CurationConfig | None = Field(None, description="GenerAlign curation (tokenizer defaults to the pilot)")
     preferences: PreferencesConfig | None = Field(None, description="responses and preference pairs for the "
@@ -82,11 +86,12 @@ def check_inputs(cfg: PipelineConfig) -> None:
     from pilot_core.prompts import load_prompts
 
     load_prompts(cfg.prompts)
+    cfg.compute.resolve()  # a GPU asked for on a machine without one
     if cfg.curation:
         check_curation_inputs(cfg.curation)
     if cfg.training and cfg.pilot.path and (is_local(cfg.pilot.path) or not hub_offline()):  # tiny: ours, marked
         from training.train import pilot_template
 
-        pilot_template(cfg.training, cfg.pilot.local_path(), cfg.pilot.trust_remote_code)
+        pilot_template(cfg.training, cfg.pilot.local_path(), cfg.pilot.trust_remote_code, cfg.pilot.revision)
     for es in cfg.validation.eval_sets if cfg.validation else []:
         load_eval_set(es)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from flows.compute_options import compute_from, compute_options
+
 
 @click.command()
 @click.option("--dataset", required=True, help="a curated dataset directory (pilot curate)")
@@ -12,8 +14,9 @@ import click
 @click.option("--output", required=True, help="the new dataset directory (prompts, excluded, sft, dpo)")
 @click.option("--overwrite", is_flag=True, help="replace --output if it exists")
 @click.option("--quiet", is_flag=True, help="no progress bars")
+@compute_options
 def preferences(dataset: str, config_path: str, overrides: tuple[str, ...], output: str, overwrite: bool,
-                quiet: bool) -> None:
+                quiet: bool, device: str, dtype: str, attn_implementation: str | None, device_map: str | None) -> None:
     """Generate candidate responses, judge them, and build SFT targets and DPO pairs. Calls are cached
     (<output>.cache.sqlite by default): rerunning after a crash or failures pays only for what is missing."""
     from data_curation.preferences import build_preferences
@@ -21,7 +24,8 @@ def preferences(dataset: str, config_path: str, overrides: tuple[str, ...], outp
     from pilot_core.config import load_config
 
     cfg = load_config(PreferencesConfig, config_path, overrides)
-    s = build_preferences(dataset, cfg, output, overwrite, progress=not quiet)
+    s = build_preferences(dataset, cfg, output, overwrite, progress=not quiet,
+                          compute=compute_from(device, dtype, attn_implementation, device_map))
     click.echo(f"{s['output']}: {s['sft']} sft rows, {s['dpo']} dpo pairs from {s['prompts']} prompts; "
                f"{s['response_failures']} failed responses; judgments {s['judgments']}")
     for who, u in sorted(s["usage"].items()):

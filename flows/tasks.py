@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pilot_core.errors import JobFailed, UserError
 from pilot_core.manifest import MANIFEST, read_manifest
+from pilot_core.models.compute import Compute
 from pilot_core.models.source import ModelSource
 from pilot_core.stages import dir_identity, files_identity, source_identity, stage_dir, stage_key
 
@@ -86,17 +87,19 @@ def review_import_task(dataset: str, decisions: str, reviewer: str) -> dict:
 
 
 @task(name="preferences", **NETWORK)
-def preferences_task(dataset: str, prefs, root: str) -> dict:
+def preferences_task(dataset: str, prefs, root: str, compute: Compute) -> dict:
     from data_curation.preferences import build_preferences
 
     log = get_run_logger()
     # the dataset's manifest changes when a review is imported, so a reviewed subset gets new preferences
-    key = stage_key("preferences", prefs.model_dump(mode="json"), {"dataset": dir_identity(dataset)})
+    key = stage_key("preferences", prefs.model_dump(mode="json"), {"dataset": dir_identity(dataset),
+                                                                   "compute": compute.resolve().identity()})
     out = stage_dir(root, "preferences", key)
     if (out / MANIFEST).is_file():
         log.info(f"preferences: reusing {out}")
         return {"output": str(out), "reused": True, **read_manifest(out, kind="dataset").data["preferences"]}
-    p = build_preferences(dataset, prefs, out, progress=_progress())  # calls are cached beside it: a retry is free
+    # calls are cached beside it: a retry is free
+    p = build_preferences(dataset, prefs, out, progress=_progress(), compute=compute)
     log.info(f"preferences: {p['sft']} sft rows, {p['dpo']} dpo pairs from {p['prompts']} prompts, "
              f"{p['response_failures']} failed responses -> {out}")
     return {**p, "reused": False}
@@ -104,7 +107,7 @@ def preferences_task(dataset: str, prefs, root: str) -> dict:
 
 @task(name="train", retries=1, retry_delay_seconds=30, retry_condition_fn=_retry_unless(UserError),
       cache_policy=NO_CACHE)
-def train_task(training, pilot: ModelSource, name: str, dataset: str, root: str, on_poll=None,
+def train_task(training, pilot: ModelSource, name: str, dataset: str, root: str, compute: Compute, on_poll=None,
                poll_s: float = 5.0) -> dict:
     """Train in a child process and poll it; returns {checkpoint, manifests}. A rerun (or a retry) resumes."""
     from training.config import TrainConfig
@@ -112,9 +115,11 @@ def train_task(training, pilot: ModelSource, name: str, dataset: str, root: str,
 
     log = get_run_logger()
     key = stage_key("train", training.model_dump(mode="json"),
-                    {"pilot": source_identity(pilot), "dataset": dir_identity(dataset)})
+                    {"pilot": source_identity(pilot), "dataset": dir_identity(dataset),
+                     "compute": compute.resolve().identity()})
     out = stage_dir(root, "train", key)
-    cfg = TrainConfig(**training.model_dump(), name=name, model=pilot, dataset=dataset, output_dir=str(out))
+    cfg = TrainConfig(**training.model_dump(), name=name, model=pilot, dataset=dataset, output_dir=str(out),
+                      compute=compute)
     finals = {s: out / s / "final" for s in cfg.stages}
     if all((f / MANIFEST).is_file() for f in finals.values()):
         log.info(f"train: reusing {out}")
@@ -139,14 +144,15 @@ def train_task(training, pilot: ModelSource, name: str, dataset: str, root: str,
 
 
 @task(name="wsd", **NETWORK)
-def wsd_task(pilot: ModelSource, base: ModelSource, prompts: str, wsd, root: str) -> dict:
+def wsd_task(pilot: ModelSource, base: ModelSource, prompts: str, wsd, root: str, compute: Compute) -> dict:
     from pilot_core.prompts import load_prompts
     from wsd_inference.runner import generate_to_file
 
     key = stage_key("wsd", wsd.model_dump(mode="json"), {"pilot": source_identity(pilot), "base":
-                    source_identity(base), "prompts": files_identity([prompts])})
+                    source_identity(base), "prompts": files_identity([prompts]),
+                    "compute": compute.resolve().identity()})
     out = stage_dir(root, "wsd", key) / f"{base.name}.jsonl"  # resumable: done ids are skipped
-    s = generate_to_file(pilot, base, load_prompts(prompts), wsd, out, progress=_progress())
+    s = generate_to_file(pilot, base, load_prompts(prompts), wsd, out, compute, progress=_progress())
     get_run_logger().info(f"wsd {pilot.name} -> {base.name}: {s['new']} new prompts, {s['switched']} switched to "
                           f"the base, mean kept draft {s['mean_kept_draft_tokens']:.1f} tokens, mean base "
                           f"continuation {s['mean_base_tokens']:.1f} tokens -> {out}")
@@ -154,16 +160,17 @@ def wsd_task(pilot: ModelSource, base: ModelSource, prompts: str, wsd, root: str
 
 
 @task(name="validate", **NETWORK)
-def validate_task(spec, checkpoint: str, bases: list[ModelSource], root: str, pilot_name: str) -> dict:
+def validate_task(spec, checkpoint: str, bases: list[ModelSource], root: str, pilot_name: str,
+                  compute: Compute) -> dict:
     from evaluation.validate import validate
     from flows.validate_cli import summary_lines
 
     key = stage_key("validation", spec.model_dump(mode="json"),
                     {"checkpoint": dir_identity(checkpoint), "bases": [source_identity(b) for b in bases],
                      "eval_sets": files_identity([p for es in spec.eval_sets for p in (es.path, es.few_shot_path)
-                                                  if p])})
+                                                  if p]), "compute": compute.resolve().identity()})
     out = stage_dir(root, "validation", key)  # generations resume; a finished report is returned as it is
-    report = validate(spec, checkpoint, bases, out, pilot_name=pilot_name, progress=_progress())
+    report = validate(spec, checkpoint, bases, out, pilot_name=pilot_name, compute=compute, progress=_progress())
     get_run_logger().info("validate:\n" + "\n".join(summary_lines(report, str(out))))
     return {"output": str(out), "report": report}
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from flows.compute_options import compute_from, compute_options
+
 
 def summary_lines(report, out: str) -> list[str]:
     """A few lines for the terminal: the gated figures per base, then where the report is."""
@@ -23,9 +25,8 @@ def summary_lines(report, out: str) -> list[str]:
 @click.option("--output", type=click.Path(), help="report directory (default: <output_dir>/<name>/<checkpoint "
               "folder>); rerunning it resumes")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config key (repeatable)")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
-def validate(config_path, checkpoint, output, overrides, device, dtype) -> None:
+@compute_options
+def validate(config_path, checkpoint, output, overrides, device, dtype, attn_implementation, device_map) -> None:
     """Run WSD with every base model of the config, and the compared methods, on the versioned eval sets;
     write report.json, report.md and plots."""
     from pathlib import Path
@@ -40,5 +41,6 @@ def validate(config_path, checkpoint, output, overrides, device, dtype) -> None:
     out = Path(output) if output else safe_join(Path(cfg.output_dir), cfg.name, ckpt.resolve().parent.name
                                                 if ckpt.name == "final" else ckpt.resolve().name,
                                                 what="checkpoint folder name")
-    report = run(cfg.spec(), ckpt, cfg.bases, out, pilot_name=cfg.name, device=device, dtype=dtype)
+    report = run(cfg.spec(), ckpt, cfg.bases, out, pilot_name=cfg.name,
+                 compute=compute_from(device, dtype, attn_implementation, device_map))
     click.echo("\n".join(summary_lines(report, str(out))))

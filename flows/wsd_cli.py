@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from flows.compute_options import compute_from, compute_options
 from pilot_core.errors import UserError
 from wsd_inference.methods import METHODS
 
@@ -34,8 +35,7 @@ def wsd() -> None:
 @click.option("--temperature", type=float, help="0 = greedy (default)")
 @click.option("--top-p", type=float)
 @click.option("--seed", type=int)
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@compute_options
 @click.option("--trust-remote-code", is_flag=True, help="allow model repos to run their own code (off by default)")
 @click.option("--pilot-model", help="model name on the pilot's server (when --pilot is a URL)")
 @click.option("--base-model", help="model name on the base's server (when --base is a URL)")
@@ -47,8 +47,8 @@ def wsd() -> None:
 @click.option("--max-retries", type=click.IntRange(0, 20), default=5, show_default=True,
               help="retries per server request (429, 5xx, timeouts, broken responses)")
 def generate(pilot, base, input_path, output_path, method, untuned, config_path, overrides, device, dtype,
-             trust_remote_code, pilot_model, base_model, base_tokenizer, api_key_env, timeout_s, max_retries,
-             **flags) -> None:
+             attn_implementation, device_map, trust_remote_code, pilot_model, base_model, base_tokenizer, api_key_env,
+             timeout_s, max_retries, **flags) -> None:
     """Generate answers with Weak-to-Strong Decoding (the pilot drafts, the base takes over once confident),
     or with a method it is compared with (--method).
 
@@ -76,7 +76,8 @@ def generate(pilot, base, input_path, output_path, method, untuned, config_path,
                                                      "api_key_env": api_key_env, **fields}, source=f"--{role}"))
     untuned_src = untuned and validate_config(ModelSource, {"name": "untuned", "path": untuned,
                                                             "trust_remote_code": trust_remote_code}, source="--untuned")
-    s = generate_to_file(sources[0], sources[1], prompts, cfg, output_path, device, dtype, method=method,
+    compute = compute_from(device, dtype, attn_implementation, device_map)
+    s = generate_to_file(sources[0], sources[1], prompts, cfg, output_path, compute, method=method,
                          untuned=untuned_src)
     if not s["new"]:
         click.echo(f"{output_path}: all {len(prompts)} prompts already done", err=True)

@@ -42,6 +42,24 @@ def pair_different(tiny_cache):
     return tiny_pair("different", cache_dir=tiny_cache)
 
 
+@pytest.fixture
+def loads(monkeypatch) -> list[tuple[str, dict]]:
+    """Every model loaded from here on, as (role, its placement): a spy around the one loader."""
+    from pilot_core.models import loading, reward
+    from pilot_core.models.compute import placement_of
+
+    seen, real = [], loading.load_weights
+
+    def spy(path, role="model", *args, **kwargs):
+        model = real(path, role, *args, **kwargs)
+        seen.append((role, placement_of(model)))
+        return model
+
+    monkeypatch.setattr(loading, "load_weights", spy)
+    monkeypatch.setattr(reward, "load_weights", spy)
+    return seen
+
+
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
     """SmolLM2-135M-Instruct, a real chat model (49k vocabulary, 30 layers), imported from the GGUF file in the

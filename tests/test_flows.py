@@ -19,6 +19,8 @@ from .helpers import PIPELINE as CONFIG
 from .helpers import REPO, finish, pilot_run, running, small, still_running, watch
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
+# not what `auto` picks for the tiny models (sdpa), so the test sees the flows pass the compute section down
+EAGER = ["compute.attn_implementation=eager"]
 
 
 def artifacts(*keys: str) -> dict[str, object]:
@@ -42,10 +44,10 @@ def _in_repo(monkeypatch):
     monkeypatch.chdir(REPO)  # the configs name data/ relative to the checkout
 
 
-def test_pipeline_flow_runs_green_with_artifacts(prefect_api, shared, pair_same, pair_different):
+def test_pipeline_flow_runs_green_with_artifacts(prefect_api, shared, pair_same, pair_different, loads):
     from flows.pipeline import pipeline
 
-    state = pipeline(config=CONFIG, overrides=small(shared), return_state=True)
+    state = pipeline(config=CONFIG, overrides=small(shared) + EAGER, return_state=True)
     assert state.is_completed(), state.message
     out = state.result()
     assert Path(out["dataset"]).parent == shared / "demo" and Path(out["review_page"]).is_file()
@@ -66,6 +68,13 @@ def test_pipeline_flow_runs_green_with_artifacts(prefect_api, shared, pair_same,
     assert got["demo-gate"].data.startswith("# Gate: passed")
     assert "published pilot-tiny v1" in got["demo-release"].data
 
+    # the compute section reached every model: the writers, the trained pilot and the bases (in WSD and validation)
+    assert {r.split()[0] for r, _ in loads} == {"model", "pilot", "base"}
+    assert all(p["attn_implementation"] == "eager" for _, p in loads)
+    for stage in ("sft", "dpo"):  # trained in a child process: the checkpoint records what it ran with
+        assert json.loads((Path(out["checkpoint"]).parent.parent / stage / "final" / "manifest.json").read_text()
+                          )["data"]["placement"]["attn_implementation"] == "eager"
+
 
 def test_failed_gate_fails_the_run_with_reasons(prefect_api, shared, pair_same, pair_different):
     """Same stages as above (all reused), a gate no pilot passes: exit 1, the reasons on stderr and as an
@@ -75,7 +84,7 @@ def test_failed_gate_fails_the_run_with_reasons(prefect_api, shared, pair_same, 
     from prefect.client.schemas.sorting import FlowRunSort
 
     before = sorted(p.name for p in (shared / "registry" / "pilot-tiny").iterdir())
-    p = pilot_run(small(shared) + ["release.gate.metrics.win_rate.floor=100"], prefect_api)
+    p = pilot_run(small(shared) + EAGER + ["release.gate.metrics.win_rate.floor=100"], prefect_api)
     stdout, stderr = finish(p)
     assert p.returncode == 1, stderr
     assert "curate generalign: reusing" in stderr and "train: reusing" in stderr

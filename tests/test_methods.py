@@ -145,3 +145,26 @@ def test_eft_refuses_different_vocabularies(m):
 
     with pytest.raises(UserError, match="EFT needs one shared vocabulary"):
         eft_batch(m["different"], m["pilot"], m["untuned"], RECS, CFG)
+
+
+def test_eft_combines_over_the_shared_vocabulary_when_only_added_tokens_differ(m, untuned_path, tmp_path):
+    """Releases of one family that name an added special token differently (Llama 3's reserved tokens in 3.1)
+    combine over the ids they share; the renamed id is never picked."""
+    import shutil
+
+    from pilot_core.models.loading import load_hf_model
+    from wsd_inference.eft import shared_vocabulary
+
+    renamed = tmp_path / "untuned-renamed"
+    shutil.copytree(untuned_path, renamed)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        f = renamed / name
+        f.write_text(f.read_text().replace('"<unk>"', '"<|reserved_special_token_0|>"'))
+    other = load_hf_model(str(renamed))
+    unk = m["untuned"].tokenizer.get_vocab()["<unk>"]
+    assert other.tokenizer.get_vocab()["<|reserved_special_token_0|>"] == unk
+    vocab = shared_vocabulary(m["same"], m["pilot"], other)
+    assert vocab.excluded == (unk,) and vocab.size == len(m["pilot"].tokenizer)
+    got = eft_batch(m["same"], m["pilot"], other, RECS, CFG)
+    assert [x["response"] for x in got] == [x["response"] for x in eft_batch(m["same"], m["pilot"], m["untuned"],
+                                                                             RECS, CFG)]

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pilot_core.config import BaseConfig
+from pilot_core.models.compute import Compute
 from pilot_core.models.source import ModelSource
 
 
@@ -60,6 +61,8 @@ class StagesConfig(BaseConfig):
 class TrainConfig(StagesConfig):
     name: str = "pilot"
     model: ModelSource = Field(description="the starting chat model (path or tiny; safetensors)")
+    compute: Compute = Field(Compute(), description="device (cpu: no GPU is used), the weights' dtype, attention "
+                             "implementation; TRL's bf16 / fp16 arguments set mixed precision")
     dataset: str = Field(description="a dataset directory from `pilot preferences` (splits sft and dpo)")
     output_dir: str = Field(description="the run directory: <output_dir>/sft, <output_dir>/dpo, checkpoints inside")
 

@@ -13,6 +13,7 @@ from pilot_core.manifest import Manifest, read_manifest, write_manifest
 def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None) -> Path:
     from peft import PeftModel
 
+    from pilot_core.models.compute import Compute
     from pilot_core.models.loading import load_tokenizer, load_weights
 
     adapter, out = Path(adapter), Path(out)
@@ -24,7 +25,7 @@ def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None)
         raise UserError(f"{adapter}: the adapter does not name its base model; give --base")
     if out.exists():
         raise UserError(f"{out} already exists; choose a new directory")
-    model = load_weights(base, "base model", "causal_lm", "float32", device=None)
+    model = load_weights(base, "base model", "causal_lm", Compute(device="cpu", dtype="float32"), place=False)
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     tok = load_tokenizer(str(adapter) if (adapter / "tokenizer_config.json").is_file() else base, "tokenizer")
     with atomic_dir(out) as tmp:

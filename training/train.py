@@ -24,7 +24,8 @@ def _trl_args(cfg: TrainConfig, stage: str, out: Path, deepspeed: dict | None):
 
     cls = SFTConfig if stage == "sft" else DPOConfig
     ours = {"output_dir": str(out), "seed": cfg.seed, "data_seed": cfg.seed, "report_to": cfg.report_to,
-            "use_cpu": _cpu(), "save_strategy": "steps", "save_only_model": False, "activation_checkpointing": False,
+            "use_cpu": cfg.compute.resolve().device == "cpu", "save_strategy": "steps", "save_only_model": False,
+            "activation_checkpointing": False,
             "deepspeed": deepspeed, "logging_steps": 1}
     if ours["use_cpu"]:
         ours["bf16"] = False  # use_cpu alone keeps bf16 autocast on: slower for small models, and not the recipe
@@ -37,12 +38,6 @@ def _trl_args(cfg: TrainConfig, stage: str, out: Path, deepspeed: dict | None):
         raise UserError(f"{stage}: {e} (see trl.{cls.__name__})") from None
     except ValueError as e:
         raise UserError(f"{stage}: {str(e).splitlines()[0]}") from None
-
-
-def _cpu() -> bool:
-    import torch
-
-    return not torch.cuda.is_available()
 
 
 def check_claim(out: Path, identity: dict) -> None:
@@ -65,17 +60,18 @@ def _claim(out: Path, identity: dict) -> None:
 def preflight(cfg: TrainConfig) -> None:
     """The checks that need no weights, for every stage: before a multi-process launch, so bad input is one
     clear error (exit 2) rather than a failed worker."""
-    template = pilot_template(cfg, cfg.model.local_path(), cfg.model.trust_remote_code)
+    template = pilot_template(cfg, cfg.model.local_path(), cfg.model.trust_remote_code, cfg.model.revision)
     for stage in cfg.stages:
         _, data_fp = load_split(cfg.dataset, stage)
         check_claim(Path(cfg.output_dir) / stage, _identity(cfg, stage, data_fp, template))
 
 
-def pilot_template(cfg: StagesConfig, model: str, trust_remote_code: bool = False) -> TrainingTemplate:
+def pilot_template(cfg: StagesConfig, model: str, trust_remote_code: bool = False,
+                   revision: str | None = None) -> TrainingTemplate:
     """The template `model` trains with under `cfg`, checked (tokenizer only, no weights)."""
     from pilot_core.models.loading import load_tokenizer
 
-    tok = load_tokenizer(model, "model", trust_remote_code)
+    tok = load_tokenizer(model, "model", trust_remote_code, revision)
     template = training_template(tok, cfg.chat_template, model)
     check_chat_tokenizer(tok, template.text, model)
     return template
@@ -126,7 +122,8 @@ def train_stage(cfg: TrainConfig, stage: str, start: str, deepspeed: dict | None
     out = Path(cfg.output_dir) / stage
     final = out / "final"
     trust = cfg.model.trust_remote_code
-    tok = load_tokenizer(start, "model", trust)
+    rev = cfg.model.revision if start == cfg.model.local_path() else None  # later stages start from our output
+    tok = load_tokenizer(start, "model", trust, rev)
     template = training_template(tok, cfg.chat_template, start)
     check_chat_tokenizer(tok, template.text, start)
     data, data_fp = load_split(cfg.dataset, stage)
@@ -134,7 +131,7 @@ def train_stage(cfg: TrainConfig, stage: str, start: str, deepspeed: dict | None
     check_claim(out, identity)
     if (final / "manifest.json").is_file():
         return final  # this stage finished in an earlier run of the same config
-    check_head(load_config(start, "model", trust), start, "model", "causal_lm", trust)
+    check_head(load_config(start, "model", trust, revision=rev), start, "model", "causal_lm", trust)
     own_template = tok.chat_template
     tok.chat_template = template.text  # TRL renders and masks with it; the checkpoint ships the model's own
     args = _trl_args(cfg, stage, out, deepspeed)
@@ -142,8 +139,8 @@ def train_stage(cfg: TrainConfig, stage: str, start: str, deepspeed: dict | None
         _claim(out, identity)
     set_seed(cfg.seed)
     # the model object is loaded before the trainer (ZeRO-3 with several processes needs deepspeed.comm first),
-    # in fp32 and left where it is: the trainer places it
-    model = load_weights(start, "model", "causal_lm", "float32", device=None, trust_remote_code=trust)
+    # as compute says (auto: bf16 on a GPU, fp32 on CPU) and left where it is: the trainer places it
+    model = load_weights(start, "model", "causal_lm", cfg.compute, trust, place=False, revision=rev)
     peft = None
     if cfg.lora:
         from peft import LoraConfig
@@ -186,6 +183,8 @@ def _save(trainer, tok, final: Path, cfg, stage, start, identity, result, resume
 def _finish(trainer, tok, tmp: Path, final: Path, cfg, stage, start, identity, result, resume) -> None:
     import shutil
 
+    from pilot_core.models.compute import placement_of
+
     tok.save_pretrained(tmp)
     (tmp / "training_args.bin").unlink(missing_ok=True)  # a pickle; the manifest holds the config
     gen = tmp / "generation_config.json"
@@ -205,7 +204,7 @@ def _finish(trainer, tok, tmp: Path, final: Path, cfg, stage, start, identity, r
         data={"stage": stage, "seed": cfg.seed, "lora": cfg.lora is not None, "steps": trainer.state.global_step,
               "train_loss": result.training_loss, "first_loss": losses[0] if losses else None,
               "last_loss": losses[-1] if losses else None, "resumed_from": resume,
-              "training_chat_template": identity["chat_template"],
+              "training_chat_template": identity["chat_template"], "placement": placement_of(trainer.model),
               "metrics": result.metrics, "log_history": logs}))
     if final.exists():
         shutil.rmtree(final)

@@ -2,12 +2,15 @@
 
 Per token: log p_base + beta * (log p_tuned - log p_untuned), with the base reading the plain role template,
 the tuned pilot its chat template and the untuned reference its own format. The three models must share one
-vocabulary (the token -> id maps are compared, not their sizes); otherwise a clear error.
+vocabulary (the token -> id maps are compared, not their sizes). Releases of one family often differ only in
+added special tokens (Llama 3 and 3.1 name their reserved tokens differently; a chat release appends a few):
+those ids are left out of the combination, and only a difference in the regular vocabulary is refused.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pilot_core.errors import UserError
@@ -23,31 +26,54 @@ if TYPE_CHECKING:  # annotations only, see methods.py
     from wsd_inference.config import WSDConfig
 
 
-def check_same_vocabulary(*models: HFModel) -> int:
-    """The shared vocabulary size; a UserError naming the models if their vocabularies differ."""
-    first = models[0].tokenizer.get_vocab()
-    for m in models[1:]:
-        vocab = m.tokenizer.get_vocab()
-        if vocab != first:
-            diff = len(set(vocab.items()) ^ set(first.items()))
+@dataclass(frozen=True)
+class SharedVocabulary:
+    size: int  # ids below it are combined
+    excluded: tuple[int, ...]  # ids below `size` that do not name the same token in every model: never picked
+
+
+def shared_vocabulary(*models: HFModel) -> SharedVocabulary:
+    """The ids every model reads as the same token; a UserError naming the models if their regular (not added)
+    vocabularies differ."""
+    vocabs = [m.tokenizer.get_vocab() for m in models]
+    regular = [{t: i for t, i in v.items() if t not in m.tokenizer.get_added_vocab()} for v, m in zip(vocabs, models)]
+    for m, r in zip(models[1:], regular[1:]):
+        if r != regular[0]:
+            diff = len(set(r.items()) ^ set(regular[0].items()))
             raise UserError(f"EFT needs one shared vocabulary: {m.path} and {models[0].path} differ in {diff} "
-                            "token ids (use wsd, cbs or bon across tokenizer families)")
-    return len(first)
+                            "regular token ids (use wsd, cbs or bon across tokenizer families)")
+    shared = {i for t, i in vocabs[0].items() if all(v.get(t) == i for v in vocabs[1:])}
+    size = max(shared) + 1
+    return SharedVocabulary(size, tuple(sorted(set(range(size)) - shared)))
 
 
 class _Ensemble(Generation):
     """The base's rows, each token picked from the three models' combined log-probabilities and fed to all."""
 
-    def __init__(self, batches: list[RaggedBatch], rows: list[Stream], sampling: Sampling, beta: float, vocab: int):
+    def __init__(self, batches: list[RaggedBatch], rows: list[Stream], sampling: Sampling, beta: float,
+                 vocab: SharedVocabulary):
+        import torch
+
         super().__init__(batches[0], rows, sampling, STOP_STRINGS)
         self.batches, self.beta, self.vocab = batches, beta, vocab
+        keep = sorted(set(range(vocab.size)) - set(vocab.excluded))
+        self.keep = None if len(keep) == vocab.size else torch.tensor(keep, device=batches[0].m.device)
 
     def next_logits(self, r: int):
         import torch
 
-        # embedding matrices may be padded past the vocabulary: compare the real tokens only
-        base, tuned, untuned = (torch.log_softmax(b.next_logits[r][: self.vocab], -1) for b in self.batches)
-        return base + self.beta * (tuned - untuned)
+        # each model normalised over the shared ids only (embedding matrices may be padded past the vocabulary;
+        # ids that name different tokens are never picked)
+        base, tuned, untuned = (torch.log_softmax(self._shared(b.next_logits[r]), -1) for b in self.batches)
+        combined = base + self.beta * (tuned - untuned)
+        if self.keep is None:
+            return combined
+        out = torch.full((self.vocab.size,), float("-inf"), dtype=combined.dtype, device=combined.device)
+        return out.index_copy(0, self.keep, combined)
+
+    def _shared(self, logits):
+        logits = logits[: self.vocab.size]
+        return logits if self.keep is None else logits.index_select(0, self.keep.to(logits.device))
 
     def feed(self, step: list[list[int]]) -> None:
         for b in self.batches:
@@ -57,7 +83,7 @@ class _Ensemble(Generation):
 def eft_batch(base: HFModel, tuned: HFModel, untuned: HFModel, recs: list[PromptRecord],
               cfg: WSDConfig) -> list[dict]:
     t0 = time.perf_counter()
-    vocab = check_same_vocabulary(base, tuned, untuned)
+    vocab = shared_vocabulary(base, tuned, untuned)
     batches = [prefilled(base, [base_prompt(r.messages, base.tokenizer.bos_token) for r in recs]),
                prefilled(tuned, [small_prompt(tuned, r.messages) for r in recs]),
                prefilled(untuned, [small_prompt(untuned, r.messages) for r in recs])]

@@ -111,7 +111,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("eft", "emulated fine-tuning: base + β·(pilot − untuned) log-probabilities per token (one vocabulary)",
            uses=("pilot", "base", "untuned"),
            local=lambda m, recs, cfg: eft.eft_batch(m.base, m.pilot, m.untuned, recs, cfg),
-           check=lambda m, cfg: eft.check_same_vocabulary(m.base, m.pilot, m.untuned)),
+           check=lambda m, cfg: eft.shared_vocabulary(m.base, m.pilot, m.untuned)),
     Method("wsd_staged", "WSD as the authors run it: the whole draft, one scoring pass, a fresh prefill of the "
            "base (same answers as wsd; a speed reference)",
            uses=("pilot", "base"),

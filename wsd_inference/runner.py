@@ -11,6 +11,7 @@ import asyncio
 from pathlib import Path
 
 from pilot_core.errors import UserError
+from pilot_core.models.compute import Compute
 from pilot_core.models.source import ModelSource
 from pilot_core.prompts import PromptRecord
 from wsd_inference.config import WSDConfig
@@ -37,21 +38,21 @@ def _served_at_all(method: Method, pilot: ModelSource, base: ModelSource, untune
 
 
 class _Loader:
-    """Loads the models a method uses, in-process, on one device and dtype."""
+    """Loads the models a method uses, in-process, as `compute` places them."""
 
-    def __init__(self, cfg: WSDConfig, device: str, dtype: str):
-        self.cfg, self.device, self.dtype = cfg, device, dtype
+    def __init__(self, cfg: WSDConfig, compute: Compute | None):
+        self.cfg, self.compute = cfg, compute
 
     def hf(self, src: ModelSource, role: str, chat: bool = False):
         from pilot_core.models.loading import load_hf_model
 
-        return load_hf_model(src.local_path(), f"{role} {src.name}", self.device, self.dtype, src.trust_remote_code,
-                             need_chat_template=chat)
+        return load_hf_model(src.local_path(), f"{role} {src.name}", self.compute, src.trust_remote_code,
+                             need_chat_template=chat, revision=src.revision)
 
     def reward(self):
         from pilot_core.models.reward import RewardModel
 
-        return RewardModel(self.cfg.bon.reward_model, self.device, self.dtype)
+        return RewardModel(self.cfg.bon.reward_model, self.compute)
 
     def local(self, uses, pilot, base, untuned) -> LocalModels:
         return LocalModels(pilot=self.hf(pilot, "pilot", chat=True) if "pilot" in uses else None,
@@ -74,7 +75,7 @@ class _Loader:
                 m.pilot = LocalChat(m.tuned)
         if "base" in uses:
             tok = load_tokenizer(base.tokenizer or base.served_model, f"base {base.name} tokenizer",
-                                 base.trust_remote_code)
+                                 base.trust_remote_code, base.revision)
             m.base = ServedModel(OpenAIServer.of(base), tok)
         return m
 
@@ -119,12 +120,13 @@ def _run_served(method: Method, models: ServedModels, todo: list[PromptRecord], 
 
 
 def generate_to_file(pilot: ModelSource, base: ModelSource, prompts: list[PromptRecord], cfg: WSDConfig,
-                     output: str | Path, device: str = "cpu", dtype: str = "float32", progress: bool = True,
+                     output: str | Path, compute: Compute | None = None, progress: bool = True,
                      method: str = "wsd", untuned: ModelSource | None = None) -> dict:
     m = get_method(method)
     remote = _served_at_all(m, pilot, base, untuned, cfg)
     settings = {"method": method, "pilot": pilot.model_dump(mode="json"), "base": base.model_dump(mode="json"),
-                "untuned": untuned.model_dump(mode="json") if untuned else None, "config": cfg.model_dump(mode="json")}
+                "untuned": untuned.model_dump(mode="json") if untuned else None, "config": cfg.model_dump(mode="json"),
+                "compute": (compute or Compute()).resolve().identity()}
     out = ResumableJsonl(output, settings)
     done = out.done_ids()
     todo = [p for p in prompts if p.id not in done]
@@ -133,7 +135,7 @@ def generate_to_file(pilot: ModelSource, base: ModelSource, prompts: list[Prompt
         from tqdm import tqdm
 
         # everything that can fail on bad models fails here, before the output is opened
-        loader, uses = _Loader(cfg, device, dtype), m.models(cfg)
+        loader, uses = _Loader(cfg, compute), m.models(cfg)
         models = (loader.served if remote else loader.local)(uses, pilot, base, untuned)
         if m.check is not None:
             m.check(models, cfg)

@@ -16,6 +16,7 @@ from pydantic import Field
 from pilot_core.config import BaseConfig
 from pilot_core.errors import UserError
 from pilot_core.models.call_cache import ResponseCache, cache_key
+from pilot_core.models.compute import Compute
 from pilot_core.models.local_chat import LocalChat
 from pilot_core.models.openai_server import OpenAIServer, malformed_errors
 from pilot_core.models.source import ModelSource
@@ -46,11 +47,11 @@ def _weights_id(path: str | None) -> list | None:
 class Endpoint:
     """One model to call, with its concurrency and rate limits."""
 
-    def __init__(self, src: ModelSource, client: ClientConfig, http_client=None):
+    def __init__(self, src: ModelSource, client: ClientConfig, http_client=None, compute: Compute | None = None):
         if src.url:  # the model's own timeout and retries win where its config sets them; `client:` is the default
             self.backend = OpenAIServer.of(src, client, http_client)
         else:
-            self.backend = LocalChat.of(src, client.concurrency)  # a local model's batch
+            self.backend = LocalChat.of(src, client.concurrency, compute)  # a local model's batch
         # what the cache key names: the served model (not the host, so another replica or a moved server still
         # hits the cache), or the local weights; never the key variable
         self.identity = ({"served_model": src.served_model} if src.url else

@@ -1,5 +1,5 @@
 """Loading a model and its tokenizer with transformers, in one place for every stage: the checks on a local
-directory (safetensors only), the architecture check, device, dtype and attention implementation, and one clear
+directory (safetensors only), the architecture check, placement (`compute.py`), and one clear
 UserError for anything the user can fix (a missing path, a foreign config, pickled weights)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from pilot_core.errors import UserError
+from pilot_core.models.compute import Compute
 from pilot_core.models.files import check_local_dir, is_local
 from pilot_core.models.templates import PILOT_STOP_TOKENS
 
@@ -19,17 +20,23 @@ def _first_line(e: Exception) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
-def load_tokenizer(name: str, role: str = "tokenizer", trust_remote_code: bool = False):
+def _revision(path: str, revision: str | None) -> dict:
+    """A hub id is read at `revision` (a commit, pinned in production configs); a local directory has none."""
+    return {"revision": revision} if revision and not is_local(path) else {}
+
+
+def load_tokenizer(name: str, role: str = "tokenizer", trust_remote_code: bool = False, revision: str | None = None):
     """A tokenizer from a local directory or hub id; a missing one is a UserError."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code, **_revision(name, revision))
     except (OSError, ValueError) as e:
         raise UserError(f"{role} {name}: cannot load: {_first_line(e)}") from None
 
 
-def load_config(path: str, role: str, trust_remote_code: bool = False, allow_pickle: bool = False):
+def load_config(path: str, role: str, trust_remote_code: bool = False, allow_pickle: bool = False,
+                revision: str | None = None):
     """The model's transformers config, after the checks on a local directory (safetensors only)."""
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
@@ -38,7 +45,7 @@ def load_config(path: str, role: str, trust_remote_code: bool = False, allow_pic
     if is_local(path):
         check_local_dir(Path(path), allow_pickle)
     try:
-        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code, **_revision(path, revision))
     except (OSError, ValueError) as e:
         raise UserError(f"{role} {path}: cannot read the model config: {_first_line(e)}") from None
 
@@ -62,24 +69,33 @@ def check_head(config, path: str, role: str, head: Head, trust_remote_code: bool
             raise UserError(f"{role} {path}: model type {what} is not a causal LM")
 
 
-def load_weights(path: str, role: str = "model", head: Head = "causal_lm", dtype: str = "float32",
-                 device: str | None = "cpu", trust_remote_code: bool = False, attn_implementation: str | None = None,
-                 allow_pickle: bool = False):
-    """The model's weights (safetensors unless `allow_pickle`) in `dtype`, on `device` (None: leave placement to
-    the caller, e.g. a trainer), in eval mode when placed. `attn_implementation` None is transformers' default."""
-    import torch
+def load_weights(path: str, role: str = "model", head: Head = "causal_lm", compute: Compute | None = None,
+                 trust_remote_code: bool = False, allow_pickle: bool = False, place: bool = True,
+                 revision: str | None = None):
+    """The model's weights (safetensors unless `allow_pickle`) as `compute` says (default: auto), in eval mode on
+    its device; with `place=False` the caller places it (a trainer)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     cls = AutoModelForCausalLM if head == "causal_lm" else AutoModelForSequenceClassification
-    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    where = (compute or Compute()).resolve()
+    kwargs = {**where.from_pretrained_kwargs(), **_revision(path, revision)}
+    if not place:
+        kwargs.pop("device_map", None)
     try:
-        model = cls.from_pretrained(path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code,
-                                    use_safetensors=not allow_pickle or None, **extra)
-    except (OSError, ValueError) as e:
+        model = cls.from_pretrained(path, trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle or None,
+                                    **kwargs)
+    except (OSError, ValueError, ImportError) as e:  # ImportError: an attention implementation not installed
         raise UserError(f"{role} {path}: cannot load: {_first_line(e)}") from None
-    if device is not None:
-        model.to(device).eval()
+    if place:
+        if not where.device_map:
+            model.to(where.device)
+        model.eval()
     return model
+
+
+def input_device(model) -> str:
+    """Where a loaded model's inputs go: its device, or with a device map, where its embeddings are."""
+    return str(model.get_input_embeddings().weight.device)
 
 
 @dataclass
@@ -103,14 +119,13 @@ class HFModel:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def load_hf_model(path: str, role: str = "model", device: str = "cpu", dtype: str = "float32",
-                  trust_remote_code: bool = False, allow_pickle: bool = False, need_chat_template: bool = False,
-                  attn_implementation: str | None = None) -> HFModel:
+def load_hf_model(path: str, role: str = "model", compute: Compute | None = None, trust_remote_code: bool = False,
+                  allow_pickle: bool = False, need_chat_template: bool = False, revision: str | None = None) -> HFModel:
     """Load a causal LM for decoding. Bad paths, non-causal-LM configs and pickled weights are UserErrors."""
-    config = load_config(path, role, trust_remote_code, allow_pickle)
+    config = load_config(path, role, trust_remote_code, allow_pickle, revision)
     check_head(config, path, role, "causal_lm", trust_remote_code)
-    tok = load_tokenizer(path, role, trust_remote_code)
-    model = load_weights(path, role, "causal_lm", dtype, device, trust_remote_code, attn_implementation, allow_pickle)
+    tok = load_tokenizer(path, role, trust_remote_code, revision)
+    model = load_weights(path, role, "causal_lm", compute, trust_remote_code, allow_pickle, revision=revision)
     if need_chat_template and not getattr(tok, "chat_template", None):
         raise UserError(f"{role} {path}: the tokenizer has no chat template (a pilot must be a chat model)")
     stop = set()
@@ -120,4 +135,5 @@ def load_hf_model(path: str, role: str = "model", device: str = "cpu", dtype: st
         vocab = tok.get_vocab()
         stop.update(vocab[t] for t in PILOT_STOP_TOKENS if t in vocab)
     pad = tok.pad_token_id if tok.pad_token_id is not None else (min(stop) if stop else 0)
-    return HFModel(path=path, model=model, tokenizer=tok, stop_ids=frozenset(stop), pad_id=pad, device=device)
+    return HFModel(path=path, model=model, tokenizer=tok, stop_ids=frozenset(stop), pad_id=pad,
+                   device=input_device(model))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
+from pilot_core.models.compute import Compute
 from pilot_core.models.loading import HFModel, load_hf_model
 from pilot_core.models.sampling import Generation, Sampling, Stream, chat_batch, prefilled
 from pilot_core.models.source import ModelSource
@@ -25,9 +26,9 @@ class LocalChat:
         self.lock = threading.Lock()  # one batch at a time on the model
 
     @classmethod
-    def of(cls, src: ModelSource, batch_size: int = 8, device: str = "cpu", dtype: str = "float32") -> "LocalChat":
-        return cls(load_hf_model(src.local_path(), f"model {src.name}", device, dtype, src.trust_remote_code,
-                                 need_chat_template=True), batch_size)
+    def of(cls, src: ModelSource, batch_size: int = 8, compute: Compute | None = None) -> "LocalChat":
+        return cls(load_hf_model(src.local_path(), f"model {src.name}", compute, src.trust_remote_code,
+                                 need_chat_template=True, revision=src.revision), batch_size)
 
     def _generate(self, calls: list[tuple[list[dict], dict]]) -> list[dict]:
         """calls: (messages, {max_tokens, temperature, top_p, seed}) -> one result per call, batched once per

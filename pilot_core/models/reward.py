@@ -5,17 +5,18 @@ validation metrics, so every stage scores a response the same way."""
 from __future__ import annotations
 
 from pilot_core.errors import UserError
-from pilot_core.models.loading import check_head, load_config, load_tokenizer, load_weights
+from pilot_core.models.compute import Compute
+from pilot_core.models.loading import check_head, input_device, load_config, load_tokenizer, load_weights
 
 
 class RewardModel:
-    def __init__(self, path: str, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False,
-                 max_length: int = 4096, batch_size: int = 8, attn_implementation: str | None = None):
+    def __init__(self, path: str, compute: Compute | None = None, trust_remote_code: bool = False,
+                 max_length: int = 4096, batch_size: int = 8, revision: str | None = None):
         role = "reward model"
-        config = load_config(path, role, trust_remote_code)
+        config = load_config(path, role, trust_remote_code, revision=revision)
         check_head(config, path, role, "reward", trust_remote_code)
-        self.tokenizer = load_tokenizer(path, role, trust_remote_code)
-        self.model = load_weights(path, role, "reward", dtype, device, trust_remote_code, attn_implementation)
+        self.tokenizer = load_tokenizer(path, role, trust_remote_code, revision)
+        self.model = load_weights(path, role, "reward", compute, trust_remote_code, revision=revision)
         if not getattr(self.tokenizer, "chat_template", None):
             raise UserError(f"reward model {path}: the tokenizer has no chat template")
         if self.tokenizer.pad_token_id is None:
@@ -23,7 +24,8 @@ class RewardModel:
         if self.model.config.pad_token_id is None:  # it finds each row's last real token by the pad id
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.tokenizer.padding_side = "right"
-        self.path, self.device, self.max_length, self.batch_size = path, device, max_length, batch_size
+        self.path, self.max_length, self.batch_size = path, max_length, batch_size
+        self.device = input_device(self.model)
 
     def text(self, messages, response: str) -> str:
         conv = [dict(m) for m in messages] + [{"role": "assistant", "content": response}]

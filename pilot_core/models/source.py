@@ -21,6 +21,8 @@ class ModelSource(BaseConfig):
     url: str | None = None
     served_model: str | None = None
     tokenizer: str | None = Field(None, description="for url sources: tokenizer path or hub id")
+    revision: str | None = Field(None, description="for hub ids (path, or a url source's tokenizer): the commit to "
+                                 "read; pin one in production, or a changed upstream is silently used")
     api_key_env: str | None = Field(None, description="name of the environment variable holding the API key")
     # client settings for url sources; they change no result, so resumable outputs and stage keys ignore them
     timeout_s: float = Field(120.0, gt=0, exclude=True, description="for url sources: seconds per request")
@@ -42,6 +44,8 @@ class ModelSource(BaseConfig):
         given = [k for k in ("path", "tiny", "url") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of path, tiny, url (got {', '.join(given) or 'none'})")
+        if self.revision and self.tiny:
+            raise ValueError("revision is for hub ids; a tiny model has none")
         if self.url and not self.served_model:
             raise ValueError("a url source needs served_model (the model name the server serves)")
         return self
