@@ -41,6 +41,11 @@ def test_every_in_process_model_honours_it(loads, pair_same, tiny_cache):
     assert placement_of(LocalChat.of(ModelSource(**TINY), 4, ASKED).m.model) == WANT
     assert placement_of(Endpoint(ModelSource(**TINY), ClientConfig(), compute=ASKED).backend.m.model) == WANT
     assert [p for _, p in loads] == [WANT] * 4
+    # a device map reaches transformers (here the one CPU; an unknown one is refused by it, as bad input)
+    mapped = load_hf_model(str(pair_same[1]), "base", Compute(device_map="cpu"))
+    assert placement_of(mapped.model)["device"] == "cpu" and mapped.device == "cpu"
+    with pytest.raises(UserError, match="base .*: cannot load"):
+        load_hf_model(str(pair_same[1]), "base", Compute(device_map="nowhere"))
 
 
 def test_decoding_and_preferences_pass_it_down(loads, pair_same, small_dataset, tmp_path):
@@ -70,3 +75,34 @@ def test_training_loads_its_weights_as_asked(prefs, tmp_path):
                                       "compute": ASKED.model_dump()})
     final = train(cfg)["sft"]
     assert json.loads((final / "manifest.json").read_text())["data"]["placement"] == WANT
+
+
+def test_a_hub_model_is_read_at_its_pinned_revision(pair_same, tmp_path):
+    """A hub cache laid out as huggingface_hub writes it (offline, no download): two commits of one repository
+    holding different models; `revision:` picks the one that is loaded, and the stage key follows it."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from pilot_core.stages import source_identity
+
+    repo = tmp_path / "hub" / "models--pilot-test--tiny"
+    commits = {"a" * 40: pair_same[0], "b" * 40: pair_same[1]}
+    for commit, model in commits.items():
+        shutil.copytree(model, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("b" * 40)
+    code = ("import sys; from pilot_core.models.loading import load_hf_model; "
+            "m = load_hf_model('pilot-test/tiny', revision=sys.argv[1] or None); print(m.num_parameters())")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    sizes = {}
+    for rev in ("a" * 40, "b" * 40, ""):
+        r = subprocess.run([sys.executable, "-c", code, rev], env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        sizes[rev] = int(r.stdout.split()[-1])
+    assert sizes["a" * 40] != sizes["b" * 40] and sizes[""] == sizes["b" * 40]  # unpinned: whatever main is now
+    pinned = [source_identity(ModelSource(name="p", path="pilot-test/tiny", revision=c)) for c in commits]
+    assert pinned[0] != pinned[1]
+    with pytest.raises(ValueError, match="revision is for hub ids"):
+        ModelSource(name="p", tiny=TINY["tiny"], revision="a" * 40)
