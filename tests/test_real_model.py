@@ -52,8 +52,7 @@ def test_a_gguf_import_is_a_real_chat_model(smollm2, tmp_path):
     assert "not found" in err
 
 
-# LoRA on SmolLM2 (SFT, merge, DPO, merge) runs in the rehearsal pipeline (test_rehearsal.py)
-@pytest.mark.parametrize("lora", [False], ids=["full"])
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_smollm2_trains_from_a_recipe_with_no_template_and_drafts_as_the_original_renders(
         smollm2, prefs, tmp_path, lora):
     from transformers import AutoTokenizer
