@@ -7,14 +7,15 @@ import click
 
 
 def compute_options(f):
-    """--device, --dtype, --attn-implementation and --device-map, passed to the command as `compute`."""
+    """--device, --dtype, --attn-implementation and --device-map, the command's keyword arguments."""
+    from pilot_core.models.compute import ATTENTION, DTYPES
+
     options = [
         click.option("--device", default="auto", show_default=True,
                      help="auto (the GPU when there is one), cpu, cuda, cuda:N or mps"),
-        click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
-                     show_default=True, help="weights' dtype; auto: bfloat16 on a GPU, float32 on CPU"),
-        click.option("--attn-implementation", type=click.Choice(["eager", "sdpa", "flash_attention_2",
-                                                                 "flex_attention"]),
+        click.option("--dtype", type=click.Choice(DTYPES), default="auto", show_default=True,
+                     help="weights' dtype; auto: bfloat16 on a GPU, float32 on CPU"),
+        click.option("--attn-implementation", type=click.Choice(ATTENTION),
                      help="default: transformers' choice for the model"),
         click.option("--device-map", help="spread a model over devices (accelerate's 'auto', 'balanced', ...)"),
     ]

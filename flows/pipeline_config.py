@@ -13,7 +13,7 @@ from data_curation.preferences_config import PreferencesConfig
 from evaluation.config import EvalSpec
 from pilot_core.config import BaseConfig
 from pilot_core.models.compute import Compute
-from pilot_core.models.files import hub_offline, is_local
+from pilot_core.models.files import is_local
 from pilot_core.models.source import ModelSource
 from pilot_core.names import check_unique, config_name
 from release.config import ReleaseConfig
@@ -81,6 +81,8 @@ class PipelineConfig(BaseConfig):
 def check_inputs(cfg: PipelineConfig) -> None:
     """Read the prompt and eval files the run will need at its end, and the pilot's training template, now: a
     bad line or a template that cannot train is one error before hours of curation, not after."""
+    from huggingface_hub import is_offline_mode
+
     from data_curation.run import check_inputs as check_curation_inputs
     from evaluation.evalsets import load_eval_set
     from pilot_core.prompts import load_prompts
@@ -89,7 +91,7 @@ def check_inputs(cfg: PipelineConfig) -> None:
     cfg.compute.resolve()  # a GPU asked for on a machine without one
     if cfg.curation:
         check_curation_inputs(cfg.curation)
-    if cfg.training and cfg.pilot.path and (is_local(cfg.pilot.path) or not hub_offline()):  # tiny: ours, marked
+    if cfg.training and cfg.pilot.path and (is_local(cfg.pilot.path) or not is_offline_mode()):  # tiny: marked
         from training.train import pilot_template
 
         pilot_template(cfg.training, cfg.pilot.local_path(), cfg.pilot.trust_remote_code, cfg.pilot.revision)

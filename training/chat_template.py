@@ -17,9 +17,9 @@ from pathlib import Path
 
 from pilot_core.errors import UserError
 
+OURS = Path(__file__).with_name("chat_templates")  # training variants for families TRL has none for
 # Conversations both templates must render identically: a first turn with and without a system message, a
 # second turn, and finished conversations (what SFT and DPO tokenize).
-OURS = Path(__file__).with_name("chat_templates")
 PROBES = (
     [{"role": "user", "content": "What is 2+2?"}],
     [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}],
@@ -80,8 +80,12 @@ def training_template(tok, recipe_file: str | None, where: str) -> TrainingTempl
         return found
     for path in sorted(OURS.glob("*.jinja")):
         found = TrainingTemplate(path.read_text(encoding="utf-8"), f"training/chat_templates/{path.name}")
-        if _renders_like(tok, own, found.text):
-            check_same_rendering(tok, own, found, where)
+        try:
+            differs = _first_difference(tok, own, found.text)
+        except Exception:  # noqa: BLE001  (a template of another family may raise on these messages: not a match)
+            continue
+        if differs is None:
+            _check_marks(tok, found, where)
             return found
     raise UserError(f"{where}: the chat template has no {{% generation %}} markers, and neither TRL nor Pilot has a "
                     "training variant of it; give the recipe a `chat_template:` file: the model's own template "
@@ -89,12 +93,13 @@ def training_template(tok, recipe_file: str | None, where: str) -> TrainingTempl
                     "token (training/chat_templates/ has examples)")
 
 
-def _renders_like(tok, own: str, other: str) -> bool:
-    try:
-        return all(_render(tok, own, m, m[-1]["role"] == "user") == _render(tok, other, m, m[-1]["role"] == "user")
-                   for m in PROBES)
-    except Exception:  # noqa: BLE001  (a template of another family may raise on these messages: not a match)
-        return False
+def _first_difference(tok, own: str, other: str) -> tuple[list[dict], bool] | None:
+    """The first probe (and its add_generation_prompt) the two templates render to different token ids."""
+    for messages in PROBES:
+        agp = messages[-1]["role"] == "user"
+        if _render(tok, own, messages, agp) != _render(tok, other, messages, agp):
+            return messages, agp
+    return None
 
 
 def _render(tok, template: str, messages, add_generation_prompt: bool) -> list[int]:
@@ -105,16 +110,19 @@ def _render(tok, template: str, messages, add_generation_prompt: bool) -> list[i
 def check_same_rendering(tok, own: str, training: TrainingTemplate, where: str) -> None:
     """Every probe conversation renders to the same token ids under both templates, and the training template
     marks some tokens of a finished conversation as the assistant's."""
-    for messages in PROBES:
-        agp = messages[-1]["role"] == "user"
-        if _render(tok, own, messages, agp) != _render(tok, training.text, messages, agp):
-            a = tok.apply_chat_template(messages, chat_template=own, tokenize=False, add_generation_prompt=agp)
-            b = tok.apply_chat_template(messages, chat_template=training.text, tokenize=False,
-                                        add_generation_prompt=agp)
-            at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-            raise UserError(f"{where}: the training chat template ({training.origin}) renders a conversation "
-                            f"differently from the model's own at character {at}: {a[at:at + 30]!r} vs "
-                            f"{b[at:at + 30]!r}; the pilot would train on a format it is never prompted with")
+    differs = _first_difference(tok, own, training.text)
+    if differs is not None:
+        messages, agp = differs
+        a = tok.apply_chat_template(messages, chat_template=own, tokenize=False, add_generation_prompt=agp)
+        b = tok.apply_chat_template(messages, chat_template=training.text, tokenize=False, add_generation_prompt=agp)
+        at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        raise UserError(f"{where}: the training chat template ({training.origin}) renders a conversation "
+                        f"differently from the model's own at character {at}: {a[at:at + 30]!r} vs "
+                        f"{b[at:at + 30]!r}; the pilot would train on a format it is never prompted with")
+    _check_marks(tok, training, where)
+
+
+def _check_marks(tok, training: TrainingTemplate, where: str) -> None:
     out = tok.apply_chat_template(PROBES[3], chat_template=training.text, tokenize=True, return_dict=True,
                                   return_assistant_tokens_mask=True)
     if not any(out["assistant_masks"]):

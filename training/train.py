@@ -60,21 +60,21 @@ def _claim(out: Path, identity: dict) -> None:
 def preflight(cfg: TrainConfig) -> None:
     """The checks that need no weights, for every stage: before a multi-process launch, so bad input is one
     clear error (exit 2) rather than a failed worker."""
-    template = pilot_template(cfg, cfg.model.local_path(), cfg.model.trust_remote_code, cfg.model.revision)
+    _, template = pilot_template(cfg, cfg.model.local_path(), cfg.model.trust_remote_code, cfg.model.revision)
     for stage in cfg.stages:
         _, data_fp = load_split(cfg.dataset, stage)
         check_claim(Path(cfg.output_dir) / stage, _identity(cfg, stage, data_fp, template))
 
 
 def pilot_template(cfg: StagesConfig, model: str, trust_remote_code: bool = False,
-                   revision: str | None = None) -> TrainingTemplate:
-    """The template `model` trains with under `cfg`, checked (tokenizer only, no weights)."""
+                   revision: str | None = None) -> tuple[object, TrainingTemplate]:
+    """`model`'s tokenizer and the template it trains with under `cfg`, checked (no weights are read)."""
     from pilot_core.models.loading import load_tokenizer
 
     tok = load_tokenizer(model, "model", trust_remote_code, revision)
     template = training_template(tok, cfg.chat_template, model)
     check_chat_tokenizer(tok, template.text, model)
-    return template
+    return tok, template
 
 
 def _identity(cfg: TrainConfig, stage: str, data_fp: str, template: TrainingTemplate) -> dict:
@@ -117,15 +117,13 @@ def train_stage(cfg: TrainConfig, stage: str, start: str, deepspeed: dict | None
     """Train `stage` from the model at `start`; returns <output_dir>/<stage>/final."""
     from transformers import set_seed
 
-    from pilot_core.models.loading import check_head, load_config, load_tokenizer, load_weights
+    from pilot_core.models.loading import check_head, load_config, load_weights
 
     out = Path(cfg.output_dir) / stage
     final = out / "final"
     trust = cfg.model.trust_remote_code
     rev = cfg.model.revision if start == cfg.model.local_path() else None  # later stages start from our output
-    tok = load_tokenizer(start, "model", trust, rev)
-    template = training_template(tok, cfg.chat_template, start)
-    check_chat_tokenizer(tok, template.text, start)
+    tok, template = pilot_template(cfg, start, trust, rev)
     data, data_fp = load_split(cfg.dataset, stage)
     identity = _identity(cfg, stage, data_fp, template)
     check_claim(out, identity)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator
 
@@ -13,14 +13,17 @@ from pilot_core.config import BaseConfig
 from pilot_core.errors import UserError
 
 DEVICE = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Attention = Literal["eager", "sdpa", "flash_attention_2", "flex_attention"]
+DTYPES, ATTENTION = get_args(Dtype), get_args(Attention)  # the CLI flags offer the same choices
 
 
 class Compute(BaseConfig):
     """`auto`: the GPU in bfloat16 when there is one, else the CPU in float32."""
 
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weights' dtype")
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2", "flex_attention"] | None = Field(
+    dtype: Dtype = Field("auto", description="weights' dtype")
+    attn_implementation: Attention | None = Field(
         None, description="null: transformers' default for the model (sdpa where it can)")
     device_map: str | None = Field(None, description="spread a model that does not fit one device (accelerate's "
                                    "'auto', 'balanced', ...); device then only says where inputs start")

@@ -18,11 +18,6 @@ def is_local(path: str) -> bool:
     return p.exists() or path.startswith((".", "/", "~")) or (len(p.parts) > 1 and Path(p.parts[0]).is_dir())
 
 
-def hub_offline() -> bool:
-    """Whether the hub is switched off here (as in tests and the demo): a hub id cannot be read now."""
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-
-
 def check_contained(path: Path) -> None:
     """An artifact we publish or measure must hold its own files: a symlink that resolves outside it would be
     copied into the registry (a secret, another model's weights) under this artifact's name."""
