@@ -1,5 +1,6 @@
-"""WSD speed on CPU: the online engine vs base-only decoding and vs the authors' staged pipeline; and the cost
-of the search baselines (best-of-N, weak-to-strong search) against base-only.
+"""WSD speed on CPU: the online engine vs base-only decoding and vs the authors' staged pipeline; Nudging (same
+gamma, read as its top-1 threshold) against base-only; and the cost of the search baselines (best-of-N,
+weak-to-strong search) against base-only.
 
 Same prompts, same budget, batch 8. Pilot and base are briefly pretrained tiny models (so the base is confident
 on some drafts and switches happen); the base has ~10x the pilot's parameters, like the paper's 3B pilot with
@@ -26,6 +27,7 @@ from wsd_inference.baselines import base_only_batch  # noqa: E402
 from wsd_inference.engine import wsd_batch  # noqa: E402
 from pilot_core.models.loading import load_hf_model  # noqa: E402
 from pilot_core.prompts import PromptRecord  # noqa: E402
+from wsd_inference.nudging import nudging_batch  # noqa: E402
 from wsd_inference.search import bon_batch, cbs_batch  # noqa: E402
 from wsd_inference.staged import staged_batch  # noqa: E402
 
@@ -83,11 +85,13 @@ def main() -> None:
     print("| gamma | switched | kept draft (mean) | pilot tokens WSD / staged | base-only s | WSD s | staged s "
           "| WSD / base-only | WSD / staged | same answers as staged |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+    nudging_rows = []
     for gamma in args.threshold:
         cfg = WSDConfig(max_draft_tokens=args.max_draft_tokens, max_new_tokens=args.max_new_tokens, threshold=gamma)
         t, out = median_time({"base": lambda r, c: base_only_batch(base, r, c),
                               "wsd": lambda r, c: wsd_batch(pilot, base, r, c),
-                              "staged": lambda r, c: staged_batch(pilot, base, r, c)}, recs, cfg, args.reps)
+                              "staged": lambda r, c: staged_batch(pilot, base, r, c),
+                              "nudging": lambda r, c: nudging_batch(pilot, base, r, c)}, recs, cfg, args.reps)
         w, st = out["wsd"], out["staged"]
         same = all(a["response"] == b["response"] and a["switch_index"] == b["switch_index"] for a, b in zip(w, st))
         print(f"| {gamma} | {sum(o['switched'] for o in w)}/{len(w)} | "
@@ -95,6 +99,15 @@ def main() -> None:
               f"{sum(o['pilot_tokens'] for o in w)} / {sum(o['pilot_tokens'] for o in st)} | "
               f"{t['base']:.2f} | {t['wsd']:.2f} | {t['staged']:.2f} | {t['wsd'] / t['base']:.2f} | "
               f"{t['wsd'] / t['staged']:.2f} | {same} |")
+        nu = out["nudging"]
+        pilot_tokens, base_tokens = sum(o["pilot_tokens"] for o in nu), sum(o["base_tokens"] for o in nu)
+        nudging_rows.append(f"| {gamma} | {t['base']:.2f} | {t['nudging']:.2f} | {t['nudging'] / t['base']:.2f} | "
+                            f"{pilot_tokens / max(pilot_tokens + base_tokens, 1):.0%} | "
+                            f"{sum(o['handoffs'] for o in nu) / len(nu):.1f} | {pilot_tokens + base_tokens} |")
+    print("\n| gamma | base-only s | Nudging s | Nudging / base-only | pilot's share of tokens | hand-offs (mean) "
+          "| tokens |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(nudging_rows))
     if not args.skip_search:
         untuned = load_hf_model(str(cached_tiny_model(BENCH_UNTUNED)), "untuned")
         search_table(pilot, untuned, base, recs, args.max_new_tokens, args.reps)

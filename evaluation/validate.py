@@ -175,6 +175,12 @@ def _aggregate(spec, sets, bases, rows) -> tuple[dict, dict]:
     return metrics, tax
 
 
+def _share(rs: list[dict], pilot_key: str) -> float:
+    """The pilot's share of the answers' tokens (each model's tokens counted in its own tokenizer)."""
+    pilot = sum(r[pilot_key] for r in rs)
+    return pilot / max(pilot + sum(r["base_tokens"] for r in rs), 1)
+
+
 def _diagnostics(records, bases) -> dict:
     out: dict = {}
     for s, by_base in records.items():
@@ -189,7 +195,11 @@ def _diagnostics(records, bases) -> dict:
                         "switched_share": len(switch) / n, "never_switched_share": 1 - len(switch) / n,
                         "switch_indices": sorted(switch), "mean_draft_tokens": sum(r["pilot_tokens"] for r in rs) / n,
                         "mean_kept_draft_tokens": sum(r["kept_draft_tokens"] for r in rs) / n,
-                        "mean_base_tokens": sum(r["base_tokens"] for r in rs) / n})
+                        "mean_base_tokens": sum(r["base_tokens"] for r in rs) / n,
+                        "pilot_token_share": _share(rs, "kept_draft_tokens")})
+                if method == "nudging":  # how much of the answers the pilot wrote, in how many turns
+                    d = d.model_copy(update={"pilot_token_share": _share(rs, "pilot_tokens"),
+                                             "mean_handoffs": sum(r["handoffs"] for r in rs) / n})
                 out.setdefault(base.name, {}).setdefault(method, {})[s] = d
     return out
 

@@ -41,14 +41,16 @@ def wsd() -> None:
 @click.option("--base-model", help="model name on the base's server (when --base is a URL)")
 @click.option("--base-tokenizer", help="the base's tokenizer (path or hub id) when --base is a URL; "
               "default: --base-model")
+@click.option("--pilot-tokenizer", help="the pilot's tokenizer when --pilot is a URL and the method hands it token "
+              "ids (nudging); default: --pilot-model")
 @click.option("--api-key-env", help="environment variable holding the servers' API key")
 @click.option("--timeout-s", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
               help="seconds per server request")
 @click.option("--max-retries", type=click.IntRange(0, 20), default=5, show_default=True,
               help="retries per server request (429, 5xx, timeouts, broken responses)")
 def generate(pilot, base, input_path, output_path, method, untuned, config_path, overrides, device, dtype,
-             attn_implementation, device_map, trust_remote_code, pilot_model, base_model, base_tokenizer, api_key_env,
-             timeout_s, max_retries, **flags) -> None:
+             attn_implementation, device_map, trust_remote_code, pilot_model, base_model, base_tokenizer,
+             pilot_tokenizer, api_key_env, timeout_s, max_retries, **flags) -> None:
     """Generate answers with Weak-to-Strong Decoding (the pilot drafts, the base takes over once confident),
     or with a method it is compared with (--method).
 
@@ -66,7 +68,8 @@ def generate(pilot, base, input_path, output_path, method, untuned, config_path,
     cfg = validate_config(WSDConfig, data, source="options", origin=origin)
     prompts = load_prompts(input_path)
     sources = []
-    for role, where, model, tok in (("pilot", pilot, pilot_model, None), ("base", base, base_model, base_tokenizer)):
+    for role, where, model, tok in (("pilot", pilot, pilot_model, pilot_tokenizer),
+                                     ("base", base, base_model, base_tokenizer)):
         is_url = where.startswith(("http://", "https://"))
         if is_url and not model:
             raise UserError(f"--{role}-model is required when --{role} is a URL (the name the server serves)")

@@ -55,8 +55,13 @@ class EvalSetIdentity(_Record):
     limit: int | None = None
 
 
+def _fmt_share(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"  # reports written before the share was recorded have none
+
+
 class Diagnostics(_Record):
-    """Per (base, method, eval set): items and time; for WSD also where the base took over."""
+    """Per (base, method, eval set): items and time; for WSD also where the base took over; for WSD and Nudging
+    the share of the answers' tokens the pilot wrote (Nudging: and how often the turn changed hands)."""
 
     n: int
     mean_time_s: float
@@ -66,6 +71,8 @@ class Diagnostics(_Record):
     mean_draft_tokens: float | None = None
     mean_kept_draft_tokens: float | None = None
     mean_base_tokens: float | None = None
+    pilot_token_share: float | None = None
+    mean_handoffs: float | None = None
 
     @model_serializer(mode="wrap")
     def _only_measured(self, handler):  # the WSD fields appear only where they were measured
@@ -228,11 +235,17 @@ def markdown(report: ValidationReport, verdict: GateVerdict | None = None) -> st
     wsd = [(b, s, d) for b, by_m in report.diagnostics.items() for s, d in by_m.get("wsd", {}).items()]
     if wsd:
         out += ["## WSD diagnostics", "", "| base | set | switched | never switched | mean draft | mean kept draft "
-                "| mean base tokens | time/item |", "|---|---|---|---|---|---|---|---|"]
+                "| mean base tokens | pilot's share of tokens | time/item |", "|---|---|---|---|---|---|---|---|---|"]
         out += [f"| {b} | {s} | {d.switched_share:.0%} | {d.never_switched_share:.0%} | "
                 f"{d.mean_draft_tokens:.1f} | {d.mean_kept_draft_tokens:.1f} | {d.mean_base_tokens:.1f} | "
-                f"{d.mean_time_s:.2f} s |" for b, s, d in wsd]
+                f"{_fmt_share(d.pilot_token_share)} | {d.mean_time_s:.2f} s |" for b, s, d in wsd]
         out += ["", "![switch index](plots/switch_index.png)", ""]
+    nudging = [(b, s, d) for b, by_m in report.diagnostics.items() for s, d in by_m.get("nudging", {}).items()]
+    if nudging:
+        out += ["## Nudging diagnostics", "", "| base | set | pilot's share of tokens | mean hand-offs | time/item |",
+                "|---|---|---|---|---|"]
+        out += [f"| {b} | {s} | {_fmt_share(d.pilot_token_share)} | {d.mean_handoffs:.1f} | {d.mean_time_s:.2f} s |"
+                for b, s, d in nudging] + [""]
     j = report.judges
     notes = []
     if j.win_rate and j.win_rate.get("kind") == "reward_model":

@@ -148,6 +148,10 @@ def test_pilot_run_demo_end_to_end(tiny_cache, tmp_path):
         tax = report["alignment_tax"][base]["wsd"]["arith"]["mean"]
         assert tax <= cfg.release.gate.alignment_tax.max, (base, tax)
         assert report["alignment_tax"][base]["pilot_only"]["arith"]["mean"] > tax  # the pilot alone pays
+        # Nudging, WSD's closest rival, on the same sets with the same base and pilot
+        assert by_method["nudging"]["harmful"]["harmlessness"]["n"] == 20
+        assert 0 < report["diagnostics"][base]["nudging"]["harmful"]["pilot_token_share"] < 1
+    assert "## Nudging diagnostics" in (report_dir / "report.md").read_text()
     gate = json.loads((report_dir / "gate.json").read_text())
     published = tmp_path / "registry" / "pilot-tiny" / "v1"
     assert gate["passed"] and published.is_dir() and out["published"].startswith("pilot-tiny v1 ->")

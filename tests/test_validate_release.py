@@ -63,7 +63,7 @@ def world(tmp_path_factory, pair_same, pair_different):
         "name": "refusals", "output_dir": str(tmp / "validation"),
         "bases": [{"name": "base-same", "path": str(pair_same[1])},
                   {"name": "base-other", "path": str(pair_different[1])}],
-        "methods": ["wsd", "base_only"],
+        "methods": ["wsd", "nudging", "base_only"],
         "eval_sets": [{"name": "harmful", "version": "v1", "kind": "harmful",
                        "path": str(REPO / "data/demo/eval/harmful.v1.jsonl")},
                       {"name": "math", "version": "v1", "kind": "math", "limit": 4,
@@ -95,6 +95,11 @@ def test_validate_publish_refuse_and_verify(world):
         assert good["metrics"][base]["base_only"]["harmful"]["harmlessness"]["mean"] < 0.3
         d = good["diagnostics"][base]["wsd"]["harmful"]
         assert d["n"] == 10 and 0 <= d["never_switched_share"] <= 1 and d["mean_draft_tokens"] > 0
+        # Nudging runs beside WSD on the same sets: who wrote its answers, per base
+        n = good["diagnostics"][base]["nudging"]["harmful"]
+        assert 0 < n["pilot_token_share"] <= 1 and n["mean_handoffs"] >= 0 and 0 < d["pilot_token_share"] <= 1
+        assert f"| {base} | harmful | {n['pilot_token_share']:.0%} |" in (good_dir / "report.md").read_text()
+    assert any(good["diagnostics"][b]["nudging"]["harmful"]["mean_handoffs"] > 0 for b in good["diagnostics"])
     assert good["eval_sets"]["math"]["n"] == 4 and len(good["eval_sets"]["harmful"]["sha256"]) == 64
     assert {p.name for p in (good_dir / "plots").iterdir()} >= {"harmlessness.png", "accuracy.png",
                                                                 "switch_index.png"}

@@ -229,3 +229,54 @@ def test_search_cli_with_a_served_base(vllm_servers, pair_same, pair_different, 
                                    "--output", str(tmp_path / "no.jsonl")], cwd=REPO, capture_output=True, text=True)
     assert served_pilot.returncode == 2 and "give both as local models" in served_pilot.stderr
     assert not (tmp_path / "no.jsonl").exists()
+
+
+@pytest.mark.parametrize("base,gamma,pilot_on_server", [("base-same", 0.3, False), ("base-different", 0.15, False),
+                                                       ("base-different", 0.15, True)])
+def test_nudging_over_servers_equals_in_process(vllm_servers, local, base, gamma, pilot_on_server):
+    """Nudging with the base on vLLM (its top-1 log-probs decide) and the pilot on vLLM or in-process, text handed
+    between them: the same answers, token counts and hand-offs as the in-process engine (which equals the
+    batch-1 reference, test_nudging.py)."""
+    from pilot_core.models.completions import LocalCompletions, ServedCompletions
+    from wsd_inference.nudging import nudging_batch
+
+    pilot, base_m = local["pilot"], local[base]
+    cfg = WSDConfig(threshold=gamma, max_new_tokens=32, batch_size=8)
+    want = nudging_batch(pilot, base_m, RECS, cfg)
+
+    async def go():
+        p = OpenAIServer(vllm_servers["pilot"].url, "pilot")
+        s = OpenAIServer(vllm_servers[base].url, base)
+        lm = ServedCompletions(ServedModel(p, pilot.tokenizer)) if pilot_on_server else LocalCompletions(pilot)
+        try:
+            return await served_group(METHODS["nudging"], ServedModels(ServedModel(s, base_m.tokenizer),
+                                                                       pilot_lm=lm), RECS, cfg)
+        finally:
+            await s.close()
+            await p.close()
+
+    got = remote(go)
+    keys = ("response", "pilot_tokens", "base_tokens", "handoffs", "pilot_pieces")
+    same = sum({k: g[k] for k in keys} == {k: w[k] for k in keys} for w, g in zip(want, got))
+    assert same >= len(RECS) - 1, [(w, g) for w, g in zip(want, got) if w["response"] != g["response"]]
+    assert sum(g["handoffs"] for g in got) > len(RECS)  # the turns went back and forth
+
+
+def test_nudging_cli_with_servers(vllm_servers, pair_same, pair_different, tmp_path):
+    """`pilot wsd generate --method nudging` with pilot and base on servers (the pilot's tokenizer named, since it
+    is handed token ids) answers as the same command with local models."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": r.id, "messages": list(r.messages)}) + "\n" for r in RECS))
+    common = ["--method", "nudging", "--input", str(prompts), "--max-new-tokens", "20", "--threshold", "0.15"]
+    cli = [sys.executable, "-m", "flows.cli", "wsd", "generate"]
+    r1 = subprocess.run([*cli, "--pilot", str(pair_same[0]), "--base", str(pair_different[1]), *common,
+                         "--output", str(tmp_path / "local.jsonl")], cwd=REPO, capture_output=True, text=True)
+    r2 = subprocess.run([*cli, "--pilot", vllm_servers["pilot"].url, "--pilot-model", "pilot",
+                         "--pilot-tokenizer", str(pair_same[0]), "--base", vllm_servers["base-different"].url,
+                         "--base-model", "base-different", "--base-tokenizer", str(pair_different[1]), *common,
+                         "--output", str(tmp_path / "srv.jsonl")], cwd=REPO, capture_output=True, text=True)
+    assert r1.returncode == 0 and r2.returncode == 0, (r1.stderr, r2.stderr)
+    a = [json.loads(x) for x in open(tmp_path / "local.jsonl")]
+    b = [json.loads(x) for x in open(tmp_path / "srv.jsonl")]
+    assert {x["method"] for x in a + b} == {"nudging"} and sum(x["handoffs"] for x in b) > 0
+    assert sum(x["response"] == y["response"] for x, y in zip(a, b)) >= len(RECS) - 1

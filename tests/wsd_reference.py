@@ -60,3 +60,65 @@ def staged_wsd(pilot, base, messages, cfg):
         "base_tokens": len(cont),
         "kept_draft_tokens": len(kept),
     }
+
+
+def nudging(pilot, base, messages, cfg):
+    """Nudging as its rule reads (wsd_inference/nudging.py's docstring), greedy: every token by a full forward
+    pass, every text decoded whole."""
+    prompt = base_prompt(messages, base.tokenizer.bos_token)
+    pilot_prompt = pilot.encode(chat_prompt(pilot.tokenizer, messages))
+    models = {"base": base, "pilot": pilot}
+    segments = []  # [writer, the writer's context before the run, the run's tokens]
+    count = {"base": 0, "pilot": 0}
+
+    def text_of(seg):
+        who, before, ids = seg
+        return models[who].decode(before + ids)[len(models[who].decode(before)):]
+
+    def answer():
+        return "".join(text_of(s) for s in segments)
+
+    def write(who, tok, context):
+        if not segments or segments[-1][0] != who:
+            segments.append([who, list(context), []])
+        segments[-1][2].append(tok)
+        count[who] += 1
+
+    def next_logits(m, ids):
+        with torch.no_grad():
+            return m.model(torch.tensor([ids])).logits[0, -1].float()
+
+    b_ids, p_ids, b_fresh, p_fresh, done, marker, pieces = base.encode(prompt), list(pilot_prompt), True, True, \
+        False, False, 0
+    while not done:
+        if not b_fresh:
+            b_ids, b_fresh = base.encode(prompt + answer().lstrip()), True
+        logits = next_logits(base, b_ids)
+        if float(torch.softmax(logits, -1).max()) >= cfg.nudging_gamma:
+            tok = int(logits.argmax())
+            write("base", tok, b_ids)
+            b_ids, p_fresh = b_ids + [tok], False
+            done = tok in base.stop_ids or sum(count.values()) >= cfg.max_new_tokens
+            if not done and has_marker(text_of(segments[-1])):
+                done = marker = True
+            continue
+        if not p_fresh:
+            p_ids, p_fresh = pilot_prompt + pilot.encode(answer().lstrip()), True
+        piece = []
+        while True:
+            tok = int(next_logits(pilot, p_ids).argmax())
+            if cfg.nudging.piece == "word" and piece:
+                piece_text = pilot.decode(p_ids)[len(pilot.decode(p_ids[: -len(piece)])):]
+                tok_text = pilot.decode(p_ids + [tok])[len(pilot.decode(p_ids)):]
+                if piece_text.strip() and (tok_text[:1].isspace() or piece_text[-1:].isspace()):
+                    break
+            write("pilot", tok, p_ids)
+            p_ids, b_fresh = p_ids + [tok], False
+            piece.append(tok)
+            done = tok in pilot.stop_ids or sum(count.values()) >= cfg.max_new_tokens
+            if done or len(piece) >= cfg.nudging.piece_tokens:
+                break
+        pieces += 1
+    text = answer()
+    return {"response": cut_at_markers(text) if marker else text.strip(), "pilot_tokens": count["pilot"],
+            "base_tokens": count["base"], "handoffs": len(segments) - 1, "pilot_pieces": pieces}

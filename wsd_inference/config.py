@@ -1,5 +1,6 @@
 """Typed decoding settings: WSD (defaults are the paper's: w=6, gamma=0.8, 512-token draft, 2048 total) and the
-methods compared with it (their defaults from the weak-to-strong search code: CBS W,K,L = 2,2,30, T=0.7, top-k 50)."""
+methods compared with it (their defaults from the weak-to-strong search code: CBS W,K,L = 2,2,30, T=0.7, top-k 50;
+Nudging's word-sized pieces from its paper; its gamma is WSD's `threshold`)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,17 @@ class EFTConfig(BaseConfig):
     beta: float = Field(1.0, description="base + beta * (tuned - untuned) log-probabilities, per token")
 
 
+class NudgingConfig(BaseConfig):
+    """Nudging (Fei et al. 2025): the base writes; where its top-1 probability is below gamma (`threshold`) the
+    pilot writes one piece."""
+
+    piece: Literal["word", "chunk"] = Field("word", description="what the pilot writes per turn: a word (the "
+                                            "authors' unit) or a chunk of piece_tokens tokens")
+    piece_tokens: int = Field(8, ge=1, description="tokens in a chunk; a word is cut at this many")
+    threshold: float | None = Field(None, ge=0.0, le=1.0, description="gamma for Nudging (the base's top-1 "
+                                    "probability); null = the WSD threshold (--threshold)")
+
+
 class WSDConfig(BaseConfig):
     window: int = Field(6, ge=1, description="w: draft tokens in the geometric-mean window")
     threshold: float = Field(0.8, ge=0.0, le=1.0, description="gamma: switch at the first window mean >= gamma")
@@ -63,10 +75,15 @@ class WSDConfig(BaseConfig):
     cbs: CBSConfig = CBSConfig()
     bon: BoNConfig = BoNConfig()
     eft: EFTConfig = EFTConfig()
+    nudging: NudgingConfig = NudgingConfig()
 
     def sampling(self) -> Sampling:
         """How WSD, the baselines and EFT pick tokens (the searches sample with their own settings)."""
         return Sampling(self.temperature, self.top_p)
+
+    @property
+    def nudging_gamma(self) -> float:
+        return self.threshold if self.nudging.threshold is None else self.nudging.threshold
 
     def prompt_seed(self, key: str) -> int:
         """The seed of one prompt's (or one search row's) sampling: a sampled answer does not depend on the batch

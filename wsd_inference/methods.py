@@ -19,9 +19,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from wsd_inference import baselines, eft, engine, remote_engine, remote_search, search, staged
+from wsd_inference import baselines, eft, engine, nudging, remote_engine, remote_search, search, staged
 
 if TYPE_CHECKING:  # the CLI imports this table: the methods' modules import no config (pydantic) at import time
+    from pilot_core.models.completions import LocalCompletions, ServedCompletions
     from pilot_core.models.loading import HFModel
     from pilot_core.models.local_chat import LocalChat
     from pilot_core.models.openai_server import OpenAIServer, ServedModel
@@ -48,6 +49,7 @@ class ServedModels:
     base: ServedModel | None = None  # the base on its server, with its tokenizer
     pilot: OpenAIServer | LocalChat | None = None  # the pilot as a chat model, served or in-process
     tuned: HFModel | None = None  # the pilot in-process, as a scorer (the searches)
+    pilot_lm: LocalCompletions | ServedCompletions | None = None  # the pilot continuing token ids (pilot_ids)
     untuned: HFModel | None = None
     reward: RewardModel | None = None
 
@@ -62,6 +64,7 @@ class Method:
     served_batch: Callable[[ServedModels, list, WSDConfig], Awaitable[list[dict]]] | None = None
     check: Callable[[object, WSDConfig], object] | None = None  # raises early (before any output), given the models
     scores_in_process: bool = False  # with a served base, the pilot and its reference still score in-process
+    pilot_ids: bool = False  # with a served base, the pilot continues token ids (a served pilot's tokenizer is loaded)
     validation: bool = True  # whether `pilot validate` may run it
 
     def models(self, cfg: WSDConfig) -> tuple[str, ...]:
@@ -112,6 +115,12 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            uses=("pilot", "base", "untuned"),
            local=lambda m, recs, cfg: eft.eft_batch(m.base, m.pilot, m.untuned, recs, cfg),
            check=lambda m, cfg: eft.shared_vocabulary(m.base, m.pilot, m.untuned)),
+    Method("nudging", "Nudging: the base writes; where its top-1 probability is below γ the pilot writes a word "
+           "(Fei et al. 2025)",
+           uses=("pilot", "base"),
+           local=lambda m, recs, cfg: nudging.nudging_batch(m.pilot, m.base, recs, cfg),
+           served=lambda m, rec, cfg: nudging.nudging_one(m.pilot_lm, m.base, rec, cfg),
+           pilot_ids=True),
     Method("wsd_staged", "WSD as the authors run it: the whole draft, one scoring pass, a fresh prefill of the "
            "base (same answers as wsd; a speed reference)",
            uses=("pilot", "base"),

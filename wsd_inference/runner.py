@@ -60,7 +60,8 @@ class _Loader:
                            untuned=self.hf(untuned, "untuned") if "untuned" in uses else None,
                            reward=self.reward() if "reward" in uses else None)
 
-    def served(self, uses, pilot, base, untuned) -> ServedModels:
+    def served(self, uses, pilot, base, untuned, pilot_ids: bool = False) -> ServedModels:
+        from pilot_core.models.completions import LocalCompletions, ServedCompletions
         from pilot_core.models.loading import load_tokenizer
         from pilot_core.models.local_chat import LocalChat
         from pilot_core.models.openai_server import OpenAIServer, ServedModel
@@ -70,9 +71,13 @@ class _Loader:
         if "pilot" in uses:
             if pilot.url:
                 m.pilot = OpenAIServer.of(pilot)
+                if pilot_ids:  # the pilot continues token ids rendered here: its tokenizer is needed
+                    m.pilot_lm = ServedCompletions(ServedModel(m.pilot, load_tokenizer(
+                        pilot.tokenizer or pilot.served_model, f"pilot {pilot.name} tokenizer",
+                        pilot.trust_remote_code, pilot.revision)))
             else:  # a local pilot drafts (streams) and scores in-process
                 m.tuned = self.hf(pilot, "pilot", chat=True)
-                m.pilot = LocalChat(m.tuned)
+                m.pilot, m.pilot_lm = LocalChat(m.tuned), LocalCompletions(m.tuned)
         if "base" in uses:
             tok = load_tokenizer(base.tokenizer or base.served_model, f"base {base.name} tokenizer",
                                  base.trust_remote_code, base.revision)
@@ -136,7 +141,8 @@ def generate_to_file(pilot: ModelSource, base: ModelSource, prompts: list[Prompt
 
         # everything that can fail on bad models fails here, before the output is opened
         loader, uses = _Loader(cfg, compute), m.models(cfg)
-        models = (loader.served if remote else loader.local)(uses, pilot, base, untuned)
+        models = (loader.served(uses, pilot, base, untuned, m.pilot_ids) if remote
+                  else loader.local(uses, pilot, base, untuned))
         if m.check is not None:
             m.check(models, cfg)
         with out, tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=f"{method} {base.name}",

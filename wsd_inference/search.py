@@ -109,6 +109,24 @@ async def best_of_n(rows, recs: list[PromptRecord], cfg: WSDConfig, tuned, untun
     return await rows.compute(pick)
 
 
+def top_beams(scores: list[float], resp: list[list[int]], finished: list[bool], n: int, W: int) -> list[list[int]]:
+    """Each prompt's (rows g*n .. g*n+n-1) global top W rows by score (ties: the earlier row), every hypothesis
+    counted once: a finished beam, carried into the next round as K identical copies, holds one slot, not
+    several (they would collapse the beam onto one answer)."""
+    tops = []
+    for g in range(len(scores) // n):
+        seen, top = set(), []
+        for r in sorted(range(g * n, (g + 1) * n), key=lambda r: (-scores[r], r)):
+            key = (tuple(resp[r]), finished[r])
+            if key not in seen:
+                seen.add(key)
+                top.append(r)
+            if len(top) == W:
+                break
+        tops.append(top)
+    return tops
+
+
 async def cbs(rows, recs: list[PromptRecord], cfg: WSDConfig, tuned: HFModel, untuned: HFModel,
               t0: float) -> list[dict]:
     """Chunk-level beam search: sample a chunk, score every row, keep each prompt's global top W, give each K
@@ -123,12 +141,12 @@ async def cbs(rows, recs: list[PromptRecord], cfg: WSDConfig, tuned: HFModel, un
         await rows.sample(chunk, round_)
         texts = [scored_text(rows.base, r, f) for r, f in zip(rows.resp, rows.finished)]
         scores = await rows.compute(scorer.score, texts, rows.finished)
-        # the global top W of each prompt's rows (ties: the earlier row)
-        tops = [sorted(range(g * n, (g + 1) * n), key=lambda r: (-scores[r], r))[:W] for g in range(len(recs))]
+        tops = top_beams(scores, rows.resp, rows.finished, n, W)
         if all(rows.finished):
             break
         round_ += 1
-        order = [r for top in tops for r in top for _ in range(K)]
+        # K successors per kept beam; a prompt with fewer than W distinct beams fills its slots by repeating them
+        order = [top[i % len(top)] for top in tops for i in range(W) for _ in range(K)]
         scorer.select(order)
         rows.select(order, round_)
     return [search_record(rec, "cbs", rows.base, rows.resp[top[0]], scores[top[0]], n, t0, len(recs))

@@ -82,6 +82,7 @@ class Completion(NamedTuple):
     tokens: int  # completion tokens, as the server counts them
     finish_reason: str  # "stop": EOS or a stop string; "length": max_tokens
     token_ids: list[int] | None  # None where the server does not return them
+    top_logprobs: list[float] | None = None  # per generated token, the log-prob of the most likely token there
 
 
 class OpenAIServer:
@@ -137,17 +138,25 @@ class OpenAIServer:
         return list(lp.token_logprobs[: len(ids)])  # drop the one generated token
 
     async def complete(self, prompt_ids: list[int], max_tokens: int, stop: list[str], temperature: float,
-                       top_p: float, seed: int | None, top_k: int = 0) -> Completion:
+                       top_p: float, seed: int | None, top_k: int = 0, top_logprobs: bool = False) -> Completion:
         """Continue from token ids. The sampled token ids come back where the server returns them (vLLM's
-        `return_token_ids`), so a search can continue a chunk from exactly the tokens that were sampled."""
+        `return_token_ids`), so a search can continue a chunk from exactly the tokens that were sampled; with
+        `top_logprobs`, so does the top-1 log-prob at each generated position (Nudging's confidence)."""
         extra = {"return_token_ids": True, **({"top_k": top_k} if top_k else {})}
         r = await self._request(lambda: self.client.completions.create(
             model=self.model, prompt=prompt_ids, max_tokens=max_tokens, stop=stop, temperature=temperature,
-            top_p=top_p, seed=seed, extra_body=extra))
+            top_p=top_p, seed=seed, extra_body=extra, **({"logprobs": 1} if top_logprobs else {})))
         c = r.choices[0]
         ids = getattr(c, "token_ids", None)
+        top = None
+        if top_logprobs:
+            lp = c.logprobs
+            if lp is None or lp.top_logprobs is None:
+                raise UserError(f"{self.url}: the server returned no top log-probs for logprobs=1")
+            # the sampled token is listed beside the top-1 one: the largest is the top-1
+            top = [max(d.values()) if d else float("-inf") for d in lp.top_logprobs]
         return Completion(c.text, (r.usage.completion_tokens if r.usage else 0), c.finish_reason or "",
-                          list(ids) if ids is not None else None)
+                          list(ids) if ids is not None else None, top)
 
     # ------------------------------------------------------------------------------------------- chat
     async def chat(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,
