@@ -186,6 +186,8 @@ class OpenAIServer:
                 model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                 seed=seed, stream=True, stream_options={"include_usage": True}, logprobs=True,
             )
+        import openai
+
         finished = False
         try:
             async for chunk in stream:
@@ -197,6 +199,8 @@ class OpenAIServer:
                 tokens = len(c.logprobs.content) if c.logprobs and c.logprobs.content else int(bool(text))
                 if text or tokens or c.finish_reason:
                     yield text, c.finish_reason or "", tokens
+        except openai.APIConnectionError as e:  # the client wraps a read that hangs mid-stream (APITimeoutError)
+            raise StreamCutShort(f"{self.url}: the stream broke part-way ({type(e).__name__})") from e
         finally:
             await stream.close()
         if not finished:
