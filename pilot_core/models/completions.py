@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from pilot_core.models.loading import HFModel
+from pilot_core.models.loading import HFModel, stop_ids
 from pilot_core.models.openai_server import ServedModel
 from pilot_core.models.ragged import RaggedBatch
 from pilot_core.models.sampling import Generation, Sampling, Stream
-from pilot_core.models.templates import PILOT_STOP_TOKENS
 
 
 class LocalCompletions:
@@ -52,10 +51,7 @@ class ServedCompletions:
 
     def __init__(self, served: ServedModel):
         self.served, self.tokenizer = served, served.tokenizer
-        vocab = self.tokenizer.get_vocab()
-        ids = {vocab[t] for t in PILOT_STOP_TOKENS if t in vocab}
-        self.stop_ids = frozenset(ids | ({self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None
-                                         else set()))
+        self.stop_ids = stop_ids(self.tokenizer, chat=True)  # as an in-process chat pilot's (load_hf_model)
 
     def encode(self, text: str) -> list[int]:
         return self.served.encode(text)

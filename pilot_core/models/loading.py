@@ -128,12 +128,18 @@ def load_hf_model(path: str, role: str = "model", compute: Compute | None = None
     model = load_weights(path, role, "causal_lm", compute, trust_remote_code, allow_pickle, revision=revision)
     if need_chat_template and not getattr(tok, "chat_template", None):
         raise UserError(f"{role} {path}: the tokenizer has no chat template (a pilot must be a chat model)")
+    stop = stop_ids(tok, getattr(model.generation_config, "eos_token_id", None), chat=need_chat_template)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (min(stop) if stop else 0)
+    return HFModel(path=path, model=model, tokenizer=tok, stop_ids=stop, pad_id=pad, device=input_device(model))
+
+
+def stop_ids(tok, extra_eos=None, chat: bool = False) -> frozenset[int]:
+    """The token ids a model stops at: the tokenizer's EOS and `extra_eos` (an id or a list, e.g. the generation
+    config's); a chat model also stops at any end-of-turn token it knows (authors' list)."""
     stop = set()
-    for tid in (tok.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+    for tid in (tok.eos_token_id, extra_eos):
         stop.update(tid if isinstance(tid, list) else [tid] if tid is not None else [])
-    if need_chat_template:  # a chat pilot also stops at any end-of-turn token it knows (authors' list)
+    if chat:
         vocab = tok.get_vocab()
         stop.update(vocab[t] for t in PILOT_STOP_TOKENS if t in vocab)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else (min(stop) if stop else 0)
-    return HFModel(path=path, model=model, tokenizer=tok, stop_ids=frozenset(stop), pad_id=pad,
-                   device=input_device(model))
+    return frozenset(stop)
