@@ -204,6 +204,16 @@ def _diagnostics(records, bases) -> dict:
     return out
 
 
+def _pair_review(manifest) -> dict | None:
+    """What the data team's review of the pairs this checkpoint trained on found (None: not reviewed, or the
+    training data is not here to read)."""
+    data = Path(str(manifest.config.get("dataset") or ""))
+    try:
+        return read_manifest(data, kind="dataset").data.get("pair_review") if data.parts else None
+    except UserError:
+        return None
+
+
 def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], output: str | Path, *,
              pilot_name: str = "pilot", compute: Compute | None = None, progress: bool = True,
              http_client=None) -> ValidationReport:
@@ -230,7 +240,8 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
     report = ValidationReport(
         config_hash=ident["config_hash"],
         checkpoint=CheckpointRef(path=str(ckpt), fingerprint=ident["checkpoint"], config_hash=manifest.config_hash,
-                                 dataset=manifest.inputs.get("dataset"), stage=manifest.data.get("stage")),
+                                 dataset=manifest.inputs.get("dataset"), stage=manifest.data.get("stage"),
+                                 pair_review=_pair_review(manifest)),
         pilot=pilot_name, untuned=untuned.model_dump(mode="json") if untuned else None,
         bases={b.name: b.model_dump(mode="json", exclude_none=True) for b in bases},
         methods=spec.methods, reference_method=REFERENCE,

@@ -1,5 +1,5 @@
 """People in the loop: the run pauses with a typed form (Prefect's `pause_flow_run(wait_for_input=...)`) until
-the data team approves the curated subset, or the release owner signs off a release.
+the data team approves the curated subset or the preference pairs, or the release owner signs off a release.
 
 An answer comes from the Prefect UI's form or from `pilot approval approve|reject RUN_ID`. An approval is
 recorded beside the stage it approves (`<run root>/approvals/<what>-<key>.json`), so a rerun of the same data
@@ -22,7 +22,8 @@ from pilot_core.errors import JobFailed
 
 
 class Decision(RunInput):
-    """The form: approve or reject, who decides, why, and (curation only) a filled-in review.csv to import."""
+    """The form: approve or reject, who decides, why, and (curation, preferences) the review.csv saved from the
+    review page, to import."""
 
     approved: bool
     by: str
@@ -40,8 +41,9 @@ def remember(entry: dict) -> None:
 
 
 def ask(what: str, stage_dir: str, description: str, timeout_s: int, poll_s: int) -> dict:
-    """Pause for a Decision on `what` (curation | release) about `stage_dir`; returns it (with earlier=True when
-    it was recorded by an earlier run). A rejection or no answer within timeout_s raises JobFailed."""
+    """Pause for a Decision on `what` (curation | preferences | release) about `stage_dir`; returns it (with
+    earlier=True when it was recorded by an earlier run). A rejection or no answer within timeout_s raises
+    JobFailed."""
     log = get_run_logger()
     record = _record(what, stage_dir)
     if record.is_file():

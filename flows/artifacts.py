@@ -30,9 +30,13 @@ def curation(pipeline: str, summary: dict, review_page: str | None) -> None:
                              "data team (review.csv beside it takes the decisions)")
 
 
-def preferences(pipeline: str, summary: dict) -> None:
+def preferences(pipeline: str, summary: dict, review_page: str | None = None) -> None:
     create_table_artifact([{k: summary[k] for k in ("prompts", "responses", "response_failures", "sft", "dpo")}],
                           key=key(pipeline, "preferences"), description=f"preference data -> {summary['output']}")
+    if review_page:
+        create_link_artifact(Path(review_page).resolve().as_uri(), link_text="pair review page",
+                             key=key(pipeline, "pair-review"), description="sampled preference pairs for the data "
+                             "team (approve, reject or flip; the saved review.csv takes the decisions)")
 
 
 class TrainingProgress:

@@ -1,6 +1,7 @@
 """# The Pilot pipeline as Prefect flows
 
-curate -> (data team approves) -> preferences -> train -> validate -> gate -> (release owner signs off) -> publish
+curate -> (data team approves) -> preferences -> (data team approves the pairs) -> train -> validate -> gate
+       -> (release owner signs off) -> publish
 
 Run it:
 
@@ -27,8 +28,8 @@ from prefect import flow, get_run_logger
 
 from flows import artifacts
 from flows.pipeline_config import PipelineConfig, check_inputs
-from flows.tasks import (curate_task, gate_task, preferences_task, publish_task, review_export_task,
-                         review_import_task, train_task, validate_task, wsd_task)
+from flows.tasks import (curate_task, gate_task, pair_review_export_task, pair_review_import_task, preferences_task,
+                         publish_task, review_export_task, review_import_task, train_task, validate_task, wsd_task)
 from pilot_core.models.source import ModelSource
 from pilot_core.names import safe_join
 
@@ -43,8 +44,6 @@ def run_root(cfg: PipelineConfig) -> str:
 def curation_flow(cfg: PipelineConfig) -> dict:
     """GenerAlign prompts from the configured sources, a review page for the data team, and (when configured)
     their approval before anything is trained on the subset."""
-    from flows import approvals
-
     root = run_root(cfg)
     cur = cfg.curation
     if cur.tokenizer is None and not cfg.pilot.url:  # prompt lengths under the pilot's own chat template
@@ -53,25 +52,48 @@ def curation_flow(cfg: PipelineConfig) -> dict:
     page = review_export_task(s["output"], root)
     artifacts.curation(cfg.name, s, page)
     if cfg.approvals.curation is not None:
-        a = cfg.approvals.curation
-        decision = approvals.ask("curation", s["output"], (
+        _review_approval("curation", s["output"], cfg.approvals.curation, review_import_task, (
             f"**Curated GenerAlign subset**: kept {s['kept']} of {s['read']} prompts in `{s['output']}`.\n\n"
-            f"Review page: `{page}`. Fill in `decision` (approve/reject) in the review.csv beside it and give its "
-            "path as `decisions` to move rejected rows out before training."), a.timeout_s, a.poll_s)
-        if decision["decisions"] and not decision["earlier"]:
-            review_import_task(s["output"], decision["decisions"], decision["by"])
-        if not decision["earlier"]:
-            approvals.remember(decision)
+            f"Review page: `{page}`. Decide the rows there and save review.csv (or fill in `decision` in the "
+            "review.csv beside it); give its path as `decisions` to move rejected rows out before training."))
     return {**s, "review_page": page}
+
+
+def _review_approval(what: str, stage_dir: str, approval, import_task, description: str) -> None:
+    """The data team's pause on a review page: their decisions file is imported (once) before the run goes on."""
+    from flows import approvals
+
+    decision = approvals.ask(what, stage_dir, description, approval.timeout_s, approval.poll_s)
+    if decision["decisions"] and not decision["earlier"]:
+        import_task(stage_dir, decision["decisions"], decision["by"])
+    if not decision["earlier"]:
+        approvals.remember(decision)
+
+
+# ------------------------------------------------------------------------------------------ preferences
+@flow(name="preferences")
+def preferences_flow(cfg: PipelineConfig, dataset: str) -> dict:
+    """Responses and preference pairs for the curated prompts, a review page of the pairs, and (when configured)
+    the data team's approval: their decisions (reject, flip) rewrite the dpo split before anything trains on it."""
+    root = run_root(cfg)
+    p = preferences_task(dataset, cfg.preferences, root, cfg.compute)
+    page = pair_review_export_task(p["output"], root)
+    artifacts.preferences(cfg.name, p, page)
+    if cfg.approvals.preferences is not None:
+        _review_approval("preferences", p["output"], cfg.approvals.preferences, pair_review_import_task, (
+            f"**Preference pairs**: {p['dpo']} pairs and {p['sft']} SFT rows in `{p['output']}`.\n\n"
+            f"Pair review page: `{page}`. Approve, reject or flip the sampled pairs there and save review.csv; give "
+            "its path as `decisions` so training reads the reviewed pairs."))
+    return {**p, "pair_review_page": page}
 
 
 # ------------------------------------------------------------------------------------------ training
 @flow(name="training")
 def training_flow(cfg: PipelineConfig, dataset: str) -> dict:
-    """Preference pairs for the curated prompts, then SFT and DPO of the pilot (in a child process)."""
+    """Preference pairs for the curated prompts (reviewed when configured), then SFT and DPO of the pilot (in a
+    child process)."""
     root = run_root(cfg)
-    p = preferences_task(dataset, cfg.preferences, root, cfg.compute)
-    artifacts.preferences(cfg.name, p)
+    p = preferences_flow(cfg, dataset)
     progress = artifacts.TrainingProgress(cfg.name, cfg.training.stages)
     t = train_task(cfg.training, cfg.pilot, cfg.pilot.name, p["output"], root, cfg.compute, on_poll=progress)
     artifacts.training(cfg.name, t["manifests"])
@@ -137,7 +159,7 @@ def pipeline(config: str, overrides: list[str] | None = None) -> dict:
             out |= {"preferences": t["preferences"], "checkpoint": t["checkpoint"]}
             pilot = ModelSource(name=f"{cfg.pilot.name}-trained", path=t["checkpoint"])
         elif cfg.preferences is not None:
-            out["preferences"] = preferences_task(c["output"], cfg.preferences, run_root(cfg), cfg.compute)["output"]
+            out["preferences"] = preferences_flow(cfg, c["output"])["output"]
     v = validation_flow(cfg, pilot)
     out |= v
     if cfg.release is not None:

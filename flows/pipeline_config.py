@@ -31,7 +31,10 @@ class Approval(BaseConfig):
 
 class ApprovalsConfig(BaseConfig):
     curation: Approval | None = Field(None, description="the data team approves the curated subset (the review "
-                                      "page is linked; a filled-in review.csv can be imported with the answer)")
+                                      "page is linked; the decisions saved from it are imported with the answer)")
+    preferences: Approval | None = Field(None, description="the data team approves the preference pairs before "
+                                         "training (the pair review page is linked; rejected pairs leave the dpo "
+                                         "split, flipped ones swap)")
     release: Approval | None = Field(None, description="the release owner signs off after the gate passes and "
                                      "before anything is published")
 
@@ -72,6 +75,8 @@ class PipelineConfig(BaseConfig):
             raise ValueError("release needs a validation section (the gate decides from its report)")
         if self.approvals.curation is not None and self.curation is None:
             raise ValueError("approvals.curation needs a curation section")
+        if self.approvals.preferences is not None and self.preferences is None:
+            raise ValueError("approvals.preferences needs a preferences section")
         if self.approvals.release is not None and self.release is None:
             raise ValueError("approvals.release needs a release section")
         check_unique([b.name for b in self.bases], "base model")

@@ -191,8 +191,9 @@ _note = click.option("--note", default="", help="why")
 @click.argument("run_id")
 @_by
 @_note
-@click.option("--decisions", type=click.Path(), help="curation: a filled-in review.csv; its rejected rows are "
-              "moved to excluded before training")
+@click.option("--decisions", type=click.Path(), help="the review.csv saved from the review page the run waits on "
+              "(curation: rejected rows move to excluded; preferences: rejected pairs leave the dpo split, flipped "
+              "ones swap) before training")
 def approval_approve(run_id, by, note, decisions) -> None:
     """Approve: the run continues."""
     _decide(run_id, True, by, note, decisions)

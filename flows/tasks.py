@@ -86,6 +86,27 @@ def review_import_task(dataset: str, decisions: str, reviewer: str) -> dict:
     return entry
 
 
+@task(name="pair-review-export", **LOCAL)
+def pair_review_export_task(preferences: str, root: str) -> str:
+    from data_curation.pair_review import export_pair_review
+
+    out = Path(root) / f"review-{Path(preferences).name}"
+    if not (out / "review.html").is_file():
+        export_pair_review(preferences, out)
+    get_run_logger().info(f"pair review page: {out / 'review.html'}")
+    return str(out / "review.html")
+
+
+@task(name="pair-review-import", **LOCAL)
+def pair_review_import_task(preferences: str, decisions: str, reviewer: str) -> dict:
+    from data_curation.pair_review import import_pair_review
+
+    e = import_pair_review(preferences, decisions, reviewer)
+    get_run_logger().info(f"pair review by {reviewer}: {e['flipped']} flipped, {e['rejected']} rejected; judge "
+                          f"disagreement so far {e['so_far']['judge_disagreement']}")
+    return e
+
+
 @task(name="preferences", **NETWORK)
 def preferences_task(dataset: str, prefs, root: str, compute: Compute) -> dict:
     from data_curation.preferences import build_preferences

@@ -40,6 +40,9 @@ class CheckpointRef(_Record):
     config_hash: str | None = None
     dataset: str | None = None
     stage: str | None = None
+    # what the data team's pair review found in the training pairs (pairs_reviewed, judge_wrong,
+    # judge_disagreement); None when they were not reviewed
+    pair_review: dict[str, Any] | None = None
 
 
 class EvalSetIdentity(_Record):
@@ -209,6 +212,10 @@ def markdown(report: ValidationReport, verdict: GateVerdict | None = None) -> st
            f"Checkpoint `{ck.path}` (sha256 `{ck.fingerprint[:16]}`), bases: "
            + ", ".join(f"`{b}`" for b in report.bases) + f"; methods: {', '.join(report.methods)}. "
            f"Figures are means with {int(round(100 * confidence))}% bootstrap intervals and the number of items.", ""]
+    if ck.pair_review and ck.pair_review.get("pairs_reviewed"):
+        r = ck.pair_review
+        out += [f"Training pairs reviewed by the data team: {r['pairs_reviewed']}; they found the preference judge "
+                f"wrong on {r['judge_wrong']} ({r['judge_disagreement']:.0%} judge disagreement).", ""]
     if verdict is not None:
         out += [f"## Gate: {'PASSED' if verdict.passed else 'FAILED'}", ""]
         out += [f"- {r}" for r in verdict.reasons] + [""]

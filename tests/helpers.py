@@ -264,3 +264,19 @@ def local_cfg(cache, judge_kind="reward_model", **kw):
 
 # small, quick training arguments for TRL
 FAST = {"max_steps": 4, "per_device_train_batch_size": 2, "max_length": 96, "save_steps": 2}
+
+
+# ------------------------------------------------------------------------------------------ review pages
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")  # Debian's; playwright downloads none
+
+
+def browser(p):
+    """Headless Chromium for a review page (a playwright sync_api instance `p`), asked not to call home."""
+    return p.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"])
+
+
+def cells(page, key: str) -> list[str]:
+    """The texts of column `key` in the rows a review page shows now."""
+    return page.locator(f'#rows tbody.item td[data-key="{key}"]').all_inner_texts()

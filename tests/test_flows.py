@@ -168,16 +168,28 @@ def test_approvals_pause_for_the_data_team_and_the_release_owner(prefect_api, tm
                                                                  pair_different):
     import pyarrow.parquet as pq
 
-    overrides = small(tmp_path) + ["approvals.curation.poll_s=1", "approvals.release.poll_s=1"]
+    overrides = small(tmp_path) + ["approvals.curation.poll_s=1", "approvals.preferences.poll_s=1",
+                                   "approvals.release.poll_s=1"]
     p = pilot_run(overrides, prefect_api)
     run_id = _wait_paused("curation")
     r = pilot_cli("approval", "list", api=prefect_api)
     assert run_id in r.stdout and "waits for: curation" in r.stdout
     (dataset,) = tmp_path.glob("demo/curate-*")
-    with open(next(tmp_path.glob("demo/review-*/review.csv")), newline="") as f:
+    with open(next(tmp_path.glob("demo/review-curate-*/review.csv")), newline="") as f:
         kept_ids = [r["id"] for r in csv.DictReader(f) if r["set"] == "kept"][:2]
     decisions = tmp_path / "decisions.csv"  # the data team's answers: two sampled prompts rejected
     decisions.write_text("id,decision,note\n" + "".join(f"{i},reject,off-topic\n" for i in kept_ids))
+    r = pilot_cli("approval", "approve", run_id, "--by", "data team", "--decisions", str(decisions), api=prefect_api)
+    assert r.returncode == 0, r.stderr
+
+    run_id = _wait_paused("preferences")  # the pairs, before anything trains on them
+    (prefs,) = [d for d in tmp_path.glob("demo/preferences-*") if d.is_dir()]  # not the call cache beside it
+    assert not list(tmp_path.glob("demo/train-*"))
+    with open(next(tmp_path.glob("demo/review-preferences-*/review.csv")), newline="") as f:
+        pairs = list(csv.DictReader(f))
+    flip, drop = pairs[0], pairs[1]
+    decisions = tmp_path / "pairs.csv"  # one pair flipped, one rejected with the judge marked wrong
+    decisions.write_text(f"id,decision,judge_wrong\n{flip['id']},flip,\n{drop['id']},reject,yes\n")
     r = pilot_cli("approval", "approve", run_id, "--by", "data team", "--decisions", str(decisions), api=prefect_api)
     assert r.returncode == 0, r.stderr
 
@@ -191,6 +203,22 @@ def test_approvals_pause_for_the_data_team_and_the_release_owner(prefect_api, tm
     excluded = pq.read_table(dataset / "excluded.parquet").to_pylist()
     assert sorted(r["id"] for r in excluded if r["stage"] == "review") == sorted(kept_ids)
     assert json.loads(next(tmp_path.glob("demo/approvals/curation-*.json")).read_text())["by"] == "data team"
+    # the trainer read the reviewed pairs: the flipped one flipped, the rejected one gone
+    from pilot_core.manifest import fingerprint
+    from training.data import load_split
+
+    split, data_fp = load_split(prefs, "dpo")
+    trained = {r["prompt"][-1]["content"]: r for r in split}
+    assert trained[flip["prompt"]]["chosen"][0]["content"] == flip["rejected"]
+    assert trained[flip["prompt"]]["rejected"][0]["content"] == flip["chosen"] and drop["prompt"] not in trained
+    (dpo_final,) = tmp_path.glob("demo/train-*/dpo/final")
+    assert json.loads((dpo_final / "manifest.json").read_text())["inputs"]["dataset"] == data_fp == \
+        fingerprint(prefs / "dataset")
+    (report,) = tmp_path.glob("demo/validation-*/report.json")
+    assert json.loads(report.read_text())["checkpoint"]["pair_review"] == {
+        "pairs_reviewed": 2, "judge_wrong": 2, "judge_disagreement": 1.0}
+    assert "Training pairs reviewed by the data team: 2; they found the preference judge wrong on 2 (100% judge " \
+        "disagreement)" in report.with_name("report.md").read_text()
 
     p = pilot_run(overrides, prefect_api)  # asks the owner again, not the data team
     run_id = _wait_paused("release")
@@ -199,5 +227,6 @@ def test_approvals_pause_for_the_data_team_and_the_release_owner(prefect_api, tm
     stdout, stderr = finish(p)
     assert p.returncode == 0, stderr[-3000:]
     assert "curation: approved earlier by data team" in stderr
+    assert "preferences: approved earlier by data team" in stderr
     release = json.loads((tmp_path / "registry" / "pilot-tiny" / "v1" / "release.json").read_text())
     assert release["sign_off"]["by"] == "owner" and release["sign_off"]["note"] == "ship it"

@@ -18,10 +18,7 @@ from pilot_core.errors import UserError
 from .helpers import GENERALIGN_CHATS as CHATS
 from .helpers import GENERALIGN_EVAL as EVAL
 from .helpers import GENERALIGN_PROMPTS as PROMPTS
-from .helpers import REPO
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
+from .helpers import CHROMIUM, REPO, browser, cells
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
@@ -54,7 +51,7 @@ def test_export_is_stratified(dataset, tmp_path):
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
-def test_review_page_sorts_in_headless_chromium(dataset, tmp_path):
+def test_review_page_filters_and_sorts_in_headless_chromium(dataset, tmp_path):
     from playwright.sync_api import sync_playwright
 
     export_review(dataset, tmp_path / "review", per_stratum=3, rejects_per_reason=2)
@@ -62,29 +59,84 @@ def test_review_page_sorts_in_headless_chromium(dataset, tmp_path):
     excluded = [x for x in rows if x["set"] == "excluded"]
     scores = sorted(float(x["score"]) for x in excluded if x["score"])
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        b = browser(p)
         try:
-            page = browser.new_page()
+            page = b.new_page()
             requests = []
             page.on("request", lambda r: requests.append(r.url))
             page.goto((tmp_path / "review" / "review.html").as_uri())
-            assert page.locator("#kept tbody tr").count() == sum(x["set"] == "kept" for x in rows)
-            assert page.locator("#excluded tbody tr").count() == len(excluded)
-            header = page.locator("#excluded th", has_text="score")
+            assert page.locator("#rows tbody.item").count() == len(rows)
+            assert page.locator("#progress").inner_text() == f"decided 0 / {len(rows)} sampled"
+            page.select_option("#filter-set", "excluded")
+            assert sorted(cells(page, "id")) == sorted(x["id"] for x in excluded)
+            header = page.locator('#head th[data-key="score"]')
             header.click()
-            first = page.locator("#excluded tbody tr").first.locator("td").nth(4).inner_text()
-            assert float(first) == scores[0]
+            assert float(cells(page, "score")[0]) == scores[0]
             header.click()
-            first = page.locator("#excluded tbody tr").first.locator("td").nth(4).inner_text()
-            assert float(first) == scores[-1]
-            page.locator("#kept th", has_text="id").click()
-            ids = page.locator("#kept tbody tr td:first-child").all_inner_texts()
+            assert float(cells(page, "score")[0]) == scores[-1]
+            page.select_option("#filter-set", "*")
+            page.locator('#head th[data-key="id"]').click()
+            ids = cells(page, "id")
             assert ids == sorted(ids, key=str.lower)
+            reason = excluded[0]["reason"]  # a reason filter and a text search narrow the rows to exactly these
+            page.select_option("#filter-reason", reason)
+            assert sorted(cells(page, "id")) == sorted(x["id"] for x in rows if x["reason"] == reason)
+            page.select_option("#filter-reason", "*")
+            word = rows[0]["text"].split()[0]
+            page.fill("#search", word)
+            assert sorted(cells(page, "id")) == sorted(x["id"] for x in rows if any(
+                word.lower() in str(v).lower() for k, v in x.items() if k not in ("decision", "note")))
             assert all(u.startswith("file://") for u in requests)  # self-contained: nothing fetched
         finally:
-            browser.close()
+            b.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_a_review_decided_in_the_page_imports(copy, tmp_path):
+    """Click and keyboard decisions, a whole stratum at once, a note, a reload that keeps them; the saved file
+    imports and moves exactly the rejected kept rows."""
+    from playwright.sync_api import sync_playwright
+
+    export_review(copy, tmp_path / "review", per_stratum=3, rejects_per_reason=1)
+    rows = list(csv.DictReader(open(tmp_path / "review" / "review.csv")))
+    with sync_playwright() as p:
+        b = browser(p)
+        try:
+            page = b.new_page()
+            page.goto((tmp_path / "review" / "review.html").as_uri())
+            page.select_option("#filter-set", "kept")
+            shown = cells(page, "id")
+            first = page.locator("#rows tbody.item").first
+            first.locator('button[data-decision="reject"]').click()
+            first.locator("input.note").fill("off-topic")
+            page.keyboard.press("Escape")
+            page.keyboard.press("j")  # the cursor is on the first row: move to the second, approve it, reject the next
+            page.keyboard.press("a")
+            page.keyboard.press("r")
+            page.select_option("#filter-set", "*")
+            page.select_option("#filter-stratum", index=1)  # one whole stratum (of rejects), rejected at once
+            whole = cells(page, "id")
+            page.click("#all-reject")
+            page.select_option("#filter-stratum", "*")
+            page.reload()  # decisions are kept in the browser as they are made
+            page.select_option("#filter-decision", "reject")
+            rejected = set(cells(page, "id"))
+            assert rejected == {shown[0], shown[2], *whole}
+            assert page.locator("#progress").inner_text() == f"decided {len(rejected) + 1} / {len(rows)} sampled"
+            with page.expect_download() as dl:
+                page.click("#save")
+            saved = tmp_path / "saved.csv"
+            dl.value.save_as(saved)
+        finally:
+            b.close()
+    got = {r["id"]: r for r in csv.DictReader(open(saved, newline=""))}
+    assert list(got) == [x["id"] for x in rows] and got[shown[0]]["note"] == "off-topic"
+    assert got[shown[1]]["decision"] == "approve"
+    kept_before = {r["id"] for r in pq.read_table(copy / "prompts.parquet").to_pylist()}
+    entry = import_review(copy, saved, "dana")
+    kept = {r["id"] for r in pq.read_table(copy / "prompts.parquet").to_pylist()}
+    assert kept_before - kept == rejected & kept_before and entry["approved"] == 1
+    assert entry["rejected"] == len(rejected & kept_before)
 
 
 def test_import_excludes_rejects_and_records_the_reviewer(copy, tmp_path):
@@ -159,15 +211,51 @@ def test_review_page_shows_markup_in_prompts_as_text(tmp_path):
     curate(quick_config((str(src),), (), None, None), output=str(tmp_path / "v1"), progress=False)
     export_review(tmp_path / "v1", tmp_path / "review", per_stratum=100)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        b = browser(p)
         try:
-            page = browser.new_page()
+            page = b.new_page()
             page.goto((tmp_path / "review" / "review.html").as_uri())
             page.wait_for_timeout(300)
-            texts = page.locator("#kept tbody tr").all_inner_texts()
+            texts = page.locator("#rows tbody.item").all_inner_texts()
             assert page.evaluate("window.pwned") is None
             assert any("<script>window.pwned = 1</script>" in t for t in texts), texts
             assert any('<img src=x onerror="window.pwned = 2">' in t for t in texts), texts
-            assert page.locator("#kept img").count() == 0 and page.locator("#kept script").count() == 0
+            assert page.locator("#rows img").count() == 0 and page.locator("#rows script").count() == 0
         finally:
-            browser.close()
+            b.close()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_a_large_review_is_paged(tmp_path):
+    """5,000 sampled rows: one page of them in the document at a time; filters, the keyboard and the progress
+    work over all of them (bench/review_page.py times it)."""
+    from playwright.sync_api import sync_playwright
+
+    from data_curation.review import _page
+    from data_curation.review_page import PAGE_ROWS
+
+    rows = [{"id": f"s:{i}", "set": "kept", "source": f"src-{i % 10}", "category": "advice", "stage": "",
+             "reason": "", "score": "", "harm_tags": "violence" if i % 7 == 0 else "", "pii": "",
+             "text": f"prompt number {i}", "decision": "", "note": "", "stratum": f"kept: src-{i % 10} / advice"}
+            for i in range(5000)]
+    (tmp_path / "big.html").write_text(_page("big", rows, "fp"), encoding="utf-8")
+    with sync_playwright() as p:
+        b = browser(p)
+        try:
+            page = b.new_page()
+            page.goto((tmp_path / "big.html").as_uri())
+            assert page.locator("#rows tbody.item").count() == PAGE_ROWS
+            assert page.locator("#page-info").inner_text() == f"page 1 of {5000 // PAGE_ROWS} (5000 matching)"
+            page.select_option("#filter-harm_tags", "violence")
+            n = sum(1 for r in rows if r["harm_tags"])
+            assert page.locator("#page-info").inner_text().endswith(f"({n} matching)")
+            page.click("#all-reject")
+            page.select_option("#filter-harm_tags", "*")
+            for _ in range(PAGE_ROWS):  # the keyboard walks off the first page onto the second
+                page.keyboard.press("j")
+            page.keyboard.press("a")
+            assert page.locator("#page-info").inner_text().startswith("page 2 of")
+            assert page.locator("#progress").inner_text() == f"decided {n + 1} / 5000 sampled"
+            assert cells(page, "id")[0] == f"s:{PAGE_ROWS}"
+        finally:
+            b.close()
