@@ -27,15 +27,34 @@ class SourceConfig(BaseConfig):
 
     name: str
     kind: Literal["jsonl", "parquet", "csv", "hf"] = "jsonl"
-    path: str = Field(description="a file; for kind hf a `save_to_disk` directory or a hub dataset id")
+    path: str = Field(description="a file; for kind hf a hub dataset id, a local directory laid out like one, a "
+                      "`save_to_disk` directory, or a builder (json, parquet, csv) with data_files")
+    format: Literal["hh-rlhf", "ultrafeedback", "ultrafeedback-binarized", "sharegpt", "alpaca", "arena-hard",
+                    "trl"] | None = Field(None, description="an upstream format by name (data_curation/formats.py): "
+                                          "its columns are read as that dataset defines them; null: `columns`")
+    subset: str | None = Field(None, description="kind hf: the dataset's configuration (the hub's subset; `name` "
+                                  "in datasets.load_dataset)")
+    data_dir: str | None = Field(None, description="kind hf: a directory inside the dataset (e.g. hh-rlhf's "
+                                 "harmless-base)")
+    data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
+        None, description="kind hf: files inside the dataset, or local files for a builder path (json, parquet)")
     split: str = Field("train", description="kind hf: the split to read")
     revision: str | None = Field(None, description="kind hf, a hub dataset: the commit to read; pin one in "
                                  "production, or a changed upstream is silently used")
-    columns: Columns = Columns()
+    columns: Columns = Field(Columns(), description="the column mapping of a source without `format`")
     cap: int | None = Field(None, ge=1, description="read at most this many rows (a seeded sample, not the first N)")
     weight: float = Field(1.0, gt=0, description="share of the mix when mix.total is set")
 
     _name = field_validator("name")(config_name("source name"))
+
+    @model_validator(mode="after")
+    def _format_or_columns(self) -> "SourceConfig":
+        if self.format and "columns" in self.model_fields_set:
+            raise ValueError(f"source {self.name}: give format or columns, not both (format {self.format} "
+                             "names its own columns)")
+        if self.kind != "hf" and (self.subset or self.data_dir or self.data_files):
+            raise ValueError(f"source {self.name}: subset, data_dir and data_files are for kind hf")
+        return self
 
 
 class LengthFilter(BaseConfig):
@@ -87,6 +106,9 @@ class DedupConfig(BaseConfig):
 class DecontamConfig(BaseConfig):
     reference_sets: list[str] = Field([], description="JSONL prompt files that must never leak into training "
                                       "(benchmarks, the validation and eval sets)")
+    validation_sets: bool = Field(True, description="in a pipeline: every eval set its validation section names is "
+                                  "a reference set too (added to reference_sets), so nothing it is validated on can "
+                                  "leak into what it trains on")
     ngram: int = Field(8, ge=3, description="word n-grams compared")
     max_overlap: float = Field(0.5, gt=0, le=1, description="drop a row when this share of its n-grams (or, for "
                                "rows shorter than ngram words, its whole text) appears in a reference set")

@@ -63,6 +63,9 @@ def _judge_view(cfg: dict, pair: dict, responses: list[dict], judgments: list[di
     """What the judge said about this pair: verdict (chosen / rejected / tie, in the pair's terms), agreement of
     the two orders, rationale, rubric."""
     judge = cfg["judge"]
+    if pair.get("origin") == "labelled":  # the source's own label: no judge saw it
+        return {"verdict": "labelled", "agreement": "", "rationale": f"labelled by source {pair['generator_chosen']}",
+                "rubric": ""}
 
     def k_of(side: str):
         text = pair[side][0]["content"]
@@ -184,7 +187,8 @@ def import_pair_review(dataset: str | Path, decisions: str | Path, reviewer: str
         if (pair.get("review") == "flip") != (r["decision"] == "flip"):
             pair.update(_judged_orientation({**pair, "review": "flip"}) if r["decision"] == "flip"
                         else _judged_orientation(pair))
-            pair["margin"] = pair["score_chosen"] - pair["score_rejected"]
+            if pair.get("margin") is not None:
+                pair["margin"] = pair["score_chosen"] - pair["score_rejected"]
         pair.update(review=r["decision"], reviewer=reviewer, reviewed_at=at, review_note=r["note"],
                     judge_wrong=r["judge_wrong"] or r["decision"] == "flip")
     rejected = [pairs.pop(r["id"]) for r in rows if r["decision"] == "reject" and r["id"] in pairs]

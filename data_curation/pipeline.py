@@ -68,6 +68,9 @@ def load_and_score(cfg: CurationConfig, progress: bool = True):
         read[src.name] = len(kept) + len(dropped)
         rows += kept
         excluded += dropped
+    if not any(r["labelled_pair"] for r in rows):  # the column only where some source labels pairs
+        for r in rows:
+            del r["labelled_pair"]
     if not rows:
         raise UserError("no usable rows in any source (see the load-stage reasons: "
                         + ", ".join(f"{k} x{v}" for k, v in Counter(r["reason"] for r in excluded).items()) + ")")

@@ -193,8 +193,26 @@ def _pairs(cfg, prompts, cands: list[list[Candidate]], scores):
                     "chosen": [{"role": "assistant", "content": best.text}],
                     "rejected": [{"role": "assistant", "content": worst.text}],
                     "score_chosen": score[best.k], "score_rejected": score[worst.k],
-                    "margin": margin, "generator_chosen": best.generator, "generator_rejected": worst.generator})
+                    "margin": margin, "generator_chosen": best.generator, "generator_rejected": worst.generator,
+                    "origin": "generated"})
     return sft, dpo, skipped
+
+
+def labelled_pairs(prompts: list[dict]) -> list[dict]:
+    """The pairs the sources labelled (curation's `labelled_pair`), as dpo rows; id `<prompt id>:labelled`, so a
+    prompt may have a generated pair beside it."""
+    out = []
+    for row in prompts:
+        p = row.get("labelled_pair")
+        if not p:
+            continue
+        sc, sr = p.get("score_chosen"), p.get("score_rejected")
+        out.append({"id": f"{row['id']}:labelled", "category": row["category"], "prompt": row["messages"],
+                    "chosen": [{"role": "assistant", "content": p["chosen"]}],
+                    "rejected": [{"role": "assistant", "content": p["rejected"]}], "score_chosen": sc,
+                    "score_rejected": sr, "margin": None if sc is None or sr is None else sc - sr,
+                    "generator_chosen": row["source"], "generator_rejected": row["source"], "origin": "labelled"})
+    return out
 
 
 def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str | Path, overwrite: bool = False,
@@ -211,6 +229,8 @@ def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str |
         raise UserError(f"{output} already exists; choose another --output")
     kept_t, excl_t = pq.read_table(dataset / "prompts.parquet"), pq.read_table(dataset / "excluded.parquet")
     prompts = kept_t.select(["id", "messages", "category"]).to_pylist()
+    labelled = labelled_pairs(kept_t.select(["id", "messages", "category", "source", "labelled_pair"]).to_pylist()
+                              ) if cfg.labelled_pairs and "labelled_pair" in kept_t.column_names else []
     cache = ResponseCache(cfg.cache or output.with_name(output.name + ".cache.sqlite"))
     reward = None
     if cfg.judge.kind == "reward_model":
@@ -250,6 +270,7 @@ def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str |
         cache.close()
     scores, judgments = _scores(cfg, prompts, cands, jcalls, jgot, reward)
     sft, dpo, skipped = _pairs(cfg, prompts, cands, scores)
+    dpo += labelled
     responses = [{"id": row["id"], **asdict(c), "score": scores[p][c.k]}
                  for p, row in enumerate(prompts) for c in cands[p]]
     prices = {g.name: g.price for g in cfg.generators} | {cfg.judge.name: cfg.judge.price}
@@ -258,6 +279,7 @@ def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str |
              for who, st in stats.items()}
     counts = {"prompts": len(prompts), "responses": len(responses),
               "response_failures": sum(1 for r in responses if r["error"]), "sft": len(sft), "dpo": len(dpo),
+              "dpo_labelled": len(labelled),
               "skipped": {r: sum(1 for x in skipped if x["reason"] == r) for r in {x["reason"] for x in skipped}},
               "judgments": {s: sum(1 for j in judgments if j.status == s) for s in {j.status for j in judgments}}}
     manifest = Manifest(kind="dataset", config_hash=config_hash(cfg), config=cfg.model_dump(mode="json"),
@@ -279,7 +301,8 @@ def _card(cfg: PreferencesConfig, counts: dict, usage: dict) -> str:
              f"Generators: {', '.join(f'{g.name} ({g.samples} per prompt, T={g.temperature})' for g in cfg.generators)}"
              f". Judge: {cfg.judge.name} ({cfg.judge.kind}, rubric {cfg.judge.rubric_version}"
              f"{', both orders' if cfg.judge.kind == 'pairwise' and cfg.judge.both_orders else ''}).", "",
-             f"{counts['sft']} SFT rows and {counts['dpo']} preference pairs from {counts['prompts']} prompts; "
+             f"{counts['sft']} SFT rows and {counts['dpo']} preference pairs ({counts['dpo_labelled']} of them "
+             f"labelled by the sources) from {counts['prompts']} prompts; "
              f"{counts['response_failures']} failed responses; judgments by status: {counts['judgments']}; "
              f"prompts without a pair: {counts['skipped']}.", "",
              "| model | requests | cache hits | failures | prompt tokens | completion tokens | cost (USD) |",

@@ -64,6 +64,9 @@ class PreferencesConfig(BaseConfig):
         description="curated category -> rubric (any other category: helpful)")
     client: ClientConfig = ClientConfig()
     pairs: PairConfig = PairConfig()
+    labelled_pairs: bool = Field(True, description="pairs a source already labels (format hh-rlhf, "
+                                 "ultrafeedback-binarized, trl with chosen/rejected) join the dpo split beside the "
+                                 "generated ones, with origin `labelled` and the source as their generator")
 
     @model_validator(mode="after")
     def _unique(self) -> "PreferencesConfig":

@@ -71,14 +71,15 @@ def curate(cfg: CurationConfig, output: str | None = None, previous: list[str] |
     d = decide(cfg, table, prev, progress)
     keep_idx = [i for i, x in enumerate(d.drops) if x is None]
     drop_idx = [i for i, x in enumerate(d.drops) if x is not None]
-    kept = table.select(list(KEPT_COLUMNS)).take(pa.array(keep_idx, pa.int64()))
-    scored_drops = table.select(list(KEPT_COLUMNS)).take(pa.array(drop_idx, pa.int64()))
+    columns = [*KEPT_COLUMNS, *(["labelled_pair"] if "labelled_pair" in table.column_names else [])]
+    kept = table.select(columns).take(pa.array(keep_idx, pa.int64()))
+    scored_drops = table.select(columns).take(pa.array(drop_idx, pa.int64()))
     for name in DROP_COLUMNS:
         typ = pa.float64() if name == "score" else pa.string()
         scored_drops = scored_drops.append_column(name, pa.array([getattr(d.drops[i], name) for i in drop_idx], typ))
     loaded = pa.Table.from_pylist([{k: r.get(k) for k in EXCLUDED_KEYS} for r in load_drops],
                                   schema=pa.schema([(k, scored_drops.schema.field(k).type) for k in EXCLUDED_KEYS]))
-    excluded = pa.concat_tables([scored_drops.select(list(EXCLUDED_KEYS) + list(KEPT_COLUMNS[len(ROW_KEYS):])),
+    excluded = pa.concat_tables([scored_drops.select(list(EXCLUDED_KEYS) + columns[len(ROW_KEYS):]),
                                  loaded], promote_options="default")
 
     counts = _counts(cfg, read, kept, excluded, d, prev)

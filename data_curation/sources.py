@@ -1,7 +1,9 @@
 """Read sources into rows with provenance. Per-row problems (malformed JSON, no prompt, bad turns, a huge prompt)
 become excluded rows with a reason; problems with the whole source (missing file or column, empty, not UTF-8)
 are one UserError naming the file. Rows: id ("source:original id"), source, source_id, source_fingerprint,
-messages (a list of {role, content}, trailing assistant turns removed), category_given, row (1-based)."""
+messages (a list of {role, content}, trailing assistant turns removed), category_given, row (1-based), and
+labelled_pair ({chosen, rejected, score_chosen, score_rejected} or None) when a source's format labels pairs.
+A source is read by its upstream format (`format:`, data_curation.formats) or by its column mapping."""
 
 from __future__ import annotations
 
@@ -12,13 +14,10 @@ from pathlib import Path
 
 from data_curation.config import SourceConfig
 from data_curation.decision import ROW_KEYS, Drop
+from data_curation.formats import FORMATS, Parsed, turns
 from pilot_core.errors import UserError
 from pilot_core.jsonl import iter_jsonl
 from pilot_core.manifest import fingerprint
-
-ROLES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "bot": "assistant",
-         "model": "assistant", "system": "system"}
-
 
 def _table(src: SourceConfig, path: Path) -> tuple[list[str], Iterator[tuple[int, dict | None, str | None]]]:
     """(column names, rows) of a columnar source."""
@@ -48,10 +47,11 @@ def _hf_table(src: SourceConfig):
     import datasets
 
     try:
-        if Path(src.path).is_dir():
-            ds = datasets.load_from_disk(src.path)
-        else:
-            ds = datasets.load_dataset(src.path, split=src.split, revision=src.revision)
+        if (Path(src.path) / "dataset_dict.json").is_file() or (Path(src.path) / "dataset_info.json").is_file():
+            ds = datasets.load_from_disk(src.path)  # a save_to_disk directory
+        else:  # a hub id, or a local directory laid out like a hub repository
+            ds = datasets.load_dataset(src.path, src.subset, data_dir=src.data_dir, data_files=src.data_files,
+                                       split=src.split, revision=src.revision)
     except Exception as e:  # offline hub, missing dir, foreign format
         raise UserError(f"source {src.name}: cannot load dataset {src.path!r}: {str(e).splitlines()[0]}") from None
     if isinstance(ds, datasets.DatasetDict):
@@ -61,38 +61,40 @@ def _hf_table(src: SourceConfig):
     return ds.data.table
 
 
-def _messages(row: dict, src: SourceConfig) -> tuple[list[dict] | None, str | None]:
-    """The row's turns: the messages column where the row has it, else the prompt column."""
+def _messages(row: dict, src: SourceConfig) -> Parsed:
+    """The row's turns (and labelled pair): by the source's format, or the messages column where the row has it,
+    else the prompt column."""
     c = src.columns
-    if c.messages and row.get(c.messages) is not None:
-        turns = row[c.messages]
-        if isinstance(turns, str):
+    if src.format:
+        parsed = FORMATS[src.format].parse(row)
+        if parsed.messages is None:
+            return parsed
+        out = parsed.messages
+    elif c.messages and row.get(c.messages) is not None:
+        value = row[c.messages]
+        if isinstance(value, str):
             try:
-                turns = json.loads(turns)
+                value = json.loads(value)
             except ValueError:
-                return None, "bad_messages: not a list of turns"
-        if not isinstance(turns, list) or not turns:
-            return None, "bad_messages: not a list of turns"
-        out = []
-        for t in turns:
-            if not isinstance(t, dict):
-                return None, "bad_messages: a turn is not an object"
-            role, content = t.get("role", t.get("from")), t.get("content", t.get("value"))
-            if role not in ROLES or not isinstance(content, str):
-                return None, f"bad_messages: turn with role {role!r} and content of type {type(content).__name__}"
-            out.append({"role": ROLES[role], "content": content})
+                return Parsed(None, "bad_messages: not a list of turns")
+        out, problem = turns(value)
+        if problem:
+            return Parsed(None, problem)
+        parsed = Parsed(out)
     else:
         value = row.get(c.prompt) if c.prompt else None
         if not isinstance(value, str) or not value.strip():
-            return None, "missing_prompt"
+            return Parsed(None, "missing_prompt")
         out = [{"role": "user", "content": value}]
+        parsed = Parsed(out)
+    out = list(out)
     if c.system and isinstance(row.get(c.system), str) and row[c.system].strip() and out[0]["role"] != "system":
         out.insert(0, {"role": "system", "content": row[c.system]})
     while out and out[-1]["role"] == "assistant":  # a prompt set: responses are generated later
         out.pop()
     if not any(t["role"] == "user" for t in out):
-        return None, "no_user_turn"
-    return out, None
+        return Parsed(None, "no_user_turn")
+    return Parsed(out, None, parsed.chosen, parsed.rejected, parsed.score_chosen, parsed.score_rejected)
 
 
 def source_fingerprint(src: SourceConfig) -> str:
@@ -110,25 +112,31 @@ def read_source(src: SourceConfig, max_chars: int, seed: int) -> tuple[list[dict
         if path.stat().st_size == 0:
             raise UserError(f"source {src.name}: {path} is empty")
     fp = source_fingerprint(src)
-    c = src.columns
-    wanted = [col for col in (c.messages, c.prompt) if col]
-    if not wanted:
+    c, fmt = src.columns, FORMATS.get(src.format or "")
+    wanted = list(fmt.columns) if fmt else [col for col in (c.messages, c.prompt) if col]
+    id_col = fmt.id if fmt else c.id
+    if not wanted and not fmt:
         raise UserError(f"source {src.name}: columns: give prompt or messages")
     if src.kind == "jsonl":  # a line that is not a JSON object is an excluded row, not an error
         names = None
         rows = ((n, obj, problem and f"malformed_json: {problem}") for n, obj, problem in iter_jsonl(path, "source"))
     else:
         names, rows = _table(src, path)
-        missing = [col for col in (c.id, c.system, c.category) if col and col not in names]
-        if not any(col in names for col in wanted):
-            missing.insert(0, " or ".join(wanted))
+        if fmt:  # the format's columns, all of them; its id column where the table has one
+            missing = [col for col in wanted if col not in names]
+            id_col = id_col if id_col in names else None
+        else:
+            missing = [col for col in (c.id, c.system, c.category) if col and col not in names]
+            if not any(col in names for col in wanted):
+                missing.insert(0, " or ".join(wanted))
         if missing:
             raise UserError(f"source {src.name}: {path}: column {missing[0]!r} not found "
-                            f"(columns: {', '.join(names)})")
+                            f"(columns: {', '.join(names)})" + (f"; format {fmt.name} reads {', '.join(wanted)}"
+                                                                 if fmt else ""))
     kept, excluded, seen, saw_column, n_rows = [], [], set(), False, 0
     for n, obj, problem in rows:
         n_rows += 1
-        sid = str(obj.get(c.id)) if obj is not None and c.id and obj.get(c.id) is not None else f"row{n}"
+        sid = str(obj.get(id_col)) if obj is not None and id_col and obj.get(id_col) is not None else f"row{n}"
         base = {"id": f"{src.name}:{sid}", "source": src.name, "source_id": sid, "row": n}
 
         def drop(problem: str, score: float | None = None) -> None:
@@ -138,27 +146,33 @@ def read_source(src: SourceConfig, max_chars: int, seed: int) -> tuple[list[dict
         if problem:
             drop(problem)
             continue
-        saw_column = saw_column or any(col in obj for col in wanted)
+        saw_column = saw_column or not wanted or any(col in obj for col in wanted)
         if sid in seen:
             drop("duplicate_id")
             continue
         seen.add(sid)
-        msgs, problem = _messages(obj, src)
-        if problem:
-            drop(problem)
+        parsed = _messages(obj, src)
+        if parsed.problem:
+            drop(parsed.problem)
             continue
+        msgs = parsed.messages
         chars = sum(len(t["content"]) for t in msgs)
         if chars > max_chars:
             drop("too_long_chars", float(chars))
             continue
-        cat = obj.get(c.category) if c.category else None
+        cat = obj.get(c.category) if c.category and not fmt else None
+        pair = None
+        if parsed.chosen is not None and parsed.rejected is not None:
+            pair = {"chosen": parsed.chosen, "rejected": parsed.rejected, "score_chosen": parsed.score_chosen,
+                    "score_rejected": parsed.score_rejected}
         kept.append({**base, "source_fingerprint": fp[:16], "messages": msgs,
-                     "category_given": str(cat) if cat not in (None, "") else None})
+                     "category_given": str(cat) if cat not in (None, "") else None, "labelled_pair": pair})
     if n_rows == 0:
         raise UserError(f"source {src.name}: {path} has no rows")
     if names is None and not saw_column:
         raise UserError(f"source {src.name}: {path}: no row has the column {' or '.join(wanted)!r} "
-                        f"(set sources[].columns to the file's keys)")
+                        + (f"(format {fmt.name} reads {', '.join(wanted)})" if fmt
+                           else "(set sources[].columns to the file's keys)"))
     if src.cap is not None and len(kept) > src.cap:
         kept, over = _sample(kept, src.cap, seed)
         excluded += [{**{k: r[k] for k in ROW_KEYS}, **Drop("load", "over_cap", detail=f"cap {src.cap}").columns()}

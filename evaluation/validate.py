@@ -157,7 +157,8 @@ def _aggregate(spec, sets, bases, rows) -> tuple[dict, dict]:
         cell = {}
         for metric, field in METRIC_FIELDS.items():
             if any(field in r for r in rs):
-                cell[metric] = Stat(**mean_ci([r.get(field) for r in rs], b, conf, seed))
+                cell[metric] = Stat(**mean_ci([r.get(field) for r in rs], b, conf, seed),
+                                    items=sum(field in r for r in rs))
         metrics.setdefault(base, {}).setdefault(method, {})[s] = cell
     tax: dict = {}
     for es, _ in sets:

@@ -27,7 +27,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from flows import artifacts
-from flows.pipeline_config import PipelineConfig, check_inputs
+from flows.pipeline_config import PipelineConfig, check_inputs, curation_config
 from flows.tasks import (curate_task, gate_task, pair_review_export_task, pair_review_import_task, preferences_task,
                          publish_task, review_export_task, review_import_task, train_task, validate_task, wsd_task)
 from pilot_core.models.source import ModelSource
@@ -45,10 +45,7 @@ def curation_flow(cfg: PipelineConfig) -> dict:
     """GenerAlign prompts from the configured sources, a review page for the data team, and (when configured)
     their approval before anything is trained on the subset."""
     root = run_root(cfg)
-    cur = cfg.curation
-    if cur.tokenizer is None and not cfg.pilot.url:  # prompt lengths under the pilot's own chat template
-        cur = cur.model_copy(update={"tokenizer": cfg.pilot})
-    s = curate_task(cur, root)
+    s = curate_task(curation_config(cfg), root)  # decontaminated against the validation's eval sets too
     page = review_export_task(s["output"], root)
     artifacts.curation(cfg.name, s, page)
     if cfg.approvals.curation is not None:

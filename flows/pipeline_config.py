@@ -83,6 +83,25 @@ class PipelineConfig(BaseConfig):
         return self
 
 
+def curation_config(cfg: PipelineConfig) -> CurationConfig:
+    """The curation as the pipeline runs it: prompt lengths under the pilot's own chat template (unless the
+    curation names a tokenizer), and every eval set the validation names a decontamination reference set (unless
+    decontamination.validation_sets is off)."""
+    from pathlib import Path
+
+    cur = cfg.curation
+    if cur.tokenizer is None and not cfg.pilot.url:
+        cur = cur.model_copy(update={"tokenizer": cfg.pilot})
+    d = cur.decontamination
+    if d.validation_sets and cfg.validation is not None:
+        have = {Path(r).resolve() for r in d.reference_sets}
+        extra = [es.path for es in cfg.validation.eval_sets if Path(es.path).resolve() not in have]
+        if extra:
+            cur = cur.model_copy(update={"decontamination": d.model_copy(update={
+                "reference_sets": [*d.reference_sets, *dict.fromkeys(extra)]})})
+    return cur
+
+
 def check_inputs(cfg: PipelineConfig) -> None:
     """Read the prompt and eval files the run will need at its end, and the pilot's training template, now: a
     bad line or a template that cannot train is one error before hours of curation, not after."""
@@ -95,7 +114,7 @@ def check_inputs(cfg: PipelineConfig) -> None:
     load_prompts(cfg.prompts)
     cfg.compute.resolve()  # a GPU asked for on a machine without one
     if cfg.curation:
-        check_curation_inputs(cfg.curation)
+        check_curation_inputs(curation_config(cfg))
     if cfg.training and cfg.pilot.path and (is_local(cfg.pilot.path) or not is_offline_mode()):  # tiny: marked
         from training.train import pilot_template
 

@@ -32,6 +32,9 @@ class Stat(_Record):
     ci_high: float | None
     n: int
     confidence: float | None = None
+    # the items the metric was asked of: n / items is the judged coverage (a verdict that failed or did not parse
+    # leaves an item unjudged); None in reports written before it was recorded
+    items: int | None = None
 
 
 class CheckpointRef(_Record):
@@ -129,7 +132,7 @@ class GateCheck(_Record):
     base: str
     metric: str
     set: str
-    check: Literal["measured", "floor", "min_gain", "max_regression", "alignment_tax"]
+    check: Literal["measured", "floor", "min_gain", "max_regression", "alignment_tax", "judge_coverage"]
     value: float | None
     limit: float | None
     passed: bool

@@ -41,6 +41,9 @@ class GateConfig(BaseConfig):
     alignment_tax: TaxRule | None = None
     eval_sets: dict[str, str] = Field(default_factory=dict, description="eval set -> the version the thresholds "
                                       "were set for; a report on another version is refused")
+    min_judge_coverage: float = Field(0.95, ge=0, le=1, description="a gated figure (and the base-only figure it "
+                                      "is compared with) must have a verdict for at least this share of its items: "
+                                      "a judge whose verdicts fail or do not parse cannot pass the gate on the rest")
 
     @field_validator("metrics")
     @classmethod
@@ -91,6 +94,16 @@ def _check(base, metric, s, kind, value, limit, ok, text) -> GateCheck:
     return GateCheck(base=base, metric=metric, set=s, check=kind, value=value, limit=limit, passed=ok, reason=text)
 
 
+def _coverage(base: str, metric: str, s: str, stat: Stat, floor: float, label: str) -> GateCheck | None:
+    """A check where some items of a figure went unjudged (None when all were, or the report predates items)."""
+    if not stat.items or stat.n >= stat.items:
+        return None
+    cov = stat.n / stat.items
+    return _check(base, metric, s, "judge_coverage", cov, floor, cov >= floor,
+                  f"{label}: judged {stat.n} of {stat.items} items ({cov:.1%}) {'>=' if cov >= floor else '<'} "
+                  f"coverage floor {floor:.0%}")
+
+
 def _base_checks(base: str, cand: ValidationReport, champ: ValidationReport | None, gate: GateConfig) -> list:
     m = gate.method
     mine = cand.cells(base, m)
@@ -103,6 +116,12 @@ def _base_checks(base: str, cand: ValidationReport, champ: ValidationReport | No
                 continue
             v = _value(cell[metric], rule.use)
             label = f"{base}/{s}: {metric} ({rule.use})"
+            ref_stat = ref.get(s, {}).get(metric) if rule.min_gain is not None else None
+            for who, st in ((f"{base}/{s}: {metric}", cell[metric]),
+                            (f"{base}/{s}: {metric} of {cand.reference_method}", ref_stat)):
+                c = st and _coverage(base, metric, s, st, gate.min_judge_coverage, who)
+                if c is not None:
+                    out.append(c)
             if v is None:
                 out.append(_check(base, metric, s, "measured", None, None, False, f"{label} was not measured "
                                   "(no judged items)"))

@@ -146,3 +146,23 @@ def test_validation_runs_the_methods_the_registry_allows(tmp_path):
         else:
             with pytest.raises(UserError, match=f"method '{methods[-1]}' {why}"):
                 load_config(ValidationConfig, p)
+
+
+def test_the_pipeline_decontaminates_against_what_it_validates_on():
+    """Every validation eval set is a decontamination reference of the curation that feeds it (once), unless
+    decontamination.validation_sets is off; the production recipe's benchmarks are among them."""
+    from flows.pipeline_config import curation_config
+
+    cfg = load_config(PipelineConfig, REPO / "configs/pipeline/pilot-3b.yaml")
+    refs = curation_config(cfg).decontamination.reference_sets
+    assert [es.path for es in cfg.validation.eval_sets if es.path not in refs] == []
+    assert "data/eval/gsm8k/test.jsonl" in refs and refs[0] == "data/demo/prompts.jsonl"
+    demo = load_config(PipelineConfig, REPO / "configs/pipeline/demo.yaml",
+                       ["curation.decontamination.reference_sets=[data/demo/world-prompts.jsonl]"])
+    refs = curation_config(demo).decontamination.reference_sets
+    assert refs == ["data/demo/world-prompts.jsonl", *(es.path for es in demo.validation.eval_sets)]
+    off = load_config(PipelineConfig, REPO / "configs/pipeline/demo.yaml",
+                      ["curation.decontamination.reference_sets=[data/demo/world-prompts.jsonl]",
+                       "curation.decontamination.validation_sets=false"])
+    assert curation_config(off).decontamination.reference_sets == ["data/demo/world-prompts.jsonl"]
+    assert curation_config(off).tokenizer == off.pilot  # lengths under the pilot's template

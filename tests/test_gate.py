@@ -121,3 +121,23 @@ def test_pure_function():
     before = copy.deepcopy((cand, champ))
     assert decide(cand, champ, g) == decide(cand, champ, g)
     assert (cand, champ) == before
+
+
+def test_a_judge_whose_verdicts_do_not_parse_fails_the_gate_on_coverage():
+    """Win rate 0.6 on the 3 of 20 items whose verdicts parsed is not a pass: the coverage is in the reasons."""
+    r = report()
+    for b in ("b1", "b2"):
+        r.metrics[b]["wsd"]["alignment"]["win_rate"] = Stat(**stat(0.6, n=3), items=20)
+    g = gate(metrics={"win_rate": {"floor": 0.5}})
+    v = decide(r, None, g)
+    assert not v.passed and {c.check for c in failing(v)} == {"judge_coverage"}
+    assert "FAIL b1/alignment: win_rate: judged 3 of 20 items (15.0%) < coverage floor 95%" in v.reasons
+    r.metrics["b1"]["wsd"]["alignment"]["win_rate"] = Stat(**stat(0.6, n=19), items=20)  # 95%: enough
+    r.metrics["b2"]["wsd"]["alignment"]["win_rate"] = Stat(**stat(0.6, n=20), items=20)
+    v = decide(r, None, g)
+    assert v.passed and "ok   b1/alignment: win_rate: judged 19 of 20 items (95.0%) >= coverage floor 95%" in v.reasons
+    # the base-only figure a gain is measured against needs its verdicts too
+    r.metrics["b1"]["base_only"]["alignment"]["reward"] = Stat(**stat(0.5, n=10), items=20)
+    v = decide(r, None, gate(min_judge_coverage=0.9))
+    assert v.failing_bases == ["b1"] and "judged 10 of 20 items (50.0%) < coverage floor 90%" in " ".join(v.reasons)
+    assert "reward of base_only" in " ".join(v.reasons)
