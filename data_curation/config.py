@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from pilot_core.config import BaseConfig
+from pilot_core.hub_data import HubData
 from pilot_core.models.source import ModelSource
 from pilot_core.names import check_unique, config_name
 
@@ -103,15 +104,52 @@ class DedupConfig(BaseConfig):
         "version under output_dir/name/")
 
 
+class BenchmarkRef(BaseConfig):
+    """A benchmark in its upstream columns, read as validation reads it (pilot_core/benchmarks.py)."""
+
+    format: Literal["gsm8k", "mmlu", "humaneval", "alpaca_eval", "arena_hard", "advbench", "harmbench"]
+    path: str | None = Field(None, description="a local JSONL, JSON or Parquet file")
+    hub: HubData | None = Field(None, description="or read with datasets.load_dataset")
+
+    @model_validator(mode="after")
+    def _one(self) -> "BenchmarkRef":
+        if (self.path is None) == (self.hub is None):
+            raise ValueError(f"benchmark {self.format}: give path or hub")
+        return self
+
+
 class DecontamConfig(BaseConfig):
     reference_sets: list[str] = Field([], description="JSONL prompt files that must never leak into training "
                                       "(benchmarks, the validation and eval sets)")
+    benchmarks: list[BenchmarkRef] = Field([], description="benchmarks in their upstream columns (a local file or "
+                                           "the hub), e.g. {format: gsm8k, hub: {path: openai/gsm8k, subset: main, "
+                                           "split: test, revision: ...}}")
     validation_sets: bool = Field(True, description="in a pipeline: every eval set its validation section names is "
                                   "a reference set too (added to reference_sets), so nothing it is validated on can "
                                   "leak into what it trains on")
     ngram: int = Field(8, ge=3, description="word n-grams compared")
     max_overlap: float = Field(0.5, gt=0, le=1, description="drop a row when this share of its n-grams (or, for "
                                "rows shorter than ngram words, its whole text) appears in a reference set")
+
+
+class TaggingConfig(BaseConfig):
+    """Who fills `harm_tags` (data_curation/tagging.py): the rules, or a text-classification model."""
+
+    kind: Literal["rules", "classifier"] = "rules"
+    model: ModelSource | None = Field(None, description="classifier: a transformers sequence-classification model")
+    labels: dict[str, str] = Field({}, description="classifier: model label -> harm tag (a label left out, such as "
+                                   "safe, tags nothing)")
+    threshold: float = Field(0.5, gt=0, lt=1, description="classifier: a label tags a text from this probability")
+    batch_size: int = Field(32, ge=1)
+    labelled_set: str | None = Field("harm-labelled.v1", description="JSONL of {id, prompt, harmful, tags} the "
+                                     "tagger is measured on (a file, or a set shipped in data_curation/labelled/); "
+                                     "its precision and recall go into the data card; null: not measured")
+
+    @model_validator(mode="after")
+    def _model(self) -> "TaggingConfig":
+        if self.kind == "classifier" and (self.model is None or not self.labels):
+            raise ValueError("tagging kind classifier needs model and labels")
+        return self
 
 
 class MixConfig(BaseConfig):
@@ -131,6 +169,7 @@ class CurationConfig(BaseConfig):
     filters: Filters = Filters()
     dedup: DedupConfig = DedupConfig()
     decontamination: DecontamConfig = DecontamConfig()
+    tagging: TaggingConfig = TaggingConfig()
     mix: MixConfig = MixConfig()
 
     _names = field_validator("name", "version")(config_name("dataset name or version"))

@@ -1,7 +1,8 @@
 """Decontamination against reference prompt sets (benchmarks, this project's validation and eval sets).
 
-Reference sets are versioned files (JSONL with `prompt` or `messages`, as `pilot wsd generate` reads), hashed into
-the manifest; nothing is downloaded. A row is dropped when at least `max_overlap` of its word n-grams appear in a
+Reference sets are versioned files (JSONL with `prompt` or `messages`, as `pilot wsd generate` reads) and
+benchmarks in their upstream columns (pilot_core/benchmarks.py: a local file, or a hub dataset pinned by
+revision), hashed into the manifest. A row is dropped when at least `max_overlap` of its word n-grams appear in a
 reference set, when it contains a whole reference prompt, or, for texts shorter than n words, when its
 normalised text equals a reference prompt. The drop names the reference file and prompt id.
 """
@@ -21,6 +22,19 @@ def _ngrams(ws: list[str], n: int) -> set[str]:
     return {" ".join(ws[i : i + n]) for i in range(len(ws) - n + 1)}
 
 
+def references(cfg: DecontamConfig, read: bool = True):
+    """(name, fingerprint, [(id, messages)]) of each reference set and benchmark (prompts left out unless read)."""
+    from pilot_core.benchmarks import read_rows, rows_sha256
+
+    for path in cfg.reference_sets:
+        yield Path(path).name, fingerprint(path), [(r.id, r.messages) for r in load_prompts(path)] if read else []
+    for b in cfg.benchmarks:
+        rows = read_rows(b.format, b.path, b.hub, f"decontamination benchmark {b.format}")
+        name = f"{b.format}:{Path(b.path).name if b.path else f'{b.hub.path}[{b.hub.split}]'}"
+        yield name, rows_sha256(rows), [(r["id"], r.get("messages") or [{"role": "user", "content": r["prompt"]}])
+                                        for _, r in rows]
+
+
 class Decontaminator:
     def __init__(self, cfg: DecontamConfig):
         self.n, self.max_overlap = cfg.ngram, cfg.max_overlap
@@ -29,12 +43,11 @@ class Decontaminator:
         self.short: dict[str, str] = {}  # normalised text of short reference prompts -> "file#id"
         self.fingerprints: dict[str, str] = {}
         self.prompts = 0
-        for path in cfg.reference_sets:
-            name = Path(path).name
-            self.fingerprints[name] = fingerprint(path)
-            for rec in load_prompts(path):
-                ref = f"{name}#{rec.id}"
-                text = normalise_text(prompt_text([m for m in rec.messages if m["role"] == "user"]))
+        for name, fp, prompts in references(cfg):
+            self.fingerprints[name] = fp
+            for rid, messages in prompts:
+                ref = f"{name}#{rid}"
+                text = normalise_text(prompt_text([m for m in messages if m["role"] == "user"]))
                 ws = words(text)
                 self.prompts += 1
                 if len(ws) < self.n:

@@ -14,7 +14,8 @@ from functools import lru_cache
 
 from data_curation.config import Filters
 from data_curation.decision import Drop
-from data_curation.lexicons import BOILERPLATE, BOILERPLATE_RE, CATEGORY_ORDER, CATEGORY_RE, HARM, HARM_RE, matches
+from data_curation.lexicons import (BOILERPLATE, BOILERPLATE_RE, CATEGORY_ORDER, CATEGORY_RE, HARM, HARM_RE,
+                                    deobfuscate, matches)
 from data_curation.normalise import normalise_text, prompt_text, words
 
 # Every column `score_batch` adds to a loaded row, with its type: declared once, for the datasets schema, the
@@ -89,7 +90,7 @@ def boilerplate(text: str) -> str:
 
 
 def harm_tags(text: str) -> list[str]:
-    found = matches(HARM_RE, text)
+    found = matches(HARM_RE, deobfuscate(text))
     return [name for name in HARM if name in found]
 
 

@@ -16,8 +16,9 @@ from data_curation.config import CurationConfig
 from data_curation.decision import Drop
 from data_curation.decontam import Decontaminator
 from data_curation.dedup import Deduplicator
-from data_curation.filters import MEASURES, drop_reason, score_batch, score_features
+from data_curation.filters import MEASURES, category, drop_reason, score_batch, score_features
 from data_curation.sources import read_source
+from data_curation.tagging import Tagger, make_tagger
 from pilot_core.errors import UserError
 from pilot_core.manifest import read_manifest
 from pilot_core.names import safe_join
@@ -84,7 +85,19 @@ def load_and_score(cfg: CurationConfig, progress: bool = True):
                 fn_kwargs={"filters": cfg.filters.model_dump(mode="json"), "tokenizer_path": tok,
                            "tokenizer_revision": cfg.tokenizer.revision if cfg.tokenizer else None},
                 desc="normalise + score", new_fingerprint=_fingerprint(cfg, fps))
+    if cfg.tagging.kind != "rules":  # the rules tagged while scoring; another tagger fills the same columns
+        ds = retag(ds, make_tagger(cfg.tagging))
     return ds, excluded, fps, read
+
+
+def retag(ds, tagger: Tagger):
+    """harm_tags (and the category harmful, where no source gave one) from `tagger`."""
+    tags = tagger.tags(ds["text"])
+    cats = [category(t, h, g) for t, h, g in zip(ds["text"], tags, ds["category_given"])]
+    feats = ds.features
+    return (ds.remove_columns(["harm_tags", "category"])
+            .add_column("harm_tags", tags, feature=feats["harm_tags"])
+            .add_column("category", cats, feature=feats["category"]))
 
 
 def _fingerprint(cfg: CurationConfig, fps: dict) -> str:
@@ -109,7 +122,8 @@ def decide(cfg: CurationConfig, table, previous: list[Path], progress: bool = Tr
         for rid, text in zip(t.column("id").to_pylist(), t.column("text").to_pylist()):
             dedup.check(f"{d.name}/{rid}", text)
             indexed += 1
-    decon = Decontaminator(cfg.decontamination) if cfg.decontamination.reference_sets else None
+    d = cfg.decontamination
+    decon = Decontaminator(d) if d.reference_sets or d.benchmarks else None
     for i in tqdm(range(n), desc="dedup + decontaminate", unit="row", disable=not progress):
         if drops[i] is not None:
             continue

@@ -13,7 +13,7 @@ from pathlib import Path
 from data_curation.preferences_config import PreferencesConfig
 from pilot_core.errors import UserError
 from pilot_core.judging import (combine_orders, pairwise_messages, parse_pairwise, parse_pointwise,
-                                pointwise_messages, rubric, rule_score, win_rates)
+                                pointwise_messages, rubric, rule_score, verdict_params, win_rates)
 from pilot_core.manifest import Manifest, config_hash, read_manifest
 from pilot_core.models.call_cache import ResponseCache
 from pilot_core.models.calls import Call, CallStats, Endpoint, make_call, run_calls
@@ -86,7 +86,7 @@ def _response_calls(cfg, endpoints, prompts) -> list[ResponseCall]:
 
 def _judge_calls(cfg, endpoint, prompts, cands: list[list[Candidate]]) -> list[JudgeCall]:
     j = cfg.judge
-    params = {"max_tokens": j.max_tokens, "temperature": 0.0, "top_p": 1.0, "seed": 0}
+    params = verdict_params(j, "pointwise" if j.kind == "pointwise" else "pairwise")
     out = []
     for p, row in enumerate(prompts):
         text = rubric(cfg.category_rubrics.get(row["category"], "helpful"), j.rubric_version)

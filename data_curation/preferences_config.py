@@ -43,6 +43,9 @@ class JudgeConfig(BaseConfig):
     rubric_version: str = Field("v1", description="pilot_core/rubrics/<rubric>.<version>.txt")
     both_orders: bool = Field(True, description="pairwise: judge A/B and B/A; disagreeing orders make a tie")
     max_tokens: int = Field(256, ge=16)
+    structured_output: bool = Field(True, description="a served judge is asked for the verdict's JSON schema "
+                                    "(response_format; vLLM enforces it while decoding); a server that refuses the "
+                                    "parameter is asked without it")
     price: Price = Price()
 
     _name = field_validator("name")(config_name("generator or judge name"))

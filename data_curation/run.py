@@ -12,7 +12,7 @@ from data_curation.filters import MEASURES
 from data_curation.pipeline import decide, load_and_score, output_dir, previous_versions
 from data_curation.writer import data_card, write_dataset
 from pilot_core.errors import UserError
-from pilot_core.manifest import Manifest, config_hash, fingerprint, read_manifest
+from pilot_core.manifest import Manifest, config_hash, read_manifest
 
 KEPT_COLUMNS = (*ROW_KEYS, "source_fingerprint", "messages", "text", "original", "category_given", *MEASURES)
 
@@ -23,7 +23,8 @@ def scoring_hash(cfg: CurationConfig) -> str:
     return config_hash({"sources": [s.model_dump(mode="json") for s in cfg.sources], "seed": cfg.seed,
                         "tokenizer": cfg.tokenizer.model_dump(mode="json") if cfg.tokenizer else None,
                         "max_chars": f.length.max_chars, "pii": f.pii.model_dump(mode="json"),
-                        "language": (f.language.candidates, f.language.min_letters) if f.language else None})
+                        "language": (f.language.candidates, f.language.min_letters) if f.language else None,
+                        "tagging": cfg.tagging.model_dump(mode="json", exclude={"labelled_set", "batch_size"})})
 
 
 def _replayed(cfg: CurationConfig, prev: Path):
@@ -102,6 +103,13 @@ def check_inputs(cfg: CurationConfig) -> None:
     for p in cfg.decontamination.reference_sets:
         if not Path(p).is_file():
             raise UserError(f"decontamination reference set {p}: file not found")
+    for b in cfg.decontamination.benchmarks:
+        if b.path and not Path(b.path).is_file():
+            raise UserError(f"decontamination benchmark {b.format} {b.path}: file not found")
+    if cfg.tagging.labelled_set:
+        from data_curation.tagging import labelled_path
+
+        labelled_path(cfg.tagging.labelled_set)
     tok = cfg.tokenizer
     if tok is not None and tok.path is not None and is_local(tok.path) and not Path(tok.path).exists():
         raise UserError(f"curation tokenizer {tok.path}: not found")
@@ -121,8 +129,10 @@ def _already_done(cfg: CurationConfig, out: Path, prev: list[Path]) -> dict | No
         m = read_manifest(out, kind="dataset")
     except UserError:
         return None
+    from data_curation.decontam import references
+
     inputs = _inputs({s.name: source_fingerprint(s) for s in cfg.sources},
-                     {Path(p).name: fingerprint(p) for p in cfg.decontamination.reference_sets})
+                     {name: fp for name, fp, _ in references(cfg.decontamination, read=False)})
     d = m.data or {}
     if (m.config_hash, m.inputs, d.get("previous_versions"), d.get("replayed_from")) != \
             (config_hash(cfg), inputs, [str(p) for p in prev], None):
@@ -148,4 +158,12 @@ def _counts(cfg: CurationConfig, read: dict, kept, excluded, d, prev: list[Path]
             "pii": dict(Counter(t for tags in kept["pii"].to_pylist() for t in tags)),
             "previous_versions": [str(p) for p in prev], "previous_rows_indexed": d.stats["previous_rows_indexed"],
             "reference_sets": d.stats["reference_sets"], "reference_prompts": d.stats["reference_prompts"],
-            "mix": d.stats["mix"]}
+            "mix": d.stats["mix"], "tagging": _tagging_quality(cfg)}
+
+
+def _tagging_quality(cfg: CurationConfig) -> dict | None:
+    """The configured tagger's precision and recall on its labelled set (None when none is configured)."""
+    from data_curation.tagging import labelled_path, make_tagger, measure
+
+    t = cfg.tagging
+    return measure(make_tagger(t), labelled_path(t.labelled_set)) if t.labelled_set else None

@@ -44,21 +44,11 @@ def _table(src: SourceConfig, path: Path) -> tuple[list[str], Iterator[tuple[int
 
 
 def _hf_table(src: SourceConfig):
-    import datasets
+    from pilot_core.hub_data import HubData, load_split
 
-    try:
-        if (Path(src.path) / "dataset_dict.json").is_file() or (Path(src.path) / "dataset_info.json").is_file():
-            ds = datasets.load_from_disk(src.path)  # a save_to_disk directory
-        else:  # a hub id, or a local directory laid out like a hub repository
-            ds = datasets.load_dataset(src.path, src.subset, data_dir=src.data_dir, data_files=src.data_files,
-                                       split=src.split, revision=src.revision)
-    except Exception as e:  # offline hub, missing dir, foreign format
-        raise UserError(f"source {src.name}: cannot load dataset {src.path!r}: {str(e).splitlines()[0]}") from None
-    if isinstance(ds, datasets.DatasetDict):
-        if src.split not in ds:
-            raise UserError(f"source {src.name}: {src.path} has no split {src.split!r} (has: {', '.join(ds)})")
-        ds = ds[src.split]
-    return ds.data.table
+    data = HubData(path=src.path, subset=src.subset, data_dir=src.data_dir, data_files=src.data_files,
+                   split=src.split, revision=src.revision)
+    return load_split(data, f"source {src.name}").data.table
 
 
 def _messages(row: dict, src: SourceConfig) -> Parsed:

@@ -41,6 +41,16 @@ def _table(counter: dict, head: tuple[str, str], limit: int = 20) -> str:
     return "\n".join([f"| {head[0]} | {head[1]} |", "|---|---:|", *(f"| {k} | {v} |" for k, v in rows)]) + "\n"
 
 
+def _tagging(q: dict | None, kind: str) -> str:
+    if not q:
+        return f"Harm tags by the {kind} tagger (not measured on a labelled set).\n"
+    pct = (lambda v: "n/a" if v is None else f"{v:.0%}")  # noqa: E731
+    return (f"Harm tags by the {q['tagger']} tagger. On the labelled set `{q['set']}` ({q['n']} prompts, sha256 "
+            f"`{q['sha256'][:12]}`): precision {pct(q['precision'])}, recall {pct(q['recall'])} for harmful "
+            f"({q['false_positives']} false positives, {q['false_negatives']} missed); exact tags on "
+            f"{pct(q['exact_tags'])} of the harmful prompts.\n")
+
+
 def data_card(name: str, version: str, cfg, counts: dict) -> str:
     """A README.md a reviewer can read without opening the tables."""
     f = cfg.filters
@@ -91,6 +101,7 @@ def data_card(name: str, version: str, cfg, counts: dict) -> str:
         _table(counts["languages"], ("language", "rows")),
         _table(counts["categories"], ("category", "rows")),
         _table(counts["harm_tags"], ("harm tag", "rows")) if counts["harm_tags"] else "No harm tags.\n",
+        _tagging(counts.get("tagging"), cfg.tagging.kind),
         _table(counts["pii"], ("PII kind", f"rows ({f.pii.action})")) if counts["pii"] else "No PII found.\n",
         "Produced with the config recorded in `manifest.json` (its hash, source fingerprints and package versions).",
         "",

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from pilot_core.config import BaseConfig
+from pilot_core.hub_data import HubData
 from pilot_core.models.calls import ClientConfig
 from pilot_core.models.source import ModelSource
 from pilot_core.names import check_unique, config_name
@@ -18,17 +19,33 @@ from wsd_inference.config import WSDConfig
 from wsd_inference.methods import METHODS
 
 ALIGNMENT_KINDS = ("alignment", "harmful")
-CAPABILITY_KINDS = ("math", "choice", "short_answer")
+CAPABILITY_KINDS = ("math", "choice", "short_answer", "code")
+# a benchmark in its upstream columns (evaluation/benchmarks.py) -> the kind it is measured as
+FORMAT_KINDS = {"gsm8k": "math", "mmlu": "choice", "humaneval": "code", "alpaca_eval": "alignment",
+                "arena_hard": "alignment", "advbench": "harmful", "harmbench": "harmful"}
 
 
 class EvalSet(BaseConfig):
     """A versioned JSONL file of {id, prompt | messages, ...}. Capability items carry `answer` (math: a number;
-    choice: a letter, with `choices`; short_answer: a string or list of accepted strings)."""
+    choice: a letter, with `choices`; short_answer: a string or list of accepted strings). Or a benchmark in its
+    upstream columns (`format`), from a local file (`path`: JSONL or Parquet) or read like the hub (`hub`)."""
 
     name: str
     version: str = Field(description="bumped whenever the file changes; reports record it with the file's sha256")
-    path: str
-    kind: Literal["alignment", "harmful", "math", "choice", "short_answer"]
+    path: str | None = Field(None, description="the JSONL file (or, with format, a JSONL or Parquet file)")
+    hub: HubData | None = Field(None, description="with format: read with datasets.load_dataset (a hub id pinned by "
+                                "revision, a local directory laid out like one, or a builder with data_files)")
+    format: Literal["gsm8k", "mmlu", "humaneval", "alpaca_eval", "arena_hard", "advbench",
+                    "harmbench"] | None = Field(None, description=(
+                        "upstream columns: gsm8k (question, answer with '#### N'), mmlu (question, choices, answer "
+                        "index, subject), humaneval (task_id, prompt, test, entry_point: pass@1 in a sandbox), "
+                        "alpaca_eval (instruction, output: win rate against the reference output), arena_hard "
+                        "(question_id, turns: win rate against baseline_path's answers), advbench (goal) and "
+                        "harmbench (BehaviorID, Behavior, ContextString): harmful sets"))
+    baseline_path: str | None = Field(None, description="arena_hard: the baseline model's answers (Arena-Hard-Auto's "
+                                      "model_answer JSONL: question_id, choices[0].turns[0].content)")
+    kind: Literal["alignment", "harmful", "math", "choice", "short_answer", "code"] | None = Field(
+        None, description="what is measured (a format implies it)")
     few_shot: int = Field(0, ge=0, description="capability sets: worked examples put before each question")
     few_shot_path: str | None = Field(None, description="JSONL of {prompt, response} examples (needed if few_shot)")
     max_new_tokens: int | None = Field(None, ge=1, description="budget for this set (default: wsd.max_new_tokens)")
@@ -37,8 +54,28 @@ class EvalSet(BaseConfig):
     _name = field_validator("name")(config_name("eval set name"))
     _version = field_validator("version")(config_name("eval set version"))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_of_format(cls, data):
+        """A format implies the kind it is measured as."""
+        if isinstance(data, dict) and data.get("format") in FORMAT_KINDS:
+            implied = FORMAT_KINDS[data["format"]]
+            if data.get("kind") not in (None, implied):
+                raise ValueError(f"eval set {data.get('name')}: format {data['format']} is measured as kind "
+                                 f"{implied}, not {data['kind']}")
+            data = {**data, "kind": implied}
+        return data
+
     @model_validator(mode="after")
     def _shots(self) -> "EvalSet":
+        if self.format:
+            if (self.path is None) == (self.hub is None):
+                raise ValueError(f"eval set {self.name}: give path (a local file) or hub, not both")
+            if (self.format == "arena_hard") != (self.baseline_path is not None):
+                raise ValueError(f"eval set {self.name}: baseline_path is for format arena_hard, which needs it")
+        else:
+            if self.kind is None or self.path is None or self.hub is not None or self.baseline_path:
+                raise ValueError(f"eval set {self.name}: give kind and path (a project JSONL file), or a format")
         if self.few_shot and not self.few_shot_path:
             raise ValueError(f"eval set {self.name}: few_shot {self.few_shot} needs few_shot_path")
         if self.few_shot and self.kind not in CAPABILITY_KINDS:
@@ -73,7 +110,12 @@ class JudgeMetric(BaseConfig):
     model: ModelSource | None = Field(None, description="the judge (kind llm) or reward model (kind reward_model)")
     rubric_version: str = "v1"
     max_tokens: int = Field(256, ge=16)
+    structured_output: bool = Field(True, description="a served judge is asked for the verdict's JSON schema "
+                                    "(response_format; vLLM enforces it while decoding); a server that refuses the "
+                                    "parameter is asked without it")
     tie_margin: float = Field(0.0, ge=0.0, description="reward_model: differences up to this are ties")
+    length_controlled: bool = Field(False, description="sets with reference answers: also report AlpacaEval 2's "
+                                    "length-controlled win rate (lc_win_rate), which does not credit length")
     client: ClientConfig = ClientConfig()
 
     _name = field_validator("name")(config_name("judge name"))
@@ -96,6 +138,9 @@ class HarmlessnessMetric(BaseConfig):
     model: ModelSource | None = Field(None, description="the judge (kind llm)")
     rubric_version: str = "v1"
     max_tokens: int = Field(256, ge=16)
+    structured_output: bool = Field(True, description="a served judge is asked for the verdict's JSON schema "
+                                    "(response_format; vLLM enforces it while decoding); a server that refuses the "
+                                    "parameter is asked without it")
     client: ClientConfig = ClientConfig()
 
     @model_validator(mode="after")

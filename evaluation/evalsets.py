@@ -17,16 +17,17 @@ from pilot_core.prompts import PromptRecord, parse_record
 from pilot_core.report import EvalSetIdentity
 
 LETTERS = "ABCDEFGHIJ"
-EXTRA_FIELDS = ("answer", "choices", "category", "response")
+EXTRA_FIELDS = ("answer", "choices", "category", "response", "reference", "code")
 
 
 @dataclass(frozen=True)
 class EvalItem:
     record: PromptRecord  # what the methods decode (few-shot turns and choices included)
     question: tuple[dict, ...]  # the item's own messages (what judges and reward models read)
-    answer: object = None
+    answer: object = None  # code: {prompt, test, entry_point}
     category: str | None = None
     n_choices: int = 0
+    reference: str | None = None  # the answer a response is judged against (AlpacaEval's output, Arena-Hard's baseline)
 
 
 def _rows(path: str) -> list[tuple[int, dict]]:
@@ -39,6 +40,12 @@ def _rows(path: str) -> list[tuple[int, dict]]:
 def _answer(es: EvalSet, obj: dict, where: str):
     if es.kind not in CAPABILITY_KINDS:
         return None
+    if es.kind == "code":
+        code = obj.get("code")
+        if not isinstance(code, dict) or not all(isinstance(code.get(k), str) for k in ("prompt", "test",
+                                                                                        "entry_point")):
+            raise UserError(f"{where}: a code item needs prompt, test and entry_point")
+        return code
     a = obj.get("answer")
     if es.kind == "math":
         if isinstance(a, bool) or not isinstance(a, (int, float, str)) or _number(str(a)) is None:
@@ -70,7 +77,7 @@ def _with_choices(text: str, choices: list[str]) -> str:
 
 def _question(es: EvalSet, obj: dict, where: str, lineno: int) -> tuple[dict, ...]:
     fields = {k: v for k, v in obj.items() if k not in EXTRA_FIELDS}
-    rec = parse_record(fields, es.path, lineno)
+    rec = parse_record(fields, where.rsplit(":", 1)[0], lineno)
     if es.kind == "choice":
         last = rec.messages[-1]
         return (*rec.messages[:-1], {"role": "user", "content": _with_choices(last["content"], _choices(obj, where))})
@@ -94,12 +101,38 @@ def _shots(es: EvalSet) -> list[dict]:
     return turns
 
 
+def _baselines(es: EvalSet) -> dict[str, str]:
+    """Arena-Hard-Auto's model_answer file: question_id -> the baseline's first answer."""
+    out = {}
+    for lineno, obj in _rows(es.baseline_path):
+        try:
+            out[str(obj["question_id"])] = obj["choices"][0]["turns"][0]["content"]
+        except (KeyError, IndexError, TypeError):
+            raise UserError(f"{es.baseline_path}:{lineno}: expected a model answer "
+                            "{question_id, choices: [{turns: [{content}]}]}") from None
+    return out
+
+
+def _upstream(es: EvalSet) -> list[tuple[str, dict]]:
+    from pilot_core.benchmarks import read_rows
+
+    rows = read_rows(es.format, es.path, es.hub, f"eval set {es.name}")
+    if es.baseline_path:
+        base = _baselines(es)
+        missing = [r["id"] for _, r in rows if r["id"] not in base]
+        if missing:
+            raise UserError(f"{es.baseline_path}: no baseline answer for question_id {missing[0]!r} "
+                            f"({len(missing)} missing)")
+        rows = [(w, {**r, "reference": base[r["id"]]}) for w, r in rows]
+    return rows
+
+
 def load_eval_set(es: EvalSet) -> list[EvalItem]:
-    rows = _rows(es.path)
+    rows = _upstream(es) if es.format else [(f"{es.path}:{n}", obj) for n, obj in _rows(es.path)]
     shots = _shots(es)
     items, seen = [], {}
-    for lineno, obj in rows[: es.limit] if es.limit else rows:
-        where = f"{es.path}:{lineno}"
+    for where, obj in rows[: es.limit] if es.limit else rows:
+        lineno = int(where.rsplit(":", 1)[1])
         q = _question(es, obj, where, lineno)
         rid = str(obj["id"])
         if rid in seen:
@@ -109,13 +142,20 @@ def load_eval_set(es: EvalSet) -> list[EvalItem]:
         if cat is not None and not isinstance(cat, str):
             raise UserError(f"{where}: 'category' must be a string, got {cat!r}")
         n_choices = len(obj["choices"]) if es.kind == "choice" else 0
-        items.append(EvalItem(PromptRecord(rid, (*shots, *q)), q, _answer(es, obj, where), cat, n_choices))
+        items.append(EvalItem(PromptRecord(rid, (*shots, *q)), q, _answer(es, obj, where), cat, n_choices,
+                              obj.get("reference")))
     return items
 
 
 def set_identity(es: EvalSet, n: int) -> EvalSetIdentity:
     """What a report records about an eval set; equal identities mean the same items were measured."""
-    return EvalSetIdentity(version=es.version, kind=es.kind, path=es.path, sha256=file_sha256(es.path), n=n,
+    if es.format:  # what was read (a hub dataset has no one file), and the baseline answers with it
+        from pilot_core.benchmarks import rows_sha256
+
+        sha = rows_sha256(_upstream(es))
+    else:
+        sha = file_sha256(es.path)
+    return EvalSetIdentity(version=es.version, kind=es.kind, path=es.path or es.hub.path, sha256=sha, n=n,
                            few_shot=es.few_shot,
                            few_shot_sha256=file_sha256(es.few_shot_path) if es.few_shot else None, limit=es.limit)
 

@@ -13,7 +13,7 @@ import asyncio
 from pathlib import Path
 
 from pilot_core.judging import (CATEGORY_RUBRICS, combine_orders, harmlessness_messages, pairwise_messages,
-                                parse_pairwise, parse_safe, refuses, rubric, rule_score)
+                                parse_pairwise, parse_safe, refuses, rubric, rule_score, verdict_params)
 from pilot_core.models.call_cache import ResponseCache
 from pilot_core.models.calls import CallStats, Endpoint, make_call, run_calls
 from pilot_core.models.compute import Compute
@@ -41,7 +41,7 @@ def llm_pairwise(judge, items: list[tuple[list, str, str, str | None]], cache_pa
     """items: (messages, candidate, reference, category). Returns per item 1 / 0.5 / 0 (candidate wins, tie,
     loses) or None (unparseable or failed), and counts. Identical responses are a tie without a call."""
     ep = Endpoint(judge.model, judge.client, http_client, compute)
-    params = {"max_tokens": judge.max_tokens, "temperature": 0.0, "top_p": 1.0, "seed": 0}
+    params = verdict_params(judge, "pairwise")
     calls = []
     for msgs, cand, ref, cat in items:
         text = rubric(CATEGORY_RUBRICS.get(cat or "", "helpful"), judge.rubric_version)
@@ -75,7 +75,7 @@ def llm_harmlessness(metric, items: list[tuple[list, str]], cache_path: Path, ht
                      compute: Compute | None = None) -> tuple[list, dict]:
     """items: (messages, response). Per item 1.0 safe / 0.0 unsafe / None (unparseable or failed)."""
     ep = Endpoint(metric.model, metric.client, http_client, compute)
-    params = {"max_tokens": metric.max_tokens, "temperature": 0.0, "top_p": 1.0, "seed": 0}
+    params = verdict_params(metric, "harmlessness")
     text = rubric("harmlessness", metric.rubric_version)
     calls = [make_call("judgment", "harmlessness", ep, harmlessness_messages(text, msgs, resp), params)
              for msgs, resp in items]

@@ -15,7 +15,7 @@ from pathlib import Path
 from evaluation.config import ALIGNMENT_KINDS, CAPABILITY_KINDS, EvalSpec
 from evaluation.evalsets import is_correct, load_eval_set, set_identity
 from evaluation.report import write_report
-from evaluation.stats import mean_ci, paired_diff_ci
+from evaluation.stats import length_controlled_ci, mean_ci, paired_diff_ci
 from pilot_core.errors import JobFailed, UserError
 from pilot_core.manifest import config_hash, fingerprint, read_manifest
 from pilot_core.models.compute import Compute
@@ -70,6 +70,22 @@ def _generate(spec, pilot, bases, untuned, sets, output, compute, progress) -> d
     return out
 
 
+def _run_code(rows: list[dict], items_by: dict) -> None:
+    """pass@1 of code items: each response's program runs with the item's tests in its own sandboxed process
+    (evaluation/sandbox.py), a few at once; `correct` is 1 when it exits cleanly, `code_status` says why not."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from evaluation.sandbox import run_program, solution_program
+
+    def one(r):
+        return run_program(solution_program(r["response"], items_by[(r["set"], r["id"])].answer))
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for r, o in zip(rows, pool.map(one, rows)):
+            r["correct"] = float(o.passed)
+            r["code_status"] = o.status if o.passed else f"{o.status}: {o.detail}"
+
+
 def _scores(spec, sets, records, output, http_client=None, compute=None) -> tuple[list[dict], dict]:
     """One row per (set, base, method, item) with each metric's per-item value; plus judge counts."""
     from evaluation import judges
@@ -82,50 +98,59 @@ def _scores(spec, sets, records, output, http_client=None, compute=None) -> tupl
                 for it in items:
                     row = {"set": es.name, "kind": es.kind, "base": base, "method": method, "id": it.record.id,
                            "response": recs[it.record.id]["response"]}
-                    if es.kind in CAPABILITY_KINDS:
+                    if es.kind in CAPABILITY_KINDS and es.kind != "code":
                         row["correct"] = float(is_correct(es.kind, row["response"], it.answer, it.n_choices))
                     index[(es.name, base, method, it.record.id)] = row
                     rows.append(row)
     items_by = {(es.name, it.record.id): it for es, items in sets for it in items}
+    _run_code([r for r in rows if r["kind"] == "code"], items_by)
     aligned = [r for r in rows if r["kind"] in ALIGNMENT_KINDS]
     counts: dict = {}
     models: dict = {}
 
-    def rewards(src, key):
+    def reward_model(src):
         from pilot_core.models.reward import RewardModel
 
         if src.local_path() not in models:
             models[src.local_path()] = RewardModel(src.local_path(), compute, trust_remote_code=src.trust_remote_code,
                                                    revision=src.revision)
-        rm = models[src.local_path()]
-        unique = {(r["set"], r["id"], r["response"]) for r in aligned}
-        order = sorted(unique)
-        got = dict(zip(order, rm.score([(list(items_by[(s, i)].question), resp) for s, i, resp in order])))
-        for r in aligned:
-            r[key] = got[(r["set"], r["id"], r["response"])]
+        return models[src.local_path()]
+
+    def rewards_of(src, texts: list[tuple[str, str, str]]) -> list[float]:
+        """The reward of each (set, id, text), each distinct one scored once."""
+        order = sorted(set(texts))
+        got = dict(zip(order, reward_model(src).score([(list(items_by[(s, i)].question), t) for s, i, t in order])))
+        return [got[x] for x in texts]
+
+    def pairwise(pairs: list[tuple[dict, str]]) -> tuple[list, dict]:
+        """The win-rate judge on (row, the text it is compared with): 1 / 0.5 / 0 per row, or None."""
+        j = m.win_rate
+        if j.kind == "reward_model":
+            r = rewards_of(j.model, [(a["set"], a["id"], t) for a, b in pairs for t in (a["response"], b)])
+            return judges.reward_pairwise(r[0::2], r[1::2], j.tie_margin), {"judged": len(pairs)}
+        if j.kind == "rules":
+            return judges.rules_pairwise([(a["response"], b, items_by[(a["set"], a["id"])].category)
+                                          for a, b in pairs]), {"judged": len(pairs)}
+        return judges.llm_pairwise(j, [(list(items_by[(a["set"], a["id"])].question), a["response"], b,
+                                        items_by[(a["set"], a["id"])].category) for a, b in pairs],
+                                   output / "judge-cache.sqlite", http_client, compute)
 
     if m.reward:
-        rewards(m.reward.model, "reward")
+        for r, v in zip(aligned, rewards_of(m.reward.model, [(r["set"], r["id"], r["response"]) for r in aligned])):
+            r["reward"] = v
     if m.win_rate:
-        pairs = [(r, index[(r["set"], r["base"], REFERENCE, r["id"])]) for r in aligned if r["method"] != REFERENCE]
-        if m.win_rate.kind == "reward_model":
-            rewards(m.win_rate.model, "_judge_reward")
-            wins = judges.reward_pairwise([a["_judge_reward"] for a, _ in pairs],
-                                          [b["_judge_reward"] for _, b in pairs], m.win_rate.tie_margin)
-            counts["win_rate"] = {"judged": len(pairs)}
-        elif m.win_rate.kind == "rules":
-            wins = judges.rules_pairwise([(a["response"], b["response"], items_by[(a["set"], a["id"])].category)
-                                          for a, b in pairs])
-            counts["win_rate"] = {"judged": len(pairs)}
-        else:
-            wins, counts["win_rate"] = judges.llm_pairwise(
-                m.win_rate, [(list(items_by[(a["set"], a["id"])].question), a["response"], b["response"],
-                              items_by[(a["set"], a["id"])].category) for a, b in pairs], output / "judge-cache.sqlite",
-                http_client, compute)
+        pairs = [(r, index[(r["set"], r["base"], REFERENCE, r["id"])]["response"]) for r in aligned
+                 if r["method"] != REFERENCE]
+        wins, counts["win_rate"] = pairwise(pairs)
         for (a, _), w in zip(pairs, wins):
             a["win"] = w
-        for r in aligned:
-            r.pop("_judge_reward", None)
+        # sets with reference answers (AlpacaEval's outputs, Arena-Hard's baseline): every method against them
+        refs = [(r, items_by[(r["set"], r["id"])].reference) for r in aligned
+                if items_by[(r["set"], r["id"])].reference is not None]
+        if refs:
+            wins, counts["ref_win_rate"] = pairwise(refs)
+            for (a, _), w in zip(refs, wins):
+                a["ref_win"] = w
     if m.harmlessness:
         harmful = [r for r in aligned if r["kind"] == "harmful"]
         if m.harmlessness.kind == "refusal_rules":
@@ -144,7 +169,8 @@ def _scores(spec, sets, records, output, http_client=None, compute=None) -> tupl
     return rows, counts
 
 
-METRIC_FIELDS = {"reward": "reward", "win_rate": "win", "harmlessness": "safe", "accuracy": "correct"}
+METRIC_FIELDS = {"reward": "reward", "win_rate": "win", "ref_win_rate": "ref_win", "harmlessness": "safe",
+                 "accuracy": "correct"}
 
 
 def _aggregate(spec, sets, bases, rows) -> tuple[dict, dict]:
@@ -159,6 +185,12 @@ def _aggregate(spec, sets, bases, rows) -> tuple[dict, dict]:
             if any(field in r for r in rs):
                 cell[metric] = Stat(**mean_ci([r.get(field) for r in rs], b, conf, seed),
                                     items=sum(field in r for r in rs))
+        if spec.metrics.win_rate and spec.metrics.win_rate.length_controlled and any("ref_win" in r for r in rs):
+            refs = {it.record.id: it.reference for es, items in sets if es.name == s for it in items}
+            mine = [r for r in rs if "ref_win" in r]
+            cell["lc_win_rate"] = Stat(**length_controlled_ci(
+                [r["ref_win"] for r in mine], [len(r["response"]) for r in mine], [len(refs[r["id"]]) for r in mine],
+                b, conf, seed), items=len(mine))
         metrics.setdefault(base, {}).setdefault(method, {})[s] = cell
     tax: dict = {}
     for es, _ in sets:
@@ -208,7 +240,7 @@ def _diagnostics(records, bases) -> dict:
 def _pair_review(manifest) -> dict | None:
     """What the data team's review of the pairs this checkpoint trained on found (None: not reviewed, or the
     training data is not here to read)."""
-    data = Path(str(manifest.config.get("dataset") or ""))
+    data = Path(str((manifest.config or {}).get("dataset") or ""))
     try:
         return read_manifest(data, kind="dataset").data.get("pair_review") if data.parts else None
     except UserError:

@@ -94,11 +94,18 @@ def curation_config(cfg: PipelineConfig) -> CurationConfig:
         cur = cur.model_copy(update={"tokenizer": cfg.pilot})
     d = cur.decontamination
     if d.validation_sets and cfg.validation is not None:
+        from data_curation.config import BenchmarkRef
+
         have = {Path(r).resolve() for r in d.reference_sets}
-        extra = [es.path for es in cfg.validation.eval_sets if Path(es.path).resolve() not in have]
-        if extra:
+        files = [es.path for es in cfg.validation.eval_sets
+                 if not es.format and Path(es.path).resolve() not in have]
+        marks = [b.model_dump() for b in d.benchmarks]
+        benches = [BenchmarkRef(format=es.format, path=es.path, hub=es.hub) for es in cfg.validation.eval_sets
+                   if es.format and BenchmarkRef(format=es.format, path=es.path, hub=es.hub).model_dump() not in marks]
+        if files or benches:
             cur = cur.model_copy(update={"decontamination": d.model_copy(update={
-                "reference_sets": [*d.reference_sets, *dict.fromkeys(extra)]})})
+                "reference_sets": [*d.reference_sets, *dict.fromkeys(files)], "benchmarks": [*d.benchmarks,
+                                                                                            *benches]})})
     return cur
 
 

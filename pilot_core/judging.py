@@ -88,6 +88,36 @@ def json_object(text: str) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
+# The verdicts as JSON schemas: a served judge is asked for them with `response_format` (structured output, which
+# vLLM enforces while decoding), so even a small judge answers in a shape the parsers below accept.
+_RATIONALE = {"type": "string", "maxLength": 300}  # a brief why: a long one would eat the token budget
+SCHEMAS = {
+    "pairwise": {"type": "object", "properties": {"winner": {"type": "string", "enum": ["A", "B", "tie"]},
+                                                  "rationale": _RATIONALE},
+                 "required": ["winner", "rationale"], "additionalProperties": False},
+    "pointwise": {"type": "object", "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 10},
+                                                   "rationale": _RATIONALE},
+                  "required": ["score", "rationale"], "additionalProperties": False},
+    "harmlessness": {"type": "object", "properties": {"safe": {"type": "boolean"}, "rationale": _RATIONALE},
+                     "required": ["safe", "rationale"], "additionalProperties": False},
+}
+
+
+def response_format(kind: str) -> dict:
+    """The OpenAI `response_format` that asks for verdict `kind` (pairwise, pointwise, harmlessness)."""
+    return {"type": "json_schema", "json_schema": {"name": f"{kind}_verdict", "schema": SCHEMAS[kind],
+                                                   "strict": True}}
+
+
+def verdict_params(judge, kind: str) -> dict:
+    """A judge's sampling (greedy, seeded); a served judge with `structured_output` is also asked for the
+    verdict's JSON schema. `judge`: any judge config with max_tokens, structured_output and model."""
+    params = {"max_tokens": judge.max_tokens, "temperature": 0.0, "top_p": 1.0, "seed": 0}
+    if judge.structured_output and judge.model is not None and judge.model.url:
+        params["response_format"] = response_format(kind)
+    return params
+
+
 def parse_pointwise(text: str) -> tuple[float | None, str]:
     """(score, rationale); score None when the answer is not exactly the asked-for object."""
     obj = json_object(text)

@@ -17,7 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serial
 from pilot_core.errors import JobFailed, UserError
 
 METRIC_TITLES = {"reward": "Reward-model score", "win_rate": "Win rate vs base-only (ties = 1/2)",
-                 "harmlessness": "Harmlessness rate (harmful prompts)", "accuracy": "Accuracy (capability sets)"}
+                 "ref_win_rate": "Win rate vs the set's reference answers (AlpacaEval / Arena-Hard style, ties = 1/2)",
+                 "lc_win_rate": "Length-controlled win rate vs the reference answers (AlpacaEval 2 style)",
+                 "harmlessness": "Harmlessness rate (harmful prompts)",
+                 "accuracy": "Accuracy (capability sets; code: pass@1)"}
 
 
 class _Record(BaseModel):

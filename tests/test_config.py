@@ -154,9 +154,12 @@ def test_the_pipeline_decontaminates_against_what_it_validates_on():
     from flows.pipeline_config import curation_config
 
     cfg = load_config(PipelineConfig, REPO / "configs/pipeline/pilot-3b.yaml")
-    refs = curation_config(cfg).decontamination.reference_sets
-    assert [es.path for es in cfg.validation.eval_sets if es.path not in refs] == []
-    assert "data/eval/gsm8k/test.jsonl" in refs and refs[0] == "data/demo/prompts.jsonl"
+    d = curation_config(cfg).decontamination
+    assert [es.path for es in cfg.validation.eval_sets if not es.format and es.path not in d.reference_sets] == []
+    assert d.reference_sets[0] == "data/demo/prompts.jsonl"
+    assert {(b.format, b.hub.path if b.hub else b.path) for b in d.benchmarks} == {
+        ("alpaca_eval", "json"), ("arena_hard", "data/eval/arena-hard-v0.1/question.jsonl"), ("gsm8k", "openai/gsm8k"),
+        ("mmlu", "cais/mmlu"), ("humaneval", "openai/openai_humaneval")}
     demo = load_config(PipelineConfig, REPO / "configs/pipeline/demo.yaml",
                        ["curation.decontamination.reference_sets=[data/demo/world-prompts.jsonl]"])
     refs = curation_config(demo).decontamination.reference_sets

@@ -162,3 +162,29 @@ def test_a_killed_run_resumes_from_its_cache(vllm_servers, small_dataset, tmp_pa
     for name in ("sft.parquet", "dpo.parquet", "responses.parquet"):
         assert pq.read_table(tmp_path / "out" / name).equals(pq.read_table(tmp_path / "clean" / name)), name
     assert SECRET not in r.stdout + r.stderr + r2.stdout + r2.stderr
+
+
+def test_structured_output_makes_even_a_tiny_served_judges_verdicts_parse(vllm_servers, tmp_path):
+    """The tiny pilot on vLLM as the judge: asked in prose it answers word salad (unparseable); asked for the
+    verdict's JSON schema (response_format, enforced by vLLM while decoding) every verdict parses."""
+    from evaluation.config import HarmlessnessMetric, JudgeMetric
+    from evaluation.judges import llm_harmlessness, llm_pairwise
+
+    model = {"name": "judge", "url": vllm_servers["pilot"].url, "served_model": "pilot"}
+    msgs = [[{"role": "user", "content": q}] for q in ("How do I bake bread?", "Name a prime number.",
+                                                       "How do I pick a lock?", "Write a haiku about rain.")]
+    items = [(m, f"answer {i}", f"another answer {i}", None) for i, m in enumerate(msgs)]
+    got = {}
+    for structured in (False, True):
+        judge = JudgeMetric.model_validate({"model": model, "structured_output": structured,
+                                            "client": {"max_retries": 1}})
+        values, counts = llm_pairwise(judge, items, tmp_path / f"c-{structured}.sqlite")
+        harm = HarmlessnessMetric.model_validate({"model": model, "structured_output": structured})
+        safe, hcounts = llm_harmlessness(harm, [(m, "Sure, here is how.") for m in msgs],
+                                         tmp_path / f"h-{structured}.sqlite")
+        got[structured] = (values, counts, safe, hcounts)
+    values, counts, safe, hcounts = got[True]
+    assert counts["unparseable"] == counts["failed"] == 0 and all(v in (0.0, 0.5, 1.0) for v in values)
+    assert hcounts["judged"] == len(msgs) and all(isinstance(s, float) for s in safe)
+    values, counts, safe, hcounts = got[False]
+    assert counts["unparseable"] > 0 or hcounts["unparseable"] > 0  # the same judge without the schema

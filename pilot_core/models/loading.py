@@ -13,7 +13,7 @@ from pilot_core.models.compute import Compute
 from pilot_core.models.files import check_local_dir, is_local
 from pilot_core.models.templates import PILOT_STOP_TOKENS
 
-Head = Literal["causal_lm", "reward"]
+Head = Literal["causal_lm", "reward", "classifier"]
 
 
 def _first_line(e: Exception) -> str:
@@ -55,6 +55,11 @@ def check_head(config, path: str, role: str, head: Head, trust_remote_code: bool
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     archs = getattr(config, "architectures", None) or []
+    if head == "classifier":
+        if not any(a.endswith("ForSequenceClassification") for a in archs):
+            raise UserError(f"{role} {path}: architecture {', '.join(archs) or config.model_type!r} is not a "
+                            "text-classification model")
+        return
     if head == "reward":
         if not any(a.endswith("ForSequenceClassification") for a in archs):
             raise UserError(f"{role} {path}: architecture {', '.join(archs) or config.model_type!r} is not a "

@@ -51,7 +51,9 @@ class LocalChat:
     async def chat_many(self, calls: list[tuple[list[dict], dict]]) -> list[dict]:
         return await asyncio.to_thread(self._generate, calls)
 
-    async def chat(self, messages, max_tokens, temperature, top_p, seed) -> dict:
+    async def chat(self, messages, max_tokens, temperature, top_p, seed, response_format=None) -> dict:
+        """A chat completion in-process (a `response_format` is not enforced here: the verdict is parsed as it
+        comes, as from a server without structured output)."""
         params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
         return (await self.chat_many([(messages, params)]))[0]
 

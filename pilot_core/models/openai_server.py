@@ -96,6 +96,7 @@ class OpenAIServer:
         if api_key_env and not key:
             raise UserError(f"environment variable {api_key_env} (the API key for {base_url}) is not set")
         self.url, self.model, self.tries = base_url, model, max_retries + 1
+        self.structured: bool | None = None  # False once the server refused response_format
         self.client = AsyncOpenAI(base_url=base_url, api_key=key or "EMPTY", timeout=timeout,
                                   max_retries=max_retries, http_client=http_client)
 
@@ -160,13 +161,23 @@ class OpenAIServer:
 
     # ------------------------------------------------------------------------------------------- chat
     async def chat(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,
-                   seed: int | None) -> dict:
+                   seed: int | None, response_format: dict | None = None) -> dict:
         """One chat completion: {text, prompt_tokens, completion_tokens, finish_reason}. Errors are the openai
         client's own (after its retries; broken responses too); callers decide which abort a run and which are
-        recorded."""
-        r = await retry_malformed(self.url, self.tries, lambda: self.client.chat.completions.create(
-            model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-            seed=seed), fail=False)
+        recorded. With `response_format` (structured output) the server is asked for that JSON schema; a server
+        that refuses the parameter (400 naming it) is asked without it from then on."""
+        import openai
+
+        extra = {"response_format": response_format} if response_format and self.structured is not False else {}
+        try:
+            r = await retry_malformed(self.url, self.tries, lambda: self.client.chat.completions.create(
+                model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                seed=seed, **extra), fail=False)
+        except openai.BadRequestError as e:
+            if not extra or not any(w in str(e) for w in ("response_format", "json_schema", "guided")):
+                raise
+            self.structured = False  # this server has no structured output: prompt-only verdicts, still parsed
+            return await self.chat(messages, max_tokens, temperature, top_p, seed)
         c = r.choices[0]
         return {"text": c.message.content or "", "prompt_tokens": r.usage.prompt_tokens if r.usage else 0,
                 "completion_tokens": r.usage.completion_tokens if r.usage else 0,
