@@ -222,3 +222,22 @@ def test_the_length_controlled_win_rate_does_not_credit_length():
     fair = [1.0 if rng.random() < 0.7 else 0.0 for _ in ref]
     lc = length_controlled_ci(fair, cand, ref, 200, 0.95, 0)
     assert abs(lc["mean"] - sum(fair) / len(fair)) < 0.06 and lc["ci_low"] < lc["mean"] < lc["ci_high"]
+
+
+def test_a_gate_fails_a_judge_whose_verdicts_do_not_parse(pair_same, tmp_path):
+    """The tiny pilot as the LLM judge (in-process) answers word salad: the report counts the unjudged items and
+    the gate fails on coverage, with the figure in its reasons, instead of passing on what little parsed."""
+    from release.gate import GateConfig, decide
+
+    spec = EvalSpec.model_validate({
+        "eval_sets": [SETS[3]], "methods": ["wsd", "base_only"],
+        "metrics": {"win_rate": {"kind": "llm", "model": {"name": "judge", "path": str(pair_same[0])},
+                                 "max_tokens": 24}},
+        "wsd": {"max_new_tokens": 12, "max_draft_tokens": 6}})
+    ckpt = checkpoint(tmp_path, {"pilot": pair_same[0]})
+    report = validate(spec, ckpt, [ModelSource(name="base", path=str(pair_same[1]))], tmp_path / "v", progress=False)
+    w = report.cells("base", "wsd")["alpaca-eval"]["ref_win_rate"]
+    assert w.items == 3 and w.n < 3 * 0.95
+    v = decide(report, None, GateConfig.model_validate({"metrics": {"ref_win_rate": {"floor": 0.0}}}))
+    assert not v.passed and any(c.check == "judge_coverage" and not c.passed for c in v.checks)
+    assert f"judged {w.n} of 3 items" in " ".join(v.reasons)
