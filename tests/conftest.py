@@ -73,14 +73,40 @@ def smollm2() -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def vllm_servers(pair_same, pair_different, tmp_path_factory):
-    """Real vLLM servers on loopback: the tiny pilot and both tiny bases (started together, ~1-2 min)."""
+_EARLY: dict = {}  # vLLM servers started when collection ends (see below), by name
+
+
+def _start_vllm(log_dir: Path) -> dict:
+    """The tiny pilot and both tiny bases, each on its own vLLM server (started at once, not waited for)."""
+    from pilot_core.models.tiny import tiny_pair
+
     from .vllm_server import VLLMServer
 
-    logs = tmp_path_factory.mktemp("vllm-logs")
-    servers = {name: VLLMServer(path, name, logs) for name, path in
-               (("pilot", pair_same[0]), ("base-same", pair_same[1]), ("base-different", pair_different[1]))}
+    cache = Path(os.environ["PILOT_CACHE_DIR"]) / "tiny-models"
+    same, different = tiny_pair("same", cache_dir=cache), tiny_pair("different", cache_dir=cache)
+    return {name: VLLMServer(path, name, log_dir) for name, path in
+            (("pilot", same[0]), ("base-same", same[1]), ("base-different", different[1]))}
+
+
+def pytest_collection_finish(session):
+    """When a selected test needs the vLLM servers, start them now: their start-up (minutes of CPU on this
+    machine) then overlaps the tests that come before the first one that uses them."""
+    if session.config.option.collectonly:
+        return
+    if any("vllm_servers" in getattr(item, "fixturenames", ()) for item in session.items):
+        _EARLY.update(_start_vllm(Path(tempfile.mkdtemp(prefix="pilot-vllm-logs-"))))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for s in _EARLY.values():  # also when no test got as far as asking for them
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_servers(pair_same, pair_different, tmp_path_factory):
+    """Real vLLM servers on loopback: the tiny pilot and both tiny bases (started together, ~1-2 min; usually
+    already started when collection ended)."""
+    servers = dict(_EARLY) or _start_vllm(tmp_path_factory.mktemp("vllm-logs"))
     try:
         for s in servers.values():
             s.wait()
@@ -88,6 +114,7 @@ def vllm_servers(pair_same, pair_different, tmp_path_factory):
     finally:
         for s in servers.values():
             s.stop()
+        _EARLY.clear()
 
 
 @pytest.fixture(scope="session")

@@ -143,7 +143,7 @@ def test_hostile_solutions_fail_and_change_nothing_outside_their_scratch_directo
         "escape": "    import subprocess\n    subprocess.run(['sh', '-c', 'echo pwned'])\n    return a + b\n",
     }
     before = sorted(p.name for p in tmp_path.iterdir())
-    got = {k: run_program(solution_program(v, _code(0)), timeout_s=3) for k, v in hostile.items()}
+    got = {k: run_program(solution_program(v, _code(0)), timeout_s=2) for k, v in hostile.items()}
     t.join()
     server.close()
     assert {k: o.passed for k, o in got.items()} == dict.fromkeys(hostile, False)
