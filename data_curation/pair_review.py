@@ -16,11 +16,10 @@ judge's verdict, so importing the same file twice changes nothing more.
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime, timezone
 from pathlib import Path
 
-from data_curation.review_file import read_decisions, write_review
+from data_curation.review_file import read_decisions, stratified_sample, write_review
 from data_curation.review_page import Column, PageSpec, render_page
 from data_curation.writer import write_dataset
 from pilot_core.errors import UserError
@@ -95,16 +94,6 @@ def _judge_view(cfg: dict, pair: dict, responses: list[dict], judgments: list[di
     return {"verdict": verdict, "agreement": agreement, "rationale": rationale, "rubric": rubric}
 
 
-def _pick(rows: list[dict], k: int, seed: int) -> list[dict]:
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault(r["stratum"], []).append(r)
-    out = []
-    for g in sorted(groups):
-        out += sorted(groups[g], key=lambda r: hashlib.sha256(f"{seed}:{r['id']}".encode()).digest())[:k]
-    return out
-
-
 def export_pair_review(dataset: str | Path, out: str | Path, per_stratum: int = 10, seed: int = 0) -> dict:
     dataset, out = Path(dataset), Path(out)
     manifest, tables = _read(dataset)
@@ -124,7 +113,7 @@ def export_pair_review(dataset: str | Path, out: str | Path, per_stratum: int = 
                      **_judge_view(manifest.config, pair, resp, judg), "prompt": _text(pair["prompt"]),
                      "chosen": pair["chosen"][0]["content"], "rejected": pair["rejected"][0]["content"],
                      "decision": "", "judge_wrong": "", "note": ""})
-    rows = _pick(rows, per_stratum, seed)
+    rows = stratified_sample(rows, lambda r: r["stratum"], per_stratum, seed)
     fp = fingerprint(dataset / "dpo.parquet")
     meta = {"dataset": str(dataset), "dpo_fingerprint": fp, "rows": len(rows), "pairs": tables["dpo"].num_rows}
     spec = PageSpec(

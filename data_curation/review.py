@@ -9,12 +9,11 @@ file) and review.csv / review.jsonl with empty `decision` and `note` columns for
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime, timezone
 from pathlib import Path
 
 from data_curation.decision import DROP_COLUMNS, Drop
-from data_curation.review_file import read_decisions, write_review
+from data_curation.review_file import read_decisions, stratified_sample, write_review
 from data_curation.review_page import Column, PageSpec, render_page
 from data_curation.writer import write_dataset
 from pilot_core.errors import UserError
@@ -22,18 +21,6 @@ from pilot_core.manifest import fingerprint, read_manifest
 
 FIELDS = ("id", "set", "source", "category", "stage", "reason", "score", "harm_tags", "pii", "text", "decision",
           "note")
-
-
-def _pick(rows: list[dict], key, k: int, seed: int) -> list[dict]:
-    """Up to k rows per stratum, a seeded sample, strata and rows in a stable order."""
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault(key(r), []).append(r)
-    out = []
-    for g in sorted(groups, key=str):
-        ranked = sorted(groups[g], key=lambda r: hashlib.sha256(f"{seed}:{r['id']}".encode()).digest())
-        out += ranked[:k]
-    return out
 
 
 def _tables(dataset: Path):
@@ -48,8 +35,9 @@ def export_review(dataset: str | Path, out: str | Path, per_stratum: int = 10, r
     dataset, out = Path(dataset), Path(out)
     kept, excl = _tables(dataset)
     cols = ["id", "source", "category", "harm_tags", "pii", "text"]
-    kept_rows = _pick(kept.select(cols).to_pylist(), lambda r: (r["source"], r["category"]), per_stratum, seed)
-    excl_rows = _pick(excl.to_pylist(), lambda r: (r["stage"], r["reason"]), rejects_per_reason, seed)
+    kept_rows = stratified_sample(kept.select(cols).to_pylist(), lambda r: (r["source"], r["category"]),
+                                  per_stratum, seed)
+    excl_rows = stratified_sample(excl.to_pylist(), lambda r: (r["stage"], r["reason"]), rejects_per_reason, seed)
     rows = [{"id": r["id"], "set": "kept", "source": r["source"], "category": r["category"], "stage": "",
              "reason": "", "score": "", "harm_tags": ",".join(r["harm_tags"] or []), "pii": ",".join(r["pii"] or []),
              "text": r["text"], "decision": "", "note": "",

@@ -1,10 +1,11 @@
 """The files of a review: what `export` writes (review.html, review.csv, review.jsonl, review.json) and the
 decisions file a reviewer hands back (the page's saved CSV, or the CSV / JSONL filled in by hand), read with
-one clear error per bad line."""
+one clear error per bad line; and the seeded stratified sample both reviews draw."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -15,6 +16,17 @@ from pilot_core.inputs import read_text
 from pilot_core.jsonl import read_jsonl
 
 YES = ("yes", "true", "1", "y", "x")
+
+
+def stratified_sample(rows: list[dict], key, k: int, seed: int) -> list[dict]:
+    """Up to k rows per stratum (`key` of a row), a seeded sample, strata and rows in a stable order."""
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault(key(r), []).append(r)
+    out = []
+    for g in sorted(groups, key=str):
+        out += sorted(groups[g], key=lambda r: hashlib.sha256(f"{seed}:{r['id']}".encode()).digest())[:k]
+    return out
 
 
 def write_review(out: Path, fields: tuple[str, ...], rows: list[dict], page: str, meta: dict) -> None:
