@@ -8,6 +8,7 @@ tagger misses before it decides which rubric judges a pair.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 
@@ -76,7 +77,15 @@ class ClassifierTagger:
 
 
 def make_tagger(cfg: TaggingConfig, compute: Compute | None = None) -> Tagger:
-    return RulesTagger() if cfg.kind == "rules" else ClassifierTagger(cfg, compute)
+    """The tagger `cfg` names; a run that tags its rows and then measures the tagger loads a classifier once."""
+    if cfg.kind == "rules":
+        return RulesTagger()
+    return ClassifierTagger(cfg, compute) if compute is not None else _classifier(cfg.model_dump_json())
+
+
+@lru_cache(maxsize=1)
+def _classifier(spec: str) -> ClassifierTagger:
+    return ClassifierTagger(TaggingConfig.model_validate_json(spec))
 
 
 def labelled_path(name: str) -> Path:
