@@ -1,4 +1,5 @@
-"""`pilot wsd generate`: run WSD over a prompt file (thin: parsing and progress only)."""
+"""`pilot wsd generate` (WSD over a prompt file) and `pilot wsd serve` (WSD behind an OpenAI-compatible API);
+thin: parsing only."""
 
 from __future__ import annotations
 
@@ -14,59 +15,57 @@ def wsd() -> None:
     """Weak-to-Strong Decoding and the methods it is compared with."""
 
 
-@wsd.command()
-@click.option("--pilot", required=True, help="pilot model: a local directory or hub id (a chat model)")
-@click.option("--base", required=True, help="base model: a local directory or hub id")
-@click.option("--input", "input_path", required=True, help="JSONL: {id, messages} or {id, prompt} per line")
-@click.option("--output", "output_path", required=True, help="JSONL of results; rerunning resumes it")
-@click.option("--method", default="wsd", show_default=True, type=click.Choice(list(METHODS)),
-              help="wsd, or a method to compare with it: " + "; ".join(f"{m.name}: {m.summary}"
-                                                                       for m in METHODS.values()))
-@click.option("--untuned", help="the pilot's untuned reference (bon, cbs, eft): a local directory or hub id")
-@click.option("--config", "config_path", help="configs/wsd/*.yaml (flags below override it)")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="override a config key, e.g. --set cbs.beam_width=4 (repeatable)")
-@click.option("--window", type=int, help="w, default 6")
-@click.option("--threshold", type=float, help="gamma, default 0.8")
-@click.option("--max-draft-tokens", type=int, help="default 512")
-@click.option("--max-new-tokens", type=int, help="total budget in base tokens, default 2048")
-@click.option("--batch-size", type=int, help="default 8")
-@click.option("--chunk-size", type=int, help="draft tokens scored per base pass, default 8")
-@click.option("--temperature", type=float, help="0 = greedy (default)")
-@click.option("--top-p", type=float)
-@click.option("--seed", type=int)
-@compute_options
-@click.option("--trust-remote-code", is_flag=True, help="allow model repos to run their own code (off by default)")
-@click.option("--pilot-model", help="model name on the pilot's server (when --pilot is a URL)")
-@click.option("--base-model", help="model name on the base's server (when --base is a URL)")
-@click.option("--base-tokenizer", help="the base's tokenizer (path or hub id) when --base is a URL; "
-              "default: --base-model")
-@click.option("--pilot-tokenizer", help="the pilot's tokenizer when --pilot is a URL and the method hands it token "
-              "ids (nudging); default: --pilot-model")
-@click.option("--api-key-env", help="environment variable holding the servers' API key")
-@click.option("--timeout-s", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
-              help="seconds per server request")
-@click.option("--max-retries", type=click.IntRange(0, 20), default=5, show_default=True,
-              help="retries per server request (429, 5xx, timeouts, broken responses)")
-def generate(pilot, base, input_path, output_path, method, untuned, config_path, overrides, device, dtype,
-             attn_implementation, device_map, trust_remote_code, pilot_model, base_model, base_tokenizer,
-             pilot_tokenizer, api_key_env, timeout_s, max_retries, **flags) -> None:
-    """Generate answers with Weak-to-Strong Decoding (the pilot drafts, the base takes over once confident),
-    or with a method it is compared with (--method).
+def model_options(f):
+    """The models and decoding options `pilot wsd generate` and `pilot wsd serve` share."""
+    options = [
+        click.option("--pilot", required=True, help="pilot model: a local directory or hub id (a chat model), or "
+                     "the base URL of its OpenAI-compatible server"),
+        click.option("--base", required=True, help="base model: a local directory or hub id, or a server's URL"),
+        click.option("--untuned", help="the pilot's untuned reference (bon, cbs, eft): a local directory or hub id"),
+        click.option("--config", "config_path", help="configs/wsd/*.yaml (flags below override it)"),
+        click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="override a config key, e.g. --set cbs.beam_width=4 (repeatable)"),
+        click.option("--window", type=int, help="w, default 6"),
+        click.option("--threshold", type=float, help="gamma, default 0.8"),
+        click.option("--max-draft-tokens", type=int, help="default 512"),
+        click.option("--max-new-tokens", type=int, help="total budget in base tokens, default 2048"),
+        click.option("--batch-size", type=int, help="default 8"),
+        click.option("--chunk-size", type=int, help="draft tokens scored per base pass, default 8"),
+        click.option("--temperature", type=float, help="0 = greedy (default)"),
+        click.option("--top-p", type=float),
+        click.option("--seed", type=int),
+        compute_options,
+        click.option("--trust-remote-code", is_flag=True, help="allow model repos to run their own code (off by "
+                     "default)"),
+        click.option("--pilot-model", help="model name on the pilot's server (when --pilot is a URL)"),
+        click.option("--base-model", help="model name on the base's server (when --base is a URL)"),
+        click.option("--base-tokenizer", help="the base's tokenizer (path or hub id) when --base is a URL; "
+                     "default: --base-model"),
+        click.option("--pilot-tokenizer", help="the pilot's tokenizer when --pilot is a URL and the method hands it "
+                     "token ids (nudging); default: --pilot-model"),
+        click.option("--api-key-env", help="environment variable holding the model servers' API key"),
+        click.option("--timeout-s", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True,
+                     help="seconds per model server request"),
+        click.option("--max-retries", type=click.IntRange(0, 20), default=5, show_default=True,
+                     help="retries per model server request (429, 5xx, timeouts, broken responses)"),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
 
-    --pilot and --base are local model directories (or hub ids), or base URLs of OpenAI-compatible servers
-    such as vLLM (http://host:port/v1, with --pilot-model / --base-model naming the served models)."""
+
+def resolve_models(pilot, base, untuned, config_path, overrides, device, dtype, attn_implementation, device_map,
+                   trust_remote_code, pilot_model, base_model, base_tokenizer, pilot_tokenizer, api_key_env,
+                   timeout_s, max_retries, **flags):
+    """(pilot, base, untuned sources, the decoding config, compute) from the shared options."""
     from pilot_core.config import apply_overrides, load_config, validate_config
     from pilot_core.models.source import ModelSource
-    from pilot_core.prompts import load_prompts
     from wsd_inference.config import WSDConfig
-    from wsd_inference.runner import generate_to_file
 
     data = load_config(WSDConfig, config_path).model_dump() if config_path else {}
     data.update({k: v for k, v in flags.items() if v is not None})  # option names are the config keys
     origin = apply_overrides(data, list(overrides))
     cfg = validate_config(WSDConfig, data, source="options", origin=origin)
-    prompts = load_prompts(input_path)
     sources = []
     for role, where, model, tok in (("pilot", pilot, pilot_model, pilot_tokenizer),
                                      ("base", base, base_model, base_tokenizer)):
@@ -79,11 +78,82 @@ def generate(pilot, base, input_path, output_path, method, untuned, config_path,
                                                      "api_key_env": api_key_env, **fields}, source=f"--{role}"))
     untuned_src = untuned and validate_config(ModelSource, {"name": "untuned", "path": untuned,
                                                             "trust_remote_code": trust_remote_code}, source="--untuned")
-    compute = compute_from(device, dtype, attn_implementation, device_map)
-    s = generate_to_file(sources[0], sources[1], prompts, cfg, output_path, compute, method=method,
-                         untuned=untuned_src)
+    return sources[0], sources[1], untuned_src, cfg, compute_from(device, dtype, attn_implementation, device_map)
+
+
+@wsd.command()
+@click.option("--input", "input_path", required=True, help="JSONL: {id, messages} or {id, prompt} per line")
+@click.option("--output", "output_path", required=True, help="JSONL of results; rerunning resumes it")
+@click.option("--method", default="wsd", show_default=True, type=click.Choice(list(METHODS)),
+              help="wsd, or a method to compare with it: " + "; ".join(f"{m.name}: {m.summary}"
+                                                                       for m in METHODS.values()))
+@model_options
+def generate(input_path, output_path, method, **options) -> None:
+    """Generate answers with Weak-to-Strong Decoding (the pilot drafts, the base takes over once confident),
+    or with a method it is compared with (--method).
+
+    --pilot and --base are local model directories (or hub ids), or base URLs of OpenAI-compatible servers
+    such as vLLM (http://host:port/v1, with --pilot-model / --base-model naming the served models)."""
+    from pilot_core.prompts import load_prompts
+    from wsd_inference.runner import generate_to_file
+
+    pilot, base, untuned, cfg, compute = resolve_models(**options)
+    prompts = load_prompts(input_path)
+    s = generate_to_file(pilot, base, prompts, cfg, output_path, compute, method=method, untuned=untuned)
     if not s["new"]:
         click.echo(f"{output_path}: all {len(prompts)} prompts already done", err=True)
     else:
         click.echo(f"{output_path}: {s['new']} new answers ({s['switched']} switched to the base), "
                    f"{s['already_done']} already done", err=True)
+
+
+@wsd.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--method", default="wsd", show_default=True,
+              type=click.Choice([m.name for m in METHODS.values() if m.servable]),
+              help="what the server answers with: wsd, or base_only (the base alone, served the same way, to "
+              "compare with)")
+@click.option("--served-model-name", help="the model name clients ask for (default: the method's name)")
+@click.option("--server-api-key-env", metavar="VAR", help="environment variable holding the key clients must send "
+              "(Authorization: Bearer ...); default: no key")
+@click.option("--max-concurrent-requests", type=click.IntRange(1), default=64, show_default=True,
+              help="requests in flight; more are answered 429 (OpenAI clients retry)")
+@click.option("--max-request-bytes", type=click.IntRange(1), default=1 << 20, show_default=True)
+@click.option("--max-prompt-tokens", type=click.IntRange(1), default=8192, show_default=True)
+@click.option("--max-n", type=click.IntRange(1), default=8, show_default=True, help="largest n (choices) a request "
+              "may ask for")
+@click.option("--request-timeout-s", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
+              help="seconds an answer may take; also how long SIGTERM waits for requests in flight")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+              show_default=True)
+@model_options
+def serve(host, port, method, served_model_name, server_api_key_env, max_concurrent_requests, max_request_bytes,
+          max_prompt_tokens, max_n, request_timeout_s, log_level, **options) -> None:
+    """Serve WSD ("pilot + base" as one model) behind an OpenAI-compatible API: /v1/chat/completions (streaming
+    too), /v1/completions, /v1/models, /health.
+
+    The models are the same as `pilot wsd generate` takes: in-process (requests are batched as they arrive) or on
+    servers such as vLLM (--pilot / --base URLs). max_tokens in a request is WSD's total budget (default:
+    --max-new-tokens). SIGTERM stops accepting requests and finishes the ones in flight."""
+    import os
+
+    import uvicorn
+
+    from wsd_inference.openai_api import ServerLimits, create_app
+    from wsd_inference.serving import make_backend
+
+    key = None
+    if server_api_key_env:
+        key = os.environ.get(server_api_key_env)
+        if not key:
+            raise UserError(f"--server-api-key-env {server_api_key_env}: the environment variable is not set")
+    pilot, base, untuned, cfg, compute = resolve_models(**options)
+    backend = make_backend(method, pilot, base, cfg, compute)  # loads (and checks) the models before listening
+    limits = ServerLimits(max_concurrent_requests, max_request_bytes, max_prompt_tokens, cfg.max_new_tokens, max_n,
+                          request_timeout_s)
+    name = served_model_name or method
+    app = create_app(backend, cfg, name, limits, key)
+    click.echo(f"serving {name!r} ({method}) on http://{host}:{port}/v1", err=True)
+    uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                                  timeout_graceful_shutdown=int(request_timeout_s) + 1)).run()

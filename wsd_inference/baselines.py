@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from pilot_core.inputs import read_text
 from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch
-from pilot_core.models.sampling import Stream, chat_batch
+from pilot_core.models.sampling import NO_WATCH, Watch, chat_batch
 from pilot_core.models.templates import STOP_STRINGS, base_prompt, cut_at_markers
 from pilot_core.prompts import PromptRecord
 from wsd_inference.engine import continue_base
@@ -53,10 +53,11 @@ def urial_answer(response: str) -> str:
 
 
 def _base_alone(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prompts: list[str], method: str,
-                stop: tuple[str, ...] = STOP_STRINGS) -> list[dict]:
+                stop: tuple[str, ...] = STOP_STRINGS, watch: Watch = NO_WATCH) -> list[dict]:
     """The base alone from each prompt, with the whole budget; the response cut at the first stop string."""
     t0 = time.perf_counter()
-    rows = [Stream(cfg.max_new_tokens, g) for g in cfg.generators([r.id for r in recs])]
+    stop = stop + watch.stop
+    rows = [watch.stream(r, cfg.max_new_tokens, g) for r, g in enumerate(cfg.generators([r.id for r in recs]))]
     continue_base(RaggedBatch(base, len(recs)), [base.encode(p) for p in prompts], rows, cfg.sampling(), stop)
     total = time.perf_counter() - t0
     timing = {"batch_s": round(total, 4), "draft_and_score_s": 0.0, "batch_size": len(recs)}
@@ -64,10 +65,10 @@ def _base_alone(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prompts
                           time_s=total / len(recs), timing=timing) for rec, row in zip(recs, rows)]
 
 
-def base_only_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:
+def base_only_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, watch: Watch = NO_WATCH) -> list[dict]:
     """The base model alone with the plain role template, same budget and stop rules as WSD."""
     return _base_alone(base, recs, cfg, [base_prompt(r.messages, base.tokenizer.bos_token) for r in recs],
-                       "base_only")
+                       "base_only", watch=watch)
 
 
 def urial_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prefix: str | None = None) -> list[dict]:

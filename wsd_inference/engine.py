@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch, common_prefix
-from pilot_core.models.sampling import Generation, Sampling, Stream, prefilled
+from pilot_core.models.sampling import NO_WATCH, Generation, Sampling, Stream, Watch, prefilled
 from pilot_core.models.templates import STOP_STRINGS, base_prompt, base_text, chat_prompt, cut_at_markers
 from pilot_core.prompts import PromptRecord
 from wsd_inference.records import method_record
@@ -106,11 +106,17 @@ class WSDRow:
         self.context, self.budget = kept_context(self.final_ids if self.accept is None else scored_ids,
                                                  self.prompt_len, self.accept, cfg.max_new_tokens)
 
+    @property
+    def kept_ids(self) -> list[int]:
+        """The kept draft's base tokens (set by `keep`)."""
+        return self.context[self.prompt_len:] if self.accept is not None else []
+
     def record(self, base: HFModel, cont: list[int], cfg: WSDConfig, time_s: float, timing: dict,
-               method: str) -> dict:
-        kept = self.context[self.prompt_len:] if self.accept is not None else []
+               method: str, stop: tuple[str, ...] = ()) -> dict:
+        kept = self.kept_ids
         return method_record(
-            self.rec.id, method, cut_at_markers(base.decode(kept + cont)), draft_text=base.decode(kept),
+            self.rec.id, method, cut_at_markers(base.decode(kept + cont), STOP_STRINGS + stop),
+            draft_text=base.decode(kept),
             switch_index=self.accept, switched=self.switched, pilot_tokens=len(self.draft.tokens),
             kept_draft_tokens=len(kept), base_tokens=len(cont),
             window_scores=window_scores(self.logps[: (self.accept or 0) + 1], cfg.window), time_s=time_s,
@@ -127,16 +133,18 @@ def wsd_rows(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[WS
 
 
 def finish_batch(base: HFModel, rows: list[WSDRow], batch: RaggedBatch, cfg: WSDConfig, t0: float,
-                 t_draft: float, method: str = "wsd") -> list[dict]:
+                 t_draft: float, method: str = "wsd", watch: Watch = NO_WATCH) -> list[dict]:
     """The base continues every row from its kept context (reusing what `batch` holds); one record per row."""
-    conts = [Stream(row.budget, row.generator) for row in rows]
-    continue_base(batch, [row.context for row in rows], conts, cfg.sampling())
+    conts = [watch.stream(r, row.budget, row.generator, row.kept_ids) for r, row in enumerate(rows)]
+    continue_base(batch, [row.context for row in rows], conts, cfg.sampling(), STOP_STRINGS + watch.stop)
     total = time.perf_counter() - t0
     timing = {"batch_s": round(total, 4), "draft_and_score_s": round(t_draft, 4), "batch_size": len(rows)}
-    return [row.record(base, c.tokens, cfg, total / len(rows), timing, method) for row, c in zip(rows, conts)]
+    return [row.record(base, c.tokens, cfg, total / len(rows), timing, method, watch.stop)
+            for row, c in zip(rows, conts)]
 
 
-def wsd_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:
+def wsd_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig,
+              watch: Watch = NO_WATCH) -> list[dict]:
     t0 = time.perf_counter()
     rows = wsd_rows(base, recs, cfg)
     drafting = Generation(prefilled(pilot, [chat_prompt(pilot.tokenizer, r.messages) for r in recs]),
@@ -157,7 +165,7 @@ def wsd_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDC
 
     for r, row in enumerate(rows):  # 3. the base continues from prompt + kept draft, within the total budget
         row.keep(scoring.tokens[r], cfg)
-    return finish_batch(base, rows, scoring, cfg, t0, t_draft)
+    return finish_batch(base, rows, scoring, cfg, t0, t_draft, watch=watch)
 
 
 def wsd_generate(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> Iterator[dict]:

@@ -8,6 +8,10 @@ this table, so a new method is one entry here plus its implementation:
            local=lambda m, recs, cfg: my_module.my_batch(m.pilot, m.base, recs, cfg),
            served=lambda m, rec, cfg: my_module.my_one(m.pilot, m.base, rec, cfg))  # optional
 
+The WSD server (`pilot wsd serve`) serves the methods that also give `watched` (a local runner that takes a
+`Watch`: the request's stop strings and a callback per token, to stream and to cancel) and whose served runner
+takes the request's stop strings.
+
 A local runner decodes one batch of prompts with in-process models (`LocalModels`) and returns one record per
 prompt (`records.method_record`); a served runner decodes one prompt with the base on a server (`ServedModels`);
 a batch-served runner (the searches) decodes a batch, because its in-process scorers work batch by batch.
@@ -27,6 +31,7 @@ if TYPE_CHECKING:  # the CLI imports this table: the methods' modules import no 
     from pilot_core.models.local_chat import LocalChat
     from pilot_core.models.openai_server import OpenAIServer, ServedModel
     from pilot_core.models.reward import RewardModel
+    from pilot_core.models.sampling import Watch
     from wsd_inference.config import WSDConfig
 
 ROLES = ("pilot", "base", "untuned", "reward")  # what a method may use
@@ -60,12 +65,18 @@ class Method:
     summary: str
     uses: tuple[str, ...] | Callable[[WSDConfig], tuple[str, ...]]  # the ROLES it reads, or a rule over the config
     local: Callable[[LocalModels, list, WSDConfig], list[dict]]
+    watched: Callable[[LocalModels, list, WSDConfig, Watch], list[dict]] | None = None  # local, watched (servable)
     served: Callable[[ServedModels, object, WSDConfig], Awaitable[dict]] | None = None
     served_batch: Callable[[ServedModels, list, WSDConfig], Awaitable[list[dict]]] | None = None
     check: Callable[[object, WSDConfig], object] | None = None  # raises early (before any output), given the models
     scores_in_process: bool = False  # with a served base, the pilot and its reference still score in-process
     pilot_ids: bool = False  # with a served base, the pilot continues token ids (a served pilot's tokenizer is loaded)
     validation: bool = True  # whether `pilot validate` may run it
+
+    @property
+    def servable(self) -> bool:
+        """Whether `pilot wsd serve` can serve it (see the module's docstring)."""
+        return self.watched is not None
 
     def models(self, cfg: WSDConfig) -> tuple[str, ...]:
         """The ROLES this method reads under `cfg`."""
@@ -86,11 +97,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("wsd", "the pilot drafts, the base takes over at the first window with geometric-mean probability ≥ γ",
            uses=("pilot", "base"),
            local=lambda m, recs, cfg: engine.wsd_batch(m.pilot, m.base, recs, cfg),
-           served=lambda m, rec, cfg: remote_engine.wsd_one(m.pilot, m.base, rec, cfg)),
+           watched=lambda m, recs, cfg, watch: engine.wsd_batch(m.pilot, m.base, recs, cfg, watch),
+           served=lambda m, rec, cfg, stop=(): remote_engine.wsd_one(m.pilot, m.base, rec, cfg, stop)),
     Method("base_only", "the base alone with the plain role template",
            uses=("base",),
            local=lambda m, recs, cfg: baselines.base_only_batch(m.base, recs, cfg),
-           served=lambda m, rec, cfg: remote_engine.base_only_one(m.base, rec, cfg)),
+           watched=lambda m, recs, cfg, watch: baselines.base_only_batch(m.base, recs, cfg, watch),
+           served=lambda m, rec, cfg, stop=(): remote_engine.base_only_one(m.base, rec, cfg, stop)),
     Method("pilot_only", "the pilot alone with its chat template, for the whole budget",
            uses=("pilot",),
            local=lambda m, recs, cfg: baselines.pilot_only_batch(m.pilot, recs, cfg),

@@ -30,7 +30,8 @@ def _record(rec: PromptRecord, method: str, response: str, t0: float, **fields) 
     return method_record(rec.id, method, response, time_s=total, timing={"prompt_s": round(total, 4)}, **fields)
 
 
-async def wsd_one(pilot, base: ServedModel, rec: PromptRecord, cfg: WSDConfig) -> dict:
+async def wsd_one(pilot, base: ServedModel, rec: PromptRecord, cfg: WSDConfig, stop: tuple[str, ...] = ()) -> dict:
+    """One prompt's WSD; `stop`: stop strings for the answer besides the role markers (the WSD server's)."""
     t0 = time.perf_counter()
     prompt = base_prompt(rec.messages, base.tokenizer.bos_token)
     P = len(base.encode(prompt))
@@ -74,11 +75,12 @@ async def wsd_one(pilot, base: ServedModel, rec: PromptRecord, cfg: WSDConfig) -
     kept = context[P:] if accept is not None else []
     cont, n_cont = "", 0
     if budget > 0:
-        cont, n_cont, *_ = await base.server.complete(context, budget, list(STOP_STRINGS), cfg.temperature,
+        cont, n_cont, *_ = await base.server.complete(context, budget, list(STOP_STRINGS + stop), cfg.temperature,
                                                      cfg.top_p, cfg.served_seed(rec.id))
     kept_text = base.decode(kept)
-    return _record(rec, "wsd", cut_at_markers(kept_text + cont), t0, draft_text=kept_text, switch_index=accept,
-                   switched=switched, pilot_tokens=n_pilot, kept_draft_tokens=len(kept), base_tokens=n_cont,
+    return _record(rec, "wsd", cut_at_markers(kept_text + cont, STOP_STRINGS + stop), t0, draft_text=kept_text,
+                   switch_index=accept, switched=switched, pilot_tokens=n_pilot, kept_draft_tokens=len(kept),
+                   base_tokens=n_cont,
                    window_scores=window_scores(logps[: (accept or 0) + 1], cfg.window))
 
 
@@ -90,10 +92,10 @@ async def _base_alone(base: ServedModel, rec: PromptRecord, cfg: WSDConfig, meth
     return _record(rec, method, cut_at_markers(text, stop), t0, base_tokens=n)
 
 
-async def base_only_one(base: ServedModel, rec: PromptRecord, cfg: WSDConfig) -> dict:
+async def base_only_one(base: ServedModel, rec: PromptRecord, cfg: WSDConfig, stop: tuple[str, ...] = ()) -> dict:
     """The served base alone with the plain role template."""
     return await _base_alone(base, rec, cfg, "base_only", base_prompt(rec.messages, base.tokenizer.bos_token),
-                             STOP_STRINGS)
+                             STOP_STRINGS + stop)
 
 
 async def urial_one(base: ServedModel, rec: PromptRecord, cfg: WSDConfig) -> dict:

@@ -10,6 +10,7 @@ model starting a new turn), or at its budget.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pilot_core.models.loading import HFModel
@@ -62,6 +63,7 @@ class Stream:
     generator: object = None
     tokens: list[int] = field(default_factory=list)
     done: bool = False
+    on_token: Callable[["Stream"], None] | None = None  # called after each token (a server streams it; may end it)
 
     def __post_init__(self) -> None:
         self.done = self.done or self.budget <= 0
@@ -97,7 +99,9 @@ class Generation:
             row.tokens.append(pick_token(self.next_logits(r), self.sampling, row.generator))
             if self._stops(row):
                 row.done = True
-            else:
+            if row.on_token is not None:
+                row.on_token(row)  # may end the row (a client that went away)
+            if not row.done:
                 step[r] = [row.tokens[-1]]
         if any(step):
             self.feed(step)
@@ -120,6 +124,29 @@ class Generation:
                 or bool(self.stop_strings)
                 and has_marker(m.tokenizer.decode(row.tokens[-MARKER_TAIL:], skip_special_tokens=True),
                                self.stop_strings))
+
+
+@dataclass(frozen=True)
+class Watch:
+    """What a caller of a batch watches and steers (the WSD server): stop strings for the answers besides the
+    method's own, and per row a callback after every token of the answer's generated part, given the answer's
+    tokens before it (WSD's kept draft) and the row's Stream; it may end the row (`stream.done = True`)."""
+
+    stop: tuple[str, ...] = ()
+    on_token: tuple[Callable[[list[int], Stream], None] | None, ...] = ()
+
+    def stream(self, r: int, budget: int, generator, before: list[int] | None = None) -> Stream:
+        """Row r's Stream, wired to its callback (called once now, before any token: the kept part is known)."""
+        watch = self.on_token[r] if r < len(self.on_token) else None
+        if watch is None:
+            return Stream(budget, generator)
+        before = list(before or [])
+        s = Stream(budget, generator, on_token=lambda row: watch(before, row))
+        watch(before, s)
+        return s
+
+
+NO_WATCH = Watch()
 
 
 def prefilled(model: HFModel, prompts: list[str]) -> RaggedBatch:

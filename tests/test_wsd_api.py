@@ -1,0 +1,221 @@
+"""`pilot wsd serve` driven as a user drives it: the `openai` SDK on loopback against the real server process.
+
+The answers equal `pilot wsd generate`'s (greedy), also when requests arrive together and are batched; streaming,
+completions, n, seeds, stop, max_tokens; bad requests get a 400 in OpenAI's error shape; the API key; a client
+that goes away mid-stream stops its answer; SIGTERM lets the requests in flight finish."""
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+
+from wsd_inference.server_process import WSDServer
+
+from .helpers import REPO, pilot
+
+KEY_ENV, KEY = "PILOT_TEST_SERVER_KEY", "sk-test-4f1c9e"
+DECODING = ["--max-draft-tokens", "16", "--window", "3", "--threshold", "0.05"]
+PROMPTS = [f"Question number {i}: what is {i} plus {i}?" for i in range(6)]
+LONG = "Question number 22: what is 22 plus 22?"  # the tiny pair's greedy answer runs to any budget (3000 here)
+
+
+@pytest.fixture(scope="module")
+def server(pair_same):
+    env = {**os.environ, KEY_ENV: KEY}
+    with WSDServer(["--pilot", str(pair_same[0]), "--base", str(pair_same[1]), *DECODING, "--max-new-tokens", "3000",
+                    "--batch-size", "4", "--server-api-key-env", KEY_ENV, "--max-n", "4"], env=env) as s:
+        yield s
+    assert KEY not in s.log.read_text()  # the key is never logged
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url, api_key=KEY, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def generated(pair_same, tmp_path_factory):
+    """`pilot wsd generate` on the same prompts and settings (24 base tokens)."""
+    d = tmp_path_factory.mktemp("generate")
+    (d / "in.jsonl").write_text("".join(json.dumps({"id": f"q{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS))
+                                + json.dumps({"id": "multi", "messages": MULTI}) + "\n")
+    r = pilot("wsd", "generate", "--pilot", str(pair_same[0]), "--base", str(pair_same[1]), *DECODING,
+              "--max-new-tokens", "24", "--input", str(d / "in.jsonl"), "--output", str(d / "out.jsonl"))
+    assert r.returncode == 0, r.stderr
+    return {json.loads(x)["id"]: json.loads(x) for x in (d / "out.jsonl").read_text().splitlines()}
+
+
+MULTI = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+         {"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": "Name a colour."}]
+
+
+def chat(client, content, **kw):
+    messages = content if isinstance(content, list) else [{"role": "user", "content": content}]
+    return client.chat.completions.create(model="wsd", messages=messages, **{"max_tokens": 24, **kw})
+
+
+def test_answers_equal_wsd_generate_also_when_batched(server, generated):
+    async def all_at_once():
+        c = openai.AsyncOpenAI(base_url=server.url, api_key=KEY, max_retries=0)
+        async with c:
+            return await asyncio.gather(*(c.chat.completions.create(
+                model="wsd", messages=[{"role": "user", "content": p}], max_tokens=24) for p in PROMPTS))
+
+    before = server.health()
+    answers = asyncio.run(all_at_once())
+    after = server.health()
+    assert after["largest_batch"] > 1 and after["batches"] - before["batches"] < len(PROMPTS)  # they were batched
+    for i, r in enumerate(answers):
+        want, c = generated[f"q{i}"], r.choices[0]
+        assert c.message.content == want["response"]
+        assert c.model_extra["wsd"] == {k: want[k] for k in ("switched", "switch_index", "kept_draft_tokens",
+                                                              "pilot_tokens", "base_tokens", "draft_text")}
+        assert r.usage.completion_tokens == want["kept_draft_tokens"] + want["base_tokens"] <= 24
+        assert c.finish_reason == ("length" if r.usage.completion_tokens == 24 else "stop")
+        assert r.usage.prompt_tokens > 5 and r.model == "wsd"
+
+
+def test_multi_turn_and_completions_endpoint(client, generated):
+    assert chat(client, MULTI).choices[0].message.content == generated["multi"]["response"]
+    r = client.completions.create(model="wsd", prompt=PROMPTS[:3], max_tokens=24)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    assert [c.text for c in r.choices] == [generated[f"q{i}"]["response"] for i in range(3)]
+    assert r.object == "text_completion" and r.usage.completion_tokens == sum(
+        generated[f"q{i}"]["kept_draft_tokens"] + generated[f"q{i}"]["base_tokens"] for i in range(3))
+
+
+def test_streaming_sends_the_same_answer_piece_by_piece(client):
+    want = chat(client, LONG, max_tokens=200).choices[0].message.content
+    chunks = list(chat(client, LONG, max_tokens=200, stream=True, stream_options={"include_usage": True}))
+    content = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(content) > 10 and "".join(content) == want  # token by token after the switch, not one lump
+    last = [c for c in chunks if c.choices][-1].choices[0]
+    assert last.finish_reason == "length" and last.model_extra["wsd"]["kept_draft_tokens"] >= 1
+    assert chunks[-1].usage.completion_tokens == 200 and not chunks[-1].choices
+    done = list(client.completions.create(model="wsd", prompt=PROMPTS[0], max_tokens=24, stream=True))
+    assert "".join(c.choices[0].text for c in done) == chat(client, PROMPTS[0]).choices[0].message.content
+
+
+def test_n_seed_temperature_and_stop(client):
+    a = chat(client, PROMPTS[1], n=3, temperature=1.0, seed=7, max_tokens=40)
+    b = chat(client, PROMPTS[1], n=3, temperature=1.0, seed=7, max_tokens=40)
+    texts = [c.message.content for c in a.choices]
+    assert [c.index for c in a.choices] == [0, 1, 2] and texts == [c.message.content for c in b.choices]
+    assert len(set(texts)) > 1  # each choice has its own random stream
+    other = chat(client, PROMPTS[1], n=3, temperature=1.0, seed=8, max_tokens=40)
+    assert [c.message.content for c in other.choices] != texts
+    # a seeded answer does not depend on what it was batched with
+    alone = chat(client, PROMPTS[2], temperature=1.0, seed=5, max_tokens=40).choices[0].message.content
+    results = {}
+
+    def crowd(i):
+        results[i] = chat(client, PROMPTS[i % 6], temperature=1.0, seed=i, max_tokens=40)
+
+    threads = [threading.Thread(target=crowd, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    together = chat(client, PROMPTS[2], temperature=1.0, seed=5, max_tokens=40).choices[0].message.content
+    for t in threads:
+        t.join()
+    assert together == alone
+    greedy = chat(client, LONG, max_tokens=120).choices[0].message.content
+    word = greedy.split()[len(greedy.split()) // 2]
+    cut = chat(client, LONG, max_tokens=120, stop=[word])
+    assert cut.choices[0].message.content == greedy[: greedy.index(word)].strip()
+    assert cut.choices[0].finish_reason == "stop" and cut.usage.completion_tokens < 120
+    short = chat(client, LONG, max_tokens=5)
+    assert short.usage.completion_tokens == 5 and short.choices[0].finish_reason == "length"
+
+
+@pytest.mark.parametrize("kw, param", [
+    ({"temperature": 5}, "temperature"), ({"n": 9}, "n"), ({"max_tokens": 3001}, "max_tokens"),
+    ({"logprobs": True}, "logprobs"), ({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"top_p": 0}, "top_p"),
+    ({"extra_body": {"frobnicate": 1}}, "frobnicate"), ({"tools": [{"type": "function", "function": {"name": "f"}}]},
+                                                         "tools"),
+    ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hel"}]}, "messages"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}, "messages"),
+])
+def test_bad_requests_get_a_400_naming_the_parameter(client, kw, param):
+    args = {"model": "wsd", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, **kw}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(**args)
+    assert e.value.status_code == 400 and e.value.body["param"] == param and e.value.body["message"]
+    assert e.value.body["type"] == "invalid_request_error"
+
+
+def test_errors_in_openai_shape_auth_limits_health(server, client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])
+    assert e.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.url, api_key="wrong", max_retries=0).models.list()
+    r = httpx.post(f"{server.url}/chat/completions", json={"model": "wsd", "messages": [{"role": "user",
+                                                                                         "content": "Hi"}]})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert [m.id for m in client.models.list()] == ["wsd"]
+    r = httpx.post(f"{server.url}/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                   content=b'{"model": "wsd", "messages": [' + b" " * (1 << 20) + b"]}")
+    assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
+    r = httpx.post(f"{server.url}/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, content=b"{nope")
+    assert r.status_code == 400 and "not JSON" in r.json()["error"]["message"]
+    assert httpx.get(f"{server.url}/nowhere").json()["error"]["type"] == "not_found_error"
+    assert server.health()["status"] == "ok"
+
+
+def test_a_client_that_goes_away_mid_stream_stops_its_answer(server, client):
+    before = server.health()["cancelled"]
+    with chat(client, LONG, max_tokens=3000, stream=True) as stream:
+        got = 0
+        for chunk in stream:
+            got += bool(chunk.choices and chunk.choices[0].delta.content)
+            if got >= 3:
+                break  # closing the response drops the connection
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (server.health()["in_flight"] or server.health()["cancelled"] == before):
+        time.sleep(0.05)
+    h = server.health()
+    assert h["cancelled"] == before + 1 and h["in_flight"] == 0  # stopped part-way, not run to 3000 tokens
+
+
+def test_sigterm_finishes_the_requests_in_flight(pair_same):
+    with WSDServer(["--pilot", str(pair_same[0]), "--base", str(pair_same[1]), *DECODING, "--max-new-tokens",
+                    "400", "--batch-size", "2"]) as s:
+        c = openai.OpenAI(base_url=s.url, api_key="none", max_retries=0)
+        results, errors = [], []
+
+        def ask():
+            try:
+                results.append(chat(c, LONG, max_tokens=400))
+            except Exception as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=ask) for _ in range(4)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 60
+        while s.health()["in_flight"] < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert s.health()["in_flight"] == 4
+        assert s.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
+        for t in threads:
+            t.join()
+        assert not errors and len(results) == 4
+        assert all(r.usage.completion_tokens == 400 for r in results)  # finished, not cut
+        with pytest.raises(openai.APIConnectionError):
+            chat(c, "Hi")
+
+
+def test_the_server_refuses_bad_options_with_one_line(pair_same):
+    from .helpers import one_line_error
+
+    r = pilot("wsd", "serve", "--pilot", str(pair_same[0]), "--base", str(pair_same[1]), "--server-api-key-env",
+              "PILOT_TEST_UNSET_VAR")
+    assert "PILOT_TEST_UNSET_VAR" in one_line_error(r)
+    r = pilot("wsd", "serve", "--pilot", str(REPO / "no-such-model"), "--base", str(pair_same[1]))
+    assert "no-such-model" in one_line_error(r)
