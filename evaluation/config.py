@@ -158,6 +158,36 @@ class MetricsConfig(BaseConfig):
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
 
 
+class HarnessTask(BaseConfig):
+    """One lm-evaluation-harness task and the figure read from it (per item, so intervals and the tax are paired)."""
+
+    name: str = Field(description="the task's name: lm-eval's own, or one in include_path")
+    metric: str = Field("exact_match", description="the per-item metric lm-eval logs for the task")
+    filter: str = Field("flexible-extract", description="the task's filter whose answers are scored")
+
+    _name = field_validator("name")(config_name("harness task name"))
+
+
+class HarnessConfig(BaseConfig):
+    """Capability tasks run through lm-evaluation-harness (its `local-chat-completions` model) against the WSD
+    server (`pilot wsd serve`) and the base alone served the same way (`--method base_only`), with every base.
+    The task's accuracy joins the report as a capability set: per method, and as alignment tax."""
+
+    tasks: list[HarnessTask] = Field(min_length=1)
+    include_path: str | None = Field(None, description="a directory of lm-eval task YAMLs (e.g. reading local "
+                                     "datasets, so the run is offline)")
+    lm_eval: str = Field("lm_eval", description="the lm_eval command: install lm-eval[api] where it does not touch "
+                         "this environment (its own virtual environment) and give its path")
+    num_concurrent: int = Field(8, ge=1, description="requests lm-eval keeps in flight (the server batches them)")
+    limit: int | None = Field(None, ge=1, description="items per task (smoke runs)")
+    timeout_s: float = Field(7200.0, gt=0, description="seconds one lm-eval run may take")
+
+    @model_validator(mode="after")
+    def _unique(self) -> "HarnessConfig":
+        check_unique([t.name for t in self.tasks], "harness task")
+        return self
+
+
 class EvalSpec(BaseConfig):
     seed: int = 0
     eval_sets: list[EvalSet] = Field(min_length=1)
@@ -167,6 +197,8 @@ class EvalSpec(BaseConfig):
                                         "(default: the model the checkpoint's last stage started from)")
     wsd: WSDConfig = WSDConfig()
     metrics: MetricsConfig = MetricsConfig()
+    harness: HarnessConfig | None = Field(None, description="capability tasks through lm-evaluation-harness, "
+                                          "against WSD and base-only behind `pilot wsd serve`")
 
     @field_validator("methods")
     @classmethod
@@ -181,7 +213,8 @@ class EvalSpec(BaseConfig):
 
     @model_validator(mode="after")
     def _sets(self) -> "EvalSpec":
-        check_unique([s.name for s in self.eval_sets], "eval set")
+        check_unique([s.name for s in self.eval_sets] + [t.name for t in (self.harness.tasks if self.harness
+                                                                          else [])], "eval set or harness task")
         return self
 
 

@@ -193,17 +193,17 @@ def _aggregate(spec, sets, bases, rows) -> tuple[dict, dict]:
                 b, conf, seed), items=len(mine))
         metrics.setdefault(base, {}).setdefault(method, {})[s] = cell
     tax: dict = {}
-    for es, _ in sets:
-        if es.kind not in CAPABILITY_KINDS:
-            continue
+    capability = [es.name for es, _ in sets if es.kind in CAPABILITY_KINDS]
+    capability += [t.name for t in spec.harness.tasks] if spec.harness else []
+    for s in capability:
         for base in bases:
-            ref = {r["id"]: r["correct"] for r in groups[(base.name, REFERENCE, es.name)]}
+            ref = {r["id"]: r["correct"] for r in groups[(base.name, REFERENCE, s)]}
             for method in spec.methods:
-                if method == REFERENCE:
+                if method == REFERENCE or (base.name, method, s) not in groups:  # harness: WSD and base-only only
                     continue
-                got = {r["id"]: r["correct"] for r in groups[(base.name, method, es.name)]}
+                got = {r["id"]: r["correct"] for r in groups[(base.name, method, s)]}
                 ids = sorted(ref)
-                tax.setdefault(base.name, {}).setdefault(method, {})[es.name] = Stat(**paired_diff_ci(
+                tax.setdefault(base.name, {}).setdefault(method, {})[s] = Stat(**paired_diff_ci(
                     [ref[i] for i in ids], [got[i] for i in ids], b, conf, seed))  # > 0: capability lost
     return metrics, tax
 
@@ -268,6 +268,13 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
     pilot = ModelSource(name=pilot_name, path=str(ckpt))
     records = _generate(spec, pilot, bases, untuned, sets, output, compute, progress)
     rows, counts = _scores(spec, sets, records, output, http_client, compute)
+    identities = {es.name: set_identity(es, len(items)) for es, items in sets}
+    if spec.harness:  # the field's harness, against WSD and base-only behind `pilot wsd serve`
+        from evaluation.harness import run_harness, task_identities
+
+        harness_rows = run_harness(spec, ckpt, bases, output)
+        rows += harness_rows
+        identities.update(task_identities(spec.harness, harness_rows))
     metrics, tax = _aggregate(spec, sets, bases, rows)
     m = spec.metrics
     report = ValidationReport(
@@ -278,7 +285,7 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
         pilot=pilot_name, untuned=untuned.model_dump(mode="json") if untuned else None,
         bases={b.name: b.model_dump(mode="json", exclude_none=True) for b in bases},
         methods=spec.methods, reference_method=REFERENCE,
-        eval_sets={es.name: set_identity(es, len(items)) for es, items in sets},
+        eval_sets=identities,
         seeds={"validation": spec.seed, "decoding": spec.wsd.seed, "bootstrap": spec.seed},
         judges=Judges(reward=m.reward and m.reward.model.model_dump(mode="json", exclude_none=True),
                       win_rate=m.win_rate and {"kind": m.win_rate.kind, "name": m.win_rate.name,

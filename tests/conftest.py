@@ -93,6 +93,10 @@ def pytest_collection_finish(session):
     machine) then overlaps the tests that come before the first one that uses them."""
     if session.config.option.collectonly:
         return
+    if any("lm_eval_bin" in getattr(item, "fixturenames", ()) for item in session.items):
+        from .lm_eval_env import start_building
+
+        start_building()
     if any("vllm_servers" in getattr(item, "fixturenames", ()) for item in session.items):
         try:
             _EARLY.update(_start_vllm(Path(tempfile.mkdtemp(prefix="pilot-vllm-logs-"))))
@@ -118,6 +122,14 @@ def vllm_servers(pair_same, pair_different, tmp_path_factory):
         for s in servers.values():
             s.stop()
         _EARLY.clear()
+
+
+@pytest.fixture(scope="session")
+def lm_eval_bin() -> Path:
+    """lm-evaluation-harness's command, from a virtual environment of its own (tests/lm_eval_env.py)."""
+    from .lm_eval_env import lm_eval_bin as built
+
+    return built()
 
 
 @pytest.fixture(scope="session")

@@ -41,7 +41,7 @@ class WSDServer:
                "--log-level", "warning"]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                         cwd=Path(__file__).resolve().parents[1], preexec_fn=die_with_parent)
+                                         preexec_fn=die_with_parent)
         deadline = time.monotonic() + self.startup_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
