@@ -181,6 +181,8 @@ class HarnessConfig(BaseConfig):
     num_concurrent: int = Field(8, ge=1, description="requests lm-eval keeps in flight (the server batches them)")
     limit: int | None = Field(None, ge=1, description="items per task (smoke runs)")
     timeout_s: float = Field(7200.0, gt=0, description="seconds one lm-eval run may take")
+    parallel: bool = Field(False, description="run WSD's and base-only's servers (and every base's) at once: right "
+                           "for served bases; with in-process models each server loads its own copy")
 
     @model_validator(mode="after")
     def _unique(self) -> "HarnessConfig":

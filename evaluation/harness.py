@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from evaluation.config import EvalSpec, HarnessConfig
@@ -37,6 +38,17 @@ def server_args(checkpoint: Path, base: ModelSource, method: str, config: Path) 
                  else base.local_path()]  # a hub id stays as it is
     return ["--pilot", str(checkpoint.resolve()), *where, "--method", method, "--served-model-name", method,
             "--config", str(config.resolve()), *(["--trust-remote-code"] if base.trust_remote_code else [])]
+
+
+def check_harness(h: HarnessConfig) -> None:
+    """Found before any work starts: the lm_eval command and the task directory."""
+    import shutil
+
+    if shutil.which(h.lm_eval) is None:
+        raise UserError(f"harness.lm_eval {h.lm_eval!r} was not found: install lm-eval[api] (its own virtual "
+                        "environment keeps this one clean) and give the path of its lm_eval")
+    if h.include_path and not Path(h.include_path).is_dir():
+        raise UserError(f"harness.include_path {h.include_path}: not a directory of lm-eval task YAMLs")
 
 
 def _lm_eval(h: HarnessConfig, url: str, method: str, out: Path, seed: int) -> None:
@@ -94,18 +106,22 @@ def run_harness(spec: EvalSpec, checkpoint: Path, bases: list[ModelSource], outp
     root.mkdir(parents=True, exist_ok=True)
     config = root / "wsd.yaml"
     config.write_text(json.dumps(spec.wsd.model_dump(mode="json")), encoding="utf-8")  # JSON is YAML
-    rows = []
-    for base in bases:
-        for method in METHODS:
-            out = safe_join(root, base.name, method, what="base name")
-            done = out / "done.json"
-            if not done.is_file():  # a finished run is reused; an unfinished one starts over
-                out.mkdir(parents=True, exist_ok=True)
-                with WSDServer(server_args(checkpoint, base, method, config), log_dir=out) as server:
-                    _lm_eval(h, server.url, method, out, spec.seed)
-                atomic_write_json(done, {"tasks": [t.name for t in h.tasks]})
-            rows += _rows(h, out, base.name, method)
-    return rows
+    runs = [(base, method, safe_join(root, base.name, method, what="base name")) for base in bases
+            for method in METHODS]
+
+    def run(base: ModelSource, method: str, out: Path) -> None:
+        done = out / "done.json"
+        if done.is_file():  # a finished run is reused; an unfinished one starts over
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        with WSDServer(server_args(checkpoint, base, method, config), log_dir=out) as server:
+            _lm_eval(h, server.url, method, out, spec.seed)
+        atomic_write_json(done, {"tasks": [t.name for t in h.tasks]})
+
+    with ThreadPoolExecutor(max_workers=len(runs) if h.parallel else 1) as pool:
+        for f in [pool.submit(run, *r) for r in runs]:
+            f.result()
+    return [row for base, method, out in runs for row in _rows(h, out, base.name, method)]
 
 
 def task_identities(h: HarnessConfig, rows: list[dict]) -> dict[str, EvalSetIdentity]:

@@ -263,6 +263,10 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
         if {"checkpoint": old.checkpoint.fingerprint, "config_hash": old.config_hash} == ident:
             return old  # the same checkpoint measured the same way: already done
         raise UserError(f"{output} holds a report for another checkpoint or config; choose another --output")
+    if spec.harness:
+        from evaluation.harness import check_harness
+
+        check_harness(spec.harness)
     sets = [(es, load_eval_set(es)) for es in spec.eval_sets]
     untuned = _untuned(spec, manifest)
     pilot = ModelSource(name=pilot_name, path=str(ckpt))

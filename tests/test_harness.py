@@ -70,7 +70,7 @@ def test_validation_scores_a_local_gsm8k_task_through_lm_eval_against_the_wsd_se
                                                                                      "arith.v1.jsonl")}],
         "methods": ["wsd", "base_only"], "wsd": demo["validation"]["wsd"],
         "harness": {"tasks": [{"name": "arith_gsm8k"}], "include_path": str(tmp_path / "tasks"),
-                    "lm_eval": str(lm_eval_bin), "num_concurrent": 4}})
+                    "lm_eval": str(lm_eval_bin), "num_concurrent": 4, "parallel": True}})
     report = validate(spec, ckpt, [base], tmp_path / "out", progress=False)
 
     rows = [json.loads(x) for x in (tmp_path / "out" / "items.jsonl").read_text().splitlines()]

@@ -14,9 +14,10 @@ SHARED = "pilot_core"
 STAGES = ("data_curation", "training", "wsd_inference", "evaluation", "release")
 FLOWS = "flows"
 LIBRARIES = (SHARED, *STAGES)
-# the one stage-to-stage arrow: validation runs the methods through the registry and the runner
+# the one stage-to-stage arrow: validation runs the methods through the registry and the runner, and the lm-eval
+# harness against the WSD server (`pilot wsd serve`, started as a process)
 ALLOWED = {("evaluation", "wsd_inference.methods"), ("evaluation", "wsd_inference.runner"),
-           ("evaluation", "wsd_inference.config")}
+           ("evaluation", "wsd_inference.config"), ("evaluation", "wsd_inference.server_process")}
 
 
 def _module(path: Path) -> str:

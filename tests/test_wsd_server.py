@@ -113,6 +113,8 @@ def test_streamed_drafts_count_tokens_not_chunks(vllm_servers):
 
 
 def test_cli_with_servers(vllm_servers, pair_same, pair_different, tmp_path):
+    """`pilot wsd generate` with served pilot and base equals the local run; `pilot wsd serve` in front of the
+    same servers answers as generate did."""
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": r.id, "messages": list(r.messages)}) + "\n" for r in RECS))
     common = ["--input", str(prompts), "--max-draft-tokens", "16", "--max-new-tokens", "24", "--window", "3",
@@ -128,6 +130,32 @@ def test_cli_with_servers(vllm_servers, pair_same, pair_different, tmp_path):
     a = [json.loads(x) for x in open(tmp_path / "local.jsonl")]
     b = [json.loads(x) for x in open(tmp_path / "srv.jsonl")]
     assert [{k: x[k] for k in DECISIONS} for x in a] == [{k: x[k] for k in DECISIONS} for x in b]
+
+    # `pilot wsd serve` in front of the same servers answers as `pilot wsd generate` did: concurrent chat
+    # requests, and one streamed (the base's continuation streams in)
+    import openai
+
+    from wsd_inference.server_process import WSDServer
+
+    async def ask(url):
+        async with openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0) as c:
+            whole = await asyncio.gather(*(c.chat.completions.create(model="wsd", messages=list(rec.messages),
+                                                                     max_tokens=24) for rec in RECS))
+            stream = await c.chat.completions.create(model="wsd", messages=list(RECS[0].messages), max_tokens=24,
+                                                     stream=True)
+            return whole, [ch.choices[0].delta.content async for ch in stream if ch.choices and
+                           ch.choices[0].delta.content]
+
+    served = ["--pilot", vllm_servers["pilot"].url, "--pilot-model", "pilot", "--base",
+              vllm_servers["base-different"].url, "--base-model", "base-different", "--base-tokenizer",
+              str(pair_different[1]), *common[2:]]
+    with WSDServer(served) as s:
+        whole, streamed = asyncio.run(ask(s.url))
+    assert [w.choices[0].message.content for w in whole] == [x["response"] for x in b]
+    assert [{k: w.choices[0].model_extra["wsd"][k] for k in DECISIONS} for w in whole] == \
+        [{k: x[k] for k in DECISIONS} for x in b]
+    assert "".join(streamed) == b[0]["response"]
+    assert len(streamed) > 1 or b[0]["base_tokens"] < 3
 
 
 @pytest.mark.parametrize("method", ["base_only", "urial"])
@@ -281,36 +309,3 @@ def test_nudging_cli_with_servers(vllm_servers, pair_same, pair_different, tmp_p
     assert {x["method"] for x in a + b} == {"nudging"} and sum(x["handoffs"] for x in b) > 0
     assert sum(x["response"] == y["response"] for x, y in zip(a, b)) >= len(RECS) - 1
 
-
-def test_the_wsd_server_in_front_of_vllm_servers_answers_as_generate(vllm_servers, pair_different, tmp_path):
-    """`pilot wsd serve` with the pilot and the base on vLLM: concurrent chat requests, one streamed, equal to
-    `pilot wsd generate` over the same servers."""
-    import openai
-
-    from wsd_inference.server_process import WSDServer
-
-    served = ["--pilot", vllm_servers["pilot"].url, "--pilot-model", "pilot", "--base",
-              vllm_servers["base-different"].url, "--base-model", "base-different", "--base-tokenizer",
-              str(pair_different[1]), "--max-draft-tokens", "16", "--max-new-tokens", "24", "--window", "3",
-              "--threshold", "0.05"]
-    prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(json.dumps({"id": r.id, "messages": list(r.messages)}) + "\n" for r in RECS))
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "wsd", "generate", *served, "--input", str(prompts),
-                        "--output", str(tmp_path / "srv.jsonl")], cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    want = [json.loads(x) for x in open(tmp_path / "srv.jsonl")]
-
-    async def ask(url):
-        async with openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0) as c:
-            whole = await asyncio.gather(*(c.chat.completions.create(model="wsd", messages=list(rec.messages),
-                                                                     max_tokens=24) for rec in RECS))
-            stream = await c.chat.completions.create(model="wsd", messages=list(RECS[0].messages), max_tokens=24,
-                                                     stream=True)
-            return whole, "".join([ch.choices[0].delta.content or "" async for ch in stream if ch.choices])
-
-    with WSDServer(served) as s:
-        whole, streamed = asyncio.run(ask(s.url))
-    assert [a.choices[0].message.content for a in whole] == [w["response"] for w in want]
-    assert [{k: a.choices[0].model_extra["wsd"][k] for k in ("switch_index", "switched", "kept_draft_tokens")}
-            for a in whole] == [{k: w[k] for k in ("switch_index", "switched", "kept_draft_tokens")} for w in want]
-    assert streamed == want[0]["response"]

@@ -10,7 +10,7 @@ this table, so a new method is one entry here plus its implementation:
 
 The WSD server (`pilot wsd serve`) serves the methods that also give `watched` (a local runner that takes a
 `Watch`: the request's stop strings and a callback per token, to stream and to cancel) and whose served runner
-takes the request's stop strings.
+takes the request's stop strings and a callback given the answer so far (`stop=(), on_text=None`).
 
 A local runner decodes one batch of prompts with in-process models (`LocalModels`) and returns one record per
 prompt (`records.method_record`); a served runner decodes one prompt with the base on a server (`ServedModels`);
@@ -98,12 +98,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            uses=("pilot", "base"),
            local=lambda m, recs, cfg: engine.wsd_batch(m.pilot, m.base, recs, cfg),
            watched=lambda m, recs, cfg, watch: engine.wsd_batch(m.pilot, m.base, recs, cfg, watch),
-           served=lambda m, rec, cfg, stop=(): remote_engine.wsd_one(m.pilot, m.base, rec, cfg, stop)),
+           served=lambda m, rec, cfg, stop=(), on_text=None: remote_engine.wsd_one(m.pilot, m.base, rec, cfg, stop,
+                                                                                     on_text)),
     Method("base_only", "the base alone with the plain role template",
            uses=("base",),
            local=lambda m, recs, cfg: baselines.base_only_batch(m.base, recs, cfg),
            watched=lambda m, recs, cfg, watch: baselines.base_only_batch(m.base, recs, cfg, watch),
-           served=lambda m, rec, cfg, stop=(): remote_engine.base_only_one(m.base, rec, cfg, stop)),
+           served=lambda m, rec, cfg, stop=(), on_text=None: remote_engine.base_only_one(m.base, rec, cfg, stop,
+                                                                                           on_text)),
     Method("pilot_only", "the pilot alone with its chat template, for the whole budget",
            uses=("pilot",),
            local=lambda m, recs, cfg: baselines.pilot_only_batch(m.pilot, recs, cfg),

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pilot_core.errors import UserError
@@ -247,7 +248,7 @@ def create_app(backend, cfg: WSDConfig, model_name: str, limits: ServerLimits, a
                            f"{model_name!r})", "not_found_error", "model", "model_not_found")
         return body
 
-    def jobs_for(recs: list[PromptRecord], s: Sampling, streaming: list | None = None) -> tuple[list[Job], WSDConfig]:
+    def jobs_for(recs: list[PromptRecord], s: Sampling) -> tuple[list[Job], WSDConfig]:
         rcfg = request_config(cfg, s.max_tokens, s.temperature, s.top_p)
         nonce = uuid.uuid4().hex if s.seed is None else f"seed{s.seed}"
         jobs = []
@@ -260,15 +261,21 @@ def create_app(backend, cfg: WSDConfig, model_name: str, limits: ServerLimits, a
                 jobs.append(Job(PromptRecord(f"{nonce}:{p}:{i}", rec.messages), rcfg, s.stop))
         return jobs, rcfg
 
-    def admit() -> None:
+    def admit():
+        """A slot for one request in flight; its `release` may be called more than once."""
         if state["in_flight"] >= limits.max_concurrent:
             raise ApiError(429, f"the server is at its limit of {limits.max_concurrent} requests in flight; retry",
                            "rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": "1"})
         state["in_flight"] += 1
+        held = [True]
 
-    def release() -> None:
-        state["in_flight"] -= 1
-        state["served"] += 1
+        def release() -> None:
+            if held:
+                held.clear()
+                state["in_flight"] -= 1
+                state["served"] += 1
+
+        return release
 
     async def run_all(request: Request, jobs: list[Job]) -> list[dict]:
         tasks = [asyncio.ensure_future(backend.answer(j)) for j in jobs]
@@ -300,14 +307,14 @@ def create_app(backend, cfg: WSDConfig, model_name: str, limits: ServerLimits, a
         c = sum(completion_tokens(r) for r in records)
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
 
-    async def answer(request: Request, body: dict, recs: list[PromptRecord], s: Sampling, chat: bool):
+    async def answer(request: Request, recs: list[PromptRecord], s: Sampling, chat: bool):
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
         jobs, rcfg = jobs_for(recs, s)
-        admit()
-        if s.stream:  # the generator releases the slot when it ends
-            gen = stream_events(jobs, rcfg, recs, s, chat, rid, created)
-            return StreamingResponse(gen, media_type="text/event-stream",
+        release = admit()
+        if s.stream:  # the generator releases the slot when it ends (or, never started, the response does)
+            gen = stream_events(jobs, rcfg, recs, s, chat, rid, created, release)
+            return StreamingResponse(gen, media_type="text/event-stream", background=BackgroundTask(release),
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
             records = await run_all(request, jobs)
@@ -325,7 +332,8 @@ def create_app(backend, cfg: WSDConfig, model_name: str, limits: ServerLimits, a
         return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
                 "model": model_name, "choices": choices, "usage": usage(recs, records)}
 
-    async def stream_events(jobs, rcfg, recs, s: Sampling, chat: bool, rid: str, created: int) -> AsyncIterator[str]:
+    async def stream_events(jobs, rcfg, recs, s: Sampling, chat: bool, rid: str, created: int,
+                            release) -> AsyncIterator[str]:
         obj = "chat.completion.chunk" if chat else "text_completion"
 
         def event(choices: list[dict], **extra) -> str:
@@ -402,7 +410,7 @@ def create_app(backend, cfg: WSDConfig, model_name: str, limits: ServerLimits, a
         s = parse_sampling(body, limits, {"messages", "n", "max_tokens", "max_completion_tokens", "temperature",
                                           "top_p", "seed", "stop", "stream"})
         rec = PromptRecord("request", parse_messages(body.get("messages")))
-        return await answer(request, body, [rec], s, chat=True)
+        return await answer(request, [rec], s, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -419,6 +427,6 @@ def create_app(backend, cfg: WSDConfig, model_name: str, limits: ServerLimits, a
         if len(prompts) * s.n > limits.max_n * 4:
             raise _bad(f"{len(prompts)} prompts x n={s.n} is over the limit of {limits.max_n * 4} answers", "prompt")
         recs = [PromptRecord("request", ({"role": "user", "content": p},)) for p in prompts]
-        return await answer(request, body, recs, s, chat=False)
+        return await answer(request, recs, s, chat=False)
 
     return app

@@ -30,8 +30,25 @@ def _record(rec: PromptRecord, method: str, response: str, t0: float, **fields) 
     return method_record(rec.id, method, response, time_s=total, timing={"prompt_s": round(total, 4)}, **fields)
 
 
-async def wsd_one(pilot, base: ServedModel, rec: PromptRecord, cfg: WSDConfig, stop: tuple[str, ...] = ()) -> dict:
-    """One prompt's WSD; `stop`: stop strings for the answer besides the role markers (the WSD server's)."""
+async def _continue(base: ServedModel, ids: list[int], budget: int, stop: tuple[str, ...], cfg: WSDConfig,
+                    rec: PromptRecord, before: str = "", on_text=None) -> tuple[str, int]:
+    """The served base's continuation (text, tokens); with `on_text`, streamed: it is called with the answer so
+    far (`before` + the continuation) as the text arrives."""
+    seed = cfg.served_seed(rec.id)
+    if on_text is None:
+        text, n, *_ = await base.server.complete(ids, budget, list(stop), cfg.temperature, cfg.top_p, seed)
+        return text, n
+    text, n = "", 0
+    on_text(before)
+    async for text, n in base.server.stream_complete(ids, budget, list(stop), cfg.temperature, cfg.top_p, seed):
+        on_text(before + text)
+    return text, n
+
+
+async def wsd_one(pilot, base: ServedModel, rec: PromptRecord, cfg: WSDConfig, stop: tuple[str, ...] = (),
+                  on_text=None) -> dict:
+    """One prompt's WSD. The WSD server's extras: `stop`, stop strings for the answer besides the role markers;
+    `on_text`, called with the answer so far as the base's continuation streams in."""
     t0 = time.perf_counter()
     prompt = base_prompt(rec.messages, base.tokenizer.bos_token)
     P = len(base.encode(prompt))
@@ -74,10 +91,9 @@ async def wsd_one(pilot, base: ServedModel, rec: PromptRecord, cfg: WSDConfig, s
     context, budget = kept_context(ids, P, accept, cfg.max_new_tokens)
     kept = context[P:] if accept is not None else []
     cont, n_cont = "", 0
-    if budget > 0:
-        cont, n_cont, *_ = await base.server.complete(context, budget, list(STOP_STRINGS + stop), cfg.temperature,
-                                                     cfg.top_p, cfg.served_seed(rec.id))
     kept_text = base.decode(kept)
+    if budget > 0:
+        cont, n_cont = await _continue(base, context, budget, STOP_STRINGS + stop, cfg, rec, kept_text, on_text)
     return _record(rec, "wsd", cut_at_markers(kept_text + cont, STOP_STRINGS + stop), t0, draft_text=kept_text,
                    switch_index=accept, switched=switched, pilot_tokens=n_pilot, kept_draft_tokens=len(kept),
                    base_tokens=n_cont,
@@ -85,17 +101,17 @@ async def wsd_one(pilot, base: ServedModel, rec: PromptRecord, cfg: WSDConfig, s
 
 
 async def _base_alone(base: ServedModel, rec: PromptRecord, cfg: WSDConfig, method: str, prompt: str,
-                      stop: tuple[str, ...]) -> dict:
+                      stop: tuple[str, ...], on_text=None) -> dict:
     t0 = time.perf_counter()
-    text, n, *_ = await base.server.complete(base.encode(prompt), cfg.max_new_tokens, list(stop), cfg.temperature,
-                                            cfg.top_p, cfg.served_seed(rec.id))
+    text, n = await _continue(base, base.encode(prompt), cfg.max_new_tokens, stop, cfg, rec, on_text=on_text)
     return _record(rec, method, cut_at_markers(text, stop), t0, base_tokens=n)
 
 
-async def base_only_one(base: ServedModel, rec: PromptRecord, cfg: WSDConfig, stop: tuple[str, ...] = ()) -> dict:
+async def base_only_one(base: ServedModel, rec: PromptRecord, cfg: WSDConfig, stop: tuple[str, ...] = (),
+                        on_text=None) -> dict:
     """The served base alone with the plain role template."""
     return await _base_alone(base, rec, cfg, "base_only", base_prompt(rec.messages, base.tokenizer.bos_token),
-                             STOP_STRINGS + stop)
+                             STOP_STRINGS + stop, on_text)
 
 
 async def urial_one(base: ServedModel, rec: PromptRecord, cfg: WSDConfig) -> dict:

@@ -19,7 +19,7 @@ from wsd_inference.methods import METHODS, LocalModels, Method, ServedModels, ge
 from wsd_inference.records import ResumableJsonl
 
 
-def _served_at_all(method: Method, pilot: ModelSource, base: ModelSource, untuned: ModelSource | None,
+def served_at_all(method: Method, pilot: ModelSource, base: ModelSource, untuned: ModelSource | None,
                    cfg: WSDConfig) -> bool:
     """Whether the model that writes is on a server; a combination the method cannot run is a UserError."""
     uses = method.models(cfg)
@@ -37,8 +37,9 @@ def _served_at_all(method: Method, pilot: ModelSource, base: ModelSource, untune
     return remote
 
 
-class _Loader:
-    """Loads the models a method uses, in-process, as `compute` places them."""
+class ModelLoader:
+    """Loads the models a method uses, in-process, as `compute` places them (or reaches them on their servers);
+    the runner and the WSD server (`serving.make_backend`) share it."""
 
     def __init__(self, cfg: WSDConfig, compute: Compute | None):
         self.cfg, self.compute = cfg, compute
@@ -128,7 +129,7 @@ def generate_to_file(pilot: ModelSource, base: ModelSource, prompts: list[Prompt
                      output: str | Path, compute: Compute | None = None, progress: bool = True,
                      method: str = "wsd", untuned: ModelSource | None = None) -> dict:
     m = get_method(method)
-    remote = _served_at_all(m, pilot, base, untuned, cfg)
+    remote = served_at_all(m, pilot, base, untuned, cfg)
     settings = {"method": method, "pilot": pilot.model_dump(mode="json"), "base": base.model_dump(mode="json"),
                 "untuned": untuned.model_dump(mode="json") if untuned else None, "config": cfg.model_dump(mode="json"),
                 "compute": (compute or Compute()).resolve().identity()}
@@ -140,7 +141,7 @@ def generate_to_file(pilot: ModelSource, base: ModelSource, prompts: list[Prompt
         from tqdm import tqdm
 
         # everything that can fail on bad models fails here, before the output is opened
-        loader, uses = _Loader(cfg, compute), m.models(cfg)
+        loader, uses = ModelLoader(cfg, compute), m.models(cfg)
         models = (loader.served(uses, pilot, base, untuned, m.pilot_ids) if remote
                   else loader.local(uses, pilot, base, untuned))
         if m.check is not None:

@@ -4,8 +4,8 @@ backend that decodes jobs with the method's runner from the registry, in-process
 - `LocalBackend`: the models in this process. One engine thread decodes batches; jobs that arrive while it is busy
   wait, and the next batch takes up to `batch_size` of them that share decoding settings (dynamic batching). An
   answer's random stream is seeded by its own key, so it does not depend on the batch it ran in.
-- `ServedBackend`: the model that writes is on a server (vLLM); every job is its own request there, and the
-  servers batch them.
+- `ServedBackend`: the model that writes is on a server (vLLM); every job is its own requests there, and the
+  servers batch them; a streamed answer streams the base's continuation.
 
 A job whose client went away is cancelled: in-process its rows stop at the next token; over HTTP the requests to
 the model servers are aborted.
@@ -136,8 +136,8 @@ class LocalBackend:
 
 
 class ServedBackend:
-    """The model that writes on a server: each job is its own request there (a pilot stream that breaks
-    part-way starts the job over, as in `pilot wsd generate`)."""
+    """The model that writes on a server: each job is its own requests there (a stream that breaks part-way
+    starts the job over, as in `pilot wsd generate`)."""
 
     def __init__(self, method: Method, models: ServedModels):
         self.method, self.models = method, models
@@ -151,12 +151,10 @@ class ServedBackend:
 
     async def answer(self, job: Job) -> dict:
         def call():
-            return self.method.served(self.models, job.rec, job.cfg, job.stop)
+            return self.method.served(self.models, job.rec, job.cfg, job.stop, job.on_text)
 
-        record = await (self.models.pilot.retry_broken(call) if self.models.pilot is not None else call())
-        if job.on_text is not None:
-            job.on_text(record["response"])
-        return record
+        server = self.models.pilot if self.models.pilot is not None else self.models.base.server
+        return await server.retry_broken(call)
 
     async def close(self) -> None:
         for client in (self.models.base and self.models.base.server, self.models.pilot):
@@ -188,13 +186,13 @@ def make_backend(method_name: str, pilot, base, cfg: WSDConfig, compute=None) ->
     """Load (or reach) what a servable method uses, in-process or on servers, as `pilot wsd generate` does."""
     from pilot_core.errors import UserError
     from wsd_inference.methods import get_method
-    from wsd_inference.runner import _Loader, _served_at_all
+    from wsd_inference.runner import ModelLoader, served_at_all
 
     method = get_method(method_name)
     if not method.servable:
         raise UserError(f"method {method_name} cannot be served (servable: wsd, base_only)")
-    remote = _served_at_all(method, pilot, base, None, cfg)
-    loader, uses = _Loader(cfg, compute), method.models(cfg)
+    remote = served_at_all(method, pilot, base, None, cfg)
+    loader, uses = ModelLoader(cfg, compute), method.models(cfg)
     if remote:
         return ServedBackend(method, loader.served(uses, pilot, base, None, method.pilot_ids))
     return LocalBackend(method, loader.local(uses, pilot, base, None), cfg.batch_size)

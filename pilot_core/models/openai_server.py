@@ -159,6 +159,36 @@ class OpenAIServer:
         return Completion(c.text, (r.usage.completion_tokens if r.usage else 0), c.finish_reason or "",
                           list(ids) if ids is not None else None, top)
 
+    async def stream_complete(self, prompt_ids: list[int], max_tokens: int, stop: list[str], temperature: float,
+                              top_p: float, seed: int | None):
+        """Continue from token ids, streamed: yield (the text so far, completion tokens so far). A stream that
+        breaks part-way raises `StreamCutShort` (the caller starts the answer over)."""
+        import openai
+
+        async with _api_errors(self.url):
+            stream = await self.client.completions.create(
+                model=self.model, prompt=prompt_ids, max_tokens=max_tokens, stop=stop, temperature=temperature,
+                top_p=top_p, seed=seed, stream=True, stream_options={"include_usage": True})
+        text, tokens, finished = "", 0, False
+        try:
+            async for chunk in stream:
+                if chunk.usage is not None:
+                    tokens = chunk.usage.completion_tokens
+                c = chunk.choices[0] if chunk.choices else None
+                if c is None:
+                    continue
+                finished = finished or bool(c.finish_reason)
+                if c.text:
+                    text, tokens = text + c.text, tokens + 1  # the usage chunk at the end has the exact count
+                    yield text, tokens
+            yield text, tokens
+        except openai.APIConnectionError as e:
+            raise StreamCutShort(f"{self.url}: the stream broke part-way ({type(e).__name__})") from e
+        finally:
+            await stream.close()
+        if not finished:
+            raise StreamCutShort(f"{self.url}: the streamed answer ended before the server finished it")
+
     # ------------------------------------------------------------------------------------------- chat
     async def chat(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,
                    seed: int | None, response_format: dict | None = None) -> dict:
