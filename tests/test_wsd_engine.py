@@ -107,3 +107,17 @@ def test_base_only_matches_plain_greedy(models):
         cont = greedy(base.model, ctx, 30, base.stop_ids, base.tokenizer, stop_on_marker=True)
         assert g["response"] == cut_at_markers(base.decode(cont)) and g["base_tokens"] == len(cont)
         assert g["method"] == "base_only" and g["pilot_tokens"] == 0
+
+
+@pytest.mark.parametrize("pair", ["same", "different"])
+def test_a_draft_that_fills_the_budget_stops_there(models, pair):
+    """With max_new_tokens below the draft length and no switch, the answer is the first max_new_tokens draft
+    tokens: the engine stops drafting once they are scored (the pilot writing on would never be read)."""
+    pilot, base = models[pair]
+    cfg = WSDConfig(window=2, threshold=1.0, max_draft_tokens=24, max_new_tokens=6, chunk_size=2)
+    for rec, g in zip(RECS, wsd_generate(pilot, base, RECS, cfg)):
+        ref = staged_wsd(pilot, base, rec.messages, cfg)
+        assert {k: g[k] for k in FIELDS} == {k: ref[k] for k in FIELDS}, rec.id
+        if ref["kept_draft_tokens"] == 6:  # the budget is all draft
+            assert (g["switch_index"], g["switched"], g["base_tokens"]) == (5, False, 0)
+            assert g["pilot_tokens"] < ref["pilot_tokens"]  # drafting stopped early

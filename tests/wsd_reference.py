@@ -43,7 +43,8 @@ def staged_wsd(pilot, base, messages, cfg):
         with torch.no_grad():
             probs = torch.softmax(base.model(torch.tensor([full])).logits[0].double(), -1)
         token_probs = [float(probs[P + i - 1, full[P + i]]) for i in range(n)]
-        a, switched = get_accept_index(token_probs, cfg.threshold, cfg.window)
+        # only the first max_new_tokens draft tokens are searched: the answer holds no more (switch.py)
+        a, switched = get_accept_index(token_probs[: cfg.max_new_tokens], cfg.threshold, cfg.window)
         kept_n = min(a + 1, cfg.max_new_tokens)
         ctx = full[: P + kept_n]
     else:

@@ -91,9 +91,12 @@ class WSDRow:
             self.decided = True
             return
         self.logps = logps[self.prompt_len:]
-        a = first_switch(self.logps, cfg.window, cfg.threshold, start=max(0, changed - self.prompt_len))
+        budget = cfg.max_new_tokens  # the answer holds no more draft tokens than this (switch.accept_index)
+        a = first_switch(self.logps[:budget], cfg.window, cfg.threshold, start=max(0, changed - self.prompt_len))
         if a is not None:
             self.decided, self.accept, self.switched = True, a, True
+        elif len(self.logps) >= budget:  # the draft fills the budget: what the pilot writes next is never read
+            self.decided, self.accept = True, budget - 1
         elif self.draft.done:
             n = len(self.final_ids) - self.prompt_len
             self.decided, self.accept = True, (n - 1 if n > 0 else None)

@@ -77,12 +77,15 @@ async def wsd_one(pilot, base: ServedModel, rec: PromptRecord, cfg: WSDConfig, s
             if n > P:
                 ids = enc.input_ids[:n]
                 logps = [x if x is not None else float("-inf") for x in (await base.server.score(ids))[P:]]
-                a = first_switch(logps, cfg.window, cfg.threshold)
+                a = first_switch(logps[: cfg.max_new_tokens], cfg.window, cfg.threshold)
                 if a is not None:
                     accept, switched = a, True
                     break
+                if len(logps) >= cfg.max_new_tokens:  # the draft fills the budget (switch.accept_index)
+                    accept = cfg.max_new_tokens - 1
+                    break
             if finished:
-                accept = len(logps) - 1
+                accept = min(len(logps), cfg.max_new_tokens) - 1
                 break
     finally:
         if stream is not None:

@@ -2,7 +2,8 @@
 
 p_i is the base model's probability of draft token i. The window score s_i is the geometric mean of
 p_{i-w+1..i}, defined for i >= w-1. The accept index a is the first i with s_i >= gamma; if no window
-qualifies, the whole draft is kept (a = n-1). Draft tokens 0..a are kept.
+qualifies, the whole draft is kept (a = n-1). Draft tokens 0..a are kept. Only the first max_new_tokens draft
+tokens are searched (the answer holds no more): a draft that fills the budget is decided there, unswitched.
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ def first_switch(logprobs: list[float], window: int, threshold: float, start: in
     return None
 
 
-def accept_index(logprobs: list[float], window: int, threshold: float) -> tuple[int | None, bool]:
-    """(a, switched): a = first qualifying window end, else n-1; None for an empty draft."""
+def accept_index(logprobs: list[float], window: int, threshold: float,
+                 budget: int | None = None) -> tuple[int | None, bool]:
+    """(a, switched): a = first qualifying window end, else n-1; None for an empty draft. Only the first `budget`
+    draft tokens count (the answer's total budget): a switch past them would never be read, so a draft that fills
+    the budget keeps `budget` tokens unswitched, and drafting can stop there."""
+    logprobs = logprobs[:budget] if budget is not None else logprobs
     if not logprobs:
         return None, False
     a = first_switch(logprobs, window, threshold)
