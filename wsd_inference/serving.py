@@ -20,10 +20,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from pilot_core.models.sampling import Stream, Watch
-from pilot_core.models.templates import STOP_STRINGS, base_prompt
+from pilot_core.models.templates import base_prompt
 from pilot_core.prompts import PromptRecord
 from wsd_inference.config import WSDConfig
 from wsd_inference.methods import LocalModels, Method, ServedModels
@@ -56,7 +56,7 @@ class LocalBackend:
     def __init__(self, method: Method, models: LocalModels, batch_size: int, gather_s: float = 0.005):
         self.method, self.models, self.batch_size, self.gather_s = method, models, batch_size, gather_s
         self.base_tokenizer = (models.base or models.pilot).tokenizer
-        self.batches: list[int] = []  # sizes of the batches run
+        self.batches, self.largest_batch = 0, 0  # batches run, and the most answers one held
         self.cancelled = 0  # answers stopped part-way because their client went away
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="wsd-engine", daemon=True)
@@ -66,8 +66,7 @@ class LocalBackend:
         return self.base_tokenizer(text, add_special_tokens=False).input_ids
 
     def stats(self) -> dict:
-        return {"batches": len(self.batches), "largest_batch": max(self.batches, default=0),
-                "cancelled": self.cancelled}
+        return {"batches": self.batches, "largest_batch": self.largest_batch, "cancelled": self.cancelled}
 
     async def answer(self, job: Job) -> dict:
         fut: concurrent.futures.Future = concurrent.futures.Future()
@@ -87,8 +86,11 @@ class LocalBackend:
         waiting: deque = deque()
         while True:
             item = waiting.popleft() if waiting else self._queue.get()
-            if item is None:
-                return
+            if item is None:  # closing: after the jobs that came before it
+                if not waiting:
+                    return
+                waiting.append(None)
+                continue
             time.sleep(self.gather_s)  # requests sent together arrive a little apart: let them join this batch
             while True:
                 try:
@@ -109,7 +111,7 @@ class LocalBackend:
                 fut.set_exception(JobCancelled())
         if not live:
             return
-        self.batches.append(len(live))
+        self.batches, self.largest_batch = self.batches + 1, max(self.largest_batch, len(live))
         jobs = [job for job, _ in live]
         watch = Watch(jobs[0].stop, tuple(self._watcher(job) for job in jobs))
         try:
@@ -172,14 +174,6 @@ def request_config(cfg: WSDConfig, max_tokens: int | None, temperature: float | 
     update = {k: v for k, v in (("max_new_tokens", max_tokens), ("temperature", temperature), ("top_p", top_p))
               if v is not None}
     return cfg.model_copy(update=update) if update else cfg
-
-
-def all_stops(stop: tuple[str, ...]) -> tuple[str, ...]:
-    return STOP_STRINGS + stop
-
-
-def with_id(rec: PromptRecord, key: str) -> PromptRecord:
-    return replace(rec, id=key)
 
 
 def make_backend(method_name: str, pilot, base, cfg: WSDConfig, compute=None) -> LocalBackend | ServedBackend:
