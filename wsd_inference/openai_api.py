@@ -301,6 +301,10 @@ def create_app(backend, cfg: WSDConfig, model_name: str, limits: ServerLimits, a
             return task.result()
         except UserError as e:  # a model server that failed after its retries, or refused the request
             raise ApiError(502, f"a model server failed: {e}", "api_error", code="upstream_error") from None
+        except Exception as e:  # noqa: BLE001 — a bug or a model that broke: logged here, OpenAI's shape there
+            log.exception("an answer failed")
+            raise ApiError(500, f"the answer failed ({type(e).__name__}); see the server's log", "server_error",
+                           code="internal_error") from None
 
     def usage(recs: list[PromptRecord], records: list[dict]) -> dict:
         p = sum(prompt_tokens(backend, r) for r in recs)
