@@ -7,7 +7,8 @@ on some drafts and switches happen); the base has ~10x the pilot's parameters, l
 27B-70B bases. Each method runs once to warm up, then `--reps` times in alternation; medians are reported.
 Prints one table; copy it into docs/benchmarks.md.
 
-    .venv/bin/python bench/wsd_speed.py [--prompts 16] [--threshold 0.8 0.1] [--reps 3]
+    .venv/bin/python bench/wsd_speed.py [--prompts 16] [--threshold 0.8 0.1] [--reps 3] [--batch-size 8]
+    .venv/bin/python bench/wsd_speed.py --pair smollm2 --only-speculation --speculate 4 --batch-size 1 8
 """
 
 from __future__ import annotations
@@ -70,24 +71,45 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--skip-search", action="store_true", help="only WSD / staged / base-only")
+    ap.add_argument("--speculate", type=int, nargs="*", default=[4], metavar="K",
+                    help="speculation table: the pilot proposes K tokens at first (none: skip the table)")
+    ap.add_argument("--only-speculation", action="store_true", help="only the speculation table")
+    ap.add_argument("--pair", choices=["demo", "smollm2"], default="demo", help="demo: the tiny pretrained pair "
+                    "below; smollm2: SmolLM2-135M-Instruct as the base and a pilot distilled from it "
+                    "(bench/distilled_pilot.py), on held-out prompts")
+    ap.add_argument("--batch-size", type=int, nargs="+", default=[8], help="the speculation table runs each; the "
+                    "other tables the first")
     args = ap.parse_args()
 
-    pilot = load_hf_model(str(cached_tiny_model(BENCH_PILOT)), "pilot", need_chat_template=True)
-    base = load_hf_model(str(cached_tiny_model(BENCH_BASE)), "base")
+    if args.pair == "smollm2":
+        from distilled_pilot import bench_requests, distilled_pair
+
+        pilot_dir, base_dir = distilled_pair()
+        questions = bench_requests(args.prompts)
+    else:
+        pilot_dir, base_dir = cached_tiny_model(BENCH_PILOT), cached_tiny_model(BENCH_BASE)
+        questions = [QUESTIONS[i % len(QUESTIONS)] + " " * (i // 16) for i in range(args.prompts)]
+    pilot = load_hf_model(str(pilot_dir), "pilot", need_chat_template=True)
+    base = load_hf_model(str(base_dir), "base")
     ratio = base.num_parameters() / pilot.num_parameters()
-    recs = [PromptRecord(f"b{i}", ({"role": "user", "content": QUESTIONS[i % len(QUESTIONS)] + " " * (i // 16)},))
-            for i in range(args.prompts)]
+    recs = [PromptRecord(f"b{i}", ({"role": "user", "content": q},)) for i, q in enumerate(questions)]
     import torch
 
     print(f"pilot {pilot.num_parameters() / 1e6:.2f}M params, base {base.num_parameters() / 1e6:.2f}M "
-          f"({ratio:.1f}x); {len(recs)} prompts, batch 8, draft <= {args.max_draft_tokens}, total <= "
+          f"({ratio:.1f}x); {len(recs)} prompts, batch {args.batch_size[0]}, draft <= {args.max_draft_tokens}, "
+          f"total <= "
           f"{args.max_new_tokens} tokens, fp32 CPU, {torch.get_num_threads()} threads, median of {args.reps}")
+    if args.speculate:
+        speculation_table(pilot, base, recs, args)
+    if args.only_speculation:
+        return
     print("| gamma | switched | kept draft (mean) | pilot tokens WSD / staged | base-only s | WSD s | staged s "
           "| WSD / base-only | WSD / staged | same answers as staged |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     nudging_rows = []
     for gamma in args.threshold:
-        cfg = WSDConfig(max_draft_tokens=args.max_draft_tokens, max_new_tokens=args.max_new_tokens, threshold=gamma)
+        cfg = WSDConfig(max_draft_tokens=args.max_draft_tokens, max_new_tokens=args.max_new_tokens, threshold=gamma,
+                        batch_size=args.batch_size[0])
         t, out = median_time({"base": lambda r, c: base_only_batch(base, r, c),
                               "wsd": lambda r, c: wsd_batch(pilot, base, r, c),
                               "staged": lambda r, c: staged_batch(pilot, base, r, c),
@@ -113,6 +135,35 @@ def main() -> None:
         search_table(pilot, untuned, base, recs, args.max_new_tokens, args.reps)
 
 
+
+
+def _rate(outs) -> float:
+    s = [o["speculation"] for o in outs]
+    return sum(x["accepted"] for x in s) / max(sum(x["proposed"] for x in s), 1)
+
+
+def speculation_table(pilot, base, recs, args) -> None:
+    """WSD and base-only with and without the pilot speculating for the base (greedy: the same answers), all
+    timed on the same prompts against plain base-only."""
+    print("\n| batch | gamma | k | base-only s | base-only+spec / base-only | WSD / base-only | WSD+spec / base-only "
+          "| acceptance WSD+spec (base-only+spec) | tokens per base pass | same answers |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for bs, gamma, k in [(b, g, k) for b in args.batch_size for g in args.threshold for k in args.speculate]:
+        cfg = WSDConfig(max_draft_tokens=args.max_draft_tokens, max_new_tokens=args.max_new_tokens,
+                        threshold=gamma, batch_size=bs)
+        spec = cfg.model_copy(update={"speculation": cfg.speculation.model_copy(update={"tokens": k})})
+        t, out = median_time({"base": lambda r, c: base_only_batch(base, r, c),
+                              "base_spec": lambda r, c: base_only_batch(base, r, spec, pilot=pilot),
+                              "wsd": lambda r, c: wsd_batch(pilot, base, r, c),
+                              "wsd_spec": lambda r, c: wsd_batch(pilot, base, r, spec)}, recs, cfg, args.reps)
+        same = all(a["response"] == b["response"] for a, b in zip(out["wsd"], out["wsd_spec"])) and all(
+            a["response"] == b["response"] for a, b in zip(out["base"], out["base_spec"]))
+
+        ws = [o["speculation"] for o in out["wsd_spec"]]
+        per_pass = sum(o["base_tokens"] for o in out["wsd_spec"]) / max(sum(x["base_passes"] for x in ws), 1)
+        print(f"| {bs} | {gamma} | {k} | {t['base']:.2f} | {t['base_spec'] / t['base']:.2f} | "
+              f"{t['wsd'] / t['base']:.2f} | {t['wsd_spec'] / t['base']:.2f} | {_rate(out['wsd_spec']):.0%} "
+              f"({_rate(out['base_spec']):.0%}) | {per_pass:.2f} | {same} |")
 
 
 def search_table(pilot, untuned, base, recs, max_new: int, reps: int) -> None:

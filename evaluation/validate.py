@@ -233,6 +233,13 @@ def _diagnostics(records, bases) -> dict:
                 if method == "nudging":  # how much of the answers the pilot wrote, in how many turns
                     d = d.model_copy(update={"pilot_token_share": _share(rs, "pilot_tokens"),
                                              "mean_handoffs": sum(r["handoffs"] for r in rs) / n})
+                spec = [r["speculation"] for r in rs if r.get("speculation")]
+                if spec:  # the method ran with the pilot speculating for the base
+                    d = d.model_copy(update={
+                        "speculation_acceptance_rate": sum(x["accepted"] for x in spec)
+                        / max(sum(x["proposed"] for x in spec), 1),
+                        "tokens_per_base_pass": sum(r["base_tokens"] for r in rs if r.get("speculation"))
+                        / max(sum(x["base_passes"] for x in spec), 1)})
                 out.setdefault(base.name, {}).setdefault(method, {})[s] = d
     return out
 

@@ -34,6 +34,9 @@ def model_options(f):
         click.option("--temperature", type=float, help="0 = greedy (default)"),
         click.option("--top-p", type=float),
         click.option("--seed", type=int),
+        click.option("--speculate", type=click.IntRange(0, 64), metavar="K", help="the pilot proposes the base's "
+                     "next K tokens, checked in one base pass (same answers, fewer base passes; in-process bases; "
+                     "k adapts per row; 0 = off, the default)"),
         compute_options,
         click.option("--trust-remote-code", is_flag=True, help="allow model repos to run their own code (off by "
                      "default)"),
@@ -63,7 +66,10 @@ def resolve_models(pilot, base, untuned, config_path, overrides, device, dtype, 
     from wsd_inference.config import WSDConfig
 
     data = load_config(WSDConfig, config_path).model_dump() if config_path else {}
+    speculate = flags.pop("speculate", None)
     data.update({k: v for k, v in flags.items() if v is not None})  # option names are the config keys
+    if speculate is not None:
+        data["speculation"] = {**data.get("speculation", {}), "tokens": speculate}
     origin = apply_overrides(data, list(overrides))
     cfg = validate_config(WSDConfig, data, source="options", origin=origin)
     sources = []

@@ -82,6 +82,8 @@ class Diagnostics(_Record):
     mean_base_tokens: float | None = None
     pilot_token_share: float | None = None
     mean_handoffs: float | None = None
+    speculation_acceptance_rate: float | None = None  # of the pilot's proposals for the base (--speculate)
+    tokens_per_base_pass: float | None = None  # base tokens per base forward pass while speculating
 
     @model_serializer(mode="wrap")
     def _only_measured(self, handler):  # the WSD fields appear only where they were measured
@@ -259,6 +261,13 @@ def markdown(report: ValidationReport, verdict: GateVerdict | None = None) -> st
                 "|---|---|---|---|---|"]
         out += [f"| {b} | {s} | {_fmt_share(d.pilot_token_share)} | {d.mean_handoffs:.1f} | {d.mean_time_s:.2f} s |"
                 for b, s, d in nudging] + [""]
+    spec = [(b, m, s, d) for b, by_m in report.diagnostics.items() for m, by_s in by_m.items()
+            for s, d in by_s.items() if d.speculation_acceptance_rate is not None]
+    if spec:
+        out += ["## Speculation (the pilot proposed the base's tokens; the answers are the base's own)", "",
+                "| base | method | set | proposals kept | base tokens per base pass |", "|---|---|---|---|---|"]
+        out += [f"| {b} | {m} | {s} | {d.speculation_acceptance_rate:.0%} | {d.tokens_per_base_pass:.2f} |"
+                for b, m, s, d in spec] + [""]
     j = report.judges
     notes = []
     if j.win_rate and j.win_rate.get("kind") == "reward_model":

@@ -77,15 +77,19 @@ _EARLY: dict = {}  # vLLM servers started when collection ends (see below), by n
 
 
 def _start_vllm(log_dir: Path) -> dict:
-    """The tiny pilot and both tiny bases, each on its own vLLM server (started at once, not waited for)."""
+    """The tiny pilot and both tiny bases, each on its own vLLM server (started at once, not waited for), and
+    the same-tokenizer base once more with the pilot as its speculative draft model."""
     from pilot_core.models.tiny import tiny_pair
 
     from .vllm_server import VLLMServer
 
     cache = Path(os.environ["PILOT_CACHE_DIR"]) / "tiny-models"
     same, different = tiny_pair("same", cache_dir=cache), tiny_pair("different", cache_dir=cache)
-    return {name: VLLMServer(path, name, log_dir) for name, path in
-            (("pilot", same[0]), ("base-same", same[1]), ("base-different", different[1]))}
+    speculative = ("--speculative-config", json.dumps({"method": "draft_model", "model": str(same[0]),
+                                                       "num_speculative_tokens": 4}))
+    return {name: VLLMServer(path, name, log_dir, extra) for name, path, extra in
+            (("pilot", same[0], ()), ("base-same", same[1], ()), ("base-different", different[1], ()),
+             ("base-same-spec", same[1], speculative))}
 
 
 def pytest_collection_finish(session):

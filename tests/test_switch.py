@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from wsd_inference.switch import accept_index, first_switch, stable_token_count, window_scores
+from pilot_core.models.tokenization import stable_token_count
+from wsd_inference.switch import accept_index, first_switch, window_scores
 
 
 def lp(*probs):

@@ -87,6 +87,40 @@ def test_server_path_equals_in_process(vllm_servers, local, base, threshold, pil
         assert all(cfg.chunk_size <= g["pilot_tokens"] < cfg.max_draft_tokens for g in got if g["switched"])
 
 
+def _spec_metrics(url: str) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/metrics", timeout=10) as r:
+        lines = r.read().decode().splitlines()
+    keys = ("num_draft_tokens_total", "num_accepted_tokens_total")
+    return {k: float(line.split()[-1]) for line in lines for k in keys if line.startswith(f"vllm:spec_decode_{k}{{")}
+
+
+def test_a_base_server_speculating_with_the_pilot_gives_the_same_answers(vllm_servers, local):
+    """The served path needs no change for speculation: a vLLM base started with the pilot as its draft model
+    (--speculative-config, method draft_model) answers WSD's and base-only's requests as the plain server does,
+    and its metrics show the pilot's proposals checked and kept."""
+    cfg = WSDConfig(window=3, threshold=median_max_window(local["pilot"], local["base-same"], 3),
+                    max_draft_tokens=24, max_new_tokens=40)
+    before = _spec_metrics(vllm_servers["base-same-spec"].url)
+
+    async def go(name, method):
+        s = OpenAIServer(vllm_servers[name].url, "base-same" if name == "base-same" else name)
+        try:
+            return await served_group(METHODS[method], ServedModels(ServedModel(s, local["base-same"].tokenizer),
+                                                                    LocalChat(local["pilot"])), RECS, cfg)
+        finally:
+            await s.close()
+
+    for method in ("wsd", "base_only"):
+        plain, spec = remote(lambda: go("base-same", method)), remote(lambda: go("base-same-spec", method))
+        for p, s in zip(plain, spec):
+            assert {k: s[k] for k in ("response", *DECISIONS)} == {k: p[k] for k in ("response", *DECISIONS)}
+    after = _spec_metrics(vllm_servers["base-same-spec"].url)
+    assert after["num_draft_tokens_total"] > before.get("num_draft_tokens_total", 0)
+    assert after["num_accepted_tokens_total"] > before.get("num_accepted_tokens_total", 0)
+
+
 def test_streamed_drafts_count_tokens_not_chunks(vllm_servers):
     """32 drafts at once: vLLM merges the deltas it has not sent yet into one chunk, and pilot_tokens (the cost
     of a draft in the validation report) must still count tokens: the streamed count equals the completion

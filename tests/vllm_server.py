@@ -42,7 +42,7 @@ def vllm_venv() -> Path:
 
 
 class VLLMServer:
-    def __init__(self, model_dir: Path, name: str, log_dir: Path):
+    def __init__(self, model_dir: Path, name: str, log_dir: Path, extra: tuple[str, ...] = ()):
         self.name, self.port = name, free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         venv = vllm_venv()
@@ -55,7 +55,7 @@ class VLLMServer:
              "--served-model-name", name, "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32",
              "--max-model-len", "4096", "--max-logprobs", "20",
              # structured output (judges' verdicts) without free whitespace, as the README recommends
-             "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}'],
+             "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}', *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             preexec_fn=die_with_parent)  # a killed pytest leaves no server behind
 

@@ -19,7 +19,7 @@ from pilot_core.models.ragged import RaggedBatch
 from pilot_core.models.sampling import NO_WATCH, Watch, chat_batch
 from pilot_core.models.templates import STOP_STRINGS, base_prompt, cut_at_markers
 from pilot_core.prompts import PromptRecord
-from wsd_inference.engine import continue_base
+from wsd_inference.engine import Speculator, continue_base
 from wsd_inference.records import method_record
 
 if TYPE_CHECKING:  # annotations only, see methods.py
@@ -53,22 +53,27 @@ def urial_answer(response: str) -> str:
 
 
 def _base_alone(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prompts: list[str], method: str,
-                stop: tuple[str, ...] = STOP_STRINGS, watch: Watch = NO_WATCH) -> list[dict]:
+                stop: tuple[str, ...] = STOP_STRINGS, watch: Watch = NO_WATCH,
+                speculator: Speculator | None = None) -> list[dict]:
     """The base alone from each prompt, with the whole budget; the response cut at the first stop string."""
     t0 = time.perf_counter()
     stop = stop + watch.stop
     rows = [watch.stream(r, cfg.max_new_tokens, g) for r, g in enumerate(cfg.generators([r.id for r in recs]))]
-    continue_base(RaggedBatch(base, len(recs)), [base.encode(p) for p in prompts], rows, cfg.sampling(), stop)
+    spec = continue_base(RaggedBatch(base, len(recs)), [base.encode(p) for p in prompts], rows, cfg.sampling(), stop,
+                         speculator)
     total = time.perf_counter() - t0
     timing = {"batch_s": round(total, 4), "draft_and_score_s": 0.0, "batch_size": len(recs)}
     return [method_record(rec.id, method, cut_at_markers(base.decode(row.tokens), stop), base_tokens=len(row.tokens),
-                          time_s=total / len(recs), timing=timing) for rec, row in zip(recs, rows)]
+                          time_s=total / len(recs), timing=timing, **({"speculation": spec[i]} if spec else {}))
+            for i, (rec, row) in enumerate(zip(recs, rows))]
 
 
-def base_only_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, watch: Watch = NO_WATCH) -> list[dict]:
-    """The base model alone with the plain role template, same budget and stop rules as WSD."""
+def base_only_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, watch: Watch = NO_WATCH,
+                    pilot: HFModel | None = None) -> list[dict]:
+    """The base model alone with the plain role template, same budget and stop rules as WSD; with speculation on
+    and a pilot given, the pilot proposes the base's tokens (the answers are still the base's)."""
     return _base_alone(base, recs, cfg, [base_prompt(r.messages, base.tokenizer.bos_token) for r in recs],
-                       "base_only", watch=watch)
+                       "base_only", watch=watch, speculator=Speculator.of(pilot, base, recs, cfg))
 
 
 def urial_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prefix: str | None = None) -> list[dict]:

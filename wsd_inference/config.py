@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 
 from pilot_core.config import BaseConfig
 from pilot_core.models.sampling import Sampling
+from pilot_core.models.speculative import Speculation
 
 
 class CBSConfig(BaseConfig):
@@ -61,6 +62,26 @@ class NudgingConfig(BaseConfig):
                                     "probability); null = the WSD threshold (--threshold)")
 
 
+class SpeculationConfig(BaseConfig):
+    """Speculative decoding of the base's tokens, in-process, with the pilot as the draft model: the base checks
+    the pilot's next k tokens in one pass; the answer is the base's own (greedy: identical; sampled: the same
+    distribution). A served base speculates on its server instead (vLLM's --speculative-config)."""
+
+    tokens: int = Field(0, ge=0, le=64, description="k: tokens the pilot proposes per round at first (0 = off); "
+                        "adapted per row within [1, max_tokens]")
+    max_tokens: int = Field(16, ge=1, le=64, description="the largest k a row adapts to")
+    min_acceptance: float = Field(0.3, ge=0.0, le=1.0, description="a row stops speculating when fewer of its "
+                                  "proposals than this were kept (checked after min_rounds rounds)")
+    min_rounds: int = Field(4, ge=1, description="rounds a row speculates before its acceptance rate is judged")
+
+    @property
+    def enabled(self) -> bool:
+        return self.tokens > 0
+
+    def settings(self) -> Speculation:
+        return Speculation(self.tokens, self.max_tokens, self.min_acceptance, self.min_rounds)
+
+
 class WSDConfig(BaseConfig):
     window: int = Field(6, ge=1, description="w: draft tokens in the geometric-mean window")
     threshold: float = Field(0.8, ge=0.0, le=1.0, description="gamma: switch at the first window mean >= gamma")
@@ -76,6 +97,7 @@ class WSDConfig(BaseConfig):
     bon: BoNConfig = BoNConfig()
     eft: EFTConfig = EFTConfig()
     nudging: NudgingConfig = NudgingConfig()
+    speculation: SpeculationConfig = SpeculationConfig()
 
     def sampling(self) -> Sampling:
         """How WSD, the baselines and EFT pick tokens (the searches sample with their own settings)."""

@@ -2,7 +2,7 @@
 
 Same answers as the authors' staged pipeline (draft everything, score everything, re-prefill the base), but:
 - the base scores the draft in chunks while the pilot writes it, and drafting stops at the switch point;
-- a draft token is scored only once its base tokenisation is final (see `switch.stable_token_count`);
+- a draft token is scored only once its base tokenisation is final (see `pilot_core.models.tokenization`);
 - the base continues from its own KV cache: no second prefill;
 - prompts are batched; each row has its own switch point (`pilot_core.models.ragged.RaggedBatch`).
 """
@@ -17,19 +17,42 @@ from typing import TYPE_CHECKING
 from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch, common_prefix
 from pilot_core.models.sampling import NO_WATCH, Generation, Sampling, Stream, Watch, prefilled
+from pilot_core.models.speculative import Drafter, Speculation, SpeculativeGeneration
 from pilot_core.models.templates import STOP_STRINGS, base_prompt, base_text, chat_prompt, cut_at_markers
 from pilot_core.prompts import PromptRecord
 from wsd_inference.records import method_record
-from wsd_inference.switch import first_switch, kept_context, stable_token_count, window_scores
+from pilot_core.models.tokenization import stable_token_count
+from wsd_inference.switch import first_switch, kept_context, window_scores
 
 if TYPE_CHECKING:  # annotations only, see methods.py
     from wsd_inference.config import WSDConfig
 
 
+@dataclass
+class Speculator:
+    """The draft model that speculates for a continuation (`pilot_core.models.speculative`), and how."""
+
+    drafter: Drafter
+    spec: Speculation
+    before: list[list[int]] | None = None  # per row, the answer's base tokens ahead of the continuation
+
+    @classmethod
+    def of(cls, pilot: HFModel | None, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig,
+           before: list[list[int]] | None = None, batch: RaggedBatch | None = None) -> Speculator | None:
+        """The pilot speculating for `recs` (None when speculation is off or no pilot is at hand); `batch`: the
+        pilot's cache of its chat prompts, to go on from (WSD's drafting batch)."""
+        spec = cfg.speculation.settings()
+        if pilot is None or not spec.enabled:
+            return None
+        prompts = [chat_prompt(pilot.tokenizer, r.messages) for r in recs]
+        return cls(Drafter(pilot, base, prompts, cfg.sampling(), batch), spec, before)
+
+
 def continue_base(batch: RaggedBatch, contexts: list[list[int]], rows: list[Stream], sampling: Sampling,
-                  stop: tuple[str, ...] = STOP_STRINGS) -> None:
+                  stop: tuple[str, ...] = STOP_STRINGS, speculator: Speculator | None = None) -> list[dict] | None:
     """Continue row r from `contexts[r]` into `rows[r]`, reusing whatever prefix of it the row's cache already
-    holds. Stops at EOS, at a stop string (role markers by default), or at the row's budget."""
+    holds. Stops at EOS, at a stop string (role markers by default), or at the row's budget. With a speculator,
+    the pilot proposes tokens the base checks; returns then per row its speculation figures."""
     new = []
     for r, ctx in enumerate(contexts):
         # keep the cached prefix, re-feed at least the last context token to get the next-token logits
@@ -38,7 +61,12 @@ def continue_base(batch: RaggedBatch, contexts: list[list[int]], rows: list[Stre
         new.append(ctx[keep:] if not rows[r].done else [])
     batch.compact()  # continuation steps then attend over live tokens only
     batch.feed(new)
-    Generation(batch, rows, sampling, stop).run()
+    if speculator is None:
+        Generation(batch, rows, sampling, stop).run()
+        return None
+    gen = SpeculativeGeneration(batch, rows, sampling, stop, speculator.drafter, speculator.spec, speculator.before)
+    gen.run()
+    return [st.record(len(row.tokens)) for st, row in zip(gen.stats, rows)]
 
 
 @dataclass(frozen=True)
@@ -115,15 +143,16 @@ class WSDRow:
         return self.context[self.prompt_len:] if self.accept is not None else []
 
     def record(self, base: HFModel, cont: list[int], cfg: WSDConfig, time_s: float, timing: dict,
-               method: str, stop: tuple[str, ...] = ()) -> dict:
+               method: str, stop: tuple[str, ...] = (), speculation: dict | None = None) -> dict:
         kept = self.kept_ids
+        extra = {"speculation": speculation} if speculation is not None else {}
         return method_record(
             self.rec.id, method, cut_at_markers(base.decode(kept + cont), STOP_STRINGS + stop),
             draft_text=base.decode(kept),
             switch_index=self.accept, switched=self.switched, pilot_tokens=len(self.draft.tokens),
             kept_draft_tokens=len(kept), base_tokens=len(cont),
             window_scores=window_scores(self.logps[: (self.accept or 0) + 1], cfg.window), time_s=time_s,
-            timing=timing)
+            timing=timing, **extra)
 
 
 def wsd_rows(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[WSDRow]:
@@ -136,14 +165,16 @@ def wsd_rows(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[WS
 
 
 def finish_batch(base: HFModel, rows: list[WSDRow], batch: RaggedBatch, cfg: WSDConfig, t0: float,
-                 t_draft: float, method: str = "wsd", watch: Watch = NO_WATCH) -> list[dict]:
+                 t_draft: float, method: str = "wsd", watch: Watch = NO_WATCH,
+                 speculator: Speculator | None = None) -> list[dict]:
     """The base continues every row from its kept context (reusing what `batch` holds); one record per row."""
     conts = [watch.stream(r, row.budget, row.generator, row.kept_ids) for r, row in enumerate(rows)]
-    continue_base(batch, [row.context for row in rows], conts, cfg.sampling(), STOP_STRINGS + watch.stop)
+    spec = continue_base(batch, [row.context for row in rows], conts, cfg.sampling(), STOP_STRINGS + watch.stop,
+                         speculator)
     total = time.perf_counter() - t0
     timing = {"batch_s": round(total, 4), "draft_and_score_s": round(t_draft, 4), "batch_size": len(rows)}
-    return [row.record(base, c.tokens, cfg, total / len(rows), timing, method, watch.stop)
-            for row, c in zip(rows, conts)]
+    return [row.record(base, c.tokens, cfg, total / len(rows), timing, method, watch.stop, spec and spec[r])
+            for r, (row, c) in enumerate(zip(rows, conts))]
 
 
 def wsd_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig,
@@ -168,7 +199,9 @@ def wsd_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDC
 
     for r, row in enumerate(rows):  # 3. the base continues from prompt + kept draft, within the total budget
         row.keep(scoring.tokens[r], cfg)
-    return finish_batch(base, rows, scoring, cfg, t0, t_draft, watch=watch)
+    # with speculation, the pilot proposes the base's next tokens, going on from its drafting cache
+    speculator = Speculator.of(pilot, base, recs, cfg, [row.kept_ids for row in rows], drafting.batch)
+    return finish_batch(base, rows, scoring, cfg, t0, t_draft, watch=watch, speculator=speculator)
 
 
 def wsd_generate(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> Iterator[dict]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch, common_prefix
 from pilot_core.models.templates import base_prompt, chat_prompt
-from wsd_inference.switch import stable_token_count
+from pilot_core.models.tokenization import stable_token_count
 
 
 def small_prompt(m: HFModel, messages) -> str:

@@ -93,6 +93,10 @@ def _bon_uses(cfg: WSDConfig) -> tuple[str, ...]:
     return ("pilot", "base", "untuned") if cfg.bon.scorer == "implicit" else ("base", "reward")
 
 
+def _base_only_uses(cfg: WSDConfig) -> tuple[str, ...]:
+    return ("base", "pilot") if cfg.speculation.tokens else ("base",)  # the pilot as its draft model
+
+
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("wsd", "the pilot drafts, the base takes over at the first window with geometric-mean probability ≥ γ",
            uses=("pilot", "base"),
@@ -101,9 +105,9 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            served=lambda m, rec, cfg, stop=(), on_text=None: remote_engine.wsd_one(m.pilot, m.base, rec, cfg, stop,
                                                                                      on_text)),
     Method("base_only", "the base alone with the plain role template",
-           uses=("base",),
-           local=lambda m, recs, cfg: baselines.base_only_batch(m.base, recs, cfg),
-           watched=lambda m, recs, cfg, watch: baselines.base_only_batch(m.base, recs, cfg, watch),
+           uses=_base_only_uses,
+           local=lambda m, recs, cfg: baselines.base_only_batch(m.base, recs, cfg, pilot=m.pilot),
+           watched=lambda m, recs, cfg, watch: baselines.base_only_batch(m.base, recs, cfg, watch, m.pilot),
            served=lambda m, rec, cfg, stop=(), on_text=None: remote_engine.base_only_one(m.base, rec, cfg, stop,
                                                                                            on_text)),
     Method("pilot_only", "the pilot alone with its chat template, for the whole budget",

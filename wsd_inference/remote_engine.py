@@ -19,7 +19,8 @@ from pilot_core.models.templates import STOP_STRINGS, base_prompt, base_text, cu
 from pilot_core.prompts import PromptRecord
 from wsd_inference.baselines import URIAL_STOP, urial_answer, urial_prefix, urial_prompt
 from wsd_inference.records import method_record
-from wsd_inference.switch import first_switch, kept_context, stable_token_count, window_scores
+from pilot_core.models.tokenization import stable_token_count
+from wsd_inference.switch import first_switch, kept_context, window_scores
 
 if TYPE_CHECKING:  # annotations only, see methods.py
     from wsd_inference.config import WSDConfig

@@ -1,4 +1,5 @@
-"""The switch rule (authors' `get_accept_index`) and the tokenisation boundary of the online engine.
+"""The switch rule (authors' `get_accept_index`) and the context the base continues from.
+(Where a draft's base tokens are final: `pilot_core.models.tokenization.stable_token_count`.)
 
 p_i is the base model's probability of draft token i. The window score s_i is the geometric mean of
 p_{i-w+1..i}, defined for i >= w-1. The accept index a is the first i with s_i >= gamma; if no window
@@ -37,24 +38,6 @@ def accept_index(logprobs: list[float], window: int, threshold: float,
         return None, False
     a = first_switch(logprobs, window, threshold)
     return (a, True) if a is not None else (len(logprobs) - 1, False)
-
-
-def stable_token_count(offsets: list[tuple[int, int]], text: str, min_char: int) -> int:
-    """How many leading tokens of `text` no appended text can change.
-
-    Pre-tokenizers of BPE/SentencePiece tokenizers split at whitespace and never merge across it, and a split
-    before the last whitespace depends only on characters already present. So a token that ends at or before
-    the last whitespace character is final; the last word may still grow ("Th" -> "The") and is held back.
-    Only whitespace at or after `min_char` (the start of the draft) counts: the prompt is always final.
-    """
-    last_ws = -1
-    for i in range(len(text) - 1, min_char - 1, -1):
-        if text[i].isspace():
-            last_ws = i
-            break
-    if last_ws < 0:
-        return sum(1 for _, end in offsets if end <= min_char)
-    return sum(1 for _, end in offsets if end <= last_ws)
 
 
 def kept_context(ids: list[int], prompt_len: int, accept: int | None, max_new_tokens: int) -> tuple[list[int], int]:

@@ -38,12 +38,10 @@ class Sampling:
         return torch.Generator().manual_seed(seed or 0)
 
 
-def pick_token(logits, sampling: Sampling, generator) -> int:
-    """The next token from one row's logits, drawn with the row's own generator."""
+def warped_probs(logits, sampling: Sampling):
+    """The distribution a sampled token is drawn from: softmax after transformers' temperature, top-k and top-p
+    warpers (speculative sampling compares two of them)."""
     import torch
-
-    if sampling.temperature == 0:
-        return int(torch.argmax(logits))
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
     warpers = LogitsProcessorList([TemperatureLogitsWarper(sampling.temperature)])
@@ -51,8 +49,16 @@ def pick_token(logits, sampling: Sampling, generator) -> int:
         warpers.append(TopKLogitsWarper(sampling.top_k))
     if sampling.top_p < 1.0:
         warpers.append(TopPLogitsWarper(sampling.top_p))
-    scores = warpers(None, logits[None].float())[0]
-    return int(torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator))
+    return torch.softmax(warpers(None, logits[None].float())[0], dim=-1)
+
+
+def pick_token(logits, sampling: Sampling, generator) -> int:
+    """The next token from one row's logits, drawn with the row's own generator."""
+    import torch
+
+    if sampling.temperature == 0:
+        return int(torch.argmax(logits))
+    return int(torch.multinomial(warped_probs(logits, sampling), 1, generator=generator))
 
 
 @dataclass

@@ -1,0 +1,239 @@
+"""Speculative decoding for the base's continuation: a small draft model (WSD's pilot) proposes k tokens per row,
+the base checks them all in one forward pass over its KV cache and keeps the longest prefix it agrees with, plus
+one token of its own. The answer does not change:
+
+- greedy: a proposal is kept while it equals the base's argmax, so the answer is token for token the base's own;
+- sampled, one vocabulary: standard speculative sampling (Leviathan et al. 2023, Chen et al. 2023): a token drawn
+  from the draft's distribution q is kept with probability min(1, p/q), else replaced by a draw from
+  normalise(max(0, p - q)); the answer's distribution is the base's;
+- sampled, two tokenizers: the draft's greedy text is re-tokenized by the base (transformers' universal assisted
+  decoding) and the base draws its own token at each position with the row's generator, keeping proposals while
+  they equal its draw: the same random draws as without speculation, so the same answer.
+
+Across tokenizers only the stable part of the proposal is checked (tokens no appended text can change, the rule
+the switch uses: `pilot_core.models.tokenization.stable_token_count`). Each row adapts its k (transformers'
+heuristic: +2 after a round that kept every proposal, -1 otherwise) and stops speculating when its acceptance rate
+says it does not pay. Rows of a batch keep different lengths: rejected proposals are masked out of the cache
+(`RaggedBatch.truncate`) and the row's last token is fed with the next round's proposals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pilot_core.models.loading import HFModel
+from pilot_core.models.ragged import RaggedBatch, common_prefix
+from pilot_core.models.sampling import Generation, Sampling, Stream, pick_token, warped_probs
+from pilot_core.models.tokenization import stable_token_count
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """How the draft model speculates: `tokens` proposed per row in its first round (0: off), adapted within
+    [1, max_tokens]; a row stops after `min_rounds` rounds if fewer than `min_acceptance` of its proposals were
+    kept (then each round costs the draft's k passes and saves the base less than one pass)."""
+
+    tokens: int = 0
+    max_tokens: int = 16
+    min_acceptance: float = 0.3
+    min_rounds: int = 4
+
+    @property
+    def enabled(self) -> bool:
+        return self.tokens > 0
+
+
+@dataclass
+class SpecStats:
+    """One row's speculation: proposals made and kept, and the base's forward passes its continuation took."""
+
+    rounds: int = 0  # rounds with proposals
+    full_rounds: int = 0  # ... that kept every proposal
+    empty_rounds: int = 0  # ... that kept none
+    proposed: int = 0
+    accepted: int = 0
+    base_passes: int = 0
+
+    def record(self, tokens: int) -> dict:
+        return {"proposed": self.proposed, "accepted": self.accepted,
+                "acceptance_rate": round(self.accepted / self.proposed, 4) if self.proposed else None,
+                "base_passes": self.base_passes,
+                "tokens_per_base_pass": round(tokens / self.base_passes, 4) if self.base_passes else None}
+
+
+@dataclass
+class Proposal:
+    """Proposed base tokens for one row; `q[i]` is the draft's distribution token i was drawn from (speculative
+    sampling), or None when the base checks them by its own pick (greedy, or across tokenizers)."""
+
+    ids: list[int] = field(default_factory=list)
+    q: list | None = None
+
+
+def same_vocabulary(a: HFModel, b: HFModel) -> bool:
+    return a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
+
+
+class Drafter:
+    """The draft model beside a base batch: row r reads `prompts[r]` (its own chat template) and then the answer
+    so far, which it gets as base tokens each round. Its cache is kept in step with the answer by `advance`
+    (common prefix kept, the rest fed), so a round costs it k passes of one token per row."""
+
+    def __init__(self, draft: HFModel, base: HFModel, prompts: list[str], sampling: Sampling,
+                 batch: RaggedBatch | None = None):
+        self.m, self.base, self.sampling = draft, base, sampling
+        self.same_vocab = same_vocabulary(draft, base)
+        self.prompts = prompts
+        self.prompt_ids = [draft.encode(p) for p in prompts]
+        self.batch = batch if batch is not None else RaggedBatch(draft, len(prompts))  # may hold a prefix already
+
+    def _target(self, r: int, answer: list[int]) -> tuple[list[int], str]:
+        """Row r's draft-model tokens for the answer so far (and that answer's text, across tokenizers)."""
+        if self.same_vocab:
+            return self.prompt_ids[r] + answer, ""
+        text = self.base.decode(answer)
+        return self.m.encode(self.prompts[r] + text), text
+
+    def propose(self, answers: list[list[int] | None], ks: list[int], generators: list) -> list[Proposal]:
+        """Up to ks[r] base tokens proposed after `answers[r]` (None: row r does not speculate this round)."""
+        import torch
+
+        rows = len(answers)
+        targets, texts = [None] * rows, [""] * rows
+        for r, answer in enumerate(answers):
+            if answer is not None and ks[r] > 0:
+                targets[r], texts[r] = self._target(r, answer)
+        self.batch.advance(targets, [len(t) if t is not None else 0 for t in targets])
+        sample = self.same_vocab and self.sampling.temperature > 0  # speculative sampling draws from q
+        drafts: list[list[int]] = [[] for _ in range(rows)]
+        qs: list[list] = [[] for _ in range(rows)]
+        live = [targets[r] is not None for r in range(rows)]
+        for i in range(max(ks, default=0)):
+            step: list[list[int]] = [[] for _ in range(rows)]
+            for r in range(rows):
+                if not live[r] or i >= ks[r]:
+                    continue
+                logits = self.batch.next_logits[r]
+                if sample:
+                    q = warped_probs(logits, self.sampling)
+                    tok = int(torch.multinomial(q, 1, generator=generators[r]))
+                    qs[r].append(q)
+                else:
+                    tok = int(torch.argmax(logits))
+                drafts[r].append(tok)
+                if tok in self.m.stop_ids:  # the draft ends its turn: nothing more to propose
+                    live[r] = False
+                    if not self.same_vocab:
+                        drafts[r].pop()  # an end of turn has no text to cross with
+                elif i + 1 < ks[r]:
+                    step[r] = [tok]
+            if any(step):
+                self.batch.feed(step)
+            else:
+                break
+        if self.same_vocab:
+            return [Proposal(d, qs[r] if sample else None) for r, d in enumerate(drafts)]
+        return [Proposal(self._cross(answers[r], texts[r], targets[r], d)) if d else Proposal()
+                for r, d in enumerate(drafts)]
+
+    def _cross(self, answer: list[int], answer_text: str, target: list[int], draft: list[int]) -> list[int]:
+        """The draft's new text as base tokens after `answer`: its stable part, and only where the base's
+        tokens of the whole text start with the answer's own (else the boundary would change them)."""
+        old = self.m.tokenizer.decode(target, skip_special_tokens=False)
+        new = self.m.tokenizer.decode(target + draft, skip_special_tokens=False)
+        if not new.startswith(old):
+            return []
+        text = answer_text + new[len(old):]
+        enc = self.base.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        if common_prefix(enc.input_ids, answer) < len(answer):
+            return []
+        stable = stable_token_count(enc.offset_mapping, text, len(answer_text))
+        return enc.input_ids[len(answer): stable]
+
+
+class SpeculativeGeneration(Generation):
+    """A `Generation` of the base whose rows take proposals from a `Drafter`: each round feeds every live row its
+    pending token (the last one it emitted) and its proposals in one base pass, then keeps per row what the base
+    agrees with. `before[r]`: the answer's base tokens ahead of row r's Stream (WSD's kept draft)."""
+
+    def __init__(self, batch: RaggedBatch, rows: list[Stream], sampling: Sampling, stop_strings: tuple[str, ...],
+                 drafter: Drafter, spec: Speculation, before: list[list[int]] | None = None):
+        super().__init__(batch, rows, sampling, stop_strings)
+        self.drafter, self.spec = drafter, spec
+        self.before = before or [[] for _ in rows]
+        self.k = [spec.tokens] * len(rows)
+        self.pending: list[int | None] = [None] * len(rows)
+        self.stats = [SpecStats() for _ in rows]
+
+    def _k(self, r: int) -> int:
+        row = self.rows[r]
+        return max(0, min(self.k[r], row.budget - len(row.tokens) - 1))  # the base adds one token of its own
+
+    def step(self) -> None:
+        import torch
+
+        live = [not row.done for row in self.rows]
+        ks = [self._k(r) if live[r] else 0 for r in range(len(self.rows))]
+        answers = [self.before[r] + self.rows[r].tokens if ks[r] else None for r in range(len(self.rows))]
+        props = (self.drafter.propose(answers, ks, [row.generator for row in self.rows]) if any(ks)
+                 else [Proposal() for _ in self.rows])
+        feed = [([self.pending[r]] if self.pending[r] is not None else []) + props[r].ids if live[r] else []
+                for r in range(len(self.rows))]
+        before = list(self.batch.next_logits)
+        out = self.batch.feed(feed)
+        for r, row in enumerate(self.rows):
+            if not live[r]:
+                continue
+            p = props[r]
+            logits = out[r] if self.pending[r] is not None else (
+                torch.cat([before[r][None], out[r]]) if out[r] is not None else before[r][None])
+            tokens, kept = verify(logits, p, self.sampling, row.generator)
+            st = self.stats[r]
+            st.base_passes += 1
+            if p.ids:
+                st.rounds += 1
+                st.proposed += len(p.ids)
+                st.accepted += kept
+                st.full_rounds += kept == len(p.ids)
+                st.empty_rounds += kept == 0
+                self._adapt(r, kept, len(p.ids))
+            for t in tokens:
+                row.tokens.append(t)
+                if self._stops(row):
+                    row.done = True
+                if row.on_token is not None:
+                    row.on_token(row)
+                if row.done:
+                    break
+            if not row.done:  # mask the rejected proposals; the base's own token is fed next round
+                self.batch.truncate(r, len(self.batch.tokens[r]) - (len(p.ids) - kept))
+                self.pending[r] = tokens[-1]
+        if self.batch.mask.shape[1] > 2 * max(len(s) for s in self.batch.slots) + 64:
+            self.batch.compact()  # rejected proposals left holes: attend over live tokens only
+
+    def _adapt(self, r: int, kept: int, proposed: int) -> None:
+        st, spec = self.stats[r], self.spec
+        self.k[r] = min(self.k[r] + 2, spec.max_tokens) if kept == proposed else max(1, self.k[r] - 1)
+        if st.rounds >= spec.min_rounds and st.accepted < spec.min_acceptance * st.proposed:
+            self.k[r] = 0  # it does not pay for this row
+
+
+def verify(logits, proposal: Proposal, sampling: Sampling, generator) -> tuple[list[int], int]:
+    """(the tokens the base emits, how many proposals it kept) given its logits before each proposed token and
+    after the last (`logits[i]`, i = 0..len(proposal.ids))."""
+    import torch
+
+    ids = proposal.ids
+    for i, d in enumerate(ids):
+        if proposal.q is None:  # the base's own pick: greedy, or a draw with the row's generator
+            t = pick_token(logits[i], sampling, generator)
+            if t != d:
+                return ids[:i] + [t], i
+            continue
+        p, q = warped_probs(logits[i], sampling), proposal.q[i]
+        if float(torch.rand((), generator=generator)) * float(q[d]) <= float(p[d]):  # kept with prob min(1, p/q)
+            continue
+        residual = torch.clamp(p - q, min=0)
+        residual = residual / residual.sum() if float(residual.sum()) > 0 else p
+        return ids[:i] + [int(torch.multinomial(residual, 1, generator=generator))], i
+    return ids + [pick_token(logits[len(ids)], sampling, generator)], len(ids)

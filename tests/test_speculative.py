@@ -1,0 +1,167 @@
+"""Speculative continuation: the pilot proposes the base's next tokens, the base checks them in one pass.
+
+Greedy answers are the base's own, token for token, on both tokenizer pairs, batched, whatever each row accepts;
+sampled answers keep the base's distribution (speculative sampling on one vocabulary, checked on a tiny one) or
+its very draws (across tokenizers)."""
+
+import pytest
+
+from pilot_core.models.loading import load_hf_model
+from pilot_core.models.ragged import RaggedBatch
+from pilot_core.models.sampling import Generation, Sampling, Stream
+from pilot_core.models.speculative import Drafter, Proposal, Speculation, SpeculativeGeneration, verify
+from pilot_core.models.templates import STOP_STRINGS, base_prompt
+from wsd_inference.baselines import base_only_batch
+from wsd_inference.config import WSDConfig
+from wsd_inference.engine import wsd_batch
+
+from .helpers import RECS, median_max_window
+
+FIELDS = ("response", "draft_text", "switch_index", "switched", "kept_draft_tokens", "base_tokens", "pilot_tokens")
+
+
+@pytest.fixture(scope="module")
+def models(pair_same, pair_different):
+    pilot = load_hf_model(str(pair_same[0]), need_chat_template=True)
+    return {"same": (pilot, load_hf_model(str(pair_same[1]))),
+            "different": (pilot, load_hf_model(str(pair_different[1])))}
+
+
+def speculating(cfg: WSDConfig, k: int, **more) -> WSDConfig:
+    return cfg.model_copy(update={"speculation": cfg.speculation.model_copy(update={"tokens": k, **more})})
+
+
+@pytest.mark.parametrize("pair", ["same", "different"])
+def test_greedy_answers_are_identical_with_speculation(models, pair):
+    pilot, base = models[pair]
+    cfg = WSDConfig(window=3, threshold=median_max_window(pilot, base, 3), max_draft_tokens=24, max_new_tokens=48,
+                    batch_size=len(RECS))
+    for run in (lambda c: wsd_batch(pilot, base, RECS, c), lambda c: base_only_batch(base, RECS, c, pilot=pilot)):
+        plain, spec = run(cfg), run(speculating(cfg, 3))
+        assert any(p["base_tokens"] > 10 for p in plain)  # the base writes a continuation worth speculating on
+        for p, s in zip(plain, spec):
+            assert {k: s.get(k) for k in FIELDS} == {k: p.get(k) for k in FIELDS}, p["id"]
+            assert "speculation" not in p
+            st = s["speculation"]
+            if p["base_tokens"] > 1:
+                assert st["proposed"] > 0 and 0 <= st["accepted"] <= st["proposed"]
+                assert st["base_passes"] <= p["base_tokens"]  # never more passes than tokens
+        if pair == "same":  # some proposals were kept (the tiny pilot and the other family's base hardly agree:
+            # see test_text_crossing_proposes_what_the_base_writes for proposals kept across tokenizers)
+            assert sum(s["speculation"]["accepted"] for s in spec) > 0
+
+
+def test_sampled_across_tokenizers_draws_what_the_base_draws(models):
+    """Across tokenizers the base keeps a proposal only where its own draw (with the row's generator) equals it,
+    so the random draws, and the answers, are those of decoding without speculation."""
+    pilot, base = models["different"]
+    cfg = WSDConfig(window=3, threshold=0.1, max_draft_tokens=16, max_new_tokens=40, temperature=0.9, seed=3)
+    plain, spec = base_only_batch(base, RECS, cfg), base_only_batch(base, RECS, speculating(cfg, 2), pilot=pilot)
+    assert [s["response"] for s in spec] == [p["response"] for p in plain]
+    assert sum(s["speculation"]["proposed"] for s in spec) > 0
+
+
+def test_sampled_one_vocabulary_is_seeded(models):
+    pilot, base = models["same"]
+    cfg = speculating(WSDConfig(window=3, threshold=0.1, max_draft_tokens=16, max_new_tokens=40, temperature=0.9), 3)
+    a, b = wsd_batch(pilot, base, RECS, cfg), wsd_batch(pilot, base, RECS[::-1], cfg)[::-1]
+    assert [x["response"] for x in a] == [x["response"] for x in b]  # per prompt, not per batch position
+    assert sum(x["speculation"]["accepted"] for x in a) > 0
+    c = wsd_batch(pilot, base, RECS, cfg.model_copy(update={"seed": 1}))
+    assert [x["response"] for x in c] != [x["response"] for x in a]
+
+
+def test_rows_accept_all_some_or_none_in_one_batch(models):
+    """The base drafts for itself: rows whose draft reads the base's own context accept every proposal (and k
+    grows), rows whose draft reads another prompt accept some or none; every row's answer is the base's own."""
+    _, base = models["same"]
+    prompts = [base_prompt(r.messages, base.tokenizer.bos_token) for r in RECS[:6]]
+    misread = prompts[3:] + prompts[:3]
+    draft_prompts = prompts[:3] + misread[3:]
+
+    def run(spec: Speculation | None):
+        batch = RaggedBatch(base, len(prompts))
+        batch.feed([base.encode(p) for p in prompts])
+        rows = [Stream(40) for _ in prompts]
+        if spec is None:
+            Generation(batch, rows, Sampling(), STOP_STRINGS).run()
+            return rows, None
+        gen = SpeculativeGeneration(batch, rows, Sampling(), STOP_STRINGS,
+                                    Drafter(base, base, draft_prompts, Sampling()), spec)
+        gen.run()
+        return rows, gen.stats
+
+    plain, _ = run(None)
+    rows, stats = run(Speculation(tokens=2, max_tokens=6, min_acceptance=0.0))
+    assert [r.tokens for r in rows] == [p.tokens for p in plain]
+    for st, row in zip(stats[:3], rows):
+        assert st.accepted == st.proposed > 0 and st.empty_rounds == 0
+        assert st.base_passes < len(row.tokens) / 3  # k grew: several tokens per pass
+    assert all(st.full_rounds < st.rounds for st in stats[3:])  # the misread rows were refused proposals
+    assert any(st.empty_rounds for st in stats[3:]) and any(0 < st.accepted for st in stats[3:])
+
+    # a row that does not pay stops speculating after min_rounds rounds; the others go on
+    rows, stats = run(Speculation(tokens=2, max_tokens=6, min_acceptance=1.0, min_rounds=2))
+    assert [r.tokens for r in rows] == [p.tokens for p in plain]
+    assert all(st.rounds > 2 for st in stats[:3] if st.proposed)
+    assert all(st.rounds == 2 for st in stats[3:] if st.accepted < st.proposed)
+
+
+def test_text_crossing_proposes_what_the_base_writes(models):
+    """The proposal crosses as text, re-tokenized by the base, its last (unstable) word held back: with the base
+    drafting for itself through that path most proposals are kept, and the answers are the base's own."""
+    _, base = models["different"]
+    prompts = [base_prompt(r.messages, base.tokenizer.bos_token) for r in RECS[:4]]
+
+    def run(drafter):
+        batch = RaggedBatch(base, len(prompts))
+        batch.feed([base.encode(p) for p in prompts])
+        rows = [Stream(40) for _ in prompts]
+        if drafter is None:
+            Generation(batch, rows, Sampling(), STOP_STRINGS).run()
+            return rows, []
+        gen = SpeculativeGeneration(batch, rows, Sampling(), STOP_STRINGS, drafter, Speculation(tokens=4))
+        gen.run()
+        return rows, gen.stats
+
+    drafter = Drafter(base, base, prompts, Sampling())
+    drafter.same_vocab = False  # the text path, as for a pilot of another tokenizer family
+    (plain, _), (rows, stats) = run(None), run(drafter)
+    assert [r.tokens for r in rows] == [p.tokens for p in plain]
+    assert sum(st.accepted for st in stats) > 0.5 * sum(st.proposed for st in stats) > 0
+
+
+def test_speculative_sampling_keeps_the_base_distribution():
+    """On a 6-token vocabulary: proposals drawn from q, checked against p; the first emitted token follows p0,
+    the second (after a kept first proposal) p1, the bonus token after two kept proposals p2."""
+    import torch
+    from scipy.stats import chisquare
+
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(3, 6, generator=g) * 1.5, -1)
+    q = torch.softmax(torch.randn(2, 6, generator=g) * 1.5, -1)
+    sampling = Sampling(temperature=1.0)
+    counts = torch.zeros(3, 6)
+    n = 6000
+    for _ in range(n):
+        d = [int(torch.multinomial(q[i], 1, generator=g)) for i in range(2)]
+        tokens, kept = verify(p.log(), Proposal(d, [q[0], q[1]]), sampling, g)
+        assert tokens[:kept] == d[:kept] and len(tokens) == kept + 1
+        for i, t in enumerate(tokens):
+            counts[i, t] += 1
+    for i in range(3):
+        observed = counts[i]
+        assert chisquare(observed, observed.sum() * p[i]).pvalue > 1e-3, (i, observed, p[i])
+    assert 0 < counts[2].sum() < n  # some rounds kept both proposals, some did not
+
+
+def test_greedy_verify_keeps_the_agreeing_prefix():
+    import torch
+
+    logits = torch.full((4, 5), -5.0)
+    for i, t in enumerate([1, 2, 3, 4]):
+        logits[i, t] = 5.0
+    assert verify(logits, Proposal([1, 2, 0]), Sampling(), None) == ([1, 2, 3], 2)
+    assert verify(logits, Proposal([0, 2, 3]), Sampling(), None) == ([1], 0)
+    assert verify(logits, Proposal([1, 2, 3]), Sampling(), None) == ([1, 2, 3, 4], 3)
+    assert verify(logits[:1], Proposal(), Sampling(), None) == ([1], 0)
