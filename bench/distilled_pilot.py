@@ -1,7 +1,8 @@
 """A real-sized pilot/base pair for the speed benchmarks: SmolLM2-135M-Instruct as the base, and a pilot ~18x
 smaller distilled briefly from SmolLM2's own answers (a 4-layer Llama with SmolLM2's tokenizer and chat template,
 its embeddings started from the top principal components of SmolLM2's, then SFT with the project's training
-stage (TRL) on SmolLM2's greedy answers to the demo world's training requests). The benchmark prompts are
+stage (TRL) on the greedy answers SmolLM2 writes as the base, from the plain role template, to the demo world's
+training requests). The benchmark prompts are
 other requests. Built once (~10 min on 2 CPU cores), cached next to the tiny models.
 
     .venv/bin/python bench/distilled_pilot.py   # builds (if needed) and prints the two directories
@@ -80,19 +81,23 @@ def _init_pilot(base_dir: Path, out: Path) -> None:
 
 
 def _answers_dataset(base_dir: Path, out: Path) -> None:
-    """SmolLM2's greedy answers to the training requests, as an `sft` split (messages)."""
+    """SmolLM2's own greedy answers as the base (the plain role template, as WSD's base reads it) to the training
+    requests, as an `sft` split of chats: the pilot learns to write what the base would."""
     import datasets
 
     from pilot_core.manifest import Manifest, write_manifest
     from pilot_core.models.loading import load_hf_model
-    from pilot_core.models.sampling import Sampling, chat_batch
+    from pilot_core.prompts import PromptRecord
+    from wsd_inference.baselines import base_only_batch
+    from wsd_inference.config import WSDConfig
 
-    base = load_hf_model(str(base_dir), "base", need_chat_template=True)
+    base = load_hf_model(str(base_dir), "base")
+    cfg = WSDConfig(max_new_tokens=ANSWER_TOKENS)
     reqs, rows = training_requests(), []
     for i in range(0, len(reqs), 16):
-        convs = [[{"role": "user", "content": q}] for q in reqs[i : i + 16]]
-        for conv, ids in zip(convs, chat_batch(base, convs, ANSWER_TOKENS, Sampling(), [None] * len(convs))):
-            rows.append({"messages": conv + [{"role": "assistant", "content": base.decode(ids).strip()}]})
+        recs = [PromptRecord(str(j), ({"role": "user", "content": q},)) for j, q in enumerate(reqs[i : i + 16])]
+        for rec, r in zip(recs, base_only_batch(base, recs, cfg)):
+            rows.append({"messages": [*rec.messages, {"role": "assistant", "content": r["response"]}]})
         print(f"  SmolLM2 answered {len(rows)}/{len(reqs)} requests", file=sys.stderr, flush=True)
     datasets.DatasetDict({"sft": datasets.Dataset.from_list(rows)}).save_to_disk(str(out / "dataset"))
     write_manifest(out, Manifest(kind="dataset", data={"rows": len(rows), "teacher": str(base_dir)}))
@@ -103,10 +108,10 @@ def distilled_pair() -> tuple[Path, Path]:
     from pilot_core.atomic import atomic_dir
 
     base_dir = smollm2_dir()
-    final = cache_root() / f"smollm2-distilled-pilot-{N_PROMPTS}-{STEPS}"
+    final = cache_root() / f"smollm2-distilled-pilot-v2-{N_PROMPTS}-{STEPS}"
     if final.exists():
         return final, base_dir
-    work = cache_root() / f"smollm2-distilled-work-{N_PROMPTS}-{STEPS}"
+    work = cache_root() / f"smollm2-distilled-work-v2-{N_PROMPTS}-{STEPS}"
     print(f"distilling a pilot from SmolLM2 once, into {final}", file=sys.stderr, flush=True)
     if not (work / "init").exists():
         _init_pilot(base_dir, work / "init")

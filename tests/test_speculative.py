@@ -106,6 +106,11 @@ def test_rows_accept_all_some_or_none_in_one_batch(models):
     assert all(st.rounds > 2 for st in stats[:3] if st.proposed)
     assert all(st.rounds == 2 for st in stats[3:] if st.accepted < st.proposed)
 
+    # a batch that cannot expect enough kept proposals per row stops its rounds once the rows explored
+    rows, stats = run(Speculation(tokens=2, max_tokens=6, min_acceptance=0.0, min_rounds=3, min_gain=100.0))
+    assert [r.tokens for r in rows] == [p.tokens for p in plain]
+    assert max(st.rounds for st in stats) == 3
+
 
 def test_text_crossing_proposes_what_the_base_writes(models):
     """The proposal crosses as text, re-tokenized by the base, its last (unstable) word held back: with the base
@@ -165,3 +170,26 @@ def test_greedy_verify_keeps_the_agreeing_prefix():
     assert verify(logits, Proposal([0, 2, 3]), Sampling(), None) == ([1], 0)
     assert verify(logits, Proposal([1, 2, 3]), Sampling(), None) == ([1, 2, 3, 4], 3)
     assert verify(logits[:1], Proposal(), Sampling(), None) == ([1], 0)
+
+
+def test_cli_speculates_and_refuses_it_for_a_served_base(models, pair_different, tmp_path):
+    """`pilot wsd generate --speculate` writes the answers of in-process WSD without speculation, with each
+    record's speculation figures; a base on a server speculates there, so the flag is refused for a URL."""
+    import json
+
+    from .helpers import one_line_error, pilot
+
+    pilot_m, base = models["different"]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"id": r.id, "messages": list(r.messages)}) + "\n"
+                                               for r in RECS))
+    common = ["wsd", "generate", "--pilot", pilot_m.path, "--input", str(tmp_path / "in.jsonl"), "--window", "3",
+              "--threshold", "0.3", "--max-draft-tokens", "16", "--max-new-tokens", "32"]
+    r = pilot(*common, "--base", str(pair_different[1]), "--output", str(tmp_path / "out.jsonl"), "--speculate", "3")
+    assert r.returncode == 0, r.stderr
+    got = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    want = wsd_batch(pilot_m, base, RECS, WSDConfig(window=3, threshold=0.3, max_draft_tokens=16, max_new_tokens=32))
+    assert [g["response"] for g in got] == [w["response"] for w in want]
+    assert all(g["speculation"]["base_passes"] <= g["base_tokens"] for g in got)
+    err = one_line_error(pilot(*common, "--base", "http://127.0.0.1:9/v1", "--base-model", "b", "--output",
+                               str(tmp_path / "o2.jsonl"), "--speculate", "3"))
+    assert "--speculate" in err and "--speculative-config" in err and not (tmp_path / "o2.jsonl").exists()

@@ -13,8 +13,11 @@ one token of its own. The answer does not change:
 Across tokenizers only the stable part of the proposal is checked (tokens no appended text can change, the rule
 the switch uses: `pilot_core.models.tokenization.stable_token_count`). Each row adapts its k (transformers'
 heuristic: +2 after a round that kept every proposal, -1 otherwise) and stops speculating when its acceptance rate
-says it does not pay. Rows of a batch keep different lengths: rejected proposals are masked out of the cache
-(`RaggedBatch.truncate`) and the row's last token is fed with the next round's proposals.
+says it does not pay; a round runs only while the batch expects to keep enough proposals
+(`Speculation.min_gain`). Rows of a batch keep different lengths: rejected proposals are masked out of the cache
+(`RaggedBatch.truncate`) and the row's last token is fed with the next round's proposals. With speculative
+sampling a row's draws depend on the rounds its batch ran, so a sampled answer follows the base's distribution
+but its exact tokens may differ from batch to batch (greedy and cross-tokenizer answers never do).
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ from pilot_core.models.tokenization import stable_token_count
 class Speculation:
     """How the draft model speculates: `tokens` proposed per row in its first round (0: off), adapted within
     [1, max_tokens]; a row stops after `min_rounds` rounds if fewer than `min_acceptance` of its proposals were
-    kept (then each round costs the draft's k passes and saves the base less than one pass)."""
+    kept. A round runs only while it is expected to keep `min_gain` proposals per live row of the batch (one
+    speculating row widens the whole batch's base pass; on a CPU that pass costs more the wider it is)."""
 
     tokens: int = 0
     max_tokens: int = 16
     min_acceptance: float = 0.3
     min_rounds: int = 4
+    min_gain: float = 1.0
 
     @property
     def enabled(self) -> bool:
@@ -169,11 +174,27 @@ class SpeculativeGeneration(Generation):
         row = self.rows[r]
         return max(0, min(self.k[r], row.budget - len(row.tokens) - 1))  # the base adds one token of its own
 
+    def _expected_kept(self, r: int, k: int) -> float:
+        """Proposals row r is expected to keep out of k: a + a^2 + ... + a^k for its acceptance rate a so far."""
+        st = self.stats[r]
+        a = (st.accepted + 1) / (st.proposed + 2)
+        return k if a >= 1 else a * (1 - a**k) / (1 - a)
+
+    def _round_ks(self, live: list[bool]) -> list[int]:
+        """Each row's k for this round; all 0 when the batch's expected gain does not pay for the round."""
+        ks = [self._k(r) if live[r] else 0 for r in range(len(self.rows))]
+        exploring = any(ks[r] and self.stats[r].rounds < self.spec.min_rounds for r in range(len(ks)))
+        # judged at the k a row starts with at least: a row whose k shrank after a miss is not written off for it
+        gain = sum(self._expected_kept(r, max(k, self.spec.tokens)) for r, k in enumerate(ks) if k)
+        if not exploring and gain < self.spec.min_gain * sum(live):
+            return [0] * len(ks)
+        return ks
+
     def step(self) -> None:
         import torch
 
         live = [not row.done for row in self.rows]
-        ks = [self._k(r) if live[r] else 0 for r in range(len(self.rows))]
+        ks = self._round_ks(live)
         answers = [self.before[r] + self.rows[r].tokens if ks[r] else None for r in range(len(self.rows))]
         props = (self.drafter.propose(answers, ks, [row.generator for row in self.rows]) if any(ks)
                  else [Proposal() for _ in self.rows])
