@@ -105,18 +105,18 @@ def _answers_dataset(base_dir: Path, out: Path) -> None:
 
 def distilled_pair() -> tuple[Path, Path]:
     """(pilot_dir, base_dir), built once."""
-    from pilot_core.atomic import atomic_dir
-
     base_dir = smollm2_dir()
     final = cache_root() / f"smollm2-distilled-pilot-v2-{N_PROMPTS}-{STEPS}"
     if final.exists():
         return final, base_dir
     work = cache_root() / f"smollm2-distilled-work-v2-{N_PROMPTS}-{STEPS}"
     print(f"distilling a pilot from SmolLM2 once, into {final}", file=sys.stderr, flush=True)
-    if not (work / "init").exists():
-        _init_pilot(base_dir, work / "init")
-    if not (work / "data" / "manifest.json").exists():
-        _answers_dataset(base_dir, work / "data")
+    from pilot_core.atomic import atomic_dir
+
+    for name, build in (("init", _init_pilot), ("data", _answers_dataset)):
+        if not (work / name).exists():  # each step lands whole or not at all (a killed build starts it over)
+            with atomic_dir(work / name) as tmp:
+                build(base_dir, tmp)
     from pilot_core.config import validate_config
     from training.config import TrainConfig
     from training.train import train_stage

@@ -19,9 +19,9 @@ from pilot_core.models.ragged import RaggedBatch, common_prefix
 from pilot_core.models.sampling import NO_WATCH, Generation, Sampling, Stream, Watch, prefilled
 from pilot_core.models.speculative import Drafter, Speculation, SpeculativeGeneration
 from pilot_core.models.templates import STOP_STRINGS, base_prompt, base_text, chat_prompt, cut_at_markers
+from pilot_core.models.tokenization import stable_token_count
 from pilot_core.prompts import PromptRecord
 from wsd_inference.records import method_record
-from pilot_core.models.tokenization import stable_token_count
 from wsd_inference.switch import first_switch, kept_context, window_scores
 
 if TYPE_CHECKING:  # annotations only, see methods.py

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 from pilot_core.models.openai_server import ServedModel
 from pilot_core.models.templates import STOP_STRINGS, base_prompt, base_text, cut_at_markers
+from pilot_core.models.tokenization import stable_token_count
 from pilot_core.prompts import PromptRecord
 from wsd_inference.baselines import URIAL_STOP, urial_answer, urial_prefix, urial_prompt
 from wsd_inference.records import method_record
-from pilot_core.models.tokenization import stable_token_count
 from wsd_inference.switch import first_switch, kept_context, window_scores
 
 if TYPE_CHECKING:  # annotations only, see methods.py

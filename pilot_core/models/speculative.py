@@ -200,14 +200,14 @@ class SpeculativeGeneration(Generation):
                  else [Proposal() for _ in self.rows])
         feed = [([self.pending[r]] if self.pending[r] is not None else []) + props[r].ids if live[r] else []
                 for r in range(len(self.rows))]
-        before = list(self.batch.next_logits)
+        first = list(self.batch.next_logits)  # before a row's first fed token (only used without a pending one)
         out = self.batch.feed(feed)
         for r, row in enumerate(self.rows):
             if not live[r]:
                 continue
             p = props[r]
             logits = out[r] if self.pending[r] is not None else (
-                torch.cat([before[r][None], out[r]]) if out[r] is not None else before[r][None])
+                torch.cat([first[r][None], out[r]]) if out[r] is not None else first[r][None])
             tokens, kept = verify(logits, p, self.sampling, row.generator)
             st = self.stats[r]
             st.base_passes += 1
@@ -252,7 +252,7 @@ def verify(logits, proposal: Proposal, sampling: Sampling, generator) -> tuple[l
                 return ids[:i] + [t], i
             continue
         p, q = warped_probs(logits[i], sampling), proposal.q[i]
-        if float(torch.rand((), generator=generator)) * float(q[d]) <= float(p[d]):  # kept with prob min(1, p/q)
+        if float(torch.rand((), generator=generator)) * float(q[d]) < float(p[d]):  # kept with prob min(1, p/q)
             continue
         residual = torch.clamp(p - q, min=0)
         residual = residual / residual.sum() if float(residual.sum()) > 0 else p
