@@ -94,7 +94,7 @@ def _bon_uses(cfg: WSDConfig) -> tuple[str, ...]:
 
 
 def _base_only_uses(cfg: WSDConfig) -> tuple[str, ...]:
-    return ("base", "pilot") if cfg.speculation.tokens else ("base",)  # the pilot as its draft model
+    return ("base", "pilot") if cfg.speculation.enabled else ("base",)  # the pilot as its draft model
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
