@@ -71,6 +71,20 @@ def test_sampled_one_vocabulary_is_seeded(models):
     assert [x["response"] for x in c] != [x["response"] for x in a]
 
 
+def continue_greedily(base, prompts: list[str], drafter: Drafter | None = None, spec: Speculation | None = None):
+    """The base's greedy continuations of `prompts` (40 tokens), plainly or with `drafter` speculating: (rows,
+    each row's speculation figures or None)."""
+    batch = RaggedBatch(base, len(prompts))
+    batch.feed([base.encode(p) for p in prompts])
+    rows = [Stream(40) for _ in prompts]
+    if drafter is None:
+        Generation(batch, rows, Sampling(), STOP_STRINGS).run()
+        return rows, None
+    gen = SpeculativeGeneration(batch, rows, Sampling(), STOP_STRINGS, drafter, spec)
+    gen.run()
+    return rows, gen.stats
+
+
 def test_rows_accept_all_some_or_none_in_one_batch(models):
     """The base drafts for itself: rows whose draft reads the base's own context accept every proposal (and k
     grows), rows whose draft reads another prompt accept some or none; every row's answer is the base's own."""
@@ -80,16 +94,7 @@ def test_rows_accept_all_some_or_none_in_one_batch(models):
     draft_prompts = prompts[:3] + misread[3:]
 
     def run(spec: Speculation | None):
-        batch = RaggedBatch(base, len(prompts))
-        batch.feed([base.encode(p) for p in prompts])
-        rows = [Stream(40) for _ in prompts]
-        if spec is None:
-            Generation(batch, rows, Sampling(), STOP_STRINGS).run()
-            return rows, None
-        gen = SpeculativeGeneration(batch, rows, Sampling(), STOP_STRINGS,
-                                    Drafter(base, base, draft_prompts, Sampling()), spec)
-        gen.run()
-        return rows, gen.stats
+        return continue_greedily(base, prompts, spec and Drafter(base, base, draft_prompts, Sampling()), spec)
 
     plain, _ = run(None)
     rows, stats = run(Speculation(tokens=2, max_tokens=6, min_acceptance=0.0))
@@ -118,20 +123,10 @@ def test_text_crossing_proposes_what_the_base_writes(models):
     _, base = models["different"]
     prompts = [base_prompt(r.messages, base.tokenizer.bos_token) for r in RECS[:4]]
 
-    def run(drafter):
-        batch = RaggedBatch(base, len(prompts))
-        batch.feed([base.encode(p) for p in prompts])
-        rows = [Stream(40) for _ in prompts]
-        if drafter is None:
-            Generation(batch, rows, Sampling(), STOP_STRINGS).run()
-            return rows, []
-        gen = SpeculativeGeneration(batch, rows, Sampling(), STOP_STRINGS, drafter, Speculation(tokens=4))
-        gen.run()
-        return rows, gen.stats
-
     drafter = Drafter(base, base, prompts, Sampling())
     drafter.same_vocab = False  # the text path, as for a pilot of another tokenizer family
-    (plain, _), (rows, stats) = run(None), run(drafter)
+    plain, _ = continue_greedily(base, prompts)
+    rows, stats = continue_greedily(base, prompts, drafter, Speculation(tokens=4))
     assert [r.tokens for r in rows] == [p.tokens for p in plain]
     assert sum(st.accepted for st in stats) > 0.5 * sum(st.proposed for st in stats) > 0
 
