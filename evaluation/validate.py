@@ -238,7 +238,7 @@ def _diagnostics(records, bases) -> dict:
                     d = d.model_copy(update={
                         "speculation_acceptance_rate": sum(x["accepted"] for x in spec)
                         / max(sum(x["proposed"] for x in spec), 1),
-                        "tokens_per_base_pass": sum(r["base_tokens"] for r in rs if r.get("speculation"))
+                        "tokens_per_base_pass": sum(x["tokens"] for x in spec)
                         / max(sum(x["base_passes"] for x in spec), 1)})
                 out.setdefault(base.name, {}).setdefault(method, {})[s] = d
     return out

@@ -43,6 +43,7 @@ def test_greedy_answers_are_identical_with_speculation(models, pair):
             assert {k: s.get(k) for k in FIELDS} == {k: p.get(k) for k in FIELDS}, p["id"]
             assert "speculation" not in p
             st = s["speculation"]
+            assert st["tokens"] == p["base_tokens"]
             if p["base_tokens"] > 1:
                 assert st["proposed"] > 0 and 0 <= st["accepted"] <= st["proposed"]
                 assert st["base_passes"] <= p["base_tokens"]  # never more passes than tokens
@@ -188,3 +189,74 @@ def test_cli_speculates_and_refuses_it_for_a_served_base(models, pair_different,
     err = one_line_error(pilot(*common, "--base", "http://127.0.0.1:9/v1", "--base-model", "b", "--output",
                                str(tmp_path / "o2.jsonl"), "--speculate", "3"))
     assert "--speculate" in err and "--speculative-config" in err and not (tmp_path / "o2.jsonl").exists()
+
+
+@pytest.fixture(scope="module")
+def untuned(untuned_path):
+    return load_hf_model(str(untuned_path))
+
+
+@pytest.mark.parametrize("pair", ["same", "different"])
+def test_urial_and_eft_greedy_answers_are_identical_with_speculation(models, untuned, pair):
+    """The other methods that decode token by token with the base take the pilot as their draft model: URIAL
+    (the base reads the prefix, the pilot its chat template) and EFT (all three models check the proposals and
+    the combination picks), greedy answers identical."""
+    from wsd_inference.baselines import urial_batch
+    from wsd_inference.eft import eft_batch
+
+    pilot, base = models[pair]
+    cfg = WSDConfig(max_new_tokens=40, batch_size=len(RECS))
+    runs = {"urial": lambda c: urial_batch(base, RECS, c, pilot=pilot)}
+    if pair == "same":  # EFT needs one vocabulary
+        runs["eft"] = lambda c: eft_batch(base, pilot, untuned, RECS, c)
+    for name, run in runs.items():
+        plain, spec = run(cfg), run(speculating(cfg, 3))
+        assert [s["response"] for s in spec] == [p["response"] for p in plain], name
+        assert [s["base_tokens"] for s in spec] == [p["base_tokens"] for p in plain]
+        assert all("speculation" not in p for p in plain)
+        assert sum(s["speculation"]["proposed"] for s in spec) > 0
+        assert all(s["speculation"]["base_passes"] <= max(s["base_tokens"], 1) for s in spec)
+        if pair == "same":
+            assert sum(s["speculation"]["accepted"] for s in spec) > 0
+
+
+def search_cfg(k: int = 0, seed: int = 3) -> WSDConfig:
+    cfg = WSDConfig(max_new_tokens=24, seed=seed)
+    return speculating(cfg.model_copy(update={"cbs": cfg.cbs.model_copy(update={"chunk_length": 5})}), k)
+
+
+def test_searches_speculate_across_tokenizers_with_the_same_draws(models, untuned):
+    """Best-of-N and CBS sample; across tokenizers the base keeps a proposal only where its own draw equals it,
+    so every sample, every chunk (capped at L tokens however many a round keeps) and every successor's draws are
+    those without speculation: the same answers and scores."""
+    from wsd_inference.search import bon_batch, cbs_batch
+
+    pilot, base = models["different"]
+    for run in (bon_batch, cbs_batch):
+        plain, spec = run(base, pilot, untuned, RECS, search_cfg()), run(base, pilot, untuned, RECS, search_cfg(3))
+        assert [(s["response"], s["score"]) for s in spec] == [(p["response"], p["score"]) for p in plain]
+        assert all("speculation" not in p for p in plain)
+        assert all(s["speculation"]["proposed"] > 0 for s in spec)
+        # the figures count every row's tokens, kept or not: more than the chosen answer's
+        assert all(s["speculation"]["tokens"] > s["base_tokens"] for s in spec)
+
+
+def test_searches_speculate_on_one_vocabulary_seeded_chunk_by_chunk(models, untuned):
+    """On one vocabulary the searches' samples come from speculative sampling: seeded (a rerun draws the same),
+    proposals kept, and a chunk is never longer than L tokens even when a round keeps several."""
+    import asyncio
+
+    from wsd_inference.search import LocalRows, cbs_batch
+
+    pilot, base = models["same"]
+    a, b = (cbs_batch(base, pilot, untuned, RECS, search_cfg(3)) for _ in range(2))
+    assert [x["response"] for x in a] == [x["response"] for x in b]
+    assert sum(x["speculation"]["accepted"] for x in a) > 0
+    assert all(x["base_tokens"] <= 24 for x in a)
+
+    rows = LocalRows(base, RECS, 2, search_cfg(3), Sampling(temperature=0.7), pilot)
+    for round_ in range(3):
+        asyncio.run(rows.sample(5, round_))
+        assert all(len(r) == 5 * (round_ + 1) or f for r, f in zip(rows.resp, rows.finished))
+        rows.select([1, 1, 2, 2] + list(range(4, len(rows.resp))), round_ + 1)
+    assert rows.speculation(RECS[0])["proposed"] > 0

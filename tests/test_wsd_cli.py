@@ -158,13 +158,16 @@ def test_failed_model_load_leaves_no_output_behind(pair_same, prompts, tmp_path)
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "wsd"])  # every registered method
 def test_every_method_from_the_cli(pair_same, untuned_path, prompts, tmp_path, method):
+    """Each method runs with `--speculate`: those that decode with the base take the pilot as their draft model
+    (their records say so), the others ignore it."""
     out = tmp_path / "o.jsonl"
     r = run_wsd(pair_same, prompts, out, "--method", method, "--untuned", str(untuned_path),
-                "--set", "cbs.chunk_length=8", "--set", "bon.n=2")
+                "--set", "cbs.chunk_length=8", "--set", "bon.n=2", "--speculate", "2")
     assert r.returncode == 0, r.stderr
     recs = records(out)
     assert len(recs) == 11 and {x["method"] for x in recs} == {method}
     assert all(x["kept_draft_tokens"] + x["base_tokens"] <= 24 for x in recs)
+    assert all(("speculation" in x) == METHODS[method].speculates for x in recs)
     meta = json.loads((tmp_path / "o.jsonl.meta.json").read_text())
     assert meta["method"] == method and meta["config"]["cbs"]["chunk_length"] == 8
 

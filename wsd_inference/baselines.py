@@ -76,10 +76,13 @@ def base_only_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, wat
                        "base_only", watch=watch, speculator=Speculator.of(pilot, base, recs, cfg))
 
 
-def urial_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prefix: str | None = None) -> list[dict]:
+def urial_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prefix: str | None = None,
+                pilot: HFModel | None = None) -> list[dict]:
+    """The base after the URIAL prefix; with speculation on and a pilot given, the pilot (reading its own chat
+    template, not the prefix) proposes the base's tokens."""
     prefix = urial_prefix(cfg.urial_prefix) if prefix is None else prefix
     out = _base_alone(base, recs, cfg, [urial_prompt(r.messages, prefix, base.tokenizer.bos_token) for r in recs],
-                      "urial", stop=URIAL_STOP)
+                      "urial", stop=URIAL_STOP, speculator=Speculator.of(pilot, base, recs, cfg))
     for r in out:
         r["response"] = urial_answer(r["response"])
     return out

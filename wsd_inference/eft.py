@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 from pilot_core.errors import UserError
 from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch
-from pilot_core.models.sampling import Generation, Sampling, Stream, prefilled
+from pilot_core.models.sampling import Stream, prefilled
 from pilot_core.models.templates import STOP_STRINGS, base_prompt, cut_at_markers
 from pilot_core.prompts import PromptRecord
+from wsd_inference.engine import Speculator, run_generation
 from wsd_inference.implicit_reward import small_prompt
 from wsd_inference.records import method_record
 
@@ -47,37 +48,62 @@ def shared_vocabulary(*models: HFModel) -> SharedVocabulary:
     return SharedVocabulary(size, tuple(sorted(set(range(size)) - shared)))
 
 
-class _Ensemble(Generation):
-    """The base's rows, each token picked from the three models' combined log-probabilities and fed to all."""
+class EnsembleBatch:
+    """The base, tuned and untuned models' batches (`RaggedBatch`), fed the same tokens and read as one batch
+    whose logits are the combination: what a `Generation` (or the pilot speculating for it) decodes."""
 
-    def __init__(self, batches: list[RaggedBatch], rows: list[Stream], sampling: Sampling, beta: float,
-                 vocab: SharedVocabulary):
+    def __init__(self, batches: list[RaggedBatch], beta: float, vocab: SharedVocabulary):
         import torch
 
-        super().__init__(batches[0], rows, sampling, STOP_STRINGS)
         self.batches, self.beta, self.vocab = batches, beta, vocab
         keep = sorted(set(range(vocab.size)) - set(vocab.excluded))
         self.keep = None if len(keep) == vocab.size else torch.tensor(keep, device=batches[0].m.device)
+        self.next_logits = _Combined(self)
 
-    def next_logits(self, r: int):
+    @property
+    def m(self) -> HFModel:  # the model whose tokens these are (stop tokens, decoding)
+        return self.batches[0].m
+
+    def combine(self, base, tuned, untuned):
+        """log p_base + beta * (log p_tuned - log p_untuned) over the last dimension, each model normalised over
+        the shared ids only (embedding matrices may be padded past the vocabulary; ids that name different tokens
+        are never picked)."""
         import torch
 
-        # each model normalised over the shared ids only (embedding matrices may be padded past the vocabulary;
-        # ids that name different tokens are never picked)
-        base, tuned, untuned = (torch.log_softmax(self._shared(b.next_logits[r]), -1) for b in self.batches)
+        base, tuned, untuned = (torch.log_softmax(self._shared(x), -1) for x in (base, tuned, untuned))
         combined = base + self.beta * (tuned - untuned)
         if self.keep is None:
             return combined
-        out = torch.full((self.vocab.size,), float("-inf"), dtype=combined.dtype, device=combined.device)
-        return out.index_copy(0, self.keep, combined)
+        out = torch.full((*combined.shape[:-1], self.vocab.size), float("-inf"), dtype=combined.dtype,
+                         device=combined.device)
+        return out.index_copy(out.dim() - 1, self.keep, combined)
 
     def _shared(self, logits):
-        logits = logits[: self.vocab.size]
-        return logits if self.keep is None else logits.index_select(0, self.keep.to(logits.device))
+        logits = logits[..., : self.vocab.size]
+        return logits if self.keep is None else logits.index_select(logits.dim() - 1, self.keep.to(logits.device))
 
-    def feed(self, step: list[list[int]]) -> None:
+    def feed(self, new: list[list[int]]) -> list:
+        outs = [b.feed(new) for b in self.batches]
+        return [None if x[0] is None else self.combine(*x) for x in zip(*outs)]
+
+    def drop(self, r: int, n: int) -> None:  # the models read different prompts: rows differ in length
         for b in self.batches:
-            b.feed(step)
+            b.drop(r, n)
+
+    def compact_if_sparse(self) -> None:
+        for b in self.batches:
+            b.compact_if_sparse()
+
+
+class _Combined:
+    """`EnsembleBatch.next_logits[r]`: the combination of the three models' next-token logits for row r."""
+
+    def __init__(self, ensemble: EnsembleBatch):
+        self.ensemble = ensemble
+
+    def __getitem__(self, r: int):
+        logits = [b.next_logits[r] for b in self.ensemble.batches]
+        return None if any(x is None for x in logits) else self.ensemble.combine(*logits)
 
 
 def eft_batch(base: HFModel, tuned: HFModel, untuned: HFModel, recs: list[PromptRecord],
@@ -88,8 +114,12 @@ def eft_batch(base: HFModel, tuned: HFModel, untuned: HFModel, recs: list[Prompt
                prefilled(tuned, [small_prompt(tuned, r.messages) for r in recs]),
                prefilled(untuned, [small_prompt(untuned, r.messages) for r in recs])]
     rows = [Stream(cfg.max_new_tokens, g) for g in cfg.generators([r.id for r in recs])]
-    _Ensemble(batches, rows, cfg.sampling(), cfg.eft.beta, vocab).run()
+    ensemble = EnsembleBatch(batches, cfg.eft.beta, vocab)
+    # with speculation on, the tuned pilot proposes the ensemble's next tokens; all three models check them
+    speculator = Speculator.of(tuned, base, recs, cfg)
+    spec = run_generation(ensemble, rows, cfg.sampling(), STOP_STRINGS, speculator)
     total = time.perf_counter() - t0
     return [method_record(rec.id, "eft", cut_at_markers(base.decode(row.tokens)), base_tokens=len(row.tokens),
-                          time_s=total / len(recs), timing={"batch_s": round(total, 4), "batch_size": len(recs)})
-            for rec, row in zip(recs, rows)]
+                          time_s=total / len(recs), timing={"batch_s": round(total, 4), "batch_size": len(recs)},
+                          **({"speculation": spec[i]} if spec else {}))
+            for i, (rec, row) in enumerate(zip(recs, rows))]

@@ -38,14 +38,32 @@ class Speculator:
 
     @classmethod
     def of(cls, pilot: HFModel | None, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig,
-           before: list[list[int]] | None = None, batch: RaggedBatch | None = None) -> Speculator | None:
-        """The pilot speculating for `recs` (None when speculation is off or no pilot is at hand); `batch`: the
-        pilot's cache of its chat prompts, to go on from (WSD's drafting batch)."""
+           before: list[list[int]] | None = None, batch: RaggedBatch | None = None,
+           sampling: Sampling | None = None) -> Speculator | None:
+        """The pilot speculating for `recs`, one row each (None when speculation is off or no pilot is at hand);
+        `batch`: the pilot's cache of its chat prompts, to go on from (WSD's drafting batch); `sampling`: how the
+        rows pick tokens, if not as `cfg` says (the searches)."""
         spec = cfg.speculation.settings()
         if pilot is None or not spec.enabled:
             return None
         prompts = [chat_prompt(pilot.tokenizer, r.messages) for r in recs]
-        return cls(Drafter(pilot, base, prompts, cfg.sampling(), batch), spec, before)
+        return cls(Drafter(pilot, base, prompts, sampling or cfg.sampling(), batch), spec, before)
+
+    def generation(self, batch, rows: list[Stream], sampling: Sampling,
+                   stop: tuple[str, ...] = STOP_STRINGS) -> SpeculativeGeneration:
+        return SpeculativeGeneration(batch, rows, sampling, stop, self.drafter, self.spec, self.before)
+
+
+def run_generation(batch, rows: list[Stream], sampling: Sampling, stop: tuple[str, ...],
+                   speculator: Speculator | None) -> list[dict] | None:
+    """Generate `rows` to their end from `batch` (its next-token logits there), the pilot speculating if a
+    speculator is given: then per row its speculation figures (`SpecStats.record`)."""
+    if speculator is None:
+        Generation(batch, rows, sampling, stop).run()
+        return None
+    gen = speculator.generation(batch, rows, sampling, stop)
+    gen.run()
+    return [st.record(len(row.tokens)) for st, row in zip(gen.stats, rows)]
 
 
 def continue_base(batch: RaggedBatch, contexts: list[list[int]], rows: list[Stream], sampling: Sampling,
@@ -61,12 +79,7 @@ def continue_base(batch: RaggedBatch, contexts: list[list[int]], rows: list[Stre
         new.append(ctx[keep:] if not rows[r].done else [])
     batch.compact()  # continuation steps then attend over live tokens only
     batch.feed(new)
-    if speculator is None:
-        Generation(batch, rows, sampling, stop).run()
-        return None
-    gen = SpeculativeGeneration(batch, rows, sampling, stop, speculator.drafter, speculator.spec, speculator.before)
-    gen.run()
-    return [st.record(len(row.tokens)) for st, row in zip(gen.stats, rows)]
+    return run_generation(batch, rows, sampling, stop, speculator)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,9 @@ The WSD server (`pilot wsd serve`) serves the methods that also give `watched` (
 `Watch`: the request's stop strings and a callback per token, to stream and to cancel) and whose served runner
 takes the request's stop strings and a callback given the answer so far (`stop=(), on_text=None`).
 
+A method that decodes with an in-process base says `speculates=True` and passes `m.pilot` to
+`engine.Speculator.of`: with `--speculate K` the pilot (added to the roles it uses) proposes the base's tokens.
+
 A local runner decodes one batch of prompts with in-process models (`LocalModels`) and returns one record per
 prompt (`records.method_record`); a served runner decodes one prompt with the base on a server (`ServedModels`);
 a batch-served runner (the searches) decodes a batch, because its in-process scorers work batch by batch.
@@ -72,6 +75,7 @@ class Method:
     scores_in_process: bool = False  # with a served base, the pilot and its reference still score in-process
     pilot_ids: bool = False  # with a served base, the pilot continues token ids (a served pilot's tokenizer is loaded)
     validation: bool = True  # whether `pilot validate` may run it
+    speculates: bool = False  # in-process, the pilot proposes the base's tokens when speculation is on
 
     @property
     def servable(self) -> bool:
@@ -82,6 +86,8 @@ class Method:
         """The ROLES this method reads under `cfg`."""
         uses = self.uses(cfg) if callable(self.uses) else self.uses
         assert set(uses) <= set(ROLES), f"method {self.name} uses an unknown role: {uses}"
+        if self.speculates and cfg.speculation.enabled and "pilot" not in uses:
+            uses += ("pilot",)  # the pilot as the base's draft model
         return uses
 
     @property
@@ -93,19 +99,15 @@ def _bon_uses(cfg: WSDConfig) -> tuple[str, ...]:
     return ("pilot", "base", "untuned") if cfg.bon.scorer == "implicit" else ("base", "reward")
 
 
-def _base_only_uses(cfg: WSDConfig) -> tuple[str, ...]:
-    return ("base", "pilot") if cfg.speculation.enabled else ("base",)  # the pilot as its draft model
-
-
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("wsd", "the pilot drafts, the base takes over at the first window with geometric-mean probability ≥ γ",
-           uses=("pilot", "base"),
+           uses=("pilot", "base"), speculates=True,
            local=lambda m, recs, cfg: engine.wsd_batch(m.pilot, m.base, recs, cfg),
            watched=lambda m, recs, cfg, watch: engine.wsd_batch(m.pilot, m.base, recs, cfg, watch),
            served=lambda m, rec, cfg, stop=(), on_text=None: remote_engine.wsd_one(m.pilot, m.base, rec, cfg, stop,
                                                                                      on_text)),
     Method("base_only", "the base alone with the plain role template",
-           uses=_base_only_uses,
+           uses=("base",), speculates=True,
            local=lambda m, recs, cfg: baselines.base_only_batch(m.base, recs, cfg, pilot=m.pilot),
            watched=lambda m, recs, cfg, watch: baselines.base_only_batch(m.base, recs, cfg, watch, m.pilot),
            served=lambda m, rec, cfg, stop=(), on_text=None: remote_engine.base_only_one(m.base, rec, cfg, stop,
@@ -115,23 +117,23 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            local=lambda m, recs, cfg: baselines.pilot_only_batch(m.pilot, recs, cfg),
            served=lambda m, rec, cfg: remote_engine.pilot_only_one(m.pilot, rec, cfg)),
     Method("urial", "the base with a fixed in-context alignment prefix (URIAL)",
-           uses=("base",),
-           local=lambda m, recs, cfg: baselines.urial_batch(m.base, recs, cfg),
+           uses=("base",), speculates=True,
+           local=lambda m, recs, cfg: baselines.urial_batch(m.base, recs, cfg, pilot=m.pilot),
            served=lambda m, rec, cfg: remote_engine.urial_one(m.base, rec, cfg),
            check=lambda m, cfg: baselines.urial_prefix(cfg.urial_prefix)),
     Method("bon", "best-of-N base samples, ranked by the pilot's implicit reward (or a reward model)",
-           uses=_bon_uses,
+           uses=_bon_uses, speculates=True,
            local=lambda m, recs, cfg: search.bon_batch(m.base, m.pilot, m.untuned, recs, cfg, m.reward),
            served_batch=lambda m, recs, cfg: remote_search.bon_remote(m.base, m.tuned, m.untuned, recs, cfg,
                                                                       m.reward),
            scores_in_process=True),
     Method("cbs", "weak-to-strong search: chunk-level beam search guided by the pilot's implicit reward",
-           uses=("pilot", "base", "untuned"),
+           uses=("pilot", "base", "untuned"), speculates=True,
            local=lambda m, recs, cfg: search.cbs_batch(m.base, m.pilot, m.untuned, recs, cfg),
            served_batch=lambda m, recs, cfg: remote_search.cbs_remote(m.base, m.tuned, m.untuned, recs, cfg),
            scores_in_process=True),
     Method("eft", "emulated fine-tuning: base + β·(pilot − untuned) log-probabilities per token (one vocabulary)",
-           uses=("pilot", "base", "untuned"),
+           uses=("pilot", "base", "untuned"), speculates=True,
            local=lambda m, recs, cfg: eft.eft_batch(m.base, m.pilot, m.untuned, recs, cfg),
            check=lambda m, cfg: eft.shared_vocabulary(m.base, m.pilot, m.untuned)),
     Method("nudging", "Nudging: the base writes; where its top-1 probability is below γ the pilot writes a word "

@@ -233,8 +233,7 @@ def _catch_up(batch: RaggedBatch, rows: list[_Row], who: str, context) -> None:
     if any(t is not None for t in targets):
         batch.advance(targets, [len(t) if t is not None else 0 for t in targets])
         # holes (rows given nothing in a pass) widen every later pass: drop them once they outnumber live tokens
-        if batch.mask.shape[1] > 2 * max(len(s) for s in batch.slots) + COMPACT_SLACK:
-            batch.compact()
+        batch.compact_if_sparse(COMPACT_SLACK)
 
 
 # ------------------------------------------------------------------------------------------ served

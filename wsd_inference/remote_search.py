@@ -57,6 +57,10 @@ class ServedRows:
         """The in-process scorers' work between rounds, in a worker thread: the event loop stays free."""
         return await asyncio.to_thread(fn, *args)
 
+    def speculation(self, rec: PromptRecord) -> None:
+        """A served base speculates on its server (its metrics say how much); none here."""
+        return None
+
     def select(self, order: list[int], round_: int) -> None:
         self.prompts = [self.prompts[r] for r in order]
         self.prompt_ids = [self.prompt_ids[r] for r in order]

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from pilot_core.models.loading import HFModel
 from pilot_core.models.sampling import Generation, Sampling, Stream, prefilled
+from pilot_core.models.speculative import SpecStats
 from pilot_core.models.templates import STOP_STRINGS, base_prompt, cut_at_markers, cut_before_markers
 from pilot_core.prompts import PromptRecord
+from wsd_inference.engine import Speculator
 from wsd_inference.implicit_reward import IncrementalScorer, implicit_reward_from_scratch
 from wsd_inference.records import method_record
 
@@ -41,14 +44,20 @@ def row_seed(cfg: WSDConfig, rid: str, round_: int, slot: int) -> int:
 
 class LocalRows:
     """n rows per prompt sampled from an in-process base over one KV cache, each row with its own random
-    stream (renewed for every successor)."""
+    stream (renewed for every successor). With speculation on and a pilot given, the pilot proposes every row's
+    next tokens (`Speculator`); the figures are summed per prompt over all its rows, kept or not."""
 
-    def __init__(self, base: HFModel, recs: list[PromptRecord], n: int, cfg: WSDConfig, sampling: Sampling):
+    def __init__(self, base: HFModel, recs: list[PromptRecord], n: int, cfg: WSDConfig, sampling: Sampling,
+                 pilot: HFModel | None = None):
         self.base, self.cfg, self.n, self.sampling = base, cfg, n, sampling
         self.prompts = [rec for rec in recs for _ in range(n)]  # each row's prompt
         batch = prefilled(base, [base_prompt(rec.messages, base.tokenizer.bos_token) for rec in self.prompts])
-        self.gen = Generation(batch, [Stream(cfg.max_new_tokens, g) for g in self._generators(0)], sampling,
-                              STOP_STRINGS)
+        streams = [Stream(cfg.max_new_tokens, g) for g in self._generators(0)]
+        speculator = Speculator.of(pilot, base, self.prompts, cfg, sampling=sampling)
+        self.gen = (speculator.generation(batch, streams, sampling) if speculator is not None
+                    else Generation(batch, streams, sampling, STOP_STRINGS))
+        self.spec: dict[str, tuple[SpecStats, int]] | None = (  # per prompt: speculation figures, tokens sampled
+            {rec.id: (SpecStats(), 0) for rec in recs} if speculator is not None else None)
 
     def _generators(self, round_: int) -> list:
         return [self.sampling.generator(row_seed(self.cfg, rec.id, round_, i % self.n))
@@ -64,7 +73,21 @@ class LocalRows:
 
     async def sample(self, chunk: int, round_: int) -> None:
         """Up to `chunk` more tokens for every unfinished row."""
+        if self.spec is None:
+            self.gen.run(chunk)
+            return
+        was = [(replace(st), len(row.tokens)) for st, row in zip(self.gen.stats, self.gen.rows)]
         self.gen.run(chunk)
+        for rec, (st, n), now, row in zip(self.prompts, was, self.gen.stats, self.gen.rows):
+            total, tokens = self.spec[rec.id]
+            self.spec[rec.id] = (total + (now - st), tokens + len(row.tokens) - n)
+
+    def speculation(self, rec: PromptRecord) -> dict | None:
+        """The prompt's speculation figures over all its rows (None without speculation)."""
+        if self.spec is None:
+            return None
+        total, tokens = self.spec[rec.id]
+        return total.record(tokens)
 
     async def compute(self, fn, *args):
         """The scorers' work between rounds, here in this thread, like the sampling (torch in a worker thread
@@ -76,21 +99,23 @@ class LocalRows:
         self.gen.select(order, self._generators(round_))
 
 
-def search_record(rec, method, base, resp, score, n_rows, t0, rows_total, **extra) -> dict:
+def search_record(rec, method, base, resp, score, n_rows, t0, rows_total, speculation=None, **extra) -> dict:
     total = time.perf_counter() - t0
+    if speculation is not None:
+        extra["speculation"] = speculation
     return method_record(rec.id, method, cut_at_markers(base.decode(resp)), base_tokens=len(resp),
                          score=round(score, 6), candidates=n_rows, time_s=total / rows_total,
                          timing={"batch_s": round(total, 4)}, **extra)
 
 
-def best_of(rec, base, resp, texts, finished, tuned, untuned, reward, t0, n_prompts) -> dict:
+def best_of(rec, base, resp, texts, finished, tuned, untuned, reward, t0, n_prompts, speculation=None) -> dict:
     """The record of the best of one prompt's candidates (ties: the earlier sample)."""
     if reward is not None:
         scores = reward.score([(rec.messages, t) for t in texts])
     else:
         scores = [implicit_reward_from_scratch(tuned, untuned, rec.messages, t, f) for t, f in zip(texts, finished)]
     best = max(range(len(texts)), key=lambda r: (scores[r], -r))
-    return search_record(rec, "bon", base, resp[best], scores[best], len(texts), t0, n_prompts,
+    return search_record(rec, "bon", base, resp[best], scores[best], len(texts), t0, n_prompts, speculation,
                          candidate_scores=[round(x, 6) for x in scores])
 
 
@@ -103,7 +128,7 @@ async def best_of_n(rows, recs: list[PromptRecord], cfg: WSDConfig, tuned, untun
 
     def pick() -> list[dict]:
         return [best_of(rec, rows.base, resp[g * n : (g + 1) * n], texts[g * n : (g + 1) * n],
-                        finished[g * n : (g + 1) * n], tuned, untuned, reward, t0, len(recs))
+                        finished[g * n : (g + 1) * n], tuned, untuned, reward, t0, len(recs), rows.speculation(rec))
                 for g, rec in enumerate(recs)]
 
     return await rows.compute(pick)
@@ -149,19 +174,19 @@ async def cbs(rows, recs: list[PromptRecord], cfg: WSDConfig, tuned: HFModel, un
         order = [top[i % len(top)] for top in tops for i in range(W) for _ in range(K)]
         scorer.select(order)
         rows.select(order, round_)
-    return [search_record(rec, "cbs", rows.base, rows.resp[top[0]], scores[top[0]], n, t0, len(recs))
-            for rec, top in zip(recs, tops)]
+    return [search_record(rec, "cbs", rows.base, rows.resp[top[0]], scores[top[0]], n, t0, len(recs),
+                          rows.speculation(rec)) for rec, top in zip(recs, tops)]
 
 
 def bon_batch(base: HFModel, tuned: HFModel | None, untuned: HFModel | None, recs: list[PromptRecord],
               cfg: WSDConfig, reward=None) -> list[dict]:
     t0 = time.perf_counter()
-    rows = LocalRows(base, recs, cfg.bon.n, cfg, cfg.bon.sampling())
+    rows = LocalRows(base, recs, cfg.bon.n, cfg, cfg.bon.sampling(), tuned)
     return asyncio.run(best_of_n(rows, recs, cfg, tuned, untuned, reward, t0))
 
 
 def cbs_batch(base: HFModel, tuned: HFModel, untuned: HFModel, recs: list[PromptRecord],
               cfg: WSDConfig) -> list[dict]:
     t0 = time.perf_counter()
-    rows = LocalRows(base, recs, cfg.cbs.beam_width * cfg.cbs.successors, cfg, cfg.cbs.sampling())
+    rows = LocalRows(base, recs, cfg.cbs.beam_width * cfg.cbs.successors, cfg, cfg.cbs.sampling(), tuned)
     return asyncio.run(cbs(rows, recs, cfg, tuned, untuned, t0))

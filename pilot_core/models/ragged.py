@@ -153,6 +153,12 @@ class RaggedBatch:
                                                                                    layer.values.shape[-1]))
         self.mask = mask.to(self.m.device)
 
+    def compact_if_sparse(self, slack: int = 64) -> None:
+        """Compact once holes (rewound or padded slots) take more than half the cache width plus `slack` slots:
+        a pass attends over every slot, so holes cost; compacting too often costs a copy of the cache."""
+        if self.mask.shape[1] > 2 * max((len(s) for s in self.slots), default=0) + slack:
+            self.compact()
+
     def select(self, rows: list[int]) -> None:
         """Keep the given rows, in this order, repeats allowed (beam search re-indexing)."""
         import torch
@@ -164,6 +170,10 @@ class RaggedBatch:
         self.tokens = [list(self.tokens[r]) for r in rows]
         self.next_logits = [self.next_logits[r] for r in rows]
         self.logps = [list(self.logps[r]) for r in rows]
+
+    def drop(self, r: int, n: int) -> None:
+        """Drop the last n live tokens of row r (`truncate`)."""
+        self.truncate(r, len(self.tokens[r]) - n)
 
     def truncate(self, r: int, n: int) -> None:
         """Keep only the first n live tokens of row r (later slots are masked out for good). A row that lost

@@ -15,14 +15,14 @@ the switch uses: `pilot_core.models.tokenization.stable_token_count`). Each row 
 heuristic: +2 after a round that kept every proposal, -1 otherwise) and stops speculating when its acceptance rate
 says it does not pay; a round runs only while the batch expects to keep enough proposals
 (`Speculation.min_gain`). Rows of a batch keep different lengths: rejected proposals are masked out of the cache
-(`RaggedBatch.truncate`) and the row's last token is fed with the next round's proposals. With speculative
+(`RaggedBatch.drop`) and the row's last token is fed with the next round's proposals. With speculative
 sampling a row's draws depend on the rounds its batch ran, so a sampled answer follows the base's distribution
 but its exact tokens may differ from batch to batch (greedy and cross-tokenizer answers never do).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 
 from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch, common_prefix
@@ -59,8 +59,16 @@ class SpecStats:
     accepted: int = 0
     base_passes: int = 0
 
+    def __add__(self, other: SpecStats) -> SpecStats:
+        return SpecStats(*(a + b for a, b in zip(astuple(self), astuple(other))))
+
+    def __sub__(self, other: SpecStats) -> SpecStats:
+        return SpecStats(*(a - b for a, b in zip(astuple(self), astuple(other))))
+
     def record(self, tokens: int) -> dict:
-        return {"proposed": self.proposed, "accepted": self.accepted,
+        """The figures a record carries; `tokens`: the base tokens written in those passes (a search's rows,
+        kept or not)."""
+        return {"proposed": self.proposed, "accepted": self.accepted, "tokens": tokens,
                 "acceptance_rate": round(self.accepted / self.proposed, 4) if self.proposed else None,
                 "base_passes": self.base_passes,
                 "tokens_per_base_pass": round(tokens / self.base_passes, 4) if self.base_passes else None}
@@ -91,6 +99,12 @@ class Drafter:
         self.prompts = prompts
         self.prompt_ids = [draft.encode(p) for p in prompts]
         self.batch = batch if batch is not None else RaggedBatch(draft, len(prompts))  # may hold a prefix already
+
+    def select(self, rows: list[int]) -> None:
+        """Follow the base batch's `select` (a search keeping some rows)."""
+        self.batch.select(rows)
+        self.prompts = [self.prompts[r] for r in rows]
+        self.prompt_ids = [self.prompt_ids[r] for r in rows]
 
     def _target(self, r: int, answer: list[int]) -> tuple[list[int], str]:
         """Row r's draft-model tokens for the answer so far (and that answer's text, across tokenizers)."""
@@ -169,10 +183,33 @@ class SpeculativeGeneration(Generation):
         self.k = [spec.tokens] * len(rows)
         self.pending: list[int | None] = [None] * len(rows)
         self.stats = [SpecStats() for _ in rows]
+        self.cap: list[int | None] = [None] * len(rows)  # per row, the token count this run stops at
+
+    def run(self, steps: int | None = None) -> None:
+        """Until every row stopped, or each wrote up to `steps` more tokens (a round may write several: the cap
+        is per token, as a plain Generation's steps are)."""
+        self.cap = [len(row.tokens) + steps if steps is not None else None for row in self.rows]
+        while any(self._live()):
+            self.step()
+
+    def _live(self) -> list[bool]:
+        return [not row.done and (cap is None or len(row.tokens) < cap) for row, cap in zip(self.rows, self.cap)]
+
+    def select(self, rows: list[int], generators: list) -> None:
+        """Keep the given rows, in this order, repeats allowed (a search's successors); a successor goes on with
+        its parent's pending token, k and acceptance figures."""
+        super().select(rows, generators)
+        self.drafter.select(rows)
+        self.before = [self.before[r] for r in rows]
+        self.k = [self.k[r] for r in rows]
+        self.pending = [self.pending[r] for r in rows]
+        self.stats = [replace(self.stats[r]) for r in rows]
+        self.cap = [self.cap[r] for r in rows]
 
     def _k(self, r: int) -> int:
-        row = self.rows[r]
-        return max(0, min(self.k[r], row.budget - len(row.tokens) - 1))  # the base adds one token of its own
+        row, cap = self.rows[r], self.cap[r]
+        room = row.budget if cap is None else min(row.budget, cap)
+        return max(0, min(self.k[r], room - len(row.tokens) - 1))  # the base adds one token of its own
 
     def _expected_kept(self, r: int, k: int) -> float:
         """Proposals row r is expected to keep out of k: a + a^2 + ... + a^k for its acceptance rate a so far."""
@@ -193,14 +230,15 @@ class SpeculativeGeneration(Generation):
     def step(self) -> None:
         import torch
 
-        live = [not row.done for row in self.rows]
+        live = self._live()
         ks = self._round_ks(live)
         answers = [self.before[r] + self.rows[r].tokens if ks[r] else None for r in range(len(self.rows))]
         props = (self.drafter.propose(answers, ks, [row.generator for row in self.rows]) if any(ks)
                  else [Proposal() for _ in self.rows])
         feed = [([self.pending[r]] if self.pending[r] is not None else []) + props[r].ids if live[r] else []
                 for r in range(len(self.rows))]
-        first = list(self.batch.next_logits)  # before a row's first fed token (only used without a pending one)
+        # the logits before a row's first fed token, where no pending token is fed first
+        first = {r: self.batch.next_logits[r] for r in range(len(self.rows)) if live[r] and self.pending[r] is None}
         out = self.batch.feed(feed)
         for r, row in enumerate(self.rows):
             if not live[r]:
@@ -227,10 +265,9 @@ class SpeculativeGeneration(Generation):
                 if row.done:
                     break
             if not row.done:  # mask the rejected proposals; the base's own token is fed next round
-                self.batch.truncate(r, len(self.batch.tokens[r]) - (len(p.ids) - kept))
+                self.batch.drop(r, len(p.ids) - kept)
                 self.pending[r] = tokens[-1]
-        if self.batch.mask.shape[1] > 2 * max(len(s) for s in self.batch.slots) + 64:
-            self.batch.compact()  # rejected proposals left holes: attend over live tokens only
+        self.batch.compact_if_sparse()  # rejected proposals left holes: attend over live tokens only
 
     def _adapt(self, r: int, kept: int, proposed: int) -> None:
         st, spec = self.stats[r], self.spec
