@@ -134,6 +134,17 @@ def distilled_pair() -> tuple[Path, Path]:
     return final, base_dir
 
 
+def distilled_untuned() -> Path:
+    """The distilled pilot before its SFT (its untuned reference, for EFT and the searches' implicit reward)."""
+    from pilot_core.atomic import atomic_dir
+
+    init = cache_root() / f"smollm2-distilled-work-v2-{N_PROMPTS}-{STEPS}" / "init"
+    if not init.exists():
+        with atomic_dir(init) as tmp:
+            _init_pilot(smollm2_dir(), tmp)
+    return init
+
+
 if __name__ == "__main__":
     for p in distilled_pair():
         print(p)

@@ -9,6 +9,8 @@ Prints one table; copy it into docs/benchmarks.md.
 
     .venv/bin/python bench/wsd_speed.py [--prompts 16] [--threshold 0.8 0.1] [--reps 3] [--batch-size 8]
     .venv/bin/python bench/wsd_speed.py --pair smollm2 --only-speculation --speculate 4 --batch-size 1 8
+    .venv/bin/python bench/wsd_speed.py --pair smollm2 --only-speculation --speculate 4 --batch-size 1 \
+        --methods urial nudging eft bon cbs
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import statistics  # noqa: E402
 
 from pilot_core.models.tiny import TinyModelSpec, cached_tiny_model  # noqa: E402
 from wsd_inference.config import WSDConfig  # noqa: E402
-from wsd_inference.baselines import base_only_batch  # noqa: E402
+from wsd_inference.baselines import base_only_batch, urial_batch  # noqa: E402
+from wsd_inference.eft import eft_batch  # noqa: E402
 from wsd_inference.engine import wsd_batch  # noqa: E402
 from pilot_core.models.loading import load_hf_model  # noqa: E402
 from pilot_core.prompts import PromptRecord  # noqa: E402
@@ -74,6 +77,9 @@ def main() -> None:
     ap.add_argument("--speculate", type=int, nargs="*", default=[4], metavar="K",
                     help="speculation table: the pilot proposes K tokens at first (none: skip the table)")
     ap.add_argument("--only-speculation", action="store_true", help="only the speculation table")
+    ap.add_argument("--methods", nargs="*", default=[], metavar="METHOD",
+                    help="time these methods with and without speculation (urial nudging eft bon cbs) instead of "
+                    "WSD and base-only")
     ap.add_argument("--pair", choices=["demo", "smollm2"], default="demo", help="demo: the tiny pretrained pair "
                     "below; smollm2: SmolLM2-135M-Instruct as the base and a pilot distilled from it "
                     "(bench/distilled_pilot.py), on held-out prompts")
@@ -99,8 +105,16 @@ def main() -> None:
           f"({ratio:.1f}x); {len(recs)} prompts, batch {args.batch_size[0]}, draft <= {args.max_draft_tokens}, "
           f"total <= "
           f"{args.max_new_tokens} tokens, fp32 CPU, {torch.get_num_threads()} threads, median of {args.reps}")
-    if args.speculate:
+    if args.speculate and not args.methods:
         speculation_table(pilot, base, recs, args)
+    if args.speculate and args.methods:
+        if args.pair == "smollm2":
+            from distilled_pilot import distilled_untuned
+
+            untuned_dir = distilled_untuned()
+        else:
+            untuned_dir = cached_tiny_model(BENCH_UNTUNED)
+        methods_speculation_table(pilot, base, load_hf_model(str(untuned_dir), "untuned"), recs, args)
     if args.only_speculation:
         return
     print("| gamma | switched | kept draft (mean) | pilot tokens WSD / staged | base-only s | WSD s | staged s "
@@ -164,6 +178,31 @@ def speculation_table(pilot, base, recs, args) -> None:
         print(f"| {bs} | {gamma} | {k} | {t['base']:.2f} | {t['base_spec'] / t['base']:.2f} | "
               f"{t['wsd'] / t['base']:.2f} | {t['wsd_spec'] / t['base']:.2f} | {_rate(out['wsd_spec']):.0%} "
               f"({_rate(out['base_spec']):.0%}) | {per_pass:.2f} | {same} |")
+
+
+def methods_speculation_table(pilot, base, untuned, recs, args) -> None:
+    """The other methods that decode with the base, each with and without the pilot speculating (k = the first
+    --speculate), at the first batch size and threshold. Greedy ones must give the same answers; the searches
+    sample (speculative sampling on one vocabulary: the same distribution, other draws)."""
+    runs = {"urial": lambda r, c: urial_batch(base, r, c, pilot=pilot),
+            "nudging": lambda r, c: nudging_batch(pilot, base, r, c),
+            "eft": lambda r, c: eft_batch(base, pilot, untuned, r, c),
+            "bon": lambda r, c: bon_batch(base, pilot, untuned, r, c),
+            "cbs": lambda r, c: cbs_batch(base, pilot, untuned, r, c)}
+    cfg = WSDConfig(max_draft_tokens=args.max_draft_tokens, max_new_tokens=args.max_new_tokens,
+                    threshold=args.threshold[0], batch_size=args.batch_size[0])
+    spec = cfg.model_copy(update={"speculation": cfg.speculation.model_copy(update={"tokens": args.speculate[0]})})
+    print(f"\n| method (batch {cfg.batch_size}, k {args.speculate[0]}) | plain s | +spec / plain | acceptance "
+          "| base tokens per base pass | same answers |")
+    print("|---|---|---|---|---|---|")
+    for name in args.methods:
+        run = runs[name]
+        t, out = median_time({"plain": run, "spec": lambda r, c: run(r, spec)}, recs, cfg, args.reps)
+        st = [o["speculation"] for o in out["spec"]]
+        per_pass = sum(x["tokens"] for x in st) / max(sum(x["base_passes"] for x in st), 1)
+        same = [a["response"] for a in out["plain"]] == [b["response"] for b in out["spec"]]
+        print(f"| {name} | {t['plain']:.2f} | {t['spec'] / t['plain']:.2f} | {_rate(out['spec']):.0%} | "
+              f"{per_pass:.2f} | {same if name not in ('bon', 'cbs') else f'{same} (sampled)'} |")
 
 
 def search_table(pilot, untuned, base, recs, max_new: int, reps: int) -> None:

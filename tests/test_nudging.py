@@ -68,3 +68,26 @@ def test_sampled_nudging_is_seeded_per_prompt(m):
     assert [x["response"] for x in a] == [x["response"] for x in b]  # an answer does not depend on its batch
     c = nudging_batch(pilot, base, RECS, cfg.model_copy(update={"seed": 1}))
     assert [x["response"] for x in a] != [x["response"] for x in c]
+
+
+@pytest.mark.parametrize("pair", ["same", "different"])
+def test_the_pilot_speculates_for_the_bases_turns(m, pair):
+    """With speculation on, the pilot's proposals ride in the base's pass and the base writes on through those it
+    is confident of and picks itself: the answers of writing token by token (greedy = the reference, on both
+    tokenizer pairs; sampled = the same draws)."""
+    pilot, base = m["pilot"], m[pair]
+    cfg = _cfg(GAMMA[pair])
+    spec = {"speculation": cfg.speculation.model_copy(update={"tokens": 3, "min_acceptance": 0.0})}
+    got = nudging_batch(pilot, base, RECS, cfg.model_copy(update=spec))
+    for rec, g in zip(RECS, got):
+        want = wsd_reference.nudging(pilot, base, rec.messages, cfg)
+        assert {k: g[k] for k in want} == want, rec.id
+        st = g["speculation"]
+        assert st["tokens"] == g["base_tokens"] and st["accepted"] <= st["proposed"]
+    assert sum(g["speculation"]["proposed"] for g in got) > 0
+    if pair == "same":
+        assert sum(g["speculation"]["accepted"] for g in got) > 0  # passes that wrote several base tokens
+        sampled = cfg.model_copy(update={"temperature": 0.9})
+        plain = nudging_batch(pilot, base, RECS, sampled)
+        spec_sampled = nudging_batch(pilot, base, RECS, sampled.model_copy(update=spec))
+        assert [x["response"] for x in spec_sampled] == [x["response"] for x in plain]

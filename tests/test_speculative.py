@@ -260,3 +260,22 @@ def test_searches_speculate_on_one_vocabulary_seeded_chunk_by_chunk(models, untu
         assert all(len(r) == 5 * (round_ + 1) or f for r, f in zip(rows.resp, rows.finished))
         rows.select([1, 1, 2, 2] + list(range(4, len(rows.resp))), round_ + 1)
     assert rows.speculation(RECS[0])["proposed"] > 0
+
+
+def test_what_the_draft_cache_holds_past_the_answer_is_proposed_first(models):
+    """WSD's pilot drafted past the switch: those tokens, still in its cache, are the first proposals (no pass
+    of the pilot for them), and drafting goes on after them: the proposals a fresh draft would make."""
+    from pilot_core.models.templates import chat_prompt
+
+    pilot, base = models["same"]
+    prompts = [chat_prompt(pilot.tokenizer, r.messages) for r in RECS[:3]]
+    want = [p.ids for p in Drafter(pilot, base, prompts, Sampling()).propose([[]] * 3, [6] * 3, [None] * 3)]
+    assert all(len(w) == 6 for w in want)
+    batch = RaggedBatch(pilot, 3)
+    batch.feed([pilot.encode(p) + w[:3] for p, w in zip(prompts, want)])  # the draft ran 2 tokens past "the answer"
+    width = batch.mask.shape[1]
+    warm = Drafter(pilot, base, prompts, Sampling(), batch)
+    assert [p.ids for p in warm.propose([w[:1] for w in want], [2] * 3, [None] * 3)] == [w[1:3] for w in want]
+    assert batch.mask.shape[1] == width  # no pass
+    assert [p.ids for p in warm.propose([w[:1] for w in want], [5] * 3, [None] * 3)] == [w[1:6] for w in want]
+    assert batch.mask.shape[1] == width + 2  # two passes of one token: the last proposal is not fed

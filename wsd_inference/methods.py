@@ -138,7 +138,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            check=lambda m, cfg: eft.shared_vocabulary(m.base, m.pilot, m.untuned)),
     Method("nudging", "Nudging: the base writes; where its top-1 probability is below γ the pilot writes a word "
            "(Fei et al. 2025)",
-           uses=("pilot", "base"),
+           uses=("pilot", "base"), speculates=True,
            local=lambda m, recs, cfg: nudging.nudging_batch(m.pilot, m.base, recs, cfg),
            served=lambda m, rec, cfg: nudging.nudging_one(m.pilot_lm, m.base, rec, cfg),
            pilot_ids=True),

@@ -17,7 +17,10 @@ The rule, per prompt (the tests hold both implementations to a batch-1 reference
   `max_new_tokens` tokens (each counted in its own tokenizer).
 So γ = 0 is the base alone, and γ = 1 is the pilot alone (a model is never certain to the last bit).
 
-In-process, both models keep a KV cache per row (`RaggedBatch`); rows switch independently. With a served base
+In-process, both models keep a KV cache per row (`RaggedBatch`); rows switch independently. With speculation on
+(`--speculate`), in the base's turns a draft copy of the pilot proposes the base's next tokens and the base checks
+them in its pass: it writes on while confident and while its own pick equals the proposal, so the answer is the
+one written token by token, greedy or sampled. With a served base
 (and a served or local pilot), the base writes up to `chunk_size` tokens per request with their top-1 log-probs
 and the answer keeps the confident prefix.
 """
@@ -31,7 +34,8 @@ from typing import TYPE_CHECKING
 
 from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch
-from pilot_core.models.sampling import MARKER_TAIL, pick_token
+from pilot_core.models.sampling import MARKER_TAIL, Sampling, pick_token
+from pilot_core.models.speculative import Drafter, Pacing
 from pilot_core.models.templates import STOP_STRINGS, base_prompt, chat_prompt, cut_at_markers, has_marker
 from pilot_core.prompts import PromptRecord
 from wsd_inference.records import method_record
@@ -118,11 +122,14 @@ class Answer:
     def handoffs(self) -> int:
         return max(len(self.segments) - 1, 0)
 
-    def record(self, rec: PromptRecord, models: dict, time_s: float, timing: dict) -> dict:
+    def record(self, rec: PromptRecord, models: dict, time_s: float, timing: dict,
+               speculation: dict | None = None) -> dict:
         text = self.text(models)
+        extra = {"speculation": speculation} if speculation is not None else {}
         return method_record(rec.id, "nudging", cut_at_markers(text) if self.marker else text.strip(),
                              pilot_tokens=self.tokens[PILOT], base_tokens=self.tokens[BASE],
-                             handoffs=self.handoffs, pilot_pieces=self.pieces, time_s=time_s, timing=timing)
+                             handoffs=self.handoffs, pilot_pieces=self.pieces, time_s=time_s, timing=timing,
+                             **extra)
 
 
 def confident(logits, threshold: float) -> bool:
@@ -144,8 +151,10 @@ class _Row:
     piece: list[int] = field(default_factory=list)  # the pilot's current piece
     pending: int | None = None  # the pilot's token that starts its next word, picked but not written yet
 
-    def wrote(self, who: str, tok: int) -> None:
-        self.unfed[who].append(tok)
+    def wrote(self, who: str, tok: int, fed: bool = False) -> None:
+        """`fed`: the token is in the writer's cache already (a proposal the base kept)."""
+        if not fed:
+            self.unfed[who].append(tok)
         self.stale[PILOT if who == BASE else BASE] = True
         if who == BASE:
             self.pending = None  # the pilot's next word was picked before the base wrote: void
@@ -161,6 +170,8 @@ def nudging_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: 
     b, p = RaggedBatch(base, len(rows)), RaggedBatch(pilot, len(rows))
     b.feed([base.encode(r.base_prompt) for r in rows])
     p.feed([r.pilot_prompt_ids for r in rows])
+    base_prompt_lens = [len(t) for t in b.tokens]
+    speculation = _BaseTurns.of(pilot, base, rows, cfg)
     base_context = lambda r: base.encode(r.base_prompt + r.answer.text(models).lstrip())  # noqa: E731
     pilot_context = lambda r: r.pilot_prompt_ids + pilot.encode(r.answer.text(models).lstrip())  # noqa: E731
 
@@ -188,28 +199,26 @@ def nudging_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: 
                 _end_piece(r)
             else:
                 pilot_writes(i, r, tok)
-        # 3. one base pass, the same way; the base writes where it is confident, elsewhere the pilot has the turn
-        _catch_up(b, rows, BASE, base_context)
+        # 3. one base pass, the same way; the base writes where it is confident, elsewhere the pilot has the turn;
+        # with speculation on, the pilot's proposals ride in the same pass and the base writes on through those
+        # it is confident of and agrees with
+        targets = _targets(b, rows, BASE, base_context, every=True)
+        props = (speculation.propose([t and t[n:] for t, n in zip(targets, base_prompt_lens)], rows)
+                 if speculation is not None else [[] for _ in rows])
+        logits = b.sync([t and t + d for t, d in zip(targets, props)], [len(d) for d in props])
         for i, r in enumerate(rows):
-            if r.answer.done or r.turn != BASE:
+            if logits[i] is None:
                 continue
-            logits = b.next_logits[i]
-            if not confident(logits, cfg.nudging_gamma):
-                r.turn = PILOT
-                if r.pending is not None:  # the pilot's next word has begun: write its first token now
-                    tok, r.pending = r.pending, None
-                    pilot_writes(i, r, tok)
-                continue
-            tok = pick_token(logits, sampling, r.generator)
-            r.answer.write(BASE, tok, b.tokens[i], models)
-            r.wrote(BASE, tok)
-            if tok in base.stop_ids:
-                r.answer.done = True
-            elif r.answer.base_wrote_marker(base):
-                r.answer.done = r.answer.marker = True
+            kept = _base_writes(i, r, logits[i], props[i], b, cfg, models, pilot_writes)
+            b.drop(i, len(props[i]) - kept)  # the proposals the base did not keep
+            if speculation is not None:
+                speculation.pace.base_pass(i, len(props[i]), kept)
+        b.compact_if_sparse(COMPACT_SLACK)
     total = time.perf_counter() - t0
     timing = {"batch_s": round(total, 4), "batch_size": len(rows)}
-    return [r.answer.record(r.rec, models, total / len(rows), timing) for r in rows]
+    return [r.answer.record(r.rec, models, total / len(rows), timing,
+                            speculation.pace.stats[i].record(r.answer.tokens[BASE]) if speculation else None)
+            for i, r in enumerate(rows)]
 
 
 def _end_piece(r: _Row) -> None:
@@ -217,23 +226,81 @@ def _end_piece(r: _Row) -> None:
     r.piece, r.turn = [], BASE
 
 
-def _catch_up(batch: RaggedBatch, rows: list[_Row], who: str, context) -> None:
-    """One batched pass of model `who` over what its cache lacks, in the rows where it has the turn: the tokens it
-    wrote itself, or (the other model wrote since) the whole answer re-tokenized, `context(row)` (only what
-    differs from its cache is fed)."""
+def _base_writes(i: int, r: _Row, logits, proposed: list[int], b: RaggedBatch, cfg: WSDConfig, models: dict,
+                 pilot_writes) -> int:
+    """Row i's base turn, given the base's logits before each proposed token and after the last (one row
+    without proposals): the base writes while confident, a proposal kept while it equals the base's own pick (so
+    the answer is that of writing token by token); returns how many proposals it kept."""
+    base, start = models[BASE], len(b.tokens[i]) - len(proposed)
+    for j, lg in enumerate(logits):
+        if not confident(lg, cfg.nudging_gamma):
+            r.turn = PILOT
+            if r.pending is not None:  # the pilot's next word has begun: write its first token now
+                tok, r.pending = r.pending, None
+                pilot_writes(i, r, tok)
+            return j
+        tok = pick_token(lg, cfg.sampling(), r.generator)
+        kept = j < len(proposed) and tok == proposed[j]
+        r.answer.write(BASE, tok, b.tokens[i][: start + j], models)
+        r.wrote(BASE, tok, fed=kept)
+        if tok in base.stop_ids:
+            r.answer.done = True
+        elif r.answer.base_wrote_marker(base):
+            r.answer.done = r.answer.marker = True
+        if r.answer.done or not kept:
+            return j + kept
+    return len(proposed)
+
+
+def _targets(batch: RaggedBatch, rows: list[_Row], who: str, context, every: bool = False) -> list:
+    """Per row where model `who` has the turn, the tokens its cache should hold: the tokens it wrote itself
+    added, or (the other model wrote since) the whole answer re-tokenized, `context(row)`; None where it has not
+    the turn, or (unless `every`) where its cache holds them already."""
     targets = [None] * len(rows)
     for i, r in enumerate(rows):
         if r.answer.done or r.turn != who:
             continue
         if r.stale[who]:
             targets[i], r.stale[who] = context(r), False
-        elif r.unfed[who]:
+        elif r.unfed[who] or every:
             targets[i] = batch.tokens[i] + r.unfed[who]
         r.unfed[who] = []
+    return targets
+
+
+def _catch_up(batch: RaggedBatch, rows: list[_Row], who: str, context) -> None:
+    """One batched pass of model `who` over what its cache lacks, in the rows where it has the turn (only what
+    differs from its cache is fed)."""
+    targets = _targets(batch, rows, who, context)
     if any(t is not None for t in targets):
-        batch.advance(targets, [len(t) if t is not None else 0 for t in targets])
+        batch.sync(targets)
         # holes (rows given nothing in a pass) widen every later pass: drop them once they outnumber live tokens
         batch.compact_if_sparse(COMPACT_SLACK)
+
+
+@dataclass
+class _BaseTurns:
+    """The pilot speculating for the base's turns: a `Drafter` (its own cache of the pilot's chat prompt + the
+    answer) proposing greedily, whatever the sampling, since the base checks each proposal by its own pick."""
+
+    drafter: Drafter
+    pace: Pacing
+
+    @classmethod
+    def of(cls, pilot: HFModel, base: HFModel, rows: list[_Row], cfg: WSDConfig) -> _BaseTurns | None:
+        spec = cfg.speculation.settings()
+        if not spec.enabled:
+            return None
+        prompts = [chat_prompt(pilot.tokenizer, r.rec.messages) for r in rows]
+        return cls(Drafter(pilot, base, prompts, Sampling()), Pacing(spec, len(rows)))
+
+    def propose(self, answers: list[list[int] | None], rows: list[_Row]) -> list[list[int]]:
+        """Up to k base tokens after each answer (None: not the base's turn); the base adds one of its own."""
+        ks = self.pace.round_ks([None if a is None else r.answer.left - 1 for a, r in zip(answers, rows)])
+        if not any(ks):
+            return [[] for _ in rows]
+        return [p.ids for p in self.drafter.propose([a if k else None for a, k in zip(answers, ks)], ks,
+                                                     [None] * len(rows))]
 
 
 # ------------------------------------------------------------------------------------------ served

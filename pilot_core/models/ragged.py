@@ -125,6 +125,37 @@ class RaggedBatch:
             self.logps[r].extend(vals[p] for p in range(first, pos.stop))
         return start
 
+    def sync(self, targets: list[list[int] | None], tails: list[int] | None = None) -> list:
+        """Make row r's live tokens equal targets[r] (None: leave the row alone) with one batched pass, like
+        `advance` without the log-probs; returns per row (None where left alone) the logits before each of its
+        last `tails[r]` tokens and after the last: tails[r] + 1 rows (speculation checks proposed tokens fed at
+        the end of the target)."""
+        import torch
+
+        tails = tails or [0] * len(targets)
+        feed, known = [[] for _ in targets], [False] * len(targets)
+        for r, target in enumerate(targets):
+            if target is None:
+                continue
+            keep = min(common_prefix(self.tokens[r], target), len(target) - tails[r])
+            known[r] = keep == len(self.tokens[r]) and keep > 0 and self.next_logits[r] is not None
+            if not known[r]:  # rewind, re-feeding one token back to recover the logits there
+                keep = max(keep - 1, 0)
+                self.truncate(r, keep)
+            feed[r] = target[keep:]
+        before = list(self.next_logits)
+        out = self.feed(feed)
+        result = []
+        for r, target in enumerate(targets):
+            if target is None:
+                result.append(None)
+                continue
+            logits = out[r] if out[r] is not None else before[r][None]
+            if known[r] and out[r] is not None:
+                logits = torch.cat([before[r][None], logits])
+            result.append(logits[-(tails[r] + 1):])
+        return result
+
     def compact(self) -> None:
         """Drop holes and rewound slots: gather each row's live slots into a dense, left-padded cache, so later
         steps attend over live tokens only. Positions are already baked into the cached keys."""

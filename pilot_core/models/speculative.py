@@ -118,19 +118,24 @@ class Drafter:
         import torch
 
         rows = len(answers)
+        sample = self.same_vocab and self.sampling.temperature > 0  # speculative sampling draws from q
         targets, texts = [None] * rows, [""] * rows
+        drafts: list[list[int]] = [[] for _ in range(rows)]
+        syncs: list[list[int] | None] = [None] * rows  # what the cache must hold before drafting on
         for r, answer in enumerate(answers):
             if answer is not None and ks[r] > 0:
                 targets[r], texts[r] = self._target(r, answer)
-        self.batch.advance(targets, [len(t) if t is not None else 0 for t in targets])
-        sample = self.same_vocab and self.sampling.temperature > 0  # speculative sampling draws from q
-        drafts: list[list[int]] = [[] for _ in range(rows)]
+                # tokens the cache holds past the answer (WSD's draft past the switch) are proposed first, with
+                # no pass (not where proposals need their q: it was not kept)
+                drafts[r] = [] if sample else self._ahead(r, targets[r])[: ks[r]]
+                syncs[r] = targets[r] + drafts[r] if len(drafts[r]) < ks[r] else None
+        self.batch.advance(syncs, [len(t) if t is not None else 0 for t in syncs])
         qs: list[list] = [[] for _ in range(rows)]
-        live = [targets[r] is not None for r in range(rows)]
+        live = [syncs[r] is not None for r in range(rows)]
         for i in range(max(ks, default=0)):
             step: list[list[int]] = [[] for _ in range(rows)]
             for r in range(rows):
-                if not live[r] or i >= ks[r]:
+                if not live[r] or i < len(drafts[r]) or i >= ks[r]:
                     continue
                 logits = self.batch.next_logits[r]
                 if sample:
@@ -148,12 +153,17 @@ class Drafter:
                     step[r] = [tok]
             if any(step):
                 self.batch.feed(step)
-            else:
+            elif not any(live[r] and i + 1 < ks[r] for r in range(rows)):
                 break
         if self.same_vocab:
             return [Proposal(d, qs[r] if sample else None) for r, d in enumerate(drafts)]
         return [Proposal(self._cross(answers[r], texts[r], targets[r], d)) if d else Proposal()
                 for r, d in enumerate(drafts)]
+
+    def _ahead(self, r: int, target: list[int]) -> list[int]:
+        """The tokens row r's cache holds after `target`, if it holds `target` (else none)."""
+        fed = self.batch.tokens[r]
+        return fed[len(target):] if len(fed) > len(target) and fed[: len(target)] == target else []
 
     def _cross(self, answer: list[int], answer_text: str, target: list[int], draft: list[int]) -> list[int]:
         """The draft's new text as base tokens after `answer`: its stable part, and only where the base's
@@ -170,6 +180,55 @@ class Drafter:
         return enc.input_ids[len(answer): stable]
 
 
+class Pacing:
+    """How much each row of a batch speculates: its k (transformers' heuristic: +2 after a round that kept every
+    proposal, -1 otherwise, within [1, max_tokens]; 0 once its acceptance rate says it does not pay) and its
+    figures; and the batch's rule: a round runs only while it expects to keep `min_gain` proposals per live row."""
+
+    def __init__(self, spec: Speculation, rows: int):
+        self.spec = spec
+        self.k = [spec.tokens] * rows
+        self.stats = [SpecStats() for _ in range(rows)]
+
+    def round_ks(self, rooms: list[int | None]) -> list[int]:
+        """Each row's k for this round (`rooms[r]`: the most proposals row r can take; None: not live); all 0
+        when the batch's expected gain does not pay for the round."""
+        spec = self.spec
+        ks = [0 if room is None else max(0, min(k, room)) for k, room in zip(self.k, rooms)]
+        exploring = any(k and st.rounds < spec.min_rounds for k, st in zip(ks, self.stats))
+        # judged at the k a row starts with at least: a row whose k shrank after a miss is not written off for it
+        gain = sum(self._expected_kept(st, max(k, spec.tokens)) for k, st in zip(ks, self.stats) if k)
+        if not exploring and gain < spec.min_gain * sum(room is not None for room in rooms):
+            return [0] * len(ks)
+        return ks
+
+    @staticmethod
+    def _expected_kept(st: SpecStats, k: int) -> float:
+        """Proposals a row is expected to keep out of k: a + a^2 + ... + a^k for its acceptance rate a so far."""
+        a = (st.accepted + 1) / (st.proposed + 2)
+        return k if a >= 1 else a * (1 - a**k) / (1 - a)
+
+    def base_pass(self, r: int, proposed: int, kept: int) -> None:
+        """Row r took part in a base pass that checked `proposed` of its proposals and kept `kept`."""
+        st, spec = self.stats[r], self.spec
+        st.base_passes += 1
+        if not proposed:
+            return
+        st.rounds += 1
+        st.proposed += proposed
+        st.accepted += kept
+        st.full_rounds += kept == proposed
+        st.empty_rounds += kept == 0
+        self.k[r] = min(self.k[r] + 2, spec.max_tokens) if kept == proposed else max(1, self.k[r] - 1)
+        if st.rounds >= spec.min_rounds and st.accepted < spec.min_acceptance * st.proposed:
+            self.k[r] = 0  # it does not pay for this row
+
+    def select(self, rows: list[int]) -> None:
+        """Successors go on with their parent's k and figures."""
+        self.k = [self.k[r] for r in rows]
+        self.stats = [replace(self.stats[r]) for r in rows]
+
+
 class SpeculativeGeneration(Generation):
     """A `Generation` of the base whose rows take proposals from a `Drafter`: each round feeds every live row its
     pending token (the last one it emitted) and its proposals in one base pass, then keeps per row what the base
@@ -178,12 +237,14 @@ class SpeculativeGeneration(Generation):
     def __init__(self, batch: RaggedBatch, rows: list[Stream], sampling: Sampling, stop_strings: tuple[str, ...],
                  drafter: Drafter, spec: Speculation, before: list[list[int]] | None = None):
         super().__init__(batch, rows, sampling, stop_strings)
-        self.drafter, self.spec = drafter, spec
+        self.drafter, self.pace = drafter, Pacing(spec, len(rows))
         self.before = before or [[] for _ in rows]
-        self.k = [spec.tokens] * len(rows)
         self.pending: list[int | None] = [None] * len(rows)
-        self.stats = [SpecStats() for _ in rows]
         self.cap: list[int | None] = [None] * len(rows)  # per row, the token count this run stops at
+
+    @property
+    def stats(self) -> list[SpecStats]:
+        return self.pace.stats
 
     def run(self, steps: int | None = None) -> None:
         """Until every row stopped, or each wrote up to `steps` more tokens (a round may write several: the cap
@@ -200,38 +261,21 @@ class SpeculativeGeneration(Generation):
         its parent's pending token, k and acceptance figures."""
         super().select(rows, generators)
         self.drafter.select(rows)
+        self.pace.select(rows)
         self.before = [self.before[r] for r in rows]
-        self.k = [self.k[r] for r in rows]
         self.pending = [self.pending[r] for r in rows]
-        self.stats = [replace(self.stats[r]) for r in rows]
         self.cap = [self.cap[r] for r in rows]
 
-    def _k(self, r: int) -> int:
+    def _room(self, r: int) -> int:
+        """The most proposals row r can take: the base adds one token of its own within its budget (and cap)."""
         row, cap = self.rows[r], self.cap[r]
-        room = row.budget if cap is None else min(row.budget, cap)
-        return max(0, min(self.k[r], room - len(row.tokens) - 1))  # the base adds one token of its own
-
-    def _expected_kept(self, r: int, k: int) -> float:
-        """Proposals row r is expected to keep out of k: a + a^2 + ... + a^k for its acceptance rate a so far."""
-        st = self.stats[r]
-        a = (st.accepted + 1) / (st.proposed + 2)
-        return k if a >= 1 else a * (1 - a**k) / (1 - a)
-
-    def _round_ks(self, live: list[bool]) -> list[int]:
-        """Each row's k for this round; all 0 when the batch's expected gain does not pay for the round."""
-        ks = [self._k(r) if live[r] else 0 for r in range(len(self.rows))]
-        exploring = any(ks[r] and self.stats[r].rounds < self.spec.min_rounds for r in range(len(ks)))
-        # judged at the k a row starts with at least: a row whose k shrank after a miss is not written off for it
-        gain = sum(self._expected_kept(r, max(k, self.spec.tokens)) for r, k in enumerate(ks) if k)
-        if not exploring and gain < self.spec.min_gain * sum(live):
-            return [0] * len(ks)
-        return ks
+        return (row.budget if cap is None else min(row.budget, cap)) - len(row.tokens) - 1
 
     def step(self) -> None:
         import torch
 
         live = self._live()
-        ks = self._round_ks(live)
+        ks = self.pace.round_ks([self._room(r) if live[r] else None for r in range(len(self.rows))])
         answers = [self.before[r] + self.rows[r].tokens if ks[r] else None for r in range(len(self.rows))]
         props = (self.drafter.propose(answers, ks, [row.generator for row in self.rows]) if any(ks)
                  else [Proposal() for _ in self.rows])
@@ -247,15 +291,7 @@ class SpeculativeGeneration(Generation):
             logits = out[r] if self.pending[r] is not None else (
                 torch.cat([first[r][None], out[r]]) if out[r] is not None else first[r][None])
             tokens, kept = verify(logits, p, self.sampling, row.generator)
-            st = self.stats[r]
-            st.base_passes += 1
-            if p.ids:
-                st.rounds += 1
-                st.proposed += len(p.ids)
-                st.accepted += kept
-                st.full_rounds += kept == len(p.ids)
-                st.empty_rounds += kept == 0
-                self._adapt(r, kept, len(p.ids))
+            self.pace.base_pass(r, len(p.ids), kept)
             for t in tokens:
                 row.tokens.append(t)
                 if self._stops(row):
@@ -268,12 +304,6 @@ class SpeculativeGeneration(Generation):
                 self.batch.drop(r, len(p.ids) - kept)
                 self.pending[r] = tokens[-1]
         self.batch.compact_if_sparse()  # rejected proposals left holes: attend over live tokens only
-
-    def _adapt(self, r: int, kept: int, proposed: int) -> None:
-        st, spec = self.stats[r], self.spec
-        self.k[r] = min(self.k[r] + 2, spec.max_tokens) if kept == proposed else max(1, self.k[r] - 1)
-        if st.rounds >= spec.min_rounds and st.accepted < spec.min_acceptance * st.proposed:
-            self.k[r] = 0  # it does not pay for this row
 
 
 def verify(logits, proposal: Proposal, sampling: Sampling, generator) -> tuple[list[int], int]:
