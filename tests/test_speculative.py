@@ -10,7 +10,7 @@ from pilot_core.models.loading import load_hf_model
 from pilot_core.models.ragged import RaggedBatch
 from pilot_core.models.sampling import Generation, Sampling, Stream
 from pilot_core.models.speculative import Drafter, Proposal, Speculation, SpeculativeGeneration, verify
-from pilot_core.models.templates import STOP_STRINGS, base_prompt
+from pilot_core.models.templates import STOP_STRINGS, base_prompt, chat_prompt
 from wsd_inference.baselines import base_only_batch
 from wsd_inference.config import WSDConfig
 from wsd_inference.engine import wsd_batch
@@ -265,8 +265,6 @@ def test_searches_speculate_on_one_vocabulary_seeded_chunk_by_chunk(models, untu
 def test_what_the_draft_cache_holds_past_the_answer_is_proposed_first(models):
     """WSD's pilot drafted past the switch: those tokens, still in its cache, are the first proposals (no pass
     of the pilot for them), and drafting goes on after them: the proposals a fresh draft would make."""
-    from pilot_core.models.templates import chat_prompt
-
     pilot, base = models["same"]
     prompts = [chat_prompt(pilot.tokenizer, r.messages) for r in RECS[:3]]
     want = [p.ids for p in Drafter(pilot, base, prompts, Sampling()).propose([[]] * 3, [6] * 3, [None] * 3)]
@@ -279,3 +277,25 @@ def test_what_the_draft_cache_holds_past_the_answer_is_proposed_first(models):
     assert batch.mask.shape[1] == width  # no pass
     assert [p.ids for p in warm.propose([w[:1] for w in want], [5] * 3, [None] * 3)] == [w[1:6] for w in want]
     assert batch.mask.shape[1] == width + 2  # two passes of one token: the last proposal is not fed
+
+
+def test_text_crossing_tokenizes_only_the_tail_with_the_same_result(models):
+    """Across tokenizers that split at whitespace, each round re-tokenizes only the answer's tail: the draft's
+    tokens of the answer and the base tokens proposed are those of re-tokenizing the whole text, as the answer
+    grows token by token past the window."""
+    pilot, base = models["different"]
+    text = " ".join(f"Step {i}: mix the flour, add water and wait {i * 7} minutes; then stir." for i in range(30))
+    answer = base.encode(" " + text)
+    prompts = [chat_prompt(pilot.tokenizer, RECS[0].messages)]
+    windowed, whole = Drafter(pilot, base, prompts, Sampling()), Drafter(pilot, base, prompts, Sampling())
+    assert windowed.windowed and not windowed.same_vocab
+    whole.windowed = False
+    draft = pilot.encode(" and then serve it warm with butter")
+    crossed = 0
+    for n in range(0, len(answer), 5):
+        (a, at), (b, bt) = windowed._target(0, answer[:n]), whole._target(0, answer[:n])
+        assert a == b and at == bt, n
+        got = windowed._cross(answer[:n], at, a, draft)
+        assert got == whole._cross(answer[:n], bt, b, draft), n
+        crossed += bool(got)
+    assert len(base.decode(answer)) > 4 * 256 and crossed > len(answer) // 10

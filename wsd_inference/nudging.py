@@ -203,8 +203,8 @@ def nudging_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: 
         # with speculation on, the pilot's proposals ride in the same pass and the base writes on through those
         # it is confident of and agrees with
         targets = _targets(b, rows, BASE, base_context, every=True)
-        props = (speculation.propose([t and t[n:] for t, n in zip(targets, base_prompt_lens)], rows)
-                 if speculation is not None else [[] for _ in rows])
+        asked, props = (speculation.propose([t and t[n:] for t, n in zip(targets, base_prompt_lens)], rows)
+                        if speculation is not None else ([0] * len(rows), [[] for _ in rows]))
         logits = b.sync([t and t + d for t, d in zip(targets, props)], [len(d) for d in props])
         for i, r in enumerate(rows):
             if logits[i] is None:
@@ -212,7 +212,7 @@ def nudging_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: 
             kept = _base_writes(i, r, logits[i], props[i], b, cfg, models, pilot_writes)
             b.drop(i, len(props[i]) - kept)  # the proposals the base did not keep
             if speculation is not None:
-                speculation.pace.base_pass(i, len(props[i]), kept)
+                speculation.pace.base_pass(i, asked[i], len(props[i]), kept)
         b.compact_if_sparse(COMPACT_SLACK)
     total = time.perf_counter() - t0
     timing = {"batch_s": round(total, 4), "batch_size": len(rows)}
@@ -294,13 +294,14 @@ class _BaseTurns:
         prompts = [chat_prompt(pilot.tokenizer, r.rec.messages) for r in rows]
         return cls(Drafter(pilot, base, prompts, Sampling()), Pacing(spec, len(rows)))
 
-    def propose(self, answers: list[list[int] | None], rows: list[_Row]) -> list[list[int]]:
-        """Up to k base tokens after each answer (None: not the base's turn); the base adds one of its own."""
+    def propose(self, answers: list[list[int] | None], rows: list[_Row]) -> tuple[list[int], list[list[int]]]:
+        """Per row the k asked for and up to k base tokens after its answer (None: not the base's turn); the
+        base adds one of its own."""
         ks = self.pace.round_ks([None if a is None else r.answer.left - 1 for a, r in zip(answers, rows)])
         if not any(ks):
-            return [[] for _ in rows]
-        return [p.ids for p in self.drafter.propose([a if k else None for a, k in zip(answers, ks)], ks,
-                                                     [None] * len(rows))]
+            return ks, [[] for _ in rows]
+        return ks, [p.ids for p in self.drafter.propose([a if k else None for a, k in zip(answers, ks)], ks,
+                                                         [None] * len(rows))]
 
 
 # ------------------------------------------------------------------------------------------ served

@@ -25,9 +25,9 @@ from __future__ import annotations
 from dataclasses import astuple, dataclass, field, replace
 
 from pilot_core.models.loading import HFModel
-from pilot_core.models.ragged import RaggedBatch, common_prefix
+from pilot_core.models.ragged import RaggedBatch
 from pilot_core.models.sampling import Generation, Sampling, Stream, pick_token, warped_probs
-from pilot_core.models.tokenization import stable_token_count
+from pilot_core.models.tokenization import splits_at_whitespace, stable_token_count
 
 
 @dataclass(frozen=True)
@@ -87,10 +87,21 @@ def same_vocabulary(a: HFModel, b: HFModel) -> bool:
     return a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
 
 
+CROSS_HOLD = 4  # draft tokens drafted beyond k across tokenizers (the text's last word is not proposed)
+DECODE_TAIL = 32  # draft tokens decoded before a proposal to get the text it adds (decoding is local)
+WINDOW_CHARS = 256  # at least this much of the answer's text is re-tokenized with a crossing proposal
+
+
 class Drafter:
     """The draft model beside a base batch: row r reads `prompts[r]` (its own chat template) and then the answer
     so far, which it gets as base tokens each round. Its cache is kept in step with the answer by `advance`
-    (common prefix kept, the rest fed), so a round costs it k passes of one token per row."""
+    (common prefix kept, the rest fed), so a round costs it k passes of one token per row; what it holds past the
+    answer (WSD's draft beyond the switch) is proposed first.
+
+    Across tokenizers the answer crosses as text. Where both tokenizers split at whitespace
+    (`splits_at_whitespace`), a round re-tokenizes only the answer's tail (`windowed`): the draft's tokens of the
+    text up to its last final word are kept per row, and the base re-tokenizes a window of the answer from a word
+    start; elsewhere the whole text, each round."""
 
     def __init__(self, draft: HFModel, base: HFModel, prompts: list[str], sampling: Sampling,
                  batch: RaggedBatch | None = None):
@@ -99,19 +110,33 @@ class Drafter:
         self.prompts = prompts
         self.prompt_ids = [draft.encode(p) for p in prompts]
         self.batch = batch if batch is not None else RaggedBatch(draft, len(prompts))  # may hold a prefix already
+        self.windowed = not self.same_vocab and all(splits_at_whitespace(m.tokenizer) for m in (draft, base))
+        # per row: a prefix of the answer's text whose draft tokens are final, and prompt + those tokens
+        self.marks: list[tuple[str, list[int]]] = [("", ids) for ids in self.prompt_ids]
 
     def select(self, rows: list[int]) -> None:
         """Follow the base batch's `select` (a search keeping some rows)."""
         self.batch.select(rows)
         self.prompts = [self.prompts[r] for r in rows]
         self.prompt_ids = [self.prompt_ids[r] for r in rows]
+        self.marks = [self.marks[r] for r in rows]
 
     def _target(self, r: int, answer: list[int]) -> tuple[list[int], str]:
         """Row r's draft-model tokens for the answer so far (and that answer's text, across tokenizers)."""
         if self.same_vocab:
             return self.prompt_ids[r] + answer, ""
         text = self.base.decode(answer)
-        return self.m.encode(self.prompts[r] + text), text
+        if not self.windowed:
+            return self.m.encode(self.prompts[r] + text), text
+        done, ids = self.marks[r]
+        if not text.startswith(done):
+            done, ids = "", self.prompt_ids[r]
+        tail = text[len(done):]
+        enc = self.m.tokenizer(tail, add_special_tokens=False, return_offsets_mapping=True)
+        final = stable_token_count(enc.offset_mapping, tail, 0)
+        if final:  # the next round tokenizes from there
+            self.marks[r] = (done + tail[: enc.offset_mapping[final - 1][1]], ids + enc.input_ids[:final])
+        return ids + enc.input_ids, text
 
     def propose(self, answers: list[list[int] | None], ks: list[int], generators: list) -> list[Proposal]:
         """Up to ks[r] base tokens proposed after `answers[r]` (None: row r does not speculate this round)."""
@@ -132,10 +157,12 @@ class Drafter:
         self.batch.advance(syncs, [len(t) if t is not None else 0 for t in syncs])
         qs: list[list] = [[] for _ in range(rows)]
         live = [syncs[r] is not None for r in range(rows)]
-        for i in range(max(ks, default=0)):
+        # across tokenizers the last word of the draft's text is held back: draft a few tokens more
+        n = ks if self.same_vocab else [k + CROSS_HOLD if k else 0 for k in ks]
+        for i in range(max(n, default=0)):
             step: list[list[int]] = [[] for _ in range(rows)]
             for r in range(rows):
-                if not live[r] or i < len(drafts[r]) or i >= ks[r]:
+                if not live[r] or i < len(drafts[r]) or i >= n[r]:
                     continue
                 logits = self.batch.next_logits[r]
                 if sample:
@@ -149,15 +176,15 @@ class Drafter:
                     live[r] = False
                     if not self.same_vocab:
                         drafts[r].pop()  # an end of turn has no text to cross with
-                elif i + 1 < ks[r]:
+                elif i + 1 < n[r]:
                     step[r] = [tok]
             if any(step):
                 self.batch.feed(step)
-            elif not any(live[r] and i + 1 < ks[r] for r in range(rows)):
+            elif not any(live[r] and i + 1 < n[r] for r in range(rows)):
                 break
         if self.same_vocab:
             return [Proposal(d, qs[r] if sample else None) for r, d in enumerate(drafts)]
-        return [Proposal(self._cross(answers[r], texts[r], targets[r], d)) if d else Proposal()
+        return [Proposal(self._cross(answers[r], texts[r], targets[r], d)[: ks[r]]) if d else Proposal()
                 for r, d in enumerate(drafts)]
 
     def _ahead(self, r: int, target: list[int]) -> list[int]:
@@ -167,17 +194,25 @@ class Drafter:
 
     def _cross(self, answer: list[int], answer_text: str, target: list[int], draft: list[int]) -> list[int]:
         """The draft's new text as base tokens after `answer`: its stable part, and only where the base's
-        tokens of the whole text start with the answer's own (else the boundary would change them)."""
-        old = self.m.tokenizer.decode(target, skip_special_tokens=False)
-        new = self.m.tokenizer.decode(target + draft, skip_special_tokens=False)
+        tokens of the text start with the answer's own (else the boundary would change them). The text is the
+        answer's (its tail from a word start, where `windowed`) and the draft's."""
+        before = target[-DECODE_TAIL:]
+        old = self.m.tokenizer.decode(before, skip_special_tokens=False)
+        new = self.m.tokenizer.decode(before + draft, skip_special_tokens=False)
         if not new.startswith(old):
             return []
-        text = answer_text + new[len(old):]
+        cut = 0
+        if self.windowed and len(answer_text) > WINDOW_CHARS:
+            cut = len(answer_text) - WINDOW_CHARS
+            while cut > 0 and not answer_text[cut].isspace():
+                cut -= 1
+        head = len(answer_text) - cut  # the answer's characters in the text
+        text = answer_text[cut:] + new[len(old):]
         enc = self.base.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        if common_prefix(enc.input_ids, answer) < len(answer):
+        n = sum(1 for start, _ in enc.offset_mapping if start < head)  # the answer's tokens
+        if n > len(answer) or enc.input_ids[:n] != answer[len(answer) - n:]:
             return []
-        stable = stable_token_count(enc.offset_mapping, text, len(answer_text))
-        return enc.input_ids[len(answer): stable]
+        return enc.input_ids[n: stable_token_count(enc.offset_mapping, text, head)]
 
 
 class Pacing:
@@ -208,19 +243,21 @@ class Pacing:
         a = (st.accepted + 1) / (st.proposed + 2)
         return k if a >= 1 else a * (1 - a**k) / (1 - a)
 
-    def base_pass(self, r: int, proposed: int, kept: int) -> None:
-        """Row r took part in a base pass that checked `proposed` of its proposals and kept `kept`."""
+    def base_pass(self, r: int, asked: int, proposed: int, kept: int) -> None:
+        """Row r took part in a base pass that checked `proposed` of the `asked` proposals and kept `kept`. A
+        round asked for and given nothing (a draft whose text crossed to no stable base token) counts as a round
+        with none kept, so a row that never proposes stops like one whose proposals are refused."""
         st, spec = self.stats[r], self.spec
         st.base_passes += 1
-        if not proposed:
+        if not asked:
             return
         st.rounds += 1
         st.proposed += proposed
         st.accepted += kept
-        st.full_rounds += kept == proposed
+        st.full_rounds += proposed > 0 and kept == proposed
         st.empty_rounds += kept == 0
-        self.k[r] = min(self.k[r] + 2, spec.max_tokens) if kept == proposed else max(1, self.k[r] - 1)
-        if st.rounds >= spec.min_rounds and st.accepted < spec.min_acceptance * st.proposed:
+        self.k[r] = min(self.k[r] + 2, spec.max_tokens) if proposed and kept == proposed else max(1, self.k[r] - 1)
+        if st.rounds >= spec.min_rounds and st.accepted < spec.min_acceptance * max(st.proposed, 1):
             self.k[r] = 0  # it does not pay for this row
 
     def select(self, rows: list[int]) -> None:
@@ -291,7 +328,7 @@ class SpeculativeGeneration(Generation):
             logits = out[r] if self.pending[r] is not None else (
                 torch.cat([first[r][None], out[r]]) if out[r] is not None else first[r][None])
             tokens, kept = verify(logits, p, self.sampling, row.generator)
-            self.pace.base_pass(r, len(p.ids), kept)
+            self.pace.base_pass(r, ks[r], len(p.ids), kept)
             for t in tokens:
                 row.tokens.append(t)
                 if self._stops(row):

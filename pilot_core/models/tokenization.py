@@ -20,3 +20,18 @@ def stable_token_count(offsets: list[tuple[int, int]], text: str, min_char: int)
     if last_ws < 0:
         return sum(1 for _, end in offsets if end <= min_char)
     return sum(1 for _, end in offsets if end <= last_ws)
+
+
+PROBE = "Hello world, this is a probe.\nIt has two lines,  double spaces and numbers: 123 4567."
+
+
+def splits_at_whitespace(tokenizer) -> bool:
+    """Whether a text cut before any whitespace character tokenizes, piece by piece, into the tokens of the whole
+    (checked on a probe text). Regex pre-tokenizers (byte-level BPE: GPT-2, Llama 3, Qwen, SmolLM2) do; a
+    SentencePiece tokenizer that prepends a space to every text does not. Where it holds, a growing text's tail
+    can be tokenized alone, from a word start, instead of the whole text again."""
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    whole = ids(PROBE)
+    return all(ids(PROBE[:i]) + ids(PROBE[i:]) == whole for i, c in enumerate(PROBE) if c.isspace())
