@@ -105,7 +105,8 @@ def test_validate_publish_refuse_and_verify(world):
         for method in ("wsd", "base_only"):
             d = good["diagnostics"][base][method]["harmful"]
             assert 0 <= d["speculation_acceptance_rate"] <= 1 and d["tokens_per_base_pass"] >= 1
-        assert "speculation_acceptance_rate" not in good["diagnostics"][base]["nudging"]["harmful"]
+        d = good["diagnostics"][base]["nudging"]["harmful"]  # its base passes include the hand-overs
+        assert 0 <= d["speculation_acceptance_rate"] <= 1 and d["tokens_per_base_pass"] >= 0
     assert "## Speculation" in (good_dir / "report.md").read_text()
     assert good["eval_sets"]["math"]["n"] == 4 and len(good["eval_sets"]["harmful"]["sha256"]) == 64
     assert {p.name for p in (good_dir / "plots").iterdir()} >= {"harmlessness.png", "accuracy.png",
