@@ -58,7 +58,7 @@ class EnsembleBatch:
         self.batches, self.beta, self.vocab = batches, beta, vocab
         keep = sorted(set(range(vocab.size)) - set(vocab.excluded))
         self.keep = None if len(keep) == vocab.size else torch.tensor(keep, device=batches[0].m.device)
-        self.next_logits = _Combined(self)
+        self.next_logits = _Combined(self, lambda r: [b.next_logits[r] for b in self.batches])
 
     @property
     def m(self) -> HFModel:  # the model whose tokens these are (stop tokens, decoding)
@@ -82,9 +82,10 @@ class EnsembleBatch:
         logits = logits[..., : self.vocab.size]
         return logits if self.keep is None else logits.index_select(logits.dim() - 1, self.keep.to(logits.device))
 
-    def feed(self, new: list[list[int]]) -> list:
+    def feed(self, new: list[list[int]]) -> _Combined:
+        """Feed every model; per row the combined logits after each new token (computed when read)."""
         outs = [b.feed(new) for b in self.batches]
-        return [None if x[0] is None else self.combine(*x) for x in zip(*outs)]
+        return _Combined(self, lambda r: [o[r] for o in outs])
 
     def drop(self, r: int, n: int) -> None:  # the models read different prompts: rows differ in length
         for b in self.batches:
@@ -96,13 +97,14 @@ class EnsembleBatch:
 
 
 class _Combined:
-    """`EnsembleBatch.next_logits[r]`: the combination of the three models' next-token logits for row r."""
+    """Per row, the combination of the three models' logits (`per_model(r)`), computed when a row is read: a
+    plain step reads each row's next-token logits once and never the outputs of a feed."""
 
-    def __init__(self, ensemble: EnsembleBatch):
-        self.ensemble = ensemble
+    def __init__(self, ensemble: EnsembleBatch, per_model):
+        self.ensemble, self.per_model = ensemble, per_model
 
     def __getitem__(self, r: int):
-        logits = [b.next_logits[r] for b in self.ensemble.batches]
+        logits = self.per_model(r)
         return None if any(x is None for x in logits) else self.ensemble.combine(*logits)
 
 

@@ -325,8 +325,9 @@ class SpeculativeGeneration(Generation):
             if not live[r]:
                 continue
             p = props[r]
-            logits = out[r] if self.pending[r] is not None else (
-                torch.cat([first[r][None], out[r]]) if out[r] is not None else first[r][None])
+            fed = out[r]  # read once (an ensemble combines its models' logits when read)
+            logits = fed if self.pending[r] is not None else (
+                torch.cat([first[r][None], fed]) if fed is not None else first[r][None])
             tokens, kept = verify(logits, p, self.sampling, row.generator)
             self.pace.base_pass(r, ks[r], len(p.ids), kept)
             for t in tokens:
