@@ -143,7 +143,10 @@ def test_hostile_solutions_fail_and_change_nothing_outside_their_scratch_directo
         "escape": "    import subprocess\n    subprocess.run(['sh', '-c', 'echo pwned'])\n    return a + b\n",
     }
     before = sorted(p.name for p in tmp_path.iterdir())
-    got = {k: run_program(solution_program(v, _code(0)), timeout_s=2) for k, v in hostile.items()}
+    # only the loop needs the wall-clock limit; the others fail on their own (filling 512 MB takes seconds on a
+    # loaded 2-core machine, so they get more time than the loop)
+    got = {k: run_program(solution_program(v, _code(0)), timeout_s=2 if k == "loop" else 30, memory_mb=512)
+           for k, v in hostile.items()}
     t.join()
     server.close()
     assert {k: o.passed for k, o in got.items()} == dict.fromkeys(hostile, False)
