@@ -147,18 +147,18 @@ class Drafter:
         targets, texts = [None] * rows, [""] * rows
         drafts: list[list[int]] = [[] for _ in range(rows)]
         syncs: list[list[int] | None] = [None] * rows  # what the cache must hold before drafting on
+        # draft tokens per row: across tokenizers the last word of the draft's text is held back, so a few more
+        n = ks if self.same_vocab else [k + CROSS_HOLD if k else 0 for k in ks]
         for r, answer in enumerate(answers):
             if answer is not None and ks[r] > 0:
                 targets[r], texts[r] = self._target(r, answer)
                 # tokens the cache holds past the answer (WSD's draft past the switch) are proposed first, with
                 # no pass (not where proposals need their q: it was not kept)
-                drafts[r] = [] if sample else self._ahead(r, targets[r])[: ks[r]]
-                syncs[r] = targets[r] + drafts[r] if len(drafts[r]) < ks[r] else None
+                drafts[r] = [] if sample else self._ahead(r, targets[r])[: n[r]]
+                syncs[r] = targets[r] + drafts[r] if len(drafts[r]) < n[r] else None
         self.batch.advance(syncs, [len(t) if t is not None else 0 for t in syncs])
         qs: list[list] = [[] for _ in range(rows)]
         live = [syncs[r] is not None for r in range(rows)]
-        # across tokenizers the last word of the draft's text is held back: draft a few tokens more
-        n = ks if self.same_vocab else [k + CROSS_HOLD if k else 0 for k in ks]
         for i in range(max(n, default=0)):
             step: list[list[int]] = [[] for _ in range(rows)]
             for r in range(rows):
@@ -269,7 +269,8 @@ class Pacing:
 class SpeculativeGeneration(Generation):
     """A `Generation` of the base whose rows take proposals from a `Drafter`: each round feeds every live row its
     pending token (the last one it emitted) and its proposals in one base pass, then keeps per row what the base
-    agrees with. `before[r]`: the answer's base tokens ahead of row r's Stream (WSD's kept draft)."""
+    agrees with. `before[r]`: the answer's base tokens ahead of row r's Stream (WSD's kept draft). The batch is a
+    `RaggedBatch` or reads like one (feed, next_logits, drop, compact_if_sparse: EFT's three models as one)."""
 
     def __init__(self, batch: RaggedBatch, rows: list[Stream], sampling: Sampling, stop_strings: tuple[str, ...],
                  drafter: Drafter, spec: Speculation, before: list[list[int]] | None = None):
