@@ -38,6 +38,7 @@ from pilot_core.models.sampling import MARKER_TAIL, Sampling, pick_token
 from pilot_core.models.speculative import Drafter, Pacing
 from pilot_core.models.templates import STOP_STRINGS, base_prompt, chat_prompt, cut_at_markers, has_marker
 from pilot_core.prompts import PromptRecord
+from wsd_inference.engine import Speculator
 from wsd_inference.records import method_record
 
 if TYPE_CHECKING:  # annotations only, see methods.py
@@ -288,11 +289,8 @@ class _BaseTurns:
 
     @classmethod
     def of(cls, pilot: HFModel, base: HFModel, rows: list[_Row], cfg: WSDConfig) -> _BaseTurns | None:
-        spec = cfg.speculation.settings()
-        if not spec.enabled:
-            return None
-        prompts = [chat_prompt(pilot.tokenizer, r.rec.messages) for r in rows]
-        return cls(Drafter(pilot, base, prompts, Sampling()), Pacing(spec, len(rows)))
+        speculator = Speculator.of(pilot, base, [r.rec for r in rows], cfg, sampling=Sampling())
+        return None if speculator is None else cls(speculator.drafter, Pacing(speculator.spec, len(rows)))
 
     def propose(self, answers: list[list[int] | None], rows: list[_Row]) -> tuple[list[int], list[list[int]]]:
         """Per row the k asked for and up to k base tokens after its answer (None: not the base's turn); the
