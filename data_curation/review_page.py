@@ -19,6 +19,8 @@ import html
 import json
 from dataclasses import dataclass
 
+from data_curation.review_file import FORMULA_START
+
 PAGE_ROWS = 50
 
 
@@ -51,7 +53,8 @@ def _json_for_script(value) -> str:
 def render_page(spec: PageSpec, rows: list[dict]) -> str:
     data = {"columns": [c.__dict__ for c in spec.columns], "filters": list(spec.filters), "tags": list(spec.tags),
             "decisions": list(spec.decisions), "flags": list(spec.flags), "fields": list(spec.fields),
-            "file": spec.file_name, "storage": spec.storage_key, "pageRows": PAGE_ROWS, "rows": rows}
+            "file": spec.file_name, "storage": spec.storage_key, "pageRows": PAGE_ROWS, "rows": rows,
+            "formulaStart": list(FORMULA_START)}
     keys = ["<kbd>j</kbd>/<kbd>k</kbd> next/previous row", "<kbd>[</kbd>/<kbd>]</kbd> page"]
     keys += [f"<kbd>{d[0]}</kbd> {d}" for d in spec.decisions]
     keys += [f"<kbd>{'w' if f == 'judge_wrong' else f[0]}</kbd> {f.replace('_', ' ')}" for f in spec.flags]
@@ -273,7 +276,11 @@ document.addEventListener("keydown", e => {
 });
 
 // save: the export's columns with the decisions filled in
-function csvCell(v) { const s = String(v ?? ""); return /[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s; }
+function csvCell(v) {  // review_file.to_cell's rule: text a spreadsheet would evaluate gets a leading apostrophe
+  let s = String(v ?? "");
+  if (typeof v === "string" && D.formulaStart.some(c => s.replace(/^'+/, "").startsWith(c))) s = "'" + s;
+  return /[",\r\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
+}
 document.getElementById("save").addEventListener("click", () => {
   const lines = [D.fields.map(csvCell).join(",")];
   rows.forEach(r => lines.push(D.fields.map(f => csvCell(r[f])).join(",")));

@@ -201,6 +201,9 @@ class EvalSpec(BaseConfig):
     metrics: MetricsConfig = MetricsConfig()
     harness: HarnessConfig | None = Field(None, description="capability tasks through lm-evaluation-harness, "
                                           "against WSD and base-only behind `pilot wsd serve`")
+    unsafe_code_execution: bool = Field(False, description="code sets: run the models' programs without a kernel "
+                                        "boundary where bubblewrap cannot be set up (a disposable container only; "
+                                        "the report records it). Off: such a run refuses (exit 2)")
 
     @field_validator("methods")
     @classmethod

@@ -1,19 +1,30 @@
-"""Running untrusted code (a benchmark solution and its tests) never in-process: a separate Python process per
-program, in a fresh scratch directory (its working directory, removed afterwards), with
+"""Running untrusted code (a benchmark solution and its tests): never in-process, always behind a kernel boundary.
 
-- a wall-clock timeout (the whole process group is killed) and a CPU-time limit,
-- an address-space limit (an allocation without bound fails with MemoryError) and a file-size limit,
-- no network: a new network namespace where the kernel allows it (only a down loopback inside), and in any case
-  an audit hook (PEP 578) installed before the program runs that refuses sockets, subprocesses, signals to
-  other processes, ctypes, and any write, rename, removal or mode change outside the scratch directory,
-- an empty environment (no secrets, no proxies), Python's isolated mode (no user site, no PYTHON* variables).
+Each program runs in its own bubblewrap sandbox (`bwrap`, the Debian package `bubblewrap`):
 
-The program passes when the process exits 0. A refusal or any failure is reported with its last error line.
+- new user, PID, network, IPC, UTS and cgroup namespaces; uid and gid 65534 (nobody) with no capabilities, no
+  way to make another user namespace, a new session (no terminal injection), killed when its parent dies;
+- a file system that holds only the Python runtime, read-only (the interpreter's prefix and the shared
+  libraries under /usr/lib), a private /proc and a minimal /dev; no host home, no checkout, no /tmp;
+- its working directory a fresh 64 MB tmpfs, the only writable place, gone with the sandbox;
+- an empty environment, Python's isolated mode without `site` (no user site, no PYTHON* variables, no .pth);
+- a wall-clock timeout, a CPU-time limit, an address-space limit (an allocation without bound fails with
+  MemoryError) and a file-size limit;
+- inside, as a second layer, an audit hook (PEP 578) that refuses sockets, subprocesses, signals, ctypes and
+  writes outside the working directory. PEP 578 says hooks are no sandbox; the boundary is the kernel's.
+
+Where the boundary cannot be set up, `run_program` refuses (SandboxUnavailable, exit 2, saying why and how to fix
+it) unless the caller opts in to running without it (`unsafe=True`, the CLI's --unsafe-code-execution, for a
+disposable container): then only the limits, the audit hook and, where the kernel allows, an empty network
+namespace remain. The program passes when it exits 0; otherwise `detail` is its last error line, capped and
+scrubbed of anything shaped like a credential (docs/reliability.md states the threat model).
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +32,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pilot_core.credentials import scrub
+from pilot_core.errors import UserError
+
 CLONE_NEWNET = 0x40000000
+SCRATCH_MB = 64  # the tmpfs the program may write to
+DETAIL_CHARS = 300  # of the last error line kept per item
+STDERR_TAIL = 8192  # bytes of the program's stderr read back (it may write up to the file-size limit)
+INSTALL_HINT = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; `make setup` does it as root) "
+                "and allow user namespaces, or, in a disposable container only, pass --unsafe-code-execution")
 
 # Runs first in the child: installs the audit hook, then runs the program from program.py in the scratch dir.
 BOOTSTRAP = r'''
@@ -67,11 +86,80 @@ exec(code, {"__name__": "__main__"})
 class Outcome:
     passed: bool
     status: str  # passed, failed, timeout
-    detail: str  # the last line of stderr (why it failed), or ""
+    detail: str  # the last line of stderr (why it failed), capped and scrubbed; or ""
 
 
-def _limits(memory_mb: int, cpu_s: int):
-    def apply() -> None:  # in the child, after fork, before exec
+class SandboxUnavailable(UserError):
+    """No kernel boundary can be set up here: code benchmarks refuse rather than run unconfined."""
+
+
+def _runtime_binds() -> list[str]:
+    """bwrap arguments that mount the Python runtime read-only, at the paths it was built for."""
+    args = []
+    for d in ("/usr/lib", "/usr/lib64", "/usr/lib32"):
+        if os.path.isdir(d):
+            args += ["--ro-bind", d, d]
+    for link in ("/lib", "/lib64", "/lib32"):  # merged /usr: symlinks; otherwise real directories
+        if os.path.islink(link):
+            args += ["--symlink", os.readlink(link), link]
+        elif os.path.isdir(link):
+            args += ["--ro-bind", link, link]
+    prefix = os.path.realpath(sys.base_prefix)
+    if prefix != "/usr":  # a pyenv, conda or /usr/local build: its prefix holds the stdlib and libpython
+        args += ["--ro-bind", prefix, prefix]
+    exe = os.path.realpath(sys._base_executable if hasattr(sys, "_base_executable") else sys.executable)
+    if not exe.startswith((prefix + os.sep, "/usr/lib")):
+        args += ["--ro-bind", exe, exe]
+    return args
+
+
+def _bwrap_argv(bwrap: str, program_fd: int) -> list[str]:
+    exe = os.path.realpath(sys._base_executable if hasattr(sys, "_base_executable") else sys.executable)
+    return [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--uid", "65534", "--gid", "65534",
+            "--hostname", "sandbox", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv",
+            *_runtime_binds(), "--proc", "/proc", "--dev", "/dev",
+            "--perms", "0700", "--size", str(SCRATCH_MB << 20), "--tmpfs", "/scratch",
+            "--file", str(program_fd), "/scratch/program.py", "--chdir", "/scratch",
+            exe, "-I", "-S", "-B", "-c", BOOTSTRAP]
+
+
+@functools.lru_cache(maxsize=4)
+def _probe(bwrap: str | None) -> str:
+    """"bubblewrap <version>" where a sandbox starts here and runs Python; SandboxUnavailable otherwise."""
+    if bwrap is None:
+        raise SandboxUnavailable(f"cannot run untrusted code: bwrap (bubblewrap) is not installed; {INSTALL_HINT}")
+    with tempfile.TemporaryFile() as f:
+        f.write(b"probe")
+        f.seek(0)
+        argv = _bwrap_argv(bwrap, f.fileno())
+        argv[-1] = "print(open('program.py').read())"
+        try:
+            p = subprocess.run(argv, pass_fds=(f.fileno(),), env={}, stdin=subprocess.DEVNULL, capture_output=True,
+                               timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise SandboxUnavailable(f"cannot run untrusted code: bubblewrap does not start ({e}); "
+                                     f"{INSTALL_HINT}") from None
+    if p.returncode != 0 or p.stdout.strip() != b"probe":
+        why = (p.stderr.decode("utf-8", "replace").strip().splitlines() or [f"exit {p.returncode}"])[-1][:200]
+        raise SandboxUnavailable(f"cannot run untrusted code: bubblewrap cannot set up its sandbox here ({why}); "
+                                 f"{INSTALL_HINT}")
+    v = subprocess.run([bwrap, "--version"], capture_output=True, text=True, env={}).stdout.split()
+    return f"bubblewrap {v[-1] if v else '?'}"
+
+
+def isolation(unsafe: bool = False) -> str:
+    """How untrusted code runs here, for reports: "bubblewrap <version>", or, when the boundary is unavailable and
+    the caller opted in, "unsafe: ..."; SandboxUnavailable when it is unavailable and the caller did not."""
+    try:
+        return _probe(shutil.which("bwrap"))
+    except SandboxUnavailable as e:
+        if not unsafe:
+            raise
+        return f"unsafe: no kernel boundary (--unsafe-code-execution; {str(e).split('; ')[0]})"
+
+
+def _limits(memory_mb: int, cpu_s: int, netns: bool):
+    def apply() -> None:  # in the child, after fork, before exec (inherited through bwrap)
         import ctypes
         import resource
 
@@ -79,37 +167,51 @@ def _limits(memory_mb: int, cpu_s: int):
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))  # SIGXCPU, then SIGKILL
         resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        try:  # where the kernel lets us: a network namespace with nothing in it
-            ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET)
-        except Exception:
-            pass  # the audit hook still refuses sockets
+        if netns:  # unsafe mode only: bwrap makes its own namespaces
+            try:
+                ctypes.CDLL(None, use_errno=True).unshare(CLONE_NEWNET)
+            except Exception:
+                pass  # the audit hook still refuses sockets
 
     return apply
 
 
-def run_program(program: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> Outcome:
-    """Run `program` as described above; never raises for anything the program does."""
-    with tempfile.TemporaryDirectory(prefix="pilot-sandbox-") as scratch:
-        Path(scratch, "program.py").write_text(program, encoding="utf-8")
-        p = subprocess.Popen([sys.executable, "-I", "-B", "-c", BOOTSTRAP], cwd=scratch, env={"PATH": "/usr/bin:/bin"},
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             preexec_fn=_limits(memory_mb, max(1, int(timeout_s))), start_new_session=True)
+def run_program(program: str, timeout_s: float = 10.0, memory_mb: int = 1024, *, unsafe: bool = False) -> Outcome:
+    """Run `program` as described above; never raises for anything the program does. SandboxUnavailable where
+    no boundary can be set up and `unsafe` is not given."""
+    confined = not isolation(unsafe).startswith("unsafe")
+    with tempfile.TemporaryDirectory(prefix="pilot-sandbox-") as tmp:  # host side: 0700, ours only
+        source, err_path = Path(tmp, "program.py"), Path(tmp, "stderr")
+        source.write_text(program, encoding="utf-8")
+        fd = os.open(source, os.O_RDONLY)
+        if confined:  # bwrap copies the program into the sandbox's tmpfs
+            argv, cwd, env = _bwrap_argv(shutil.which("bwrap"), fd), tmp, {}
+        else:  # unsafe: the host directory is the scratch directory
+            argv, cwd, env = [sys.executable, "-I", "-B", "-c", BOOTSTRAP], tmp, {"PATH": "/usr/bin:/bin"}
         try:
-            _, err = p.communicate(timeout=timeout_s)
+            with open(err_path, "wb") as err:  # a file, not a pipe: a program that floods stderr costs no memory
+                p = subprocess.Popen(argv, cwd=cwd, env=env, pass_fds=(fd,), stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                     preexec_fn=_limits(memory_mb, max(1, int(timeout_s)), netns=not confined))
+        finally:
+            os.close(fd)
+        try:
+            p.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.communicate()
             return Outcome(False, "timeout", f"no result within {timeout_s:g} s")
         finally:
             if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
+                os.killpg(p.pid, signal.SIGKILL)  # bwrap; the sandbox dies with it (--die-with-parent)
                 p.wait()
         if p.returncode == 0:
             return Outcome(True, "passed", "")
         if p.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
             return Outcome(False, "timeout", "CPU time limit")
-        lines = [x for x in err.decode("utf-8", "replace").splitlines() if x.strip()]
-        return Outcome(False, "failed", (lines[-1] if lines else f"exit code {p.returncode}")[:300])
+        with open(err_path, "rb") as f:
+            f.seek(max(0, err_path.stat().st_size - STDERR_TAIL))
+            tail = f.read().decode("utf-8", "replace")
+        lines = [x for x in tail.splitlines() if x.strip()]
+        return Outcome(False, "failed", scrub(lines[-1] if lines else f"exit code {p.returncode}")[:DETAIL_CHARS])
 
 
 def solution_program(response: str, code: dict) -> str:

@@ -70,7 +70,7 @@ def _generate(spec, pilot, bases, untuned, sets, output, compute, progress) -> d
     return out
 
 
-def _run_code(rows: list[dict], items_by: dict) -> None:
+def _run_code(rows: list[dict], items_by: dict, unsafe: bool) -> None:
     """pass@1 of code items: each response's program runs with the item's tests in its own sandboxed process
     (evaluation/sandbox.py), a few at once; `correct` is 1 when it exits cleanly, `code_status` says why not."""
     from concurrent.futures import ThreadPoolExecutor
@@ -78,7 +78,7 @@ def _run_code(rows: list[dict], items_by: dict) -> None:
     from evaluation.sandbox import run_program, solution_program
 
     def one(r):
-        return run_program(solution_program(r["response"], items_by[(r["set"], r["id"])].answer))
+        return run_program(solution_program(r["response"], items_by[(r["set"], r["id"])].answer), unsafe=unsafe)
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         for r, o in zip(rows, pool.map(one, rows)):
@@ -103,7 +103,7 @@ def _scores(spec, sets, records, output, http_client=None, compute=None) -> tupl
                     index[(es.name, base, method, it.record.id)] = row
                     rows.append(row)
     items_by = {(es.name, it.record.id): it for es, items in sets for it in items}
-    _run_code([r for r in rows if r["kind"] == "code"], items_by)
+    _run_code([r for r in rows if r["kind"] == "code"], items_by, spec.unsafe_code_execution)
     aligned = [r for r in rows if r["kind"] in ALIGNMENT_KINDS]
     counts: dict = {}
     models: dict = {}
@@ -275,6 +275,11 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
 
         check_harness(spec.harness)
     sets = [(es, load_eval_set(es)) for es in spec.eval_sets]
+    code_execution = None
+    if any(es.kind == "code" for es, _ in sets):  # before anything is generated: refuse early, not after hours
+        from evaluation.sandbox import isolation
+
+        code_execution = isolation(spec.unsafe_code_execution)
     untuned = _untuned(spec, manifest)
     pilot = ModelSource(name=pilot_name, path=str(ckpt))
     records = _generate(spec, pilot, bases, untuned, sets, output, compute, progress)
@@ -304,6 +309,6 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
                                                and m.win_rate.model.model_dump(mode="json", exclude_none=True)},
                       harmlessness=m.harmlessness and {"kind": m.harmlessness.kind}, counts=counts),
         metrics=metrics, alignment_tax=tax, diagnostics=_diagnostics(records, bases),
-        config=spec.model_dump(mode="json"))
+        config=spec.model_dump(mode="json"), code_execution=code_execution)
     write_report(output, report, rows)
     return report

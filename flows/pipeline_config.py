@@ -110,8 +110,9 @@ def curation_config(cfg: PipelineConfig) -> CurationConfig:
 
 
 def check_inputs(cfg: PipelineConfig) -> None:
-    """Read the prompt and eval files the run will need at its end, and the pilot's training template, now: a
-    bad line or a template that cannot train is one error before hours of curation, not after."""
+    """Read the prompt and eval files the run will need at its end, and the pilot's training template, and check
+    that code benchmarks can run sandboxed, now: a bad line, a template that cannot train or a machine that cannot
+    run untrusted code is one error before hours of curation, not after."""
     from huggingface_hub import is_offline_mode
 
     from data_curation.run import check_inputs as check_curation_inputs
@@ -128,3 +129,7 @@ def check_inputs(cfg: PipelineConfig) -> None:
         pilot_template(cfg.training, cfg.pilot.local_path(), cfg.pilot.trust_remote_code, cfg.pilot.revision)
     for es in cfg.validation.eval_sets if cfg.validation else []:
         load_eval_set(es)
+    if cfg.validation and any(es.kind == "code" for es in cfg.validation.eval_sets):
+        from evaluation.sandbox import isolation
+
+        isolation(cfg.validation.unsafe_code_execution)  # no kernel boundary: refuse before days of work

@@ -9,6 +9,7 @@ import os
 
 import click
 
+from flows.validate_cli import UNSAFE_HELP
 from pilot_core.errors import JobFailed, UserError
 
 CONFIG_HELP = "configs/pipeline/*.yaml"
@@ -59,9 +60,12 @@ def _load(config_path: str, overrides: tuple[str, ...]):
 @click.command()
 @click.option("--config", "config_path", required=True, help=CONFIG_HELP)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
-def run(config_path: str, overrides: tuple[str, ...]) -> None:
+@click.option("--unsafe-code-execution", is_flag=True, help=UNSAFE_HELP)
+def run(config_path: str, overrides: tuple[str, ...], unsafe_code_execution: bool) -> None:
     """Run the pipeline flow now: on the Prefect server at PREFECT_API_URL, or on an ephemeral local API that
     ends with the run. A rerun reuses the stages an earlier run finished."""
+    if unsafe_code_execution:
+        overrides = (*overrides, "validation.unsafe_code_execution=true")
     cfg = _load(config_path, overrides)
     _prefect_env()
     from flows.ephemeral_api import ephemeral_api

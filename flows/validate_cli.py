@@ -6,6 +6,9 @@ import click
 
 from flows.compute_options import compute_from, compute_options
 
+UNSAFE_HELP = ("where bubblewrap cannot be set up, run code benchmarks' programs without a kernel boundary (only in a "
+               "disposable container; the report records it). Without it such a run refuses (exit 2)")
+
 
 def summary_lines(report, out: str) -> list[str]:
     """A few lines for the terminal: the gated figures per base, then where the report is."""
@@ -25,8 +28,10 @@ def summary_lines(report, out: str) -> list[str]:
 @click.option("--output", type=click.Path(), help="report directory (default: <output_dir>/<name>/<checkpoint "
               "folder>); rerunning it resumes")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config key (repeatable)")
+@click.option("--unsafe-code-execution", is_flag=True, help=UNSAFE_HELP)
 @compute_options
-def validate(config_path, checkpoint, output, overrides, device, dtype, attn_implementation, device_map) -> None:
+def validate(config_path, checkpoint, output, overrides, unsafe_code_execution, device, dtype, attn_implementation,
+             device_map) -> None:
     """Run WSD with every base model of the config, and the compared methods, on the versioned eval sets;
     write report.json, report.md and plots."""
     from pathlib import Path
@@ -36,6 +41,8 @@ def validate(config_path, checkpoint, output, overrides, device, dtype, attn_imp
     from pilot_core.config import load_config
     from pilot_core.names import safe_join
 
+    if unsafe_code_execution:
+        overrides = (*overrides, "unsafe_code_execution=true")
     cfg = load_config(ValidationConfig, config_path, overrides)
     ckpt = Path(checkpoint)
     out = Path(output) if output else safe_join(Path(cfg.output_dir), cfg.name, ckpt.resolve().parent.name

@@ -119,6 +119,7 @@ class ValidationReport(_Record):
     alignment_tax: dict[str, dict[str, dict[str, Stat]]]  # base -> method -> capability set -> accuracy lost
     diagnostics: dict[str, dict[str, dict[str, Diagnostics]]] = {}  # base -> method -> eval set
     config: dict[str, Any] = {}  # the validation spec
+    code_execution: str | None = None  # how the code sets' programs ran: "bubblewrap <version>" or "unsafe: ..."
 
     def cells(self, base: str, method: str) -> dict[str, Cell]:
         """eval set -> cell of one base and method ({} when not measured)."""
@@ -227,6 +228,9 @@ def markdown(report: ValidationReport, verdict: GateVerdict | None = None) -> st
     if verdict is not None:
         out += [f"## Gate: {'PASSED' if verdict.passed else 'FAILED'}", ""]
         out += [f"- {r}" for r in verdict.reasons] + [""]
+    if report.code_execution:
+        how = "WITHOUT a kernel boundary" if report.code_execution.startswith("unsafe") else "in a sandbox"
+        out += [f"Code benchmarks' programs ran {how}: {report.code_execution}.", ""]
     out += ["## Eval sets", "", "| set | kind | version | items | sha256 |", "|---|---|---|---|---|"]
     out += [f"| {n} | {s.kind} | {s.version} | {s.n} | `{s.sha256[:12]}` |"
             for n, s in report.eval_sets.items()] + [""]

@@ -187,6 +187,7 @@ def test_validation_reports_every_benchmark_per_base_and_method(pair_same, tmp_p
     ckpt = checkpoint(tmp_path, {"pilot": pair_same[0]})
     report = validate(spec, ckpt, [ModelSource(name="base", path=str(pair_same[1]))], tmp_path / "v", progress=False)
     items = [json.loads(x) for x in open(tmp_path / "v" / "items.jsonl")]
+    assert report.code_execution.startswith("bubblewrap ")  # the programs ran behind the kernel boundary
     for method in ("wsd", "base_only"):
         cells = report.cells("base", method)
         for s, n in (("gsm8k", 3), ("mmlu", 3), ("humaneval", 3)):

