@@ -124,7 +124,7 @@ def generate(input_path, output_path, method, **options) -> None:
 @click.option("--server-api-key-env", metavar="VAR", help="environment variable holding the key clients must send "
               "(Authorization: Bearer ...); default: no key")
 @click.option("--max-concurrent-requests", type=click.IntRange(1), default=64, show_default=True,
-              help="requests in flight; more are answered 429 (OpenAI clients retry)")
+              help="answers (choices) in flight; more are answered 429 (OpenAI clients retry)")
 @click.option("--max-request-bytes", type=click.IntRange(1), default=1 << 20, show_default=True)
 @click.option("--max-prompt-tokens", type=click.IntRange(1), default=8192, show_default=True)
 @click.option("--max-n", type=click.IntRange(1), default=8, show_default=True, help="largest n (choices) a request "
@@ -141,7 +141,8 @@ def serve(host, port, method, served_model_name, server_api_key_env, max_concurr
 
     The models are the same as `pilot wsd generate` takes: in-process (requests are batched as they arrive) or on
     servers such as vLLM (--pilot / --base URLs). max_tokens in a request is WSD's total budget (default:
-    --max-new-tokens). SIGTERM stops accepting requests and finishes the ones in flight."""
+    --max-new-tokens); temperature, where a request gives none, is 1.0 as OpenAI's and vLLM's (--temperature sets
+    another). SIGTERM stops accepting requests and finishes the ones in flight."""
     import os
 
     import uvicorn
@@ -154,10 +155,11 @@ def serve(host, port, method, served_model_name, server_api_key_env, max_concurr
         key = os.environ.get(server_api_key_env)
         if not key:
             raise UserError(f"--server-api-key-env {server_api_key_env}: the environment variable is not set")
+    default_temperature = 1.0 if options.get("temperature") is None else options["temperature"]  # OpenAI's
     pilot, base, untuned, cfg, compute = resolve_models(**options)
     backend = make_backend(method, pilot, base, cfg, compute)  # loads (and checks) the models before listening
     limits = ServerLimits(max_concurrent_requests, max_request_bytes, max_prompt_tokens, cfg.max_new_tokens, max_n,
-                          request_timeout_s)
+                          request_timeout_s, default_temperature)
     name = served_model_name or method
     app = create_app(backend, cfg, name, limits, key)
     click.echo(f"serving {name!r} ({method}) on http://{host}:{port}/v1", err=True)

@@ -2,6 +2,7 @@
 accelerate and torchrun."""
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -24,9 +25,12 @@ def test_two_processes_save_a_loadable_checkpoint(prefs, tmp_path, preset, stage
     d = tmp_path / "configs" / "training"
     d.mkdir(parents=True)
     (d / "c.yaml").write_text(yaml.safe_dump(c))
-    r = subprocess.run([sys.executable, "-m", "flows.cli", "train", "--config", str(d / "c.yaml"), "--distributed",
-                        preset, "--nproc", "2", "--launcher", launcher], cwd=REPO, capture_output=True, text=True,
-                       timeout=900)
+    with socket.socket() as busy:  # another run's rendezvous on the port the launcher once always took
+        busy.bind(("127.0.0.1", 29531))
+        busy.listen()
+        r = subprocess.run([sys.executable, "-m", "flows.cli", "train", "--config", str(d / "c.yaml"),
+                            "--distributed", preset, "--nproc", "2", "--launcher", launcher], cwd=REPO,
+                           capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     for stage in stages:
         final = tmp_path / "run" / stage / "final"

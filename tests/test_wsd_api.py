@@ -57,7 +57,7 @@ MULTI = [{"role": "system", "content": "Be brief."}, {"role": "user", "content":
 
 def chat(client, content, **kw):
     messages = content if isinstance(content, list) else [{"role": "user", "content": content}]
-    return client.chat.completions.create(model="wsd", messages=messages, **{"max_tokens": 24, **kw})
+    return client.chat.completions.create(model="wsd", messages=messages, **{"max_tokens": 24, "temperature": 0, **kw})
 
 
 def test_answers_equal_wsd_generate_also_when_batched(server, generated):
@@ -65,7 +65,7 @@ def test_answers_equal_wsd_generate_also_when_batched(server, generated):
         c = openai.AsyncOpenAI(base_url=server.url, api_key=KEY, max_retries=0)
         async with c:
             return await asyncio.gather(*(c.chat.completions.create(
-                model="wsd", messages=[{"role": "user", "content": p}], max_tokens=24) for p in PROMPTS))
+                model="wsd", messages=[{"role": "user", "content": p}], max_tokens=24, temperature=0) for p in PROMPTS))
 
     before = server.health()
     answers = asyncio.run(all_at_once())
@@ -83,7 +83,7 @@ def test_answers_equal_wsd_generate_also_when_batched(server, generated):
 
 def test_multi_turn_and_completions_endpoint(client, generated):
     assert chat(client, MULTI).choices[0].message.content == generated["multi"]["response"]
-    r = client.completions.create(model="wsd", prompt=PROMPTS[:3], max_tokens=24)
+    r = client.completions.create(model="wsd", prompt=PROMPTS[:3], max_tokens=24, temperature=0)
     assert [c.index for c in r.choices] == [0, 1, 2]
     assert [c.text for c in r.choices] == [generated[f"q{i}"]["response"] for i in range(3)]
     assert r.object == "text_completion" and r.usage.completion_tokens == sum(
@@ -98,7 +98,7 @@ def test_streaming_sends_the_same_answer_piece_by_piece(client):
     last = [c for c in chunks if c.choices][-1].choices[0]
     assert last.finish_reason == "length" and last.model_extra["wsd"]["kept_draft_tokens"] >= 1
     assert chunks[-1].usage.completion_tokens == 200 and not chunks[-1].choices
-    done = list(client.completions.create(model="wsd", prompt=PROMPTS[0], max_tokens=24, stream=True))
+    done = list(client.completions.create(model="wsd", prompt=PROMPTS[0], max_tokens=24, stream=True, temperature=0))
     assert "".join(c.choices[0].text for c in done) == chat(client, PROMPTS[0]).choices[0].message.content
 
 
@@ -133,9 +133,29 @@ def test_n_seed_temperature_and_stop(client):
     assert short.usage.completion_tokens == 5 and short.choices[0].finish_reason == "length"
 
 
+def test_openai_defaults_and_vllm_extras(client):
+    """A request without temperature samples at 1.0 (OpenAI's and vLLM's default), not greedily; vLLM's extra
+    sampling fields are accepted at their neutral values; max_completion_tokens is read by both endpoints."""
+    plain = client.chat.completions.create(model="wsd", messages=[{"role": "user", "content": LONG}], max_tokens=40,
+                                           seed=3, n=3)
+    at_one = chat(client, LONG, max_tokens=40, seed=3, n=3, temperature=1.0)
+    greedy = chat(client, LONG, max_tokens=40, seed=3, n=3)
+    texts = [c.message.content for c in plain.choices]
+    assert texts == [c.message.content for c in at_one.choices] != [c.message.content for c in greedy.choices]
+    neutral = chat(client, LONG, max_tokens=40, extra_body={"top_k": -1, "repetition_penalty": 1, "min_p": 0})
+    assert neutral.choices[0].message.content == greedy.choices[0].message.content
+    assert chat(client, LONG, extra_body={"top_k": 0}).choices[0].message.content
+    r = client.completions.create(model="wsd", prompt=LONG, temperature=0, extra_body={"max_completion_tokens": 5})
+    assert r.usage.completion_tokens == 5 and r.choices[0].finish_reason == "length"
+    r = client.chat.completions.create(model="wsd", messages=[{"role": "user", "content": LONG}], temperature=0,
+                                       max_completion_tokens=5)
+    assert r.usage.completion_tokens == 5
+
+
 @pytest.mark.parametrize("kw, param", [
     ({"temperature": 5}, "temperature"), ({"n": 9}, "n"), ({"max_tokens": 3001}, "max_tokens"),
     ({"logprobs": True}, "logprobs"), ({"stop": ["a", "b", "c", "d", "e"]}, "stop"), ({"top_p": 0}, "top_p"),
+    ({"extra_body": {"top_k": 5}}, "top_k"), ({"extra_body": {"repetition_penalty": 1.2}}, "repetition_penalty"),
     ({"extra_body": {"frobnicate": 1}}, "frobnicate"), ({"tools": [{"type": "function", "function": {"name": "f"}}]},
                                                          "tools"),
     ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hel"}]}, "messages"),
@@ -195,19 +215,21 @@ def test_sigterm_finishes_the_requests_in_flight_and_the_limit_holds(pair_same):
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
 
-        threads = [threading.Thread(target=ask) for _ in range(4)]
+        threads = [threading.Thread(target=ask) for _ in range(3)]
         for t in threads:
             t.start()
         deadline = time.monotonic() + 60
-        while s.health()["in_flight"] < 4 and time.monotonic() < deadline:
+        while s.health()["in_flight"] < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert s.health()["in_flight"] == 4
-        with pytest.raises(openai.RateLimitError):  # over the limit of requests in flight: 429, retry later
-            chat(c, "Hi")
+        assert s.health()["in_flight"] == 3
+        with pytest.raises(openai.RateLimitError):  # 3 + 2 answers: over the limit of 4 in flight; retry later
+            chat(c, "Hi", n=2)
+        with pytest.raises(openai.BadRequestError, match="over the server's limit of 4"):  # never admissible
+            chat(c, "Hi", n=5)
         assert s.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
         for t in threads:
             t.join()
-        assert not errors and len(results) == 4
+        assert not errors and len(results) == 3
         assert all(r.usage.completion_tokens == 400 for r in results)  # finished, not cut
         with pytest.raises(openai.APIConnectionError):
             chat(c, "Hi")

@@ -174,9 +174,9 @@ def test_cli_with_servers(vllm_servers, pair_same, pair_different, tmp_path):
     async def ask(url):
         async with openai.AsyncOpenAI(base_url=url, api_key="none", max_retries=0) as c:
             whole = await asyncio.gather(*(c.chat.completions.create(model="wsd", messages=list(rec.messages),
-                                                                     max_tokens=24) for rec in RECS))
+                                                                     max_tokens=24, temperature=0) for rec in RECS))
             stream = await c.chat.completions.create(model="wsd", messages=list(RECS[0].messages), max_tokens=24,
-                                                     stream=True)
+                                                     stream=True, temperature=0)
             return whole, [ch.choices[0].delta.content async for ch in stream if ch.choices and
                            ch.choices[0].delta.content]
 

@@ -43,9 +43,19 @@ def load_preset(name: str, presets: Path = PRESETS) -> dict:
     return cfg
 
 
-def launch(cfg_json: Path, nproc: int, launcher: str = "torchrun", port: int = 29531,
+def free_port() -> int:
+    """A port nothing listens on now, for the workers' rendezvous: two runs on one node never share one."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(cfg_json: Path, nproc: int, launcher: str = "torchrun", port: int | None = None,
            preset: str | None = None) -> None:
     """Run training.worker on `nproc` processes; a failed worker is a JobFailed (exit 1)."""
+    port = port or free_port()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), LAUNCHED_BY: str(os.getpid())}
     try:
         import torch

@@ -2,10 +2,13 @@
 (`serving.LocalBackend` or `serving.ServedBackend`), so any OpenAI client or evaluation harness can use
 "pilot + base" as one model.
 
-Every sampling parameter is honoured or refused with a 400 naming it: `max_tokens` (WSD's total budget: kept
-draft + the base's continuation), `temperature`, `top_p`, `seed` (a choice's random stream is keyed by the seed and
-its index, never by its batch), `stop` (up to 4 strings), `n`, `stream`. Each choice carries WSD's decisions in an
-extra field, `wsd`. Errors are OpenAI's JSON error shape.
+Every sampling parameter is honoured or refused with a 400 naming it: `max_tokens` / `max_completion_tokens` (WSD's
+total budget: kept draft + the base's continuation), `temperature` (1.0 where a request gives none, as OpenAI and
+vLLM; `pilot wsd serve --temperature` sets another default), `top_p`, `seed` (a choice's random stream is keyed by
+the seed and its index, never by its batch), `stop` (up to 4 strings), `n`, `stream`; vLLM's extra fields at their
+neutral values (`top_k` -1 or 0, `repetition_penalty` 1, `min_p` 0). Each choice carries WSD's decisions in an
+extra field, `wsd`. Errors are OpenAI's JSON error shape. The concurrency limit counts answers (choices), not
+requests.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ log = logging.getLogger("pilot.wsd.server")
 
 # Parameters a client may send with their neutral value (anything else is refused), and ones that change nothing.
 NEUTRAL = {"presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logprobs": (False, 0), "top_logprobs": (0,),
+           "top_k": (-1, 0), "repetition_penalty": (1, 1.0), "min_p": (0, 0.0),  # vLLM's extras, at their "off"
            "logit_bias": ({},), "tools": ([],), "tool_choice": ("none",), "response_format": ({"type": "text"},),
            "echo": (False,), "suffix": ("",), "best_of": (1,)}
 IGNORED = {"user", "store", "metadata", "service_tier", "parallel_tool_calls", "stream_options", "model"}
@@ -43,12 +47,13 @@ WSD_FIELDS = ("switched", "switch_index", "kept_draft_tokens", "pilot_tokens", "
 
 @dataclass(frozen=True)
 class ServerLimits:
-    max_concurrent: int = 64  # requests in flight; more get a 429 (clients retry after Retry-After)
+    max_concurrent: int = 64  # answers (choices: a request with n=4 counts 4) in flight; more get a 429
     max_request_bytes: int = 1 << 20
     max_prompt_tokens: int = 8192
     max_tokens: int = 2048  # the largest max_tokens a request may ask for
     max_n: int = 8
     request_timeout_s: float = 600.0
+    default_temperature: float = 1.0  # for a request that gives none: OpenAI's and vLLM's default
 
 
 class ApiError(Exception):
@@ -124,8 +129,9 @@ def parse_sampling(body: dict, limits: ServerLimits, known: set[str]) -> Samplin
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise _bad(f"seed must be an integer, got {seed!r}", "seed")
-    return Sampling(n, mt, _number(body, "temperature", 0, 2), _number(body, "top_p", 0, 1, lo_open=True), seed,
-                    stop, stream, bool(opts.get("include_usage")))
+    temperature = _number(body, "temperature", 0, 2)
+    return Sampling(n, mt, limits.default_temperature if temperature is None else temperature,
+                    _number(body, "top_p", 0, 1, lo_open=True), seed, stop, stream, bool(opts.get("include_usage")))
 
 
 def _text(content, where: str) -> str:
@@ -261,18 +267,21 @@ def create_app(backend, cfg: WSDConfig, model_name: str, limits: ServerLimits, a
                 jobs.append(Job(PromptRecord(f"{nonce}:{p}:{i}", rec.messages), rcfg, s.stop))
         return jobs, rcfg
 
-    def admit():
-        """A slot for one request in flight; its `release` may be called more than once."""
-        if state["in_flight"] >= limits.max_concurrent:
-            raise ApiError(429, f"the server is at its limit of {limits.max_concurrent} requests in flight; retry",
+    def admit(answers: int):
+        """Slots for a request's answers (its choices) in flight; its `release` may be called more than once."""
+        if answers > limits.max_concurrent:
+            raise _bad(f"{answers} answers (prompts x n) is over the server's limit of {limits.max_concurrent} in "
+                       "flight", "n")
+        if state["in_flight"] + answers > limits.max_concurrent:
+            raise ApiError(429, f"the server is at its limit of {limits.max_concurrent} answers in flight; retry",
                            "rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": "1"})
-        state["in_flight"] += 1
+        state["in_flight"] += answers
         held = [True]
 
         def release() -> None:
             if held:
                 held.clear()
-                state["in_flight"] -= 1
+                state["in_flight"] -= answers
                 state["served"] += 1
 
         return release
@@ -315,7 +324,7 @@ def create_app(backend, cfg: WSDConfig, model_name: str, limits: ServerLimits, a
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
         jobs, rcfg = jobs_for(recs, s)
-        release = admit()
+        release = admit(len(jobs))
         if s.stream:  # the generator releases the slot when it ends (or, never started, the response does)
             gen = stream_events(jobs, rcfg, recs, s, chat, rid, created, release)
             return StreamingResponse(gen, media_type="text/event-stream", background=BackgroundTask(release),
@@ -419,8 +428,8 @@ def create_app(backend, cfg: WSDConfig, model_name: str, limits: ServerLimits, a
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await read_body(request)
-        s = parse_sampling(body, limits, {"prompt", "n", "max_tokens", "temperature", "top_p", "seed", "stop",
-                                          "stream"})
+        s = parse_sampling(body, limits, {"prompt", "n", "max_tokens", "max_completion_tokens", "temperature",
+                                          "top_p", "seed", "stop", "stream"})
         prompt = body.get("prompt")
         prompts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
