@@ -93,6 +93,11 @@ class SandboxUnavailable(UserError):
     """No kernel boundary can be set up here: code benchmarks refuse rather than run unconfined."""
 
 
+def _python() -> str:
+    """The interpreter itself (not a virtual environment's link to it: the environment is the checkout's)."""
+    return os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+
+
 def _runtime_binds() -> list[str]:
     """bwrap arguments that mount the Python runtime read-only, at the paths it was built for."""
     args = []
@@ -107,20 +112,19 @@ def _runtime_binds() -> list[str]:
     prefix = os.path.realpath(sys.base_prefix)
     if prefix != "/usr":  # a pyenv, conda or /usr/local build: its prefix holds the stdlib and libpython
         args += ["--ro-bind", prefix, prefix]
-    exe = os.path.realpath(sys._base_executable if hasattr(sys, "_base_executable") else sys.executable)
+    exe = _python()
     if not exe.startswith((prefix + os.sep, "/usr/lib")):
         args += ["--ro-bind", exe, exe]
     return args
 
 
 def _bwrap_argv(bwrap: str, program_fd: int) -> list[str]:
-    exe = os.path.realpath(sys._base_executable if hasattr(sys, "_base_executable") else sys.executable)
     return [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--uid", "65534", "--gid", "65534",
             "--hostname", "sandbox", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv",
             *_runtime_binds(), "--proc", "/proc", "--dev", "/dev",
             "--perms", "0700", "--size", str(SCRATCH_MB << 20), "--tmpfs", "/scratch",
             "--file", str(program_fd), "/scratch/program.py", "--chdir", "/scratch",
-            exe, "-I", "-S", "-B", "-c", BOOTSTRAP]
+            _python(), "-I", "-S", "-B", "-c", BOOTSTRAP]
 
 
 @functools.lru_cache(maxsize=4)
