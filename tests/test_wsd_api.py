@@ -131,6 +131,11 @@ def test_n_seed_temperature_and_stop(client):
     assert cut.choices[0].finish_reason == "stop" and cut.usage.completion_tokens < 120
     short = chat(client, LONG, max_tokens=5)
     assert short.usage.completion_tokens == 5 and short.choices[0].finish_reason == "length"
+    # the decoder's own reason: an answer whose stop string completes exactly at its budget stopped, not cut
+    n = cut.usage.completion_tokens
+    exact = chat(client, LONG, max_tokens=n, stop=[word])
+    assert exact.choices[0].message.content == cut.choices[0].message.content
+    assert exact.usage.completion_tokens == n and exact.choices[0].finish_reason == "stop"
 
 
 def test_openai_defaults_and_vllm_extras(client):

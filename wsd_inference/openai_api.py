@@ -167,8 +167,11 @@ def parse_messages(messages) -> tuple[dict, ...]:
 
 
 # ----------------------------------------------------------------------------------------------- answers
-def finish_reason(record: dict, cfg: WSDConfig) -> str:
-    """"length" where the answer used the whole budget, else "stop" (EOS, a role marker or a stop string)."""
+def finish_reason(record: dict, cfg: WSDConfig, job: Job) -> str:
+    """The decoder's own reason where it reported one (in-process: an answer that ends in EOS or a stop string
+    exactly at its budget is "stop"); otherwise "length" where the answer used the whole budget, else "stop"."""
+    if job.finish is not None:
+        return job.finish
     return "length" if completion_tokens(record) >= cfg.max_new_tokens else "stop"
 
 
@@ -338,7 +341,7 @@ def create_app(backend, cfg: WSDConfig, model_name: str, limits: ServerLimits, a
         choices = []
         for i, (job, record) in enumerate(zip(jobs, records)):
             text = record["response"]
-            choice = {"index": i, "finish_reason": finish_reason(record, rcfg), "logprobs": None,
+            choice = {"index": i, "finish_reason": finish_reason(record, rcfg, job), "logprobs": None,
                       "wsd": wsd_details(record)}
             choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
             choices.append(choice)
@@ -396,7 +399,7 @@ def create_app(backend, cfg: WSDConfig, model_name: str, limits: ServerLimits, a
                     rest = streamers[i].rest(records[i]["response"])
                     if rest:
                         yield event([piece(i, rest)])
-                    yield event([piece(i, "", finish_reason(records[i], rcfg), wsd_details(records[i]))])
+                    yield event([piece(i, "", finish_reason(records[i], rcfg, jobs[i]), wsd_details(records[i]))])
                 if s.include_usage:
                     yield event([], usage=usage(recs, records))
                 yield "data: [DONE]\n\n"

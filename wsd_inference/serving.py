@@ -43,6 +43,7 @@ class Job:
     stop: tuple[str, ...] = ()
     on_text: Callable[[str], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    finish: str | None = None  # the decoder's own stop reason where it is known (in-process): "stop" or "length"
 
     @property
     def batch_key(self) -> tuple:
@@ -127,6 +128,7 @@ class LocalBackend:
         decode = self.base_tokenizer.decode
 
         def watch(before: list[int], stream: Stream) -> None:
+            job.finish = stream.finish
             if job.cancelled.is_set():
                 if not stream.done:
                     self.cancelled += 1

@@ -70,6 +70,7 @@ class Stream:
     tokens: list[int] = field(default_factory=list)
     done: bool = False
     on_token: Callable[["Stream"], None] | None = None  # called after each token (a server streams it; may end it)
+    finish: str | None = None  # why it stopped: "stop" (EOS, a role marker, a stop string) or "length" (budget)
 
     def __post_init__(self) -> None:
         self.done = self.done or self.budget <= 0
@@ -125,11 +126,14 @@ class Generation:
         self.rows = [self.rows[r].copy(g) for r, g in zip(rows, generators)]
 
     def _stops(self, row: Stream) -> bool:
+        """Whether the row stops after its last token; `row.finish` says why (a stop wins over the budget)."""
         m = self.batch.m
-        return (row.tokens[-1] in m.stop_ids or len(row.tokens) >= row.budget
-                or bool(self.stop_strings)
-                and has_marker(m.tokenizer.decode(row.tokens[-MARKER_TAIL:], skip_special_tokens=True),
-                               self.stop_strings))
+        if row.tokens[-1] in m.stop_ids or self.stop_strings and has_marker(
+                m.tokenizer.decode(row.tokens[-MARKER_TAIL:], skip_special_tokens=True), self.stop_strings):
+            row.finish = "stop"
+        elif len(row.tokens) >= row.budget:
+            row.finish = "length"
+        return row.finish is not None
 
 
 @dataclass(frozen=True)
