@@ -147,7 +147,8 @@ def serve(host, port, method, served_model_name, server_api_key_env, max_concurr
 
     import uvicorn
 
-    from wsd_inference.openai_api import ServerLimits, create_app
+    from wsd_inference.api.protocol import ServerLimits
+    from wsd_inference.api.router import create_app
     from wsd_inference.serving import make_backend
 
     key = None
