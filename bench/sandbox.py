@@ -1,7 +1,9 @@
 """What the kernel boundary costs per program: a passing HumanEval fixture solution run through
 `evaluation.sandbox.run_program` in bubblewrap, and the same without the boundary (no bwrap on the PATH,
 `unsafe=True`: the audit hook and the limits only, as before issue #38). Prints the median and p90 wall time per
-program over --runs runs of each.
+program over --runs runs of each. Then the HumanEval sanitizer on a chat answer of 300 lines (prose, a fenced
+block of 75 small functions, prose): EvalPlus's all-pairs `code_extract` (tests/evalplus_reference.py) against
+ours (evaluation/sanitize.py), the same run found.
 
     .venv/bin/python bench/sandbox.py [--runs 40]
 """
@@ -44,6 +46,18 @@ def main() -> None:
     for name, t in ((boundary, confined), ("no boundary (--unsafe-code-execution)", bare)):
         print(f"{name:<40} median {statistics.median(t) * 1e3:6.1f} ms  p90 {t[int(0.9 * len(t))] * 1e3:6.1f} ms")
     print(f"ratio (boundary / none): {statistics.median(confined) / statistics.median(bare):.2f}")
+
+    from evaluation.sanitize import code_extract
+    from tests import evalplus_reference
+
+    block = "def helper_{i}(x):\n    y = x * 2\n    return y + {i}\n\n"
+    answer = "Here is the code:\n```python\n" + "".join(block.format(i=i) for i in range(75)) + "```\nThat is all."
+    for name, f in (("EvalPlus's code_extract (all pairs)", evalplus_reference.code_extract),
+                    ("ours (pruned)", code_extract)):
+        t = time.perf_counter()
+        got = f(answer)
+        print(f"{name:<40} {time.perf_counter() - t:7.3f} s for {len(answer.splitlines())} lines, "
+              f"{len(got.splitlines())} kept")
 
 
 if __name__ == "__main__":

@@ -219,16 +219,18 @@ def run_program(program: str, timeout_s: float = 10.0, memory_mb: int = 1024, *,
 
 
 def solution_program(response: str, code: dict) -> str:
-    """The program that tests a response to a HumanEval-style item: the response's last code block (or the
-    response itself), after the prompt's function header when the block does not define the entry point itself,
-    then the item's tests and `check(<entry point>)`."""
+    """The program that tests a response to a HumanEval-style item, as EvalPlus reads answers
+    (evaluation/sanitize.py): the response itself where it defines the entry point, else the prompt followed by
+    the response (the model continued the function's body); sanitized to the imports and the definitions the entry
+    point reaches (example usage, prints and `__main__` sections dropped); the prompt's import lines before it
+    (ours: a chat answer often leaves out the imports the prompt made); then the item's tests and
+    `check(<entry point>)`."""
     import re
 
-    blocks = re.findall(r"```(?:python|py|Python)?[ \t]*\n(.*?)```", response, re.S)
-    body = blocks[-1] if blocks else response
-    if re.search(rf"^\s*def {re.escape(code['entry_point'])}\s*\(", body, re.M):
-        imports = [x for x in code["prompt"].splitlines() if x.startswith(("import ", "from "))]
-        program = "\n".join(imports) + "\n\n" + body
-    else:  # the model continued the function's body
-        program = code["prompt"] + body
-    return f"{program}\n\n{code['test']}\n\ncheck({code['entry_point']})\n"
+    from evaluation.sanitize import sanitize
+
+    entry = code["entry_point"]
+    defines = re.search(rf"^\s*(?:async\s+)?def {re.escape(entry)}\s*\(", response, re.M)
+    body = sanitize(response if defines else code["prompt"] + "\n" + response, entry)
+    imports = [x for x in code["prompt"].splitlines() if x.startswith(("import ", "from "))]
+    return "\n".join(imports) + f"\n\n{body}\n\n{code['test']}\n\ncheck({entry})\n"

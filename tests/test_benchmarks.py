@@ -133,8 +133,8 @@ def test_hostile_solutions_fail_and_change_nothing_outside_their_scratch_directo
     t = threading.Thread(target=watch)
     t.start()
     hostile = {
-        "loop": "    while True:\n        pass\n",
-        "memory": "    x = []\n    while True:\n        x.append(bytearray(10 ** 7))\n",
+        "loop": "    while True:\n        pass\n    return a + b\n",  # a return: the sanitizer keeps it (EvalPlus)
+        "memory": "    x = []\n    while True:\n        x.append(bytearray(10 ** 7))\n    return a + b\n",
         "socket": f"    import socket\n    socket.create_connection(('127.0.0.1', {port}), timeout=1)\n"
                   "    return a + b\n",
         "write": f"    open({str(canary)!r}, 'w').write('pwned')\n    return a + b\n",
