@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from evaluation import answers as reading
 from evaluation.config import CAPABILITY_KINDS, EvalSet
 from pilot_core.errors import UserError
 from pilot_core.jsonl import read_jsonl
@@ -48,9 +49,9 @@ def _answer(es: EvalSet, obj: dict, where: str):
         return code
     a = obj.get("answer")
     if es.kind == "math":
-        if isinstance(a, bool) or not isinstance(a, (int, float, str)) or _number(str(a)) is None:
+        if isinstance(a, bool) or not isinstance(a, (int, float, str)) or reading.clean_number(str(a)) is None:
             raise UserError(f"{where}: 'answer' must be a number for a math set, got {a!r}")
-        return _number(str(a))
+        return float(reading.clean_number(str(a)))
     if es.kind == "choice":
         choices = _choices(obj, where)
         if not isinstance(a, str) or a not in LETTERS[: len(choices)]:
@@ -161,43 +162,41 @@ def set_identity(es: EvalSet, n: int) -> EvalSetIdentity:
 
 
 # ------------------------------------------------------------------------------------------------ answers
-_NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+@dataclass(frozen=True)
+class Score:
+    """One answer scored: correct by the gated reading (the marked answer, else the flexible one), correct by
+    lm-eval's strict-match and flexible-extract readings alone, and what was read (None: nothing)."""
+
+    correct: bool
+    strict: bool
+    flexible: bool
+    extracted: str | None
 
 
-def _number(text: str) -> float | None:
-    m = _NUM.findall(text.replace("$", ""))
-    if not m:
-        return None
-    try:
-        return float(m[-1].replace(",", ""))
-    except ValueError:
-        return None
+def score_answer(kind: str, response: str, answer, n_choices: int = 0) -> Score:
+    """A capability item's answer scored (math, choice, short_answer; code runs in the sandbox instead)."""
+    if kind == "math":
+        r = reading.read_number(response)
+        ok = [reading.same_number(x, answer) for x in (r.answer, r.strict, r.flexible)]
+    elif kind == "choice":
+        r = reading.read_letter(response, n_choices)
+        ok = [x == answer for x in (r.answer, r.strict, r.flexible)]
+    else:
+        got = f" {_norm(response)} "
+        hit = next((a for a in answer if f" {_norm(a)} " in got), None)  # an accepted answer as whole words
+        return Score(hit is not None, hit is not None, hit is not None, hit)
+    return Score(*ok, r.answer)
 
 
 def extract_number(response: str) -> float | None:
-    """The final numeric answer: after a '####' or 'answer is' marker if there is one, else the last number."""
-    for marker in ("####", "answer is", "Answer:"):
-        i = response.rfind(marker)
-        if i != -1:
-            n = _number(response[i + len(marker):].split("\n")[0])
-            if n is not None:
-                return n
-    return _number(response)
-
-
-_LETTER_PATTERNS = (
-    re.compile(r"answer is\s*\(?([A-J])\)?\b"),
-    re.compile(r"^\s*\(?([A-J])\)?(?:[.):\s]|$)"),
-    re.compile(r"\(([A-J])\)"),
-)
+    """The gated reading of a numeric answer, as a number."""
+    got = reading.read_number(response).answer
+    return None if got is None else float(got)
 
 
 def extract_letter(response: str, n_choices: int) -> str | None:
-    for pat in _LETTER_PATTERNS:
-        m = pat.search(response)
-        if m and m.group(1) in LETTERS[:n_choices]:
-            return m.group(1)
-    return None
+    """The gated reading of a multiple-choice answer."""
+    return reading.read_letter(response, n_choices).answer
 
 
 def _norm(text: str) -> str:
@@ -206,10 +205,4 @@ def _norm(text: str) -> str:
 
 
 def is_correct(kind: str, response: str, answer, n_choices: int = 0) -> bool:
-    if kind == "math":
-        got = extract_number(response)
-        return got is not None and abs(got - answer) <= 1e-6 * max(1.0, abs(answer))
-    if kind == "choice":
-        return extract_letter(response, n_choices) == answer
-    got = f" {_norm(response)} "
-    return any(f" {_norm(a)} " in got for a in answer)  # an accepted answer as whole words
+    return score_answer(kind, response, answer, n_choices).correct

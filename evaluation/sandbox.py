@@ -218,19 +218,24 @@ def run_program(program: str, timeout_s: float = 10.0, memory_mb: int = 1024, *,
         return Outcome(False, "failed", scrub(lines[-1] if lines else f"exit code {p.returncode}")[:DETAIL_CHARS])
 
 
-def solution_program(response: str, code: dict) -> str:
-    """The program that tests a response to a HumanEval-style item, as EvalPlus reads answers
+def solution_code(response: str, code: dict) -> str:
+    """The code a response to a HumanEval-style item stands for, as EvalPlus reads answers
     (evaluation/sanitize.py): the response itself where it defines the entry point, else the prompt followed by
     the response (the model continued the function's body); sanitized to the imports and the definitions the entry
-    point reaches (example usage, prints and `__main__` sections dropped); the prompt's import lines before it
-    (ours: a chat answer often leaves out the imports the prompt made); then the item's tests and
-    `check(<entry point>)`."""
+    point reaches (example usage, prints and `__main__` sections dropped). "" when nothing could be read."""
     import re
 
     from evaluation.sanitize import sanitize
 
     entry = code["entry_point"]
     defines = re.search(rf"^\s*(?:async\s+)?def {re.escape(entry)}\s*\(", response, re.M)
-    body = sanitize(response if defines else code["prompt"] + "\n" + response, entry)
+    return sanitize(response if defines else code["prompt"] + "\n" + response, entry)
+
+
+def solution_program(response: str, code: dict) -> str:
+    """The program that tests a response: the prompt's import lines (ours: a chat answer often leaves out the
+    imports the prompt made; EvalPlus does not add them), the response's code (`solution_code`), the item's tests
+    and `check(<entry point>)`."""
     imports = [x for x in code["prompt"].splitlines() if x.startswith(("import ", "from "))]
-    return "\n".join(imports) + f"\n\n{body}\n\n{code['test']}\n\ncheck({entry})\n"
+    body = solution_code(response, code)
+    return "\n".join(imports) + f"\n\n{body}\n\n{code['test']}\n\ncheck({code['entry_point']})\n"

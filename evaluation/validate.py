@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from evaluation.config import ALIGNMENT_KINDS, CAPABILITY_KINDS, EvalSpec
-from evaluation.evalsets import is_correct, load_eval_set, set_identity
+from evaluation.evalsets import load_eval_set, score_answer, set_identity
 from evaluation.report import write_report
 from evaluation.stats import length_controlled_ci, mean_ci, paired_diff_ci
 from pilot_core.errors import JobFailed, UserError
@@ -99,7 +99,11 @@ def _scores(spec, sets, records, output, http_client=None, compute=None) -> tupl
                     row = {"set": es.name, "kind": es.kind, "base": base, "method": method, "id": it.record.id,
                            "response": recs[it.record.id]["response"]}
                     if es.kind in CAPABILITY_KINDS and es.kind != "code":
-                        row["correct"] = float(is_correct(es.kind, row["response"], it.answer, it.n_choices))
+                        sc = score_answer(es.kind, row["response"], it.answer, it.n_choices)
+                        row.update(correct=float(sc.correct), extracted=sc.extracted)
+                        if es.kind in ("math", "choice"):  # lm-eval's two readings, and what nothing was read from
+                            row.update(correct_strict=float(sc.strict), correct_flexible=float(sc.flexible),
+                                       unparsed=float(sc.extracted is None))
                     index[(es.name, base, method, it.record.id)] = row
                     rows.append(row)
     items_by = {(es.name, it.record.id): it for es, items in sets for it in items}
@@ -170,7 +174,8 @@ def _scores(spec, sets, records, output, http_client=None, compute=None) -> tupl
 
 
 METRIC_FIELDS = {"reward": "reward", "win_rate": "win", "ref_win_rate": "ref_win", "harmlessness": "safe",
-                 "accuracy": "correct"}
+                 "accuracy": "correct", "accuracy_strict": "correct_strict", "accuracy_flexible": "correct_flexible",
+                 "unparsed_share": "unparsed"}
 
 
 def _aggregate(spec, sets, bases, rows) -> tuple[dict, dict]:

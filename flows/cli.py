@@ -15,6 +15,7 @@ from flows.preferences_cli import preferences
 from flows.release_cli import release
 from flows.review_cli import review
 from flows.run_cli import approval, run, serve
+from flows.score_cli import score
 from flows.train_cli import train
 from flows.validate_cli import validate
 from flows.wsd_cli import wsd
@@ -103,6 +104,7 @@ cli.add_command(preferences)
 cli.add_command(train)
 cli.add_command(validate)
 cli.add_command(release)
+cli.add_command(score)
 
 
 def main(argv: list[str] | None = None) -> int:

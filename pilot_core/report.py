@@ -20,7 +20,10 @@ METRIC_TITLES = {"reward": "Reward-model score", "win_rate": "Win rate vs base-o
                  "ref_win_rate": "Win rate vs the set's reference answers (AlpacaEval / Arena-Hard style, ties = 1/2)",
                  "lc_win_rate": "Length-controlled win rate vs the reference answers (AlpacaEval 2 style)",
                  "harmlessness": "Harmlessness rate (harmful prompts)",
-                 "accuracy": "Accuracy (capability sets; code: pass@1)"}
+                 "accuracy": "Accuracy (capability sets; code: pass@1)",
+                 "accuracy_strict": "Accuracy, lm-eval's strict-match reading (the answer after the task's marker)",
+                 "accuracy_flexible": "Accuracy, lm-eval's flexible-extract reading (GSM8K: the last number)",
+                 "unparsed_share": "Answers nothing could be read from (GSM8K, MMLU)"}
 
 
 class _Record(BaseModel):

@@ -250,6 +250,7 @@ MISSING = {
                          "{made:checkpoint}", "--report", "{missing}"]],
     "release verify": [["release", "verify", "--registry", "{missing}", "--name", "pilot-tiny"]],
     "release list": [["release", "list", "--registry", "{missing}", "--name", "pilot-tiny"]],
+    "score": [["score", "--format", "gsm8k", "--input", "{missing}", "--output", "{tmp}/s.jsonl"]],
 }
 
 

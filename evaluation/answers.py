@@ -1,0 +1,107 @@
+"""Reading the final answer out of a model's text: lm-evaluation-harness's two readings, and the one validation
+gates on, which also reads the formats chat models write.
+
+- strict (lm-eval's strict-match): GSM8K: `#### N` (`gsm8k.yaml`), else `The answer is N` (`gsm8k-cot.yaml`);
+  MMLU: what follows "The answer is ", "The answer is: ", "answer is ", "The answer: " or "The final answer: " to the
+  line's last character (`mmlu/flan_cot_zeroshot`), read as a letter once punctuation is dropped.
+- flexible (lm-eval's flexible-extract): GSM8K: the last match of `(-?[$0-9.,]{2,})|(-?[0-9]+)`; MMLU: the last
+  letter in parentheses, else a letter after a colon (`multi_choice_regex`'s fallback; its matching of the choices'
+  own texts is not ported).
+- answer (gated): strict where it read something, else an answer marker as chat models write it ("Answer: B",
+  "The correct answer is: C", "**Answer: $1,200**", the letter or number in bold or parentheses, "the correct
+  choice is C"), else, for MMLU, a line that opens with the letter ("B." / "B)") or is only the letter (lm-eval's
+  generative MMLU), else flexible.
+
+Numbers are compared as numbers after lm-eval's `regexes_to_ignore` (",", "$", a final "."), so "1,200.00" is 1200
+where lm-eval's exact match would not count it: ours is the more lenient there. An article ("A farmer...", "a bit")
+is never read as a choice: a letter counts only as a capital standing alone after a marker, in bold or parentheses,
+or opening a line with punctuation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+LETTERS = "ABCDEFGHIJ"
+
+
+@dataclass(frozen=True)
+class Reading:
+    strict: str | None  # lm-eval's strict-match
+    flexible: str | None  # lm-eval's flexible-extract
+    answer: str | None  # what validation gates on (None: nothing could be read)
+
+
+# ------------------------------------------------------------------------------------------------ numbers
+_GSM8K_STRICT = (re.compile(r"#### (\-?[0-9\.\,]+)"), re.compile(r"The answer is (\-?[0-9\.\,]+)."))
+_GSM8K_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+_NUMBER_MARKER = re.compile(r"(?i:answer(?:\s+is)?)\s*[:：]?\s*\**\s*\$?\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)")
+
+
+def clean_number(text: str | None) -> str | None:
+    """lm-eval's `regexes_to_ignore` for GSM8K: ',' and '$' dropped, and a final '.'; None if no number is left."""
+    if text is None:
+        return None
+    t = text.replace(",", "").replace("$", "").rstrip(".")
+    try:
+        float(t)
+    except ValueError:
+        return None
+    return t
+
+
+def read_number(response: str) -> Reading:
+    strict = next((clean_number(m.group(1)) for pat in _GSM8K_STRICT for m in [pat.search(response)] if m), None)
+    found = [a or b for a, b in _GSM8K_FLEXIBLE.findall(response)]
+    flexible = clean_number(found[-1]) if found else None
+    marked = [clean_number(x) for x in _NUMBER_MARKER.findall(response)]
+    marked = [x for x in marked if x is not None]
+    numbers = [clean_number(x) for x in found]
+    fallback = next((x for x in reversed(numbers) if x is not None), None)  # the last thing that is a number
+    return Reading(strict, flexible, strict or (marked[-1] if marked else None) or fallback)
+
+
+def same_number(got: str | None, gold: float) -> bool:
+    return got is not None and abs(float(got) - gold) <= 1e-6 * max(1.0, abs(gold))
+
+
+# ------------------------------------------------------------------------------------------------ letters
+_MMLU_STRICT = re.compile(r"((?<=The answer is )(.*)(?=.)|(?<=The answer is: )(.*)(?=.)|(?<=answer is )(.*)(?=.)|"
+                          r"(?<=The answer: )(.*)(?=.)|(?<=The final answer: )(.*)(?=.))")
+
+
+def _patterns(letters: str) -> tuple[re.Pattern, re.Pattern, list[re.Pattern]]:
+    L = f"[{letters}]"
+    box = rf"(?:\*\*|__)?\s*[\(\[]?\s*({L})\s*[\)\]]?(?:\*\*|__)?(?![A-Za-z0-9])"  # B, (B), **B**, **(B)**
+    flexible = re.compile(rf"\(({L})\)")
+    colon = re.compile(rf":[\s]*({L})(?![A-Za-z0-9])")
+    chat = [re.compile(r"(?i:(?:the\s+)?(?:final\s+|correct\s+|right\s+|best\s+)?answer\s*(?:is|would be|:)\s*:?\s*"
+                       rf"(?:option\s+|choice\s+)?){box}"),
+            re.compile(rf"(?i:(?:correct|right|best)\s+(?:choice|option)\s+(?:is|would be)\s*:?\s*){box}"),
+            re.compile(rf"\*\*\s*\(?({L})\)?[.:)]?\s*\*\*"),  # a bold letter
+            re.compile(rf"^\s*\(?({L})[.):](?:\s|$)", re.M)]  # a line that opens with the letter
+    return flexible, colon, chat
+
+
+def read_letter(response: str, n_choices: int) -> Reading:
+    letters = LETTERS[:n_choices]
+    flexible_pat, colon, chat = _patterns(letters)
+    strict = None
+    m = _MMLU_STRICT.search(response)
+    if m:
+        got = re.sub(r"[^\w\s]", "", m.group(0)).strip().upper()
+        strict = got if len(got) == 1 and got in letters else None
+    found = flexible_pat.findall(response) or colon.findall(response)
+    flexible = found[-1] if found else None
+    answer = strict
+    for pat in chat if answer is None else ():
+        hits = pat.findall(response)
+        if hits:
+            answer = hits[-1]
+            break
+    if answer is None:  # the whole first line is the letter (lm-eval's generative MMLU)
+        first = response.strip().split("\n")[0] if response.strip() else ""
+        m = re.fullmatch(rf"\W*\(?([{letters}])\)?\W*", first)
+        answer = m.group(1) if m else flexible
+    return Reading(strict, flexible, answer)
