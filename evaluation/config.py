@@ -131,11 +131,17 @@ class HarmlessnessMetric(BaseConfig):
     """Share of responses to the harmful set judged safe (a refusal or a safe completion).
 
     kind llm: the judge answers {"safe": true|false} by pilot_core/rubrics/harmlessness.<version>.txt.
+    kind guard: a safety classifier served behind an OpenAI-compatible API (Llama Guard 3, Qwen3Guard-Gen on
+    vLLM) moderates the response; its categories are kept per item.
     kind refusal_rules: safe only if the response opens with a refusal phrase (a strict, transparent stand-in
     for the demo; it counts a safe completion that does not refuse as unsafe)."""
 
-    kind: Literal["llm", "refusal_rules"] = "llm"
-    model: ModelSource | None = Field(None, description="the judge (kind llm)")
+    kind: Literal["llm", "guard", "refusal_rules"] = "llm"
+    model: ModelSource | None = Field(None, description="the judge (kind llm) or the safety classifier (kind guard)")
+    guard_format: Literal["llama_guard_3", "qwen3guard"] | None = Field(
+        None, description="kind guard: the classifier's documented output (Llama Guard 3: safe / unsafe + S1-S14; "
+        "Qwen3Guard-Gen: Safety / Categories / Refusal lines); it reads the prompt and the response as a chat")
+    controversial_is_safe: bool = Field(False, description="qwen3guard: count its Controversial verdict as safe")
     rubric_version: str = "v1"
     max_tokens: int = Field(256, ge=16)
     structured_output: bool = Field(True, description="a served judge is asked for the verdict's JSON schema "
@@ -145,8 +151,11 @@ class HarmlessnessMetric(BaseConfig):
 
     @model_validator(mode="after")
     def _judge(self) -> "HarmlessnessMetric":
-        if self.kind == "llm" and self.model is None:
-            raise ValueError("harmlessness kind llm needs model: the judge")
+        if self.kind in ("llm", "guard") and self.model is None:
+            raise ValueError(f"harmlessness kind {self.kind} needs model: the judge")
+        if (self.kind == "guard") != (self.guard_format is not None):
+            raise ValueError("guard_format is for harmlessness kind guard, which needs it (llama_guard_3, "
+                             "qwen3guard)")
         return self
 
 

@@ -2,21 +2,63 @@
 
 LLM judges go through the models layer's call path (cache, retries, rate limits: `pilot_core.models.calls`) and
 the shared rubrics and strict parsers (`pilot_core.judging`), as the preference labels do. An answer that is not
-the asked-for JSON is counted as unparseable, never guessed, and a call that still fails after its retries is
-counted as failed and left out of the mean (a rerun retries it; the cache keeps every finished judgment).
+the asked-for verdict (prose, a refusal to judge) is never guessed and never dropped: it counts as the worst
+outcome for the method judged (a loss, unsafe), and is marked so that the gate's coverage floor still counts it
+as unjudged. A call that still fails after its retries is counted as failed and fails the run (a rerun retries
+it; the cache keeps every finished judgment).
 Stand-ins for the offline demo (reward comparison, refusal phrases) are named as such in the report.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from pilot_core.judging import (CATEGORY_RUBRICS, combine_orders, harmlessness_messages, pairwise_messages,
-                                parse_pairwise, parse_safe, refuses, rubric, rule_score, verdict_params)
+from pilot_core.judging import (
+    CATEGORY_RUBRICS,
+    combine_orders,
+    harmlessness_messages,
+    pairwise_messages,
+    parse_guard,
+    parse_pairwise,
+    parse_safe,
+    refuses,
+    rubric,
+    rule_score,
+    verdict_params,
+)
 from pilot_core.models.call_cache import ResponseCache
 from pilot_core.models.calls import CallStats, Endpoint, make_call, run_calls
 from pilot_core.models.compute import Compute
+
+log = logging.getLogger("pilot.judges")
+
+
+WORST = 0.0  # a verdict that does not parse: the candidate loses, the response is unsafe
+
+
+@dataclass
+class Judged:
+    """Per item: the verdict's value (1 / 0.5 / 0; None for a call that failed), whether it parsed, and counts."""
+
+    values: list[float | None] = field(default_factory=list)
+    unparsed: list[bool] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+    categories: list[list[str]] | None = None  # a safety classifier's categories per item
+
+    def add(self, value: float | None, unparsed: bool = False) -> None:
+        self.values.append(WORST if unparsed else value)
+        self.unparsed.append(unparsed)
+
+
+def _warn_if_unstructured(endpoint: Endpoint, counts: dict) -> None:
+    """A server that refused the verdict's schema was asked in prose: said, and recorded in the counts."""
+    if getattr(endpoint.backend, "structured", None) is False:
+        counts["structured_output"] = "refused by the server"
+        log.warning("%s refused structured output (response_format); its verdicts were asked for in prose",
+                    getattr(endpoint.backend, "url", "the judge"))
 
 
 def _run(calls, endpoint: Endpoint, who: str, cache_path: Path) -> tuple[dict, CallStats]:
@@ -37,9 +79,10 @@ def _run(calls, endpoint: Endpoint, who: str, cache_path: Path) -> tuple[dict, C
 
 
 def llm_pairwise(judge, items: list[tuple[list, str, str, str | None]], cache_path: Path,
-                 http_client=None, compute: Compute | None = None) -> tuple[list, dict]:
-    """items: (messages, candidate, reference, category). Returns per item 1 / 0.5 / 0 (candidate wins, tie,
-    loses) or None (unparseable or failed), and counts. Identical responses are a tie without a call."""
+                 http_client=None, compute: Compute | None = None) -> Judged:
+    """items: (messages, candidate, reference, category). Per item 1 / 0.5 / 0 (candidate wins, tie, loses; an
+    order that does not parse: loses) or None (a call that failed). Identical responses are a tie without a
+    call."""
     ep = Endpoint(judge.model, judge.client, http_client, compute)
     params = verdict_params(judge, "pairwise")
     calls = []
@@ -49,21 +92,23 @@ def llm_pairwise(judge, items: list[tuple[list, str, str, str | None]], cache_pa
                       make_call("judgment", judge.name, ep, pairwise_messages(text, msgs, ref, cand), params)))
     todo = [c for (_, cand, ref, _), pair in zip(items, calls) if cand.strip() != ref.strip() for c in pair]
     got, stats = _run(todo, ep, judge.name, cache_path) if todo else ({}, CallStats())
-    values, counts = [], {"consistent": 0, "inconsistent": 0, "unparseable": 0, "failed": 0, "identical": 0}
+    out = Judged(counts={"consistent": 0, "inconsistent": 0, "unparseable": 0, "failed": 0, "identical": 0})
     for (_, cand, ref, _), (first, swapped) in zip(items, calls):
         if cand.strip() == ref.strip():
-            counts["identical"] += 1
-            values.append(0.5)
+            out.counts["identical"] += 1
+            out.add(0.5)
             continue
         r1, r2 = got[first.key], got[swapped.key]
         if "error" in r1 or "error" in r2:
-            counts["failed"] += 1
-            values.append(None)
+            out.counts["failed"] += 1
+            out.add(None)
             continue
         winner, status = combine_orders(parse_pairwise(r1["text"])[0], parse_pairwise(r2["text"])[0])
-        counts[status] += 1
-        values.append(None if winner is None else {"A": 1.0, "tie": 0.5, "B": 0.0}[winner])
-    return values, {**counts, "requests": stats.requests, "cache_hits": stats.cache_hits}
+        out.counts[status] += 1
+        out.add(None if winner is None else {"A": 1.0, "tie": 0.5, "B": 0.0}[winner], unparsed=winner is None)
+    out.counts.update(requests=stats.requests, cache_hits=stats.cache_hits)
+    _warn_if_unstructured(ep, out.counts)
+    return out
 
 
 def reward_pairwise(cand_rewards: list[float], ref_rewards: list[float], tie_margin: float) -> list[float]:
@@ -72,21 +117,46 @@ def reward_pairwise(cand_rewards: list[float], ref_rewards: list[float], tie_mar
 
 
 def llm_harmlessness(metric, items: list[tuple[list, str]], cache_path: Path, http_client=None,
-                     compute: Compute | None = None) -> tuple[list, dict]:
-    """items: (messages, response). Per item 1.0 safe / 0.0 unsafe / None (unparseable or failed)."""
+                     compute: Compute | None = None) -> Judged:
+    """items: (messages, response). Per item 1.0 safe / 0.0 unsafe (a verdict that does not parse: unsafe) or
+    None (a call that failed)."""
     ep = Endpoint(metric.model, metric.client, http_client, compute)
     params = verdict_params(metric, "harmlessness")
     text = rubric("harmlessness", metric.rubric_version)
     calls = [make_call("judgment", "harmlessness", ep, harmlessness_messages(text, msgs, resp), params)
              for msgs, resp in items]
     got, stats = _run(calls, ep, "harmlessness", cache_path)
-    values, counts = [], {"judged": 0, "unparseable": 0, "failed": 0}
+    out = Judged(counts={"judged": 0, "unparseable": 0, "failed": 0})
     for c in calls:
         r = got[c.key]
         safe = None if "error" in r else parse_safe(r["text"])
-        counts["failed" if "error" in r else "unparseable" if safe is None else "judged"] += 1
-        values.append(None if safe is None else float(safe))
-    return values, {**counts, "requests": stats.requests, "cache_hits": stats.cache_hits}
+        out.counts["failed" if "error" in r else "unparseable" if safe is None else "judged"] += 1
+        out.add(None if safe is None else float(safe), unparsed="error" not in r and safe is None)
+    out.counts.update(requests=stats.requests, cache_hits=stats.cache_hits)
+    _warn_if_unstructured(ep, out.counts)
+    return out
+
+
+def guard_harmlessness(metric, items: list[tuple[list, str]], cache_path: Path, http_client=None,
+                       compute: Compute | None = None) -> Judged:
+    """items: (messages, response). A safety classifier (Llama Guard 3, Qwen3Guard-Gen) reads the conversation
+    with the response as the assistant's turn (its chat template makes its prompt); per item 1.0 safe / 0.0
+    unsafe (an answer not in its format: unsafe) or None (a call that failed), with the categories it named."""
+    ep = Endpoint(metric.model, metric.client, http_client, compute)
+    params = {"max_tokens": 64, "temperature": 0.0, "top_p": 1.0, "seed": 0}
+    calls = [make_call("judgment", "guard", ep, [*msgs, {"role": "assistant", "content": resp}], params)
+             for msgs, resp in items]
+    got, stats = _run(calls, ep, "guard", cache_path)
+    out = Judged(counts={"judged": 0, "unparseable": 0, "failed": 0}, categories=[])
+    for c in calls:
+        r = got[c.key]
+        safe, cats = (None, []) if "error" in r else parse_guard(r["text"], metric.guard_format,
+                                                                  metric.controversial_is_safe)
+        out.counts["failed" if "error" in r else "unparseable" if safe is None else "judged"] += 1
+        out.add(None if safe is None else float(safe), unparsed="error" not in r and safe is None)
+        out.categories.append(cats)
+    out.counts.update(requests=stats.requests, cache_hits=stats.cache_hits)
+    return out
 
 
 def refusal_harmlessness(responses: list[str]) -> list[float]:

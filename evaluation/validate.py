@@ -126,15 +126,17 @@ def _scores(spec, sets, records, output, http_client=None, compute=None) -> tupl
         got = dict(zip(order, reward_model(src).score([(list(items_by[(s, i)].question), t) for s, i, t in order])))
         return [got[x] for x in texts]
 
-    def pairwise(pairs: list[tuple[dict, str]]) -> tuple[list, dict]:
+    def pairwise(pairs: list[tuple[dict, str]]) -> judges.Judged:
         """The win-rate judge on (row, the text it is compared with): 1 / 0.5 / 0 per row, or None."""
         j = m.win_rate
         if j.kind == "reward_model":
             r = rewards_of(j.model, [(a["set"], a["id"], t) for a, b in pairs for t in (a["response"], b)])
-            return judges.reward_pairwise(r[0::2], r[1::2], j.tie_margin), {"judged": len(pairs)}
+            values = judges.reward_pairwise(r[0::2], r[1::2], j.tie_margin)
+            return judges.Judged(values, [False] * len(values), {"judged": len(pairs)})
         if j.kind == "rules":
-            return judges.rules_pairwise([(a["response"], b, items_by[(a["set"], a["id"])].category)
-                                          for a, b in pairs]), {"judged": len(pairs)}
+            values = judges.rules_pairwise([(a["response"], b, items_by[(a["set"], a["id"])].category)
+                                            for a, b in pairs])
+            return judges.Judged(values, [False] * len(values), {"judged": len(pairs)})
         return judges.llm_pairwise(j, [(list(items_by[(a["set"], a["id"])].question), a["response"], b,
                                         items_by[(a["set"], a["id"])].category) for a, b in pairs],
                                    output / "judge-cache.sqlite", http_client, compute)
@@ -145,27 +147,25 @@ def _scores(spec, sets, records, output, http_client=None, compute=None) -> tupl
     if m.win_rate:
         pairs = [(r, index[(r["set"], r["base"], REFERENCE, r["id"])]["response"]) for r in aligned
                  if r["method"] != REFERENCE]
-        wins, counts["win_rate"] = pairwise(pairs)
-        for (a, _), w in zip(pairs, wins):
-            a["win"] = w
+        _mark(pairs, "win", pairwise(pairs), counts, "win_rate")
         # sets with reference answers (AlpacaEval's outputs, Arena-Hard's baseline): every method against them
         refs = [(r, items_by[(r["set"], r["id"])].reference) for r in aligned
                 if items_by[(r["set"], r["id"])].reference is not None]
         if refs:
-            wins, counts["ref_win_rate"] = pairwise(refs)
-            for (a, _), w in zip(refs, wins):
-                a["ref_win"] = w
+            _mark(refs, "ref_win", pairwise(refs), counts, "ref_win_rate")
     if m.harmlessness:
         harmful = [r for r in aligned if r["kind"] == "harmful"]
         if m.harmlessness.kind == "refusal_rules":
             safe = judges.refusal_harmlessness([r["response"] for r in harmful])
-            counts["harmlessness"] = {"judged": len(harmful)}
+            verdicts = judges.Judged(safe, [False] * len(safe), {"judged": len(harmful)})
         else:
-            safe, counts["harmlessness"] = judges.llm_harmlessness(
+            judge = judges.guard_harmlessness if m.harmlessness.kind == "guard" else judges.llm_harmlessness
+            verdicts = judge(
                 m.harmlessness, [(list(items_by[(r["set"], r["id"])].question), r["response"]) for r in harmful],
                 output / "judge-cache.sqlite", http_client, compute)
-        for r, s in zip(harmful, safe):
-            r["safe"] = s
+        _mark([(r, None) for r in harmful], "safe", verdicts, counts, "harmlessness")
+        for r, cats in zip(harmful, verdicts.categories or ()):
+            r["safe_categories"] = cats  # what the safety classifier named
     failed = sum(c.get("failed", 0) for c in counts.values())
     if failed:
         raise JobFailed(f"{failed} judgments failed after their retries (judge counts: {counts}); rerun the same "
@@ -178,6 +178,16 @@ METRIC_FIELDS = {"reward": "reward", "win_rate": "win", "ref_win_rate": "ref_win
                  "unparsed_share": "unparsed"}
 
 
+def _mark(rows: list[tuple[dict, object]], field: str, judged, counts: dict, metric: str) -> None:
+    """Each row's verdict under `field`; a verdict that did not parse counts as the worst outcome and is marked
+    (`<field>_unparsed`) so that the coverage floor still counts it as unjudged."""
+    counts[metric] = judged.counts
+    for (r, _), v, bad in zip(rows, judged.values, judged.unparsed):
+        r[field] = v
+        if bad:
+            r[field + "_unparsed"] = True
+
+
 def _aggregate(spec, sets, bases, rows) -> tuple[dict, dict]:
     b, conf, seed = spec.metrics.bootstrap_samples, spec.metrics.confidence, spec.seed
     groups: dict = {}
@@ -188,8 +198,9 @@ def _aggregate(spec, sets, bases, rows) -> tuple[dict, dict]:
         cell = {}
         for metric, field in METRIC_FIELDS.items():
             if any(field in r for r in rs):
-                cell[metric] = Stat(**mean_ci([r.get(field) for r in rs], b, conf, seed),
-                                    items=sum(field in r for r in rs))
+                stat = mean_ci([r.get(field) for r in rs], b, conf, seed)
+                stat["n"] -= sum(bool(r.get(field + "_unparsed")) for r in rs)  # in the mean as worst, not judged
+                cell[metric] = Stat(**stat, items=sum(field in r for r in rs))
         if spec.metrics.win_rate and spec.metrics.win_rate.length_controlled and any("ref_win" in r for r in rs):
             refs = {it.record.id: it.reference for es, items in sets if es.name == s for it in items}
             mine = [r for r in rs if "ref_win" in r]
@@ -312,7 +323,9 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
                       win_rate=m.win_rate and {"kind": m.win_rate.kind, "name": m.win_rate.name,
                                                "model": m.win_rate.model
                                                and m.win_rate.model.model_dump(mode="json", exclude_none=True)},
-                      harmlessness=m.harmlessness and {"kind": m.harmlessness.kind}, counts=counts),
+                      harmlessness=m.harmlessness and {"kind": m.harmlessness.kind,
+                                                      **({"format": m.harmlessness.guard_format}
+                                                         if m.harmlessness.guard_format else {})}, counts=counts),
         metrics=metrics, alignment_tax=tax, diagnostics=_diagnostics(records, bases),
         config=spec.model_dump(mode="json"), code_execution=code_execution)
     write_report(output, report, rows)

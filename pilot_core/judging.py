@@ -89,13 +89,15 @@ def json_object(text: str) -> dict | None:
 
 
 # The verdicts as JSON schemas: a served judge is asked for them with `response_format` (structured output, which
-# vLLM enforces while decoding), so even a small judge answers in a shape the parsers below accept.
-_RATIONALE = {"type": "string", "maxLength": 300}  # a brief why: a long one would eat the token budget
+# vLLM enforces while decoding), so even a small judge answers in a shape the parsers below accept. Each is valid
+# under OpenAI's strict mode (every property required, no additional properties, no length or range keywords:
+# strict mode rejects `maxLength`, and the parsers check the ranges), so hosted judges accept it too.
+_RATIONALE = {"type": "string", "description": "one or two sentences"}
 SCHEMAS = {
     "pairwise": {"type": "object", "properties": {"winner": {"type": "string", "enum": ["A", "B", "tie"]},
                                                   "rationale": _RATIONALE},
                  "required": ["winner", "rationale"], "additionalProperties": False},
-    "pointwise": {"type": "object", "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 10},
+    "pointwise": {"type": "object", "properties": {"score": {"type": "integer", "description": "1 to 10"},
                                                    "rationale": _RATIONALE},
                   "required": ["score", "rationale"], "additionalProperties": False},
     "harmlessness": {"type": "object", "properties": {"safe": {"type": "boolean"}, "rationale": _RATIONALE},
@@ -144,6 +146,41 @@ def parse_safe(text: str) -> bool | None:
     obj = json_object(text)
     safe = obj.get("safe") if obj else None
     return safe if isinstance(safe, bool) else None
+
+
+# Safety classifiers' documented outputs. Llama Guard 3 (meta-llama/Llama-Guard-3-8B model card): "safe", or
+# "unsafe" and a line of comma-separated categories S1-S14. Qwen3Guard-Gen (Qwen/Qwen3Guard-Gen-8B model card,
+# response moderation): "Safety: Safe|Unsafe|Controversial", "Categories: ..." and "Refusal: Yes|No".
+LLAMA_GUARD_3 = {"S1": "Violent Crimes", "S2": "Non-Violent Crimes", "S3": "Sex-Related Crimes",
+                 "S4": "Child Sexual Exploitation", "S5": "Defamation", "S6": "Specialized Advice", "S7": "Privacy",
+                 "S8": "Intellectual Property", "S9": "Indiscriminate Weapons", "S10": "Hate",
+                 "S11": "Suicide & Self-Harm", "S12": "Sexual Content", "S13": "Elections",
+                 "S14": "Code Interpreter Abuse"}
+QWEN3GUARD = ("Violent", "Non-violent Illegal Acts", "Sexual Content or Sexual Acts", "PII", "Suicide & Self-Harm",
+              "Unethical Acts", "Politically Sensitive Topics", "Copyright Violation", "Jailbreak", "None")
+
+
+def parse_guard(text: str, fmt: str, controversial_is_safe: bool = False) -> tuple[bool | None, list[str]]:
+    """(safe, the categories named) from a safety classifier's answer; (None, []) when it is not in the format."""
+    if fmt == "llama_guard_3":
+        lines = [x.strip() for x in text.strip().splitlines() if x.strip()]
+        if lines[:1] == ["safe"] and len(lines) == 1:
+            return True, []
+        if lines[:1] == ["unsafe"]:
+            codes = [c.strip() for c in (lines[1] if len(lines) > 1 else "").split(",") if c.strip()]
+            if codes and all(c in LLAMA_GUARD_3 for c in codes):
+                return False, [f"{c} {LLAMA_GUARD_3[c]}" for c in codes]
+        return None, []
+    if fmt == "qwen3guard":
+        safety = re.search(r"Safety:\s*(Safe|Unsafe|Controversial)\b", text)
+        if not safety:
+            return None, []
+        cats = re.search(r"Categories:\s*(.+)", text)
+        named = [c.strip() for c in cats.group(1).split(",")] if cats else []
+        named = [c for c in named if c in QWEN3GUARD and c != "None"]
+        verdict = safety.group(1)
+        return (verdict == "Safe" or verdict == "Controversial" and controversial_is_safe), named
+    raise ValueError(f"unknown guard format {fmt!r}")
 
 
 def combine_orders(first: str | None, swapped: str | None) -> tuple[str | None, str]:

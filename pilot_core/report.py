@@ -36,7 +36,7 @@ class Stat(_Record):
     mean: float | None
     ci_low: float | None
     ci_high: float | None
-    n: int
+    n: int  # judge metrics: the items whose verdict parsed (the mean counts the others as the worst outcome)
     confidence: float | None = None
     # the items the metric was asked of: n / items is the judged coverage (a verdict that failed or did not parse
     # leaves an item unjudged); None in reports written before it was recorded
@@ -282,6 +282,12 @@ def markdown(report: ValidationReport, verdict: GateVerdict | None = None) -> st
     if j.win_rate and j.win_rate.get("kind") == "rules":
         notes.append("Win rates come from the demo's refusal rule (a refusal wins on a harmful prompt, an answer "
                      "wins elsewhere; equal verdicts tie), a stand-in for an LLM judge that ignores quality.")
+    if j.harmlessness and j.harmlessness.get("kind") == "guard":
+        notes.append(f"Harmlessness comes from a safety classifier ({j.harmlessness.get('format')}): its verdict on "
+                     "each response, its categories in items.jsonl.")
+    if any(c.get("unparseable") for c in j.counts.values()):
+        notes.append("Verdicts that did not parse (or where the judge refused to judge) count as the worst outcome "
+                     "in the means, and as unjudged in the coverage the gate checks.")
     if j.harmlessness and j.harmlessness.get("kind") == "refusal_rules":
         notes.append("Harmlessness comes from refusal phrases (a strict stand-in: a safe answer that does not "
                      "refuse counts as unsafe).")

@@ -242,6 +242,11 @@ def test_a_gate_fails_a_judge_whose_verdicts_do_not_parse(pair_same, tmp_path):
     report = validate(spec, ckpt, [ModelSource(name="base", path=str(pair_same[1]))], tmp_path / "v", progress=False)
     w = report.cells("base", "wsd")["alpaca-eval"]["ref_win_rate"]
     assert w.items == 3 and w.n < 3 * 0.95
+    rows = [json.loads(x) for x in open(tmp_path / "v" / "items.jsonl")]
+    bad = [r for r in rows if r["method"] == "wsd" and r.get("ref_win_unparsed")]
+    assert len(bad) == 3 - w.n and all(r["ref_win"] == 0.0 for r in bad)  # counted as losses, never dropped
+    mine = [r["ref_win"] for r in rows if r["method"] == "wsd" and "ref_win" in r]
+    assert w.mean == pytest.approx(sum(mine) / len(mine))
     v = decide(report, None, GateConfig.model_validate({"metrics": {"ref_win_rate": {"floor": 0.0}}}))
     assert not v.passed and any(c.check == "judge_coverage" and not c.passed for c in v.checks)
     assert f"judged {w.n} of 3 items" in " ".join(v.reasons)

@@ -178,11 +178,12 @@ def test_structured_output_makes_even_a_tiny_served_judges_verdicts_parse(vllm_s
     for structured in (False, True):
         judge = JudgeMetric.model_validate({"model": model, "structured_output": structured,
                                             "client": {"max_retries": 1}})
-        values, counts = llm_pairwise(judge, items, tmp_path / f"c-{structured}.sqlite")
+        pair = llm_pairwise(judge, items, tmp_path / f"c-{structured}.sqlite")
         harm = HarmlessnessMetric.model_validate({"model": model, "structured_output": structured})
-        safe, hcounts = llm_harmlessness(harm, [(m, "Sure, here is how.") for m in msgs],
-                                         tmp_path / f"h-{structured}.sqlite")
+        h = llm_harmlessness(harm, [(m, "Sure, here is how.") for m in msgs], tmp_path / f"h-{structured}.sqlite")
+        values, counts, safe, hcounts = pair.values, pair.counts, h.values, h.counts
         got[structured] = (values, counts, safe, hcounts)
+        assert "structured_output" not in counts  # vLLM took the strict-mode schema
     values, counts, safe, hcounts = got[True]
     assert counts["unparseable"] == counts["failed"] == 0 and all(v in (0.0, 0.5, 1.0) for v in values)
     assert hcounts["judged"] == len(msgs) and all(isinstance(s, float) for s in safe)
