@@ -232,10 +232,13 @@ def solution_code(response: str, code: dict) -> str:
     return sanitize(response if defines else code["prompt"] + "\n" + response, entry)
 
 
-def solution_program(response: str, code: dict) -> str:
-    """The program that tests a response: the prompt's import lines (ours: a chat answer often leaves out the
-    imports the prompt made; EvalPlus does not add them), the response's code (`solution_code`), the item's tests
-    and `check(<entry point>)`."""
+def program_with_tests(solution: str, code: dict) -> str:
+    """The program that tests a solution: the prompt's import lines (ours: a chat answer often leaves out the
+    imports the prompt made; EvalPlus does not add them), the solution, the item's tests, `check(<entry point>)`."""
     imports = [x for x in code["prompt"].splitlines() if x.startswith(("import ", "from "))]
-    body = solution_code(response, code)
-    return "\n".join(imports) + f"\n\n{body}\n\n{code['test']}\n\ncheck({code['entry_point']})\n"
+    return "\n".join(imports) + f"\n\n{solution}\n\n{code['test']}\n\ncheck({code['entry_point']})\n"
+
+
+def solution_program(response: str, code: dict) -> str:
+    """The program that tests a response (`solution_code`, then `program_with_tests`)."""
+    return program_with_tests(solution_code(response, code), code)

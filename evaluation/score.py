@@ -45,14 +45,14 @@ def score_file(fmt: str, input_path: str | Path, output: str | Path, unsafe: boo
     mode = None
     out = []
     if fmt == "humaneval":
-        from evaluation.sandbox import isolation, run_program, solution_code, solution_program
+        from evaluation.sandbox import isolation, run_program, solution_code, program_with_tests
 
         mode = isolation(unsafe)  # refuses (exit 2) before anything runs where no boundary can be set up
+        codes = [solution_code(row["response"], it.answer) for (_, row), it in zip(rows, items)]
         with ThreadPoolExecutor(max_workers=4) as pool:
-            outcomes = list(pool.map(lambda p: run_program(solution_program(p[0][1]["response"], p[1].answer),
-                                                           unsafe=unsafe), zip(rows, items)))
-        for (_, row), it, o in zip(rows, items, outcomes):
-            code = solution_code(row["response"], it.answer)
+            outcomes = list(pool.map(lambda c: run_program(program_with_tests(c[0], c[1].answer), unsafe=unsafe),
+                                     zip(codes, items)))
+        for (_, row), it, o, code in zip(rows, items, outcomes, codes):
             defines = f"def {it.answer['entry_point']}(" in code
             out.append({**row, "correct": o.passed, "extracted": code if defines else None, "status": o.status,
                         "detail": o.detail})
