@@ -45,7 +45,7 @@ def score_file(fmt: str, input_path: str | Path, output: str | Path, unsafe: boo
     mode = None
     out = []
     if fmt == "humaneval":
-        from evaluation.sandbox import isolation, run_program, solution_code, program_with_tests
+        from evaluation.sandbox import isolation, program_with_tests, run_program, solution_code
 
         mode = isolation(unsafe)  # refuses (exit 2) before anything runs where no boundary can be set up
         codes = [solution_code(row["response"], it.answer) for (_, row), it in zip(rows, items)]
