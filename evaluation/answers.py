@@ -34,16 +34,20 @@ class Reading:
 
 
 # ------------------------------------------------------------------------------------------------ numbers
-_GSM8K_STRICT = (re.compile(r"#### (\-?[0-9\.\,]+)"), re.compile(r"The answer is (\-?[0-9\.\,]+)."))
+# Patterns a model's text is matched with use possessive quantifiers (`*+`) where runs of spaces meet: a text that
+# degenerates into whitespace after "answer" must not cost more than one pass.
+_HASH = re.compile(r"#### (\-?[0-9\.\,]+)")  # gsm8k.yaml strict-match
+_COT = re.compile(r"The answer is (\-?[0-9\.\,]+).")  # gsm8k-cot.yaml strict-match (the "." is any character)
 _GSM8K_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
-_NUMBER_MARKER = re.compile(r"(?i:answer(?:\s+is)?)\s*[:：]?\s*\**\s*\$?\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)")
+_NUMBER_MARKER = re.compile(r"(?i:answer)(?:\s++is)?[\s:：*]*+\$?\s*+(-?[0-9][0-9,]*+(?:\.[0-9]++)?)(?![0-9])")
 
 
 def clean_number(text: str | None) -> str | None:
     """lm-eval's `regexes_to_ignore` for GSM8K: ',' and '$' dropped, and a final '.'; None if no number is left."""
     if text is None:
         return None
-    t = text.replace(",", "").replace("$", "").rstrip(".")
+    t = text.replace(",", "").replace("$", "")
+    t = t[:-1] if t.endswith(".") else t
     try:
         float(t)
     except ValueError:
@@ -52,14 +56,15 @@ def clean_number(text: str | None) -> str | None:
 
 
 def read_number(response: str) -> Reading:
-    strict = next((clean_number(m.group(1)) for pat in _GSM8K_STRICT for m in [pat.search(response)] if m), None)
+    hashed = _HASH.search(response)
+    m = hashed or _COT.search(response)
+    strict = clean_number(m.group(1)) if m else None
     found = [a or b for a, b in _GSM8K_FLEXIBLE.findall(response)]
     flexible = clean_number(found[-1]) if found else None
-    marked = [clean_number(x) for x in _NUMBER_MARKER.findall(response)]
-    marked = [x for x in marked if x is not None]
-    numbers = [clean_number(x) for x in found]
-    fallback = next((x for x in reversed(numbers) if x is not None), None)  # the last thing that is a number
-    return Reading(strict, flexible, strict or (marked[-1] if marked else None) or fallback)
+    marked = [x for x in map(clean_number, _NUMBER_MARKER.findall(response)) if x is not None]
+    last = next((x for x in map(clean_number, reversed(found)) if x is not None), None)  # the last number
+    answer = (clean_number(hashed.group(1)) if hashed else None) or (marked[-1] if marked else None) or last
+    return Reading(strict, flexible, answer)
 
 
 def same_number(got: str | None, gold: float) -> bool:
@@ -69,37 +74,52 @@ def same_number(got: str | None, gold: float) -> bool:
 # ------------------------------------------------------------------------------------------------ letters
 _MMLU_STRICT = re.compile(r"((?<=The answer is )(.*)(?=.)|(?<=The answer is: )(.*)(?=.)|(?<=answer is )(.*)(?=.)|"
                           r"(?<=The answer: )(.*)(?=.)|(?<=The final answer: )(.*)(?=.))")
+_LEAD = r"(?i:(?:the\s++)?(?:final\s++|correct\s++|right\s++|best\s++)?answer\s*+(?:is|would be|:)[\s:]*+" \
+        r"(?:option\s++|choice\s++)?)"
+_CHOICE_IS = r"(?i:(?:correct|right|best)\s++(?:choice|option)\s++(?:is|would be)[\s:]*+)"
 
 
-def _patterns(letters: str) -> tuple[re.Pattern, re.Pattern, list[re.Pattern]]:
+def _patterns(letters: str) -> tuple[re.Pattern, re.Pattern, list[re.Pattern], re.Pattern]:
     L = f"[{letters}]"
-    box = rf"(?:\*\*|__)?\s*[\(\[]?\s*({L})\s*[\)\]]?(?:\*\*|__)?(?![A-Za-z0-9])"  # B, (B), **B**, **(B)**
+    box = rf"(?:\*\*|__)?+[\(\[]?+({L})[\)\]]?+(?:\*\*|__)?+(?![A-Za-z0-9])"  # B, (B), **B**, **(B)**
     flexible = re.compile(rf"\(({L})\)")
-    colon = re.compile(rf":[\s]*({L})(?![A-Za-z0-9])")
-    chat = [re.compile(r"(?i:(?:the\s+)?(?:final\s+|correct\s+|right\s+|best\s+)?answer\s*(?:is|would be|:)\s*:?\s*"
-                       rf"(?:option\s+|choice\s+)?){box}"),
-            re.compile(rf"(?i:(?:correct|right|best)\s+(?:choice|option)\s+(?:is|would be)\s*:?\s*){box}"),
-            re.compile(rf"\*\*\s*\(?({L})\)?[.:)]?\s*\*\*"),  # a bold letter
-            re.compile(rf"^\s*\(?({L})[.):](?:\s|$)", re.M)]  # a line that opens with the letter
-    return flexible, colon, chat
+    colon = re.compile(rf":[ \t]*+({L})(?![A-Za-z0-9])")
+    chat = [re.compile(_LEAD + box), re.compile(_CHOICE_IS + box),
+            re.compile(rf"\*\*[ \t]*+\(?({L})\)?[.:)]?[ \t]*+\*\*")]  # a bold letter
+    line = re.compile(rf"^[ \t]*+\(?({L})[.):](?:\s|$)", re.M)  # a line that opens with the letter
+    return flexible, colon, chat, line
+
+
+def _word(response: str, m: re.Match) -> bool:
+    """Whether the capital read is the article "A" or the pronoun "I" starting a sentence, not a choice: bare
+    (not in parentheses or bold) and followed by a lower-case word."""
+    letter = m.group(1)
+    bare = response[m.start(1) - 1: m.start(1)] not in ("(", "[", "*") if m.start(1) else True
+    return letter in "AI" and bare and re.match(r"[ \t]++[a-z]", response[m.end(1):]) is not None
+
+
+def _last(pattern: re.Pattern, response: str) -> str | None:
+    hits = [m.group(1) for m in pattern.finditer(response) if not _word(response, m)]
+    return hits[-1] if hits else None
 
 
 def read_letter(response: str, n_choices: int) -> Reading:
     letters = LETTERS[:n_choices]
-    flexible_pat, colon, chat = _patterns(letters)
+    flexible_pat, colon, chat, line = _patterns(letters)
     strict = None
     m = _MMLU_STRICT.search(response)
     if m:
         got = re.sub(r"[^\w\s]", "", m.group(0)).strip().upper()
         strict = got if len(got) == 1 and got in letters else None
-    found = flexible_pat.findall(response) or colon.findall(response)
-    flexible = found[-1] if found else None
+    flexible = _last(flexible_pat, response) or _last(colon, response)
     answer = strict
     for pat in chat if answer is None else ():
-        hits = pat.findall(response)
-        if hits:
-            answer = hits[-1]
+        answer = _last(pat, response)
+        if answer is not None:
             break
+    if answer is None:  # a line that opens with the letter, unless the text lists the options that way
+        opening = {m.group(1) for m in line.finditer(response) if not _word(response, m)}
+        answer = opening.pop() if len(opening) == 1 else None
     if answer is None:  # the whole first line is the letter (lm-eval's generative MMLU)
         first = response.strip().split("\n")[0] if response.strip() else ""
         m = re.fullmatch(rf"\W*\(?([{letters}])\)?\W*", first)

@@ -22,8 +22,10 @@ scrubbed of anything shaped like a credential (docs/reliability.md states the th
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -85,7 +87,7 @@ exec(code, {"__name__": "__main__"})
 @dataclass(frozen=True)
 class Outcome:
     passed: bool
-    status: str  # passed, failed, timeout
+    status: str  # passed, failed, timeout; error: the sandbox could not run it
     detail: str  # the last line of stderr (why it failed), capped and scrubbed; or ""
 
 
@@ -123,15 +125,18 @@ def _bwrap_argv(bwrap: str, program_fd: int) -> list[str]:
             "--hostname", "sandbox", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv",
             *_runtime_binds(), "--proc", "/proc", "--dev", "/dev",
             "--perms", "0700", "--size", str(SCRATCH_MB << 20), "--tmpfs", "/scratch",
-            "--file", str(program_fd), "/scratch/program.py", "--chdir", "/scratch",
+            "--file", str(program_fd), "/scratch/program.py",
+            "--remount-ro", "/", "--remount-ro", "/dev",  # bwrap's root and /dev are tmpfs: not to be filled
+            "--chdir", "/scratch",
             _python(), "-I", "-S", "-B", "-c", BOOTSTRAP]
 
 
 @functools.lru_cache(maxsize=4)
-def _probe(bwrap: str | None) -> str:
-    """"bubblewrap <version>" where a sandbox starts here and runs Python; SandboxUnavailable otherwise."""
+def _probe(bwrap: str | None) -> tuple[str | None, str]:
+    """(None, "bubblewrap <version>") where a sandbox starts here and runs Python, else (why not, ""); a failure
+    is cached too, so an opted-in unsafe run does not probe again per program."""
     if bwrap is None:
-        raise SandboxUnavailable(f"cannot run untrusted code: bwrap (bubblewrap) is not installed; {INSTALL_HINT}")
+        return f"cannot run untrusted code: bwrap (bubblewrap) is not installed; {INSTALL_HINT}", ""
     with tempfile.TemporaryFile() as f:
         f.write(b"probe")
         f.seek(0)
@@ -141,32 +146,33 @@ def _probe(bwrap: str | None) -> str:
             p = subprocess.run(argv, pass_fds=(f.fileno(),), env={}, stdin=subprocess.DEVNULL, capture_output=True,
                                timeout=60)
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise SandboxUnavailable(f"cannot run untrusted code: bubblewrap does not start ({e}); "
-                                     f"{INSTALL_HINT}") from None
+            return f"cannot run untrusted code: bubblewrap does not start ({e}); {INSTALL_HINT}", ""
     if p.returncode != 0 or p.stdout.strip() != b"probe":
         why = (p.stderr.decode("utf-8", "replace").strip().splitlines() or [f"exit {p.returncode}"])[-1][:200]
-        raise SandboxUnavailable(f"cannot run untrusted code: bubblewrap cannot set up its sandbox here ({why}); "
-                                 f"{INSTALL_HINT}")
+        return f"cannot run untrusted code: bubblewrap cannot set up its sandbox here ({why}); {INSTALL_HINT}", ""
     v = subprocess.run([bwrap, "--version"], capture_output=True, text=True, env={}).stdout.split()
-    return f"bubblewrap {v[-1] if v else '?'}"
+    return None, f"bubblewrap {v[-1] if v else '?'}"
+
+
+def _boundary(unsafe: bool) -> tuple[str, str | None]:
+    """(how code runs, the bwrap that runs it; None when it runs without a boundary, opted in)."""
+    bwrap = shutil.which("bwrap")
+    why, version = _probe(bwrap)
+    if why is None:
+        return version, bwrap
+    if not unsafe:
+        raise SandboxUnavailable(why)
+    return f"unsafe: no kernel boundary (--unsafe-code-execution; {why.split('; ')[0]})", None
 
 
 def isolation(unsafe: bool = False) -> str:
     """How untrusted code runs here, for reports: "bubblewrap <version>", or, when the boundary is unavailable and
     the caller opted in, "unsafe: ..."; SandboxUnavailable when it is unavailable and the caller did not."""
-    try:
-        return _probe(shutil.which("bwrap"))
-    except SandboxUnavailable as e:
-        if not unsafe:
-            raise
-        return f"unsafe: no kernel boundary (--unsafe-code-execution; {str(e).split('; ')[0]})"
+    return _boundary(unsafe)[0]
 
 
 def _limits(memory_mb: int, cpu_s: int, netns: bool):
-    def apply() -> None:  # in the child, after fork, before exec (inherited through bwrap)
-        import ctypes
-        import resource
-
+    def apply() -> None:  # in the child, after fork, before exec (inherited through bwrap); imports nothing
         resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))  # SIGXCPU, then SIGKILL
         resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 20, 16 << 20))
@@ -180,42 +186,52 @@ def _limits(memory_mb: int, cpu_s: int, netns: bool):
     return apply
 
 
+KILLED = {-signal.SIGXCPU, -signal.SIGKILL, 128 + signal.SIGXCPU, 128 + signal.SIGKILL}  # bwrap: 128 + signal
+
+
 def run_program(program: str, timeout_s: float = 10.0, memory_mb: int = 1024, *, unsafe: bool = False) -> Outcome:
     """Run `program` as described above; never raises for anything the program does. SandboxUnavailable where
     no boundary can be set up and `unsafe` is not given."""
-    confined = not isolation(unsafe).startswith("unsafe")
+    _, bwrap = _boundary(unsafe)
     with tempfile.TemporaryDirectory(prefix="pilot-sandbox-") as tmp:  # host side: 0700, ours only
-        source, err_path = Path(tmp, "program.py"), Path(tmp, "stderr")
-        source.write_text(program, encoding="utf-8")
+        source, scratch = Path(tmp, "program.py"), Path(tmp, "scratch")
+        source.write_bytes(program.encode("utf-8", "surrogatepass"))  # a lone surrogate fails inside, not here
+        scratch.mkdir()
         fd = os.open(source, os.O_RDONLY)
-        if confined:  # bwrap copies the program into the sandbox's tmpfs
-            argv, cwd, env = _bwrap_argv(shutil.which("bwrap"), fd), tmp, {}
-        else:  # unsafe: the host directory is the scratch directory
-            argv, cwd, env = [sys.executable, "-I", "-B", "-c", BOOTSTRAP], tmp, {"PATH": "/usr/bin:/bin"}
-        try:
-            with open(err_path, "wb") as err:  # a file, not a pipe: a program that floods stderr costs no memory
+        if bwrap is not None:  # bwrap copies the program into the sandbox's tmpfs
+            argv, cwd, env = _bwrap_argv(bwrap, fd), tmp, {}
+        else:  # unsafe: a host directory is the scratch directory
+            os.link(source, scratch / "program.py")
+            argv, cwd, env = [sys.executable, "-I", "-B", "-c", BOOTSTRAP], scratch, {"PATH": "/usr/bin:/bin"}
+        # stderr to a file we keep open (not a pipe: a flood costs no memory; not reopened by name: the program
+        # cannot swap it for a FIFO or a link), read back at most its last STDERR_TAIL bytes
+        with tempfile.TemporaryFile(dir=tmp) as err:
+            try:
                 p = subprocess.Popen(argv, cwd=cwd, env=env, pass_fds=(fd,), stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
-                                     preexec_fn=_limits(memory_mb, max(1, int(timeout_s)), netns=not confined))
-        finally:
-            os.close(fd)
-        try:
-            p.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return Outcome(False, "timeout", f"no result within {timeout_s:g} s")
-        finally:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)  # bwrap; the sandbox dies with it (--die-with-parent)
+                                     preexec_fn=_limits(memory_mb, max(1, int(timeout_s)), netns=bwrap is None))
+            finally:
+                os.close(fd)
+            try:
+                p.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                return Outcome(False, "timeout", f"no result within {timeout_s:g} s")
+            finally:  # always: what the program left running in its group goes too (bwrap's goes with bwrap)
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 p.wait()
-        if p.returncode == 0:
-            return Outcome(True, "passed", "")
-        if p.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
-            return Outcome(False, "timeout", "CPU time limit")
-        with open(err_path, "rb") as f:
-            f.seek(max(0, err_path.stat().st_size - STDERR_TAIL))
-            tail = f.read().decode("utf-8", "replace")
+            if p.returncode == 0:
+                return Outcome(True, "passed", "")
+            if p.returncode in KILLED:
+                return Outcome(False, "timeout", "killed at the CPU-time limit")
+            err.seek(max(0, os.fstat(err.fileno()).st_size - STDERR_TAIL))
+            tail = err.read(STDERR_TAIL).decode("utf-8", "replace")
         lines = [x for x in tail.splitlines() if x.strip()]
-        return Outcome(False, "failed", scrub(lines[-1] if lines else f"exit code {p.returncode}")[:DETAIL_CHARS])
+        last = lines[-1] if lines else f"exit code {p.returncode}"
+        status = "error" if last.startswith("bwrap:") else "failed"  # the sandbox itself, not the program
+        return Outcome(False, status, scrub(last)[:DETAIL_CHARS])
 
 
 def solution_code(response: str, code: dict) -> str:

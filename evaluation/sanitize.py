@@ -46,8 +46,10 @@ def code_extract(text: str) -> str:
             if n <= most:
                 break
             if _parses("\n".join(lines[i : j + 1])):
-                while j > i + 1 and not filled[j]:  # EvalPlus keeps the first end with this count
-                    j -= 1
+                first = j  # EvalPlus keeps the first end with this count that parses: from the last filled line on
+                while first > i + 1 and not filled[first]:
+                    first -= 1
+                j = next(k for k in range(first, j + 1) if k > i and _parses("\n".join(lines[i : k + 1])))
                 most, best = n, (i, j)
                 break
     return "\n".join(lines[best[0] : best[1] + 1])
@@ -68,6 +70,8 @@ def _identifiers(node: ast.AST) -> set[str]:
             out.add(n.arg)
         elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             out.add(n.name)
+        elif isinstance(n, ast.ImportFrom) and n.module:
+            out.update(n.module.split("."))
         elif isinstance(n, ast.alias):
             out.update(n.name.split("."))
             if n.asname:

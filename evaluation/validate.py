@@ -204,9 +204,10 @@ def _aggregate(spec, sets, bases, rows) -> tuple[dict, dict]:
         if spec.metrics.win_rate and spec.metrics.win_rate.length_controlled and any("ref_win" in r for r in rs):
             refs = {it.record.id: it.reference for es, items in sets if es.name == s for it in items}
             mine = [r for r in rs if "ref_win" in r]
-            cell["lc_win_rate"] = Stat(**length_controlled_ci(
-                [r["ref_win"] for r in mine], [len(r["response"]) for r in mine], [len(refs[r["id"]]) for r in mine],
-                b, conf, seed), items=len(mine))
+            lc = length_controlled_ci([r["ref_win"] for r in mine], [len(r["response"]) for r in mine],
+                                      [len(refs[r["id"]]) for r in mine], b, conf, seed)
+            lc["n"] -= sum(bool(r.get("ref_win_unparsed")) for r in mine)  # as for the others: judged items only
+            cell["lc_win_rate"] = Stat(**lc, items=len(mine))
         metrics.setdefault(base, {}).setdefault(method, {})[s] = cell
     tax: dict = {}
     capability = [es.name for es, _ in sets if es.kind in CAPABILITY_KINDS]

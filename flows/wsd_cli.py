@@ -156,11 +156,20 @@ def serve(host, port, method, served_model_name, server_api_key_env, max_concurr
         key = os.environ.get(server_api_key_env)
         if not key:
             raise UserError(f"--server-api-key-env {server_api_key_env}: the environment variable is not set")
-    default_temperature = 1.0 if options.get("temperature") is None else options["temperature"]  # OpenAI's
-    pilot, base, untuned, cfg, compute = resolve_models(**options)
+    pilot, base, untuned, cfg, compute = resolve_models(**options)  # checks the config file before it is read here
+    # a request without temperature samples at 1.0 (OpenAI's and vLLM's default) unless the operator named one:
+    # --temperature, `-o temperature=...`, or a --config that sets it (as vLLM's --generation-config)
+    named = options.get("temperature") is not None or any(o.split("=")[0].strip() == "temperature"
+                                                           for o in options.get("overrides") or ())
+    if options.get("config_path") and not named:
+        from pathlib import Path
+
+        import yaml
+
+        named = "temperature" in (yaml.safe_load(Path(options["config_path"]).read_text(encoding="utf-8")) or {})
     backend = make_backend(method, pilot, base, cfg, compute)  # loads (and checks) the models before listening
     limits = ServerLimits(max_concurrent_requests, max_request_bytes, max_prompt_tokens, cfg.max_new_tokens, max_n,
-                          request_timeout_s, default_temperature)
+                          request_timeout_s, cfg.temperature if named else 1.0)
     name = served_model_name or method
     app = create_app(backend, cfg, name, limits, key)
     click.echo(f"serving {name!r} ({method}) on http://{host}:{port}/v1", err=True)

@@ -69,6 +69,10 @@ CORPUS = {
     "symlink out, hook disarmed": DISARM + "import os\nos.symlink({canary!r}, 'link')\nopen('link', 'w').write('x')",
     "fill the disk": DISARM + "for i in range(100):\n    open(f'f{{i}}', 'wb').write(b'x' * (15 << 20))\n"
                      "raise SystemExit('LEAKED 1.5 GB written')",
+    "fill the root and /dev, hook disarmed": DISARM + "import os\nfor d in ('/', '/dev', '/dev/shm', '/tmp'):\n"
+                                             "    try:\n        open(os.path.join(d, 'x'), 'wb').write(b'x' * 4096)"
+                                             "\n    except OSError:\n        continue\n"
+                                             "    raise SystemExit('LEAKED wrote to ' + d)",
     # secrets: the evaluating process's environment, a home directory, the checkout, the host's files
     "the evaluator's environ": "env = []\nfor pid in ({ppid}, {victim}):\n"
                                "    env += open(f'/proc/{{pid}}/environ').read().split(chr(0))\n"
@@ -240,6 +244,8 @@ def test_scrub_masks_the_environments_secrets_and_credential_shapes():
     env = {"OPENAI_API_KEY": "plainvalue-not-shaped", "HOME": "/root"}
     assert scrub("key plainvalue-not-shaped in /root", env) == "key [redacted] in /root"
     for text in ("AKIAABCDEFGHIJKLMNOP", "ghp_" + "a" * 36, "xoxb-1234567890-abc", "api_key=abcdef123456",
+                 "access_token=abcdef123456", "DB_PASSWORD=hunter2hunter2", "postgres://admin:hunter2pass@db/x",
+                 "Authorization: Basic YWRtaW46aHVudGVyMg==", "sk_live_abcdefghijkl12", "glpat-abcdefghijklmnopqrst",
                  "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.abcdefghijk", "-----BEGIN RSA PRIVATE KEY-----"):
         assert "[redacted]" in scrub(f"error: {text}", {}), text
     assert scrub("AssertionError: expected 3, got 4", {}) == "AssertionError: expected 3, got 4"
@@ -315,3 +321,30 @@ def test_validate_refuses_code_benchmarks_before_generating_and_records_an_opt_i
     report = json.loads((tmp_path / "opted-in" / "report.json").read_text())
     assert report["code_execution"].startswith("unsafe: no kernel boundary")
     assert "WITHOUT a kernel boundary" in (tmp_path / "opted-in" / "report.md").read_text()
+
+
+@needs_bwrap
+def test_limits_are_reported_as_such_and_odd_programs_do_not_break_the_run():
+    """A program killed at its CPU-time limit is a timeout (bwrap reports 128 + the signal); a program holding a
+    lone surrogate fails inside, not in the evaluator."""
+    out = run_program("import signal\nsignal.raise_signal(signal.SIGXCPU)", timeout_s=5)
+    assert out.status == "timeout" and "CPU-time" in out.detail
+    out = run_program("x = '\ud800'\nprint(x)")
+    assert not out.passed and out.status == "failed"
+
+
+def test_unsafe_mode_keeps_its_stderr_and_leaves_nothing_running(monkeypatch, tmp_path):
+    """Without the boundary (opted in): a program that swaps its error file for a FIFO cannot hang the evaluator,
+    and children it leaves behind die with it."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap
+    marker = tmp_path / "late.txt"
+    swap = ("import os, sys\nfor d in ('.', '..'):\n    for name in os.listdir(d):\n"
+            "        p = os.path.join(d, name)\n        if os.path.isfile(p) and name != 'program.py':\n"
+            "            os.remove(p)\n            os.mkfifo(p)\nsys.stderr.write('boom\\n')\nraise SystemExit(3)")
+    out = run_program(DISARM + swap, unsafe=True, timeout_s=10)  # hung on reopening its stderr by name before
+    assert out.status == "failed" and out.detail == "boom"
+    out = run_program(DISARM + "import os, time\nif os.fork() == 0:\n    time.sleep(2)\n"
+                      f"    open({str(marker)!r}, 'w').write('late')\n    os._exit(0)\n", unsafe=True)
+    assert out.passed
+    time.sleep(3)
+    assert not marker.exists()  # the child was killed with its group

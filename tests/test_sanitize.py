@@ -93,7 +93,9 @@ def test_code_extract_finds_evalplus_run_with_fewer_parses():
 
     pieces = ["def f(x):", "    return x", "", "   ", "print(f(1))", "Here is text.", "```python", "```", "x = 1",
               "if x:", "    pass", "class A:", "    y = 2", "for i in range(3):", "  bad indent", "return 5", "else:",
-              "# comment", "Example usage:"]
+              "# comment", "Example usage:", "    return x \\", " "]  # a continuation before a blank line
+    assert code_extract("def f(x):\n    return x \\\n \nThat is all.") == \
+        evalplus.code_extract("def f(x):\n    return x \\\n \nThat is all.")
     rng = random.Random(7)
     for _ in range(3000):
         text = "\n".join(rng.choice(pieces) for _ in range(rng.randint(1, 14)))
