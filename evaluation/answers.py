@@ -4,9 +4,11 @@ gates on, which also reads the formats chat models write.
 - strict (lm-eval's strict-match): GSM8K: `#### N` (`gsm8k.yaml`), else `The answer is N` (`gsm8k-cot.yaml`);
   MMLU: what follows "The answer is ", "The answer is: ", "answer is ", "The answer: " or "The final answer: " to the
   line's last character (`mmlu/flan_cot_zeroshot`), read as a letter once punctuation is dropped.
-- flexible (lm-eval's flexible-extract): GSM8K: the last match of `(-?[$0-9.,]{2,})|(-?[0-9]+)`; MMLU: the last
-  letter in parentheses, else a letter after a colon (`multi_choice_regex`'s fallback; its matching of the choices'
-  own texts is not ported).
+- flexible (lm-eval's flexible-extract): GSM8K: the last match of `(-?[$0-9.,]{2,})|(-?[0-9]+)` (as lm-eval);
+  MMLU: the last letter in parentheses, else a letter after a colon (`multi_choice_regex` and its fallback), more
+  lenient than lm-eval's: only the question's own letters count (lm-eval takes any capital, so a last "(E)" on a
+  4-choice question is wrong there), a letter must stand alone ("Reason: Because" is not B), and lm-eval's matching
+  of the choices' own texts is not ported.
 - answer (gated): strict where it read something, else an answer marker as chat models write it ("Answer: B",
   "The correct answer is: C", "**Answer: $1,200**", the letter or number in bold or parentheses, "the correct
   choice is C"), else, for MMLU, a line that opens with the letter ("B." / "B)") or is only the letter (lm-eval's
