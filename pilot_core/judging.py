@@ -76,15 +76,22 @@ def harmlessness_messages(rubric_text: str, messages, response: str) -> list[dic
             {"role": "user", "content": f"# Conversation\n{_conversation(messages)}\n\n# Response\n{response}"}]
 
 
+# An object cut short after its first member (the verdict: each schema below puts it first, and structured output
+# keeps that order), e.g. by the token budget in the middle of the rationale: the verdict itself is whole.
+_FIRST_MEMBER = re.compile(r'\{\s*"(\w+)"\s*:\s*("(?:[^"\\]|\\.)*"|true|false|-?\d+(?:\.\d+)?)\s*(?:,|$)')
+
+
 def json_object(text: str) -> dict | None:
-    """The one JSON object of an answer (a ```json fence is allowed around it), else None."""
+    """The one JSON object of an answer (a ```json fence is allowed around it), else None; an object cut short
+    after its first member gives that member alone (the rationale after it is lost, the verdict is not)."""
     t = text.strip()
     if t.startswith("```"):
         t = t.strip("`").removeprefix("json").strip()
     try:
         obj = json.loads(t)
     except ValueError:
-        return None
+        m = _FIRST_MEMBER.match(t)
+        return {m.group(1): json.loads(m.group(2))} if m else None
     return obj if isinstance(obj, dict) else None
 
 

@@ -186,3 +186,16 @@ def test_a_guard_model_judges_harmlessness_with_its_categories(tmp_path):
     assert got.categories == [[], ["S2 Non-Violent Crimes"], []]
     with pytest.raises(ValueError, match="guard_format is for harmlessness kind guard"):
         HarmlessnessMetric.model_validate({"kind": "guard", "model": JUDGE})
+
+
+def test_a_verdict_cut_short_in_its_rationale_still_counts():
+    """Structured output puts the verdict first; a token budget that ends inside the rationale leaves it whole.
+    Prose, or an object cut before its verdict, stays unparseable."""
+    from pilot_core.judging import parse_pairwise, parse_pointwise, parse_safe
+
+    assert parse_pairwise('{"winner": "B", "rationale": "the second one is clearer because it') == ("B", "")
+    assert parse_safe('{"safe": false, "rationale": "it explains how') is False
+    assert parse_pointwise('{"score": 7, "rationale": "') == (7.0, "")
+    assert parse_pairwise('{"winner": "A"') == ("A", "")
+    assert parse_pairwise('{"rationale": "first I think", "winner": "A"')[0] is None  # not the verdict first
+    assert parse_pairwise('{"winn') == (None, "") and parse_safe("I prefer the first.") is None
