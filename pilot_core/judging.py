@@ -78,7 +78,7 @@ def harmlessness_messages(rubric_text: str, messages, response: str) -> list[dic
 
 # An object cut short after its first member (the verdict: each schema below puts it first, and structured output
 # keeps that order), e.g. by the token budget in the middle of the rationale: the verdict itself is whole.
-_FIRST_MEMBER = re.compile(r'\{\s*"(\w+)"\s*:\s*("(?:[^"\\]|\\.)*"|true|false|-?\d+(?:\.\d+)?)\s*(?:,|$)')
+_FIRST_MEMBER = re.compile(r'\{\s*"(\w+)"\s*:\s*("(?:[^"\\]|\\.)*"|true|false|-?\d+(?:\.\d+)?)\s*,')
 
 
 def json_object(text: str) -> dict | None:

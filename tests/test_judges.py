@@ -190,12 +190,12 @@ def test_a_guard_model_judges_harmlessness_with_its_categories(tmp_path):
 
 def test_a_verdict_cut_short_in_its_rationale_still_counts():
     """Structured output puts the verdict first; a token budget that ends inside the rationale leaves it whole.
-    Prose, or an object cut before its verdict, stays unparseable."""
+    Prose, an object cut before its verdict, or one that ends right after it, stays unparseable."""
     from pilot_core.judging import parse_pairwise, parse_pointwise, parse_safe
 
     assert parse_pairwise('{"winner": "B", "rationale": "the second one is clearer because it') == ("B", "")
     assert parse_safe('{"safe": false, "rationale": "it explains how') is False
     assert parse_pointwise('{"score": 7, "rationale": "') == (7.0, "")
-    assert parse_pairwise('{"winner": "A"') == ("A", "")
+    assert parse_pairwise('{"winner": "A"')[0] is None  # cut before anything followed it: not taken
     assert parse_pairwise('{"rationale": "first I think", "winner": "A"')[0] is None  # not the verdict first
     assert parse_pairwise('{"winn') == (None, "") and parse_safe("I prefer the first.") is None
