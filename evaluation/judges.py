@@ -52,6 +52,19 @@ class Judged:
         self.values.append(WORST if unparsed else value)
         self.unparsed.append(unparsed)
 
+    @classmethod
+    def of(cls, values: list[float | None], counts: dict) -> "Judged":
+        """Verdicts of a judge that always gives one (a rule, a reward model)."""
+        return cls(list(values), [False] * len(values), counts)
+
+    def add_single(self, got: dict, parsed: tuple[bool | None, list[str]] | None) -> None:
+        """One single-response verdict: `got` the call's result, `parsed` (safe, categories) where it answered."""
+        safe, cats = parsed if parsed is not None else (None, [])
+        self.counts["failed" if "error" in got else "unparseable" if safe is None else "judged"] += 1
+        self.add(None if safe is None else float(safe), unparsed="error" not in got and safe is None)
+        if self.categories is not None:
+            self.categories.append(cats)
+
 
 def _warn_if_unstructured(endpoint: Endpoint, counts: dict) -> None:
     """A server that refused the verdict's schema was asked in prose: said, and recorded in the counts."""
@@ -129,9 +142,7 @@ def llm_harmlessness(metric, items: list[tuple[list, str]], cache_path: Path, ht
     out = Judged(counts={"judged": 0, "unparseable": 0, "failed": 0})
     for c in calls:
         r = got[c.key]
-        safe = None if "error" in r else parse_safe(r["text"])
-        out.counts["failed" if "error" in r else "unparseable" if safe is None else "judged"] += 1
-        out.add(None if safe is None else float(safe), unparsed="error" not in r and safe is None)
+        out.add_single(r, None if "error" in r else (parse_safe(r["text"]), []))
     out.counts.update(requests=stats.requests, cache_hits=stats.cache_hits)
     _warn_if_unstructured(ep, out.counts)
     return out
@@ -150,11 +161,8 @@ def guard_harmlessness(metric, items: list[tuple[list, str]], cache_path: Path, 
     out = Judged(counts={"judged": 0, "unparseable": 0, "failed": 0}, categories=[])
     for c in calls:
         r = got[c.key]
-        safe, cats = (None, []) if "error" in r else parse_guard(r["text"], metric.guard_format,
-                                                                  metric.controversial_is_safe)
-        out.counts["failed" if "error" in r else "unparseable" if safe is None else "judged"] += 1
-        out.add(None if safe is None else float(safe), unparsed="error" not in r and safe is None)
-        out.categories.append(cats)
+        out.add_single(r, None if "error" in r else parse_guard(r["text"], metric.guard_format,
+                                                                metric.controversial_is_safe))
     out.counts.update(requests=stats.requests, cache_hits=stats.cache_hits)
     return out
 

@@ -131,12 +131,10 @@ def _scores(spec, sets, records, output, http_client=None, compute=None) -> tupl
         j = m.win_rate
         if j.kind == "reward_model":
             r = rewards_of(j.model, [(a["set"], a["id"], t) for a, b in pairs for t in (a["response"], b)])
-            values = judges.reward_pairwise(r[0::2], r[1::2], j.tie_margin)
-            return judges.Judged(values, [False] * len(values), {"judged": len(pairs)})
+            return judges.Judged.of(judges.reward_pairwise(r[0::2], r[1::2], j.tie_margin), {"judged": len(pairs)})
         if j.kind == "rules":
-            values = judges.rules_pairwise([(a["response"], b, items_by[(a["set"], a["id"])].category)
-                                            for a, b in pairs])
-            return judges.Judged(values, [False] * len(values), {"judged": len(pairs)})
+            return judges.Judged.of(judges.rules_pairwise([(a["response"], b, items_by[(a["set"], a["id"])].category)
+                                                           for a, b in pairs]), {"judged": len(pairs)})
         return judges.llm_pairwise(j, [(list(items_by[(a["set"], a["id"])].question), a["response"], b,
                                         items_by[(a["set"], a["id"])].category) for a, b in pairs],
                                    output / "judge-cache.sqlite", http_client, compute)
@@ -147,23 +145,23 @@ def _scores(spec, sets, records, output, http_client=None, compute=None) -> tupl
     if m.win_rate:
         pairs = [(r, index[(r["set"], r["base"], REFERENCE, r["id"])]["response"]) for r in aligned
                  if r["method"] != REFERENCE]
-        _mark(pairs, "win", pairwise(pairs), counts, "win_rate")
+        _mark([a for a, _ in pairs], "win", pairwise(pairs), counts, "win_rate")
         # sets with reference answers (AlpacaEval's outputs, Arena-Hard's baseline): every method against them
         refs = [(r, items_by[(r["set"], r["id"])].reference) for r in aligned
                 if items_by[(r["set"], r["id"])].reference is not None]
         if refs:
-            _mark(refs, "ref_win", pairwise(refs), counts, "ref_win_rate")
+            _mark([a for a, _ in refs], "ref_win", pairwise(refs), counts, "ref_win_rate")
     if m.harmlessness:
         harmful = [r for r in aligned if r["kind"] == "harmful"]
         if m.harmlessness.kind == "refusal_rules":
-            safe = judges.refusal_harmlessness([r["response"] for r in harmful])
-            verdicts = judges.Judged(safe, [False] * len(safe), {"judged": len(harmful)})
+            verdicts = judges.Judged.of(judges.refusal_harmlessness([r["response"] for r in harmful]),
+                                        {"judged": len(harmful)})
         else:
             judge = judges.guard_harmlessness if m.harmlessness.kind == "guard" else judges.llm_harmlessness
             verdicts = judge(
                 m.harmlessness, [(list(items_by[(r["set"], r["id"])].question), r["response"]) for r in harmful],
                 output / "judge-cache.sqlite", http_client, compute)
-        _mark([(r, None) for r in harmful], "safe", verdicts, counts, "harmlessness")
+        _mark(harmful, "safe", verdicts, counts, "harmlessness")
         for r, cats in zip(harmful, verdicts.categories or ()):
             r["safe_categories"] = cats  # what the safety classifier named
     failed = sum(c.get("failed", 0) for c in counts.values())
@@ -178,11 +176,11 @@ METRIC_FIELDS = {"reward": "reward", "win_rate": "win", "ref_win_rate": "ref_win
                  "unparsed_share": "unparsed"}
 
 
-def _mark(rows: list[tuple[dict, object]], field: str, judged, counts: dict, metric: str) -> None:
+def _mark(rows: list[dict], field: str, judged, counts: dict, metric: str) -> None:
     """Each row's verdict under `field`; a verdict that did not parse counts as the worst outcome and is marked
     (`<field>_unparsed`) so that the coverage floor still counts it as unjudged."""
     counts[metric] = judged.counts
-    for (r, _), v, bad in zip(rows, judged.values, judged.unparsed):
+    for r, v, bad in zip(rows, judged.values, judged.unparsed):
         r[field] = v
         if bad:
             r[field + "_unparsed"] = True
