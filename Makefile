@@ -25,22 +25,20 @@ $(STAMP): pyproject.toml
 demo: $(STAMP) sandbox  ## set up, then run the pipeline on the embedded default (offline, CPU)
 	$(BIN)/pilot run --config configs/pipeline/demo.yaml
 
+# A Debian package a target needs, installed where we are root (as CI is) or may sudo: $(call apt,COMMAND,PACKAGE,WHY)
+apt = command -v $(1) >/dev/null || { \
+  APT="apt-get"; [ "$$(id -u)" = 0 ] || APT="sudo -n apt-get"; \
+  $$APT install -y -q $(2) >/dev/null 2>&1 || \
+  { $$APT update -q >/dev/null 2>&1 && $$APT install -y -q $(2) >/dev/null 2>&1; }; } || \
+  echo "warning: could not install $(2) (apt-get install $(2)); $(3)"
+
 # The review page is tested in Debian's headless Chromium, driven by Playwright (no browser download).
 browser:
-	@command -v chromium >/dev/null || { \
-	  APT="apt-get"; [ "$$(id -u)" = 0 ] || APT="sudo -n apt-get"; \
-	  $$APT install -y -q chromium >/dev/null 2>&1 || \
-	  { $$APT update -q >/dev/null 2>&1 && $$APT install -y -q chromium >/dev/null 2>&1; }; } || \
-	  echo "warning: could not install chromium; the review page test will be skipped"
+	@$(call apt,chromium,chromium,the review page test will be skipped)
 
-# Code benchmarks run the models' programs in bubblewrap (Debian's bubblewrap; evaluation/sandbox.py) and refuse
-# where it cannot be set up. Installed here where we are root (as CI is); elsewhere: apt-get install bubblewrap.
+# Code benchmarks run the models' programs in bubblewrap (evaluation/sandbox.py) and refuse where it cannot be set up.
 sandbox:
-	@command -v bwrap >/dev/null || { \
-	  APT="apt-get"; [ "$$(id -u)" = 0 ] || APT="sudo -n apt-get"; \
-	  $$APT install -y -q bubblewrap >/dev/null 2>&1 || \
-	  { $$APT update -q >/dev/null 2>&1 && $$APT install -y -q bubblewrap >/dev/null 2>&1; }; } || \
-	  echo "warning: could not install bubblewrap (apt-get install bubblewrap); code benchmarks will refuse to run"
+	@$(call apt,bwrap,bubblewrap,code benchmarks will refuse to run)
 
 test: $(STAMP) browser sandbox  ## set up, then run every test (slow integration tests with real servers included)
 	$(BIN)/python -m pytest
