@@ -22,6 +22,7 @@ or opening a line with punctuation.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -81,6 +82,7 @@ _LEAD = r"(?i:(?:the\s++)?(?:final\s++|correct\s++|right\s++|best\s++)?answer\s*
 _CHOICE_IS = r"(?i:(?:correct|right|best)\s++(?:choice|option)\s++(?:is|would be)[\s:]*+)"
 
 
+@functools.lru_cache(maxsize=16)  # per number of choices, not per answer
 def _patterns(letters: str) -> tuple[re.Pattern, re.Pattern, list[re.Pattern], re.Pattern]:
     L = f"[{letters}]"
     box = rf"(?:\*\*|__)?+[\(\[]?+({L})[\)\]]?+(?:\*\*|__)?+(?![A-Za-z0-9])"  # B, (B), **B**, **(B)**
