@@ -97,7 +97,7 @@ def _answers_dataset(base_dir: Path, out: Path) -> None:
     for i in range(0, len(reqs), 16):
         recs = [PromptRecord(str(j), ({"role": "user", "content": q},)) for j, q in enumerate(reqs[i : i + 16])]
         for rec, r in zip(recs, base_only_batch(base, recs, cfg)):
-            rows.append({"messages": [*rec.messages, {"role": "assistant", "content": r["response"]}]})
+            rows.append({"messages": [*rec.messages, {"role": "assistant", "content": r.response}]})
         print(f"  SmolLM2 answered {len(rows)}/{len(reqs)} requests", file=sys.stderr, flush=True)
     datasets.DatasetDict({"sft": datasets.Dataset.from_list(rows)}).save_to_disk(str(out / "dataset"))
     write_manifest(out, Manifest(kind="dataset", data={"rows": len(rows), "teacher": str(base_dir)}))

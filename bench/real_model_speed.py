@@ -80,7 +80,7 @@ def run(way: str, m, recs, cfg) -> list[str]:
     if way == "generate":
         return with_generate(m, recs, cfg)
     fn = base_only_batch if way == "engine" else lambda b, r, c: wsd_batch(m, b, r, c)
-    return [o["response"] for i in range(0, len(recs), cfg.batch_size)
+    return [o.response for i in range(0, len(recs), cfg.batch_size)
             for o in fn(m, recs[i : i + cfg.batch_size], cfg)]
 
 

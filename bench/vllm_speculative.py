@@ -58,12 +58,13 @@ def spec_counts(url: str) -> tuple[float, float]:
 
 
 def served_wsd(url: str, pilot_dir: Path, questions: list[str], concurrency: int, max_tokens: int,
-               threshold: float, method: str) -> tuple[float, list[dict]]:
+               threshold: float, method: str) -> tuple[float, list]:
     """`method` (wsd or base_only) over the questions with the base on `url` and the pilot in-process, as
     `pilot wsd generate --base URL` runs it, `concurrency` prompts in flight: (wall seconds, records)."""
     from pilot_core.models.source import ModelSource
     from pilot_core.prompts import PromptRecord
     from wsd_inference.config import WSDConfig
+    from wsd_inference.methods import read_record
     from wsd_inference.runner import generate_to_file
 
     recs = [PromptRecord(f"q{i}", ({"role": "user", "content": q},)) for i, q in enumerate(questions)]
@@ -76,7 +77,7 @@ def served_wsd(url: str, pilot_dir: Path, questions: list[str], concurrency: int
         t0 = time.perf_counter()
         generate_to_file(pilot, base, recs, cfg, Path(d) / "out.jsonl", progress=False, method=method)
         wall = time.perf_counter() - t0
-        return wall, [json.loads(x) for x in (Path(d) / "out.jsonl").read_text().splitlines()]
+        return wall, [read_record(json.loads(x)) for x in (Path(d) / "out.jsonl").read_text().splitlines()]
 
 
 def main() -> None:
@@ -136,8 +137,8 @@ def main() -> None:
     for c in args.concurrency:
         for method in ("wsd", "base_only"):
             p, s = results[method, "plain", c], results[method, "speculative", c]
-            same = sum(a["response"] == b["response"] for a, b in zip(p[1], s[1]))
-            switched = sum(r["switched"] for r in s[1])
+            same = sum(a.response == b.response for a, b in zip(p[1], s[1]))
+            switched = sum(r.wsd.switched for r in s[1])
             print(f"| {c} | {method} | {p[0]:.1f} | {s[0]:.1f} | {s[0] / p[0]:.2f} | {s[3] / max(s[2], 1):.0%} | "
                   f"{switched}/{len(s[1])} | {same}/{len(s[1])} |")
 

@@ -24,13 +24,13 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import statistics  # noqa: E402
 
+from pilot_core.models.loading import load_hf_model  # noqa: E402
 from pilot_core.models.tiny import TinyModelSpec, cached_tiny_model  # noqa: E402
-from wsd_inference.config import WSDConfig  # noqa: E402
+from pilot_core.prompts import PromptRecord  # noqa: E402
 from wsd_inference.baselines import base_only_batch, urial_batch  # noqa: E402
+from wsd_inference.config import WSDConfig  # noqa: E402
 from wsd_inference.eft import eft_batch  # noqa: E402
 from wsd_inference.engine import wsd_batch  # noqa: E402
-from pilot_core.models.loading import load_hf_model  # noqa: E402
-from pilot_core.prompts import PromptRecord  # noqa: E402
 from wsd_inference.nudging import nudging_batch  # noqa: E402
 from wsd_inference.search import bon_batch, cbs_batch  # noqa: E402
 from wsd_inference.staged import staged_batch  # noqa: E402
@@ -129,17 +129,17 @@ def main() -> None:
                               "staged": lambda r, c: staged_batch(pilot, base, r, c),
                               "nudging": lambda r, c: nudging_batch(pilot, base, r, c)}, recs, cfg, args.reps)
         w, st = out["wsd"], out["staged"]
-        same = all(a["response"] == b["response"] and a["switch_index"] == b["switch_index"] for a, b in zip(w, st))
-        print(f"| {gamma} | {sum(o['switched'] for o in w)}/{len(w)} | "
-              f"{sum(o['kept_draft_tokens'] for o in w) / len(w):.1f} | "
-              f"{sum(o['pilot_tokens'] for o in w)} / {sum(o['pilot_tokens'] for o in st)} | "
+        same = all(a.response == b.response and a.wsd.switch_index == b.wsd.switch_index for a, b in zip(w, st))
+        print(f"| {gamma} | {sum(o.wsd.switched for o in w)}/{len(w)} | "
+              f"{sum(o.wsd.kept_draft_tokens for o in w) / len(w):.1f} | "
+              f"{sum(o.pilot_tokens for o in w)} / {sum(o.pilot_tokens for o in st)} | "
               f"{t['base']:.2f} | {t['wsd']:.2f} | {t['staged']:.2f} | {t['wsd'] / t['base']:.2f} | "
               f"{t['wsd'] / t['staged']:.2f} | {same} |")
         nu = out["nudging"]
-        pilot_tokens, base_tokens = sum(o["pilot_tokens"] for o in nu), sum(o["base_tokens"] for o in nu)
+        pilot_tokens, base_tokens = sum(o.pilot_tokens for o in nu), sum(o.base_tokens for o in nu)
         nudging_rows.append(f"| {gamma} | {t['base']:.2f} | {t['nudging']:.2f} | {t['nudging'] / t['base']:.2f} | "
                             f"{pilot_tokens / max(pilot_tokens + base_tokens, 1):.0%} | "
-                            f"{sum(o['handoffs'] for o in nu) / len(nu):.1f} | {pilot_tokens + base_tokens} |")
+                            f"{sum(o.nudging.handoffs for o in nu) / len(nu):.1f} | {pilot_tokens + base_tokens} |")
     print("\n| gamma | base-only s | Nudging s | Nudging / base-only | pilot's share of tokens | hand-offs (mean) "
           "| tokens |")
     print("|---|---|---|---|---|---|---|")
@@ -152,8 +152,8 @@ def main() -> None:
 
 
 def _rate(outs) -> float:
-    s = [o["speculation"] for o in outs]
-    return sum(x["accepted"] for x in s) / max(sum(x["proposed"] for x in s), 1)
+    s = [o.speculation for o in outs]
+    return sum(x.accepted for x in s) / max(sum(x.proposed for x in s), 1)
 
 
 def speculation_table(pilot, base, recs, args) -> None:
@@ -170,11 +170,11 @@ def speculation_table(pilot, base, recs, args) -> None:
                               "base_spec": lambda r, c: base_only_batch(base, r, spec, pilot=pilot),
                               "wsd": lambda r, c: wsd_batch(pilot, base, r, c),
                               "wsd_spec": lambda r, c: wsd_batch(pilot, base, r, spec)}, recs, cfg, args.reps)
-        same = all(a["response"] == b["response"] for a, b in zip(out["wsd"], out["wsd_spec"])) and all(
-            a["response"] == b["response"] for a, b in zip(out["base"], out["base_spec"]))
+        same = all(a.response == b.response for a, b in zip(out["wsd"], out["wsd_spec"])) and all(
+            a.response == b.response for a, b in zip(out["base"], out["base_spec"]))
 
-        ws = [o["speculation"] for o in out["wsd_spec"]]
-        per_pass = sum(o["base_tokens"] for o in out["wsd_spec"]) / max(sum(x["base_passes"] for x in ws), 1)
+        ws = [o.speculation for o in out["wsd_spec"]]
+        per_pass = sum(o.base_tokens for o in out["wsd_spec"]) / max(sum(x.base_passes for x in ws), 1)
         print(f"| {bs} | {gamma} | {k} | {t['base']:.2f} | {t['base_spec'] / t['base']:.2f} | "
               f"{t['wsd'] / t['base']:.2f} | {t['wsd_spec'] / t['base']:.2f} | {_rate(out['wsd_spec']):.0%} "
               f"({_rate(out['base_spec']):.0%}) | {per_pass:.2f} | {same} |")
@@ -198,9 +198,9 @@ def methods_speculation_table(pilot, base, untuned, recs, args) -> None:
     for name in args.methods:
         run = runs[name]
         t, out = median_time({"plain": run, "spec": lambda r, c: run(r, spec)}, recs, cfg, args.reps)
-        st = [o["speculation"] for o in out["spec"]]
-        per_pass = sum(x["tokens"] for x in st) / max(sum(x["base_passes"] for x in st), 1)
-        same = [a["response"] for a in out["plain"]] == [b["response"] for b in out["spec"]]
+        st = [o.speculation for o in out["spec"]]
+        per_pass = sum(x.tokens for x in st) / max(sum(x.base_passes for x in st), 1)
+        same = [a.response for a in out["plain"]] == [b.response for b in out["spec"]]
         print(f"| {name} | {t['plain']:.2f} | {t['spec'] / t['plain']:.2f} | {_rate(out['spec']):.0%} | "
               f"{per_pass:.2f} | {same if name not in ('bon', 'cbs') else f'{same} (sampled)'} |")
 
@@ -214,8 +214,8 @@ def search_table(pilot, untuned, base, recs, max_new: int, reps: int) -> None:
     print("| method | s | / base-only (sampled) | mean implicit reward | base tokens |")
     print("|---|---|---|---|---|")
     for k in ("base", "bon", "cbs"):
-        score = sum(o.get("score", 0.0) for o in out[k]) / len(out[k]) if k != "base" else float("nan")
-        print(f"| {k} | {t[k]:.2f} | {t[k] / t['base']:.2f} | {score:.2f} | {sum(o['base_tokens'] for o in out[k])} |")
+        score = sum(o.search.score for o in out[k]) / len(out[k]) if k != "base" else float("nan")
+        print(f"| {k} | {t[k]:.2f} | {t[k] / t['base']:.2f} | {score:.2f} | {sum(o.base_tokens for o in out[k])} |")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 from pilot_core.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from pilot_core.report import METRIC_TITLES, ValidationReport, markdown
 
+
 def _bars(report: ValidationReport, metric: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -40,8 +41,9 @@ def _switch_hist(report: ValidationReport, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     drawn = False
     for base, by_m in report.diagnostics.items():
-        idx = [i for d in by_m.get("wsd", {}).values() for i in d.switch_indices]
-        never = sum(round(d.never_switched_share * d.n) for d in by_m.get("wsd", {}).values())
+        drafts = [d for by_s in by_m.values() for d in by_s.values() if d.switched_share is not None]
+        idx = [i for d in drafts for i in d.switch_indices]
+        never = sum(round(d.never_switched_share * d.n) for d in drafts)
         if idx:
             ax.hist(idx, bins=min(20, max(idx) + 1), histtype="step", linewidth=1.5,
                     label=f"{base} (never switched: {never})")
@@ -65,7 +67,8 @@ def write_plots(report: ValidationReport, plots: Path) -> None:
     for metric in METRIC_TITLES:
         if report.sets_with(metric):
             _bars(report, metric, plots / f"{metric}.png")
-    if any("wsd" in by_m for by_m in report.diagnostics.values()):
+    if any(d.switched_share is not None for by_m in report.diagnostics.values() for by_s in by_m.values()
+           for d in by_s.values()):
         _switch_hist(report, plots / "switch_index.png")
 
 

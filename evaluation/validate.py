@@ -18,12 +18,13 @@ from evaluation.report import write_report
 from evaluation.stats import length_controlled_ci, mean_ci, paired_diff_ci
 from pilot_core.errors import JobFailed, UserError
 from pilot_core.manifest import config_hash, fingerprint, read_manifest
+from pilot_core.method_record import MethodRecord
 from pilot_core.models.compute import Compute
 from pilot_core.models.files import check_contained, check_local_dir
 from pilot_core.models.source import ModelSource
 from pilot_core.names import safe_join
 from pilot_core.report import CheckpointRef, Diagnostics, Judges, Stat, ValidationReport, load_report
-from wsd_inference.methods import METHODS
+from wsd_inference.methods import METHODS, read_record
 
 REFERENCE = "base_only"
 
@@ -39,8 +40,9 @@ def _untuned(spec: EvalSpec, manifest) -> ModelSource | None:
     return ModelSource(name="untuned", path=start)
 
 
-def _read(path: Path) -> dict[str, dict]:
-    return {r["id"]: r for r in (json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip())}
+def _read(path: Path) -> dict[str, MethodRecord]:
+    recs = (read_record(json.loads(x)) for x in path.read_text(encoding="utf-8").splitlines() if x.strip())
+    return {r.id: r for r in recs}
 
 
 def _generate(spec, pilot, bases, untuned, sets, output, compute, progress) -> dict:
@@ -97,7 +99,7 @@ def _scores(spec, sets, records, output, http_client=None, compute=None) -> tupl
             for method, recs in by_method.items():
                 for it in items:
                     row = {"set": es.name, "kind": es.kind, "base": base, "method": method, "id": it.record.id,
-                           "response": recs[it.record.id]["response"]}
+                           "response": recs[it.record.id].response}
                     if es.kind in CAPABILITY_KINDS and es.kind != "code":
                         sc = score_answer(es.kind, row["response"], it.answer, it.n_choices)
                         row.update(correct=float(sc.correct), extracted=sc.extracted)
@@ -223,38 +225,13 @@ def _aggregate(spec, sets, bases, rows) -> tuple[dict, dict]:
     return metrics, tax
 
 
-def _share(rs: list[dict], pilot_key: str) -> float:
-    """The pilot's share of the answers' tokens (each model's tokens counted in its own tokenizer)."""
-    pilot = sum(r[pilot_key] for r in rs)
-    return pilot / max(pilot + sum(r["base_tokens"] for r in rs), 1)
-
-
 def _diagnostics(records, bases) -> dict:
+    """diagnostics[base][method][set]: what each method's registry entry reads from its records."""
     out: dict = {}
     for s, by_base in records.items():
         for base in bases:
             for method, recs in by_base[base.name].items():
-                rs = list(recs.values())
-                n = len(rs)
-                d = Diagnostics(n=n, mean_time_s=sum(r["time_s"] for r in rs) / n)
-                if method == "wsd":  # where the base took over
-                    switch = [r["switch_index"] for r in rs if r["switched"]]
-                    d = d.model_copy(update={
-                        "switched_share": len(switch) / n, "never_switched_share": 1 - len(switch) / n,
-                        "switch_indices": sorted(switch), "mean_draft_tokens": sum(r["pilot_tokens"] for r in rs) / n,
-                        "mean_kept_draft_tokens": sum(r["kept_draft_tokens"] for r in rs) / n,
-                        "mean_base_tokens": sum(r["base_tokens"] for r in rs) / n,
-                        "pilot_token_share": _share(rs, "kept_draft_tokens")})
-                if method == "nudging":  # how much of the answers the pilot wrote, in how many turns
-                    d = d.model_copy(update={"pilot_token_share": _share(rs, "pilot_tokens"),
-                                             "mean_handoffs": sum(r["handoffs"] for r in rs) / n})
-                spec = [r["speculation"] for r in rs if r.get("speculation")]
-                if spec:  # the method ran with the pilot speculating for the base
-                    d = d.model_copy(update={
-                        "speculation_acceptance_rate": sum(x["accepted"] for x in spec)
-                        / max(sum(x["proposed"] for x in spec), 1),
-                        "tokens_per_base_pass": sum(x["tokens"] for x in spec)
-                        / max(sum(x["base_passes"] for x in spec), 1)})
+                d = Diagnostics(**METHODS[method].diagnostics(list(recs.values())))
                 out.setdefault(base.name, {}).setdefault(method, {})[s] = d
     return out
 

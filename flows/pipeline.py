@@ -28,8 +28,19 @@ from prefect import flow, get_run_logger
 
 from flows import artifacts
 from flows.pipeline_config import PipelineConfig, check_inputs, curation_config
-from flows.tasks import (curate_task, gate_task, pair_review_export_task, pair_review_import_task, preferences_task,
-                         publish_task, review_export_task, review_import_task, train_task, validate_task, wsd_task)
+from flows.tasks import (
+    curate_task,
+    gate_task,
+    pair_review_export_task,
+    pair_review_import_task,
+    preferences_task,
+    publish_task,
+    review_export_task,
+    review_import_task,
+    train_task,
+    validate_task,
+    wsd_task,
+)
 from pilot_core.models.source import ModelSource
 from pilot_core.names import safe_join
 
@@ -103,7 +114,7 @@ def validation_flow(cfg: PipelineConfig, pilot: ModelSource) -> dict:
     """WSD with every base on the pipeline's prompts, then (with a validation section) the full validation of
     the trained checkpoint: every method x base x eval set, with the report as an artifact."""
     root = run_root(cfg)
-    wsd = {b.name: wsd_task(pilot, b, cfg.prompts, cfg.wsd, root, cfg.compute)["output"] for b in cfg.bases}
+    wsd = {b.name: wsd_task(pilot, b, cfg.prompts, cfg.wsd, root, cfg.compute) for b in cfg.bases}
     if cfg.validation is None:
         return {"wsd": wsd}
     v = validate_task(cfg.validation, pilot.path, cfg.bases, root, pilot.name, cfg.compute)

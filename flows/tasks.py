@@ -165,7 +165,8 @@ def train_task(training, pilot: ModelSource, name: str, dataset: str, root: str,
 
 
 @task(name="wsd", **NETWORK)
-def wsd_task(pilot: ModelSource, base: ModelSource, prompts: str, wsd, root: str, compute: Compute) -> dict:
+def wsd_task(pilot: ModelSource, base: ModelSource, prompts: str, wsd, root: str, compute: Compute) -> str:
+    """WSD's answers to the pipeline's prompts with one base; returns the output file."""
     from pilot_core.prompts import load_prompts
     from wsd_inference.runner import generate_to_file
 
@@ -174,10 +175,10 @@ def wsd_task(pilot: ModelSource, base: ModelSource, prompts: str, wsd, root: str
                     "compute": compute.resolve().identity()})
     out = stage_dir(root, "wsd", key) / f"{base.name}.jsonl"  # resumable: done ids are skipped
     s = generate_to_file(pilot, base, load_prompts(prompts), wsd, out, compute, progress=_progress())
-    get_run_logger().info(f"wsd {pilot.name} -> {base.name}: {s['new']} new prompts, {s['switched']} switched to "
-                          f"the base, mean kept draft {s['mean_kept_draft_tokens']:.1f} tokens, mean base "
-                          f"continuation {s['mean_base_tokens']:.1f} tokens -> {out}")
-    return {**s, "output": str(out)}
+    get_run_logger().info(f"wsd {pilot.name} -> {base.name}: {s.new} new prompts, {s.switched} switched to the "
+                          f"base, mean kept draft {s.mean_kept_draft_tokens:.1f} tokens, mean base continuation "
+                          f"{s.mean_base_tokens:.1f} tokens -> {out}")
+    return s.output
 
 
 @task(name="validate", **NETWORK)

@@ -106,11 +106,11 @@ def generate(input_path, output_path, method, **options) -> None:
     pilot, base, untuned, cfg, compute = resolve_models(**options)
     prompts = load_prompts(input_path)
     s = generate_to_file(pilot, base, prompts, cfg, output_path, compute, method=method, untuned=untuned)
-    if not s["new"]:
+    if not s.new:
         click.echo(f"{output_path}: all {len(prompts)} prompts already done", err=True)
     else:
-        click.echo(f"{output_path}: {s['new']} new answers ({s['switched']} switched to the base), "
-                   f"{s['already_done']} already done", err=True)
+        click.echo(f"{output_path}: {s.new} new answers ({s.switched} switched to the base), "
+                   f"{s.already_done} already done", err=True)
 
 
 @wsd.command()

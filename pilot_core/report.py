@@ -254,7 +254,8 @@ def markdown(report: ValidationReport, verdict: GateVerdict | None = None) -> st
                 "| base | method | set | tax |", "|---|---|---|---|"]
         out += [f"| {b} | {m} | {s} | {_fmt(t, pct=True)} |" for b, by_m in report.alignment_tax.items()
                 for m, by_s in by_m.items() for s, t in by_s.items()] + [""]
-    wsd = [(b, s, d) for b, by_m in report.diagnostics.items() for s, d in by_m.get("wsd", {}).items()]
+    wsd = [(b, s, d) for b, by_m in report.diagnostics.items() for by_s in by_m.values() for s, d in by_s.items()
+           if d.switched_share is not None]  # where a draft was handed to the base
     if wsd:
         out += ["## WSD diagnostics", "", "| base | set | switched | never switched | mean draft | mean kept draft "
                 "| mean base tokens | pilot's share of tokens | time/item |", "|---|---|---|---|---|---|---|---|---|"]
@@ -262,7 +263,8 @@ def markdown(report: ValidationReport, verdict: GateVerdict | None = None) -> st
                 f"{d.mean_draft_tokens:.1f} | {d.mean_kept_draft_tokens:.1f} | {d.mean_base_tokens:.1f} | "
                 f"{_fmt_share(d.pilot_token_share)} | {d.mean_time_s:.2f} s |" for b, s, d in wsd]
         out += ["", "![switch index](plots/switch_index.png)", ""]
-    nudging = [(b, s, d) for b, by_m in report.diagnostics.items() for s, d in by_m.get("nudging", {}).items()]
+    nudging = [(b, s, d) for b, by_m in report.diagnostics.items() for by_s in by_m.values()
+               for s, d in by_s.items() if d.mean_handoffs is not None]  # where the turn changed hands
     if nudging:
         out += ["## Nudging diagnostics", "", "| base | set | pilot's share of tokens | mean hand-offs | time/item |",
                 "|---|---|---|---|---|"]

@@ -45,7 +45,7 @@ def median_max_window(pilot, base, window):
     from wsd_inference.engine import wsd_generate
 
     loose = WSDConfig(window=window, threshold=1.0, max_draft_tokens=24, max_new_tokens=40)
-    best = sorted(max(g["window_scores"], default=0.0) for g in wsd_generate(pilot, base, RECS, loose))
+    best = sorted(max(g.wsd.window_scores, default=0.0) for g in wsd_generate(pilot, base, RECS, loose))
     k = len(best) // 2
     assert best[k - 1] < best[k]
     return (best[k - 1] + best[k]) / 2

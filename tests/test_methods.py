@@ -33,8 +33,8 @@ def test_pilot_only_is_the_pilot_alone(m):
     pilot = m["pilot"]
     for rec, g in zip(RECS, pilot_only_batch(pilot, RECS, CFG)):
         ref = greedy(pilot.model, pilot.encode(chat_prompt(pilot.tokenizer, rec.messages)), 30, pilot.stop_ids)
-        assert g["response"] == pilot.decode(ref).strip() and g["pilot_tokens"] == len(ref)
-        assert g["base_tokens"] == 0 and g["method"] == "pilot_only"
+        assert g.response == pilot.decode(ref).strip() and g.pilot_tokens == len(ref)
+        assert g.base_tokens == 0 and g.method == "pilot_only"
 
 
 def test_urial_is_the_base_with_the_prefix(m):
@@ -46,8 +46,8 @@ def test_urial_is_the_base_with_the_prefix(m):
         assert prompt.endswith("# Answer:\n```\n") and rec.messages[-1]["content"] in prompt
         ref = greedy(base.model, base.encode(prompt), 30, base.stop_ids, base.tokenizer, stop_on_marker=False)
         want = cut_at_markers(base.decode(ref), URIAL_STOP).removesuffix("```").strip()
-        assert g["response"] == want  # the reference ran on past a marker; the method stopped there: the same cut
-        assert "# Query" not in g["response"] and g["method"] == "urial"
+        assert g.response == want  # the reference ran on past a marker; the method stopped there: the same cut
+        assert "# Query" not in g.response and g.method == "urial"
 
 
 def test_urial_prefix_file_errors(tmp_path):
@@ -91,8 +91,8 @@ def test_cbs_with_one_beam_and_no_chunks_is_best_of_n(m, pair):
     bon = bon_batch(base, tuned, untuned, RECS, cfg)
     cbs = cbs_batch(base, tuned, untuned, RECS, cfg)
     for b, c in zip(bon, cbs):
-        assert b["response"] == c["response"] and b["base_tokens"] == c["base_tokens"]
-        assert b["score"] == pytest.approx(c["score"], abs=1e-3)
+        assert b.response == c.response and b.base_tokens == c.base_tokens
+        assert b.search.score == pytest.approx(c.search.score, abs=1e-3)
 
 
 def test_best_of_n_picks_the_highest_scoring_sample(m):
@@ -108,8 +108,8 @@ def test_best_of_n_picks_the_highest_scoring_sample(m):
 
     for rec, g in zip(RECS, bon_batch(base, tuned, untuned, RECS, cfg, reward=PrefersShort())):
         lengths = seen[rec.messages[-1]["content"]]
-        assert len(lengths) == cfg.bon.n and g["score"] == -min(lengths)
-        assert g["candidate_scores"] == [-x for x in lengths]
+        assert len(lengths) == cfg.bon.n and g.search.score == -min(lengths)
+        assert g.search.candidate_scores == [-x for x in lengths]
 
 
 def test_cbs_searches_in_chunks_and_is_seeded(m):
@@ -119,13 +119,13 @@ def test_cbs_searches_in_chunks_and_is_seeded(m):
     a = cbs_batch(base, tuned, untuned, RECS, cfg)
     b = cbs_batch(base, tuned, untuned, RECS, cfg)
     c = cbs_batch(base, tuned, untuned, RECS, cfg.model_copy(update={"seed": 1}))
-    assert [x["response"] for x in a] == [x["response"] for x in b]
-    assert [x["response"] for x in a] != [x["response"] for x in c]
-    assert all(x["candidates"] == 4 and x["base_tokens"] <= 24 for x in a)
+    assert [x.response for x in a] == [x.response for x in b]
+    assert [x.response for x in a] != [x.response for x in c]
+    assert all(x.search.candidates == 4 and x.base_tokens <= 24 for x in a)
     # the kept response scores at least as well as a fresh sample from the base (search helps on its own metric)
     single = bon_batch(base, tuned, untuned, RECS, cfg.model_copy(
         update={"bon": cfg.bon.model_copy(update={"n": 1})}))
-    assert sum(x["score"] for x in a) > sum(x["score"] for x in single)
+    assert sum(x.search.score for x in a) > sum(x.search.score for x in single)
 
 
 def test_eft_with_beta_zero_is_base_only_greedy(m):
@@ -134,9 +134,9 @@ def test_eft_with_beta_zero_is_base_only_greedy(m):
     base, tuned, untuned = m["same"], m["pilot"], m["untuned"]
     cfg = WSDConfig(max_new_tokens=30)
     zero = eft_batch(base, tuned, untuned, RECS, cfg.model_copy(update={"eft": EFTConfig(beta=0.0)}))
-    assert [x["response"] for x in zero] == [x["response"] for x in base_only_batch(base, RECS, cfg)]
+    assert [x.response for x in zero] == [x.response for x in base_only_batch(base, RECS, cfg)]
     one = eft_batch(base, tuned, untuned, RECS, cfg)
-    assert [x["response"] for x in one] != [x["response"] for x in zero]
+    assert [x.response for x in one] != [x.response for x in zero]
 
 
 def test_eft_refuses_different_vocabularies(m):
@@ -165,7 +165,7 @@ def test_eft_combines_over_the_shared_vocabulary_when_only_added_tokens_differ(m
     vocab = shared_vocabulary(m["same"], m["pilot"], other)
     assert vocab.excluded == (unk,) and vocab.size == len(m["pilot"].tokenizer)
     got = eft_batch(m["same"], m["pilot"], other, RECS, CFG)
-    assert [x["response"] for x in got] == [x["response"] for x in eft_batch(m["same"], m["pilot"], m["untuned"],
+    assert [x.response for x in got] == [x.response for x in eft_batch(m["same"], m["pilot"], m["untuned"],
                                                                              RECS, CFG)]
 
 
@@ -209,7 +209,7 @@ def test_eft_beta_steers_toward_the_pilot(m):
 
     def reward(beta):
         out = eft_batch(base, tuned, untuned, RECS, CFG.model_copy(update={"eft": EFTConfig(beta=beta)}))
-        return sum(implicit_reward_from_scratch(tuned, untuned, rec.messages, g["response"], False)
+        return sum(implicit_reward_from_scratch(tuned, untuned, rec.messages, g.response, False)
                    for rec, g in zip(RECS, out))
 
     low, zero, high = reward(-1.0), reward(0.0), reward(1.0)

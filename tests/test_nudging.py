@@ -28,14 +28,14 @@ def test_limits_are_the_base_alone_and_the_pilot_alone(m, pair):
     pilot, base = m["pilot"], m[pair]
     zero = nudging_batch(pilot, base, RECS, _cfg(0.0))
     alone = base_only_batch(base, RECS, _cfg(0.0))
-    assert [x["response"] for x in zero] == [x["response"] for x in alone]
-    assert [x["base_tokens"] for x in zero] == [x["base_tokens"] for x in alone]
-    assert all(x["pilot_tokens"] == 0 and x["handoffs"] == 0 for x in zero)
+    assert [x.response for x in zero] == [x.response for x in alone]
+    assert [x.base_tokens for x in zero] == [x.base_tokens for x in alone]
+    assert all(x.pilot_tokens == 0 and x.nudging.handoffs == 0 for x in zero)
     one = nudging_batch(pilot, base, RECS, _cfg(1.0))
     pilot_alone = pilot_only_batch(pilot, RECS, _cfg(1.0))
-    assert [x["response"] for x in one] == [x["response"] for x in pilot_alone]
-    assert [x["pilot_tokens"] for x in one] == [x["pilot_tokens"] for x in pilot_alone]
-    assert all(x["base_tokens"] == 0 and x["handoffs"] == 0 and x["pilot_pieces"] > 0 for x in one)
+    assert [x.response for x in one] == [x.response for x in pilot_alone]
+    assert [x.pilot_tokens for x in one] == [x.pilot_tokens for x in pilot_alone]
+    assert all(x.base_tokens == 0 and x.nudging.handoffs == 0 and x.nudging.pilot_pieces > 0 for x in one)
 
 
 @pytest.mark.parametrize("pair,piece,compact", [("same", "word", False), ("different", "word", True),
@@ -52,11 +52,11 @@ def test_batched_engine_equals_the_reference(m, pair, piece, compact, monkeypatc
     got = nudging_batch(pilot, base, RECS, cfg)
     for rec, g in zip(RECS, got):
         want = wsd_reference.nudging(pilot, base, rec.messages, cfg)
-        assert {k: g[k] for k in want} == want, rec.id
-        assert g["method"] == "nudging" and g["pilot_tokens"] + g["base_tokens"] <= cfg.max_new_tokens
+        assert {k: g.to_json()[k] for k in want} == want, rec.id
+        assert g.method == "nudging" and g.pilot_tokens + g.base_tokens <= cfg.max_new_tokens
     # both models wrote, and the turns went back and forth (not one switch as in WSD)
-    assert sum(g["pilot_tokens"] for g in got) > 0 and sum(g["base_tokens"] for g in got) > 0
-    assert max(g["handoffs"] for g in got) >= 3
+    assert sum(g.pilot_tokens for g in got) > 0 and sum(g.base_tokens for g in got) > 0
+    assert max(g.nudging.handoffs for g in got) >= 3
     assert bool(compactions) == compact
 
 
@@ -65,9 +65,9 @@ def test_sampled_nudging_is_seeded_per_prompt(m):
     cfg = _cfg(GAMMA["same"]).model_copy(update={"temperature": 0.9})
     a = nudging_batch(pilot, base, RECS, cfg)
     b = nudging_batch(pilot, base, RECS[:3], cfg) + nudging_batch(pilot, base, RECS[3:], cfg)
-    assert [x["response"] for x in a] == [x["response"] for x in b]  # an answer does not depend on its batch
+    assert [x.response for x in a] == [x.response for x in b]  # an answer does not depend on its batch
     c = nudging_batch(pilot, base, RECS, cfg.model_copy(update={"seed": 1}))
-    assert [x["response"] for x in a] != [x["response"] for x in c]
+    assert [x.response for x in a] != [x.response for x in c]
 
 
 @pytest.mark.parametrize("pair", ["same", "different"])
@@ -81,13 +81,13 @@ def test_the_pilot_speculates_for_the_bases_turns(m, pair):
     got = nudging_batch(pilot, base, RECS, cfg.model_copy(update=spec))
     for rec, g in zip(RECS, got):
         want = wsd_reference.nudging(pilot, base, rec.messages, cfg)
-        assert {k: g[k] for k in want} == want, rec.id
-        st = g["speculation"]
-        assert st["tokens"] == g["base_tokens"] and st["accepted"] <= st["proposed"]
-    assert sum(g["speculation"]["proposed"] for g in got) > 0
+        assert {k: g.to_json()[k] for k in want} == want, rec.id
+        st = g.speculation
+        assert st.tokens == g.base_tokens and st.accepted <= st.proposed
+    assert sum(g.speculation.proposed for g in got) > 0
     if pair == "same":
-        assert sum(g["speculation"]["accepted"] for g in got) > 0  # passes that wrote several base tokens
+        assert sum(g.speculation.accepted for g in got) > 0  # passes that wrote several base tokens
         sampled = cfg.model_copy(update={"temperature": 0.9})
         plain = nudging_batch(pilot, base, RECS, sampled)
         spec_sampled = nudging_batch(pilot, base, RECS, sampled.model_copy(update=spec))
-        assert [x["response"] for x in spec_sampled] == [x["response"] for x in plain]
+        assert [x.response for x in spec_sampled] == [x.response for x in plain]

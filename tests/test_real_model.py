@@ -117,11 +117,11 @@ def test_nudging_with_smollm2_as_the_pilot(smollm2, pair_different):
     pilot, base = load_hf_model(str(smollm2), need_chat_template=True), load_hf_model(str(pair_different[1]))
     recs = RECS[:3]
     one = WSDConfig(threshold=1.0, max_new_tokens=24)
-    assert [x["response"] for x in nudging_batch(pilot, base, recs, one)] == \
-        [x["response"] for x in pilot_only_batch(pilot, recs, one)]
+    assert [x.response for x in nudging_batch(pilot, base, recs, one)] == \
+        [x.response for x in pilot_only_batch(pilot, recs, one)]
     mid = WSDConfig(threshold=0.15, max_new_tokens=24)
     got = nudging_batch(pilot, base, recs, mid)
     for rec, g in zip(recs, got):
         want = wsd_reference.nudging(pilot, base, rec.messages, mid)
-        assert {k: g[k] for k in want} == want, rec.id
-    assert sum(g["handoffs"] for g in got) > 0
+        assert {k: g.to_json()[k] for k in want} == want, rec.id
+    assert sum(g.nudging.handoffs for g in got) > 0

@@ -38,18 +38,18 @@ def test_greedy_answers_are_identical_with_speculation(models, pair):
                     batch_size=len(RECS))
     for run in (lambda c: wsd_batch(pilot, base, RECS, c), lambda c: base_only_batch(base, RECS, c, pilot=pilot)):
         plain, spec = run(cfg), run(speculating(cfg, 3))
-        assert any(p["base_tokens"] > 10 for p in plain)  # the base writes a continuation worth speculating on
+        assert any(p.base_tokens > 10 for p in plain)  # the base writes a continuation worth speculating on
         for p, s in zip(plain, spec):
-            assert {k: s.get(k) for k in FIELDS} == {k: p.get(k) for k in FIELDS}, p["id"]
-            assert "speculation" not in p
-            st = s["speculation"]
-            assert st["tokens"] == p["base_tokens"]
-            if p["base_tokens"] > 1:
-                assert st["proposed"] > 0 and 0 <= st["accepted"] <= st["proposed"]
-                assert st["base_passes"] <= p["base_tokens"]  # never more passes than tokens
+            assert {k: s.to_json()[k] for k in FIELDS} == {k: p.to_json()[k] for k in FIELDS}, p.id
+            assert p.speculation is None
+            st = s.speculation
+            assert st.tokens == p.base_tokens
+            if p.base_tokens > 1:
+                assert st.proposed > 0 and 0 <= st.accepted <= st.proposed
+                assert st.base_passes <= p.base_tokens  # never more passes than tokens
         if pair == "same":  # some proposals were kept (the tiny pilot and the other family's base hardly agree:
             # see test_text_crossing_proposes_what_the_base_writes for proposals kept across tokenizers)
-            assert sum(s["speculation"]["accepted"] for s in spec) > 0
+            assert sum(s.speculation.accepted for s in spec) > 0
 
 
 def test_sampled_across_tokenizers_draws_what_the_base_draws(models):
@@ -58,18 +58,18 @@ def test_sampled_across_tokenizers_draws_what_the_base_draws(models):
     pilot, base = models["different"]
     cfg = WSDConfig(window=3, threshold=0.1, max_draft_tokens=16, max_new_tokens=40, temperature=0.9, seed=3)
     plain, spec = base_only_batch(base, RECS, cfg), base_only_batch(base, RECS, speculating(cfg, 2), pilot=pilot)
-    assert [s["response"] for s in spec] == [p["response"] for p in plain]
-    assert sum(s["speculation"]["proposed"] for s in spec) > 0
+    assert [s.response for s in spec] == [p.response for p in plain]
+    assert sum(s.speculation.proposed for s in spec) > 0
 
 
 def test_sampled_one_vocabulary_is_seeded(models):
     pilot, base = models["same"]
     cfg = speculating(WSDConfig(window=3, threshold=0.1, max_draft_tokens=16, max_new_tokens=40, temperature=0.9), 3)
     a, b = wsd_batch(pilot, base, RECS, cfg), wsd_batch(pilot, base, RECS[::-1], cfg)[::-1]
-    assert [x["response"] for x in a] == [x["response"] for x in b]  # per prompt, not per batch position
-    assert sum(x["speculation"]["accepted"] for x in a) > 0
+    assert [x.response for x in a] == [x.response for x in b]  # per prompt, not per batch position
+    assert sum(x.speculation.accepted for x in a) > 0
     c = wsd_batch(pilot, base, RECS, cfg.model_copy(update={"seed": 1}))
-    assert [x["response"] for x in c] != [x["response"] for x in a]
+    assert [x.response for x in c] != [x.response for x in a]
 
 
 def continue_greedily(base, prompts: list[str], drafter: Drafter | None = None, spec: Speculation | None = None):
@@ -184,7 +184,7 @@ def test_cli_speculates_and_refuses_it_for_a_served_base(models, pair_different,
     assert r.returncode == 0, r.stderr
     got = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     want = wsd_batch(pilot_m, base, RECS, WSDConfig(window=3, threshold=0.3, max_draft_tokens=16, max_new_tokens=32))
-    assert [g["response"] for g in got] == [w["response"] for w in want]
+    assert [g["response"] for g in got] == [w.response for w in want]
     assert all(g["speculation"]["base_passes"] <= g["base_tokens"] for g in got)
     err = one_line_error(pilot(*common, "--base", "http://127.0.0.1:9/v1", "--base-model", "b", "--output",
                                str(tmp_path / "o2.jsonl"), "--speculate", "3"))
@@ -211,13 +211,13 @@ def test_urial_and_eft_greedy_answers_are_identical_with_speculation(models, unt
         runs["eft"] = lambda c: eft_batch(base, pilot, untuned, RECS, c)
     for name, run in runs.items():
         plain, spec = run(cfg), run(speculating(cfg, 3))
-        assert [s["response"] for s in spec] == [p["response"] for p in plain], name
-        assert [s["base_tokens"] for s in spec] == [p["base_tokens"] for p in plain]
-        assert all("speculation" not in p for p in plain)
-        assert sum(s["speculation"]["proposed"] for s in spec) > 0
-        assert all(s["speculation"]["base_passes"] <= max(s["base_tokens"], 1) for s in spec)
+        assert [s.response for s in spec] == [p.response for p in plain], name
+        assert [s.base_tokens for s in spec] == [p.base_tokens for p in plain]
+        assert all(p.speculation is None for p in plain)
+        assert sum(s.speculation.proposed for s in spec) > 0
+        assert all(s.speculation.base_passes <= max(s.base_tokens, 1) for s in spec)
         if pair == "same":
-            assert sum(s["speculation"]["accepted"] for s in spec) > 0
+            assert sum(s.speculation.accepted for s in spec) > 0
 
 
 def search_cfg(k: int = 0, seed: int = 3) -> WSDConfig:
@@ -234,11 +234,11 @@ def test_searches_speculate_across_tokenizers_with_the_same_draws(models, untune
     pilot, base = models["different"]
     for run in (bon_batch, cbs_batch):
         plain, spec = run(base, pilot, untuned, RECS, search_cfg()), run(base, pilot, untuned, RECS, search_cfg(3))
-        assert [(s["response"], s["score"]) for s in spec] == [(p["response"], p["score"]) for p in plain]
-        assert all("speculation" not in p for p in plain)
-        assert all(s["speculation"]["proposed"] > 0 for s in spec)
+        assert [(s.response, s.search.score) for s in spec] == [(p.response, p.search.score) for p in plain]
+        assert all(p.speculation is None for p in plain)
+        assert all(s.speculation.proposed > 0 for s in spec)
         # the figures count every row's tokens, kept or not: more than the chosen answer's
-        assert all(s["speculation"]["tokens"] > s["base_tokens"] for s in spec)
+        assert all(s.speculation.tokens > s.base_tokens for s in spec)
 
 
 def test_searches_speculate_on_one_vocabulary_seeded_chunk_by_chunk(models, untuned):
@@ -250,16 +250,16 @@ def test_searches_speculate_on_one_vocabulary_seeded_chunk_by_chunk(models, untu
 
     pilot, base = models["same"]
     a, b = (cbs_batch(base, pilot, untuned, RECS, search_cfg(3)) for _ in range(2))
-    assert [x["response"] for x in a] == [x["response"] for x in b]
-    assert sum(x["speculation"]["accepted"] for x in a) > 0
-    assert all(x["base_tokens"] <= 24 for x in a)
+    assert [x.response for x in a] == [x.response for x in b]
+    assert sum(x.speculation.accepted for x in a) > 0
+    assert all(x.base_tokens <= 24 for x in a)
 
     rows = LocalRows(base, RECS, 2, search_cfg(3), Sampling(temperature=0.7), pilot)
     for round_ in range(3):
         asyncio.run(rows.sample(5, round_))
         assert all(len(r) == 5 * (round_ + 1) or f for r, f in zip(rows.resp, rows.finished))
         rows.select([1, 1, 2, 2] + list(range(4, len(rows.resp))), round_ + 1)
-    assert rows.speculation(RECS[0])["proposed"] > 0
+    assert rows.speculation(RECS[0]).proposed > 0
 
 
 def test_what_the_draft_cache_holds_past_the_answer_is_proposed_first(models):

@@ -33,14 +33,14 @@ def test_online_engine_equals_staged_reference(models, pair, threshold, window, 
     cfg = WSDConfig(window=window, threshold=threshold, max_draft_tokens=24, max_new_tokens=40,
                     chunk_size=chunk, batch_size=batch)
     got = list(wsd_generate(pilot, base, RECS, cfg))
-    assert [g["id"] for g in got] == [r.id for r in RECS]
+    assert [g.id for g in got] == [r.id for r in RECS]
     for rec, g in zip(RECS, got):
         ref = staged_wsd(pilot, base, rec.messages, cfg)
-        assert {k: g[k] for k in FIELDS} == {k: ref[k] for k in FIELDS}, rec.id
+        assert {k: g.to_json()[k] for k in FIELDS} == {k: ref[k] for k in FIELDS}, rec.id
         # drafting stops at the switch point: never more pilot tokens than the staged pipeline's whole draft
-        assert g["pilot_tokens"] <= ref["pilot_tokens"]
-        if not g["switched"]:
-            assert g["pilot_tokens"] == ref["pilot_tokens"]
+        assert g.pilot_tokens <= ref["pilot_tokens"]
+        if not g.wsd.switched:
+            assert g.pilot_tokens == ref["pilot_tokens"]
 
 
 @pytest.mark.parametrize("pair", ["same", "different"])
@@ -49,34 +49,34 @@ def test_median_threshold_gives_a_mix_of_switch_decisions(models, pair):
     pilot, base = models[pair]
     cfg = WSDConfig(window=3, threshold=median_max_window(pilot, base, 3), max_draft_tokens=24, max_new_tokens=40)
     got = list(wsd_generate(pilot, base, RECS, cfg))
-    assert any(g["switched"] for g in got) and not all(g["switched"] for g in got)
-    assert all(g["response"] for g in got)  # the test world writes real (if silly) text
+    assert any(g.wsd.switched for g in got) and not all(g.wsd.switched for g in got)
+    assert all(g.response for g in got)  # the test world writes real (if silly) text
 
 
 def test_budget_counts_kept_draft_and_continuation(models):
     pilot, base = models["same"]
     cfg = WSDConfig(window=2, threshold=0.0, max_draft_tokens=20, max_new_tokens=5)
     for g in wsd_generate(pilot, base, RECS, cfg):
-        assert g["kept_draft_tokens"] + g["base_tokens"] <= 5
-        assert g["switch_index"] == 1 and g["switched"]
+        assert g.wsd.kept_draft_tokens + g.base_tokens <= 5
+        assert g.wsd.switch_index == 1 and g.wsd.switched
 
 
 def test_zero_draft_is_base_only(models):
     pilot, base = models["same"]
     cfg = WSDConfig(window=1, threshold=0.8, max_draft_tokens=0, max_new_tokens=12)
     for rec, g in zip(RECS, wsd_generate(pilot, base, RECS, cfg)):
-        assert g["switch_index"] is None and g["draft_text"] == "" and g["pilot_tokens"] == 0
+        assert g.wsd.switch_index is None and g.wsd.draft_text == "" and g.pilot_tokens == 0
         ref = staged_wsd(pilot, base, rec.messages, cfg)
-        assert {k: g[k] for k in FIELDS} == {k: ref[k] for k in FIELDS}
+        assert {k: g.to_json()[k] for k in FIELDS} == {k: ref[k] for k in FIELDS}
 
 
 def test_sampling_is_seeded_and_batch_independent(models):
     pilot, base = models["different"]
     cfg = WSDConfig(window=3, threshold=0.3, max_draft_tokens=16, max_new_tokens=24, temperature=1.0, top_p=0.9,
                     seed=7)
-    a = [g["response"] for g in wsd_generate(pilot, base, RECS, cfg)]
-    b = [g["response"] for g in wsd_generate(pilot, base, RECS, cfg.model_copy(update={"batch_size": 3}))]
-    c = [g["response"] for g in wsd_generate(pilot, base, RECS, cfg.model_copy(update={"seed": 8}))]
+    a = [g.response for g in wsd_generate(pilot, base, RECS, cfg)]
+    b = [g.response for g in wsd_generate(pilot, base, RECS, cfg.model_copy(update={"batch_size": 3}))]
+    c = [g.response for g in wsd_generate(pilot, base, RECS, cfg.model_copy(update={"seed": 8}))]
     assert a == b and a != c
 
 
@@ -90,8 +90,8 @@ def test_batched_staged_pipeline_equals_online_engine(models, pair):
     online = list(wsd_generate(pilot, base, RECS, cfg))
     staged = staged_batch(pilot, base, RECS, cfg)
     for o, s in zip(online, staged):
-        assert {k: o[k] for k in FIELDS} == {k: s[k] for k in FIELDS}
-        assert o["window_scores"] == pytest.approx(s["window_scores"], abs=1e-5)
+        assert {k: o.to_json()[k] for k in FIELDS} == {k: s.to_json()[k] for k in FIELDS}
+        assert o.wsd.window_scores == pytest.approx(s.wsd.window_scores, abs=1e-5)
 
 
 def test_base_only_matches_plain_greedy(models):
@@ -105,8 +105,8 @@ def test_base_only_matches_plain_greedy(models):
     for rec, g in zip(RECS, base_only_batch(base, RECS, cfg)):
         ctx = base.encode(base_prompt(rec.messages, base.tokenizer.bos_token))
         cont = greedy(base.model, ctx, 30, base.stop_ids, base.tokenizer, stop_on_marker=True)
-        assert g["response"] == cut_at_markers(base.decode(cont)) and g["base_tokens"] == len(cont)
-        assert g["method"] == "base_only" and g["pilot_tokens"] == 0
+        assert g.response == cut_at_markers(base.decode(cont)) and g.base_tokens == len(cont)
+        assert g.method == "base_only" and g.pilot_tokens == 0
 
 
 @pytest.mark.parametrize("pair", ["same", "different"])
@@ -117,7 +117,7 @@ def test_a_draft_that_fills_the_budget_stops_there(models, pair):
     cfg = WSDConfig(window=2, threshold=1.0, max_draft_tokens=24, max_new_tokens=6, chunk_size=2)
     for rec, g in zip(RECS, wsd_generate(pilot, base, RECS, cfg)):
         ref = staged_wsd(pilot, base, rec.messages, cfg)
-        assert {k: g[k] for k in FIELDS} == {k: ref[k] for k in FIELDS}, rec.id
+        assert {k: g.to_json()[k] for k in FIELDS} == {k: ref[k] for k in FIELDS}, rec.id
         if ref["kept_draft_tokens"] == 6:  # the budget is all draft
-            assert (g["switch_index"], g["switched"], g["base_tokens"]) == (5, False, 0)
-            assert g["pilot_tokens"] < ref["pilot_tokens"]  # drafting stopped early
+            assert (g.wsd.switch_index, g.wsd.switched, g.base_tokens) == (5, False, 0)
+            assert g.pilot_tokens < ref["pilot_tokens"]  # drafting stopped early

@@ -80,11 +80,11 @@ def test_server_path_equals_in_process(vllm_servers, local, base, threshold, pil
 
     got = remote(go)
     for w, g in zip(want, got):
-        assert {k: g[k] for k in DECISIONS} == {k: w[k] for k in DECISIONS}, w["id"]
-        assert g["kept_draft_tokens"] + g["base_tokens"] <= 40
+        assert {k: g.to_json()[k] for k in DECISIONS} == {k: w.to_json()[k] for k in DECISIONS}, w.id
+        assert g.wsd.kept_draft_tokens + g.base_tokens <= 40
     if threshold == 0.0:  # the pilot's stream is closed at the first check: drafting stops at the switch (a
         # chunk of merged tokens can carry the count past the check)
-        assert all(cfg.chunk_size <= g["pilot_tokens"] < cfg.max_draft_tokens for g in got if g["switched"])
+        assert all(cfg.chunk_size <= g.pilot_tokens < cfg.max_draft_tokens for g in got if g.wsd.switched)
 
 
 def _spec_metrics(url: str) -> dict[str, float]:
@@ -115,7 +115,8 @@ def test_a_base_server_speculating_with_the_pilot_gives_the_same_answers(vllm_se
     for method in ("wsd", "base_only"):
         plain, spec = remote(lambda: go("base-same", method)), remote(lambda: go("base-same-spec", method))
         for p, s in zip(plain, spec):
-            assert {k: s[k] for k in ("response", *DECISIONS)} == {k: p[k] for k in ("response", *DECISIONS)}
+            assert {k: s.to_json()[k] for k in ("response", *DECISIONS)} == \
+                {k: p.to_json()[k] for k in ("response", *DECISIONS)}
     after = _spec_metrics(vllm_servers["base-same-spec"].url)
     assert after["num_draft_tokens_total"] > before.get("num_draft_tokens_total", 0)
     assert after["num_accepted_tokens_total"] > before.get("num_accepted_tokens_total", 0)
@@ -208,8 +209,8 @@ def test_single_model_methods_over_a_server_equal_in_process(vllm_servers, local
             await s.close()
 
     got = remote(go)
-    same = sum(w["response"] == g["response"] for w, g in zip(want, got))
-    assert all(g["method"] == method and g["base_tokens"] <= 30 for g in got)
+    same = sum(w.response == g.response for w, g in zip(want, got))
+    assert all(g.method == method and g.base_tokens <= 30 for g in got)
     assert same >= len(RECS) - 1  # greedy text across backends: equal up to a rare near-tie
 
 
@@ -227,7 +228,7 @@ def test_pilot_only_over_a_server(vllm_servers, local):
             await p.close()
 
     got = remote(go)
-    assert sum(w["response"] == g["response"] for w, g in zip(want, got)) >= len(RECS) - 1
+    assert sum(w.response == g.response for w, g in zip(want, got)) >= len(RECS) - 1
 
 
 def _search(vllm_servers, local, untuned, base: str, method: str, cfg: WSDConfig, reward=None):
@@ -262,18 +263,18 @@ def test_search_with_the_base_on_a_server(vllm_servers, local, untuned, base):
     bon = _search(vllm_servers, local, untuned, base, "bon", whole)
     cbs_whole = _search(vllm_servers, local, untuned, base, "cbs", whole)
     for b, c in zip(bon, cbs_whole):
-        assert b["response"] == c["response"] and b["score"] == pytest.approx(c["score"], abs=1e-3)
-        assert b["score"] == max(b["candidate_scores"]) and len(b["candidate_scores"]) == 4
-        assert 0 < b["base_tokens"] <= 24
-    assert len({b["response"] for b in bon}) > 1
+        assert b.response == c.response and b.search.score == pytest.approx(c.search.score, abs=1e-3)
+        assert b.search.score == max(b.search.candidate_scores) and len(b.search.candidate_scores) == 4
+        assert 0 < b.base_tokens <= 24
+    assert len({b.response for b in bon}) > 1
 
     chunked = cfg.model_copy(update={"cbs": cfg.cbs.model_copy(update={"chunk_length": 5})})
     a = _search(vllm_servers, local, untuned, base, "cbs", chunked)
     again = _search(vllm_servers, local, untuned, base, "cbs", chunked)
-    assert [x["response"] for x in a] == [x["response"] for x in again]
+    assert [x.response for x in a] == [x.response for x in again]
     single = _search(vllm_servers, local, untuned, base, "bon",
                      cfg.model_copy(update={"bon": cfg.bon.model_copy(update={"n": 1})}))
-    assert sum(x["score"] for x in a) > sum(x["score"] for x in single)
+    assert sum(x.search.score for x in a) > sum(x.search.score for x in single)
 
 
 def test_search_cli_with_a_served_base(vllm_servers, pair_same, pair_different, untuned_path, tmp_path):
@@ -319,9 +320,9 @@ def test_nudging_over_servers_equals_in_process(vllm_servers, local, base, gamma
 
     got = remote(go)
     keys = ("response", "pilot_tokens", "base_tokens", "handoffs", "pilot_pieces")
-    same = sum({k: g[k] for k in keys} == {k: w[k] for k in keys} for w, g in zip(want, got))
-    assert same >= len(RECS) - 1, [(w, g) for w, g in zip(want, got) if w["response"] != g["response"]]
-    assert sum(g["handoffs"] for g in got) > len(RECS)  # the turns went back and forth
+    same = sum({k: g.to_json()[k] for k in keys} == {k: w.to_json()[k] for k in keys} for w, g in zip(want, got))
+    assert same >= len(RECS) - 1, [(w, g) for w, g in zip(want, got) if w.response != g.response]
+    assert sum(g.nudging.handoffs for g in got) > len(RECS)  # the turns went back and forth
 
 
 def test_nudging_cli_with_servers(vllm_servers, pair_same, pair_different, tmp_path):

@@ -9,18 +9,19 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pilot_core.inputs import read_text
+from pilot_core.method_record import MethodRecord
 from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch
 from pilot_core.models.sampling import NO_WATCH, Watch, chat_batch
 from pilot_core.models.templates import STOP_STRINGS, base_prompt, cut_at_markers
 from pilot_core.prompts import PromptRecord
-from wsd_inference.engine import Speculator, continue_base
-from wsd_inference.records import method_record
+from wsd_inference.continuation import Speculator, continue_base
 
 if TYPE_CHECKING:  # annotations only, see methods.py
     from wsd_inference.config import WSDConfig
@@ -54,7 +55,7 @@ def urial_answer(response: str) -> str:
 
 def _base_alone(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prompts: list[str], method: str,
                 stop: tuple[str, ...] = STOP_STRINGS, watch: Watch = NO_WATCH,
-                speculator: Speculator | None = None) -> list[dict]:
+                speculator: Speculator | None = None) -> list[MethodRecord]:
     """The base alone from each prompt, with the whole budget; the response cut at the first stop string."""
     t0 = time.perf_counter()
     stop = stop + watch.stop
@@ -63,13 +64,13 @@ def _base_alone(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prompts
                          speculator)
     total = time.perf_counter() - t0
     timing = {"batch_s": round(total, 4), "draft_and_score_s": 0.0, "batch_size": len(recs)}
-    return [method_record(rec.id, method, cut_at_markers(base.decode(row.tokens), stop), base_tokens=len(row.tokens),
-                          time_s=total / len(recs), timing=timing, **({"speculation": spec[i]} if spec else {}))
+    return [MethodRecord(rec.id, method, cut_at_markers(base.decode(row.tokens), stop), time_s=total / len(recs),
+                         timing=timing, base_tokens=len(row.tokens), speculation=spec and spec[i])
             for i, (rec, row) in enumerate(zip(recs, rows))]
 
 
 def base_only_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, watch: Watch = NO_WATCH,
-                    pilot: HFModel | None = None) -> list[dict]:
+                    pilot: HFModel | None = None) -> list[MethodRecord]:
     """The base model alone with the plain role template, same budget and stop rules as WSD; with speculation on
     and a pilot given, the pilot proposes the base's tokens (the answers are still the base's)."""
     return _base_alone(base, recs, cfg, [base_prompt(r.messages, base.tokenizer.bos_token) for r in recs],
@@ -77,23 +78,21 @@ def base_only_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, wat
 
 
 def urial_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prefix: str | None = None,
-                pilot: HFModel | None = None) -> list[dict]:
+                pilot: HFModel | None = None) -> list[MethodRecord]:
     """The base after the URIAL prefix; with speculation on and a pilot given, the pilot (reading its own chat
     template, not the prefix) proposes the base's tokens."""
     prefix = urial_prefix(cfg.urial_prefix) if prefix is None else prefix
     out = _base_alone(base, recs, cfg, [urial_prompt(r.messages, prefix, base.tokenizer.bos_token) for r in recs],
                       "urial", stop=URIAL_STOP, speculator=Speculator.of(pilot, base, recs, cfg))
-    for r in out:
-        r["response"] = urial_answer(r["response"])
-    return out
+    return [replace(r, response=urial_answer(r.response)) for r in out]
 
 
-def pilot_only_batch(pilot: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:
+def pilot_only_batch(pilot: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[MethodRecord]:
     """The pilot alone with its chat template, for the whole budget."""
     t0 = time.perf_counter()
     answers = chat_batch(pilot, [r.messages for r in recs], cfg.max_new_tokens, cfg.sampling(),
                          cfg.generators([r.id for r in recs]))
     total = time.perf_counter() - t0
-    return [method_record(rec.id, "pilot_only", pilot.decode(d).strip(), pilot_tokens=len(d),
-                          time_s=total / len(recs), timing={"batch_s": round(total, 4), "batch_size": len(recs)})
+    return [MethodRecord(rec.id, "pilot_only", pilot.decode(d).strip(), time_s=total / len(recs),
+                         timing={"batch_s": round(total, 4), "batch_size": len(recs)}, pilot_tokens=len(d))
             for rec, d in zip(recs, answers)]

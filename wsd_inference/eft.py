@@ -14,14 +14,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pilot_core.errors import UserError
+from pilot_core.method_record import MethodRecord
 from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch
 from pilot_core.models.sampling import Stream, prefilled
 from pilot_core.models.templates import STOP_STRINGS, base_prompt, cut_at_markers
 from pilot_core.prompts import PromptRecord
-from wsd_inference.engine import Speculator, run_generation
+from wsd_inference.continuation import Speculator, run_generation
 from wsd_inference.implicit_reward import small_prompt
-from wsd_inference.records import method_record
 
 if TYPE_CHECKING:  # annotations only, see methods.py
     from wsd_inference.config import WSDConfig
@@ -109,7 +109,7 @@ class _Combined:
 
 
 def eft_batch(base: HFModel, tuned: HFModel, untuned: HFModel, recs: list[PromptRecord],
-              cfg: WSDConfig) -> list[dict]:
+              cfg: WSDConfig) -> list[MethodRecord]:
     t0 = time.perf_counter()
     vocab = shared_vocabulary(base, tuned, untuned)
     batches = [prefilled(base, [base_prompt(r.messages, base.tokenizer.bos_token) for r in recs]),
@@ -121,7 +121,7 @@ def eft_batch(base: HFModel, tuned: HFModel, untuned: HFModel, recs: list[Prompt
     speculator = Speculator.of(tuned, base, recs, cfg)
     spec = run_generation(ensemble, rows, cfg.sampling(), STOP_STRINGS, speculator)
     total = time.perf_counter() - t0
-    return [method_record(rec.id, "eft", cut_at_markers(base.decode(row.tokens)), base_tokens=len(row.tokens),
-                          time_s=total / len(recs), timing={"batch_s": round(total, 4), "batch_size": len(recs)},
-                          **({"speculation": spec[i]} if spec else {}))
+    return [MethodRecord(rec.id, "eft", cut_at_markers(base.decode(row.tokens)), time_s=total / len(recs),
+                         timing={"batch_s": round(total, 4), "batch_size": len(recs)}, base_tokens=len(row.tokens),
+                         speculation=spec and spec[i])
             for i, (rec, row) in enumerate(zip(recs, rows))]

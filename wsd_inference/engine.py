@@ -14,72 +14,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pilot_core.method_record import MethodRecord, SpeculationFigures, WSDTrace
 from pilot_core.models.loading import HFModel
-from pilot_core.models.ragged import RaggedBatch, common_prefix
-from pilot_core.models.sampling import NO_WATCH, Generation, Sampling, Stream, Watch, prefilled
-from pilot_core.models.speculative import Drafter, Speculation, SpeculativeGeneration
+from pilot_core.models.ragged import RaggedBatch
+from pilot_core.models.sampling import NO_WATCH, Generation, Stream, Watch, prefilled
 from pilot_core.models.templates import STOP_STRINGS, base_prompt, base_text, chat_prompt, cut_at_markers
 from pilot_core.models.tokenization import stable_token_count
 from pilot_core.prompts import PromptRecord
-from wsd_inference.records import method_record
+from wsd_inference.continuation import Speculator, continue_base
 from wsd_inference.switch import first_switch, kept_context, window_scores
 
 if TYPE_CHECKING:  # annotations only, see methods.py
     from wsd_inference.config import WSDConfig
-
-
-@dataclass
-class Speculator:
-    """The draft model that speculates for a continuation (`pilot_core.models.speculative`), and how."""
-
-    drafter: Drafter
-    spec: Speculation
-    before: list[list[int]] | None = None  # per row, the answer's base tokens ahead of the continuation
-
-    @classmethod
-    def of(cls, pilot: HFModel | None, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig,
-           before: list[list[int]] | None = None, batch: RaggedBatch | None = None,
-           sampling: Sampling | None = None) -> Speculator | None:
-        """The pilot speculating for `recs`, one row each (None when speculation is off or no pilot is at hand);
-        `batch`: the pilot's cache of its chat prompts, to go on from (WSD's drafting batch); `sampling`: how the
-        rows pick tokens, if not as `cfg` says (the searches)."""
-        spec = cfg.speculation.settings()
-        if pilot is None or not spec.enabled:
-            return None
-        prompts = [chat_prompt(pilot.tokenizer, r.messages) for r in recs]
-        return cls(Drafter(pilot, base, prompts, sampling or cfg.sampling(), batch), spec, before)
-
-    def generation(self, batch, rows: list[Stream], sampling: Sampling,
-                   stop: tuple[str, ...] = STOP_STRINGS) -> SpeculativeGeneration:
-        return SpeculativeGeneration(batch, rows, sampling, stop, self.drafter, self.spec, self.before)
-
-
-def run_generation(batch, rows: list[Stream], sampling: Sampling, stop: tuple[str, ...],
-                   speculator: Speculator | None) -> list[dict] | None:
-    """Generate `rows` to their end from `batch` (its next-token logits there), the pilot speculating if a
-    speculator is given: then per row its speculation figures (`SpecStats.record`)."""
-    if speculator is None:
-        Generation(batch, rows, sampling, stop).run()
-        return None
-    gen = speculator.generation(batch, rows, sampling, stop)
-    gen.run()
-    return [st.record(len(row.tokens)) for st, row in zip(gen.stats, rows)]
-
-
-def continue_base(batch: RaggedBatch, contexts: list[list[int]], rows: list[Stream], sampling: Sampling,
-                  stop: tuple[str, ...] = STOP_STRINGS, speculator: Speculator | None = None) -> list[dict] | None:
-    """Continue row r from `contexts[r]` into `rows[r]`, reusing whatever prefix of it the row's cache already
-    holds. Stops at EOS, at a stop string (role markers by default), or at the row's budget. With a speculator,
-    the pilot proposes tokens the base checks; returns then per row its speculation figures."""
-    new = []
-    for r, ctx in enumerate(contexts):
-        # keep the cached prefix, re-feed at least the last context token to get the next-token logits
-        keep = min(common_prefix(batch.tokens[r], ctx), len(ctx) - 1)
-        batch.truncate(r, keep)
-        new.append(ctx[keep:] if not rows[r].done else [])
-    batch.compact()  # continuation steps then attend over live tokens only
-    batch.feed(new)
-    return run_generation(batch, rows, sampling, stop, speculator)
 
 
 @dataclass(frozen=True)
@@ -156,16 +102,14 @@ class WSDRow:
         return self.context[self.prompt_len:] if self.accept is not None else []
 
     def record(self, base: HFModel, cont: list[int], cfg: WSDConfig, time_s: float, timing: dict,
-               method: str, stop: tuple[str, ...] = (), speculation: dict | None = None) -> dict:
+               method: str, stop: tuple[str, ...] = (), speculation: SpeculationFigures | None = None) -> MethodRecord:
         kept = self.kept_ids
-        extra = {"speculation": speculation} if speculation is not None else {}
-        return method_record(
-            self.rec.id, method, cut_at_markers(base.decode(kept + cont), STOP_STRINGS + stop),
-            draft_text=base.decode(kept),
-            switch_index=self.accept, switched=self.switched, pilot_tokens=len(self.draft.tokens),
-            kept_draft_tokens=len(kept), base_tokens=len(cont),
-            window_scores=window_scores(self.logps[: (self.accept or 0) + 1], cfg.window), time_s=time_s,
-            timing=timing, **extra)
+        trace = WSDTrace(draft_text=base.decode(kept), switch_index=self.accept, switched=self.switched,
+                         kept_draft_tokens=len(kept),
+                         window_scores=window_scores(self.logps[: (self.accept or 0) + 1], cfg.window))
+        return MethodRecord(self.rec.id, method, cut_at_markers(base.decode(kept + cont), STOP_STRINGS + stop),
+                            time_s=time_s, timing=timing, pilot_tokens=len(self.draft.tokens), base_tokens=len(cont),
+                            trace=trace, speculation=speculation)
 
 
 def wsd_rows(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[WSDRow]:
@@ -179,7 +123,7 @@ def wsd_rows(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[WS
 
 def finish_batch(base: HFModel, rows: list[WSDRow], batch: RaggedBatch, cfg: WSDConfig, t0: float,
                  t_draft: float, method: str = "wsd", watch: Watch = NO_WATCH,
-                 speculator: Speculator | None = None) -> list[dict]:
+                 speculator: Speculator | None = None) -> list[MethodRecord]:
     """The base continues every row from its kept context (reusing what `batch` holds); one record per row."""
     conts = [watch.stream(r, row.budget, row.generator, row.kept_ids) for r, row in enumerate(rows)]
     spec = continue_base(batch, [row.context for row in rows], conts, cfg.sampling(), STOP_STRINGS + watch.stop,
@@ -191,7 +135,7 @@ def finish_batch(base: HFModel, rows: list[WSDRow], batch: RaggedBatch, cfg: WSD
 
 
 def wsd_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig,
-              watch: Watch = NO_WATCH) -> list[dict]:
+              watch: Watch = NO_WATCH) -> list[MethodRecord]:
     t0 = time.perf_counter()
     rows = wsd_rows(base, recs, cfg)
     drafting = Generation(prefilled(pilot, [chat_prompt(pilot.tokenizer, r.messages) for r in recs]),
@@ -217,7 +161,7 @@ def wsd_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDC
     return finish_batch(base, rows, scoring, cfg, t0, t_draft, watch=watch, speculator=speculator)
 
 
-def wsd_generate(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> Iterator[dict]:
+def wsd_generate(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> Iterator[MethodRecord]:
     """Yield one record per prompt, in input order, `cfg.batch_size` prompts at a time."""
     for i in range(0, len(recs), cfg.batch_size):
         yield from wsd_batch(pilot, base, recs[i : i + cfg.batch_size], cfg)

@@ -13,11 +13,13 @@ The WSD server (`pilot wsd serve`) serves the methods that also give `watched` (
 takes the request's stop strings and a callback given the answer so far (`stop=(), on_text=None`).
 
 A method that decodes with an in-process base says `speculates=True` and passes `m.pilot` to
-`engine.Speculator.of`: with `--speculate K` the pilot (added to the roles it uses) proposes the base's tokens.
+`continuation.Speculator.of`: with `--speculate K` the pilot (added to the roles it uses) proposes the base's tokens.
 
-A local runner decodes one batch of prompts with in-process models (`LocalModels`) and returns one record per
-prompt (`records.method_record`); a served runner decodes one prompt with the base on a server (`ServedModels`);
-a batch-served runner (the searches) decodes a batch, because its in-process scorers work batch by batch.
+A local runner decodes one batch of prompts with in-process models (`LocalModels`) and returns one
+`MethodRecord` per prompt; a method whose records carry a trace of their own names its type (`trace=`): it reads
+the records back from their files and reduces them to the report's diagnostics. A served runner decodes one
+prompt with the base on a server (`ServedModels`); a batch-served runner (the searches) decodes a batch,
+because its in-process scorers work batch by batch.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from pilot_core.method_record import MethodRecord, NudgingTrace, SearchTrace, SpeculationFigures, Trace, WSDTrace
 from wsd_inference import baselines, eft, engine, nudging, remote_engine, remote_search, search, staged
 
 if TYPE_CHECKING:  # the CLI imports this table: the methods' modules import no config (pydantic) at import time
@@ -67,10 +70,11 @@ class Method:
     name: str
     summary: str
     uses: tuple[str, ...] | Callable[[WSDConfig], tuple[str, ...]]  # the ROLES it reads, or a rule over the config
-    local: Callable[[LocalModels, list, WSDConfig], list[dict]]
-    watched: Callable[[LocalModels, list, WSDConfig, Watch], list[dict]] | None = None  # local, watched (servable)
-    served: Callable[[ServedModels, object, WSDConfig], Awaitable[dict]] | None = None
-    served_batch: Callable[[ServedModels, list, WSDConfig], Awaitable[list[dict]]] | None = None
+    local: Callable[[LocalModels, list, WSDConfig], list[MethodRecord]]
+    watched: Callable[[LocalModels, list, WSDConfig, Watch], list[MethodRecord]] | None = None  # local, servable
+    served: Callable[[ServedModels, object, WSDConfig], Awaitable[MethodRecord]] | None = None
+    served_batch: Callable[[ServedModels, list, WSDConfig], Awaitable[list[MethodRecord]]] | None = None
+    trace: type[Trace] | None = None  # what its records carry beyond the common fields
     check: Callable[[object, WSDConfig], object] | None = None  # raises early (before any output), given the models
     scores_in_process: bool = False  # with a served base, the pilot and its reference still score in-process
     pilot_ids: bool = False  # with a served base, the pilot continues token ids (a served pilot's tokenizer is loaded)
@@ -94,6 +98,14 @@ class Method:
     def can_serve(self) -> bool:
         return self.served is not None or self.served_batch is not None
 
+    def diagnostics(self, records: list[MethodRecord]) -> dict:
+        """The `pilot_core.report.Diagnostics` fields of one (base, eval set)'s records: items and time, the
+        method's own figures, and the speculation's where the pilot speculated."""
+        out = {"n": len(records), "mean_time_s": sum(r.time_s for r in records) / len(records)}
+        if self.trace is not None:
+            out.update(self.trace.diagnostics(records))
+        return {**out, **SpeculationFigures.diagnostics([r.speculation for r in records if r.speculation])}
+
 
 def _bon_uses(cfg: WSDConfig) -> tuple[str, ...]:
     return ("pilot", "base", "untuned") if cfg.bon.scorer == "implicit" else ("base", "reward")
@@ -101,7 +113,7 @@ def _bon_uses(cfg: WSDConfig) -> tuple[str, ...]:
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("wsd", "the pilot drafts, the base takes over at the first window with geometric-mean probability ≥ γ",
-           uses=("pilot", "base"), speculates=True,
+           uses=("pilot", "base"), speculates=True, trace=WSDTrace,
            local=lambda m, recs, cfg: engine.wsd_batch(m.pilot, m.base, recs, cfg),
            watched=lambda m, recs, cfg, watch: engine.wsd_batch(m.pilot, m.base, recs, cfg, watch),
            served=lambda m, rec, cfg, stop=(), on_text=None: remote_engine.wsd_one(m.pilot, m.base, rec, cfg, stop,
@@ -122,13 +134,13 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            served=lambda m, rec, cfg: remote_engine.urial_one(m.base, rec, cfg),
            check=lambda m, cfg: baselines.urial_prefix(cfg.urial_prefix)),
     Method("bon", "best-of-N base samples, ranked by the pilot's implicit reward (or a reward model)",
-           uses=_bon_uses, speculates=True,
+           uses=_bon_uses, speculates=True, trace=SearchTrace,
            local=lambda m, recs, cfg: search.bon_batch(m.base, m.pilot, m.untuned, recs, cfg, m.reward),
            served_batch=lambda m, recs, cfg: remote_search.bon_remote(m.base, m.tuned, m.untuned, recs, cfg,
                                                                       m.reward),
            scores_in_process=True),
     Method("cbs", "weak-to-strong search: chunk-level beam search guided by the pilot's implicit reward",
-           uses=("pilot", "base", "untuned"), speculates=True,
+           uses=("pilot", "base", "untuned"), speculates=True, trace=SearchTrace,
            local=lambda m, recs, cfg: search.cbs_batch(m.base, m.pilot, m.untuned, recs, cfg),
            served_batch=lambda m, recs, cfg: remote_search.cbs_remote(m.base, m.tuned, m.untuned, recs, cfg),
            scores_in_process=True),
@@ -138,16 +150,21 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            check=lambda m, cfg: eft.shared_vocabulary(m.base, m.pilot, m.untuned)),
     Method("nudging", "Nudging: the base writes; where its top-1 probability is below γ the pilot writes a word "
            "(Fei et al. 2025)",
-           uses=("pilot", "base"), speculates=True,
+           uses=("pilot", "base"), speculates=True, trace=NudgingTrace,
            local=lambda m, recs, cfg: nudging.nudging_batch(m.pilot, m.base, recs, cfg),
            served=lambda m, rec, cfg: nudging.nudging_one(m.pilot_lm, m.base, rec, cfg),
            pilot_ids=True),
     Method("wsd_staged", "WSD as the authors run it: the whole draft, one scoring pass, a fresh prefill of the "
            "base (same answers as wsd; a speed reference)",
-           uses=("pilot", "base"),
+           uses=("pilot", "base"), trace=WSDTrace,
            local=lambda m, recs, cfg: staged.staged_batch(m.pilot, m.base, recs, cfg),
            validation=False),
 )}
+
+
+def read_record(d: dict) -> MethodRecord:
+    """A record as a method's runner wrote it (one line of `pilot wsd generate`'s output)."""
+    return MethodRecord.from_json(d, get_method(d["method"]).trace)
 
 
 def get_method(name: str) -> Method:

@@ -32,14 +32,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from pilot_core.method_record import MethodRecord, NudgingTrace, SpeculationFigures
 from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch
 from pilot_core.models.sampling import MARKER_TAIL, Sampling, pick_token
 from pilot_core.models.speculative import Drafter, Pacing
 from pilot_core.models.templates import STOP_STRINGS, base_prompt, chat_prompt, cut_at_markers, has_marker
 from pilot_core.prompts import PromptRecord
-from wsd_inference.engine import Speculator
-from wsd_inference.records import method_record
+from wsd_inference.continuation import Speculator
 
 if TYPE_CHECKING:  # annotations only, see methods.py
     from wsd_inference.config import WSDConfig
@@ -124,13 +124,11 @@ class Answer:
         return max(len(self.segments) - 1, 0)
 
     def record(self, rec: PromptRecord, models: dict, time_s: float, timing: dict,
-               speculation: dict | None = None) -> dict:
+               speculation: SpeculationFigures | None = None) -> MethodRecord:
         text = self.text(models)
-        extra = {"speculation": speculation} if speculation is not None else {}
-        return method_record(rec.id, "nudging", cut_at_markers(text) if self.marker else text.strip(),
-                             pilot_tokens=self.tokens[PILOT], base_tokens=self.tokens[BASE],
-                             handoffs=self.handoffs, pilot_pieces=self.pieces, time_s=time_s, timing=timing,
-                             **extra)
+        return MethodRecord(rec.id, "nudging", cut_at_markers(text) if self.marker else text.strip(), time_s=time_s,
+                            timing=timing, pilot_tokens=self.tokens[PILOT], base_tokens=self.tokens[BASE],
+                            trace=NudgingTrace(self.handoffs, self.pieces), speculation=speculation)
 
 
 def confident(logits, threshold: float) -> bool:
@@ -161,7 +159,7 @@ class _Row:
             self.pending = None  # the pilot's next word was picked before the base wrote: void
 
 
-def nudging_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:
+def nudging_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[MethodRecord]:
     t0 = time.perf_counter()
     models, sampling, limit = {BASE: base, PILOT: pilot}, cfg.sampling(), cfg.nudging.piece_tokens
     rows = []
@@ -303,7 +301,7 @@ class _BaseTurns:
 
 
 # ------------------------------------------------------------------------------------------ served
-async def nudging_one(pilot, base, rec: PromptRecord, cfg: WSDConfig) -> dict:
+async def nudging_one(pilot, base, rec: PromptRecord, cfg: WSDConfig) -> MethodRecord:
     """Nudging for one prompt with the base on a server (`ServedModel`) and the pilot continuing token ids on its
     server or in-process (`pilot_core.models.completions`)."""
     try:
@@ -312,7 +310,7 @@ async def nudging_one(pilot, base, rec: PromptRecord, cfg: WSDConfig) -> dict:
         pilot.done(rec.id)  # an in-process pilot drops the prompt's cache
 
 
-async def _nudging_one(pilot, base, rec: PromptRecord, cfg: WSDConfig) -> dict:
+async def _nudging_one(pilot, base, rec: PromptRecord, cfg: WSDConfig) -> MethodRecord:
     t0 = time.perf_counter()
     models, limit = {BASE: base, PILOT: pilot}, cfg.nudging.piece_tokens
     answer = Answer(cfg.max_new_tokens)

@@ -10,17 +10,7 @@ from pathlib import Path
 
 from pilot_core.atomic import atomic_write_json
 from pilot_core.errors import UserError
-
-
-def method_record(rid: str, method: str, response: str, *, time_s: float, timing: dict, draft_text: str = "",
-                  switch_index: int | None = None, switched: bool = False, pilot_tokens: int = 0,
-                  kept_draft_tokens: int = 0, base_tokens: int = 0, window_scores=(), **extra) -> dict:
-    """One output record, the same fields for every method (WSD's draft fields stay empty for the others)."""
-    return {"id": rid, "method": method, "response": response, "draft_text": draft_text,
-            "switch_index": switch_index, "switched": switched, "pilot_tokens": pilot_tokens,
-            "kept_draft_tokens": kept_draft_tokens, "base_tokens": base_tokens,
-            "window_scores": [round(x, 6) for x in window_scores], **extra, "time_s": round(time_s, 4),
-            "timing": timing}
+from pilot_core.method_record import MethodRecord
 
 
 def _read_records(path: Path, tolerate_torn_tail: bool) -> list[dict]:
@@ -86,8 +76,8 @@ class ResumableJsonl:
         self._f = open(self.partial, "a", encoding="utf-8")
         return self
 
-    def write(self, records: list[dict]) -> None:
-        self._f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    def write(self, records: list[MethodRecord]) -> None:
+        self._f.write("".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in records))
         self._f.flush()
         os.fsync(self._f.fileno())
 

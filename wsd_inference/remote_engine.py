@@ -12,23 +12,24 @@ Same semantics and record format as `engine.wsd_batch`. The pilot is a chat mode
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from pilot_core.method_record import MethodRecord, WSDTrace
 from pilot_core.models.openai_server import ServedModel
 from pilot_core.models.templates import STOP_STRINGS, base_prompt, base_text, cut_at_markers
 from pilot_core.models.tokenization import stable_token_count
 from pilot_core.prompts import PromptRecord
 from wsd_inference.baselines import URIAL_STOP, urial_answer, urial_prefix, urial_prompt
-from wsd_inference.records import method_record
 from wsd_inference.switch import first_switch, kept_context, window_scores
 
 if TYPE_CHECKING:  # annotations only, see methods.py
     from wsd_inference.config import WSDConfig
 
 
-def _record(rec: PromptRecord, method: str, response: str, t0: float, **fields) -> dict:
+def _record(rec: PromptRecord, method: str, response: str, t0: float, **fields) -> MethodRecord:
     total = time.perf_counter() - t0
-    return method_record(rec.id, method, response, time_s=total, timing={"prompt_s": round(total, 4)}, **fields)
+    return MethodRecord(rec.id, method, response, time_s=total, timing={"prompt_s": round(total, 4)}, **fields)
 
 
 async def _continue(base: ServedModel, ids: list[int], budget: int, stop: tuple[str, ...], cfg: WSDConfig,
@@ -47,7 +48,7 @@ async def _continue(base: ServedModel, ids: list[int], budget: int, stop: tuple[
 
 
 async def wsd_one(pilot, base: ServedModel, rec: PromptRecord, cfg: WSDConfig, stop: tuple[str, ...] = (),
-                  on_text=None) -> dict:
+                  on_text=None) -> MethodRecord:
     """One prompt's WSD. The WSD server's extras: `stop`, stop strings for the answer besides the role markers;
     `on_text`, called with the answer so far as the base's continuation streams in."""
     t0 = time.perf_counter()
@@ -98,34 +99,34 @@ async def wsd_one(pilot, base: ServedModel, rec: PromptRecord, cfg: WSDConfig, s
     kept_text = base.decode(kept)
     if budget > 0:
         cont, n_cont = await _continue(base, context, budget, STOP_STRINGS + stop, cfg, rec, kept_text, on_text)
-    return _record(rec, "wsd", cut_at_markers(kept_text + cont, STOP_STRINGS + stop), t0, draft_text=kept_text,
-                   switch_index=accept, switched=switched, pilot_tokens=n_pilot, kept_draft_tokens=len(kept),
-                   base_tokens=n_cont,
-                   window_scores=window_scores(logps[: (accept or 0) + 1], cfg.window))
+    trace = WSDTrace(draft_text=kept_text, switch_index=accept, switched=switched, kept_draft_tokens=len(kept),
+                     window_scores=window_scores(logps[: (accept or 0) + 1], cfg.window))
+    return _record(rec, "wsd", cut_at_markers(kept_text + cont, STOP_STRINGS + stop), t0, pilot_tokens=n_pilot,
+                   base_tokens=n_cont, trace=trace)
 
 
 async def _base_alone(base: ServedModel, rec: PromptRecord, cfg: WSDConfig, method: str, prompt: str,
-                      stop: tuple[str, ...], on_text=None) -> dict:
+                      stop: tuple[str, ...], on_text=None) -> MethodRecord:
     t0 = time.perf_counter()
     text, n = await _continue(base, base.encode(prompt), cfg.max_new_tokens, stop, cfg, rec, on_text=on_text)
     return _record(rec, method, cut_at_markers(text, stop), t0, base_tokens=n)
 
 
 async def base_only_one(base: ServedModel, rec: PromptRecord, cfg: WSDConfig, stop: tuple[str, ...] = (),
-                        on_text=None) -> dict:
+                        on_text=None) -> MethodRecord:
     """The served base alone with the plain role template."""
     return await _base_alone(base, rec, cfg, "base_only", base_prompt(rec.messages, base.tokenizer.bos_token),
                              STOP_STRINGS + stop, on_text)
 
 
-async def urial_one(base: ServedModel, rec: PromptRecord, cfg: WSDConfig) -> dict:
+async def urial_one(base: ServedModel, rec: PromptRecord, cfg: WSDConfig) -> MethodRecord:
     """The served base with URIAL's in-context prefix."""
     prompt = urial_prompt(rec.messages, urial_prefix(cfg.urial_prefix), base.tokenizer.bos_token)
     record = await _base_alone(base, rec, cfg, "urial", prompt, URIAL_STOP)
-    return {**record, "response": urial_answer(record["response"])}
+    return replace(record, response=urial_answer(record.response))
 
 
-async def pilot_only_one(pilot, rec: PromptRecord, cfg: WSDConfig) -> dict:
+async def pilot_only_one(pilot, rec: PromptRecord, cfg: WSDConfig) -> MethodRecord:
     """The pilot alone (served, or in-process behind the same interface), for the whole budget."""
     t0 = time.perf_counter()
     text, n = "", 0

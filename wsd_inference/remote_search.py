@@ -13,6 +13,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
+from pilot_core.method_record import MethodRecord
 from pilot_core.models.openai_server import ServedModel
 from pilot_core.models.sampling import Sampling
 from pilot_core.models.templates import STOP_STRINGS, base_prompt
@@ -69,13 +70,13 @@ class ServedRows:
 
 
 async def bon_remote(base: ServedModel, tuned, untuned, recs: list[PromptRecord], cfg: WSDConfig,
-                     reward=None) -> list[dict]:
+                     reward=None) -> list[MethodRecord]:
     t0 = time.perf_counter()
     rows = ServedRows(base, recs, cfg.bon.n, cfg, cfg.bon.sampling(), cfg.batch_size * cfg.bon.n)
     return await best_of_n(rows, recs, cfg, tuned, untuned, reward, t0)
 
 
-async def cbs_remote(base: ServedModel, tuned, untuned, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:
+async def cbs_remote(base: ServedModel, tuned, untuned, recs: list[PromptRecord], cfg: WSDConfig) -> list[MethodRecord]:
     t0 = time.perf_counter()
     n = cfg.cbs.beam_width * cfg.cbs.successors
     rows = ServedRows(base, recs, n, cfg, cfg.cbs.sampling(), cfg.batch_size * n)

@@ -8,9 +8,11 @@ persists every finished batch, and returns a summary of the new records.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 
 from pilot_core.errors import UserError
+from pilot_core.method_record import MethodRecord
 from pilot_core.models.compute import Compute
 from pilot_core.models.source import ModelSource
 from pilot_core.prompts import PromptRecord
@@ -90,12 +92,31 @@ class ModelLoader:
         return m
 
 
+@dataclass(frozen=True)
+class GenerationSummary:
+    """What a run of `generate_to_file` added to its output."""
+
+    output: str
+    new: int  # records written by this run
+    already_done: int  # prompts the output held already (skipped)
+    switched: int  # new records whose base took over (WSD)
+    mean_kept_draft_tokens: float
+    mean_base_tokens: float
+
+    @classmethod
+    def of(cls, output: Path, new: list[MethodRecord], already_done: int) -> GenerationSummary:
+        n = max(len(new), 1)
+        return cls(str(output), len(new), already_done, sum(r.wsd.switched for r in new),
+                   sum(r.wsd.kept_draft_tokens for r in new) / n, sum(r.base_tokens for r in new) / n)
+
+
 def _run_local(method: Method, models: LocalModels, todo: list[PromptRecord], cfg: WSDConfig, save) -> None:
     for i in range(0, len(todo), cfg.batch_size):
         save(method.local(models, todo[i : i + cfg.batch_size], cfg))
 
 
-async def served_group(method: Method, models: ServedModels, recs: list[PromptRecord], cfg: WSDConfig) -> list[dict]:
+async def served_group(method: Method, models: ServedModels, recs: list[PromptRecord],
+                       cfg: WSDConfig) -> list[MethodRecord]:
     """One group of prompts with the model that writes on a server; records in input order. A search decodes
     the group as one scorer batch; other methods keep batch_size prompts in flight, and a prompt whose pilot
     stream breaks part-way starts over."""
@@ -131,7 +152,7 @@ def _run_served(method: Method, models: ServedModels, todo: list[PromptRecord], 
 
 def generate_to_file(pilot: ModelSource, base: ModelSource, prompts: list[PromptRecord], cfg: WSDConfig,
                      output: str | Path, compute: Compute | None = None, progress: bool = True,
-                     method: str = "wsd", untuned: ModelSource | None = None) -> dict:
+                     method: str = "wsd", untuned: ModelSource | None = None) -> GenerationSummary:
     m = get_method(method)
     remote = served_at_all(m, pilot, base, untuned, cfg)
     settings = {"method": method, "pilot": pilot.model_dump(mode="json"), "base": base.model_dump(mode="json"),
@@ -140,7 +161,7 @@ def generate_to_file(pilot: ModelSource, base: ModelSource, prompts: list[Prompt
     out = ResumableJsonl(output, settings)
     done = out.done_ids()
     todo = [p for p in prompts if p.id not in done]
-    new: list[dict] = []
+    new: list[MethodRecord] = []
     if todo or not out.path.exists():
         from tqdm import tqdm
 
@@ -153,14 +174,11 @@ def generate_to_file(pilot: ModelSource, base: ModelSource, prompts: list[Prompt
         with out, tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=f"{method} {base.name}",
                        unit="prompt", disable=not progress) as bar:
 
-            def save(records: list[dict]) -> None:
+            def save(records: list[MethodRecord]) -> None:
                 out.write(records)
                 new.extend(records)
                 bar.update(len(records))
 
             (_run_served if remote else _run_local)(m, models, todo, cfg, save)
             out.finish()
-    n = max(len(new), 1)
-    return {"new": len(new), "already_done": len(prompts) - len(todo), "switched": sum(r["switched"] for r in new),
-            "mean_kept_draft_tokens": sum(r["kept_draft_tokens"] for r in new) / n,
-            "mean_base_tokens": sum(r["base_tokens"] for r in new) / n, "output": str(out.path)}
+    return GenerationSummary.of(out.path, new, len(prompts) - len(todo))

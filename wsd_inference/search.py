@@ -19,14 +19,14 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from pilot_core.method_record import MethodRecord, SearchTrace, SpeculationFigures
 from pilot_core.models.loading import HFModel
 from pilot_core.models.sampling import Generation, Sampling, Stream, prefilled
 from pilot_core.models.speculative import SpecStats
 from pilot_core.models.templates import STOP_STRINGS, base_prompt, cut_at_markers, cut_before_markers
 from pilot_core.prompts import PromptRecord
-from wsd_inference.engine import Speculator
+from wsd_inference.continuation import Speculator
 from wsd_inference.implicit_reward import IncrementalScorer, implicit_reward_from_scratch
-from wsd_inference.records import method_record
 
 if TYPE_CHECKING:  # annotations only, see methods.py
     from wsd_inference.config import WSDConfig
@@ -82,7 +82,7 @@ class LocalRows:
             total, tokens = self.spec[rec.id]
             self.spec[rec.id] = (total + (now - st), tokens + len(row.tokens) - n)
 
-    def speculation(self, rec: PromptRecord) -> dict | None:
+    def speculation(self, rec: PromptRecord) -> SpeculationFigures | None:
         """The prompt's speculation figures over all its rows (None without speculation)."""
         if self.spec is None:
             return None
@@ -99,16 +99,15 @@ class LocalRows:
         self.gen.select(order, self._generators(round_))
 
 
-def search_record(rec, method, base, resp, score, n_rows, t0, rows_total, speculation=None, **extra) -> dict:
+def search_record(rec, method, base, resp, score, n_rows, t0, rows_total, speculation=None,
+                  candidate_scores=None) -> MethodRecord:
     total = time.perf_counter() - t0
-    if speculation is not None:
-        extra["speculation"] = speculation
-    return method_record(rec.id, method, cut_at_markers(base.decode(resp)), base_tokens=len(resp),
-                         score=round(score, 6), candidates=n_rows, time_s=total / rows_total,
-                         timing={"batch_s": round(total, 4)}, **extra)
+    return MethodRecord(rec.id, method, cut_at_markers(base.decode(resp)), time_s=total / rows_total,
+                        timing={"batch_s": round(total, 4)}, base_tokens=len(resp),
+                        trace=SearchTrace(score, n_rows, candidate_scores), speculation=speculation)
 
 
-def best_of(rec, base, resp, texts, finished, tuned, untuned, reward, t0, n_prompts, speculation=None) -> dict:
+def best_of(rec, base, resp, texts, finished, tuned, untuned, reward, t0, n_prompts, speculation=None) -> MethodRecord:
     """The record of the best of one prompt's candidates (ties: the earlier sample)."""
     if reward is not None:
         scores = reward.score([(rec.messages, t) for t in texts])
@@ -116,17 +115,18 @@ def best_of(rec, base, resp, texts, finished, tuned, untuned, reward, t0, n_prom
         scores = [implicit_reward_from_scratch(tuned, untuned, rec.messages, t, f) for t, f in zip(texts, finished)]
     best = max(range(len(texts)), key=lambda r: (scores[r], -r))
     return search_record(rec, "bon", base, resp[best], scores[best], len(texts), t0, n_prompts, speculation,
-                         candidate_scores=[round(x, 6) for x in scores])
+                         candidate_scores=scores)
 
 
-async def best_of_n(rows, recs: list[PromptRecord], cfg: WSDConfig, tuned, untuned, reward, t0: float) -> list[dict]:
+async def best_of_n(rows, recs: list[PromptRecord], cfg: WSDConfig, tuned, untuned, reward,
+                    t0: float) -> list[MethodRecord]:
     """N whole samples per prompt, the best by the implicit reward (or by a `RewardModel` if given)."""
     n = cfg.bon.n
     await rows.sample(cfg.max_new_tokens, 0)
     texts = [scored_text(rows.base, r, f) for r, f in zip(rows.resp, rows.finished)]
     resp, finished = rows.resp, rows.finished
 
-    def pick() -> list[dict]:
+    def pick() -> list[MethodRecord]:
         return [best_of(rec, rows.base, resp[g * n : (g + 1) * n], texts[g * n : (g + 1) * n],
                         finished[g * n : (g + 1) * n], tuned, untuned, reward, t0, len(recs), rows.speculation(rec))
                 for g, rec in enumerate(recs)]
@@ -153,7 +153,7 @@ def top_beams(scores: list[float], resp: list[list[int]], finished: list[bool], 
 
 
 async def cbs(rows, recs: list[PromptRecord], cfg: WSDConfig, tuned: HFModel, untuned: HFModel,
-              t0: float) -> list[dict]:
+              t0: float) -> list[MethodRecord]:
     """Chunk-level beam search: sample a chunk, score every row, keep each prompt's global top W, give each K
     successors; until every row finished."""
     s = cfg.cbs
@@ -179,14 +179,14 @@ async def cbs(rows, recs: list[PromptRecord], cfg: WSDConfig, tuned: HFModel, un
 
 
 def bon_batch(base: HFModel, tuned: HFModel | None, untuned: HFModel | None, recs: list[PromptRecord],
-              cfg: WSDConfig, reward=None) -> list[dict]:
+              cfg: WSDConfig, reward=None) -> list[MethodRecord]:
     t0 = time.perf_counter()
     rows = LocalRows(base, recs, cfg.bon.n, cfg, cfg.bon.sampling(), tuned)
     return asyncio.run(best_of_n(rows, recs, cfg, tuned, untuned, reward, t0))
 
 
 def cbs_batch(base: HFModel, tuned: HFModel, untuned: HFModel, recs: list[PromptRecord],
-              cfg: WSDConfig) -> list[dict]:
+              cfg: WSDConfig) -> list[MethodRecord]:
     t0 = time.perf_counter()
     rows = LocalRows(base, recs, cfg.cbs.beam_width * cfg.cbs.successors, cfg, cfg.cbs.sampling(), tuned)
     return asyncio.run(cbs(rows, recs, cfg, tuned, untuned, t0))

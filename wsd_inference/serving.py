@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from pilot_core.method_record import MethodRecord
 from pilot_core.models.sampling import Stream, Watch
 from pilot_core.models.templates import base_prompt
 from pilot_core.prompts import PromptRecord
@@ -69,7 +70,7 @@ class LocalBackend:
     def stats(self) -> dict:
         return {"batches": self.batches, "largest_batch": self.largest_batch, "cancelled": self.cancelled}
 
-    async def answer(self, job: Job) -> dict:
+    async def answer(self, job: Job) -> MethodRecord:
         fut: concurrent.futures.Future = concurrent.futures.Future()
         self._queue.put((job, fut))
         try:
@@ -153,7 +154,7 @@ class ServedBackend:
     def stats(self) -> dict:
         return {}
 
-    async def answer(self, job: Job) -> dict:
+    async def answer(self, job: Job) -> MethodRecord:
         def call():
             return self.method.served(self.models, job.rec, job.cfg, job.stop, job.on_text)
 

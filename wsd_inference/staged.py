@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from pilot_core.method_record import MethodRecord
 from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch
 from pilot_core.models.sampling import Generation, prefilled
@@ -19,7 +20,7 @@ if TYPE_CHECKING:  # annotations only, see methods.py
 
 
 def staged_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig,
-                 method: str = "wsd_staged") -> list[dict]:
+                 method: str = "wsd_staged") -> list[MethodRecord]:
     import torch
 
     t0 = time.perf_counter()

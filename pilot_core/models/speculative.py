@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import astuple, dataclass, field, replace
 
+from pilot_core.method_record import SpeculationFigures
 from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch
 from pilot_core.models.sampling import Generation, Sampling, Stream, pick_token, warped_probs
@@ -65,13 +66,10 @@ class SpecStats:
     def __sub__(self, other: SpecStats) -> SpecStats:
         return SpecStats(*(a - b for a, b in zip(astuple(self), astuple(other))))
 
-    def record(self, tokens: int) -> dict:
+    def record(self, tokens: int) -> SpeculationFigures:
         """The figures a record carries; `tokens`: the base tokens written in those passes (a search's rows,
         kept or not)."""
-        return {"proposed": self.proposed, "accepted": self.accepted, "tokens": tokens,
-                "acceptance_rate": round(self.accepted / self.proposed, 4) if self.proposed else None,
-                "base_passes": self.base_passes,
-                "tokens_per_base_pass": round(tokens / self.base_passes, 4) if self.base_passes else None}
+        return SpeculationFigures(self.proposed, self.accepted, tokens, self.base_passes)
 
 
 @dataclass

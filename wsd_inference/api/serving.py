@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 from pilot_core.errors import UserError
+from pilot_core.method_record import MethodRecord
 from pilot_core.models.templates import STOP_STRINGS, cut_before_markers
 from pilot_core.prompts import PromptRecord
 from wsd_inference.api.protocol import (
@@ -29,23 +30,20 @@ from wsd_inference.config import WSDConfig
 from wsd_inference.serving import Job, JobCancelled, prompt_tokens, request_config
 
 log = logging.getLogger("pilot.wsd.server")
-WSD_FIELDS = tuple(WSDDetails.model_fields)
 
 
-def finish_reason(record: dict, cfg: WSDConfig, job: Job) -> str:
+def finish_reason(record: MethodRecord, cfg: WSDConfig, job: Job) -> str:
     """The decoder's own reason where it reported one (in-process: an answer that ends in EOS or a stop string
     exactly at its budget is "stop"); otherwise "length" where the answer used the whole budget, else "stop"."""
     if job.finish is not None:
         return job.finish
-    return "length" if completion_tokens(record) >= cfg.max_new_tokens else "stop"
+    return "length" if record.completion_tokens >= cfg.max_new_tokens else "stop"
 
 
-def completion_tokens(record: dict) -> int:
-    return record["kept_draft_tokens"] + record["base_tokens"]
-
-
-def wsd_details(record: dict) -> WSDDetails:
-    return WSDDetails(**{k: record.get(k) for k in WSD_FIELDS})
+def wsd_details(record: MethodRecord) -> WSDDetails:
+    w = record.wsd
+    return WSDDetails(switched=w.switched, switch_index=w.switch_index, kept_draft_tokens=w.kept_draft_tokens,
+                      pilot_tokens=record.pilot_tokens, base_tokens=record.base_tokens, draft_text=w.draft_text)
 
 
 class Streamer:
@@ -118,13 +116,13 @@ class OpenAIServing:
                 jobs.append(Job(PromptRecord(f"{nonce}:{p}:{i}", rec.messages), rcfg, s.stop))
         return jobs, rcfg
 
-    def usage(self, recs: list[PromptRecord], records: list[dict]) -> Usage:
+    def usage(self, recs: list[PromptRecord], records: list[MethodRecord]) -> Usage:
         p = sum(prompt_tokens(self.backend, r) for r in recs)
-        c = sum(completion_tokens(r) for r in records)
+        c = sum(r.completion_tokens for r in records)
         return Usage(prompt_tokens=p, completion_tokens=c, total_tokens=p + c)
 
     @staticmethod
-    def upstream(task) -> dict:
+    def upstream(task) -> MethodRecord:
         try:
             return task.result()
         except UserError as e:  # a model server that failed after its retries, or refused the request
@@ -135,7 +133,7 @@ class OpenAIServing:
                            code="internal_error") from None
 
     # -------------------------------------------------------------------------------------------- answers
-    async def run_all(self, is_disconnected, jobs: list[Job]) -> list[dict]:
+    async def run_all(self, is_disconnected, jobs: list[Job]) -> list[MethodRecord]:
         tasks = [asyncio.ensure_future(self.backend.answer(j)) for j in jobs]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.request_timeout_s
@@ -165,7 +163,7 @@ class OpenAIServing:
             release()
         choices = []
         for i, (job, record) in enumerate(zip(jobs, records)):
-            text = record["response"]
+            text = record.response
             body = {"message": Message(role="assistant", content=text)} if chat else {"text": text}
             choices.append(Choice(index=i, finish_reason=finish_reason(record, rcfg, job), logprobs=None,
                                   wsd=wsd_details(record), **body))
@@ -200,7 +198,7 @@ class OpenAIServing:
             for i, t in enumerate(tasks):
                 t.add_done_callback(lambda t, i=i: updates.put_nowait((i, None)))
             deadline = loop.time() + self.limits.request_timeout_s
-            records: list[dict | None] = [None] * len(jobs)
+            records: list[MethodRecord | None] = [None] * len(jobs)
             try:
                 if chat:
                     yield event([Choice(index=i, delta={"role": "assistant", "content": ""}, finish_reason=None,
@@ -223,7 +221,7 @@ class OpenAIServing:
                     except ApiError as e:
                         yield _sse(e.body())
                         return
-                    rest = streamers[i].rest(records[i]["response"])
+                    rest = streamers[i].rest(records[i].response)
                     if rest:
                         yield event([piece(i, rest)])
                     yield event([piece(i, "", finish_reason(records[i], rcfg, jobs[i]), wsd_details(records[i]))])
