@@ -153,6 +153,23 @@ def test_cli_exit_codes(tmp_path, small_dataset):  # noqa: F811
     assert r.returncode == 2 and "unknown DeepSpeed preset 'nope'" in r.stderr
 
 
+def test_the_trainer_process_reports_its_outcome_as_json(tmp_path, small_dataset):  # noqa: F811
+    """The child process writes result.json: its bad input comes back as the very error it raised (no log
+    scraping), and an earlier run's outcome is never read as this one's."""
+    from training.process import run_training
+
+    c = TrainConfig(model=TINY, dataset=str(small_dataset), output_dir=str(tmp_path / "o"))
+    with pytest.raises(UserError) as direct:
+        train(c)
+    (tmp_path / "o").mkdir(exist_ok=True)
+    (tmp_path / "o" / "result.json").write_text(json.dumps({"finals": {"sft": "stale"}}))
+    with pytest.raises(UserError) as child:
+        run_training(c, tmp_path / "o", poll_s=0.1)
+    assert str(child.value) == str(direct.value) and "no 'sft' split" in str(child.value)
+    assert json.loads((tmp_path / "o" / "result.json").read_text()) == {"error": "bad_input",
+                                                                        "message": str(direct.value)}
+
+
 def test_the_training_template_is_found_or_refused_clearly(pair_same, tmp_path):
     """Tokenizers only: which template a pilot trains with, and one clear error when none fits."""
     from pathlib import Path

@@ -10,6 +10,15 @@ from pilot_core.errors import UserError
 from pilot_core.manifest import Manifest, read_manifest, write_manifest
 
 
+def merged(adapter: Path) -> Path:
+    """The full-weights checkpoint of a stage trained with LoRA (`<stage>/merged` beside `<stage>/final`),
+    merged once: a rerun reuses a complete one (its manifest is written last)."""
+    out = adapter.with_name("merged")
+    if not (out / "manifest.json").is_file():
+        merge_adapter(adapter, out)
+    return out
+
+
 def merge_adapter(adapter: str | Path, out: str | Path, base: str | None = None) -> Path:
     from peft import PeftModel
 

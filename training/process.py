@@ -4,7 +4,9 @@ A multi-hour run must not live inside an orchestrator's process (its heartbeat, 
 killed orchestrator must not leave a trainer writing behind it: the child gets SIGKILL when its parent dies
 (Linux), and a rerun resumes from the last complete checkpoint (training.train does that).
 
-Parent: run_training(cfg, run_dir, on_poll=...). Child: python -m training.process RUN_DIR/train.json
+Parent: run_training(cfg, run_dir, on_poll=...). Child: python -m training.process RUN_DIR/train.json, which
+writes its outcome as RUN_DIR/result.json (the final checkpoints, or the error and its kind) for the parent to
+read; a child that died before it could write one (killed, out of memory) is a failure to resume from.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pilot_core.processes import die_with_parent
 from training.config import TrainConfig
 
 LOG = "train.log"
+RESULT = "result.json"
 
 
 def progress(cfg: TrainConfig) -> dict:
@@ -59,8 +62,9 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, poll_s: float = 5.0,
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    job = run_dir / "train.json"
+    job, result = run_dir / "train.json", run_dir / RESULT
     atomic_write_text(job, json.dumps({"config": cfg.model_dump(mode="json")}, indent=2))
+    result.unlink(missing_ok=True)  # an earlier run's outcome is not this one's
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(run_dir / LOG, "ab") as log:
         child = subprocess.Popen([sys.executable, "-m", "training.process", str(job)], stdout=log,
@@ -76,40 +80,38 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, poll_s: float = 5.0,
             raise
     if on_poll is not None:
         on_poll(progress(cfg))
-    if child.returncode == 2:
-        raise UserError(_last_line(run_dir / LOG, "pilot: error: ") or f"training refused its input; see "
-                        f"{run_dir / LOG}")
-    if child.returncode != 0:
-        raise JobFailed(f"training failed (exit {child.returncode}); see {run_dir / LOG}; rerunning resumes from "
-                        "the last checkpoint")
-    return {s: Path(cfg.output_dir) / s / "final" for s in cfg.stages}
-
-
-def _last_line(path: Path, prefix: str) -> str | None:
-    text = path.read_text(errors="replace")  # progress bars end lines with \r: search the text, not lines
-    at = text.rfind(prefix)
-    return text[at + len(prefix):].splitlines()[0] if at >= 0 else None
+    outcome = json.loads(result.read_text()) if result.is_file() else {}
+    if outcome.get("error") == "bad_input":
+        raise UserError(outcome["message"])
+    if child.returncode != 0 or "finals" not in outcome:
+        why = outcome.get("message") or f"exit {child.returncode}"
+        raise JobFailed(f"training failed ({why}); see {run_dir / LOG}; rerunning resumes from the last checkpoint")
+    return {s: Path(p) for s, p in outcome["finals"].items()}
 
 
 def main(job_path: str) -> int:
-    """The child: one process trains in place; a preset goes through the distributed launcher."""
+    """The child: one process trains in place; a preset goes through the distributed launcher. Its outcome goes
+    to result.json beside the job (and its error to the log too)."""
+    from pilot_core.atomic import atomic_write_text
+
+    result = Path(job_path).with_name(RESULT)
     try:
         job = json.loads(Path(job_path).read_text())
         cfg = TrainConfig.model_validate(job["config"])
         if cfg.distributed is None:
             from training.train import train
 
-            train(cfg)
+            finals = train(cfg)
         else:
             from training.launch import train_distributed
 
-            train_distributed(cfg, cfg.distributed, cfg.nproc)
-    except UserError as e:
-        print(f"pilot: error: {e}", file=sys.stderr, flush=True)
-        return 2
-    except JobFailed as e:
-        print(f"pilot: {e}", file=sys.stderr, flush=True)
-        return 1
+            finals = train_distributed(cfg, cfg.distributed, cfg.nproc)
+    except (UserError, JobFailed) as e:
+        bad = isinstance(e, UserError)
+        print(f"pilot: error: {e}" if bad else f"pilot: {e}", file=sys.stderr, flush=True)
+        atomic_write_text(result, json.dumps({"error": "bad_input" if bad else "failed", "message": str(e)}))
+        return 2 if bad else 1
+    atomic_write_text(result, json.dumps({"finals": {s: str(p) for s, p in finals.items()}}))
     return 0
 
 

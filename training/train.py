@@ -230,11 +230,10 @@ def train(cfg: TrainConfig, deepspeed: dict | None = None) -> dict[str, Path]:
         outs[stage] = train_stage(cfg, stage, start, deepspeed)
         start = str(outs[stage])
         if cfg.lora and stage != cfg.stages[-1]:  # the next stage trains a fresh adapter on the merged model
-            from training.merge import merge_adapter
+            from training.merge import merged
 
-            merged = outs[stage].with_name("merged")
-            if _rank() == 0 and not (merged / "manifest.json").is_file():
-                merge_adapter(outs[stage], merged)
+            if _rank() == 0:
+                merged(outs[stage])
             _barrier()
-            start = str(merged)
+            start = str(outs[stage].with_name("merged"))
     return outs

@@ -22,7 +22,7 @@ from pilot_core.models.templates import STOP_STRINGS, base_prompt, base_text, ch
 from pilot_core.models.tokenization import stable_token_count
 from pilot_core.prompts import PromptRecord
 from wsd_inference.continuation import Speculator, continue_base
-from wsd_inference.switch import first_switch, kept_context, window_scores
+from wsd_inference.switch import decide, kept_context, window_scores
 
 if TYPE_CHECKING:  # annotations only, see methods.py
     from wsd_inference.config import WSDConfig
@@ -78,16 +78,10 @@ class WSDRow:
             self.decided = True
             return
         self.logps = logps[self.prompt_len:]
-        budget = cfg.max_new_tokens  # the answer holds no more draft tokens than this (switch.accept_index)
-        a = first_switch(self.logps[:budget], cfg.window, cfg.threshold, start=max(0, changed - self.prompt_len))
-        if a is not None:
-            self.decided, self.accept, self.switched = True, a, True
-        elif len(self.logps) >= budget:  # the draft fills the budget: what the pilot writes next is never read
-            self.decided, self.accept = True, budget - 1
-        elif self.draft.done:
-            n = len(self.final_ids) - self.prompt_len
-            self.decided, self.accept = True, (n - 1 if n > 0 else None)
-        if self.decided:
+        d = decide(self.logps, self.draft.done, cfg.window, cfg.threshold, cfg.max_new_tokens,
+                   start=max(0, changed - self.prompt_len))
+        if d is not None:
+            (self.accept, self.switched), self.decided = d, True
             self.draft.done = True  # drafting stops at the switch point
 
     def keep(self, scored_ids: list[int], cfg: WSDConfig) -> None:

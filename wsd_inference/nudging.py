@@ -36,7 +36,7 @@ from pilot_core.method_record import MethodRecord, NudgingTrace, SpeculationFigu
 from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch
 from pilot_core.models.sampling import MARKER_TAIL, Sampling, pick_token
-from pilot_core.models.speculative import Drafter, Pacing
+from pilot_core.models.speculative import Drafter, Pacing, SpecRow
 from pilot_core.models.templates import STOP_STRINGS, base_prompt, chat_prompt, cut_at_markers, has_marker
 from pilot_core.prompts import PromptRecord
 from wsd_inference.continuation import Speculator
@@ -211,12 +211,12 @@ def nudging_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: 
             kept = _base_writes(i, r, logits[i], props[i], b, cfg, models, pilot_writes)
             b.drop(i, len(props[i]) - kept)  # the proposals the base did not keep
             if speculation is not None:
-                speculation.pace.base_pass(i, asked[i], len(props[i]), kept)
+                speculation.pace.base_pass(speculation.rows[i], asked[i], len(props[i]), kept)
         b.compact_if_sparse(COMPACT_SLACK)
     total = time.perf_counter() - t0
     timing = {"batch_s": round(total, 4), "batch_size": len(rows)}
     return [r.answer.record(r.rec, models, total / len(rows), timing,
-                            speculation.pace.stats[i].record(r.answer.tokens[BASE]) if speculation else None)
+                            speculation.rows[i].stats.record(r.answer.tokens[BASE]) if speculation else None)
             for i, r in enumerate(rows)]
 
 
@@ -284,16 +284,20 @@ class _BaseTurns:
 
     drafter: Drafter
     pace: Pacing
+    rows: list[SpecRow]
 
     @classmethod
     def of(cls, pilot: HFModel, base: HFModel, rows: list[_Row], cfg: WSDConfig) -> _BaseTurns | None:
         speculator = Speculator.of(pilot, base, [r.rec for r in rows], cfg, sampling=Sampling())
-        return None if speculator is None else cls(speculator.drafter, Pacing(speculator.spec, len(rows)))
+        if speculator is None:
+            return None
+        pace = Pacing(speculator.spec)
+        return cls(speculator.drafter, pace, [pace.row() for _ in rows])
 
     def propose(self, answers: list[list[int] | None], rows: list[_Row]) -> tuple[list[int], list[list[int]]]:
         """Per row the k asked for and up to k base tokens after its answer (None: not the base's turn); the
         base adds one of its own."""
-        ks = self.pace.round_ks([None if a is None else r.answer.left - 1 for a, r in zip(answers, rows)])
+        ks = self.pace.round_ks(self.rows, [None if a is None else r.answer.left - 1 for a, r in zip(answers, rows)])
         if not any(ks):
             return ks, [[] for _ in rows]
         return ks, [p.ids for p in self.drafter.propose([a if k else None for a, k in zip(answers, ks)], ks,

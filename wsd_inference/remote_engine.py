@@ -21,7 +21,7 @@ from pilot_core.models.templates import STOP_STRINGS, base_prompt, base_text, cu
 from pilot_core.models.tokenization import stable_token_count
 from pilot_core.prompts import PromptRecord
 from wsd_inference.baselines import URIAL_STOP, urial_answer, urial_prefix, urial_prompt
-from wsd_inference.switch import first_switch, kept_context, window_scores
+from wsd_inference.switch import decide, kept_context, window_scores
 
 if TYPE_CHECKING:  # annotations only, see methods.py
     from wsd_inference.config import WSDConfig
@@ -79,15 +79,9 @@ async def wsd_one(pilot, base: ServedModel, rec: PromptRecord, cfg: WSDConfig, s
             if n > P:
                 ids = enc.input_ids[:n]
                 logps = [x if x is not None else float("-inf") for x in (await base.server.score(ids))[P:]]
-                a = first_switch(logps[: cfg.max_new_tokens], cfg.window, cfg.threshold)
-                if a is not None:
-                    accept, switched = a, True
-                    break
-                if len(logps) >= cfg.max_new_tokens:  # the draft fills the budget (switch.accept_index)
-                    accept = cfg.max_new_tokens - 1
-                    break
-            if finished:
-                accept = min(len(logps), cfg.max_new_tokens) - 1
+            d = decide(logps, finished, cfg.window, cfg.threshold, cfg.max_new_tokens)
+            if d is not None:
+                accept, switched = d
                 break
     finally:
         if stream is not None:

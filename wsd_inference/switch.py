@@ -28,16 +28,28 @@ def first_switch(logprobs: list[float], window: int, threshold: float, start: in
     return None
 
 
+def decide(logprobs: list[float], finished: bool, window: int, threshold: float, budget: int,
+           start: int = 0) -> tuple[int | None, bool] | None:
+    """WSD's decision once the base scored the draft's final tokens so far (`logprobs`, one per draft token), the
+    one rule of every engine: (a, True) at the first window that reaches the threshold (windows ending before
+    `start` were checked already); (budget - 1, False) once the draft fills the answer's budget, since what the
+    pilot writes next would never be read; when the draft is `finished` and no window qualified, (n - 1, False)
+    for its n tokens, (None, False) for an empty one; None while undecided: the pilot writes on."""
+    a = first_switch(logprobs[:budget], window, threshold, start)
+    if a is not None:
+        return a, True
+    if len(logprobs) >= budget:
+        return budget - 1, False
+    if finished:
+        return (len(logprobs) - 1 if logprobs else None), False
+    return None
+
+
 def accept_index(logprobs: list[float], window: int, threshold: float,
                  budget: int | None = None) -> tuple[int | None, bool]:
-    """(a, switched): a = first qualifying window end, else n-1; None for an empty draft. Only the first `budget`
-    draft tokens count (the answer's total budget): a switch past them would never be read, so a draft that fills
-    the budget keeps `budget` tokens unswitched, and drafting can stop there."""
-    logprobs = logprobs[:budget] if budget is not None else logprobs
-    if not logprobs:
-        return None, False
-    a = first_switch(logprobs, window, threshold)
-    return (a, True) if a is not None else (len(logprobs) - 1, False)
+    """(a, switched) for a whole draft (the staged pipeline): a = first qualifying window end, else n-1; None for
+    an empty draft; within `budget` draft tokens when given."""
+    return decide(logprobs, True, window, threshold, len(logprobs) + 1 if budget is None else budget)
 
 
 def kept_context(ids: list[int], prompt_len: int, accept: int | None, max_new_tokens: int) -> tuple[list[int], int]:

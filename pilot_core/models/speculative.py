@@ -85,6 +85,29 @@ def same_vocabulary(a: HFModel, b: HFModel) -> bool:
     return a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
 
 
+@dataclass(frozen=True)
+class DraftRow:
+    """The draft model's row: its prompt (its own chat template), and a prefix of the answer's text whose draft
+    tokens are final with prompt + those tokens (across tokenizers, `Drafter.windowed`; None until one is)."""
+
+    prompt: str
+    prompt_ids: list[int]
+    mark: tuple[str, list[int]] | None = None
+
+
+@dataclass
+class _Drafting:
+    """One row's proposal in the making: `n` draft tokens at most, after `target` (the draft model's tokens of
+    the answer so far; `text`: the answer's text, across tokenizers), `q` their distributions when sampled."""
+
+    n: int
+    target: list[int] | None = None
+    text: str = ""
+    ids: list[int] = field(default_factory=list)
+    q: list = field(default_factory=list)
+    live: bool = False
+
+
 CROSS_HOLD = 4  # draft tokens drafted beyond k across tokenizers (the text's last word is not proposed)
 DECODE_TAIL = 32  # draft tokens decoded before a proposal to get the text it adds (decoding is local)
 WINDOW_CHARS = 256  # at least this much of the answer's text is re-tokenized with a crossing proposal
@@ -105,85 +128,79 @@ class Drafter:
                  batch: RaggedBatch | None = None):
         self.m, self.base, self.sampling = draft, base, sampling
         self.same_vocab = same_vocabulary(draft, base)
-        self.prompts = prompts
-        self.prompt_ids = [draft.encode(p) for p in prompts]
+        self.rows = [DraftRow(p, draft.encode(p)) for p in prompts]
         self.batch = batch if batch is not None else RaggedBatch(draft, len(prompts))  # may hold a prefix already
         self.windowed = not self.same_vocab and all(splits_at_whitespace(m.tokenizer) for m in (draft, base))
-        # per row: a prefix of the answer's text whose draft tokens are final, and prompt + those tokens
-        self.marks: list[tuple[str, list[int]]] = [("", ids) for ids in self.prompt_ids]
 
     def select(self, rows: list[int]) -> None:
         """Follow the base batch's `select` (a search keeping some rows)."""
         self.batch.select(rows)
-        self.prompts = [self.prompts[r] for r in rows]
-        self.prompt_ids = [self.prompt_ids[r] for r in rows]
-        self.marks = [self.marks[r] for r in rows]
+        self.rows = [self.rows[r] for r in rows]  # a row's state is replaced, never changed in place
 
     def _target(self, r: int, answer: list[int]) -> tuple[list[int], str]:
         """Row r's draft-model tokens for the answer so far (and that answer's text, across tokenizers)."""
+        row = self.rows[r]
         if self.same_vocab:
-            return self.prompt_ids[r] + answer, ""
+            return row.prompt_ids + answer, ""
         text = self.base.decode(answer)
         if not self.windowed:
-            return self.m.encode(self.prompts[r] + text), text
-        done, ids = self.marks[r]
+            return self.m.encode(row.prompt + text), text
+        done, ids = row.mark if row.mark is not None else ("", row.prompt_ids)
         if not text.startswith(done):
-            done, ids = "", self.prompt_ids[r]
+            done, ids = "", row.prompt_ids
         tail = text[len(done):]
         enc = self.m.tokenizer(tail, add_special_tokens=False, return_offsets_mapping=True)
         final = stable_token_count(enc.offset_mapping, tail, 0)
         if final:  # the next round tokenizes from there
-            self.marks[r] = (done + tail[: enc.offset_mapping[final - 1][1]], ids + enc.input_ids[:final])
+            self.rows[r] = replace(row, mark=(done + tail[: enc.offset_mapping[final - 1][1]],
+                                              ids + enc.input_ids[:final]))
         return ids + enc.input_ids, text
 
     def propose(self, answers: list[list[int] | None], ks: list[int], generators: list) -> list[Proposal]:
         """Up to ks[r] base tokens proposed after `answers[r]` (None: row r does not speculate this round)."""
         import torch
 
-        rows = len(answers)
         sample = self.same_vocab and self.sampling.temperature > 0  # speculative sampling draws from q
-        targets, texts = [None] * rows, [""] * rows
-        drafts: list[list[int]] = [[] for _ in range(rows)]
-        syncs: list[list[int] | None] = [None] * rows  # what the cache must hold before drafting on
-        # draft tokens per row: across tokenizers the last word of the draft's text is held back, so a few more
-        n = ks if self.same_vocab else [k + CROSS_HOLD if k else 0 for k in ks]
-        for r, answer in enumerate(answers):
-            if answer is not None and ks[r] > 0:
-                targets[r], texts[r] = self._target(r, answer)
+        rounds = []
+        for r, (answer, k) in enumerate(zip(answers, ks)):
+            # across tokenizers the last word of the draft's text is held back, so a few more tokens are drafted
+            d = _Drafting(k if self.same_vocab else (k + CROSS_HOLD if k else 0))
+            if answer is not None and k > 0:
+                d.target, d.text = self._target(r, answer)
                 # tokens the cache holds past the answer (WSD's draft past the switch) are proposed first, with
                 # no pass (not where proposals need their q: it was not kept)
-                drafts[r] = [] if sample else self._ahead(r, targets[r])[: n[r]]
-                syncs[r] = targets[r] + drafts[r] if len(drafts[r]) < n[r] else None
+                d.ids = [] if sample else self._ahead(r, d.target)[: d.n]
+                d.live = len(d.ids) < d.n
+            rounds.append(d)
+        syncs = [d.target + d.ids if d.live else None for d in rounds]  # what the cache must hold first
         self.batch.advance(syncs, [len(t) if t is not None else 0 for t in syncs])
-        qs: list[list] = [[] for _ in range(rows)]
-        live = [syncs[r] is not None for r in range(rows)]
-        for i in range(max(n, default=0)):
-            step: list[list[int]] = [[] for _ in range(rows)]
-            for r in range(rows):
-                if not live[r] or i < len(drafts[r]) or i >= n[r]:
+        for i in range(max((d.n for d in rounds), default=0)):
+            step: list[list[int]] = [[] for _ in rounds]
+            for r, d in enumerate(rounds):
+                if not d.live or i < len(d.ids) or i >= d.n:
                     continue
                 logits = self.batch.next_logits[r]
                 if sample:
                     q = warped_probs(logits, self.sampling)
                     tok = int(torch.multinomial(q, 1, generator=generators[r]))
-                    qs[r].append(q)
+                    d.q.append(q)
                 else:
                     tok = int(torch.argmax(logits))
-                drafts[r].append(tok)
+                d.ids.append(tok)
                 if tok in self.m.stop_ids:  # the draft ends its turn: nothing more to propose
-                    live[r] = False
+                    d.live = False
                     if not self.same_vocab:
-                        drafts[r].pop()  # an end of turn has no text to cross with
-                elif i + 1 < n[r]:
+                        d.ids.pop()  # an end of turn has no text to cross with
+                elif i + 1 < d.n:
                     step[r] = [tok]
             if any(step):
                 self.batch.feed(step)
-            elif not any(live[r] and i + 1 < n[r] for r in range(rows)):
+            elif not any(d.live and i + 1 < d.n for d in rounds):
                 break
         if self.same_vocab:
-            return [Proposal(d, qs[r] if sample else None) for r, d in enumerate(drafts)]
-        return [Proposal(self._cross(answers[r], texts[r], targets[r], d)[: ks[r]]) if d else Proposal()
-                for r, d in enumerate(drafts)]
+            return [Proposal(d.ids, d.q if sample else None) for d in rounds]
+        return [Proposal(self._cross(answers[r], d.text, d.target, d.ids)[: ks[r]]) if d.ids else Proposal()
+                for r, d in enumerate(rounds)]
 
     def _ahead(self, r: int, target: list[int]) -> list[int]:
         """The tokens row r's cache holds after `target`, if it holds `target` (else none)."""
@@ -213,24 +230,42 @@ class Drafter:
         return enc.input_ids[n: stable_token_count(enc.offset_mapping, text, head)]
 
 
+@dataclass
+class SpecRow:
+    """One row's speculation, all its state on one object (as vLLM's `Request`): how many tokens it proposes
+    next round (k; 0 once it does not pay), its figures, the answer's base tokens ahead of its Stream (WSD's
+    kept draft), the token the base emitted last (fed with the next proposals), where this run stops."""
+
+    k: int
+    stats: SpecStats = field(default_factory=SpecStats)
+    before: list[int] = field(default_factory=list)
+    pending: int | None = None
+    cap: int | None = None
+
+    def successor(self) -> SpecRow:
+        """A copy that goes on with this row's k, figures and pending token (a search's successor)."""
+        return replace(self, stats=replace(self.stats))
+
+
 class Pacing:
-    """How much each row of a batch speculates: its k (transformers' heuristic: +2 after a round that kept every
-    proposal, -1 otherwise, within [1, max_tokens]; 0 once its acceptance rate says it does not pay) and its
-    figures; and the batch's rule: a round runs only while it expects to keep `min_gain` proposals per live row."""
+    """How much each row speculates: its k (transformers' heuristic: +2 after a round that kept every proposal,
+    -1 otherwise, within [1, max_tokens]; 0 once its acceptance rate says it does not pay), and the batch's rule:
+    a round runs only while it expects to keep `min_gain` proposals per live row."""
 
-    def __init__(self, spec: Speculation, rows: int):
+    def __init__(self, spec: Speculation):
         self.spec = spec
-        self.k = [spec.tokens] * rows
-        self.stats = [SpecStats() for _ in range(rows)]
 
-    def round_ks(self, rooms: list[int | None]) -> list[int]:
+    def row(self, before: list[int] | None = None) -> SpecRow:
+        return SpecRow(self.spec.tokens, before=before or [])
+
+    def round_ks(self, rows: list[SpecRow], rooms: list[int | None]) -> list[int]:
         """Each row's k for this round (`rooms[r]`: the most proposals row r can take; None: not live); all 0
         when the batch's expected gain does not pay for the round."""
         spec = self.spec
-        ks = [0 if room is None else max(0, min(k, room)) for k, room in zip(self.k, rooms)]
-        exploring = any(k and st.rounds < spec.min_rounds for k, st in zip(ks, self.stats))
+        ks = [0 if room is None else max(0, min(row.k, room)) for row, room in zip(rows, rooms)]
+        exploring = any(k and row.stats.rounds < spec.min_rounds for k, row in zip(ks, rows))
         # judged at the k a row starts with at least: a row whose k shrank after a miss is not written off for it
-        gain = sum(self._expected_kept(st, max(k, spec.tokens)) for k, st in zip(ks, self.stats) if k)
+        gain = sum(self._expected_kept(row.stats, max(k, spec.tokens)) for k, row in zip(ks, rows) if k)
         if not exploring and gain < spec.min_gain * sum(room is not None for room in rooms):
             return [0] * len(ks)
         return ks
@@ -241,11 +276,11 @@ class Pacing:
         a = (st.accepted + 1) / (st.proposed + 2)
         return k if a >= 1 else a * (1 - a**k) / (1 - a)
 
-    def base_pass(self, r: int, asked: int, proposed: int, kept: int) -> None:
-        """Row r took part in a base pass that checked `proposed` of the `asked` proposals and kept `kept`. A
+    def base_pass(self, row: SpecRow, asked: int, proposed: int, kept: int) -> None:
+        """The row took part in a base pass that checked `proposed` of the `asked` proposals and kept `kept`. A
         round asked for and given nothing (a draft whose text crossed to no stable base token) counts as a round
         with none kept, so a row that never proposes stops like one whose proposals are refused."""
-        st, spec = self.stats[r], self.spec
+        st, spec = row.stats, self.spec
         st.base_passes += 1
         if not asked:
             return
@@ -254,14 +289,9 @@ class Pacing:
         st.accepted += kept
         st.full_rounds += proposed > 0 and kept == proposed
         st.empty_rounds += kept == 0
-        self.k[r] = min(self.k[r] + 2, spec.max_tokens) if proposed and kept == proposed else max(1, self.k[r] - 1)
+        row.k = min(row.k + 2, spec.max_tokens) if proposed and kept == proposed else max(1, row.k - 1)
         if st.rounds >= spec.min_rounds and st.accepted < spec.min_acceptance * max(st.proposed, 1):
-            self.k[r] = 0  # it does not pay for this row
-
-    def select(self, rows: list[int]) -> None:
-        """Successors go on with their parent's k and figures."""
-        self.k = [self.k[r] for r in rows]
-        self.stats = [replace(self.stats[r]) for r in rows]
+            row.k = 0  # it does not pay for this row
 
 
 class SpeculativeGeneration(Generation):
@@ -273,62 +303,59 @@ class SpeculativeGeneration(Generation):
     def __init__(self, batch: RaggedBatch, rows: list[Stream], sampling: Sampling, stop_strings: tuple[str, ...],
                  drafter: Drafter, spec: Speculation, before: list[list[int]] | None = None):
         super().__init__(batch, rows, sampling, stop_strings)
-        self.drafter, self.pace = drafter, Pacing(spec, len(rows))
-        self.before = before or [[] for _ in rows]
-        self.pending: list[int | None] = [None] * len(rows)
-        self.cap: list[int | None] = [None] * len(rows)  # per row, the token count this run stops at
+        self.drafter, self.pace = drafter, Pacing(spec)
+        self.spec_rows = [self.pace.row(before[r] if before else None) for r in range(len(rows))]
 
     @property
     def stats(self) -> list[SpecStats]:
-        return self.pace.stats
+        return [sr.stats for sr in self.spec_rows]
 
     def run(self, steps: int | None = None) -> None:
         """Until every row stopped, or each wrote up to `steps` more tokens (a round may write several: the cap
         is per token, as a plain Generation's steps are)."""
-        self.cap = [len(row.tokens) + steps if steps is not None else None for row in self.rows]
+        for row, sr in zip(self.rows, self.spec_rows):
+            sr.cap = len(row.tokens) + steps if steps is not None else None
         while any(self._live()):
             self.step()
 
     def _live(self) -> list[bool]:
-        return [not row.done and (cap is None or len(row.tokens) < cap) for row, cap in zip(self.rows, self.cap)]
+        return [not row.done and (sr.cap is None or len(row.tokens) < sr.cap)
+                for row, sr in zip(self.rows, self.spec_rows)]
 
     def select(self, rows: list[int], generators: list) -> None:
         """Keep the given rows, in this order, repeats allowed (a search's successors); a successor goes on with
         its parent's pending token, k and acceptance figures."""
         super().select(rows, generators)
         self.drafter.select(rows)
-        self.pace.select(rows)
-        self.before = [self.before[r] for r in rows]
-        self.pending = [self.pending[r] for r in rows]
-        self.cap = [self.cap[r] for r in rows]
+        self.spec_rows = [self.spec_rows[r].successor() for r in rows]
 
     def _room(self, r: int) -> int:
         """The most proposals row r can take: the base adds one token of its own within its budget (and cap)."""
-        row, cap = self.rows[r], self.cap[r]
+        row, cap = self.rows[r], self.spec_rows[r].cap
         return (row.budget if cap is None else min(row.budget, cap)) - len(row.tokens) - 1
 
     def step(self) -> None:
         import torch
 
-        live = self._live()
-        ks = self.pace.round_ks([self._room(r) if live[r] else None for r in range(len(self.rows))])
-        answers = [self.before[r] + self.rows[r].tokens if ks[r] else None for r in range(len(self.rows))]
+        live, srs = self._live(), self.spec_rows
+        ks = self.pace.round_ks(srs, [self._room(r) if live[r] else None for r in range(len(self.rows))])
+        answers = [srs[r].before + self.rows[r].tokens if ks[r] else None for r in range(len(self.rows))]
         props = (self.drafter.propose(answers, ks, [row.generator for row in self.rows]) if any(ks)
                  else [Proposal() for _ in self.rows])
-        feed = [([self.pending[r]] if self.pending[r] is not None else []) + props[r].ids if live[r] else []
+        feed = [([srs[r].pending] if srs[r].pending is not None else []) + props[r].ids if live[r] else []
                 for r in range(len(self.rows))]
         # the logits before a row's first fed token, where no pending token is fed first
-        first = {r: self.batch.next_logits[r] for r in range(len(self.rows)) if live[r] and self.pending[r] is None}
+        first = {r: self.batch.next_logits[r] for r in range(len(self.rows)) if live[r] and srs[r].pending is None}
         out = self.batch.feed(feed)
-        for r, row in enumerate(self.rows):
+        for r, (row, sr) in enumerate(zip(self.rows, srs)):
             if not live[r]:
                 continue
             p = props[r]
             fed = out[r]  # read once (an ensemble combines its models' logits when read)
-            logits = fed if self.pending[r] is not None else (
+            logits = fed if sr.pending is not None else (
                 torch.cat([first[r][None], fed]) if fed is not None else first[r][None])
             tokens, kept = verify(logits, p, self.sampling, row.generator)
-            self.pace.base_pass(r, ks[r], len(p.ids), kept)
+            self.pace.base_pass(sr, ks[r], len(p.ids), kept)
             for t in tokens:
                 row.tokens.append(t)
                 if self._stops(row):
@@ -339,7 +366,7 @@ class SpeculativeGeneration(Generation):
                     break
             if not row.done:  # mask the rejected proposals; the base's own token is fed next round
                 self.batch.drop(r, len(p.ids) - kept)
-                self.pending[r] = tokens[-1]
+                sr.pending = tokens[-1]
         self.batch.compact_if_sparse()  # rejected proposals left holes: attend over live tokens only
 
 
