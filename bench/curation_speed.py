@@ -69,7 +69,7 @@ def bench(n: int, num_proc: int, tmp: Path) -> dict:
     s = curate(cfg, output=str(tmp / f"out-{n}"), progress=False)  # the whole run, written
     times["whole run (written)"] = time.perf_counter() - t
     dropped = sum(x is not None for x in d.drops)
-    return {"n": n, "times": times, "kept": s["kept"], "dropped": dropped, "excluded": s["excluded"]}
+    return {"n": n, "times": times, "kept": s.kept, "dropped": dropped, "excluded": s.excluded}
 
 
 def langid(rows: int) -> float:

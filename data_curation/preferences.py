@@ -68,6 +68,29 @@ class Judgment:
     raw: str = ""
 
 
+@dataclass(frozen=True)
+class PreferencesSummary:
+    """What build_preferences reports: the dataset directory, its counts and each model's usage (the manifest's
+    data["preferences"] holds the same, so a finished directory reads back as one)."""
+
+    output: str
+    prompts: int
+    responses: int
+    response_failures: int
+    sft: int
+    dpo: int
+    dpo_labelled: int  # of dpo: pairs the sources labelled
+    skipped: dict[str, int]  # prompts without a pair, by reason
+    judgments: dict[str, int]  # by status
+    usage: dict[str, dict]  # per model: requests, cache hits, failures, tokens, cost_usd
+
+    @classmethod
+    def of(cls, output: str | Path, data: dict) -> PreferencesSummary:
+        """From the counts and usage, or a finished directory's manifest data["preferences"]."""
+        return cls(str(output), data["prompts"], data["responses"], data["response_failures"], data["sft"],
+                   data["dpo"], data["dpo_labelled"], data["skipped"], data["judgments"], data["usage"])
+
+
 def _seed(cfg: PreferencesConfig, *parts) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, (cfg.seed, *parts))).encode()).digest()[:4], "little")
 
@@ -216,7 +239,8 @@ def labelled_pairs(prompts: list[dict]) -> list[dict]:
 
 
 def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str | Path, overwrite: bool = False,
-                      progress: bool = True, http_client=None, compute: Compute | None = None) -> dict:
+                      progress: bool = True, http_client=None,
+                      compute: Compute | None = None) -> PreferencesSummary:
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
@@ -289,7 +313,7 @@ def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str |
     extra = {"sft": _table(sft, pa), "dpo": _table(dpo, pa), "responses": _table(responses, pa),
              "judgments": _table([asdict(j) for j in judgments], pa), "pairs_skipped": _table(skipped, pa)}
     write_dataset(output, kept_t, excl_t, manifest, card, overwrite, extra=extra, splits=("sft", "dpo"))
-    return {"output": str(output), **counts, "usage": usage}
+    return PreferencesSummary.of(output, {**counts, "usage": usage})
 
 
 def _table(rows: list[dict], pa):

@@ -4,6 +4,7 @@ versioned dataset directory. Library code: the CLI and the Prefect flow both cal
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from data_curation.config import CurationConfig
@@ -15,6 +16,23 @@ from pilot_core.errors import UserError
 from pilot_core.manifest import Manifest, config_hash, read_manifest
 
 KEPT_COLUMNS = (*ROW_KEYS, "source_fingerprint", "messages", "text", "original", "category_given", *MEASURES)
+
+
+@dataclass(frozen=True)
+class CurationSummary:
+    """What a curation run reports: the dataset directory and where its rows went."""
+
+    output: str
+    read: int
+    kept: int
+    excluded_total: int
+    excluded: dict[str, dict[str, int]]  # stage -> reason -> rows
+    already_done: bool = False  # the directory was this very run's, finished earlier: nothing was redone
+
+    @classmethod
+    def of(cls, output: str | Path, data: dict, already_done: bool = False) -> CurationSummary:
+        """From a run's counts, or a finished dataset's manifest data (which holds them)."""
+        return cls(str(output), data["read"], data["kept"], data["excluded_total"], data["excluded"], already_done)
 
 
 def scoring_hash(cfg: CurationConfig) -> str:
@@ -52,7 +70,7 @@ def _replayed(cfg: CurationConfig, prev: Path):
 
 
 def curate(cfg: CurationConfig, output: str | None = None, previous: list[str] | None = None,
-           replay: str | None = None, overwrite: bool = False, progress: bool = True) -> dict:
+           replay: str | None = None, overwrite: bool = False, progress: bool = True) -> CurationSummary:
     import pyarrow as pa
 
     check_inputs(cfg)
@@ -92,7 +110,7 @@ def curate(cfg: CurationConfig, output: str | None = None, previous: list[str] |
                         data={**counts, "scoring_hash": scoring_hash(cfg), "replayed_from": replay,
                               "lsh_bands_rows": d.stats["lsh_bands_rows"]})
     write_dataset(out, kept, excluded, manifest, data_card(cfg.name, out.name, cfg, counts), overwrite)
-    return {"output": str(out), **{k: counts[k] for k in ("read", "kept", "excluded_total", "excluded")}}
+    return CurationSummary.of(out, counts)
 
 
 def check_inputs(cfg: CurationConfig) -> None:
@@ -120,7 +138,7 @@ def _inputs(sources: dict[str, str], references: dict[str, str]) -> dict[str, st
     return {**sources, **{f"reference:{name}": fp for name, fp in references.items()}}
 
 
-def _already_done(cfg: CurationConfig, out: Path, prev: list[Path]) -> dict | None:
+def _already_done(cfg: CurationConfig, out: Path, prev: list[Path]) -> CurationSummary | None:
     """The summary of `out` when it is this very run's finished dataset (same config, source and reference files,
     previous versions): a rerun after a crash that came after the rename has nothing to do. Else None."""
     from data_curation.sources import source_fingerprint
@@ -137,8 +155,7 @@ def _already_done(cfg: CurationConfig, out: Path, prev: list[Path]) -> dict | No
     if (m.config_hash, m.inputs, d.get("previous_versions"), d.get("replayed_from")) != \
             (config_hash(cfg), inputs, [str(p) for p in prev], None):
         return None
-    return {"output": str(out), "already_done": True, **{k: d[k] for k in ("read", "kept", "excluded_total",
-                                                                             "excluded")}}
+    return CurationSummary.of(out, d, already_done=True)
 
 
 def _counts(cfg: CurationConfig, read: dict, kept, excluded, d, prev: list[Path]) -> dict:

@@ -7,9 +7,15 @@ from __future__ import annotations
 import base64
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect.artifacts import (create_link_artifact, create_markdown_artifact, create_progress_artifact,
                                create_table_artifact, update_progress_artifact)
+
+if TYPE_CHECKING:
+    from data_curation.preferences import PreferencesSummary
+    from data_curation.run import CurationSummary
+    from release.publish import Published
 
 
 def key(pipeline: str, what: str) -> str:
@@ -17,22 +23,23 @@ def key(pipeline: str, what: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"{pipeline}-{what}".lower()).strip("-")
 
 
-def curation(pipeline: str, summary: dict, review_page: str | None) -> None:
-    rows = [{"stage": "kept", "reason": "", "rows": summary["kept"]}]
+def curation(pipeline: str, summary: CurationSummary, review_page: str | None) -> None:
+    rows = [{"stage": "kept", "reason": "", "rows": summary.kept}]
     rows += [{"stage": stage, "reason": reason, "rows": n}
-             for stage, reasons in sorted(summary["excluded"].items()) for reason, n in sorted(reasons.items())]
+             for stage, reasons in sorted(summary.excluded.items()) for reason, n in sorted(reasons.items())]
     create_table_artifact(rows, key=key(pipeline, "curation"),
-                          description=f"GenerAlign curation: kept {summary['kept']} of {summary['read']} prompts "
-                                      f"-> {summary['output']}")
+                          description=f"GenerAlign curation: kept {summary.kept} of {summary.read} prompts "
+                                      f"-> {summary.output}")
     if review_page:
         create_link_artifact(Path(review_page).resolve().as_uri(), link_text="review page",
                              key=key(pipeline, "review"), description="sampled kept and excluded rows for the "
                              "data team (review.csv beside it takes the decisions)")
 
 
-def preferences(pipeline: str, summary: dict, review_page: str | None = None) -> None:
-    create_table_artifact([{k: summary[k] for k in ("prompts", "responses", "response_failures", "sft", "dpo")}],
-                          key=key(pipeline, "preferences"), description=f"preference data -> {summary['output']}")
+def preferences(pipeline: str, s: PreferencesSummary, review_page: str | None = None) -> None:
+    create_table_artifact([{"prompts": s.prompts, "responses": s.responses, "response_failures": s.response_failures,
+                            "sft": s.sft, "dpo": s.dpo}],
+                          key=key(pipeline, "preferences"), description=f"preference data -> {s.output}")
     if review_page:
         create_link_artifact(Path(review_page).resolve().as_uri(), link_text="pair review page",
                              key=key(pipeline, "pair-review"), description="sampled preference pairs for the data "
@@ -82,8 +89,8 @@ def gate(pipeline: str, verdict) -> None:
                              description="release gate verdict" + ("" if verdict.passed else ": nothing published"))
 
 
-def release(pipeline: str, name: str, result: dict) -> None:
-    what = "already published as" if result["already"] else "published"
-    create_markdown_artifact(f"# {name} {result['version']}\n\n{what} {name} {result['version']} -> "
-                             f"`{result['path']}`\n" + (f"\npushed: {result['pushed']}\n" if result["pushed"] else ""),
+def release(pipeline: str, name: str, result: Published) -> None:
+    what = "already published as" if result.already else "published"
+    create_markdown_artifact(f"# {name} {result.version}\n\n{what} {name} {result.version} -> `{result.path}`\n"
+                             + (f"\npushed: {result.pushed}\n" if result.pushed else ""),
                              key=key(pipeline, "release"), description="the published version")

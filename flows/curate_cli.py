@@ -79,8 +79,8 @@ def curate(config_path, overrides, sources, eval_sets, language, tokenizer, outp
 
     summary = run_curation(cfg, output=output, previous=list(previous) or None, replay=replay,
                            overwrite=overwrite, progress=not quiet)
-    done = " (already complete: same config and inputs; nothing to do)" if summary.get("already_done") else ""
-    click.echo(f"{summary['output']}: kept {summary['kept']} of {summary['read']} rows{done}")
-    for stage, reasons in summary["excluded"].items():
+    done = " (already complete: same config and inputs; nothing to do)" if summary.already_done else ""
+    click.echo(f"{summary.output}: kept {summary.kept} of {summary.read} rows{done}")
+    for stage, reasons in summary.excluded.items():
         click.echo(f"  excluded at {stage}: " + ", ".join(f"{r} {n}" for r, n in
                                                            sorted(reasons.items(), key=lambda kv: -kv[1])))

@@ -26,8 +26,8 @@ def preferences(dataset: str, config_path: str, overrides: tuple[str, ...], outp
     cfg = load_config(PreferencesConfig, config_path, overrides)
     s = build_preferences(dataset, cfg, output, overwrite, progress=not quiet,
                           compute=compute_from(device, dtype, attn_implementation, device_map))
-    click.echo(f"{s['output']}: {s['sft']} sft rows, {s['dpo']} dpo pairs from {s['prompts']} prompts; "
-               f"{s['response_failures']} failed responses; judgments {s['judgments']}")
-    for who, u in sorted(s["usage"].items()):
+    click.echo(f"{s.output}: {s.sft} sft rows, {s.dpo} dpo pairs from {s.prompts} prompts; "
+               f"{s.response_failures} failed responses; judgments {s.judgments}")
+    for who, u in sorted(s.usage.items()):
         click.echo(f"  {who}: {u['requests']} requests, {u['cache_hits']} cached, {u['failures']} failed, "
                    f"{u['prompt_tokens']}+{u['completion_tokens']} tokens, ${u['cost_usd']}")

@@ -74,13 +74,13 @@ def publish(config_path, checkpoint, report_dir, version, override_reason, push,
 
     cfg = _cfg(config_path, overrides)
     r = run(checkpoint, report_dir, cfg, version=version, override_reason=override_reason, push=push)
-    if r["already"]:
-        click.echo(f"{checkpoint} is already published as {cfg.name} {r['version']} -> {r['path']}")
+    if r.already:
+        click.echo(f"{checkpoint} is already published as {cfg.name} {r.version} -> {r.path}")
         return
-    _print_verdict(r["verdict"])
-    click.echo(f"published {cfg.name} {r['version']} -> {r['path']}"
+    _print_verdict(r.verdict)
+    click.echo(f"published {cfg.name} {r.version} -> {r.path}"
                + (" (champion)" if cfg.promote else "")
-               + (f"; pushed to {r['pushed']['repo_id']}@{r['pushed']['tag']}" if r["pushed"] else ""))
+               + (f"; pushed to {r.pushed['repo_id']}@{r.pushed['tag']}" if r.pushed else ""))
 
 
 @release.command()

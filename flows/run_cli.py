@@ -83,17 +83,17 @@ def run(config_path: str, overrides: tuple[str, ...], unsafe_code_execution: boo
                 raise exc
             raise JobFailed(f"pipeline {cfg.name}: {state.name}: {state.message}")
         out = state.result()
-    click.echo(f"pipeline {cfg.name}: done (stage directories under {out['root']})")
-    for label, k in (("dataset", "dataset"), ("review page", "review_page"), ("preferences", "preferences"),
-                     ("checkpoint", "checkpoint"), ("report", "report")):
-        if out.get(k):
-            click.echo(f"  {label + ':':<16} {out[k]}" + ("/report.md" if k == "report" else ""))
-    for base, path in out["wsd"].items():
+    click.echo(f"pipeline {cfg.name}: done (stage directories under {out.root})")
+    for label, path in (("dataset", out.dataset), ("review page", out.review_page), ("preferences", out.preferences),
+                        ("checkpoint", out.checkpoint), ("report", out.report and f"{out.report}/report.md")):
+        if path:
+            click.echo(f"  {label + ':':<16} {path}")
+    for base, path in out.wsd.items():
         click.echo(f"  {'wsd ' + base + ':':<16} {path}")
-    if out.get("release"):
-        r = out["release"]
-        click.echo(f"  {'published:':<16} {cfg.release.name} {r['version']} -> {r['path']}"
-                   + (" (already published)" if r["already"] else ""))
+    if out.release is not None:
+        r = out.release
+        click.echo(f"  {'published:':<16} {cfg.release.name} {r.version} -> {r.path}"
+                   + (" (already published)" if r.already else ""))
 
 
 @click.command()

@@ -12,7 +12,9 @@ Retries only where they can help: calls to servers (responses, judges, served mo
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -22,6 +24,12 @@ from pilot_core.manifest import MANIFEST, read_manifest
 from pilot_core.models.compute import Compute
 from pilot_core.models.source import ModelSource
 from pilot_core.stages import dir_identity, files_identity, source_identity, stage_dir, stage_key
+
+if TYPE_CHECKING:
+    from data_curation.preferences import PreferencesSummary
+    from data_curation.run import CurationSummary
+    from flows.approvals import Approval
+    from release.publish import Published
 
 
 def _retry_unless(*never: type[Exception]):
@@ -48,22 +56,20 @@ def _progress() -> bool:
 
 
 @task(name="curate", **LOCAL)
-def curate_task(cur, root: str) -> dict:
-    from data_curation.run import curate
+def curate_task(cur, root: str) -> CurationSummary:
+    from data_curation.run import CurationSummary, curate
 
     log = get_run_logger()
     key = stage_key("curate", cur.model_dump(mode="json"),
                     files_identity([s.path for s in cur.sources] + list(cur.decontamination.reference_sets)))
     out = stage_dir(root, "curate", key)
     if (out / MANIFEST).is_file():
-        data = read_manifest(out, kind="dataset").data
         log.info(f"curate {cur.name}: reusing {out} (same config and sources)")
-        return {"output": str(out), "reused": True,
-                **{k: data[k] for k in ("read", "kept", "excluded_total", "excluded")}}
+        return CurationSummary.of(out, read_manifest(out, kind="dataset").data, already_done=True)
     s = curate(cur, output=str(out), progress=_progress())
-    log.info(f"curate {cur.name}: kept {s['kept']} of {s['read']} prompts, excluded "
-             + ", ".join(f"{sum(r.values())} at {st}" for st, r in s["excluded"].items()) + f" -> {out}")
-    return {**s, "reused": False}
+    log.info(f"curate {cur.name}: kept {s.kept} of {s.read} prompts, excluded "
+             + ", ".join(f"{sum(r.values())} at {st}" for st, r in s.excluded.items()) + f" -> {out}")
+    return s
 
 
 @task(name="review-export", **LOCAL)
@@ -108,8 +114,8 @@ def pair_review_import_task(preferences: str, decisions: str, reviewer: str) -> 
 
 
 @task(name="preferences", **NETWORK)
-def preferences_task(dataset: str, prefs, root: str, compute: Compute) -> dict:
-    from data_curation.preferences import build_preferences
+def preferences_task(dataset: str, prefs, root: str, compute: Compute) -> PreferencesSummary:
+    from data_curation.preferences import PreferencesSummary, build_preferences
 
     log = get_run_logger()
     # the dataset's manifest changes when a review is imported, so a reviewed subset gets new preferences
@@ -118,19 +124,29 @@ def preferences_task(dataset: str, prefs, root: str, compute: Compute) -> dict:
     out = stage_dir(root, "preferences", key)
     if (out / MANIFEST).is_file():
         log.info(f"preferences: reusing {out}")
-        return {"output": str(out), "reused": True, **read_manifest(out, kind="dataset").data["preferences"]}
+        return PreferencesSummary.of(out, read_manifest(out, kind="dataset").data["preferences"])
     # calls are cached beside it: a retry is free
     p = build_preferences(dataset, prefs, out, progress=_progress(), compute=compute)
-    log.info(f"preferences: {p['sft']} sft rows, {p['dpo']} dpo pairs from {p['prompts']} prompts, "
-             f"{p['response_failures']} failed responses -> {out}")
-    return {**p, "reused": False}
+    log.info(f"preferences: {p.sft} sft rows, {p.dpo} dpo pairs from {p.prompts} prompts, "
+             f"{p.response_failures} failed responses -> {out}")
+    return p
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """A finished training run: the checkpoint WSD and validation use (merged when LoRA), each stage's checkpoint
+    manifest data by stage, and the run directory."""
+
+    checkpoint: str
+    manifests: dict[str, dict]
+    output: str
 
 
 @task(name="train", retries=1, retry_delay_seconds=30, retry_condition_fn=_retry_unless(UserError),
       cache_policy=NO_CACHE)
 def train_task(training, pilot: ModelSource, name: str, dataset: str, root: str, compute: Compute, on_poll=None,
-               poll_s: float = 5.0) -> dict:
-    """Train in a child process and poll it; returns {checkpoint, manifests}. A rerun (or a retry) resumes."""
+               poll_s: float = 5.0) -> TrainingResult:
+    """Train in a child process and poll it. A rerun (or a retry) resumes."""
     from training.config import TrainConfig
     from training.process import progress, run_training
 
@@ -155,13 +171,10 @@ def train_task(training, pilot: ModelSource, name: str, dataset: str, root: str,
                  + (f" (resumed from {Path(d['resumed_from']).name})" if d["resumed_from"] else ""))
     final = finals[cfg.stages[-1]]
     if cfg.lora:  # WSD and validation need full weights
-        from training.merge import merge_adapter
+        from training.merge import merged
 
-        merged = final.with_name("merged")
-        if not (merged / MANIFEST).is_file():
-            merge_adapter(final, merged)
-        final = merged
-    return {"checkpoint": str(final), "manifests": manifests, "output": str(out)}
+        final = merged(final)
+    return TrainingResult(str(final), manifests, str(out))
 
 
 @task(name="wsd", **NETWORK)
@@ -183,7 +196,8 @@ def wsd_task(pilot: ModelSource, base: ModelSource, prompts: str, wsd, root: str
 
 @task(name="validate", **NETWORK)
 def validate_task(spec, checkpoint: str, bases: list[ModelSource], root: str, pilot_name: str,
-                  compute: Compute) -> dict:
+                  compute: Compute) -> str:
+    """Validate the checkpoint into its stage directory; returns that directory (its report.json says more)."""
     from evaluation.validate import validate
     from flows.validate_cli import summary_lines
 
@@ -195,7 +209,7 @@ def validate_task(spec, checkpoint: str, bases: list[ModelSource], root: str, pi
     out = stage_dir(root, "validation", key)  # generations resume; a finished report is returned as it is
     report = validate(spec, checkpoint, bases, out, pilot_name=pilot_name, compute=compute, progress=_progress())
     get_run_logger().info("validate:\n" + "\n".join(summary_lines(report, str(out))))
-    return {"output": str(out), "report": report}
+    return str(out)
 
 
 @task(name="gate", **LOCAL)
@@ -210,15 +224,15 @@ def gate_task(report_dir: str, release):
 
 
 @task(name="publish", **NETWORK)
-def publish_task(checkpoint: str, report_dir: str, release, approval: dict | None = None) -> dict:
+def publish_task(checkpoint: str, report_dir: str, release, approval: Approval | None = None) -> Published:
     from release.publish import publish
 
-    sign_off = approval and {k: approval[k] for k in ("by", "at", "note")}
+    sign_off = approval and {"by": approval.by, "at": approval.at, "note": approval.note}  # what release.json keeps
     r = publish(checkpoint, report_dir, release, push=release.hub is not None, sign_off=sign_off)
     log = get_run_logger()
-    if r["already"]:
-        log.info(f"release: this checkpoint is already published as {release.name} {r['version']} -> {r['path']}")
+    if r.already:
+        log.info(f"release: this checkpoint is already published as {release.name} {r.version} -> {r.path}")
     else:
-        log.info(f"release: published {release.name} {r['version']} -> {r['path']}"
-                 + (f" (signed off by {approval['by']})" if approval else ""))
+        log.info(f"release: published {release.name} {r.version} -> {r.path}"
+                 + (f" (signed off by {approval.by})" if approval else ""))
     return r

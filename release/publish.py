@@ -7,6 +7,7 @@ version's release.json and in the alias history; there is no silent bypass.
 from __future__ import annotations
 
 import getpass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,6 +20,18 @@ from release.config import ReleaseConfig
 from release.gate import decide
 from release.model_card import build_card
 from release.registry import Registry
+
+
+@dataclass(frozen=True)
+class Published:
+    """What publish() did: the gate's verdict, the registry version and its directory, the Hub push (None without
+    one), and already=True when the checkpoint was published before (then nothing new is written)."""
+
+    verdict: GateVerdict
+    version: str
+    path: str
+    pushed: dict | None  # push_version's answer: repo_id, tag, commit
+    already: bool
 
 
 def gate_report(report_dir: str | Path, cfg: ReleaseConfig, champion_report: str | Path | None = None) -> GateVerdict:
@@ -41,10 +54,10 @@ def gate_report(report_dir: str | Path, cfg: ReleaseConfig, champion_report: str
 
 
 def publish(checkpoint: str | Path, report_dir: str | Path, cfg: ReleaseConfig, *, version: str | None = None,
-            override_reason: str | None = None, push: bool = False, sign_off: dict | None = None) -> dict:
-    """Returns {verdict, version, path, pushed, already}. Raises JobFailed (exit 1) when the gate says no; a
-    checkpoint already published returns that version (already=True) and publishes nothing. `sign_off` (who
-    approved the release, when, why) is recorded in release.json."""
+            override_reason: str | None = None, push: bool = False, sign_off: dict | None = None) -> Published:
+    """Raises JobFailed (exit 1) when the gate says no; a checkpoint already published returns that version
+    (already=True) and publishes nothing. `sign_off` (who approved the release, when, why) is recorded in
+    release.json."""
     checkpoint, report_dir = Path(checkpoint), Path(report_dir)
     manifest = read_manifest(checkpoint, kind="checkpoint")
     check_local_dir(checkpoint)
@@ -61,7 +74,7 @@ def publish(checkpoint: str | Path, report_dir: str | Path, cfg: ReleaseConfig, 
     for v in registry.versions():  # the same weights twice would be two names for one model: a rerun is a no-op
         if report.checkpoint.fingerprint in (registry.dir / v / "release.json").read_text():
             verdict = load_verdict(registry.dir / v / "validation" / "gate.json")
-            return {"verdict": verdict, "version": v, "path": str(registry.dir / v), "pushed": None, "already": True}
+            return Published(verdict, v, str(registry.dir / v), pushed=None, already=True)
     verdict = gate_report(report_dir, cfg)
     if not verdict.passed and override_reason is None:
         raise verdict.failure(report_dir)
@@ -82,4 +95,4 @@ def publish(checkpoint: str | Path, report_dir: str | Path, cfg: ReleaseConfig, 
         from release.hub import push_version
 
         pushed = push_version(path, cfg.hub)
-    return {"verdict": verdict, "version": path.name, "path": str(path), "pushed": pushed, "already": False}
+    return Published(verdict, path.name, str(path), pushed, already=False)

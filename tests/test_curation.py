@@ -44,7 +44,7 @@ def test_every_planted_case_lands_where_it_should(run):
     out, summary, kept, excl = run
     n_prompts = sum(1 for line in open(PROMPTS) if line.strip())
     n_chats = sum(1 for line in open(CHATS) if line.strip())
-    assert summary["read"] == n_prompts + n_chats == len(kept) + len(excl)  # nothing silently dropped
+    assert summary.read == n_prompts + n_chats == len(kept) + len(excl)  # nothing silently dropped
     want = {
         "dup-0": ("dedup", "exact_duplicate", "prompts:ok-howto-0"),
         "dup-1": ("dedup", "exact_duplicate", "prompts:ok-explain-3"),
@@ -104,7 +104,7 @@ def test_manifest_card_and_datasets_copy(run):
 
     out, summary, kept, excl = run
     m = json.loads((out / "manifest.json").read_text())
-    assert m["kind"] == "dataset" and m["data"]["kept"] == len(kept) and m["data"]["read"] == summary["read"]
+    assert m["kind"] == "dataset" and m["data"]["kept"] == len(kept) and m["data"]["read"] == summary.read
     assert m["data"]["excluded"]["dedup"] == {"exact_duplicate": 4, "near_duplicate": 3}
     assert set(m["inputs"]) == {"prompts", "chats", "reference:eval.jsonl"}
     assert m["data"]["lsh_bands_rows"][0] * m["data"]["lsh_bands_rows"][1] <= 128
@@ -129,10 +129,10 @@ def test_incremental_dedup_against_earlier_versions(tmp_path):
     first.write_text(PREVIOUS.read_text() + json.dumps({"id": "again", "prompt": rows[3]["prompt"]}) + "\n")
     cfg = CurationConfig(name="ga", output_dir=str(tmp_path / "datasets"),
                          sources=[SourceConfig(name="s", path=str(first))])
-    v1 = curate(cfg, progress=False)["output"]
+    v1 = curate(cfg, progress=False).output
     assert v1.endswith("ga/v1")
     cfg2 = cfg.model_copy(update={"sources": [SourceConfig(name="s", path=str(PROMPTS))]})
-    v2 = curate(cfg2, progress=False)["output"]
+    v2 = curate(cfg2, progress=False).output
     assert v2.endswith("ga/v2")
     _, excl = tables(Path(v2))
     assert excl[f"s:{rows[3]['id']}"]["matched"] == "v1/s:again"
@@ -191,12 +191,12 @@ def test_columnar_sources_caps_and_mix(tmp_path):
     assert {k: v["target"] for k, v in mix.items()} == {"pq": 15, "csv": 30, "hf": 15}
     for name, v in mix.items():
         assert sum(r["source"] == name for r in kept.values()) == v["kept"] == min(v["target"], v["available"])
-    assert s["read"] == 120 + 60 + 50
+    assert s.read == 120 + 60 + 50
     # the csv repeats parquet rows: they are exact duplicates of the parquet rows that passed the cap
     assert any(r["reason"] == "exact_duplicate" and r["source"] == "csv" for r in excl.values())
     # the same seed gives the same capped sample
     again = curate(cfg, output=str(tmp_path / "again"), progress=False)
-    assert tables(Path(again["output"]))[0].keys() == kept.keys()
+    assert tables(Path(again.output))[0].keys() == kept.keys()
 
 
 @pytest.mark.parametrize("case", ["missing_column_jsonl", "missing_column_parquet", "empty", "not_utf8"])

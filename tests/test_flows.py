@@ -50,17 +50,17 @@ def test_pipeline_flow_runs_green_with_artifacts(prefect_api, shared, pair_same,
     state = pipeline(config=CONFIG, overrides=small(shared) + EAGER, return_state=True)
     assert state.is_completed(), state.message
     out = state.result()
-    assert Path(out["dataset"]).parent == shared / "demo" and Path(out["review_page"]).is_file()
-    assert (Path(out["checkpoint"]) / "manifest.json").is_file()
-    assert json.loads((Path(out["report"]) / "gate.json").read_text())["passed"]
-    assert out["release"]["version"] == "v1" and (shared / "registry" / "pilot-tiny" / "v1").is_dir()
+    assert Path(out.dataset).parent == shared / "demo" and Path(out.review_page).is_file()
+    assert (Path(out.checkpoint) / "manifest.json").is_file()
+    assert json.loads((Path(out.report) / "gate.json").read_text())["passed"]
+    assert out.release.version == "v1" and (shared / "registry" / "pilot-tiny" / "v1").is_dir()
 
     got = artifacts(*(f"demo-{k}" for k in ("curation", "review", "preferences", "training", "training-progress",
                                            "validation", "gate", "release")))
     assert len(got) == 8, sorted(got)
     kept = json.loads(got["demo-curation"].data)[0]
     assert kept["stage"] == "kept" and kept["rows"] == json.loads(
-        (Path(out["dataset"]) / "manifest.json").read_text())["data"]["kept"]
+        (Path(out.dataset) / "manifest.json").read_text())["data"]["kept"]
     assert got["demo-review"].data.startswith("[review page](file://")
     assert [r["stage"] for r in json.loads(got["demo-training"].data)] == ["sft", "dpo"]
     assert float(got["demo-training-progress"].data) == 100.0
@@ -72,7 +72,7 @@ def test_pipeline_flow_runs_green_with_artifacts(prefect_api, shared, pair_same,
     assert {r.split()[0] for r, _ in loads} == {"model", "pilot", "base"}
     assert all(p["attn_implementation"] == "eager" for _, p in loads)
     for stage in ("sft", "dpo"):  # trained in a child process: the checkpoint records what it ran with
-        assert json.loads((Path(out["checkpoint"]).parent.parent / stage / "final" / "manifest.json").read_text()
+        assert json.loads((Path(out.checkpoint).parent.parent / stage / "final" / "manifest.json").read_text()
                           )["data"]["placement"]["attn_implementation"] == "eager"
 
 

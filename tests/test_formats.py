@@ -124,7 +124,7 @@ def test_labelled_pairs_join_the_dpo_split_beside_the_generated_ones(tmp_path, t
     dpo = {r["id"]: r for r in pq.read_table(tmp_path / "prefs" / "dpo.parquet").to_pylist()}
     labelled = {i: r for i, r in dpo.items() if r["origin"] == "labelled"}
     assert sorted(labelled) == ["hh:row1:labelled", "hh:row2:labelled", "ufb:a1f3:labelled", "ufb:b27c:labelled"]
-    assert s["dpo_labelled"] == 4 and len(dpo) == s["dpo"] > 4  # generated pairs too
+    assert s.dpo_labelled == 4 and len(dpo) == s.dpo > 4  # generated pairs too
     uf = labelled["ufb:a1f3:labelled"]
     assert uf["chosen"] == [{"role": "assistant", "content": kept["ufb:a1f3"]["labelled_pair"]["chosen"]}]
     assert (uf["score_chosen"], uf["score_rejected"], uf["margin"], uf["generator_chosen"]) == (8.5, 3.0, 5.5, "ufb")
@@ -138,4 +138,4 @@ def test_labelled_pairs_join_the_dpo_split_beside_the_generated_ones(tmp_path, t
         "labelled by source ufb"
     off = build_preferences(tmp_path / "curated", local_cfg(tmp_path / "c.sqlite", labelled_pairs=False),
                             tmp_path / "prefs-off", progress=False)
-    assert off["dpo_labelled"] == 0 and off["dpo"] == s["dpo"] - 4
+    assert off.dpo_labelled == 0 and off.dpo == s.dpo - 4

@@ -18,7 +18,7 @@ from .helpers import local_cfg
 def test_local_run_builds_sft_and_dpo_and_a_rerun_is_free(small_dataset, tmp_path, tiny_cache):
     cfg = local_cfg(tmp_path / "c.sqlite")
     s = build_preferences(small_dataset, cfg, tmp_path / "out", progress=False)
-    assert s["responses"] == 4 * 3 and s["usage"]["warm"]["requests"] == 8 and s["usage"]["cold"]["requests"] == 4
+    assert s.responses == 4 * 3 and s.usage["warm"]["requests"] == 8 and s.usage["cold"]["requests"] == 4
     dpo = pq.read_table(tmp_path / "out" / "dpo.parquet").to_pylist()
     sft = pq.read_table(tmp_path / "out" / "sft.parquet").to_pylist()
     responses = pq.read_table(tmp_path / "out" / "responses.parquet").to_pylist()
@@ -39,8 +39,8 @@ def test_local_run_builds_sft_and_dpo_and_a_rerun_is_free(small_dataset, tmp_pat
     assert set(dd) == {"prompts", "excluded", "sft", "dpo"} and dd["dpo"].num_rows == len(dpo)
     # a rerun with the same cache requests nothing and builds the same pairs
     again = build_preferences(small_dataset, cfg, tmp_path / "again", progress=False)
-    assert sum(u["requests"] for u in again["usage"].values()) == 0
-    assert again["usage"]["warm"]["cache_hits"] == 8
+    assert sum(u["requests"] for u in again.usage.values()) == 0
+    assert again.usage["warm"]["cache_hits"] == 8
     for name in ("sft.parquet", "dpo.parquet"):
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "again" / name).read_bytes()
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -54,11 +54,11 @@ def test_a_garbage_judge_is_recorded_not_guessed(small_dataset, tmp_path, tiny_c
     cfg = local_cfg(tmp_path / "c.sqlite", judge_kind=kind)
     s = build_preferences(small_dataset, cfg, tmp_path / "out", progress=False)
     judgments = pq.read_table(tmp_path / "out" / "judgments.parquet").to_pylist()
-    assert s["dpo"] == 0 and s["sft"] == 0
+    assert s.dpo == 0 and s.sft == 0
     raw = [j for j in judgments if j["order"] in ("AB", "BA", "single")]
     per_prompt = 3 * 2 if kind == "pairwise" else 3  # 3 pairs in both orders, or 3 single verdicts
     assert len(raw) == 4 * per_prompt and all(j["status"] == "unparseable" and j["raw"] for j in raw)
-    assert s["skipped"] == {"no_scored_response": 4}
+    assert s.skipped == {"no_scored_response": 4}
 
 
 def test_verdict_parsing_is_strict():

@@ -101,7 +101,7 @@ def test_faults_are_recorded_and_a_rerun_fills_only_the_gaps(vllm_servers, small
                            http_client=httpx.AsyncClient(transport=faults))
     responses = pq.read_table(tmp_path / "first" / "responses.parquet").to_pylist()
     failed = [r for r in responses if r["error"]]
-    assert s1["responses"] == 12 and s1["response_failures"] == len(failed) > 0
+    assert s1.responses == 12 and s1.response_failures == len(failed) > 0
     assert {e.split(":")[0] for e in (r["error"] for r in failed)} <= {"InternalServerError", "APITimeoutError",
                                                                         "APIResponseValidationError",
                                                                         "JSONDecodeError", "APIConnectionError"}
@@ -112,7 +112,7 @@ def test_faults_are_recorded_and_a_rerun_fills_only_the_gaps(vllm_servers, small
     assert "unparseable" in statuses and "consistent" in statuses
     total, distinct = rows(tmp_path / "c.sqlite")
     assert total == distinct  # nothing duplicated in the cache
-    usage = s1["usage"]
+    usage = s1.usage
     assert usage["base"]["cost_usd"] == pytest.approx(
         (usage["base"]["prompt_tokens"] * 1.0 + usage["base"]["completion_tokens"] * 2.0) / 1e6)
 
@@ -120,9 +120,9 @@ def test_faults_are_recorded_and_a_rerun_fills_only_the_gaps(vllm_servers, small
     s2 = build_preferences(small_dataset, cfg, tmp_path / "second", progress=False,
                            http_client=httpx.AsyncClient(transport=healthy))
     gen_requests = [r for r in healthy.sent if "Compare the two" not in json.loads(r.content)["messages"][0]["content"]]
-    assert len(gen_requests) == len(failed) and s2["response_failures"] == 0
-    assert s2["usage"]["pilot"]["cache_hits"] + s2["usage"]["base"]["cache_hits"] == 12 - len(failed)
-    assert s2["dpo"] >= 1
+    assert len(gen_requests) == len(failed) and s2.response_failures == 0
+    assert s2.usage["pilot"]["cache_hits"] + s2.usage["base"]["cache_hits"] == 12 - len(failed)
+    assert s2.dpo >= 1
     for row in pq.read_table(tmp_path / "second" / "dpo.parquet").to_pylist():  # the stand-in judge: longer wins
         assert len(row["chosen"][0]["content"]) >= len(row["rejected"][0]["content"])
     total, distinct = rows(tmp_path / "c.sqlite")

@@ -89,19 +89,9 @@ class RaggedBatch:
         rows = len(targets)
         feed, start, carry = [[] for _ in range(rows)], [len(t) for t in self.tokens], [0.0] * rows
         for r, target in enumerate(targets):
-            if target is None:
-                continue
-            fed = self.tokens[r]
-            keep = common_prefix(fed, target)
-            if keep == len(fed) and fed and self.next_logits[r] is not None:
-                start[r] = keep
-            else:  # rewind (or unknown last logits): re-feed from one token back, keeping that token's log-prob
-                start[r] = max(keep - 1, 0)
-                carry[r] = self.logps[r][start[r]] if start[r] < len(self.logps[r]) else 0.0
-                self.truncate(r, start[r])
-                self.next_logits[r] = None
-            del self.logps[r][start[r]:]
-            feed[r] = target[start[r]:]
+            if target is not None:
+                start[r], _, carry[r] = self._rewind(r, target, len(target))
+                feed[r] = target[start[r]:]
         before = list(self.next_logits)  # logits before each row's first new token (None after a rewind)
         out = self.feed(feed)
         for r in range(rows):
@@ -135,14 +125,9 @@ class RaggedBatch:
         tails = tails or [0] * len(targets)
         feed, known = [[] for _ in targets], [False] * len(targets)
         for r, target in enumerate(targets):
-            if target is None:
-                continue
-            keep = min(common_prefix(self.tokens[r], target), len(target) - tails[r])
-            known[r] = keep == len(self.tokens[r]) and keep > 0 and self.next_logits[r] is not None
-            if not known[r]:  # rewind, re-feeding one token back to recover the logits there
-                keep = max(keep - 1, 0)
-                self.truncate(r, keep)
-            feed[r] = target[keep:]
+            if target is not None:
+                keep, known[r], _ = self._rewind(r, target, len(target) - tails[r])
+                feed[r] = target[keep:]
         before = list(self.next_logits)
         out = self.feed(feed)
         result = []
@@ -155,6 +140,20 @@ class RaggedBatch:
                 logits = torch.cat([before[r][None], logits])
             result.append(logits[-(tails[r] + 1):])
         return result
+
+    def _rewind(self, r: int, target: list[int], cap: int) -> tuple[int, bool, float]:
+        """The one rule behind `advance` and `sync`: make row r hold the longest prefix of `target` (at most `cap`
+        tokens) whose next-token logits are known: the common prefix when the row holds nothing more and its
+        logits there are known; else one token less, to be re-fed to recover them. Returns (tokens kept, whether
+        the logits after them are known, the log-prob of the token to re-feed: 0.0 where none was kept)."""
+        keep = min(common_prefix(self.tokens[r], target), cap)
+        if keep == len(self.tokens[r]) and keep > 0 and self.next_logits[r] is not None:
+            return keep, True, 0.0
+        keep = max(keep - 1, 0)
+        carried = self.logps[r][keep] if keep < len(self.logps[r]) else 0.0
+        self.truncate(r, keep)
+        self.next_logits[r] = None
+        return keep, False, carried
 
     def compact(self) -> None:
         """Drop holes and rewound slots: gather each row's live slots into a dense, left-padded cache, so later
