@@ -28,7 +28,7 @@ from pilot_core.models.loading import load_hf_model  # noqa: E402
 from pilot_core.models.tiny import TinyModelSpec, cached_tiny_model  # noqa: E402
 from pilot_core.prompts import PromptRecord  # noqa: E402
 from wsd_inference.baselines import base_only_batch, urial_batch  # noqa: E402
-from wsd_inference.config import WSDConfig  # noqa: E402
+from wsd_inference.config import NudgingConfig, WSDConfig  # noqa: E402
 from wsd_inference.eft import eft_batch  # noqa: E402
 from wsd_inference.engine import wsd_batch  # noqa: E402
 from wsd_inference.nudging import nudging_batch  # noqa: E402
@@ -123,7 +123,7 @@ def main() -> None:
     nudging_rows = []
     for gamma in args.threshold:
         cfg = WSDConfig(max_draft_tokens=args.max_draft_tokens, max_new_tokens=args.max_new_tokens, threshold=gamma,
-                        batch_size=args.batch_size[0])
+                        batch_size=args.batch_size[0], nudging=NudgingConfig(threshold=gamma))
         t, out = median_time({"base": lambda r, c: base_only_batch(base, r, c),
                               "wsd": lambda r, c: wsd_batch(pilot, base, r, c),
                               "staged": lambda r, c: staged_batch(pilot, base, r, c),
@@ -190,7 +190,8 @@ def methods_speculation_table(pilot, base, untuned, recs, args) -> None:
             "bon": lambda r, c: bon_batch(base, pilot, untuned, r, c),
             "cbs": lambda r, c: cbs_batch(base, pilot, untuned, r, c)}
     cfg = WSDConfig(max_draft_tokens=args.max_draft_tokens, max_new_tokens=args.max_new_tokens,
-                    threshold=args.threshold[0], batch_size=args.batch_size[0])
+                    threshold=args.threshold[0], batch_size=args.batch_size[0],
+                    nudging=NudgingConfig(threshold=args.threshold[0]))
     spec = cfg.model_copy(update={"speculation": cfg.speculation.model_copy(update={"tokens": args.speculate[0]})})
     print(f"\n| method (batch {cfg.batch_size}, k {args.speculate[0]}) | plain s | +spec / plain | acceptance "
           "| base tokens per base pass | same answers |")

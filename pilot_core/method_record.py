@@ -41,6 +41,11 @@ class SpeculationFigures:
     def from_json(cls, d: dict) -> SpeculationFigures:
         return cls(d["proposed"], d["accepted"], d["tokens"], d["base_passes"])
 
+    def __add__(self, other: SpeculationFigures) -> SpeculationFigures:
+        """One answer's figures over several generations (Nudging's base completions)."""
+        return SpeculationFigures(self.proposed + other.proposed, self.accepted + other.accepted,
+                                  self.tokens + other.tokens, self.base_passes + other.base_passes)
+
     @staticmethod
     def diagnostics(specs: list[SpeculationFigures]) -> dict:
         """The report's speculation figures over several answers (empty when none speculated)."""
@@ -102,10 +107,14 @@ NO_DRAFT = WSDTrace()  # what a record of another method says of WSD's fields
 
 @dataclass(frozen=True)
 class NudgingTrace(Trace):
-    """How the turns went: how often the writer changed, and how many pieces the pilot wrote."""
+    """How the turns went: how often the writer changed, the rounds whose pilot words joined the answer, the rounds
+    run, and why the answer ended (the authors' stop reasons: nudging_model_stop, repeated_nudging_words, round,
+    length)."""
 
     handoffs: int = 0
     pilot_pieces: int = 0
+    rounds: int = 0
+    stop_reason: str | None = None
 
     @staticmethod
     def diagnostics(records: list[MethodRecord]) -> dict:

@@ -301,10 +301,11 @@ def test_nudging_over_servers_equals_in_process(vllm_servers, local, base, gamma
     between them: the same answers, token counts and hand-offs as the in-process engine (which equals the
     batch-1 reference, test_nudging.py)."""
     from pilot_core.models.completions import LocalCompletions, ServedCompletions
+    from wsd_inference.config import NudgingConfig
     from wsd_inference.nudging import nudging_batch
 
     pilot, base_m = local["pilot"], local[base]
-    cfg = WSDConfig(threshold=gamma, max_new_tokens=32, batch_size=8)
+    cfg = WSDConfig(max_new_tokens=32, batch_size=8, nudging=NudgingConfig(threshold=gamma))
     want = nudging_batch(pilot, base_m, RECS, cfg)
 
     async def go():
@@ -319,7 +320,7 @@ def test_nudging_over_servers_equals_in_process(vllm_servers, local, base, gamma
             await p.close()
 
     got = remote(go)
-    keys = ("response", "pilot_tokens", "base_tokens", "handoffs", "pilot_pieces")
+    keys = ("response", "pilot_tokens", "base_tokens", "handoffs", "pilot_pieces", "rounds", "stop_reason")
     same = sum({k: g.to_json()[k] for k in keys} == {k: w.to_json()[k] for k in keys} for w, g in zip(want, got))
     assert same >= len(RECS) - 1, [(w, g) for w, g in zip(want, got) if w.response != g.response]
     assert sum(g.nudging.handoffs for g in got) > len(RECS)  # the turns went back and forth
@@ -330,7 +331,8 @@ def test_nudging_cli_with_servers(vllm_servers, pair_same, pair_different, tmp_p
     is handed token ids) answers as the same command with local models."""
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": r.id, "messages": list(r.messages)}) + "\n" for r in RECS))
-    common = ["--method", "nudging", "--input", str(prompts), "--max-new-tokens", "20", "--threshold", "0.15"]
+    common = ["--method", "nudging", "--input", str(prompts), "--max-new-tokens", "20", "--set",
+              "nudging.threshold=0.15"]
     cli = [sys.executable, "-m", "flows.cli", "wsd", "generate"]
     r1 = subprocess.run([*cli, "--pilot", str(pair_same[0]), "--base", str(pair_different[1]), *common,
                          "--output", str(tmp_path / "local.jsonl")], cwd=REPO, capture_output=True, text=True)

@@ -63,63 +63,119 @@ def staged_wsd(pilot, base, messages, cfg):
     }
 
 
-def nudging(pilot, base, messages, cfg):
-    """Nudging as its rule reads (wsd_inference/nudging.py's docstring), greedy: every token by a full forward
-    pass, every text decoded whole."""
-    prompt = base_prompt(messages, base.tokenizer.bos_token)
-    pilot_prompt = pilot.encode(chat_prompt(pilot.tokenizer, messages))
-    models = {"base": base, "pilot": pilot}
-    segments = []  # [writer, the writer's context before the run, the run's tokens]
-    count = {"base": 0, "pilot": 0}
-
-    def text_of(seg):
-        who, before, ids = seg
-        return models[who].decode(before + ids)[len(models[who].decode(before)):]
-
-    def answer():
-        return "".join(text_of(s) for s in segments)
-
-    def write(who, tok, context):
-        if not segments or segments[-1][0] != who:
-            segments.append([who, list(context), []])
-        segments[-1][2].append(tok)
-        count[who] += 1
-
-    def next_logits(m, ids):
+def _completion(model, prompt_text, n):
+    """A text completion the way the authors' API calls get one, greedy: up to n tokens after the prompt, ending
+    at the model's stop token; each token's text (decoded with the whole prompt; a stop token's is empty), the
+    top-1 probability before it, and whether it stopped."""
+    ids, out, texts, top1 = model.encode(prompt_text), [], [], []
+    for _ in range(n):
         with torch.no_grad():
-            return m.model(torch.tensor([ids])).logits[0, -1].float()
+            p = torch.softmax(model.model(torch.tensor([ids + out])).logits[0, -1].float(), -1)
+        t = int(p.argmax())
+        texts.append(model.decode(ids + out + [t])[len(model.decode(ids + out)):])
+        out.append(t)
+        top1.append(float(p.max()))
+        if t in model.stop_ids:
+            return texts, top1, True
+    return texts, top1, False
 
-    b_ids, p_ids, b_fresh, p_fresh, done, marker, pieces = base.encode(prompt), list(pilot_prompt), True, True, \
-        False, False, 0
-    while not done:
-        if not b_fresh:
-            b_ids, b_fresh = base.encode(prompt + answer().lstrip()), True
-        logits = next_logits(base, b_ids)
-        if float(torch.softmax(logits, -1).max()) >= cfg.nudging_gamma:
-            tok = int(logits.argmax())
-            write("base", tok, b_ids)
-            b_ids, p_fresh = b_ids + [tok], False
-            done = tok in base.stop_ids or sum(count.values()) >= cfg.max_new_tokens
-            if not done and has_marker(text_of(segments[-1])):
-                done = marker = True
-            continue
-        if not p_fresh:
-            p_ids, p_fresh = pilot_prompt + pilot.encode(answer().lstrip()), True
-        piece = []
-        while True:
-            tok = int(next_logits(pilot, p_ids).argmax())
-            if cfg.nudging.piece == "word" and piece:
-                piece_text = pilot.decode(p_ids)[len(pilot.decode(p_ids[: -len(piece)])):]
-                tok_text = pilot.decode(p_ids + [tok])[len(pilot.decode(p_ids)):]
-                if piece_text.strip() and (tok_text[:1].isspace() or piece_text[-1:].isspace()):
-                    break
-            write("pilot", tok, p_ids)
-            p_ids, b_fresh = p_ids + [tok], False
-            piece.append(tok)
-            done = tok in pilot.stop_ids or sum(count.values()) >= cfg.max_new_tokens
-            if done or len(piece) >= cfg.nudging.piece_tokens:
+
+def _repeated_suffix(s):
+    """fywalter/nudging utils.py `find_longest_repeated_suffix`: binary search over the suffix length (>= 30)."""
+    lo, hi, best = 0, len(s), 0
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if mid >= 30 and s[:-mid].endswith(s[-mid:]):
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    return s[-best:] if best else None
+
+
+def nudging(pilot, base, messages, cfg):
+    """fywalter/nudging utils.py `completion_with_nudging` with `complete_with_base`, greedy, batch 1: every
+    completion asked for whole (16 tokens, by full forward passes). Ours beside theirs: lengths in base tokens,
+    base chunks cut at a role marker (`cut_at_marker`), the answer cut at a marker and at the budget."""
+    from wsd_inference.nudging_rule import Completion, cut_at_marker
+
+    gamma, chunk, budget = cfg.nudging.threshold, cfg.nudging.completion_tokens, cfg.max_new_tokens
+    prefix_base = base_prompt(messages, base.tokenizer.bos_token)
+    prefix_nudging = chat_prompt(pilot.tokenizer, messages)
+    length = lambda t: len(base.encode(t))  # noqa: E731
+    output, rounds, last_words, repeat, stop, writers, base_tokens = "", 0, "", 0, None, [], 0
+    pieces = 0
+    while length(output) < budget and rounds < cfg.nudging.max_rounds:
+        rounds += 1
+        text, _, finished = _completion(pilot, prefix_nudging + output, chunk)
+        text = "".join(text)
+        if finished:
+            stop = "nudging_model_stop"
+            if text:
+                output += text
+                writers.append("pilot")
+                pieces += 1
+            break
+        spaces = " " * (len(text) - len(text.lstrip(" ")))
+        words = text.lstrip(" ").split(" ")
+        wid = 0 if len(words) > 1 else 1
+        found, base_info = False, None
+        while not found and wid < len(words) - 1:
+            wid += 1
+            current = " " + words[wid]
+            if current == " ":
+                continue
+            base_info = _completion(base, prefix_base + output + spaces + " ".join(words[:wid]), chunk)
+            found = current.startswith(base_info[0][0]) or base_info[1][0] >= gamma
+        nudging_words = spaces + " ".join(words[:wid])
+        if nudging_words == last_words:
+            repeat += 1
+            if repeat >= 3:
+                stop = "repeated_nudging_words"
                 break
+        else:
+            last_words, repeat = nudging_words, 0
+        output += nudging_words
+        if nudging_words:
+            writers.append("pilot")
         pieces += 1
-    text = answer()
-    return {"response": cut_at_markers(text) if marker else text.strip(), "pilot_tokens": count["pilot"],
-            "base_tokens": count["base"], "handoffs": len(segments) - 1, "pilot_pieces": pieces}
+        if not found or "".join(base_info[0]) == "":
+            continue
+        # complete_with_base
+        max_completion = budget - length(output)
+        completion_base, tokens_taken = base_info[0][0], 1
+        texts, top1 = base_info[0][1:], base_info[1][1:]  # stage 1's completion, its first token taken
+        first, found_nudging, finished = True, False, False
+        while length(completion_base) < max_completion and not found_nudging:
+            if not first:
+                texts, top1, finished = _completion(base, prefix_base + output + completion_base, chunk)
+            c = cut_at_marker(output + completion_base, Completion(texts, top1, finished))
+            if c.text in completion_base:
+                break
+            pos = next((i for i, p in enumerate(c.top1) if p < gamma), None)
+            found_nudging = pos is not None
+            new = "".join(c.texts[:pos]) if found_nudging else c.text
+            if len(new.split(" ")) > 5 and new in output + completion_base:
+                break
+            completion_base += new
+            tokens_taken += pos if found_nudging else len(c.texts)
+            if not first and c.finished:
+                break
+            first = False
+        output += completion_base
+        base_tokens += tokens_taken
+        if completion_base:
+            writers.append("base")
+    if stop is None:
+        stop = "round" if rounds >= cfg.nudging.max_rounds else "length"
+    output = output.strip()
+    suffix = _repeated_suffix(output)
+    while suffix:
+        output = output[: -len(suffix)]
+        suffix = _repeated_suffix(output)
+    output = cut_at_markers(output)
+    ids = base.encode(output)
+    if len(ids) > budget:
+        output = base.decode(ids[:budget]).strip()
+    handoffs = sum(a != b for a, b in zip(writers, writers[1:]))
+    return {"response": output, "base_tokens": base_tokens, "handoffs": handoffs, "pilot_pieces": pieces,
+            "rounds": rounds, "stop_reason": stop}

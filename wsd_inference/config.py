@@ -52,14 +52,15 @@ class EFTConfig(BaseConfig):
 
 
 class NudgingConfig(BaseConfig):
-    """Nudging (Fei et al. 2025): the base writes; where its top-1 probability is below gamma (`threshold`) the
-    pilot writes one piece."""
+    """Nudging as its authors run it (fywalter/nudging `completion_with_nudging`, wsd_inference/nudging_rule.py):
+    each round the pilot writes a completion; the base takes over at the first word it agrees with or is sure of
+    (top-1 probability >= threshold), and writes while it stays sure."""
 
-    piece: Literal["word", "chunk"] = Field("word", description="what the pilot writes per turn: a word (the "
-                                            "authors' unit) or a chunk of piece_tokens tokens")
-    piece_tokens: int = Field(8, ge=1, description="tokens in a chunk; a word is cut at this many")
-    threshold: float | None = Field(None, ge=0.0, le=1.0, description="gamma for Nudging (the base's top-1 "
-                                    "probability); null = the WSD threshold (--threshold)")
+    threshold: float = Field(0.4, ge=0.0, le=1.0, description="gamma: the base's top-1 probability at which it "
+                             "takes over and below which it hands back (the authors' README: 0.4)")
+    completion_tokens: int = Field(16, ge=2, description="tokens per completion, the pilot's and the base's (the "
+                                   "authors' completion_token_num)")
+    max_rounds: int = Field(150, ge=1, description="rounds (each opened by the pilot) before the answer ends")
 
 
 class SpeculationConfig(BaseConfig):
@@ -105,10 +106,6 @@ class WSDConfig(BaseConfig):
     def sampling(self) -> Sampling:
         """How WSD, the baselines and EFT pick tokens (the searches sample with their own settings)."""
         return Sampling(self.temperature, self.top_p)
-
-    @property
-    def nudging_gamma(self) -> float:
-        return self.threshold if self.nudging.threshold is None else self.nudging.threshold
 
     def prompt_seed(self, key: str) -> int:
         """The seed of one prompt's (or one search row's) sampling: a sampled answer does not depend on the batch

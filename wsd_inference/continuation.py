@@ -57,14 +57,18 @@ def run_generation(batch, rows: list[Stream], sampling: Sampling, stop: tuple[st
     return [st.record(len(row.tokens)) for st, row in zip(gen.stats, rows)]
 
 
-def continue_base(batch: RaggedBatch, contexts: list[list[int]], rows: list[Stream], sampling: Sampling,
+def continue_base(batch: RaggedBatch, contexts: list[list[int] | None], rows: list[Stream], sampling: Sampling,
                   stop: tuple[str, ...] = STOP_STRINGS,
                   speculator: Speculator | None = None) -> list[SpeculationFigures] | None:
     """Continue row r from `contexts[r]` into `rows[r]`, reusing whatever prefix of it the row's cache already
-    holds. Stops at EOS, at a stop string (role markers by default), or at the row's budget. With a speculator,
-    the pilot proposes tokens the base checks; returns then per row its speculation figures."""
+    holds (None: the row is left alone; its Stream must be done). Stops at EOS, at a stop string (role markers by
+    default), or at the row's budget. With a speculator, the pilot proposes tokens the base checks; returns then
+    per row its speculation figures."""
     new = []
     for r, ctx in enumerate(contexts):
+        if ctx is None:
+            new.append([])
+            continue
         # keep the cached prefix, re-feed at least the last context token to get the next-token logits
         keep = min(common_prefix(batch.tokens[r], ctx), len(ctx) - 1)
         batch.truncate(r, keep)

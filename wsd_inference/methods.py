@@ -148,8 +148,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            uses=("pilot", "base", "untuned"), speculates=True,
            local=lambda m, recs, cfg: eft.eft_batch(m.base, m.pilot, m.untuned, recs, cfg),
            check=lambda m, cfg: eft.shared_vocabulary(m.base, m.pilot, m.untuned)),
-    Method("nudging", "Nudging: the base writes; where its top-1 probability is below γ the pilot writes a word "
-           "(Fei et al. 2025)",
+    Method("nudging", "Nudging as its authors run it (Fei et al. 2025): each round the pilot writes, the base "
+           "takes over at the first word it agrees with or is sure of (top-1 ≥ γ) and writes while sure",
            uses=("pilot", "base"), speculates=True, trace=NudgingTrace,
            local=lambda m, recs, cfg: nudging.nudging_batch(m.pilot, m.base, recs, cfg),
            served=lambda m, rec, cfg: nudging.nudging_one(m.pilot_lm, m.base, rec, cfg),

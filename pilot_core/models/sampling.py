@@ -52,6 +52,13 @@ def warped_probs(logits, sampling: Sampling):
     return torch.softmax(warpers(None, logits[None].float())[0], dim=-1)
 
 
+def top1_prob(logits) -> float:
+    """The model's own (unwarped) probability of its most likely next token: how sure it is (Nudging's test)."""
+    import torch
+
+    return float(torch.softmax(logits.float(), dim=-1).max())
+
+
 def pick_token(logits, sampling: Sampling, generator) -> int:
     """The next token from one row's logits, drawn with the row's own generator."""
     import torch
@@ -71,6 +78,7 @@ class Stream:
     done: bool = False
     on_token: Callable[["Stream"], None] | None = None  # called after each token (a server streams it; may end it)
     finish: str | None = None  # why it stopped: "stop" (EOS, a role marker, a stop string) or "length" (budget)
+    top1: list[float] | None = None  # where a caller asks (a list given): the model's top-1 probability per token
 
     def __post_init__(self) -> None:
         self.done = self.done or self.budget <= 0
@@ -103,7 +111,10 @@ class Generation:
         for r, row in enumerate(self.rows):
             if row.done:
                 continue
-            row.tokens.append(pick_token(self.next_logits(r), self.sampling, row.generator))
+            logits = self.next_logits(r)
+            row.tokens.append(pick_token(logits, self.sampling, row.generator))
+            if row.top1 is not None:
+                row.top1.append(top1_prob(logits))
             if self._stops(row):
                 row.done = True
             if row.on_token is not None:

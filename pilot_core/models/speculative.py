@@ -27,7 +27,7 @@ from dataclasses import astuple, dataclass, field, replace
 from pilot_core.method_record import SpeculationFigures
 from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch
-from pilot_core.models.sampling import Generation, Sampling, Stream, pick_token, warped_probs
+from pilot_core.models.sampling import Generation, Sampling, Stream, pick_token, top1_prob, warped_probs
 from pilot_core.models.tokenization import splits_at_whitespace, stable_token_count
 
 
@@ -356,8 +356,10 @@ class SpeculativeGeneration(Generation):
                 torch.cat([first[r][None], fed]) if fed is not None else first[r][None])
             tokens, kept = verify(logits, p, self.sampling, row.generator)
             self.pace.base_pass(sr, ks[r], len(p.ids), kept)
-            for t in tokens:
+            for i, t in enumerate(tokens):
                 row.tokens.append(t)
+                if row.top1 is not None:
+                    row.top1.append(top1_prob(logits[i]))
                 if self._stops(row):
                     row.done = True
                 if row.on_token is not None:
