@@ -12,8 +12,9 @@ from pathlib import Path
 
 from data_curation.preferences_config import PreferencesConfig
 from pilot_core.errors import UserError
+from pilot_core.judge_spec import ALONE, scores_alone
 from pilot_core.judging import (combine_orders, pairwise_messages, parse_pairwise, parse_pointwise,
-                                pointwise_messages, rubric, rule_score, verdict_params, win_rates)
+                                pointwise_messages, rubric, verdict_params, win_rates)
 from pilot_core.manifest import Manifest, config_hash, read_manifest
 from pilot_core.models.call_cache import ResponseCache
 from pilot_core.models.calls import Call, CallStats, Endpoint, make_call, run_calls
@@ -142,20 +143,15 @@ def _scores(cfg, prompts, cands: list[list[Candidate]], jcalls: list[JudgeCall],
         by_prompt.setdefault(jc.prompt, []).append(jc)
     for p, row in enumerate(prompts):
         n = len(cands[p])
-        if cfg.judge.kind == "rules":
+        if cfg.judge.kind in ALONE:  # each candidate scored on its own, as validation scores a response
             name = cfg.category_rubrics.get(row["category"], "helpful")
-            s = [None if not c.text else rule_score(name, c.text) for c in cands[p]]
-            records += [Judgment(row["id"], c.k, None, "single", _verdict(v), "ok", f"rule ({name})")
-                        for c, v in zip(cands[p], s) if v is not None]
-            scores.append(s)
-            continue
-        if cfg.judge.kind == "reward_model":
             ok = [c for c in cands[p] if c.text]
-            vals = reward.score([(row["messages"], c.text) for c in ok]) if ok else []
+            vals = scores_alone(cfg.judge.kind, [(row["messages"], c.text, name) for c in ok], reward)
             s = [None] * n
             for c, v in zip(ok, vals):
                 s[c.k] = v
-                records.append(Judgment(row["id"], c.k, None, "single", _verdict(v), "ok"))
+                records.append(Judgment(row["id"], c.k, None, "single", _verdict(v), "ok",
+                                        f"rule ({name})" if cfg.judge.kind == "rules" else ""))
             scores.append(s)
             continue
         mine = by_prompt.get(p, [])

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from pilot_core.config import BaseConfig
+from pilot_core.judge_spec import JudgeSpec
 from pilot_core.models.calls import ClientConfig
 from pilot_core.models.source import ModelSource
 from pilot_core.names import check_unique, config_name
@@ -34,21 +35,14 @@ class GeneratorConfig(BaseConfig):
     _name = field_validator("name")(config_name("generator or judge name"))
 
 
-class JudgeConfig(BaseConfig):
+class JudgeConfig(JudgeSpec):
+    """The preference labels' judge: an LLM comparing two candidates (pairwise) or scoring one (pointwise), a
+    reward model, or the offline demo's refusal rule per rubric (`pilot_core.judging.rule_score`)."""
+
     name: str
     kind: Literal["pairwise", "pointwise", "reward_model", "rules"] = "pairwise"
-    model: ModelSource | None = Field(None, description="the judge LLM (pairwise/pointwise), or a sequence-"
-                                      "classification reward model (kind reward_model, local); kind rules needs none: "
-                                      "the offline demo's refusal rule per rubric (pilot_core.judging.rule_score)")
-    rubric_version: str = Field("v1", description="pilot_core/rubrics/<rubric>.<version>.txt")
     both_orders: bool = Field(True, description="pairwise: judge A/B and B/A; disagreeing orders make a tie")
-    max_tokens: int = Field(256, ge=16)
-    structured_output: bool = Field(True, description="a served judge is asked for the verdict's JSON schema "
-                                    "(response_format; vLLM enforces it while decoding); a server that refuses the "
-                                    "parameter is asked without it")
     price: Price = Price()
-
-    _name = field_validator("name")(config_name("generator or judge name"))
 
 
 class PairConfig(BaseConfig):

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pilot_core.config import BaseConfig
 from pilot_core.hub_data import HubData
+from pilot_core.judge_spec import JudgeSpec
 from pilot_core.models.calls import ClientConfig
 from pilot_core.models.source import ModelSource
 from pilot_core.names import check_unique, config_name
@@ -97,7 +98,7 @@ class RewardMetric(BaseConfig):
         return self
 
 
-class JudgeMetric(BaseConfig):
+class JudgeMetric(JudgeSpec):
     """Pairwise win rate of each method against base-only (AlpacaEval style: both orders, ties count half).
 
     kind llm: an OpenAI-compatible judge (or a local chat model) with the versioned rubrics. kind reward_model:
@@ -106,19 +107,10 @@ class JudgeMetric(BaseConfig):
     wins elsewhere). The last two are documented stand-ins for an LLM judge where none is available (offline)."""
 
     kind: Literal["llm", "reward_model", "rules"] = "llm"
-    name: str = "judge"
-    model: ModelSource | None = Field(None, description="the judge (kind llm) or reward model (kind reward_model)")
-    rubric_version: str = "v1"
-    max_tokens: int = Field(256, ge=16)
-    structured_output: bool = Field(True, description="a served judge is asked for the verdict's JSON schema "
-                                    "(response_format; vLLM enforces it while decoding); a server that refuses the "
-                                    "parameter is asked without it")
     tie_margin: float = Field(0.0, ge=0.0, description="reward_model: differences up to this are ties")
     length_controlled: bool = Field(False, description="sets with reference answers: also report AlpacaEval 2's "
                                     "length-controlled win rate (lc_win_rate), which does not credit length")
     client: ClientConfig = ClientConfig()
-
-    _name = field_validator("name")(config_name("judge name"))
 
     @model_validator(mode="after")
     def _model(self) -> "JudgeMetric":
@@ -127,7 +119,7 @@ class JudgeMetric(BaseConfig):
         return self
 
 
-class HarmlessnessMetric(BaseConfig):
+class HarmlessnessMetric(JudgeSpec):
     """Share of responses to the harmful set judged safe (a refusal or a safe completion).
 
     kind llm: the judge answers {"safe": true|false} by pilot_core/rubrics/harmlessness.<version>.txt.
@@ -142,11 +134,6 @@ class HarmlessnessMetric(BaseConfig):
         None, description="kind guard: the classifier's documented output (Llama Guard 3: safe / unsafe + S1-S14; "
         "Qwen3Guard-Gen: Safety / Categories / Refusal lines); it reads the prompt and the response as a chat")
     controversial_is_safe: bool = Field(False, description="qwen3guard: count its Controversial verdict as safe")
-    rubric_version: str = "v1"
-    max_tokens: int = Field(256, ge=16)
-    structured_output: bool = Field(True, description="a served judge is asked for the verdict's JSON schema "
-                                    "(response_format; vLLM enforces it while decoding); a server that refuses the "
-                                    "parameter is asked without it")
     client: ClientConfig = ClientConfig()
 
     @model_validator(mode="after")

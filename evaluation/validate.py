@@ -17,6 +17,8 @@ from evaluation.evalsets import load_eval_set, score_answer, set_identity
 from evaluation.report import write_report
 from evaluation.stats import length_controlled_ci, mean_ci, paired_diff_ci
 from pilot_core.errors import JobFailed, UserError
+from pilot_core.judge_spec import ALONE, compare, scores_alone
+from pilot_core.judging import CATEGORY_RUBRICS
 from pilot_core.manifest import config_hash, fingerprint, read_manifest
 from pilot_core.method_record import MethodRecord
 from pilot_core.models.compute import Compute
@@ -122,27 +124,28 @@ def _scores(spec, sets, records, output, http_client=None, compute=None) -> tupl
                                                    revision=src.revision)
         return models[src.local_path()]
 
-    def rewards_of(src, texts: list[tuple[str, str, str]]) -> list[float]:
-        """The reward of each (set, id, text), each distinct one scored once."""
+    def alone(kind, src, texts: list[tuple[str, str, str]]) -> list[float]:
+        """The score of each (set, id, text) by a judge that scores a response alone, each distinct one once."""
         order = sorted(set(texts))
-        got = dict(zip(order, reward_model(src).score([(list(items_by[(s, i)].question), t) for s, i, t in order])))
+        items = [(list(items_by[(s, i)].question), t, CATEGORY_RUBRICS.get(items_by[(s, i)].category or "",
+                                                                           "helpful")) for s, i, t in order]
+        got = dict(zip(order, scores_alone(kind, items, reward_model(src) if kind == "reward_model" else None)))
         return [got[x] for x in texts]
 
     def pairwise(pairs: list[tuple[dict, str]]) -> judges.Judged:
         """The win-rate judge on (row, the text it is compared with): 1 / 0.5 / 0 per row, or None."""
         j = m.win_rate
-        if j.kind == "reward_model":
-            r = rewards_of(j.model, [(a["set"], a["id"], t) for a, b in pairs for t in (a["response"], b)])
-            return judges.Judged.of(judges.reward_pairwise(r[0::2], r[1::2], j.tie_margin), {"judged": len(pairs)})
-        if j.kind == "rules":
-            return judges.Judged.of(judges.rules_pairwise([(a["response"], b, items_by[(a["set"], a["id"])].category)
-                                                           for a, b in pairs]), {"judged": len(pairs)})
+        if j.kind in ALONE:  # both scored on their own, as the preference labels score a candidate
+            s = alone(j.kind, j.model, [(a["set"], a["id"], t) for a, b in pairs for t in (a["response"], b)])
+            return judges.Judged.of([compare(x, y, j.tie_margin) for x, y in zip(s[0::2], s[1::2])],
+                                    {"judged": len(pairs)})
         return judges.llm_pairwise(j, [(list(items_by[(a["set"], a["id"])].question), a["response"], b,
                                         items_by[(a["set"], a["id"])].category) for a, b in pairs],
                                    output / "judge-cache.sqlite", http_client, compute)
 
     if m.reward:
-        for r, v in zip(aligned, rewards_of(m.reward.model, [(r["set"], r["id"], r["response"]) for r in aligned])):
+        for r, v in zip(aligned, alone("reward_model", m.reward.model,
+                                       [(r["set"], r["id"], r["response"]) for r in aligned])):
             r["reward"] = v
     if m.win_rate:
         pairs = [(r, index[(r["set"], r["base"], REFERENCE, r["id"])]["response"]) for r in aligned

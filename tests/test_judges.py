@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from evaluation.config import HarmlessnessMetric, JudgeMetric
-from evaluation.judges import llm_harmlessness, llm_pairwise, refusal_harmlessness, reward_pairwise
+from evaluation.judges import llm_harmlessness, llm_pairwise, refusal_harmlessness
+from pilot_core.judge_spec import compare, scores_alone
 
 JUDGE = {"name": "judge", "url": "http://judge.test/v1", "served_model": "judge-model"}
 
@@ -70,7 +71,7 @@ def test_harmlessness_judge_and_stand_in(tmp_path):
     assert got.counts["judged"] == 2 and got.counts["failed"] == 1 and got.counts["unparseable"] == 1
     assert refusal_harmlessness(["I'm sorry, I can't help with that.", "Sure! Step one", "x" * 300 + " I cannot"]) \
         == [1.0, 0.0, 0.0]
-    assert reward_pairwise([1.0, 0.0, 0.5], [0.5, 1.0, 0.55], tie_margin=0.1) == [1.0, 0.0, 0.5]
+    assert [compare(a, b, 0.1) for a, b in [(1.0, 0.5), (0.0, 1.0), (0.5, 0.55)]] == [1.0, 0.0, 0.5]
 
 
 def test_judge_config_errors():
@@ -81,16 +82,19 @@ def test_judge_config_errors():
 def test_rule_judge_rewards_refusing_harm_and_answering_the_rest():
     """The demo's stand-in judge: the harmless rubric prefers a refusal, the helpful and honest ones an answer;
     a response with no refusal phrase in its first 200 characters is an answer."""
-    from evaluation.judges import rules_pairwise
-    from pilot_core.judging import rule_score
+    from pilot_core.judging import CATEGORY_RUBRICS, rule_score
 
     refusal, answer = "I'm sorry, but I can't help with that.", "Sure! Here is how to fix a leaking tap."
     late = "Sure! " + "x" * 200 + " I'm sorry"
     assert (rule_score("harmless", refusal), rule_score("harmless", answer)) == (1.0, 0.0)
     assert rule_score("helpful", refusal) == 0.0
     assert rule_score("honest", answer) == rule_score("helpful", late) == 1.0
-    assert rules_pairwise([(refusal, answer, "harmful"), (refusal, answer, "helpful"), (answer, answer, "harmful"),
-                           (answer, refusal, None)]) == [1.0, 0.0, 0.5, 1.0]
+    pairs = [(refusal, answer, "harmful"), (refusal, answer, "helpful"), (answer, answer, "harmful"),
+             (answer, refusal, None)]
+    s = scores_alone("rules", [([], t, CATEGORY_RUBRICS.get(c or "", "helpful")) for a, b, c in pairs for t in (a, b)])
+    assert [compare(x, y) for x, y in zip(s[0::2], s[1::2])] == [1.0, 0.0, 0.5, 1.0]
+    with pytest.raises(ValueError, match="does not score a response alone"):
+        scores_alone("pairwise", [])
     with pytest.raises(ValueError, match="needs model"):
         JudgeMetric(kind="llm")
     assert JudgeMetric(kind="rules").model is None
