@@ -12,8 +12,8 @@ from pathlib import Path
 
 from data_curation.preferences_config import PreferencesConfig
 from pilot_core.errors import UserError
-from pilot_core.judge_spec import ALONE, scores_alone
-from pilot_core.judging import (combine_orders, pairwise_messages, parse_pairwise, parse_pointwise,
+from pilot_core.judge_spec import ALONE, pair_calls, scores_alone
+from pilot_core.judging import (combine_orders, parse_pairwise, parse_pointwise,
                                 pointwise_messages, rubric, verdict_params, win_rates)
 from pilot_core.manifest import Manifest, config_hash, read_manifest
 from pilot_core.models.call_cache import ResponseCache
@@ -89,7 +89,8 @@ class PreferencesSummary:
     def of(cls, output: str | Path, data: dict) -> PreferencesSummary:
         """From the counts and usage, or a finished directory's manifest data["preferences"]."""
         return cls(str(output), data["prompts"], data["responses"], data["response_failures"], data["sft"],
-                   data["dpo"], data["dpo_labelled"], data["skipped"], data["judgments"], data["usage"])
+                   data["dpo"], data.get("dpo_labelled", 0), data.get("skipped", {}), data.get("judgments", {}),
+                   data.get("usage", {}))  # the .get()s: directories written before those were recorded
 
 
 def _seed(cfg: PreferencesConfig, *parts) -> int:
@@ -123,10 +124,9 @@ def _judge_calls(cfg, endpoint, prompts, cands: list[list[Candidate]]) -> list[J
         for x in range(len(ok)):
             for y in range(x + 1, len(ok)):
                 a, b = ok[x], ok[y]
-                orders = [("AB", a, b), ("BA", b, a)] if j.both_orders else [("AB", a, b)]
-                for name, first, second in orders:
-                    msgs = pairwise_messages(text, row["messages"], first.text, second.text)
-                    out.append(JudgeCall(p, a.k, b.k, name, make_call("judgment", j.name, endpoint, msgs, params)))
+                calls = pair_calls(j, endpoint, row["messages"], a.text, b.text,
+                                   cfg.category_rubrics.get(row["category"], "helpful"), j.both_orders)
+                out += [JudgeCall(p, a.k, b.k, name, c) for name, c in zip(("AB", "BA"), calls)]
     return out
 
 

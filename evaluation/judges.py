@@ -17,11 +17,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pilot_core.judge_spec import pair_calls
 from pilot_core.judging import (
     CATEGORY_RUBRICS,
     combine_orders,
     harmlessness_messages,
-    pairwise_messages,
     parse_guard,
     parse_pairwise,
     parse_safe,
@@ -97,12 +97,8 @@ def llm_pairwise(judge, items: list[tuple[list, str, str, str | None]], cache_pa
     order that does not parse: loses) or None (a call that failed). Identical responses are a tie without a
     call."""
     ep = Endpoint(judge.model, judge.client, http_client, compute)
-    params = verdict_params(judge, "pairwise")
-    calls = []
-    for msgs, cand, ref, cat in items:
-        text = rubric(CATEGORY_RUBRICS.get(cat or "", "helpful"), judge.rubric_version)
-        calls.append((make_call("judgment", judge.name, ep, pairwise_messages(text, msgs, cand, ref), params),
-                      make_call("judgment", judge.name, ep, pairwise_messages(text, msgs, ref, cand), params)))
+    calls = [pair_calls(judge, ep, msgs, cand, ref, CATEGORY_RUBRICS.get(cat or "", "helpful"))
+             for msgs, cand, ref, cat in items]  # the preference labels' pairwise judge asks the same way
     todo = [c for (_, cand, ref, _), pair in zip(items, calls) if cand.strip() != ref.strip() for c in pair]
     got, stats = _run(todo, ep, judge.name, cache_path) if todo else ({}, CallStats())
     out = Judged(counts={"consistent": 0, "inconsistent": 0, "unparseable": 0, "failed": 0, "identical": 0})

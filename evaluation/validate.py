@@ -137,7 +137,8 @@ def _scores(spec, sets, records, output, http_client=None, compute=None) -> tupl
         j = m.win_rate
         if j.kind in ALONE:  # both scored on their own, as the preference labels score a candidate
             s = alone(j.kind, j.model, [(a["set"], a["id"], t) for a, b in pairs for t in (a["response"], b)])
-            return judges.Judged.of([compare(x, y, j.tie_margin) for x, y in zip(s[0::2], s[1::2])],
+            margin = j.tie_margin if j.kind == "reward_model" else 0.0  # the rule's scores tie only when equal
+            return judges.Judged.of([compare(x, y, margin) for x, y in zip(s[0::2], s[1::2])],
                                     {"judged": len(pairs)})
         return judges.llm_pairwise(j, [(list(items_by[(a["set"], a["id"])].question), a["response"], b,
                                         items_by[(a["set"], a["id"])].category) for a, b in pairs],

@@ -3,9 +3,10 @@ dispatch from a judge's kind to how it scores a response on its own.
 
 The two stages use judges differently (preferences rank a prompt's candidates, validation compares a method's
 answer with a reference), but a judge is the same thing to both: a name, a model (an LLM judge, a reward model,
-none for the demo's rule), the rubrics' version and how an LLM judge is asked (`JudgeSpec`); and a kind that
+none for the demo's rule), the rubrics' version and how an LLM judge is asked (`JudgeSpec`); a kind that
 scores a response alone (`ALONE`: the rule, a reward model) scores it the same way in both (`scores_alone`),
-compared pairwise by `compare`. LLM judges share the prompts, schemas and parsers of `pilot_core.judging`.
+compared pairwise by `compare`; and an LLM judge is asked about a pair the same way in both (`pair_calls`: the
+rubric, both orders, the verdict's schema), its answers read by `pilot_core.judging`'s strict parsers.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from pilot_core.config import BaseConfig
-from pilot_core.judging import rule_score
+from pilot_core.judging import pairwise_messages, rubric, rule_score, verdict_params
+from pilot_core.models.calls import Call, Endpoint, make_call
 from pilot_core.models.source import ModelSource
 from pilot_core.names import config_name
 
@@ -45,6 +47,16 @@ def scores_alone(kind: str, items: list[tuple[list, str, str]], reward=None) -> 
     if kind == "reward_model":
         return reward.score([(messages, text) for messages, text, _ in items]) if items else []
     raise ValueError(f"judge kind {kind!r} does not score a response alone")
+
+
+def pair_calls(judge: JudgeSpec, endpoint: Endpoint, messages: list, first: str, second: str, rubric_name: str,
+               both_orders: bool = True) -> list[Call]:
+    """An LLM judge's calls on one pair under the rubric: `first` as A, and (both orders) `second` as A too, so
+    that position bias shows as orders that disagree (`pilot_core.judging.combine_orders`: a tie)."""
+    text, params = rubric(rubric_name, judge.rubric_version), verdict_params(judge, "pairwise")
+    orders = [(first, second), (second, first)] if both_orders else [(first, second)]
+    return [make_call("judgment", judge.name, endpoint, pairwise_messages(text, messages, a, b), params)
+            for a, b in orders]
 
 
 def compare(score: float, other: float, tie_margin: float = 0.0) -> float:

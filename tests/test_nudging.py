@@ -89,6 +89,17 @@ def test_a_pilot_that_finishes_in_its_first_completion_writes_the_whole_answer(m
         assert g.base_tokens == 0 and g.nudging.rounds == 1
 
 
+def test_a_character_split_across_tokens_goes_whole_with_the_token_that_ends_it(m):
+    from wsd_inference.nudging import token_texts
+
+    for model in (m["pilot"], m["different"]):
+        before = model.encode("Say it: ")
+        ids = model.encode("héllo 你好 🙂 done")
+        texts = token_texts(model, before, ids)
+        assert "".join(texts) == model.decode(before + ids)[len(model.decode(before)):]
+        assert "\ufffd" not in "".join(texts) and len(texts) == len(ids)
+
+
 def test_one_round_only(m):
     pilot, base = m["pilot"], m["same"]
     cfg = _cfg(GAMMA["same"], max_rounds=1)

@@ -65,14 +65,18 @@ def staged_wsd(pilot, base, messages, cfg):
 
 def _completion(model, prompt_text, n):
     """A text completion the way the authors' API calls get one, greedy: up to n tokens after the prompt, ending
-    at the model's stop token; each token's text (decoded with the whole prompt; a stop token's is empty), the
+    at the model's stop token; each token's text (decoded with the whole prompt; a stop token's is empty, and a
+    token that ends inside a character has none: the character goes with the token that completes it), the
     top-1 probability before it, and whether it stopped."""
     ids, out, texts, top1 = model.encode(prompt_text), [], [], []
+    done = model.decode(ids)
     for _ in range(n):
         with torch.no_grad():
             p = torch.softmax(model.model(torch.tensor([ids + out])).logits[0, -1].float(), -1)
         t = int(p.argmax())
-        texts.append(model.decode(ids + out + [t])[len(model.decode(ids + out)):])
+        now = model.decode(ids + out + [t])
+        texts.append("" if now.endswith("\ufffd") else now[len(done):])
+        done = done if now.endswith("\ufffd") else now
         out.append(t)
         top1.append(float(p.max()))
         if t in model.stop_ids:
@@ -125,7 +129,8 @@ def nudging(pilot, base, messages, cfg):
             if current == " ":
                 continue
             base_info = _completion(base, prefix_base + output + spaces + " ".join(words[:wid]), chunk)
-            found = current.startswith(base_info[0][0]) or base_info[1][0] >= gamma
+            agrees = (base_info[0][0] != "" or base_info[2]) and current.startswith(base_info[0][0])
+            found = agrees or base_info[1][0] >= gamma
         nudging_words = spaces + " ".join(words[:wid])
         if nudging_words == last_words:
             repeat += 1

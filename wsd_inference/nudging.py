@@ -41,23 +41,22 @@ CONTEXT_TAIL = 8  # tokens before a completion, decoded with it so its first tok
 
 
 def token_texts(model, before: list[int], ids: list[int]) -> list[str]:
-    """Each token's text after `before` (decoded in context, so a leading space survives; a stop token's text is
-    empty); joined, the completion's text."""
+    """Each token's text after `before` (decoded in context, so a leading space survives); joined, the
+    completion's text. A stop token's text is empty, and so is a token that ends inside a character (a byte of
+    an emoji or a CJK character): the character goes with the token that completes it."""
     out, acc = [], list(before[-CONTEXT_TAIL:])
-    prev = model.decode(acc)
+    done = model.decode(acc)
     for t in ids:
         acc.append(t)
         now = model.decode(acc)
-        out.append(now[len(prev):] if now.startswith(prev) else now[len(_common(prev, now)):])
-        prev = now
+        if now.endswith("\ufffd"):  # an unfinished character: nothing of it yet
+            out.append("")
+            continue
+        keep = len(done) if now.startswith(done) else next(
+            (i for i, (a, b) in enumerate(zip(done, now)) if a != b), min(len(done), len(now)))
+        out.append(now[keep:])
+        done = now
     return out
-
-
-def _common(a: str, b: str) -> str:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return a[:n]
 
 
 def the_rule(cfg: WSDConfig, base) -> Rule:

@@ -179,7 +179,9 @@ def nudging(rule: Rule, state: NudgingState) -> Generator[Ask, Completion, None]
             if word == " ":  # several spaces in a row
                 continue
             first = yield Ask(Writer.BASE, state.output + space + " ".join(words[:wid]), 1)
-            found = word.startswith(first.texts[0]) or first.top1[0] >= gamma
+            # a token with no text of its own (a byte of a character) agrees with nothing; a stop token's does
+            agrees = (first.texts[0] != "" or first.finished) and word.startswith(first.texts[0])
+            found = agrees or first.top1[0] >= gamma
         taken = space + " ".join(words[:wid])
         if taken == state.last_words:  # the same words three rounds running: the answer is stuck
             state.repeats += 1
