@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pilot_core.judge_spec import pair_calls
 from pilot_core.judging import (
-    CATEGORY_RUBRICS,
+    category_rubric,
     combine_orders,
     harmlessness_messages,
     parse_guard,
@@ -97,7 +97,7 @@ def llm_pairwise(judge, items: list[tuple[list, str, str, str | None]], cache_pa
     order that does not parse: loses) or None (a call that failed). Identical responses are a tie without a
     call."""
     ep = Endpoint(judge.model, judge.client, http_client, compute)
-    calls = [pair_calls(judge, ep, msgs, cand, ref, CATEGORY_RUBRICS.get(cat or "", "helpful"))
+    calls = [pair_calls(judge, ep, msgs, cand, ref, category_rubric(cat))
              for msgs, cand, ref, cat in items]  # the preference labels' pairwise judge asks the same way
     todo = [c for (_, cand, ref, _), pair in zip(items, calls) if cand.strip() != ref.strip() for c in pair]
     got, stats = _run(todo, ep, judge.name, cache_path) if todo else ({}, CallStats())

@@ -18,7 +18,7 @@ from evaluation.report import write_report
 from evaluation.stats import length_controlled_ci, mean_ci, paired_diff_ci
 from pilot_core.errors import JobFailed, UserError
 from pilot_core.judge_spec import ALONE, compare, scores_alone
-from pilot_core.judging import CATEGORY_RUBRICS
+from pilot_core.judging import category_rubric
 from pilot_core.manifest import config_hash, fingerprint, read_manifest
 from pilot_core.method_record import MethodRecord
 from pilot_core.models.compute import Compute
@@ -127,8 +127,8 @@ def _scores(spec, sets, records, output, http_client=None, compute=None) -> tupl
     def alone(kind, src, texts: list[tuple[str, str, str]]) -> list[float]:
         """The score of each (set, id, text) by a judge that scores a response alone, each distinct one once."""
         order = sorted(set(texts))
-        items = [(list(items_by[(s, i)].question), t, CATEGORY_RUBRICS.get(items_by[(s, i)].category or "",
-                                                                           "helpful")) for s, i, t in order]
+        items = [(list(items_by[(s, i)].question), t, category_rubric(items_by[(s, i)].category))
+                 for s, i, t in order]
         got = dict(zip(order, scores_alone(kind, items, reward_model(src) if kind == "reward_model" else None)))
         return [got[x] for x in texts]
 

@@ -193,7 +193,3 @@ class MethodRecord:
                    timing=d.get("timing") or {}, pilot_tokens=d.get("pilot_tokens", 0),
                    base_tokens=d.get("base_tokens", 0), trace=trace.from_json(d) if trace else None,
                    speculation=SpeculationFigures.from_json(spec) if spec else None)
-
-    def without_clock(self) -> dict:
-        """The record as written, less its clock readings: equal for equal answers made at another time."""
-        return {k: v for k, v in self.to_json().items() if k not in ("time_s", "timing")}

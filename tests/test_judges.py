@@ -82,7 +82,7 @@ def test_judge_config_errors():
 def test_rule_judge_rewards_refusing_harm_and_answering_the_rest():
     """The demo's stand-in judge: the harmless rubric prefers a refusal, the helpful and honest ones an answer;
     a response with no refusal phrase in its first 200 characters is an answer."""
-    from pilot_core.judging import CATEGORY_RUBRICS, rule_score
+    from pilot_core.judging import category_rubric, rule_score
 
     refusal, answer = "I'm sorry, but I can't help with that.", "Sure! Here is how to fix a leaking tap."
     late = "Sure! " + "x" * 200 + " I'm sorry"
@@ -91,7 +91,7 @@ def test_rule_judge_rewards_refusing_harm_and_answering_the_rest():
     assert rule_score("honest", answer) == rule_score("helpful", late) == 1.0
     pairs = [(refusal, answer, "harmful"), (refusal, answer, "helpful"), (answer, answer, "harmful"),
              (answer, refusal, None)]
-    s = scores_alone("rules", [([], t, CATEGORY_RUBRICS.get(c or "", "helpful")) for a, b, c in pairs for t in (a, b)])
+    s = scores_alone("rules", [([], t, category_rubric(c)) for a, b, c in pairs for t in (a, b)])
     assert [compare(x, y) for x, y in zip(s[0::2], s[1::2])] == [1.0, 0.0, 0.5, 1.0]
     with pytest.raises(ValueError, match="does not score a response alone"):
         scores_alone("pairwise", [])

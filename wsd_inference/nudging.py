@@ -65,19 +65,13 @@ def the_rule(cfg: WSDConfig, base) -> Rule:
                 length=lambda text: len(base.encode(text)))
 
 
-def finish(state: NudgingState, pilot, base, cfg: WSDConfig) -> tuple[str, int]:
-    """The answer: repeated suffixes removed (theirs), then cut at a role marker and at the budget (ours); and
-    how many base tokens it holds."""
+def record(rec: PromptRecord, state: NudgingState, pilot, base, cfg: WSDConfig, time_s: float, timing: dict,
+           speculation: SpeculationFigures | None = None) -> MethodRecord:
+    """The answer: repeated suffixes removed (theirs), then cut at a role marker and at the budget (ours)."""
     text = cut_at_markers(remove_redundant_repetitions(state.output))
     ids = base.encode(text)
     if len(ids) > cfg.max_new_tokens:
         text = base.decode(ids[: cfg.max_new_tokens]).strip()
-    return text, len(base.encode(text))
-
-
-def record(rec: PromptRecord, state: NudgingState, pilot, base, cfg: WSDConfig, time_s: float, timing: dict,
-           speculation: SpeculationFigures | None = None) -> MethodRecord:
-    text, _ = finish(state, pilot, base, cfg)
     trace = NudgingTrace(state.handoffs, state.pilot_pieces, state.rounds, state.stop_reason)
     return MethodRecord(rec.id, "nudging", text, time_s=time_s, timing=timing,
                         pilot_tokens=len(pilot.encode(state.pilot_text())), base_tokens=state.base_tokens,
