@@ -44,7 +44,14 @@ class EvalSet(BaseConfig):
                         "(question_id, turns: win rate against baseline_path's answers), advbench (goal) and "
                         "harmbench (BehaviorID, Behavior, ContextString): harmful sets"))
     baseline_path: str | None = Field(None, description="arena_hard: the baseline model's answers (Arena-Hard-Auto's "
-                                      "model_answer JSONL: question_id, choices[0].turns[0].content)")
+                                      "model_answer JSONL; v0.1: question_id, choices[0].turns[0].content; v2.0: "
+                                      "uid, messages[-1].content.answer)")
+    reference_generator: str | None = Field(None, description="alpaca_eval: the `generator` every reference row must "
+                                            "name (AlpacaEval 2: gpt4_1106_preview; AlpacaEval 1's text_davinci_003 "
+                                            "outputs are refused then)")
+    categories: list[str] | None = Field(None, description="only the rows of these categories (Arena-Hard v2.0 "
+                                         "scores hard_prompt and creative_writing apart, each against its own "
+                                         "baseline: one eval set per category)")
     kind: Literal["alignment", "harmful", "math", "choice", "short_answer", "code"] | None = Field(
         None, description="what is measured (a format implies it)")
     few_shot: int = Field(0, ge=0, description="capability sets: worked examples put before each question")
@@ -74,8 +81,11 @@ class EvalSet(BaseConfig):
                 raise ValueError(f"eval set {self.name}: give path (a local file) or hub, not both")
             if (self.format == "arena_hard") != (self.baseline_path is not None):
                 raise ValueError(f"eval set {self.name}: baseline_path is for format arena_hard, which needs it")
+            if self.reference_generator and self.format != "alpaca_eval":
+                raise ValueError(f"eval set {self.name}: reference_generator is for format alpaca_eval")
         else:
-            if self.kind is None or self.path is None or self.hub is not None or self.baseline_path:
+            if self.kind is None or self.path is None or self.hub is not None or self.baseline_path or \
+                    self.reference_generator:
                 raise ValueError(f"eval set {self.name}: give kind and path (a project JSONL file), or a format")
         if self.few_shot and not self.few_shot_path:
             raise ValueError(f"eval set {self.name}: few_shot {self.few_shot} needs few_shot_path")
@@ -99,7 +109,9 @@ class RewardMetric(BaseConfig):
 
 
 class JudgeMetric(JudgeSpec):
-    """Pairwise win rate of each method against base-only (AlpacaEval style: both orders, ties count half).
+    """Pairwise win rate of each method against base-only (both orders, ties count half), and against a set's
+    reference answers where it has them (`ref_win_rate`: our rubric judge; AlpacaEval's and Arena-Hard's own
+    figures are the `alpaca_eval` and `arena_hard` metrics).
 
     kind llm: an OpenAI-compatible judge (or a local chat model) with the versioned rubrics. kind reward_model:
     the response with the higher reward wins (|difference| <= tie_margin is a tie). kind rules: the demo's
@@ -108,8 +120,6 @@ class JudgeMetric(JudgeSpec):
 
     kind: Literal["llm", "reward_model", "rules"] = "llm"
     tie_margin: float = Field(0.0, ge=0.0, description="reward_model: differences up to this are ties")
-    length_controlled: bool = Field(False, description="sets with reference answers: also report AlpacaEval 2's "
-                                    "length-controlled win rate (lc_win_rate), which does not credit length")
     client: ClientConfig = ClientConfig()
 
     @model_validator(mode="after")
@@ -117,6 +127,40 @@ class JudgeMetric(JudgeSpec):
         if self.kind != "rules" and self.model is None:
             raise ValueError(f"win_rate kind {self.kind} needs model")
         return self
+
+
+class AlpacaEvalMetric(BaseConfig):
+    """AlpacaEval 2 on the sets of format alpaca_eval, as AlpacaEval computes it (evaluation/alpaca_eval.py): the
+    annotator weighted_alpaca_eval_gpt4_turbo (its prompt; the first token's log-probabilities of "m" and "M"),
+    `alpaca_eval_win_rate` and, with `glm_data`, the length-controlled `alpaca_eval_lc_win_rate` (AlpacaEval's
+    GLM; needs the `alpaca_eval` extra)."""
+
+    name: str = "alpaca_eval"
+    model: ModelSource = Field(description="the annotator: AlpacaEval 2's is gpt-4-1106-preview; any chat model "
+                               "whose server returns top_logprobs (OpenAI, vLLM) or a local one")
+    glm_data: HubData | None = Field(None, description="AlpacaEval's df_gamed.csv (tatsu-lab/alpaca_eval on the hub: "
+                                     "the instructions' difficulties and the gamed baselines the GLM is fitted "
+                                     "with), e.g. {path: csv, data_files: hf://datasets/tatsu-lab/alpaca_eval@REV/"
+                                     "df_gamed.csv, split: train}; without it no LC figure")
+    client: ClientConfig = ClientConfig()
+
+    _name = field_validator("name")(config_name("judge name"))
+
+
+class ArenaHardMetric(BaseConfig):
+    """Arena-Hard-Auto on the sets of format arena_hard, as it judges and scores (evaluation/arena_hard.py): its
+    judge prompt per category, both games, five labels; `arena_hard_score` (v0.1: Bradley-Terry with a bootstrap
+    95% interval; v2.0: the bootstrap mean with its 90% interval), the version read from the questions' schema."""
+
+    name: str = "arena_hard"
+    model: ModelSource = Field(description="the judge: v0.1's is gpt-4-1106-preview, v2.0's gpt-4.1")
+    max_tokens: int | None = Field(None, ge=16, description="the judgment's budget (default: upstream's, 4096 for "
+                                   "v0.1, 16000 for v2.0)")
+    weight: int = Field(3, ge=1, description="battles a significant verdict (A>>B) counts for (upstream: 3)")
+    rounds: int = Field(100, ge=10, description="bootstrap rounds (upstream: 100)")
+    client: ClientConfig = ClientConfig()
+
+    _name = field_validator("name")(config_name("judge name"))
 
 
 class HarmlessnessMetric(JudgeSpec):
@@ -150,6 +194,8 @@ class MetricsConfig(BaseConfig):
     reward: RewardMetric | None = None
     win_rate: JudgeMetric | None = None
     harmlessness: HarmlessnessMetric | None = None
+    alpaca_eval: AlpacaEvalMetric | None = None
+    arena_hard: ArenaHardMetric | None = None
     bootstrap_samples: int = Field(1000, ge=100, description="resamples for the confidence intervals")
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
 

@@ -18,7 +18,7 @@ from pilot_core.prompts import PromptRecord, parse_record
 from pilot_core.report import EvalSetIdentity
 
 LETTERS = "ABCDEFGHIJ"
-EXTRA_FIELDS = ("answer", "choices", "category", "response", "reference", "code")
+EXTRA_FIELDS = ("answer", "choices", "category", "response", "reference", "code", "index", "generator")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class EvalItem:
     category: str | None = None
     n_choices: int = 0
     reference: str | None = None  # the answer a response is judged against (AlpacaEval's output, Arena-Hard's baseline)
+    index: int | None = None  # alpaca_eval: the instruction's position in the file (AlpacaEval's LC GLM reads it)
 
 
 def _rows(path: str) -> list[tuple[int, dict]]:
@@ -102,34 +103,61 @@ def _shots(es: EvalSet) -> list[dict]:
     return turns
 
 
+def _baseline_answer(obj: dict) -> tuple[str, str]:
+    """(question id, answer) of an Arena-Hard-Auto model answer: v0.1 {question_id, choices[0].turns[0].content},
+    v2.0 {uid, messages[-1].content.answer}."""
+    if "uid" in obj:
+        content = obj["messages"][-1]["content"]
+        return str(obj["uid"]), content["answer"] if isinstance(content, dict) else content
+    return str(obj["question_id"]), obj["choices"][0]["turns"][0]["content"]
+
+
 def _baselines(es: EvalSet) -> dict[str, str]:
-    """Arena-Hard-Auto's model_answer file: question_id -> the baseline's first answer."""
+    """Arena-Hard-Auto's model_answer file: question id -> the baseline's answer."""
     out = {}
     for lineno, obj in _rows(es.baseline_path):
         try:
-            out[str(obj["question_id"])] = obj["choices"][0]["turns"][0]["content"]
+            qid, answer = _baseline_answer(obj)
         except (KeyError, IndexError, TypeError):
-            raise UserError(f"{es.baseline_path}:{lineno}: expected a model answer "
-                            "{question_id, choices: [{turns: [{content}]}]}") from None
+            raise UserError(f"{es.baseline_path}:{lineno}: expected a model answer (v0.1: {{question_id, choices: "
+                            "[{turns: [{content}]}]}; v2.0: {uid, messages: [..., {content: {answer}}]})") from None
+        if not isinstance(answer, str):
+            raise UserError(f"{es.baseline_path}:{lineno}: the baseline's answer is not a string")
+        out[qid] = answer
     return out
 
 
 def _upstream(es: EvalSet) -> list[tuple[str, dict]]:
-    from pilot_core.benchmarks import read_rows
+    from pilot_core.benchmarks import ARENA_HARD_V01, read_rows
 
     rows = read_rows(es.format, es.path, es.hub, f"eval set {es.name}")
+    if es.categories is not None:
+        rows = [(w, r) for w, r in rows if r.get("category") in es.categories]
+        if not rows:
+            raise UserError(f"eval set {es.name}: no row of categories {', '.join(es.categories)}")
+    if es.reference_generator:  # AlpacaEval 2's reference is GPT-4 Turbo's; AlpacaEval 1's would pass silently
+        for w, r in rows:
+            if r.get("generator") != es.reference_generator:
+                raise UserError(f"{w}: 'generator' is {r.get('generator')!r}, not {es.reference_generator!r} (the "
+                                "eval set's reference_generator): these are another model's reference outputs")
+    if es.format == "arena_hard":
+        cats = sorted({r["category"] for _, r in rows if r["category"] != ARENA_HARD_V01})
+        if len(cats) > 1:
+            raise UserError(f"eval set {es.name}: Arena-Hard v2.0 scores each category against its own baseline; "
+                            f"these rows are {', '.join(cats)}: give categories: [one of them] (one set each)")
     if es.baseline_path:
         base = _baselines(es)
         missing = [r["id"] for _, r in rows if r["id"] not in base]
         if missing:
-            raise UserError(f"{es.baseline_path}: no baseline answer for question_id {missing[0]!r} "
+            raise UserError(f"{es.baseline_path}: no baseline answer for question {missing[0]!r} "
                             f"({len(missing)} missing)")
         rows = [(w, {**r, "reference": base[r["id"]]}) for w, r in rows]
     return rows
 
 
 def load_eval_set(es: EvalSet) -> list[EvalItem]:
-    rows = _upstream(es) if es.format else [(f"{es.path}:{n}", obj) for n, obj in _rows(es.path)]
+    rows = _upstream(es) if es.format else [(f"{es.path}:{n}", obj) for n, obj in _rows(es.path)
+                                            if es.categories is None or obj.get("category") in es.categories]
     shots = _shots(es)
     items, seen = [], {}
     for where, obj in rows[: es.limit] if es.limit else rows:
@@ -144,7 +172,7 @@ def load_eval_set(es: EvalSet) -> list[EvalItem]:
             raise UserError(f"{where}: 'category' must be a string, got {cat!r}")
         n_choices = len(obj["choices"]) if es.kind == "choice" else 0
         items.append(EvalItem(PromptRecord(rid, (*shots, *q)), q, _answer(es, obj, where), cat, n_choices,
-                              obj.get("reference")))
+                              obj.get("reference"), obj.get("index")))
     return items
 
 

@@ -74,13 +74,19 @@ def _warn_if_unstructured(endpoint: Endpoint, counts: dict) -> None:
                     getattr(endpoint.backend, "url", "the judge"))
 
 
-def _run(calls, endpoint: Endpoint, who: str, cache_path: Path) -> tuple[dict, CallStats]:
+def _run(calls, endpoint: Endpoint, who: str, cache_path: Path, follow_up=None) -> tuple[dict, CallStats]:
+    """Every call's result by key; `follow_up(results)` may name more calls (a judge asked to finish its
+    judgment), made on the same endpoint before it closes."""
     cache = ResponseCache(cache_path)
     stats: dict[str, CallStats] = {}
 
     async def main():
         try:
-            return await run_calls(calls, {who: endpoint}, cache, stats)
+            got = await run_calls(calls, {who: endpoint}, cache, stats)
+            more = follow_up(got) if follow_up else []
+            if more:
+                got.update(await run_calls(more, {who: endpoint}, cache, stats))
+            return got
         finally:
             await endpoint.backend.close()
 
@@ -161,3 +167,94 @@ def guard_harmlessness(metric, items: list[tuple[list, str]], cache_path: Path, 
 def refusal_harmlessness(responses: list[str]) -> list[float]:
     """The stand-in: safe iff a refusal phrase appears in the first 200 characters."""
     return [float(refuses(r)) for r in responses]
+
+
+def alpaca_eval_annotate(metric, items: list[tuple[str, str, str]], cache_path: Path, http_client=None,
+                         compute: Compute | None = None) -> Judged:
+    """items: (instruction, reference, answer). Per item AlpacaEval's preference in [1, 2] (2: the answer is
+    better), as its weighted_alpaca_eval_gpt4_turbo annotator gives it (evaluation/alpaca_eval.py): a verdict
+    whose top tokens hold neither "m" nor "M" counts as the reference winning (1) and is marked unparsed; None for
+    a call that failed. Identical outputs are 1.5 without a call, as upstream."""
+    from evaluation import alpaca_eval as ae
+
+    ep = Endpoint(metric.model, metric.client, http_client, compute)
+    asked = [ae.annotation(*it) for it in items]
+    calls = [make_call("judgment", metric.name, ep, msgs, ae.PARAMS) if msgs else None for msgs, _ in asked]
+    got, stats = _run([c for c in calls if c], ep, metric.name, cache_path)
+    out = Judged(counts={"judged": 0, "unparseable": 0, "failed": 0, "identical": 0})
+    for c, (_, swapped) in zip(calls, asked):
+        if c is None:
+            out.counts["identical"] += 1
+            out.add(ae.TIE)
+            continue
+        r = got[c.key]
+        if "error" in r:
+            out.counts["failed"] += 1
+            out.values.append(None)
+            out.unparsed.append(False)
+            continue
+        pref = ae.unswap(ae.preference(r.get("top_logprobs") or []), swapped)
+        out.counts["unparseable" if pref is None else "judged"] += 1
+        out.values.append(ae.WORST if pref is None else pref)
+        out.unparsed.append(pref is None)
+    out.counts.update(requests=stats.requests, cache_hits=stats.cache_hits)
+    return out
+
+
+@dataclass
+class Games:
+    """Arena-Hard's two games per item: the labels (a game that could not be read holds the method's worst label;
+    None for an item whose calls failed), whether a game could not be read, and counts."""
+
+    labels: list[tuple[str, str] | None] = field(default_factory=list)
+    unparsed: list[bool] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+
+
+def arena_hard_judge(metric, items: list[tuple[str | None, str, str, str]], cache_path: Path, http_client=None,
+                     compute: Compute | None = None) -> Games:
+    """items: (category, question, baseline answer, answer). Both games of each, judged by Arena-Hard-Auto's
+    prompt for the category (evaluation/arena_hard.py); v0.1 asks once more where a judgment holds no label."""
+    from evaluation import arena_hard as ah
+
+    ep = Endpoint(metric.model, metric.client, http_client, compute)
+    version = [ah.protocol(cat) for cat, *_ in items]
+
+    def params(v: str) -> dict:
+        return {"max_tokens": metric.max_tokens or ah.MAX_TOKENS[v], "temperature": 0.0, "top_p": 1.0, "seed": 0}
+
+    convs = [g for (cat, q, base, ans) in items for g in ah.games(cat, q, base, ans)]
+    vers = [v for v in version for _ in range(2)]
+    calls = [make_call("judgment", metric.name, ep, m, params(v)) for m, v in zip(convs, vers)]
+    again: dict[int, object] = {}  # game -> its second call
+
+    def finish(got: dict) -> list:
+        """v0.1's second attempt where a judgment holds no label: the conversation so far, and the request to
+        finish with one."""
+        for i, c in enumerate(calls):
+            r = got[c.key]
+            if "error" not in r and ah.parse(vers[i], [r["text"]])[1]:
+                again[i] = make_call("judgment", metric.name, ep, [
+                    *convs[i], {"role": "assistant", "content": r["text"]},
+                    {"role": "user", "content": ah.CONTINUE}], params(vers[i]))
+        return list(again.values())
+
+    got, stats = _run(calls, ep, metric.name, cache_path, finish)
+    replies = [None if "error" in got[c.key] else [got[c.key]["text"]] for c in calls]
+    for i, c in again.items():
+        replies[i] = None if "error" in got[c.key] else [*replies[i], got[c.key]["text"]]
+    out = Games(counts={"judged": 0, "unparseable": 0, "failed": 0, "second_attempts": len(again)})
+    for k in range(len(items)):
+        pair = replies[2 * k: 2 * k + 2]
+        if any(r is None for r in pair):
+            out.counts["failed"] += 1
+            out.labels.append(None)
+            out.unparsed.append(False)
+            continue
+        read = [ah.parse(vers[2 * k], r)[0] for r in pair]
+        bad = any(x is None for x in read)
+        out.counts["unparseable" if bad else "judged"] += 1
+        out.labels.append(tuple(x if x is not None else ah.WORST[g] for g, x in enumerate(read)))
+        out.unparsed.append(bad)
+    out.counts.update(requests=stats.requests, cache_hits=stats.cache_hits)
+    return out

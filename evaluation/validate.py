@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from evaluation.config import ALIGNMENT_KINDS, CAPABILITY_KINDS, EvalSpec
 from evaluation.evalsets import load_eval_set, score_answer, set_identity
 from evaluation.report import write_report
-from evaluation.stats import length_controlled_ci, mean_ci, paired_diff_ci
+from evaluation.stats import mean_ci, paired_diff_ci
 from pilot_core.errors import JobFailed, UserError
 from pilot_core.judge_spec import ALONE, compare, scores_alone
 from pilot_core.judging import category_rubric
@@ -157,6 +159,25 @@ def _scores(spec, sets, records, output, http_client=None, compute=None) -> tupl
                 if items_by[(r["set"], r["id"])].reference is not None]
         if refs:
             _mark([a for a, _ in refs], "ref_win", pairwise(refs), counts, "ref_win_rate")
+    formats = {es.name: es.format for es, _ in sets}
+    if m.alpaca_eval:  # AlpacaEval 2's annotator on its own sets, every method (base-only too)
+        mine = [r for r in aligned if formats[r["set"]] == "alpaca_eval"]
+        judged = judges.alpaca_eval_annotate(m.alpaca_eval, [
+            (items_by[(r["set"], r["id"])].question[-1]["content"], items_by[(r["set"], r["id"])].reference,
+             r["response"]) for r in mine], output / "judge-cache.sqlite", http_client, compute)
+        judged.values = [None if v is None else v - 1.0 for v in judged.values]  # preference in [1, 2] -> a win
+        _mark(mine, "ae_win", judged, counts, "alpaca_eval_win_rate")
+    if m.arena_hard:  # Arena-Hard-Auto's judge on its own sets: both games against the baseline's answer
+        mine = [r for r in aligned if formats[r["set"]] == "arena_hard"]
+        games = judges.arena_hard_judge(m.arena_hard, [
+            (items_by[(r["set"], r["id"])].category, items_by[(r["set"], r["id"])].question[0]["content"],
+             items_by[(r["set"], r["id"])].reference, r["response"]) for r in mine],
+            output / "judge-cache.sqlite", http_client, compute)
+        counts["arena_hard_score"] = games.counts
+        for r, labels, bad in zip(mine, games.labels, games.unparsed):
+            r["arena_games"] = labels and list(labels)
+            if bad:
+                r["arena_games_unparsed"] = True
     if m.harmlessness:
         harmful = [r for r in aligned if r["kind"] == "harmful"]
         if m.harmlessness.kind == "refusal_rules":
@@ -177,7 +198,8 @@ def _scores(spec, sets, records, output, http_client=None, compute=None) -> tupl
     return rows, counts
 
 
-METRIC_FIELDS = {"reward": "reward", "win_rate": "win", "ref_win_rate": "ref_win", "harmlessness": "safe",
+METRIC_FIELDS = {"reward": "reward", "win_rate": "win", "ref_win_rate": "ref_win", "alpaca_eval_win_rate": "ae_win",
+                 "harmlessness": "safe",
                  "accuracy": "correct", "accuracy_strict": "correct_strict", "accuracy_flexible": "correct_flexible",
                  "unparsed_share": "unparsed"}
 
@@ -205,14 +227,11 @@ def _aggregate(spec, sets, bases, rows) -> tuple[dict, dict]:
                 stat = mean_ci([r.get(field) for r in rs], b, conf, seed)
                 stat["n"] -= sum(bool(r.get(field + "_unparsed")) for r in rs)  # in the mean as worst, not judged
                 cell[metric] = Stat(**stat, items=sum(field in r for r in rs))
-        if spec.metrics.win_rate and spec.metrics.win_rate.length_controlled and any("ref_win" in r for r in rs):
-            refs = {it.record.id: it.reference for es, items in sets if es.name == s for it in items}
-            mine = [r for r in rs if "ref_win" in r]
-            lc = length_controlled_ci([r["ref_win"] for r in mine], [len(r["response"]) for r in mine],
-                                      [len(refs[r["id"]]) for r in mine], b, conf, seed)
-            lc["n"] -= sum(bool(r.get("ref_win_unparsed")) for r in mine)  # as for the others: judged items only
-            cell["lc_win_rate"] = Stat(**lc, items=len(mine))
         metrics.setdefault(base, {}).setdefault(method, {})[s] = cell
+    if spec.metrics.alpaca_eval and spec.metrics.alpaca_eval.glm_data:
+        _alpaca_eval_lc(spec.metrics.alpaca_eval, sets, groups, metrics, conf)
+    if spec.metrics.arena_hard:
+        _arena_hard_scores(spec.metrics.arena_hard, sets, groups, metrics, seed)
     tax: dict = {}
     capability = [es.name for es, _ in sets if es.kind in CAPABILITY_KINDS]
     capability += [t.name for t in spec.harness.tasks] if spec.harness else []
@@ -227,6 +246,54 @@ def _aggregate(spec, sets, bases, rows) -> tuple[dict, dict]:
                 tax.setdefault(base.name, {}).setdefault(method, {})[s] = Stat(**paired_diff_ci(
                     [ref[i] for i in ids], [got[i] for i in ids], b, conf, seed))  # > 0: capability lost
     return metrics, tax
+
+
+def _alpaca_eval_lc(metric, sets, groups, metrics, confidence: float) -> None:
+    """AlpacaEval 2's length-controlled win rate of each method on each alpaca_eval set (its GLM, per method, as
+    upstream fits it per model); the interval is mean +- z * upstream's `lc_standard_error` (the standard error of
+    the GLM's per-instruction predictions), not a bootstrap."""
+    from statistics import NormalDist
+
+    from evaluation.alpaca_eval import length_controlled
+    from pilot_core.hub_data import load_split
+
+    gamed = load_split(metric.glm_data, "metrics.alpaca_eval.glm_data").to_pandas()
+    items = {(es.name, it.record.id): it for es, its in sets if es.format == "alpaca_eval" for it in its}
+    z = NormalDist().inv_cdf((1 + confidence) / 2)
+    for (base, method, s), rs in groups.items():
+        mine = [r for r in rs if r.get("ae_win") is not None]
+        if not mine:
+            continue
+        its = [items[(s, r["id"])] for r in mine]
+        pred = np.asarray(length_controlled([r["ae_win"] + 1.0 for r in mine], [len(it.reference) for it in its],
+                                            [len(r["response"]) for r in mine], [it.index for it in its], gamed))
+        mean, se = float(pred.mean()), float(pred.std(ddof=1) / np.sqrt(len(pred))) if len(pred) > 1 else 0.0
+        metrics[base][method][s]["alpaca_eval_lc_win_rate"] = Stat(
+            mean=mean, ci_low=mean - z * se, ci_high=mean + z * se, confidence=confidence,
+            n=len(mine) - sum(bool(r.get("ae_win_unparsed")) for r in mine), items=len(rs))
+
+
+def _arena_hard_scores(metric, sets, groups, metrics, seed: int) -> None:
+    """Arena-Hard-Auto's score of every method on each arena_hard set and base, from the battles of all of them
+    (v0.1 resamples the pooled battles; v2.0 each method's own)."""
+    from evaluation import arena_hard as ah
+
+    category = {es.name: items[0].category for es, items in sets if es.format == "arena_hard"}
+    by_set: dict = {}
+    for (base, method, s), rs in groups.items():
+        judged = [r for r in rs if r.get("arena_games")]
+        if judged:
+            by_set.setdefault((base, s), {})[method] = (rs, judged)
+    for (base, s), by_method in by_set.items():
+        version = ah.protocol(category[s])
+        battles = {m: [x for r in judged for x in ah.method_scores(*r["arena_games"], metric.weight, version)]
+                   for m, (_, judged) in by_method.items()}
+        score = ah.score_v01 if version == "v0.1" else ah.score_v20
+        for method, (mean, lo, hi) in score(battles, metric.rounds, 42 if version == "v0.1" else seed).items():
+            rs, judged = by_method[method]
+            metrics[base][method][s]["arena_hard_score"] = Stat(
+                mean=mean, ci_low=lo, ci_high=hi, confidence=0.95 if version == "v0.1" else 0.90,
+                n=len(judged) - sum(bool(r.get("arena_games_unparsed")) for r in judged), items=len(rs))
 
 
 def _diagnostics(records, bases) -> dict:
@@ -305,7 +372,13 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
                                                and m.win_rate.model.model_dump(mode="json", exclude_none=True)},
                       harmlessness=m.harmlessness and {"kind": m.harmlessness.kind,
                                                       **({"format": m.harmlessness.guard_format}
-                                                         if m.harmlessness.guard_format else {})}, counts=counts),
+                                                         if m.harmlessness.guard_format else {})},
+                      alpaca_eval=m.alpaca_eval and {"annotator": "weighted_alpaca_eval_gpt4_turbo",
+                                                     "model": m.alpaca_eval.model.model_dump(mode="json",
+                                                                                             exclude_none=True)},
+                      arena_hard=m.arena_hard and {"model": m.arena_hard.model.model_dump(mode="json",
+                                                                                          exclude_none=True)},
+                      counts=counts),
         metrics=metrics, alignment_tax=tax, diagnostics=_diagnostics(records, bases),
         config=spec.model_dump(mode="json"), code_execution=code_execution)
     write_report(output, report, rows)

@@ -6,9 +6,11 @@ a function and an entry in FORMATS.
     gsm8k        question, answer (the number after '####')                     -> a math item
     mmlu         question, choices, answer (an index or a letter), subject     -> a choice item
     humaneval    task_id, prompt, test, entry_point                            -> a code item (run in a sandbox)
-    alpaca_eval  instruction, output (the reference answer), dataset           -> an alignment item with a reference
-    arena_hard   question_id, turns [{content}], category                      -> an alignment item (its reference,
-                                                                                   the baseline's answer, comes from
+    alpaca_eval  instruction, output (the reference answer), generator,        -> an alignment item with a reference
+                 dataset                                                          (and its position: AlpacaEval's LC
+                                                                                   GLM reads instructions by it)
+    arena_hard   v0.1: question_id, turns [{content}], category;               -> an alignment item (its reference,
+                 v2.0: uid, prompt, category                                       the baseline's answer, comes from
                                                                                    the eval set's baseline_path)
     advbench     goal (and target)                                             -> a harmful item
     harmbench    BehaviorID, Behavior, SemanticCategory (ContextString)        -> a harmful item (a contextual
@@ -65,18 +67,28 @@ def _humaneval(n: int, row: dict) -> dict:
 
 
 def _alpaca_eval(n: int, row: dict) -> dict:
-    out = {"id": str(row.get("id", n)), "prompt": _text(row, "instruction"), "reference": _text(row, "output")}
+    out = {"id": str(row.get("id", n)), "prompt": _text(row, "instruction"), "reference": _text(row, "output"),
+           "index": n - 1}
     if isinstance(row.get("dataset"), str):
         out["category"] = row["dataset"]
+    if isinstance(row.get("generator"), str):
+        out["generator"] = row["generator"]
     return out
 
 
+ARENA_HARD_V01 = "arena-hard-v0.1"  # the category of every v0.1 question (upstream's judge settings key)
+
+
 def _arena_hard(n: int, row: dict) -> dict:
+    if "uid" in row:  # v2.0: {uid, category, subcategory, prompt}
+        return {"id": _text(row, "uid"), "prompt": _text(row, "prompt"), "category": _text(row, "category")}
     turns = row.get("turns")
     if not isinstance(turns, list) or not turns or not all(isinstance(t, dict) and isinstance(t.get("content"), str)
                                                           for t in turns):
-        raise BadRow(f"'turns' must be a list of {{content}}, got {turns!r}"[:200])
-    return {"id": _text(row, "question_id"), "messages": [{"role": "user", "content": t["content"]} for t in turns]}
+        raise BadRow(f"'turns' must be a list of {{content}} (v0.1) or the row needs 'uid' and 'prompt' (v2.0), got "
+                     f"{turns!r}"[:200])
+    return {"id": _text(row, "question_id"), "messages": [{"role": "user", "content": t["content"]} for t in turns],
+            "category": row.get("category") if isinstance(row.get("category"), str) else ARENA_HARD_V01}
 
 
 def _advbench(n: int, row: dict) -> dict:

@@ -17,8 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serial
 from pilot_core.errors import JobFailed, UserError
 
 METRIC_TITLES = {"reward": "Reward-model score", "win_rate": "Win rate vs base-only (ties = 1/2)",
-                 "ref_win_rate": "Win rate vs the set's reference answers (AlpacaEval / Arena-Hard style, ties = 1/2)",
-                 "lc_win_rate": "Length-controlled win rate vs the reference answers (AlpacaEval 2 style)",
+                 "ref_win_rate": "Win rate vs the set's reference answers by our rubric judge (ties = 1/2; not "
+                                 "AlpacaEval's or Arena-Hard's figure)",
+                 "alpaca_eval_win_rate": "AlpacaEval 2 win rate vs GPT-4 Turbo's references (its annotator, "
+                                         "weighted by log-probabilities)",
+                 "alpaca_eval_lc_win_rate": "AlpacaEval 2 length-controlled win rate (its GLM; interval: +- z x "
+                                            "its standard error)",
+                 "arena_hard_score": "Arena-Hard-Auto score vs its baseline (v0.1: Bradley-Terry, 95% bootstrap; "
+                                     "v2.0: bootstrap mean, 90%)",
                  "harmlessness": "Harmlessness rate (harmful prompts)",
                  "accuracy": "Accuracy (capability sets; code: pass@1)",
                  "accuracy_strict": "Accuracy, lm-eval's strict-match reading (the answer after the task's marker)",
@@ -99,7 +105,9 @@ class Judges(_Record):
     reward: dict[str, Any] | None = None
     win_rate: dict[str, Any] | None = None
     harmlessness: dict[str, Any] | None = None
-    counts: dict[str, dict[str, int]] = {}
+    alpaca_eval: dict[str, Any] | None = None  # AlpacaEval 2's annotator (its model)
+    arena_hard: dict[str, Any] | None = None  # Arena-Hard-Auto's judge (its model)
+    counts: dict[str, dict[str, int | str]] = {}  # str: a note, e.g. "structured_output": "refused by the server"
 
 
 Cell = dict[str, Stat]  # metric -> figure, for one base, method and eval set

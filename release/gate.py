@@ -19,7 +19,8 @@ from pilot_core.config import BaseConfig
 from pilot_core.errors import UserError
 from pilot_core.report import GateCheck, GateVerdict, Stat, ValidationReport
 
-METRICS = ("reward", "win_rate", "ref_win_rate", "lc_win_rate", "harmlessness", "accuracy")
+METRICS = ("reward", "win_rate", "ref_win_rate", "alpaca_eval_win_rate", "alpaca_eval_lc_win_rate", "arena_hard_score",
+           "harmlessness", "accuracy")
 
 
 class MetricRule(BaseConfig):

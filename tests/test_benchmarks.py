@@ -84,7 +84,7 @@ def test_benchmark_errors_name_the_file_row_and_column(tmp_path):
     bad.write_text(json.dumps({"question": "q?", "answer": "42"}) + "\n")
     with pytest.raises(UserError, match=r"gsm8k.jsonl:1: format gsm8k: 'answer' has no '#### <number>'"):
         load_eval_set(EvalSet(name="g", version="v", format="gsm8k", path=str(bad)))
-    with pytest.raises(UserError, match="no baseline answer for question_id 'f5e7a1b3c9d24e60'"):
+    with pytest.raises(UserError, match="no baseline answer for question 'f5e7a1b3c9d24e60'"):
         empty = tmp_path / "answers.jsonl"
         empty.write_text(json.dumps({"question_id": "other", "choices": [{"turns": [{"content": "x"}]}]}) + "\n")
         load_eval_set(_set("arena-hard", baseline_path=str(empty)))
@@ -179,10 +179,19 @@ def test_curation_decontaminates_against_a_benchmark_in_its_upstream_columns(tmp
 def test_validation_reports_every_benchmark_per_base_and_method(pair_same, tmp_path):
     """GSM8K accuracy, HumanEval pass@1, AlpacaEval-style win rate against references and Arena-Hard-style win
     rate against the baseline, with bootstrap intervals, for WSD and base-only on a tiny pair."""
+    from .alpaca_eval_reference import make_df_gamed
+
+    make_df_gamed(tmp_path / "df_gamed.csv", 3, seed=0)  # a stand-in for the hub's file (3 instructions)
+    judge = {"name": "judge", "path": str(pair_same[0])}  # a tiny in-process judge: its verdicts rarely parse
+    v2 = {"name": "arena-hard-v2", "version": "fixture", "format": "arena_hard", "categories": ["creative_writing"],
+          "path": str(B / "arena-hard-v2.0/question.jsonl"),
+          "baseline_path": str(B / "arena-hard-v2.0/model_answer/gemini-2.0-flash-001.jsonl")}
     spec = EvalSpec.model_validate({
-        "eval_sets": SETS, "methods": ["wsd", "base_only"],
-        "metrics": {"win_rate": {"kind": "rules", "length_controlled": True},
-                    "harmlessness": {"kind": "refusal_rules"}},
+        "eval_sets": [*SETS, v2], "methods": ["wsd", "base_only"],
+        "metrics": {"win_rate": {"kind": "rules"}, "harmlessness": {"kind": "refusal_rules"},
+                    "alpaca_eval": {"model": judge, "glm_data": {"path": "csv", "split": "train",
+                                                                 "data_files": str(tmp_path / "df_gamed.csv")}},
+                    "arena_hard": {"model": judge, "max_tokens": 16}},
         "wsd": {"max_new_tokens": 16, "max_draft_tokens": 8}})
     ckpt = checkpoint(tmp_path, {"pilot": pair_same[0]})
     report = validate(spec, ckpt, [ModelSource(name="base", path=str(pair_same[1]))], tmp_path / "v", progress=False)
@@ -200,32 +209,29 @@ def test_validation_reports_every_benchmark_per_base_and_method(pair_same, tmp_p
             answer = next(i.answer for i in load_eval_set(_set("humaneval")) if i.record.id == r["id"])
             assert r["correct"] == float(run_program(solution_program(r["response"], answer)).passed)
             assert r["code_status"].split(":")[0] in ("passed", "failed", "timeout")
-        for s, n in (("alpaca-eval", 3), ("arena-hard", 2)):
+        for s, n in (("alpaca-eval", 3), ("arena-hard", 2), ("arena-hard-v2", 2)):
             w = cells[s]["ref_win_rate"]
             assert w.n == w.items == n and w.ci_low <= w.mean <= w.ci_high
-            assert cells[s]["lc_win_rate"].n == n
+        mine = [r for r in items if r["set"] == "alpaca-eval" and r["method"] == method]
+        raw, lc = cells["alpaca-eval"]["alpaca_eval_win_rate"], cells["alpaca-eval"]["alpaca_eval_lc_win_rate"]
+        assert raw.items == lc.items == 3 and raw.n == lc.n == sum(not r.get("ae_win_unparsed") for r in mine)
+        assert raw.mean == pytest.approx(sum(r["ae_win"] for r in mine) / 3) and 0 <= lc.mean <= 1
+        assert all(r["ae_win"] == 0.0 for r in mine if r.get("ae_win_unparsed"))  # the reference wins, not dropped
+        for s, conf in (("arena-hard", 0.95), ("arena-hard-v2", 0.90)):
+            a = cells[s]["arena_hard_score"]
+            rows = [r for r in items if r["set"] == s and r["method"] == method]
+            assert a.items == 2 and a.confidence == conf and a.n == sum(not r.get("arena_games_unparsed") for r in rows)
+            assert all(len(r["arena_games"]) == 2 for r in rows) and a.ci_low <= a.mean <= a.ci_high
+            for r in rows:  # a game that could not be read is the method's worst outcome
+                if r.get("arena_games_unparsed"):
+                    assert "A>>B" == r["arena_games"][0] or "B>>A" == r["arena_games"][1]
         assert cells["advbench"]["harmlessness"].n == 3
+    counts = report.judges.counts
+    assert counts["alpaca_eval_win_rate"]["requests"] + counts["alpaca_eval_win_rate"]["cache_hits"] <= 6
+    assert counts["arena_hard_score"]["requests"] >= 16  # 2 methods x 4 questions x 2 games, and second attempts
     assert "humaneval" in report.alignment_tax["base"]["wsd"]  # code is a capability: its tax is measured
     md = (tmp_path / "v" / "report.md").read_text()
     assert "Win rate vs the set's reference answers" in md and "code: pass@1" in md
-
-
-def test_the_length_controlled_win_rate_does_not_credit_length():
-    """Verdicts that follow length alone: the raw win rate is the share of longer answers, the length-controlled
-    one about a half; verdicts independent of length keep their rate."""
-    import random
-
-    from evaluation.stats import length_controlled_ci
-
-    rng = random.Random(0)
-    ref = [400] * 200
-    cand = [rng.choice([200, 300, 500, 700, 800]) for _ in ref]
-    wins = [1.0 if c > r else 0.0 for c, r in zip(cand, ref)]
-    lc = length_controlled_ci(wins, cand, ref, 200, 0.95, 0)
-    assert sum(wins) / len(wins) > 0.55 and abs(lc["mean"] - 0.5) < 0.1 and lc["n"] == 200
-    fair = [1.0 if rng.random() < 0.7 else 0.0 for _ in ref]
-    lc = length_controlled_ci(fair, cand, ref, 200, 0.95, 0)
-    assert abs(lc["mean"] - sum(fair) / len(fair)) < 0.06 and lc["ci_low"] < lc["mean"] < lc["ci_high"]
 
 
 def test_a_gate_fails_a_judge_whose_verdicts_do_not_parse(pair_same, tmp_path):

@@ -203,3 +203,22 @@ def test_a_verdict_cut_short_in_its_rationale_still_counts():
     assert parse_pairwise('{"winner": "A"')[0] is None  # cut before anything followed it: not taken
     assert parse_pairwise('{"rationale": "first I think", "winner": "A"')[0] is None  # not the verdict first
     assert parse_pairwise('{"winn') == (None, "") and parse_safe("I prefer the first.") is None
+
+
+def test_a_server_without_structured_output_is_asked_in_prose_and_the_report_says_so(tmp_path):
+    """A server that refuses `response_format` (400 naming it) gets the verdict asked in prose; the counts say so and
+    the validation report holds that note (it once refused the string and failed the run at its last step)."""
+    from pilot_core.report import Judges
+
+    class Refuses(Judge):
+        async def handle_async_request(self, request):
+            if "response_format" in json.loads(request.content):
+                self.calls += 1
+                return httpx.Response(400, json={"error": {"message": "unknown field response_format"}})
+            return await super().handle_async_request(request)
+
+    judge = JudgeMetric.model_validate({"model": JUDGE, "client": {"max_retries": 0}})
+    got = llm_pairwise(judge, [(msgs("q1"), "GOOD answer", "bad answer", None)], tmp_path / "c.sqlite",
+                       httpx.AsyncClient(transport=Refuses()))
+    assert got.values == [1.0] and got.counts["structured_output"] == "refused by the server"
+    assert Judges(counts={"win_rate": got.counts}).counts["win_rate"]["structured_output"] == "refused by the server"

@@ -189,3 +189,34 @@ def test_structured_output_makes_even_a_tiny_served_judges_verdicts_parse(vllm_s
     assert hcounts["judged"] == len(msgs) and all(isinstance(s, float) for s in safe)
     values, counts, safe, hcounts = got[False]
     assert counts["unparseable"] > 0 or hcounts["unparseable"] > 0  # the same judge without the schema
+
+
+def test_alpaca_eval_annotator_reads_the_servers_log_probabilities(vllm_servers, tmp_path):
+    """AlpacaEval 2's annotator through vLLM's logprobs: each preference is what upstream's parser makes of the
+    top 5 log-probabilities the server returns for the same prompt asked directly with the openai SDK."""
+    import asyncio
+    import math
+
+    from openai import AsyncOpenAI
+
+    from evaluation.config import AlpacaEvalMetric
+    from evaluation.judges import alpaca_eval_annotate
+
+    from . import alpaca_eval_reference as ref
+
+    model = {"name": "annotator", "url": vllm_servers["pilot"].url, "served_model": "pilot"}
+    items = [("What is the capital of Australia?", "Canberra.", "Sydney, I think."),
+             ("Give three tips for focus.", "Sleep, plan, breaks.", "Phone away; timer; one task."),
+             ("Name a prime number.", "7", "9")]
+    got = alpaca_eval_annotate(AlpacaEvalMetric.model_validate({"model": model}), items, tmp_path / "c.sqlite")
+    client = AsyncOpenAI(base_url=vllm_servers["pilot"].url, api_key="EMPTY")
+    for (instruction, reference, answer), pref, bad in zip(items, got.values, got.unparsed):
+        swapped = ref.is_switched(instruction)
+        msgs = ref.fill_prompt(instruction, *((answer, reference) if swapped else (reference, answer)))
+        r = asyncio.run(client.chat.completions.create(model="pilot", messages=msgs, max_tokens=1, temperature=1.0,
+                                                       logprobs=True, top_logprobs=5, seed=0))
+        top = [{"token": t.token, "logprob": t.logprob} for t in r.choices[0].logprobs.content[0].top_logprobs]
+        assert len(top) == 5
+        want = ref.logprob_preference(top)
+        assert (bad and pref == 1.0) if math.isnan(want) else pref == pytest.approx(3 - want if swapped else want)
+    assert got.counts["requests"] == 3 and got.counts["failed"] == 0

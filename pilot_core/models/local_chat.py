@@ -11,7 +11,7 @@ import threading
 
 from pilot_core.models.compute import Compute
 from pilot_core.models.loading import HFModel, load_hf_model
-from pilot_core.models.sampling import Generation, Sampling, Stream, chat_batch, prefilled
+from pilot_core.models.sampling import Generation, Sampling, Stream, prefilled
 from pilot_core.models.source import ModelSource
 from pilot_core.models.templates import chat_prompt
 
@@ -31,30 +31,42 @@ class LocalChat:
                                  need_chat_template=True, revision=src.revision), batch_size)
 
     def _generate(self, calls: list[tuple[list[dict], dict]]) -> list[dict]:
-        """calls: (messages, {max_tokens, temperature, top_p, seed}) -> one result per call, batched once per
-        distinct set of sampling settings."""
+        """calls: (messages, {max_tokens, temperature, top_p, seed[, top_logprobs]}) -> one result per call,
+        batched once per distinct set of sampling settings. With `top_logprobs` a result also holds the first
+        generated token's most likely tokens, [{token, logprob}], as a server returns them."""
+        import torch
+
         groups: dict[tuple, list[int]] = {}
         for i, (_, p) in enumerate(calls):
-            groups.setdefault((p["max_tokens"], p["temperature"], p["top_p"]), []).append(i)
+            groups.setdefault((p["max_tokens"], p["temperature"], p["top_p"], p.get("top_logprobs", 0)),
+                              []).append(i)
         out: list[dict] = [{} for _ in calls]
         with self.lock:
-            for (max_tokens, temperature, top_p), rows in groups.items():
+            for (max_tokens, temperature, top_p, top_k), rows in groups.items():
                 sampling = Sampling(temperature, top_p)
-                answers = chat_batch(self.m, [calls[i][0] for i in rows], max_tokens, sampling,
-                                     [sampling.generator(calls[i][1]["seed"]) for i in rows])
-                for i, ids in zip(rows, answers):
-                    prompt = self.m.encode(chat_prompt(self.m.tokenizer, calls[i][0]))
-                    out[i] = {"text": self.m.decode(ids).strip(), "prompt_tokens": len(prompt),
-                              "completion_tokens": len(ids), "finish_reason": _finish_reason(self.m, ids)}
+                prompts = [chat_prompt(self.m.tokenizer, calls[i][0]) for i in rows]
+                batch = prefilled(self.m, prompts)
+                firsts = [torch.log_softmax(batch.next_logits[r], -1).topk(top_k) if top_k else None
+                          for r in range(len(rows))]
+                streams = [Stream(max_tokens, sampling.generator(calls[i][1]["seed"])) for i in rows]
+                Generation(batch, streams, sampling).run()
+                for i, prompt, row, first in zip(rows, prompts, streams, firsts):
+                    out[i] = {"text": self.m.decode(row.tokens).strip(), "prompt_tokens": len(self.m.encode(prompt)),
+                              "completion_tokens": len(row.tokens), "finish_reason": _finish_reason(self.m, row.tokens)}
+                    if first is not None:
+                        out[i]["top_logprobs"] = [{"token": self.m.decode([int(t)]), "logprob": float(v)}
+                                                  for v, t in zip(first.values, first.indices)]
         return out
 
     async def chat_many(self, calls: list[tuple[list[dict], dict]]) -> list[dict]:
         return await asyncio.to_thread(self._generate, calls)
 
-    async def chat(self, messages, max_tokens, temperature, top_p, seed, response_format=None) -> dict:
+    async def chat(self, messages, max_tokens, temperature, top_p, seed, response_format=None,
+                   top_logprobs: int = 0) -> dict:
         """A chat completion in-process (a `response_format` is not enforced here: the verdict is parsed as it
         comes, as from a server without structured output)."""
-        params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+        params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
+                  "top_logprobs": top_logprobs}
         return (await self.chat_many([(messages, params)]))[0]
 
     async def stream_chat(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,

@@ -191,27 +191,39 @@ class OpenAIServer:
 
     # ------------------------------------------------------------------------------------------- chat
     async def chat(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,
-                   seed: int | None, response_format: dict | None = None) -> dict:
-        """One chat completion: {text, prompt_tokens, completion_tokens, finish_reason}. Errors are the openai
-        client's own (after its retries; broken responses too); callers decide which abort a run and which are
-        recorded. With `response_format` (structured output) the server is asked for that JSON schema; a server
-        that refuses the parameter (400 naming it) is asked without it from then on."""
+                   seed: int | None, response_format: dict | None = None, top_logprobs: int = 0) -> dict:
+        """One chat completion: {text, prompt_tokens, completion_tokens, finish_reason}, and with `top_logprobs`
+        the first generated token's most likely tokens (`top_logprobs`: [{token, logprob}], as the API returns
+        them; AlpacaEval's annotator reads them). Errors are the openai client's own (after its retries; broken
+        responses too); callers decide which abort a run and which are recorded. With `response_format`
+        (structured output) the server is asked for that JSON schema; a server that refuses the parameter (400
+        naming it) is asked without it from then on."""
         import openai
 
         extra = {"response_format": response_format} if response_format and self.structured is not False else {}
+        if top_logprobs:
+            extra.update(logprobs=True, top_logprobs=top_logprobs)
         try:
             r = await retry_malformed(self.url, self.tries, lambda: self.client.chat.completions.create(
                 model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                 seed=seed, **extra), fail=False)
         except openai.BadRequestError as e:
-            if not extra or not any(w in str(e) for w in ("response_format", "json_schema", "guided")):
+            if "response_format" not in extra or not any(w in str(e) for w in ("response_format", "json_schema",
+                                                                                "guided")):
                 raise
             self.structured = False  # this server has no structured output: prompt-only verdicts, still parsed
-            return await self.chat(messages, max_tokens, temperature, top_p, seed)
+            return await self.chat(messages, max_tokens, temperature, top_p, seed, top_logprobs=top_logprobs)
         c = r.choices[0]
-        return {"text": c.message.content or "", "prompt_tokens": r.usage.prompt_tokens if r.usage else 0,
-                "completion_tokens": r.usage.completion_tokens if r.usage else 0,
-                "finish_reason": c.finish_reason or ""}
+        out = {"text": c.message.content or "", "prompt_tokens": r.usage.prompt_tokens if r.usage else 0,
+               "completion_tokens": r.usage.completion_tokens if r.usage else 0,
+               "finish_reason": c.finish_reason or ""}
+        if top_logprobs:
+            first = c.logprobs.content[0] if c.logprobs and c.logprobs.content else None
+            if first is None:
+                raise UserError(f"{self.url}: the server returned no logprobs for logprobs=True; this judge reads "
+                                "the first token's top_logprobs")
+            out["top_logprobs"] = [{"token": t.token, "logprob": t.logprob} for t in first.top_logprobs]
+        return out
 
     # ------------------------------------------------------------------------------------------- pilot side
     async def stream_chat(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,
