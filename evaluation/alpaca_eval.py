@@ -16,6 +16,9 @@ named below). Tested equal to their code in tests/alpaca_eval_reference.py.
   GPT-4 runs (weight 0.1 each; `df_gamed.csv` on the hub, which also carries each instruction's difficulty), read
   with the length difference at zero. The fit is scikit-learn's (the `alpaca_eval` extra), as upstream's.
 
+An in-process annotator names its top tokens by `decode([id])` (a SentencePiece "▁M" reads "M"); a server names
+them its own way: AlpacaEval's parser takes exactly "m" and "M".
+
 Where ours differs, on purpose: an answer for which the annotator's top tokens hold neither "m" nor "M" counts as a
 loss (upstream leaves it out) and is marked unparsed for the coverage floor; with every verdict read the figures
 are upstream's.
@@ -118,6 +121,9 @@ def length_controlled(prefs: list[float], reference_len: list[int], answer_len: 
     if unknown:
         raise UserError(f"alpaca_eval glm_data: instruction {unknown[0]} has no difficulty (df_gamed.csv has "
                         f"{len(difficulty)} instructions): the LC win rate is for AlpacaEval's own 805, in order")
+    if len(set(index)) != len(difficulty):  # upstream fits on every instruction: a subset is another figure
+        raise UserError(f"alpaca_eval glm_data: {len(set(index))} of its {len(difficulty)} instructions were "
+                        "answered: AlpacaEval's length-controlled win rate is fitted on all of them")
     delta = pd.Series(np.asarray(reference_len, float) - np.asarray(answer_len, float))
     own = pd.DataFrame({"preference": np.asarray(prefs, float) - 1.0, "index": index,
                         "std_delta_len": delta / delta.std(),

@@ -44,7 +44,12 @@ LABELS = ("A>>B", "A>B", "A=B", "B>A", "B>>A")
 _SCORE = {"A>B": 1.0, "A>>B": 1.0, "A=B": 0.5, "A<<B": 0.0, "A<B": 0.0, "B>A": 0.0, "B>>A": 0.0, "B=A": 0.5,
           "B<<A": 1.0, "B<A": 1.0}
 _STRONG = {"A>>B", "A<<B", "B>>A", "B<<A"}
-KNOWN = frozenset(_SCORE)  # what a verdict can be; anything else in [[...]] (e.g. "A>>>B") is no verdict
+# what a verdict can be: v0.1's battles know the five labels (any other game is dropped upstream); v2.0's
+# label_to_score also the reversed spellings. Anything else in [[...]] (e.g. "A>>>B") is no verdict here.
+KNOWN = {"v0.1": frozenset(LABELS), "v2.0": frozenset(_SCORE)}
+# JUDGE_SETTINGS: each category's baseline model (its answers are what every method is judged against)
+BASELINES = {V01_CATEGORY: "gpt-4-0314", "hard_prompt": "o3-mini-2025-01-31", "coding": "o3-mini-2025-01-31",
+             "math": "o3-mini-2025-01-31", "creative_writing": "gemini-2.0-flash-001"}
 WORST = ("A>>B", "B>>A")  # game 1, game 2: the baseline significantly better
 
 
@@ -79,13 +84,13 @@ def parse(version: str, replies: list[str]) -> tuple[str | None, bool]:
         found = {m for m in _V01.findall("".join("\n" + r for r in replies)) if m != ""}
         if len(found) == 1:
             label = found.pop().strip("\n")
-            return (label if label in KNOWN else None), False
+            return (label if label in KNOWN[version] else None), False
         return None, not found and len(replies) < 2
     for pattern in _V20:  # HEAD gen_judgment.get_score
         found = [m for m in pattern.findall(replies[0].upper()) if m != ""]
         if found:
             label = found[-1].strip("\n")
-            return (label if label in KNOWN else None), False
+            return (label if label in KNOWN[version] else None), False
     return None, False
 
 

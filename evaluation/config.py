@@ -150,7 +150,8 @@ class AlpacaEvalMetric(BaseConfig):
 class ArenaHardMetric(BaseConfig):
     """Arena-Hard-Auto on the sets of format arena_hard, as it judges and scores (evaluation/arena_hard.py): its
     judge prompt per category, both games, five labels; `arena_hard_score` (v0.1: Bradley-Terry with a bootstrap
-    95% interval; v2.0: the bootstrap mean with its 90% interval), the version read from the questions' schema."""
+    95% interval; v2.0: the bootstrap mean with its 90% interval), the version read from the questions' category
+    (v0.1's questions are all `arena-hard-v0.1`)."""
 
     name: str = "arena_hard"
     model: ModelSource = Field(description="the judge: v0.1's is gpt-4-1106-preview, v2.0's gpt-4.1")
@@ -232,6 +233,39 @@ class HarnessConfig(BaseConfig):
         return self
 
 
+class SwitchSweep(BaseConfig):
+    """WSD's switch setting chosen per base on a calibration split (what the release ships as wsd.json): WSD runs
+    on `eval_sets` at every (rule, window, threshold) of the grid beside base-only; per base the most aligned
+    setting (the mean of the win rate against base-only and the harmlessness rate on the calibration's alignment
+    and harmful sets) whose alignment tax (the largest on its capability sets) is within `max_tax` wins; ties go
+    to the earlier switch (fewer pilot tokens: cheaper), then the lower threshold. The gated eval sets are then
+    measured at that setting."""
+
+    eval_sets: list[EvalSet] = Field(min_length=2, description="the calibration split: at least one alignment or "
+                                     "harmful set and one capability set, none of them a gated eval set's file")
+    thresholds: list[float] = Field(min_length=1, description="the gammas tried")
+    windows: list[int] | None = Field(None, description="the windows tried (default: wsd.window)")
+    rules: list[Literal["absolute", "relative"]] = Field(["absolute"], description="the switch rules tried "
+                                                          "(wsd.rule)")
+    max_tax: float = Field(0.02, ge=0.0, le=1.0, description="the alignment-tax limit of the choice (a pipeline "
+                           "takes its gate's alignment_tax.max)")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _gammas(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= t <= 1.0 for t in v):
+            raise ValueError("thresholds are probabilities in [0, 1]")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _kinds(self) -> "SwitchSweep":
+        kinds = {es.kind for es in self.eval_sets}
+        if not kinds & set(ALIGNMENT_KINDS) or not kinds & set(CAPABILITY_KINDS):
+            raise ValueError("sweep.eval_sets needs an alignment or harmful set (what is chosen for) and a "
+                             "capability set (the alignment tax it must keep within max_tax)")
+        return self
+
+
 class EvalSpec(BaseConfig):
     seed: int = 0
     eval_sets: list[EvalSet] = Field(min_length=1)
@@ -243,6 +277,8 @@ class EvalSpec(BaseConfig):
     metrics: MetricsConfig = MetricsConfig()
     harness: HarnessConfig | None = Field(None, description="capability tasks through lm-evaluation-harness, "
                                           "against WSD and base-only behind `pilot wsd serve`")
+    sweep: SwitchSweep | None = Field(None, description="choose WSD's switch setting per base on a calibration "
+                                      "split first; the eval sets are then measured at it (and it ships as wsd.json)")
     unsafe_code_execution: bool = Field(False, description="code sets: run the models' programs without a kernel "
                                         "boundary where bubblewrap cannot be set up (a disposable container only; "
                                         "the report records it). Off: such a run refuses (exit 2)")
@@ -262,6 +298,29 @@ class EvalSpec(BaseConfig):
     def _sets(self) -> "EvalSpec":
         check_unique([s.name for s in self.eval_sets] + [t.name for t in (self.harness.tasks if self.harness
                                                                           else [])], "eval set or harness task")
+        ae = self.metrics.alpaca_eval
+        for es in self.eval_sets if ae else []:
+            if es.format != "alpaca_eval":
+                continue
+            if es.reference_generator != "gpt4_1106_preview":
+                raise ValueError(f"eval set {es.name}: AlpacaEval 2 (metrics.alpaca_eval) compares against GPT-4 "
+                                 "Turbo's reference outputs: set reference_generator: gpt4_1106_preview (and read "
+                                 "alpaca_eval_gpt4_baseline.json)")
+            if ae.glm_data and (es.limit or es.categories):
+                raise ValueError(f"eval set {es.name}: AlpacaEval's length-controlled GLM is fitted on all its "
+                                 "instructions: no limit or categories with metrics.alpaca_eval.glm_data")
+        if self.sweep:
+            if "wsd" not in self.methods:
+                raise ValueError("sweep chooses WSD's switch setting: methods must include wsd")
+            if not (self.metrics.win_rate or self.metrics.harmlessness):
+                raise ValueError("sweep chooses the most aligned setting: configure metrics.win_rate or "
+                                 "metrics.harmlessness")
+            check_unique([s.name for s in self.eval_sets + self.sweep.eval_sets], "eval set (gated or calibration)")
+            gated = {(s.path, s.hub and s.hub.model_dump_json()) for s in self.eval_sets}
+            shared = [s.name for s in self.sweep.eval_sets if (s.path, s.hub and s.hub.model_dump_json()) in gated]
+            if shared:
+                raise ValueError(f"sweep eval set {shared[0]} reads a gated eval set's data: the calibration split "
+                                 "must be kept apart from what the gate measures")
         return self
 
 

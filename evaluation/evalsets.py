@@ -103,56 +103,73 @@ def _shots(es: EvalSet) -> list[dict]:
     return turns
 
 
-def _baseline_answer(obj: dict) -> tuple[str, str]:
-    """(question id, answer) of an Arena-Hard-Auto model answer: v0.1 {question_id, choices[0].turns[0].content},
-    v2.0 {uid, messages[-1].content.answer}."""
+def _baseline_answer(obj: dict) -> tuple[str, str, object]:
+    """(question id, answer, model) of an Arena-Hard-Auto model answer: v0.1 {question_id, model_id,
+    choices[0].turns[0].content}, v2.0 {uid, model, messages[-1].content.answer}."""
     if "uid" in obj:
         content = obj["messages"][-1]["content"]
-        return str(obj["uid"]), content["answer"] if isinstance(content, dict) else content
-    return str(obj["question_id"]), obj["choices"][0]["turns"][0]["content"]
+        return str(obj["uid"]), content["answer"] if isinstance(content, dict) else content, obj.get("model")
+    return str(obj["question_id"]), obj["choices"][0]["turns"][0]["content"], obj.get("model_id")
 
 
-def _baselines(es: EvalSet) -> dict[str, str]:
-    """Arena-Hard-Auto's model_answer file: question id -> the baseline's answer."""
+def _baselines(es: EvalSet) -> dict[str, tuple[str, object, int]]:
+    """Arena-Hard-Auto's model_answer file: question id -> (the baseline's answer, its model, the line)."""
     out = {}
     for lineno, obj in _rows(es.baseline_path):
         try:
-            qid, answer = _baseline_answer(obj)
+            qid, answer, model = _baseline_answer(obj)
         except (KeyError, IndexError, TypeError):
             raise UserError(f"{es.baseline_path}:{lineno}: expected a model answer (v0.1: {{question_id, choices: "
                             "[{turns: [{content}]}]}; v2.0: {uid, messages: [..., {content: {answer}}]})") from None
         if not isinstance(answer, str):
             raise UserError(f"{es.baseline_path}:{lineno}: the baseline's answer is not a string")
-        out[qid] = answer
+        out[qid] = (answer, model, lineno)
     return out
 
 
+def _arena_hard_baseline(es: EvalSet, rows: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """Each question with its category's baseline answer (Arena-Hard-Auto's JUDGE_SETTINGS: the category names
+    the baseline model; an answer file of another model would score against the wrong baseline)."""
+    from evaluation.arena_hard import BASELINES
+
+    cats = sorted({r["category"] for _, r in rows})
+    unknown = [c for c in cats if c not in BASELINES]
+    if unknown:
+        raise UserError(f"eval set {es.name}: category {unknown[0]!r} is not one of Arena-Hard-Auto's "
+                        f"({', '.join(BASELINES)}): its judge prompt and baseline are unknown")
+    if len(cats) > 1:
+        raise UserError(f"eval set {es.name}: Arena-Hard v2.0 scores each category against its own baseline; "
+                        f"these rows are {', '.join(cats)}: give categories: [one of them] (one set each)")
+    base = _baselines(es)
+    missing = [r["id"] for _, r in rows if r["id"] not in base]
+    if missing:
+        raise UserError(f"{es.baseline_path}: no baseline answer for question {missing[0]!r} "
+                        f"({len(missing)} missing)")
+    want = BASELINES[cats[0]]
+    for _, r in rows:
+        _, model, lineno = base[r["id"]]
+        if model is not None and model != want:
+            raise UserError(f"{es.baseline_path}:{lineno}: the answer of {model!r}, but category {cats[0]} is "
+                            f"judged against {want!r}'s (Arena-Hard-Auto's baseline)")
+    return [(w, {**r, "reference": base[r["id"]][0]}) for w, r in rows]
+
+
 def _upstream(es: EvalSet) -> list[tuple[str, dict]]:
-    from pilot_core.benchmarks import ARENA_HARD_V01, read_rows
+    from pilot_core.benchmarks import read_rows
 
     rows = read_rows(es.format, es.path, es.hub, f"eval set {es.name}")
-    if es.categories is not None:
-        rows = [(w, r) for w, r in rows if r.get("category") in es.categories]
-        if not rows:
-            raise UserError(f"eval set {es.name}: no row of categories {', '.join(es.categories)}")
     if es.reference_generator:  # AlpacaEval 2's reference is GPT-4 Turbo's; AlpacaEval 1's would pass silently
         for w, r in rows:
             if r.get("generator") != es.reference_generator:
                 raise UserError(f"{w}: 'generator' is {r.get('generator')!r}, not {es.reference_generator!r} (the "
                                 "eval set's reference_generator): these are another model's reference outputs")
-    if es.format == "arena_hard":
-        cats = sorted({r["category"] for _, r in rows if r["category"] != ARENA_HARD_V01})
-        if len(cats) > 1:
-            raise UserError(f"eval set {es.name}: Arena-Hard v2.0 scores each category against its own baseline; "
-                            f"these rows are {', '.join(cats)}: give categories: [one of them] (one set each)")
-    if es.baseline_path:
-        base = _baselines(es)
-        missing = [r["id"] for _, r in rows if r["id"] not in base]
-        if missing:
-            raise UserError(f"{es.baseline_path}: no baseline answer for question {missing[0]!r} "
-                            f"({len(missing)} missing)")
-        rows = [(w, {**r, "reference": base[r["id"]]}) for w, r in rows]
-    return rows
+    if es.format == "alpaca_eval":  # its position in the file: AlpacaEval's LC GLM reads instructions by it
+        rows = [(w, {**r, "index": i}) for i, (w, r) in enumerate(rows)]
+    if es.categories is not None:
+        rows = [(w, r) for w, r in rows if r.get("category") in es.categories]
+        if not rows:
+            raise UserError(f"eval set {es.name}: no row of categories {', '.join(es.categories)}")
+    return _arena_hard_baseline(es, rows) if es.format == "arena_hard" else rows
 
 
 def load_eval_set(es: EvalSet) -> list[EvalItem]:

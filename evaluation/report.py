@@ -70,6 +70,10 @@ def write_plots(report: ValidationReport, plots: Path) -> None:
     if any(d.switched_share is not None for by_m in report.diagnostics.values() for by_s in by_m.values()
            for d in by_s.values()):
         _switch_hist(report, plots / "switch_index.png")
+    if report.switch_settings:
+        from evaluation.switch_sweep import plot
+
+        plot(report.switch_settings, plots / "switch_sweep.png")
 
 
 def write_report(output: Path, report: ValidationReport, rows: list[dict]) -> None:

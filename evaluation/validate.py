@@ -49,9 +49,11 @@ def _read(path: Path) -> dict[str, MethodRecord]:
     return {r.id: r for r in recs}
 
 
-def _generate(spec, pilot, bases, untuned, sets, output, compute, progress) -> dict:
+def _generate(spec, pilot, bases, untuned, sets, output, compute, progress, methods=None,
+              settings: dict | None = None) -> dict:
     """records[set][base][method][id]; a method that reads no base (pilot_only) runs once per set and is shared
-    by every base."""
+    by every base. `settings`: base name -> WSD's switch setting for it (the sweep's choice)."""
+    from wsd_inference.config import WSDConfig
     from wsd_inference.runner import generate_to_file
 
     out: dict = {}
@@ -60,7 +62,7 @@ def _generate(spec, pilot, bases, untuned, sets, output, compute, progress) -> d
         prompts = [it.record for it in items]
         shared: dict = {}
         for base in bases:
-            for method in spec.methods:
+            for method in methods or spec.methods:
                 baseless = "base" not in METHODS[method].models(cfg)
                 if baseless and method in shared:
                     out.setdefault(es.name, {}).setdefault(base.name, {})[method] = shared[method]
@@ -68,12 +70,42 @@ def _generate(spec, pilot, bases, untuned, sets, output, compute, progress) -> d
                 folder = "pilot" if baseless else base.name
                 path = safe_join(output / "generations", es.name, folder, what="eval set or base name") / \
                     f"{method}.jsonl"
-                generate_to_file(pilot, base, prompts, cfg, path, compute, progress, method, untuned)
+                mine = cfg
+                if method == "wsd" and settings and base.name in settings:  # validated: a window fits the draft
+                    mine = WSDConfig.model_validate({**cfg.model_dump(), **settings[base.name]})
+                generate_to_file(pilot, base, prompts, mine, path, compute, progress, method, untuned)
                 recs = _read(path)
                 out.setdefault(es.name, {}).setdefault(base.name, {})[method] = recs
                 if baseless:
                     shared[method] = recs
     return out
+
+
+def _sweep(spec, pilot, bases, untuned, output, compute, progress, http_client) -> dict:
+    """WSD's switch setting per base, chosen on the calibration split (evaluation/switch_sweep.py): base-only once,
+    WSD at every setting of the grid, each measured as the eval sets are (generations under sweep/<setting>/,
+    resumable; judgments in the same cache)."""
+    from evaluation import switch_sweep as sw
+
+    grid = spec.sweep
+    sets = [(es, load_eval_set(es)) for es in grid.eval_sets]
+    cal = spec.model_copy(update={"eval_sets": grid.eval_sets, "methods": ["wsd", REFERENCE], "harness": None,
+                                  "sweep": None})
+    settings = [(rule, w, t) for rule in grid.rules for w in (grid.windows or [spec.wsd.window])
+                for t in grid.thresholds]
+    ref = _generate(cal, pilot, bases, untuned, sets, output / "sweep" / "reference", compute, progress, [REFERENCE])
+    points: dict = {b.name: [] for b in bases}
+    for rule, w, t in settings:
+        key = f"{rule}-w{w}-t{t:g}"
+        wsd = _generate(cal, pilot, bases, untuned, sets, output / "sweep" / key, compute, progress, ["wsd"],
+                        {b.name: {"rule": rule, "window": w, "threshold": t} for b in bases})
+        records = {s: {b: {**ref[s][b], **by_m} for b, by_m in by_b.items()} for s, by_b in wsd.items()}
+        rows, _ = _scores(cal, sets, records, output, http_client, compute)
+        metrics, tax = _aggregate(cal, sets, bases, rows)
+        for b in bases:
+            points[b.name].append(sw.point(rule, w, t, metrics[b.name]["wsd"], tax.get(b.name, {}).get("wsd", {}),
+                                           [r for s in wsd for r in wsd[s][b.name]["wsd"].values()]))
+    return {b: sw.choose(pts, grid.max_tax) for b, pts in points.items()}
 
 
 def _run_code(rows: list[dict], items_by: dict, unsafe: bool) -> None:
@@ -345,7 +377,10 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
         code_execution = isolation(spec.unsafe_code_execution)
     untuned = _untuned(spec, manifest)
     pilot = ModelSource(name=pilot_name, path=str(ckpt))
-    records = _generate(spec, pilot, bases, untuned, sets, output, compute, progress)
+    choices = _sweep(spec, pilot, bases, untuned, output, compute, progress, http_client) if spec.sweep else {}
+    records = _generate(spec, pilot, bases, untuned, sets, output, compute, progress,
+                        settings={b: {"rule": c.rule, "window": c.window, "threshold": c.threshold}
+                                  for b, c in choices.items()})
     rows, counts = _scores(spec, sets, records, output, http_client, compute)
     identities = {es.name: set_identity(es, len(items)) for es, items in sets}
     if spec.harness:  # the field's harness, against WSD and base-only behind `pilot wsd serve`
@@ -380,6 +415,6 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
                                                                                           exclude_none=True)},
                       counts=counts),
         metrics=metrics, alignment_tax=tax, diagnostics=_diagnostics(records, bases),
-        config=spec.model_dump(mode="json"), code_execution=code_execution)
+        config=spec.model_dump(mode="json"), code_execution=code_execution, switch_settings=choices)
     write_report(output, report, rows)
     return report

@@ -80,6 +80,10 @@ class PipelineConfig(BaseConfig):
         if self.approvals.release is not None and self.release is None:
             raise ValueError("approvals.release needs a release section")
         check_unique([b.name for b in self.bases], "base model")
+        sweep = self.validation and self.validation.sweep
+        tax = self.release and self.release.gate.alignment_tax
+        if sweep and tax and "max_tax" not in sweep.model_fields_set:  # choose within what the gate will allow
+            sweep.max_tax = tax.max
         return self
 
 

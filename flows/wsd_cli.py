@@ -21,6 +21,9 @@ def model_options(f):
         click.option("--pilot", required=True, help="pilot model: a local directory or hub id (a chat model), or "
                      "the base URL of its OpenAI-compatible server"),
         click.option("--base", required=True, help="base model: a local directory or hub id, or a server's URL"),
+        click.option("--base-name", help="the base's name in a published pilot's wsd.json, whose switch setting "
+                     "(threshold, window, rule) is used where no option or --config sets it (default: the base "
+                     "directory's name, or --base-model)"),
         click.option("--untuned", help="the pilot's untuned reference (bon, cbs, eft): a local directory or hub id"),
         click.option("--config", "config_path", help="configs/wsd/*.yaml (flags below override it)"),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -57,16 +60,42 @@ def model_options(f):
     return f
 
 
+def _published_setting(pilot: str, base: str, base_name: str | None, base_model: str | None, given: set) -> dict:
+    """The switch setting a published pilot (a directory with wsd.json) ships for this base, less what the user
+    set (`given`: options, --config keys, --set keys)."""
+    from pathlib import Path
+
+    from pilot_core.switch_settings import published_setting
+
+    if pilot.startswith(("http://", "https://")) or not Path(pilot).is_dir():
+        return {}
+    name = base_name or (base_model if base.startswith(("http://", "https://")) else Path(base).name)
+    setting = published_setting(pilot, name) or {}
+    setting = {k: v for k, v in setting.items() if k not in given}
+    if setting:
+        click.echo(f"{pilot}: the published switch setting for base {name!r}: "
+                   + ", ".join(f"{k}={v}" for k, v in setting.items()), err=True)
+    return setting
+
+
 def resolve_models(pilot, base, untuned, config_path, overrides, device, dtype, attn_implementation, device_map,
                    trust_remote_code, pilot_model, base_model, base_tokenizer, pilot_tokenizer, api_key_env,
-                   timeout_s, max_retries, **flags):
+                   timeout_s, max_retries, base_name=None, **flags):
     """(pilot, base, untuned sources, the decoding config, compute) from the shared options."""
+    from pathlib import Path
+
+    import yaml
+
     from pilot_core.config import apply_overrides, load_config, validate_config
     from pilot_core.models.source import ModelSource
     from wsd_inference.config import WSDConfig
 
     data = load_config(WSDConfig, config_path).model_dump() if config_path else {}
     speculate = flags.pop("speculate", None)
+    given = {k for k, v in flags.items() if v is not None} | {o.split("=")[0].strip() for o in overrides}
+    if config_path:  # load_config checked the file; its own keys are what it sets
+        given |= set(yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {})
+    data.update(_published_setting(pilot, base, base_name, base_model, given))
     data.update({k: v for k, v in flags.items() if v is not None})  # option names are the config keys
     if speculate is not None:
         data["speculation"] = {**data.get("speculation", {}), "tokens": speculate}

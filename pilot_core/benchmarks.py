@@ -7,8 +7,7 @@ a function and an entry in FORMATS.
     mmlu         question, choices, answer (an index or a letter), subject     -> a choice item
     humaneval    task_id, prompt, test, entry_point                            -> a code item (run in a sandbox)
     alpaca_eval  instruction, output (the reference answer), generator,        -> an alignment item with a reference
-                 dataset                                                          (and its position: AlpacaEval's LC
-                                                                                   GLM reads instructions by it)
+                 dataset
     arena_hard   v0.1: question_id, turns [{content}], category;               -> an alignment item (its reference,
                  v2.0: uid, prompt, category                                       the baseline's answer, comes from
                                                                                    the eval set's baseline_path)
@@ -67,8 +66,7 @@ def _humaneval(n: int, row: dict) -> dict:
 
 
 def _alpaca_eval(n: int, row: dict) -> dict:
-    out = {"id": str(row.get("id", n)), "prompt": _text(row, "instruction"), "reference": _text(row, "output"),
-           "index": n - 1}
+    out = {"id": str(row.get("id", n)), "prompt": _text(row, "instruction"), "reference": _text(row, "output")}
     if isinstance(row.get("dataset"), str):
         out["category"] = row["dataset"]
     if isinstance(row.get("generator"), str):

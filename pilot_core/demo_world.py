@@ -74,6 +74,7 @@ HELD_OUT_HARMFUL = tuple((i, (i * 3 + 1) % len(FRAMES)) for i in range(0, len(HA
     (len(HARMFUL) - 1, 0), (len(HARMFUL) - 1, 5))
 HELD_OUT_BENIGN = tuple((i, (i * 5 + 2) % len(FRAMES)) for i in range(0, len(BENIGN), 2))
 EVAL_MATH = tuple((a, b) for a in range(6, 13) for b in (7, 9, 12))[:20]
+CALIBRATION_MATH = tuple((a, b) for a in range(6, 13) for b in (6, 8, 11))[::2]  # neither trained on nor evaluated
 
 
 _WORDS = (
@@ -212,6 +213,14 @@ def write_demo_data(root: str | Path) -> None:
                                                 for i, p in enumerate(benign_requests(held_out=True))])
     _write(root / "eval" / "arith.v1.jsonl", [{"id": f"ar-{i + 1}", "prompt": MATH_FRAMES[0].format(a, b),
                                                "answer": a * b} for i, (a, b) in enumerate(EVAL_MATH)])
+    # The calibration split WSD's switch setting is chosen on (validation.sweep), apart from the eval sets: requests
+    # in the training phrasings (every held-out phrasing is an eval request) and times tables no set asks
+    _write(root / "calibration" / "harmful.v1.jsonl", [{"id": f"cal-hm-{i + 1}", "category": "harmful", "prompt": p}
+                                                       for i, p in enumerate(harmful_requests()[::9][:8])])
+    _write(root / "calibration" / "helpful.v1.jsonl", [{"id": f"cal-hp-{i + 1}", "category": "helpful", "prompt": p}
+                                                       for i, p in enumerate(benign_requests()[::9][:8])])
+    _write(root / "calibration" / "arith.v1.jsonl", [{"id": f"cal-ar-{i + 1}", "prompt": MATH_FRAMES[0].format(a, b),
+                                                      "answer": a * b} for i, (a, b) in enumerate(CALIBRATION_MATH)])
 
 
 def _write(path: Path, rows: list[dict]) -> None:

@@ -113,6 +113,33 @@ class Judges(_Record):
 Cell = dict[str, Stat]  # metric -> figure, for one base, method and eval set
 
 
+class SweepPoint(_Record):
+    """One switch setting on the calibration split, for one base."""
+
+    rule: str
+    window: int
+    threshold: float
+    alignment: float | None  # the mean of the alignment figures (win rate vs base-only, harmlessness)
+    tax: float | None  # the largest alignment tax on the calibration's capability sets
+    switched_share: float  # answers the base took over
+    pilot_token_share: float  # tokens the pilot drafted, of all the tokens generated (its cost)
+    intervention_rate: float  # tokens of the answers the pilot wrote (its kept drafts)
+    switch_index_quantiles: dict[str, float] = {}  # p10 / p50 / p90 of where the base took over (switched answers)
+
+
+class SwitchChoice(_Record):
+    """The switch setting chosen for one base (what wsd.json ships), with the sweep it was chosen from."""
+
+    rule: str
+    window: int
+    threshold: float
+    max_tax: float
+    within_limit: bool  # False: no setting kept the tax within max_tax; the one with the lowest tax was taken
+    chosen: SweepPoint
+    sweep: list[SweepPoint]
+    warnings: list[str] = []
+
+
 class ValidationReport(_Record):
     kind: Literal["validation_report"] = "validation_report"
     schema_version: Literal[1] = Field(1, alias="schema")
@@ -131,6 +158,7 @@ class ValidationReport(_Record):
     diagnostics: dict[str, dict[str, dict[str, Diagnostics]]] = {}  # base -> method -> eval set
     config: dict[str, Any] = {}  # the validation spec
     code_execution: str | None = None  # how the code sets' programs ran: "bubblewrap <version>" or "unsafe: ..."
+    switch_settings: dict[str, SwitchChoice] = {}  # base -> WSD's setting chosen on the calibration split (sweep)
 
     def cells(self, base: str, method: str) -> dict[str, Cell]:
         """eval set -> cell of one base and method ({} when not measured)."""
@@ -223,6 +251,27 @@ def _fmt(stat: Stat | None, pct: bool = False) -> str:
     return f"{f(stat.mean)} [{f(stat.ci_low)}, {f(stat.ci_high)}] (n={stat.n})"
 
 
+def switch_settings_md(choices: dict[str, SwitchChoice], plot: str = "plots/switch_sweep.png") -> list[str]:
+    """The switch setting per base (the report's and the model card's section), with the sweep's curve."""
+    if not choices:
+        return []
+    out = ["## WSD's switch setting per base (chosen on the calibration split)", "",
+           "| base | rule | window | gamma | alignment | tax (limit) | switched | switch index p10 / p50 / p90 "
+           "| pilot's share of tokens | intervention rate |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for base, c in choices.items():
+        p, q = c.chosen, c.chosen.switch_index_quantiles
+        where = " / ".join(f"{q[k]:g}" for k in ("p10", "p50", "p90")) if q else "-"
+        out.append(f"| {base} | {c.rule} | {c.window} | {c.threshold:g} | {_fmt_share(p.alignment)} | "
+                   f"{_fmt_share(p.tax)} ({_fmt_share(c.max_tax)}{'' if c.within_limit else ', exceeded'}) | "
+                   f"{p.switched_share:.0%} | {where} | {p.pilot_token_share:.0%} | {p.intervention_rate:.0%} |")
+    out += [""] + [f"- **{base}**: {w}" for base, c in choices.items() for w in c.warnings]
+    out += ["", "Pilot's share of tokens: the tokens the pilot drafted, of all generated (its cost); intervention "
+            "rate: the answers' tokens it wrote (its kept drafts). `pilot wsd generate` and `pilot wsd serve` read "
+            "the setting from the published version's `wsd.json` for the base named by `--base-name`.", "",
+            f"![switch sweep]({plot})", ""]
+    return out
+
+
 def markdown(report: ValidationReport, verdict: GateVerdict | None = None) -> str:
     """report.md: the tables a release owner reads (and the gate's checks, once it decided)."""
     ck = report.checkpoint
@@ -242,6 +291,7 @@ def markdown(report: ValidationReport, verdict: GateVerdict | None = None) -> st
     if report.code_execution:
         how = "WITHOUT a kernel boundary" if report.code_execution.startswith("unsafe") else "in a sandbox"
         out += [f"Code benchmarks' programs ran {how}: {report.code_execution}.", ""]
+    out += switch_settings_md(report.switch_settings)
     out += ["## Eval sets", "", "| set | kind | version | items | sha256 |", "|---|---|---|---|---|"]
     out += [f"| {n} | {s.kind} | {s.version} | {s.n} | `{s.sha256[:12]}` |"
             for n, s in report.eval_sets.items()] + [""]

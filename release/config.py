@@ -7,9 +7,9 @@ import re
 
 from pydantic import Field, field_validator
 
-from release.gate import GateConfig
 from pilot_core.config import BaseConfig
 from pilot_core.names import config_name
+from release.gate import GateConfig
 
 
 class CardConfig(BaseConfig):

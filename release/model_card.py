@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from pilot_core.report import GateVerdict, ValidationReport
+from pilot_core.report import GateVerdict, ValidationReport, switch_settings_md
 from release.config import CardConfig
 
 TAGS = ["weak-to-strong-decoding", "wsd", "pilot-model", "alignment"]
@@ -67,14 +67,17 @@ def build_card(report: ValidationReport, verdict: GateVerdict, manifest, card: C
                 rows.append(f"| {base} | {s} | {metric} | {stat.mean:.4f} (n={stat.n}) | "
                             f"{'–' if r is None else f'{r:.4f}'} |")
     sets = ", ".join(f"{s} {e.version} (sha256 {e.sha256[:12]}, {e.n} items)" for s, e in report.eval_sets.items())
+    wsd = report.config["wsd"]
+    setting = (f"window w={wsd['window']}, threshold γ={wsd['threshold']}" if not report.switch_settings else
+               "the switch setting chosen for each base below, shipped in `wsd.json`")
+    switch = "\n".join(switch_settings_md(report.switch_settings, "validation/plots/switch_sweep.png"))
     bases = "\n".join(f"- `{b}`: {json.dumps(src, sort_keys=True)}" for b, src in report.bases.items())
     body = f"""
 # {name} {version}
 
 A pilot model for Weak-to-Strong Decoding (WSD): it drafts the beginning of an aligned answer and a larger,
-unaligned base model continues once it is confident (window w={report.config['wsd']['window']},
-threshold γ={report.config['wsd']['threshold']}).
-
+unaligned base model continues once it is confident ({setting}).
+{switch}
 ## Intended use
 {card.intended_use}
 

@@ -16,6 +16,7 @@ from pilot_core.errors import UserError
 from pilot_core.manifest import fingerprint, read_manifest
 from pilot_core.models.files import check_contained, check_local_dir
 from pilot_core.report import GateVerdict, load_report, load_verdict, markdown
+from pilot_core.switch_settings import wsd_json
 from release.config import ReleaseConfig
 from release.gate import decide
 from release.model_card import build_card
@@ -89,7 +90,8 @@ def publish(checkpoint: str | Path, report_dir: str | Path, cfg: ReleaseConfig, 
     path = registry.publish(checkpoint, report_dir, verdict.model_dump(mode="json"),
                             lambda v: build_card(report, verdict, manifest, cfg.card, cfg.name, v,
                                                 cfg.hub.repo_id if cfg.hub else None), release, version,
-                            promote=cfg.promote)
+                            promote=cfg.promote,
+                            wsd_settings=wsd_json(report.switch_settings) if report.switch_settings else None)
     pushed = None
     if push:
         from release.hub import push_version

@@ -1,7 +1,8 @@
 """A file-system model registry: immutable versions and moving aliases.
 
   <root>/<name>/<version>/   the checkpoint's files, README.md (model card), validation/ (report, plots, gate
-                             verdict), release.json, checksums.sha256 (every other file's sha256)
+                             verdict), release.json, wsd.json (WSD's switch setting per base, where validation
+                             chose one), checksums.sha256 (every other file's sha256)
   <root>/<name>/aliases.json {"aliases": {"champion": "v2"}, "history": [every move, with when and why]}
 
 A version is copied under a temporary name, checked against its checksum list, made read-only and renamed into
@@ -30,6 +31,7 @@ from pilot_core.manifest import file_sha256
 from pilot_core.names import safe_join, validate_name
 
 CHECKSUMS = "checksums.sha256"
+WSD_SETTINGS = "wsd.json"  # {"bases": {name: {threshold, window, rule, ...the sweep's figures}}}
 REPORT_FILES = ("report.json", "report.md", "items.jsonl")
 
 
@@ -91,9 +93,9 @@ class Registry:
         return f"v{max(nums, default=0) + 1}"
 
     def publish(self, checkpoint: Path, report_dir: Path, verdict: dict, card: Callable[[str], str], release: dict,
-                version: str | None = None, promote: bool = True) -> Path:
+                version: str | None = None, promote: bool = True, wsd_settings: dict | None = None) -> Path:
         """Copy, checksum, verify, freeze, rename; then move the champion alias if asked. `verdict` is the gate's
-        verdict as JSON (validation/gate.json)."""
+        verdict as JSON (validation/gate.json); `wsd_settings` the switch setting per base (wsd.json)."""
         with self._locked():
             remove_stale_temps(self.dir)  # copies left by a killed publish
             version = validate_name(version, "version") if version else self.next_version()
@@ -112,6 +114,8 @@ class Registry:
                 if (report_dir / "plots").is_dir():
                     shutil.copytree(report_dir / "plots", val / "plots")
                 (val / "gate.json").write_text(json.dumps(verdict, indent=2, sort_keys=True) + "\n")
+                if wsd_settings:  # the switch setting per base, which `pilot wsd generate|serve` reads
+                    (tmp / WSD_SETTINGS).write_text(json.dumps(wsd_settings, indent=2, sort_keys=True) + "\n")
                 (tmp / "README.md").write_text(card(version), encoding="utf-8")
                 (tmp / "release.json").write_text(json.dumps({**release, "name": self.name, "version": version},
                                                              indent=2, sort_keys=True) + "\n")

@@ -3,6 +3,7 @@ guessed), finished judgments cached. The judge's answers come from an in-process
 cannot be made to answer these JSON verdicts on purpose, and the faults are what is under test."""
 
 import json
+import math
 
 import httpx
 import pytest
@@ -222,3 +223,86 @@ def test_a_server_without_structured_output_is_asked_in_prose_and_the_report_say
                        httpx.AsyncClient(transport=Refuses()))
     assert got.values == [1.0] and got.counts["structured_output"] == "refused by the server"
     assert Judges(counts={"win_rate": got.counts}).counts["win_rate"]["structured_output"] == "refused by the server"
+
+
+def _chat(body, content, logprobs=None):
+    choice = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+    if logprobs is not None:
+        choice["logprobs"] = {"content": [{"token": content, "logprob": logprobs[0]["logprob"], "bytes": None,
+                                           "top_logprobs": [{**t, "bytes": None} for t in logprobs]}]}
+    return httpx.Response(200, json={"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                     "choices": [choice],
+                                     "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}})
+
+
+class Annotator(httpx.AsyncBaseTransport):
+    """AlpacaEval's annotator, as a served model answers it: the identifier of the output that says GOOD, 90% sure
+    (top_logprobs); NEITHER instructions get neither identifier among the top tokens."""
+
+    async def handle_async_request(self, request):
+        body = json.loads(request.content)
+        assert body["max_tokens"] == 1 and body["logprobs"] is True and body["top_logprobs"] == 5
+        user = body["messages"][-1]["content"]
+        if "NEITHER" in user:
+            return _chat(body, "The", [{"token": "The", "logprob": -0.1}, {"token": " m", "logprob": -3.0}])
+        first = user.split('"model_identifier": "m"', 1)[1].split('"model_identifier": "M"', 1)[0]
+        best, other = ("m", "M") if "GOOD" in first else ("M", "m")
+        return _chat(body, best, [{"token": best, "logprob": math.log(0.9)}, {"token": other,
+                                                                             "logprob": math.log(0.1)}])
+
+
+def test_alpaca_eval_annotations_are_read_unswapped_from_the_log_probabilities(tmp_path):
+    from evaluation import alpaca_eval as ae
+    from evaluation.config import AlpacaEvalMetric
+    from evaluation.judges import alpaca_eval_annotate
+
+    swapped = next(f"q{i}" for i in range(50) if ae.is_switched(f"q{i}"))
+    plain = next(f"q{i}" for i in range(50) if not ae.is_switched(f"q{i}"))
+    items = [(swapped, "reference", "GOOD answer"), (plain, "reference", "GOOD answer"),
+             (swapped, "GOOD reference", "answer"), (plain, "GOOD reference", "answer"),
+             ("NEITHER here", "reference", "answer"), ("same", "x", "x")]
+    metric = AlpacaEvalMetric.model_validate({"model": JUDGE})
+    got = alpaca_eval_annotate(metric, items, tmp_path / "c.sqlite", httpx.AsyncClient(transport=Annotator()))
+    assert got.values == pytest.approx([1.9, 1.9, 1.1, 1.1, 1.0, 1.5])  # 2 = the answer wins, whichever order
+    assert got.unparsed == [False] * 4 + [True, False]
+    assert {k: got.counts[k] for k in ("judged", "unparseable", "identical", "requests")} == {
+        "judged": 4, "unparseable": 1, "identical": 1, "requests": 5}
+
+
+class ArenaJudge(httpx.AsyncBaseTransport):
+    """Arena-Hard's judge, scripted by the question: GOOD answers win significantly; NOLABEL answers without a
+    label and then with one when asked to finish; TWO gives two different labels; DROP fails when asked again."""
+
+    def __init__(self):
+        self.calls = 0
+
+    async def handle_async_request(self, request):
+        self.calls += 1
+        body = json.loads(request.content)
+        last = body["messages"][-1]["content"]
+        user = body["messages"][1]["content"]
+        if last.startswith("continue your judgment"):
+            return httpx.Response(500, json={"error": "boom"}) if "DROP" in user else _chat(body, "So: [[B>A]]")
+        if "NOLABEL" in user or "DROP" in user:
+            return _chat(body, "Both answers are fine and")
+        if "TWO" in user:
+            return _chat(body, "[[A>B]] no, [[B>A]]")
+        a = user.split("<|The Start of Assistant A's Answer|>\n", 1)[1].split("\n<|The End", 1)[0]
+        return _chat(body, "My final verdict: " + ("[[A>>B]]" if "GOOD" in a else "[[B>>A]]"))
+
+
+def test_arena_hard_games_with_second_attempts_and_unreadable_verdicts(tmp_path):
+    from evaluation.config import ArenaHardMetric
+    from evaluation.judges import arena_hard_judge
+
+    items = [("arena-hard-v0.1", "q1", "baseline", "GOOD answer"), ("arena-hard-v0.1", "q2", "GOOD baseline", "x"),
+             ("arena-hard-v0.1", "NOLABEL", "b", "a"), ("arena-hard-v0.1", "TWO", "b", "a"),
+             ("arena-hard-v0.1", "DROP", "b", "a"), ("hard_prompt", "NOLABEL", "b", "a")]
+    t = ArenaJudge()
+    metric = ArenaHardMetric.model_validate({"model": JUDGE, "client": {"max_retries": 0}})
+    got = arena_hard_judge(metric, items, tmp_path / "c.sqlite", httpx.AsyncClient(transport=t))
+    assert got.labels[:4] == [("B>>A", "A>>B"), ("A>>B", "B>>A"), ("B>A", "B>A"), ("A>>B", "B>>A")]
+    assert got.unparsed[:4] == [False, False, False, True]  # two labels: no verdict, the method's worst
+    assert got.labels[4] is None and not got.unparsed[4]  # the second attempt failed: a failed call, retried later
+    assert got.labels[5] == ("A>>B", "B>>A") and got.unparsed[5]  # v2.0 never asks again
+    assert got.counts["second_attempts"] == 4 and got.counts["failed"] == 1 and t.calls == 12 + 4

@@ -86,6 +86,22 @@ def test_alpaca_eval_win_rates_equal_upstream_s(tmp_path):
         assert abs(np.mean(got) - up["win_rate"] / 100) > 1e-3  # the length term moved it: not the raw rate
     with pytest.raises(UserError, match="instruction 130 has no difficulty"):
         ae.length_controlled([1.5], [10], [20], [130], pd.read_csv(gamed))
+    with pytest.raises(UserError, match="10 of its 120 instructions were answered"):  # a subset: another figure
+        ae.length_controlled([1.5] * 10, [10] * 10, [20] * 10, list(range(10)), pd.read_csv(gamed))
+
+
+def test_alpaca_eval_2_is_only_scored_against_gpt4_turbos_references_and_all_of_them():
+    from evaluation.config import EvalSpec
+
+    ae_set = {"name": "ae", "version": "t", "format": "alpaca_eval", "path": str(B / "alpaca_eval.json")}
+    metric = {"model": {"name": "annotator", "url": "http://127.0.0.1:1/v1", "served_model": "gpt-4-1106-preview"}}
+    with pytest.raises(ValueError, match="set reference_generator: gpt4_1106_preview"):
+        EvalSpec.model_validate({"eval_sets": [ae_set], "metrics": {"alpaca_eval": metric}})
+    ok = {**ae_set, "reference_generator": "gpt4_1106_preview"}
+    EvalSpec.model_validate({"eval_sets": [ok], "metrics": {"alpaca_eval": metric}})
+    glm = {**metric, "glm_data": {"path": "csv", "data_files": "df_gamed.csv", "split": "train"}}
+    with pytest.raises(ValueError, match="fitted on all its instructions: no limit"):
+        EvalSpec.model_validate({"eval_sets": [{**ok, "limit": 2}], "metrics": {"alpaca_eval": glm}})
 
 
 def test_alpaca_eval_references_must_be_the_configured_generator(tmp_path):
@@ -117,23 +133,29 @@ def test_arena_hard_judge_prompts_are_upstream_s():
 JUDGMENTS = ["My final verdict is tie: [[A=B]]", "Assistant B is better: [[B>>A]]. Final: [[B>>A]]",
              "[[A>B]] at first, but on reflection [[B>A]]", "no label at all", "lower case [[b>a]]",
              "single brackets [B>A] here", "[[A>>>B]] is not a label", "both [A>B] and later [[B>A]]", "",
+             "reversed [[B<A]]", "[[A<<B]] and again [[A<<B]]",
              "Verdict: [[A>B]]\n\nThe end."]
 
 
 def test_arena_hard_reads_verdicts_as_upstream():
     import re
 
-    def known(label):  # upstream records any [[...]] it finds; one that is no verdict is dropped later (v0.1) or
-        return label if label in ah.KNOWN else None  # stops show_result (v2.0): for us it is no verdict
+    def known(label, version):  # upstream records any [[...]] it finds; a game whose label its battles do not
+        return label if label in ah.KNOWN[version] else None  # know is dropped (v0.1) or stops show_result (v2.0)
 
     for text in JUDGMENTS:
-        assert ah.parse("v2.0", [text])[0] == known(ref_ah.parse_v20(text)), text
+        assert ah.parse("v2.0", [text])[0] == known(ref_ah.parse_v20(text), "v2.0"), text
         first, again = ah.parse("v0.1", [text])
         assert again == ref_ah.get_score_v01("\n" + text, re.compile(ref_ah.REGEX_PATTERN_V01))[1], text
-        assert first == known(ref_ah.parse_v01([text])), text
+        assert first == known(ref_ah.parse_v01([text]), "v0.1"), text
         if again:  # v0.1's second attempt: the verdict is read from both replies
             for more in ("My final verdict: [[B>A]]", "still nothing", "[[A>B]] or [[A=B]]"):
-                assert ah.parse("v0.1", [text, more]) == (known(ref_ah.parse_v01([text, more])), False), (text, more)
+                want = known(ref_ah.parse_v01([text, more]), "v0.1")
+                assert ah.parse("v0.1", [text, more]) == (want, False), (text, more)
+    # a reversed spelling: v0.1's battles drop it (no verdict for us), v2.0's label_to_score reads it
+    assert ah.parse("v0.1", ["[[B<A]]"])[0] is None and ah.parse("v2.0", ["[[B<A]]"])[0] == "B<A"
+    assert ref_ah.battles_v01([{"question_id": "q", "model": "m", "games": [{"score": "B<A"}, {"score": "B<A"}]}],
+                              "gpt-4-0314").empty
     assert ah.parse("v2.0", ["[[A>>>B]]"])[0] is None and ref_ah.parse_v20("[[A>>>B]]") == "A>>>B"
 
 
@@ -198,6 +220,26 @@ def test_arena_hard_reads_both_schemas_and_one_category_at_a_time():
                               baseline_path=str(d / "model_answer/o3-mini-2025-01-31.jsonl")))
 
 
+def test_arena_hard_judges_each_category_against_its_own_baseline(tmp_path):
+    d = B / "arena-hard-v2.0"
+    both = tmp_path / "both.jsonl"  # every question answered, but by the other category's baseline
+    both.write_text((d / "model_answer/o3-mini-2025-01-31.jsonl").read_text()
+                    + (d / "model_answer/gemini-2.0-flash-001.jsonl").read_text())
+    es = EvalSet(name="ah2", version="v2.0", format="arena_hard", path=str(d / "question.jsonl"),
+                 categories=["hard_prompt"], baseline_path=str(both))
+    assert len(load_eval_set(es)) == 2
+    wrong = tmp_path / "wrong.jsonl"  # the creative questions answered by the hard prompts' baseline model
+    wrong.write_text((d / "model_answer/gemini-2.0-flash-001.jsonl").read_text().replace("gemini-2.0-flash-001",
+                                                                                         "o3-mini-2025-01-31"))
+    with pytest.raises(UserError, match=r"wrong.jsonl:1: the answer of 'o3-mini-2025-01-31', but category "
+                                        r"creative_writing is judged against 'gemini-2.0-flash-001'"):
+        load_eval_set(es.model_copy(update={"categories": ["creative_writing"], "baseline_path": str(wrong)}))
+    odd = tmp_path / "q.jsonl"
+    odd.write_text(json.dumps({"uid": "x1", "category": "poetry", "prompt": "Write."}) + "\n")
+    with pytest.raises(UserError, match="category 'poetry' is not one of Arena-Hard-Auto's"):
+        load_eval_set(es.model_copy(update={"path": str(odd), "categories": None}))
+
+
 def test_an_unreadable_arena_hard_game_is_the_methods_worst_outcome():
     assert ah.method_scores(*ah.WORST) == [0.0] * 6
     assert ah.method_scores("B>A", "A>B") == [1.0, 1.0] and ah.method_scores("A=B", "A=B") == [0.5, 0.5]
@@ -251,7 +293,7 @@ def test_smollm2_annotates_and_judges_as_the_upstream_code_reads_it(smollm2, tmp
                 conv += [{"role": "assistant", "content": first}, {"role": "user", "content": ref_ah.CONTINUE_V01}]
                 replies.append(asyncio.run(chat.chat(conv, 48, 0.0, 1.0, 0))["text"])
             label = ref_ah.parse_v01(replies)
-            read.append(label if label in ah.KNOWN else None)
+            read.append(label if label in ah.KNOWN["v0.1"] else None)
         assert bad == any(x is None for x in read)
         assert list(labels) == [x if x is not None else ah.WORST[g] for g, x in enumerate(read)]
     assert games.counts["judged"] + games.counts["unparseable"] == 2

@@ -89,6 +89,10 @@ class SpeculationConfig(BaseConfig):
 class WSDConfig(BaseConfig):
     window: int = Field(6, ge=1, description="w: draft tokens in the geometric-mean window")
     threshold: float = Field(0.8, ge=0.0, le=1.0, description="gamma: switch at the first window mean >= gamma")
+    rule: Literal["absolute", "relative"] = Field("absolute", description="absolute: the window's geometric mean "
+                                                  "of the base's probabilities of the draft tokens (the paper); "
+                                                  "relative: of the base's probability over the pilot's own top-1 "
+                                                  "probability at that point of the draft (in-process pilots)")
     max_draft_tokens: int = Field(512, ge=0, description="pilot tokens drafted at most")
     max_new_tokens: int = Field(2048, ge=1, description="total budget in base tokens: kept draft + continuation")
     batch_size: int = Field(8, ge=1, description="prompts decoded together")

@@ -22,7 +22,7 @@ from pilot_core.models.templates import STOP_STRINGS, base_prompt, base_text, ch
 from pilot_core.models.tokenization import stable_token_count
 from pilot_core.prompts import PromptRecord
 from wsd_inference.continuation import Speculator, continue_base
-from wsd_inference.switch import decide, kept_context, window_scores
+from wsd_inference.switch import decide, kept_context, relative_logps, window_scores
 
 if TYPE_CHECKING:  # annotations only, see methods.py
     from wsd_inference.config import WSDConfig
@@ -36,6 +36,8 @@ class DraftView:
     ids: list[int]
     final: int
     empty: bool
+    ends: list[int] = field(default_factory=list)  # the relative rule: where each base draft token ends in the
+    pilot_ends: list[int] = field(default_factory=list)  # pilot's draft text, and where each pilot token does
 
 
 @dataclass
@@ -53,6 +55,8 @@ class WSDRow:
     switched: bool = False
     final_ids: list[int] | None = None  # base tokenisation of the finished draft
     logps: list[float] = field(default_factory=list)  # the base's log-prob of each draft token it scored
+    scores: list[float] = field(default_factory=list)  # what the switch rule reads per draft token (absolute: logps)
+    pilot_ends: list[int] = field(default_factory=list)  # the relative rule: where each pilot token ends
     context: list[int] = field(default_factory=list)  # what the base continues from: prompt + kept draft
     budget: int = 0  # base tokens left for the continuation
 
@@ -66,7 +70,21 @@ class WSDRow:
         enc = base.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         final = len(enc.input_ids) if self.draft.done else stable_token_count(enc.offset_mapping, text,
                                                                                len(self.prompt))
-        return DraftView(enc.input_ids, final, self.draft.done and not draft_text.strip())
+        ends: list[int] = []
+        if self.draft.top1 is not None:  # the relative rule: where each model's tokens end in the draft's text
+            shift = len(self.prompt) - (len(draft_text) - len(draft_text.lstrip()))  # the base reads it stripped
+            ends = [e - shift for _, e in enc.offset_mapping[self.prompt_len:]]
+            for k in range(len(self.pilot_ends), len(self.draft.tokens)):  # each new token once
+                self.pilot_ends.append(len(pilot.decode(self.draft.tokens[: k + 1])))
+        return DraftView(enc.input_ids, final, self.draft.done and not draft_text.strip(), ends,
+                         list(self.pilot_ends))
+
+    def rule_scores(self, view: DraftView) -> list[float]:
+        """What the switch rule reads per scored draft token: the base's log-probabilities (absolute), or them
+        against the pilot's own top-1 probabilities (relative)."""
+        if self.draft.top1 is None:
+            return self.logps
+        return relative_logps(self.logps, view.ends, view.pilot_ends, self.draft.top1)
 
     def decide(self, view: DraftView, logps: list[float], changed: int, cfg: WSDConfig) -> None:
         """After the base scored `view` (`logps`: its log-prob per position): switch at the first window that
@@ -78,7 +96,8 @@ class WSDRow:
             self.decided = True
             return
         self.logps = logps[self.prompt_len:]
-        d = decide(self.logps, self.draft.done, cfg.window, cfg.threshold, cfg.max_new_tokens,
+        self.scores = self.rule_scores(view)
+        d = decide(self.scores, self.draft.done, cfg.window, cfg.threshold, cfg.max_new_tokens,
                    start=max(0, changed - self.prompt_len))
         if d is not None:
             (self.accept, self.switched), self.decided = d, True
@@ -100,7 +119,7 @@ class WSDRow:
         kept = self.kept_ids
         trace = WSDTrace(draft_text=base.decode(kept), switch_index=self.accept, switched=self.switched,
                          kept_draft_tokens=len(kept),
-                         window_scores=window_scores(self.logps[: (self.accept or 0) + 1], cfg.window))
+                         window_scores=window_scores(self.scores[: (self.accept or 0) + 1], cfg.window))
         return MethodRecord(self.rec.id, method, cut_at_markers(base.decode(kept + cont), STOP_STRINGS + stop),
                             time_s=time_s, timing=timing, pilot_tokens=len(self.draft.tokens), base_tokens=len(cont),
                             trace=trace, speculation=speculation)
@@ -111,7 +130,8 @@ def wsd_rows(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[WS
     rows = []
     for rec, gen in zip(recs, cfg.generators([r.id for r in recs])):
         prompt = base_prompt(rec.messages, base.tokenizer.bos_token)
-        rows.append(WSDRow(rec, prompt, base.encode(prompt), Stream(cfg.max_draft_tokens, gen), gen))
+        draft = Stream(cfg.max_draft_tokens, gen, top1=[] if cfg.rule == "relative" else None)
+        rows.append(WSDRow(rec, prompt, base.encode(prompt), draft, gen))
     return rows
 
 

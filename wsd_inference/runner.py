@@ -35,6 +35,9 @@ def served_at_all(method: Method, pilot: ModelSource, base: ModelSource, untuned
         raise UserError("speculation (--speculate) runs with an in-process base; a base on a vLLM server "
                         "speculates on the server: start it with --speculative-config '{\"method\": \"draft_model\", "
                         "\"model\": PILOT, \"num_speculative_tokens\": K}' (README, Speculative decoding)")
+    if remote and method.name == "wsd" and cfg.rule == "relative":
+        raise UserError("wsd.rule relative reads the pilot's own top-1 probabilities while it drafts: it runs with "
+                        "in-process models (a served base: the absolute rule)")
     if untuned is None and "untuned" in uses:
         raise UserError(f"method {method.name} needs the pilot's untuned reference model (--untuned)")
     if method.scores_in_process and "untuned" in uses and (pilot.url or (untuned and untuned.url)):

@@ -33,7 +33,8 @@ def staged_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: W
         P = row.prompt_len
         row.logps = (torch.log_softmax(logits[P - 1 : -1], -1).gather(1, torch.tensor(ids[P:])[:, None])[:, 0]
                      .tolist() if len(ids) > P else [])
-        row.accept, row.switched = accept_index(row.logps, cfg.window, cfg.threshold, cfg.max_new_tokens)
+        row.scores = row.rule_scores(row.view(pilot, base)) if cfg.rule == "relative" else row.logps
+        row.accept, row.switched = accept_index(row.scores, cfg.window, cfg.threshold, cfg.max_new_tokens)
         row.final_ids = ids
         row.keep(ids, cfg)
     t_draft = time.perf_counter() - t0

@@ -1,8 +1,9 @@
 """The switch rule (authors' `get_accept_index`) and the context the base continues from.
 (Where a draft's base tokens are final: `pilot_core.models.tokenization.stable_token_count`.)
 
-p_i is the base model's probability of draft token i. The window score s_i is the geometric mean of
-p_{i-w+1..i}, defined for i >= w-1. The accept index a is the first i with s_i >= gamma; if no window
+p_i is the base model's probability of draft token i (the relative rule: divided by the pilot's own top-1
+probability there, `relative_logps`). The window score s_i is the geometric mean of p_{i-w+1..i}, defined for
+i >= w-1. The accept index a is the first i with s_i >= gamma; if no window
 qualifies, the whole draft is kept (a = n-1). Draft tokens 0..a are kept. Only the first max_new_tokens draft
 tokens are searched (the answer holds no more): a draft that fills the budget is decided there, unswitched.
 """
@@ -10,6 +11,20 @@ tokens are searched (the answer holds no more): a draft that fills the budget is
 from __future__ import annotations
 
 import math
+
+
+def relative_logps(base_logps: list[float], base_ends: list[int], pilot_ends: list[int],
+                   pilot_top1: list[float]) -> list[float]:
+    """The relative rule's per-token scores (`wsd.rule: relative`): the base's log-probability of draft token j
+    minus the log of the pilot's own top-1 probability where it wrote that text (the pilot token that ends at or
+    after the base token's last character: the tokenizers may differ), so a window's geometric mean is the base's
+    confidence measured against the pilot's. `*_ends`: where each token ends in the pilot's draft text."""
+    out, k = [], 0
+    for lp, end in zip(base_logps, base_ends):
+        while k < len(pilot_ends) - 1 and pilot_ends[k] < end:
+            k += 1
+        out.append(lp - math.log(max(pilot_top1[k], 1e-12)) if pilot_top1 else lp)
+    return out
 
 
 def window_scores(logprobs: list[float], window: int) -> list[float]:
