@@ -54,8 +54,8 @@ def choose(points: list[SweepPoint], max_tax: float) -> SwitchChoice:
 
 
 def plot(choices: dict[str, SwitchChoice], path) -> None:
-    """The sweep's curve per base: alignment and tax against the threshold, one line per (rule, window); the
-    chosen setting marked."""
+    """The sweep's curve per base: alignment, tax and the intervention rate against the threshold, one line each
+    per (rule, window); the chosen setting marked, the tax limit drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,6 +68,8 @@ def plot(choices: dict[str, SwitchChoice], path) -> None:
             ax.plot([p.threshold for p in pts], [p.alignment for p in pts], marker="o", label=f"{key[0]} w={key[1]}")
             ax.plot([p.threshold for p in pts], [p.tax for p in pts], marker="x", linestyle="--",
                     label=f"tax ({key[0]} w={key[1]})")
+            ax.plot([p.threshold for p in pts], [p.intervention_rate for p in pts], marker=".", linestyle=":",
+                    label=f"intervention ({key[0]} w={key[1]})")
         ax.axhline(c.max_tax, color="grey", linewidth=0.8)
         ax.scatter([c.threshold], [c.chosen.alignment], s=160, facecolors="none", edgecolors="red", zorder=3)
         ax.set_title(f"{base}: chosen {c.rule} w={c.window} gamma={c.threshold:g}", fontsize=9)

@@ -131,7 +131,8 @@ def check_inputs(cfg: PipelineConfig) -> None:
         from training.train import pilot_template
 
         pilot_template(cfg.training, cfg.pilot.local_path(), cfg.pilot.trust_remote_code, cfg.pilot.revision)
-    for es in cfg.validation.eval_sets if cfg.validation else []:
+    for es in [*cfg.validation.eval_sets, *(cfg.validation.sweep.eval_sets if cfg.validation.sweep else [])] \
+            if cfg.validation else []:
         load_eval_set(es)
     if cfg.validation and any(es.kind == "code" for es in cfg.validation.eval_sets):
         from evaluation.sandbox import isolation

@@ -156,6 +156,13 @@ def test_pilot_run_demo_end_to_end(tiny_cache, tmp_path):
     published = tmp_path / "registry" / "pilot-tiny" / "v1"
     assert gate["passed"] and published.is_dir() and out["published"].startswith("pilot-tiny v1 ->")
     assert json.loads((published / "release.json").read_text())["checkpoint"]["path"] == str(trained)
+    # WSD's switch setting, chosen per base on the calibration split, ships with the version and its card
+    shipped = json.loads((published / "wsd.json").read_text())["bases"]
+    assert set(shipped) == {"base-a", "base-b"}
+    for base, s in shipped.items():
+        assert s["threshold"] in cfg.validation.sweep.thresholds and s["within_limit"] and len(s["sweep"]) == 4
+        assert report["switch_settings"][base]["threshold"] == s["threshold"]
+    assert "WSD's switch setting per base" in (published / "README.md").read_text()
 
     r2 = run()  # nothing changed: every stage is reused, nothing is published twice
     assert r2.returncode == 0, r2.stderr

@@ -32,6 +32,10 @@ def test_the_rehearsal_runs_end_to_end_and_passes_its_gate(smollm2, tmp_path):
     assert (merged / "model.safetensors").is_file() and next(root.glob("train-*/sft/merged/model.safetensors"))
     assert AutoTokenizer.from_pretrained(merged).chat_template == AutoTokenizer.from_pretrained(smollm2).chat_template
     assert (tmp_path / "registry" / "smollm2-rehearsal" / "v1").is_dir()
+    shipped = json.loads((tmp_path / "registry" / "smollm2-rehearsal" / "v1" / "wsd.json").read_text())["bases"]
+    for base, s in shipped.items():  # both rules measured with the real chat model as the pilot
+        assert {p["rule"] for p in s["sweep"]} == {"absolute", "relative"}, base
+        assert (s["rule"], s["threshold"]) == (report["switch_settings"][base]["rule"], 0.6)
 
 
 def test_the_production_config_passes_the_offline_checks():

@@ -14,7 +14,7 @@ from pilot_core.report import SweepPoint
 from wsd_inference.config import WSDConfig
 from wsd_inference.switch import relative_logps
 
-from .helpers import REPO, RECS
+from .helpers import RECS, REPO
 
 
 def _p(t, alignment, tax, share=0.3, window=4, rule="absolute", intervention=0.1) -> SweepPoint:

@@ -196,3 +196,72 @@ def test_bad_inputs_are_one_clear_error(world, tmp_path):
                                                             "--report", str(tmp_path / "junk")))
     line = one_line_error(pilot("release", "verify", "--registry", str(world["registry"]), "--name", "../x"))
     assert "invalid registry model name '../x'" in line
+
+
+def test_the_release_ships_the_switch_setting_chosen_for_each_base(world, tmp_path):
+    """Validation chooses WSD's setting per base on a calibration split, measures the eval sets at it and the
+    release ships it as wsd.json with its figures in the card; `pilot wsd generate` with the published version
+    as the pilot uses it for the base it names (the same answers as the setting given by hand), and falls back
+    to the defaults with a warning for a base it does not know."""
+    val = yaml.safe_load(open(world["val"]))
+    val["methods"] = ["wsd", "base_only"]
+    val["wsd"].pop("speculation")
+    cal = REPO / "data/demo/calibration"
+    val["sweep"] = {"eval_sets": [{"name": "cal-harmful", "version": "v1", "kind": "harmful",
+                                   "path": str(cal / "harmful.v1.jsonl")},
+                                  {"name": "cal-arith", "version": "v1", "kind": "math",
+                                   "path": str(cal / "arith.v1.jsonl")}],
+                    "thresholds": [0.0, 0.5, 0.95], "rules": ["absolute", "relative"], "max_tax": 0.5}
+    (tmp_path / "val.yaml").write_text(yaml.safe_dump(val))
+    out = tmp_path / "report"
+    r = pilot("validate", "--config", str(tmp_path / "val.yaml"), "--checkpoint", str(world["good"]),
+              "--output", str(out))
+    assert r.returncode == 0, r.stderr
+    report = json.loads((out / "report.json").read_text())
+    choice = report["switch_settings"]
+    assert set(choice) == {"base-same", "base-other"}
+    for base, c in choice.items():
+        assert len(c["sweep"]) == 6 and {(p["rule"], p["threshold"]) for p in c["sweep"]} == {
+            (r_, t) for r_ in ("absolute", "relative") for t in (0.0, 0.5, 0.95)}
+        ok = [p for p in c["sweep"] if p["tax"] <= 0.5]
+        assert c["chosen"]["alignment"] == max(p["alignment"] for p in ok)  # the most aligned within the limit
+        assert (c["rule"], c["threshold"]) == (c["chosen"]["rule"], c["chosen"]["threshold"])
+    assert "## WSD's switch setting per base" in (out / "report.md").read_text()
+    assert (out / "plots" / "switch_sweep.png").is_file()
+
+    rel = yaml.safe_load(open(world["rel"]))
+    rel.update(name="pilot-switch", registry=str(tmp_path / "registry"))
+    (tmp_path / "rel.yaml").write_text(yaml.safe_dump(rel))
+    r = pilot("release", "publish", "--config", str(tmp_path / "rel.yaml"), "--checkpoint", str(world["good"]),
+              "--report", str(out))
+    assert r.returncode == 0, r.stderr
+    v1 = tmp_path / "registry" / "pilot-switch" / "v1"
+    shipped = json.loads((v1 / "wsd.json").read_text())["bases"]
+    for base, c in choice.items():
+        assert {k: shipped[base][k] for k in ("threshold", "window", "rule")} == \
+            {k: c[k] for k in ("threshold", "window", "rule")}
+        assert len(shipped[base]["sweep"]) == 6 and "intervention_rate" in shipped[base]
+    card = (v1 / "README.md").read_text()
+    assert "WSD's switch setting per base" in card and "validation/plots/switch_sweep.png" in card
+    assert (v1 / "validation" / "plots" / "switch_sweep.png").is_file()
+
+    # the published pilot decodes with its setting for the base it names: the answers validation measured
+    c = choice["base-same"]
+    common = ["wsd", "generate", "--input", str(REPO / "data/demo/eval/harmful.v1.jsonl"), "--max-draft-tokens",
+              "16", "--max-new-tokens", "24"]
+    base = str(next(b["path"] for b in val["bases"] if b["name"] == "base-same"))
+    r = pilot(*common, "--pilot", str(v1), "--base", base, "--base-name", "base-same",
+              "--output", str(tmp_path / "published.jsonl"))
+    assert r.returncode == 0, r.stderr
+    assert f"the published switch setting for base 'base-same': threshold={c['threshold']}" in r.stderr
+    by_hand = pilot(*common, "--pilot", str(v1), "--base", base, "--base-name", "base-same", "--threshold",
+                    str(c["threshold"]), "--window", str(c["window"]), "--set", f"rule={c['rule']}",
+                    "--output", str(tmp_path / "by-hand.jsonl"))
+    assert by_hand.returncode == 0 and "published switch setting" not in by_hand.stderr
+    answers = [[json.loads(x)["response"] for x in open(tmp_path / f)] for f in ("published.jsonl", "by-hand.jsonl")]
+    measured = {json.loads(x)["id"]: json.loads(x)["response"]
+                for x in open(out / "generations" / "harmful" / "base-same" / "wsd.jsonl")}
+    assert answers[0] == answers[1] == [measured[json.loads(x)["id"]] for x in open(tmp_path / "published.jsonl")]
+    r = pilot(*common, "--pilot", str(v1), "--base", base, "--base-name", "nope", "--output",
+              str(tmp_path / "unknown.jsonl"))
+    assert r.returncode == 0 and "has no switch setting for base 'nope' (it has: base-other, base-same)" in r.stderr
