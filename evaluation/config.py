@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -245,8 +246,8 @@ class SwitchSweep(BaseConfig):
                                      "harmful set and one capability set, none of them a gated eval set's file")
     thresholds: list[float] = Field(min_length=1, description="the gammas tried")
     windows: list[int] | None = Field(None, description="the windows tried (default: wsd.window)")
-    rules: list[Literal["absolute", "relative"]] = Field(["absolute"], description="the switch rules tried "
-                                                          "(wsd.rule)")
+    rules: list[Literal["absolute", "relative"]] | None = Field(None, description="the switch rules tried "
+                                                                 "(default: wsd.rule)")
     max_tax: float = Field(0.02, ge=0.0, le=1.0, description="the alignment-tax limit of the choice (a pipeline "
                            "takes its gate's alignment_tax.max)")
 
@@ -310,18 +311,41 @@ class EvalSpec(BaseConfig):
                 raise ValueError(f"eval set {es.name}: AlpacaEval's length-controlled GLM is fitted on all its "
                                  "instructions: no limit or categories with metrics.alpaca_eval.glm_data")
         if self.sweep:
-            if "wsd" not in self.methods:
-                raise ValueError("sweep chooses WSD's switch setting: methods must include wsd")
-            if not (self.metrics.win_rate or self.metrics.harmlessness):
-                raise ValueError("sweep chooses the most aligned setting: configure metrics.win_rate or "
-                                 "metrics.harmlessness")
-            check_unique([s.name for s in self.eval_sets + self.sweep.eval_sets], "eval set (gated or calibration)")
-            gated = {(s.path, s.hub and s.hub.model_dump_json()) for s in self.eval_sets}
-            shared = [s.name for s in self.sweep.eval_sets if (s.path, s.hub and s.hub.model_dump_json()) in gated]
-            if shared:
-                raise ValueError(f"sweep eval set {shared[0]} reads a gated eval set's data: the calibration split "
-                                 "must be kept apart from what the gate measures")
+            self._check_sweep(self.sweep)
         return self
+
+    def _check_sweep(self, sweep: SwitchSweep) -> None:
+        if "wsd" not in self.methods:
+            raise ValueError("sweep chooses WSD's switch setting: methods must include wsd")
+        kinds = {es.kind for es in sweep.eval_sets}
+        if not (self.metrics.win_rate or self.metrics.harmlessness and "harmful" in kinds):
+            raise ValueError("sweep chooses the most aligned setting: configure metrics.win_rate, or "
+                             "metrics.harmlessness with a harmful calibration set")
+        check_unique([s.name for s in self.eval_sets + sweep.eval_sets], "eval set (gated or calibration)")
+
+        def data(es: EvalSet):
+            return (es.path and str(Path(es.path).resolve()), es.hub and es.hub.model_dump_json())
+
+        gated = {data(s) for s in self.eval_sets}
+        shared = [s.name for s in sweep.eval_sets if data(s) in gated]
+        if shared:
+            raise ValueError(f"sweep eval set {shared[0]} reads a gated eval set's data: the calibration split "
+                             "must be kept apart from what the gate measures")
+        sweep.windows = sweep.windows or [self.wsd.window]
+        sweep.rules = sweep.rules or [self.wsd.rule]
+        too_long = [w for w in sweep.windows if 0 < self.wsd.max_draft_tokens < w]
+        if too_long:
+            raise ValueError(f"sweep window {too_long[0]} is longer than wsd.max_draft_tokens "
+                             f"{self.wsd.max_draft_tokens}: no window could ever be scored")
+
+
+def check_rules_for_bases(spec: EvalSpec, bases: list[ModelSource]) -> None:
+    """The relative rule reads the pilot's own probabilities while it drafts: refused with a served base."""
+    served = [b.name for b in bases if b.url]
+    rules = {spec.wsd.rule, *(spec.sweep.rules if spec.sweep else [])}
+    if served and "relative" in rules and "wsd" in spec.methods:
+        raise ValueError(f"wsd.rule relative runs with in-process models; base {served[0]} is on a server: sweep "
+                         "and decode with the absolute rule there")
 
 
 class ValidationConfig(EvalSpec):
@@ -334,6 +358,7 @@ class ValidationConfig(EvalSpec):
     @model_validator(mode="after")
     def _bases(self) -> "ValidationConfig":
         check_unique([b.name for b in self.bases], "base model")
+        check_rules_for_bases(self, self.bases)
         return self
 
     def spec(self) -> EvalSpec:

@@ -99,24 +99,30 @@ def _rows(h: HarnessConfig, out: Path, base: str, method: str) -> list[dict]:
     return rows
 
 
-def run_harness(spec: EvalSpec, checkpoint: Path, bases: list[ModelSource], output: Path) -> list[dict]:
-    """Every harness task with every base, for WSD and base-only; one row per (task, base, method, item)."""
+def run_harness(spec: EvalSpec, checkpoint: Path, bases: list[ModelSource], output: Path,
+                settings: dict | None = None) -> list[dict]:
+    """Every harness task with every base, for WSD and base-only; one row per (task, base, method, item). WSD
+    serves with `settings[base name]` (the switch setting the sweep chose) where given."""
     h = spec.harness
     root = output / "harness"
     root.mkdir(parents=True, exist_ok=True)
-    config = root / "wsd.yaml"
-    config.write_text(json.dumps(spec.wsd.model_dump(mode="json")), encoding="utf-8")  # JSON is YAML
+    configs = {}
+    for base in bases:  # each base's decoding config (JSON is YAML)
+        cfg = {**spec.wsd.model_dump(mode="json"), **(settings or {}).get(base.name, {})}
+        configs[base.name] = safe_join(root, f"wsd-{base.name}.yaml", what="base name")
+        configs[base.name].write_text(json.dumps(cfg, sort_keys=True), encoding="utf-8")
     runs = [(base, method, safe_join(root, base.name, method, what="base name")) for base in bases
             for method in METHODS]
 
     def run(base: ModelSource, method: str, out: Path) -> None:
-        done = out / "done.json"
-        if done.is_file():  # a finished run is reused; an unfinished one starts over
+        done, config = out / "done.json", configs[base.name]
+        served_with = json.loads(config.read_text(encoding="utf-8"))
+        if done.is_file() and json.loads(done.read_text()).get("wsd") == served_with:  # finished with this config
             return
         out.mkdir(parents=True, exist_ok=True)
         with WSDServer(server_args(checkpoint, base, method, config), log_dir=out) as server:
             _lm_eval(h, server.url, method, out, spec.seed)
-        atomic_write_json(done, {"tasks": [t.name for t in h.tasks]})
+        atomic_write_json(done, {"tasks": [t.name for t in h.tasks], "wsd": served_with})
 
     with ThreadPoolExecutor(max_workers=len(runs) if h.parallel else 1) as pool:
         for f in [pool.submit(run, *r) for r in runs]:

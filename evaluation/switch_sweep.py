@@ -4,20 +4,21 @@ measured (`point`), which one wins (`choose`), and what a user is warned of. The
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from pilot_core.method_record import MethodRecord
-from pilot_core.report import SweepPoint, SwitchChoice
+from pilot_core.report import SweepPoint, SwitchChoice, intervention_warning
 
 ALIGNMENT_METRICS = ("win_rate", "harmlessness")  # higher is more aligned, both in [0, 1]
-# BlendIn (ACL 2026): pairings where the aligned model writes more than about this share of the tokens tend to fail
-INTERVENTION_WARNING = 0.2
 
 
 def point(rule: str, window: int, threshold: float, cells: dict, tax: dict, records: list[MethodRecord]) -> SweepPoint:
     """One setting's figures: `cells` set -> metric -> Stat (WSD on the calibration sets), `tax` capability set ->
     Stat, `records` WSD's answers on every calibration set."""
-    aligned = [c[m].mean for c in cells.values() for m in ALIGNMENT_METRICS if m in c and c[m].mean is not None]
+    per_set = [[c[m].mean for m in ALIGNMENT_METRICS if m in c and c[m].mean is not None] for c in cells.values()]
+    aligned = [float(np.mean(x)) for x in per_set if x]  # each set once, whatever number of figures it has
     taxes = [t.mean for t in tax.values() if t.mean is not None]
     n = max(len(records), 1)
     drafted = sum(r.pilot_tokens for r in records)
@@ -28,27 +29,31 @@ def point(rule: str, window: int, threshold: float, cells: dict, tax: dict, reco
     return SweepPoint(rule=rule, window=window, threshold=threshold,
                       alignment=float(np.mean(aligned)) if aligned else None,
                       tax=max(taxes) if taxes else None, switched_share=len(where) / n,
-                      pilot_token_share=drafted / max(drafted + base, 1),
+                      drafted_share=drafted / max(drafted + base, 1),
                       intervention_rate=kept / max(kept + base, 1), switch_index_quantiles=q)
 
 
 def choose(points: list[SweepPoint], max_tax: float) -> SwitchChoice:
     """The most aligned setting whose tax is within `max_tax` (ties: fewer pilot tokens, i.e. the earlier switch,
-    then the lower threshold); where none is, the one with the lowest tax, marked `within_limit` False."""
-    within = [p for p in points if p.tax is None or p.tax <= max_tax + 1e-12]
+    then the lower threshold); where none is, the one with the lowest tax, marked `within_limit` False. Alignment
+    is the mean over the calibration's alignment and harmful sets of each set's mean figure (`point`)."""
+    within = [p for p in points if p.tax is not None and p.tax <= max_tax + 1e-12]  # unmeasured: not within
     if within:
         best = min(within, key=lambda p: (-(p.alignment if p.alignment is not None else -1.0),
-                                          p.pilot_token_share, p.threshold, p.window, p.rule))
+                                          p.drafted_share, p.threshold, p.window, p.rule))
     else:
-        best = min(points, key=lambda p: (p.tax, -(p.alignment or 0.0), p.pilot_token_share, p.threshold))
+        best = min(points, key=lambda p: (p.tax if p.tax is not None else math.inf, -(p.alignment or 0.0),
+                                          p.drafted_share, p.threshold))
     warnings = []
     if not within:
+        lowest = "unmeasured" if best.tax is None else f"{best.tax:.3f}"
         warnings.append(f"no setting kept the alignment tax within {max_tax:g} on the calibration split (the "
-                        f"lowest: {best.tax:.3f}); the gate will measure it on the eval sets")
-    if best.intervention_rate > INTERVENTION_WARNING:
-        warnings.append(f"the pilot writes {100 * best.intervention_rate:.0f}% of the answers' tokens: pairings "
-                        f"where the aligned model intervenes in more than about {100 * INTERVENTION_WARNING:.0f}% "
-                        "tend to fail (BlendIn, ACL 2026)")
+                        f"lowest: {lowest}); the gate will measure it on the eval sets")
+    if best.alignment is None:
+        warnings.append("no alignment figure was measured on the calibration split: the setting was chosen on "
+                        "cost alone")
+    if intervention_warning(best.intervention_rate):
+        warnings.append(intervention_warning(best.intervention_rate))
     return SwitchChoice(rule=best.rule, window=best.window, threshold=best.threshold, max_tax=max_tax,
                         within_limit=bool(within), chosen=best, sweep=points, warnings=warnings)
 

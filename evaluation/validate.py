@@ -81,6 +81,11 @@ def _generate(spec, pilot, bases, untuned, sets, output, compute, progress, meth
     return out
 
 
+def _text(item) -> str:
+    """An item's question as text (what a calibration item must not share with a gated one)."""
+    return json.dumps(item.question, sort_keys=True, ensure_ascii=False)
+
+
 def _sweep(spec, pilot, bases, untuned, output, compute, progress, http_client) -> dict:
     """WSD's switch setting per base, chosen on the calibration split (evaluation/switch_sweep.py): base-only once,
     WSD at every setting of the grid, each measured as the eval sets are (generations under sweep/<setting>/,
@@ -89,10 +94,16 @@ def _sweep(spec, pilot, bases, untuned, output, compute, progress, http_client) 
 
     grid = spec.sweep
     sets = [(es, load_eval_set(es)) for es in grid.eval_sets]
+    gated = {_text(it) for es in spec.eval_sets for it in load_eval_set(es)}
+    for es, items in sets:  # kept apart: not one calibration question is a gated one
+        same = [it.record.id for it in items if _text(it) in gated]
+        if same:
+            raise UserError(f"sweep eval set {es.name}: item {same[0]!r} is also in a gated eval set ({len(same)} "
+                            "shared): the calibration split must be kept apart from what the gate measures")
+    metrics = spec.metrics.model_copy(update={"reward": None, "alpaca_eval": None, "arena_hard": None})
     cal = spec.model_copy(update={"eval_sets": grid.eval_sets, "methods": ["wsd", REFERENCE], "harness": None,
-                                  "sweep": None})
-    settings = [(rule, w, t) for rule in grid.rules for w in (grid.windows or [spec.wsd.window])
-                for t in grid.thresholds]
+                                  "sweep": None, "metrics": metrics})  # only what the choice reads
+    settings = [(rule, w, t) for rule in grid.rules for w in grid.windows for t in grid.thresholds]
     ref = _generate(cal, pilot, bases, untuned, sets, output / "sweep" / "reference", compute, progress, [REFERENCE])
     points: dict = {b.name: [] for b in bases}
     for rule, w, t in settings:
@@ -371,22 +382,22 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
         check_harness(spec.harness)
     sets = [(es, load_eval_set(es)) for es in spec.eval_sets]
     code_execution = None
-    if any(es.kind == "code" for es, _ in sets):  # before anything is generated: refuse early, not after hours
+    calibration = spec.sweep.eval_sets if spec.sweep else []
+    if any(es.kind == "code" for es in [*spec.eval_sets, *calibration]):  # refuse early, not after hours
         from evaluation.sandbox import isolation
 
         code_execution = isolation(spec.unsafe_code_execution)
     untuned = _untuned(spec, manifest)
     pilot = ModelSource(name=pilot_name, path=str(ckpt))
     choices = _sweep(spec, pilot, bases, untuned, output, compute, progress, http_client) if spec.sweep else {}
-    records = _generate(spec, pilot, bases, untuned, sets, output, compute, progress,
-                        settings={b: {"rule": c.rule, "window": c.window, "threshold": c.threshold}
-                                  for b, c in choices.items()})
+    settings = {b: {"rule": c.rule, "window": c.window, "threshold": c.threshold} for b, c in choices.items()}
+    records = _generate(spec, pilot, bases, untuned, sets, output, compute, progress, settings=settings)
     rows, counts = _scores(spec, sets, records, output, http_client, compute)
     identities = {es.name: set_identity(es, len(items)) for es, items in sets}
     if spec.harness:  # the field's harness, against WSD and base-only behind `pilot wsd serve`
         from evaluation.harness import run_harness, task_identities
 
-        harness_rows = run_harness(spec, ckpt, bases, output)
+        harness_rows = run_harness(spec, ckpt, bases, output, settings)
         rows += harness_rows
         identities.update(task_identities(spec.harness, harness_rows))
     metrics, tax = _aggregate(spec, sets, bases, rows)
@@ -415,6 +426,7 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
                                                                                           exclude_none=True)},
                       counts=counts),
         metrics=metrics, alignment_tax=tax, diagnostics=_diagnostics(records, bases),
-        config=spec.model_dump(mode="json"), code_execution=code_execution, switch_settings=choices)
+        config=spec.model_dump(mode="json"), code_execution=code_execution, switch_settings=choices,
+        calibration_sets={es.name: set_identity(es, len(load_eval_set(es))) for es in calibration})
     write_report(output, report, rows)
     return report

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from data_curation.config import CurationConfig
 from data_curation.preferences_config import PreferencesConfig
-from evaluation.config import EvalSpec
+from evaluation.config import EvalSpec, check_rules_for_bases
 from pilot_core.config import BaseConfig
 from pilot_core.models.compute import Compute
 from pilot_core.models.files import is_local
@@ -83,7 +83,9 @@ class PipelineConfig(BaseConfig):
         sweep = self.validation and self.validation.sweep
         tax = self.release and self.release.gate.alignment_tax
         if sweep and tax and "max_tax" not in sweep.model_fields_set:  # choose within what the gate will allow
-            sweep.max_tax = tax.max
+            sweep.max_tax = min(max(tax.max, 0.0), 1.0)
+        if self.validation:
+            check_rules_for_bases(self.validation, self.bases)
         return self
 
 

@@ -203,9 +203,10 @@ def validate_task(spec, checkpoint: str, bases: list[ModelSource], root: str, pi
 
     key = stage_key("validation", spec.model_dump(mode="json"),
                     {"checkpoint": dir_identity(checkpoint), "bases": [source_identity(b) for b in bases],
-                     "eval_sets": files_identity([p for es in spec.eval_sets for p in (es.path, es.few_shot_path,
-                                                                                       es.baseline_path)
-                                                  if p]), "compute": compute.resolve().identity()})
+                     "eval_sets": files_identity([p for es in [*spec.eval_sets, *(spec.sweep.eval_sets if spec.sweep
+                                                                                else [])]
+                                                  for p in (es.path, es.few_shot_path, es.baseline_path) if p]),
+                     "compute": compute.resolve().identity()})  # the calibration split's files too
     out = stage_dir(root, "validation", key)  # generations resume; a finished report is returned as it is
     report = validate(spec, checkpoint, bases, out, pilot_name=pilot_name, compute=compute, progress=_progress())
     get_run_logger().info("validate:\n" + "\n".join(summary_lines(report, str(out))))

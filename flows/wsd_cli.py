@@ -22,8 +22,8 @@ def model_options(f):
                      "the base URL of its OpenAI-compatible server"),
         click.option("--base", required=True, help="base model: a local directory or hub id, or a server's URL"),
         click.option("--base-name", help="the base's name in a published pilot's wsd.json, whose switch setting "
-                     "(threshold, window, rule) is used where no option or --config sets it (default: the base "
-                     "directory's name, or --base-model)"),
+                     "(threshold, window, rule) is used where no option, --config or --set gives one of them "
+                     "(default: the entry validated with this --base)"),
         click.option("--untuned", help="the pilot's untuned reference (bon, cbs, eft): a local directory or hub id"),
         click.option("--config", "config_path", help="configs/wsd/*.yaml (flags below override it)"),
         click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
@@ -61,20 +61,21 @@ def model_options(f):
 
 
 def _published_setting(pilot: str, base: str, base_name: str | None, base_model: str | None, given: set) -> dict:
-    """The switch setting a published pilot (a directory with wsd.json) ships for this base, less what the user
-    set (`given`: options, --config keys, --set keys)."""
+    """The switch setting a published pilot (a directory with wsd.json) ships for this base, where the user set
+    none of its keys (options, --config keys, --set keys): the three go together (a gamma means something else
+    under another rule or window)."""
     from pathlib import Path
 
-    from pilot_core.switch_settings import published_setting
+    from pilot_core.switch_settings import SETTING_KEYS, published_setting
 
-    if pilot.startswith(("http://", "https://")) or not Path(pilot).is_dir():
+    if pilot.startswith(("http://", "https://")) or not Path(pilot).is_dir() or given & set(SETTING_KEYS):
         return {}
-    name = base_name or (base_model if base.startswith(("http://", "https://")) else Path(base).name)
-    setting = published_setting(pilot, name) or {}
-    setting = {k: v for k, v in setting.items() if k not in given}
-    if setting:
-        click.echo(f"{pilot}: the published switch setting for base {name!r}: "
-                   + ", ".join(f"{k}={v}" for k, v in setting.items()), err=True)
+    found = published_setting(pilot, base, base_model, base_name)
+    if found is None:
+        return {}
+    name, setting = found
+    click.echo(f"{pilot}: the published switch setting for base {name!r}: "
+               + ", ".join(f"{k}={v}" for k, v in setting.items()), err=True)
     return setting
 
 

@@ -113,6 +113,18 @@ class Judges(_Record):
 Cell = dict[str, Stat]  # metric -> figure, for one base, method and eval set
 
 
+# BlendIn (ACL 2026): pairings where the aligned model writes more than about this share of the tokens tend to fail
+INTERVENTION_WARNING = 0.2
+
+
+def intervention_warning(share: float) -> str | None:
+    """The warning for a pilot that writes `share` of the answers' tokens (None below BlendIn's threshold)."""
+    if share <= INTERVENTION_WARNING:
+        return None
+    return (f"the pilot writes {100 * share:.0f}% of the answers' tokens: pairings where the aligned model "
+            f"intervenes in more than about {100 * INTERVENTION_WARNING:.0f}% tend to fail (BlendIn, ACL 2026)")
+
+
 class SweepPoint(_Record):
     """One switch setting on the calibration split, for one base."""
 
@@ -122,7 +134,7 @@ class SweepPoint(_Record):
     alignment: float | None  # the mean of the alignment figures (win rate vs base-only, harmlessness)
     tax: float | None  # the largest alignment tax on the calibration's capability sets
     switched_share: float  # answers the base took over
-    pilot_token_share: float  # tokens the pilot drafted, of all the tokens generated (its cost)
+    drafted_share: float  # tokens the pilot drafted, of all the tokens generated (its cost)
     intervention_rate: float  # tokens of the answers the pilot wrote (its kept drafts)
     switch_index_quantiles: dict[str, float] = {}  # p10 / p50 / p90 of where the base took over (switched answers)
 
@@ -159,6 +171,7 @@ class ValidationReport(_Record):
     config: dict[str, Any] = {}  # the validation spec
     code_execution: str | None = None  # how the code sets' programs ran: "bubblewrap <version>" or "unsafe: ..."
     switch_settings: dict[str, SwitchChoice] = {}  # base -> WSD's setting chosen on the calibration split (sweep)
+    calibration_sets: dict[str, EvalSetIdentity] = {}  # what the setting was chosen on
 
     def cells(self, base: str, method: str) -> dict[str, Cell]:
         """eval set -> cell of one base and method ({} when not measured)."""
@@ -257,17 +270,18 @@ def switch_settings_md(choices: dict[str, SwitchChoice], plot: str = "plots/swit
         return []
     out = ["## WSD's switch setting per base (chosen on the calibration split)", "",
            "| base | rule | window | gamma | alignment | tax (limit) | switched | switch index p10 / p50 / p90 "
-           "| pilot's share of tokens | intervention rate |", "|---|---|---|---|---|---|---|---|---|---|"]
+           "| pilot's drafted share | intervention rate |", "|---|---|---|---|---|---|---|---|---|---|"]
     for base, c in choices.items():
         p, q = c.chosen, c.chosen.switch_index_quantiles
         where = " / ".join(f"{q[k]:g}" for k in ("p10", "p50", "p90")) if q else "-"
         out.append(f"| {base} | {c.rule} | {c.window} | {c.threshold:g} | {_fmt_share(p.alignment)} | "
                    f"{_fmt_share(p.tax)} ({_fmt_share(c.max_tax)}{'' if c.within_limit else ', exceeded'}) | "
-                   f"{p.switched_share:.0%} | {where} | {p.pilot_token_share:.0%} | {p.intervention_rate:.0%} |")
+                   f"{p.switched_share:.0%} | {where} | {p.drafted_share:.0%} | {p.intervention_rate:.0%} |")
     out += [""] + [f"- **{base}**: {w}" for base, c in choices.items() for w in c.warnings]
-    out += ["", "Pilot's share of tokens: the tokens the pilot drafted, of all generated (its cost); intervention "
-            "rate: the answers' tokens it wrote (its kept drafts). `pilot wsd generate` and `pilot wsd serve` read "
-            "the setting from the published version's `wsd.json` for the base named by `--base-name`.", "",
+    out += ["", "Drafted share: the tokens the pilot drafted, of all generated (its cost); intervention rate: the "
+            "answers' tokens it wrote (its kept drafts; the WSD diagnostics' \"pilot's share of tokens\"). "
+            "`pilot wsd generate` and `pilot wsd serve` with the published version as the pilot use the setting of "
+            "the base validated as their `--base` (or named by `--base-name`), from its `wsd.json`.", "",
             f"![switch sweep]({plot})", ""]
     return out
 
@@ -320,6 +334,8 @@ def markdown(report: ValidationReport, verdict: GateVerdict | None = None) -> st
         out += [f"| {b} | {s} | {d.switched_share:.0%} | {d.never_switched_share:.0%} | "
                 f"{d.mean_draft_tokens:.1f} | {d.mean_kept_draft_tokens:.1f} | {d.mean_base_tokens:.1f} | "
                 f"{_fmt_share(d.pilot_token_share)} | {d.mean_time_s:.2f} s |" for b, s, d in wsd]
+        out += [""] + [f"- **{b}/{s}**: {intervention_warning(d.pilot_token_share)}" for b, s, d in wsd
+                       if d.pilot_token_share is not None and intervention_warning(d.pilot_token_share)]
         out += ["", "![switch index](plots/switch_index.png)", ""]
     nudging = [(b, s, d) for b, by_m in report.diagnostics.items() for by_s in by_m.values()
                for s, d in by_s.items() if d.mean_handoffs is not None]  # where the turn changed hands

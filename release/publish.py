@@ -91,7 +91,8 @@ def publish(checkpoint: str | Path, report_dir: str | Path, cfg: ReleaseConfig, 
                             lambda v: build_card(report, verdict, manifest, cfg.card, cfg.name, v,
                                                 cfg.hub.repo_id if cfg.hub else None), release, version,
                             promote=cfg.promote,
-                            wsd_settings=wsd_json(report.switch_settings) if report.switch_settings else None)
+                            wsd_settings=wsd_json(report.switch_settings, report.bases) if report.switch_settings
+                            else None)
     pushed = None
     if push:
         from release.hub import push_version

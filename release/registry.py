@@ -114,6 +114,7 @@ class Registry:
                 if (report_dir / "plots").is_dir():
                     shutil.copytree(report_dir / "plots", val / "plots")
                 (val / "gate.json").write_text(json.dumps(verdict, indent=2, sort_keys=True) + "\n")
+                (tmp / WSD_SETTINGS).unlink(missing_ok=True)  # only this validation's choice, never a stray file
                 if wsd_settings:  # the switch setting per base, which `pilot wsd generate|serve` reads
                     (tmp / WSD_SETTINGS).write_text(json.dumps(wsd_settings, indent=2, sort_keys=True) + "\n")
                 (tmp / "README.md").write_text(card(version), encoding="utf-8")

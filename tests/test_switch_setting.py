@@ -19,7 +19,7 @@ from .helpers import RECS, REPO
 
 def _p(t, alignment, tax, share=0.3, window=4, rule="absolute", intervention=0.1) -> SweepPoint:
     return SweepPoint(rule=rule, window=window, threshold=t, alignment=alignment, tax=tax, switched_share=0.5,
-                      pilot_token_share=share, intervention_rate=intervention)
+                      drafted_share=share, intervention_rate=intervention)
 
 
 def test_the_most_aligned_setting_within_the_tax_limit_wins():
@@ -36,6 +36,20 @@ def test_the_most_aligned_setting_within_the_tax_limit_wins():
     # BlendIn's failure mode: the pilot writes more than about a fifth of the tokens
     c = choose([_p(0.4, 0.9, 0.0, intervention=0.35)], 0.02)
     assert "the pilot writes 35% of the answers' tokens" in c.warnings[0]
+    # a tax that was not measured is not within the limit
+    assert choose([_p(0.4, 0.9, None), _p(0.6, 0.5, 0.0)], 0.02).threshold == 0.6
+
+
+def test_alignment_is_the_mean_over_sets_not_over_figures():
+    from evaluation.switch_sweep import point
+    from pilot_core.report import Stat
+
+    def stat(x):
+        return Stat(mean=x, ci_low=x, ci_high=x, n=4)
+
+    cells = {"harmful": {"harmlessness": stat(1.0), "win_rate": stat(0.6)}, "helpful": {"win_rate": stat(0.2)}}
+    p = point("absolute", 4, 0.5, cells, {"arith": stat(0.05), "code": stat(0.1)}, [])
+    assert p.alignment == pytest.approx((0.8 + 0.2) / 2) and p.tax == 0.1  # the harmful set counts once
 
 
 def test_the_relative_rule_measures_the_base_against_the_pilot():
@@ -104,10 +118,25 @@ def test_the_calibration_split_is_kept_apart_and_measures_both_sides():
              "reads a gated eval set's data"),
             ({"sweep": {"eval_sets": [CAL[0], {**CAL[0], "name": "cal-2"}], "thresholds": [0.5]}},
              "needs an alignment or harmful set .* and a capability set"),
-            ({"metrics": {}}, "configure metrics.win_rate or metrics.harmlessness"),
+            ({"sweep": {"eval_sets": [CAL[0], {**SETS[1], "name": "cal-arith",
+                                               "path": str(REPO / "data/demo/eval/arith.v1.jsonl")}],
+                        "thresholds": [0.5]}}, "reads a gated eval set's data"),  # the same file, named otherwise
+            ({"metrics": {}}, "configure metrics.win_rate, or metrics.harmlessness with a harmful"),
+            ({"sweep": {"eval_sets": [{**CAL[0], "kind": "alignment"}, CAL[1]], "thresholds": [0.5]}},
+             "metrics.harmlessness with a harmful calibration set"),
+            ({"sweep": {"eval_sets": CAL, "thresholds": [0.5], "windows": [4, 64]}, "wsd": {"max_draft_tokens": 32}},
+             "sweep window 64 is longer than wsd.max_draft_tokens 32"),
             ({"methods": ["base_only", "nudging"]}, "methods must include wsd")):
         with pytest.raises(ValueError, match=why):
             EvalSpec.model_validate({**ok, **change})
+    spec = EvalSpec.model_validate({**ok, "wsd": {"rule": "relative", "window": 5}})
+    assert spec.sweep.rules == ["relative"] and spec.sweep.windows == [5]  # the defaults: wsd's own
+    from evaluation.config import ValidationConfig
+
+    served = [{"name": "big", "url": "http://127.0.0.1:1/v1", "served_model": "big"}]
+    with pytest.raises(ValueError, match="wsd.rule relative runs with in-process models; base big is on a server"):
+        ValidationConfig.model_validate({**ok, "name": "v", "bases": served,
+                                         "sweep": {**ok["sweep"], "rules": ["absolute", "relative"]}})
 
 
 def test_a_pipeline_chooses_within_its_gates_tax_limit():

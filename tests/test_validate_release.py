@@ -250,14 +250,21 @@ def test_the_release_ships_the_switch_setting_chosen_for_each_base(world, tmp_pa
     common = ["wsd", "generate", "--input", str(REPO / "data/demo/eval/harmful.v1.jsonl"), "--max-draft-tokens",
               "16", "--max-new-tokens", "24"]
     base = str(next(b["path"] for b in val["bases"] if b["name"] == "base-same"))
-    r = pilot(*common, "--pilot", str(v1), "--base", base, "--base-name", "base-same",
+    r = pilot(*common, "--pilot", str(v1), "--base", base,  # found by the base validation measured
               "--output", str(tmp_path / "published.jsonl"))
     assert r.returncode == 0, r.stderr
     assert f"the published switch setting for base 'base-same': threshold={c['threshold']}" in r.stderr
-    by_hand = pilot(*common, "--pilot", str(v1), "--base", base, "--base-name", "base-same", "--threshold",
+    by_hand = pilot(*common, "--pilot", str(v1), "--base", base, "--threshold",
                     str(c["threshold"]), "--window", str(c["window"]), "--set", f"rule={c['rule']}",
                     "--output", str(tmp_path / "by-hand.jsonl"))
     assert by_hand.returncode == 0 and "published switch setting" not in by_hand.stderr
+    # one key given by hand: none of the published ones is used (a gamma means something else in another rule)
+    partial = pilot(*common, "--pilot", str(v1), "--base", base, "--threshold", "0.5",
+                    "--output", str(tmp_path / "partial.jsonl"))
+    assert partial.returncode == 0 and "published switch setting" not in partial.stderr
+    # a pilot that ships no setting (the checkpoint itself): the defaults, silently
+    plain = pilot(*common, "--pilot", str(world["good"]), "--base", base, "--output", str(tmp_path / "plain.jsonl"))
+    assert plain.returncode == 0 and "switch setting" not in plain.stderr
     answers = [[json.loads(x)["response"] for x in open(tmp_path / f)] for f in ("published.jsonl", "by-hand.jsonl")]
     measured = {json.loads(x)["id"]: json.loads(x)["response"]
                 for x in open(out / "generations" / "harmful" / "base-same" / "wsd.jsonl")}
