@@ -39,13 +39,26 @@ def config() -> None:
 
 @config.command("check")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-def config_check(paths: tuple[str, ...]) -> None:
-    """Validate YAML configs against the schema of their configs/<kind>/ directory."""
+@click.option("--schema-only", is_flag=True, help="only validate against the schema (do not resolve files, hub "
+              "items, keys and integrations)")
+def config_check(paths: tuple[str, ...], schema_only: bool) -> None:
+    """Validate YAML configs against the schema of their configs/<kind>/ directory, then resolve what each names:
+    local files, hub models and datasets (listed to fetch, offline), API key variables, integrations, TRL's
+    arguments. Problems: one line each naming the file and key, exit 2."""
+    from flows.config_check import resolve
     from flows.schemas import check_config
 
+    problems = 0
     for p in paths:
-        check_config(p)
-        click.echo(f"ok  {p}")
+        found = [] if schema_only else resolve(check_config(p))
+        for f in found:
+            click.echo(f"{'problem' if f.problem else 'note   '}  {p}: {f.key}: {f.text}", err=f.problem)
+        bad = sum(f.problem for f in found)
+        problems += bad
+        if not bad:
+            click.echo(f"ok  {p}" + (f" ({len(found)} notes: to fetch or set before a run)" if found else ""))
+    if problems:
+        raise UserError(f"{problems} problem(s) in the configs above")
 
 
 @config.command("show")

@@ -50,6 +50,40 @@ def test_config_check_and_show():
     assert r.returncode == 0 and "window: 4" in r.stdout and "threshold: 0.8" in r.stdout
 
 
+def test_config_check_resolves_what_a_recipe_names(tmp_path):
+    """Each problem is one line naming the file and the key (exit 2): a missing eval file, a missing decontamination
+    set, an integration that is not installed, TRL rejecting an argument, a hosted judge without a key variable;
+    hub items are listed to fetch, with their revision. The production recipe names files not in the checkout."""
+    import yaml
+
+    cfg = yaml.safe_load((REPO / "configs/pipeline/demo.yaml").read_text())
+    cfg["validation"]["eval_sets"][0]["path"] = "data/demo/eval/harmful.v9.jsonl"
+    cfg["curation"]["decontamination"]["reference_sets"].append("data/nowhere.jsonl")
+    cfg["training"]["report_to"] = "wandb"
+    cfg["training"]["sft"]["load_best_model_at_end"] = True  # TRL: needs an eval strategy like the save one
+    cfg["validation"]["metrics"]["win_rate"] = {"kind": "llm", "model": {
+        "name": "judge", "url": "https://api.example.com/v1", "served_model": "judge", "tokenizer": "org/tok",
+        "revision": "main"}}
+    broken = tmp_path / "configs" / "pipeline" / "broken.yaml"
+    broken.parent.mkdir(parents=True)
+    broken.write_text(yaml.safe_dump(cfg))
+    r = pilot("config", "check", str(broken))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    problems = [x for x in r.stderr.splitlines() if x.startswith("problem")]
+    keys = [x.split(": ")[1] for x in problems]
+    assert keys == ["curation.decontamination.reference_sets.5", "training.report_to", "training.sft",
+                    "validation.eval_sets.0.path", "validation.metrics.win_rate.model.api_key_env"], problems
+    assert all(f"{broken}: " in x for x in problems) and "harmful.v9.jsonl" in problems[3]
+    assert "fetch hub tokenizer org/tok@main (a moving revision: pin a commit)" in r.stdout
+    assert r.stderr.strip().splitlines()[-1] == "pilot: error: 5 problem(s) in the configs above"
+    assert pilot("config", "check", "--schema-only", str(broken)).returncode == 0
+
+    r = pilot("config", "check", "configs/pipeline/pilot-3b.yaml")
+    assert r.returncode == 2
+    assert "validation.eval_sets.1.path: file not found: data/eval/arena-hard-v0.1/question.jsonl" in r.stderr
+    assert "fetch hub model meta-llama/Llama-3.2-3B-Instruct@main (a moving revision: pin a commit)" in r.stdout
+
+
 def test_usage_error_exit_2():
     r = pilot("run")
     assert r.returncode == 2 and "Missing option '--config'" in r.stderr and "Traceback" not in r.stderr
