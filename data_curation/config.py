@@ -42,6 +42,11 @@ class SourceConfig(BaseConfig):
     split: str = Field("train", description="kind hf: the split to read")
     revision: str | None = Field(None, description="kind hf, a hub dataset: the commit to read; pin one in "
                                  "production, or a changed upstream is silently used")
+    labelled_pairs: bool | None = Field(None, description="whether the pairs this source labels (hh-rlhf, "
+                                        "ultrafeedback-binarized, trl with chosen/rejected) may join the dpo split; "
+                                        "default: yes, but not for hh-rlhf, whose dataset card advises against "
+                                        "training dialogue agents on it (its harmless-base 'chosen' answers can "
+                                        "themselves be harmful)")
     columns: Columns = Field(Columns(), description="the column mapping of a source without `format`")
     cap: int | None = Field(None, ge=1, description="read at most this many rows (a seeded sample, not the first N)")
     weight: float = Field(1.0, gt=0, description="share of the mix when mix.total is set")

@@ -217,13 +217,21 @@ def _pairs(cfg, prompts, cands: list[list[Candidate]], scores):
     return sft, dpo, skipped
 
 
-def labelled_pairs(prompts: list[dict]) -> list[dict]:
-    """The pairs the sources labelled (curation's `labelled_pair`), as dpo rows; id `<prompt id>:labelled`, so a
-    prompt may have a generated pair beside it."""
-    out = []
+def labelled_pairs(prompts: list[dict], max_chars: int) -> tuple[list[dict], list[dict]]:
+    """The pairs the sources labelled (curation's `labelled_pair`), as dpo rows (id `<prompt id>:labelled`, so a
+    prompt may have a generated pair beside it), and those left out, with why: an empty side, the same answer on
+    both sides, a side over `max_chars` (the generated pairs' limit)."""
+    out, skipped = [], []
     for row in prompts:
         p = row.get("labelled_pair")
         if not p:
+            continue
+        chosen, rejected = (p.get("chosen") or "").strip(), (p.get("rejected") or "").strip()
+        why = ("labelled_pair_empty" if not chosen or not rejected else
+               "labelled_pair_identical" if chosen == rejected else
+               "labelled_pair_too_long" if max(len(p["chosen"]), len(p["rejected"])) > max_chars else None)
+        if why:
+            skipped.append({"id": f"{row['id']}:labelled", "reason": why})
             continue
         sc, sr = p.get("score_chosen"), p.get("score_rejected")
         out.append({"id": f"{row['id']}:labelled", "category": row["category"], "prompt": row["messages"],
@@ -231,7 +239,7 @@ def labelled_pairs(prompts: list[dict]) -> list[dict]:
                     "rejected": [{"role": "assistant", "content": p["rejected"]}], "score_chosen": sc,
                     "score_rejected": sr, "margin": None if sc is None or sr is None else sc - sr,
                     "generator_chosen": row["source"], "generator_rejected": row["source"], "origin": "labelled"})
-    return out
+    return out, skipped
 
 
 def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str | Path, overwrite: bool = False,
@@ -249,8 +257,9 @@ def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str |
         raise UserError(f"{output} already exists; choose another --output")
     kept_t, excl_t = pq.read_table(dataset / "prompts.parquet"), pq.read_table(dataset / "excluded.parquet")
     prompts = kept_t.select(["id", "messages", "category"]).to_pylist()
-    labelled = labelled_pairs(kept_t.select(["id", "messages", "category", "source", "labelled_pair"]).to_pylist()
-                              ) if cfg.labelled_pairs and "labelled_pair" in kept_t.column_names else []
+    labelled, labelled_skipped = labelled_pairs(
+        kept_t.select(["id", "messages", "category", "source", "labelled_pair"]).to_pylist(),
+        cfg.pairs.max_response_chars) if cfg.labelled_pairs and "labelled_pair" in kept_t.column_names else ([], [])
     cache = ResponseCache(cfg.cache or output.with_name(output.name + ".cache.sqlite"))
     reward = None
     if cfg.judge.kind == "reward_model":
@@ -291,6 +300,7 @@ def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str |
     scores, judgments = _scores(cfg, prompts, cands, jcalls, jgot, reward)
     sft, dpo, skipped = _pairs(cfg, prompts, cands, scores)
     dpo += labelled
+    skipped += labelled_skipped
     responses = [{"id": row["id"], **asdict(c), "score": scores[p][c.k]}
                  for p, row in enumerate(prompts) for c in cands[p]]
     prices = {g.name: g.price for g in cfg.generators} | {cfg.judge.name: cfg.judge.price}

@@ -103,6 +103,7 @@ def read_source(src: SourceConfig, max_chars: int, seed: int) -> tuple[list[dict
             raise UserError(f"source {src.name}: {path} is empty")
     fp = source_fingerprint(src)
     c, fmt = src.columns, FORMATS.get(src.format or "")
+    labels = src.labelled_pairs if src.labelled_pairs is not None else src.format != "hh-rlhf"  # its card: no
     wanted = list(fmt.columns) if fmt else [col for col in (c.messages, c.prompt) if col]
     id_col = fmt.id if fmt else c.id
     if not wanted and not fmt:
@@ -152,7 +153,7 @@ def read_source(src: SourceConfig, max_chars: int, seed: int) -> tuple[list[dict
             continue
         cat = obj.get(c.category) if c.category and not fmt else None
         pair = None
-        if parsed.chosen is not None and parsed.rejected is not None:
+        if parsed.chosen is not None and parsed.rejected is not None and labels:
             pair = {"chosen": parsed.chosen, "rejected": parsed.rejected, "score_chosen": parsed.score_chosen,
                     "score_rejected": parsed.score_rejected}
         kept.append({**base, "source_fingerprint": fp[:16], "messages": msgs,

@@ -33,7 +33,7 @@ def test_hh_rlhf_dialogues_become_turns_and_pairs():
     """The prompt is the dialogue up to its last human turn; the pair, both final assistant turns when the two
     dialogues agree up to there. data_dir picks the subset (harmless-base), as on the hub."""
     rows, excluded = _read(name="hh", kind="hf", path=str(F / "hh-rlhf"), data_dir="harmless-base",
-                           format="hh-rlhf")
+                           format="hh-rlhf", labelled_pairs=True)  # its pairs: only when asked for (its card)
     raw = [json.loads(x) for x in open(F / "hh-rlhf" / "harmless-base" / "train.jsonl")]
     assert sorted(rows) == ["row1", "row2", "row3"]  # no id column upstream: the row number
     assert excluded == [("bad_dialogue", "chosen is not a string of Human/Assistant turns")]
@@ -109,10 +109,16 @@ def test_format_errors_are_clear():
 
 def test_labelled_pairs_join_the_dpo_split_beside_the_generated_ones(tmp_path, tiny_cache):
     """HH-RLHF and UltraFeedback-binarized curated together; their pairs reach the dpo split with origin
-    `labelled` and the source as generator, beside the pairs generated for every prompt."""
+    `labelled` and the source as generator, beside the pairs generated for every prompt. HH-RLHF's only when
+    asked for (its card advises against training dialogue agents on it); empty, identical and overlong pairs are
+    left out, counted by reason."""
+    hh = {"name": "hh", "kind": "hf", "path": str(F / "hh-rlhf"), "data_dir": "harmless-base", "format": "hh-rlhf"}
+    default = CurationConfig.model_validate({"sources": [hh], "filters": {"language": None}})
+    curate(default, output=str(tmp_path / "hh-default"), progress=False)
+    assert not any(r.get("labelled_pair") for r in pq.read_table(tmp_path / "hh-default" / "prompts.parquet")
+                   .to_pylist())
     cfg = CurationConfig.model_validate({
-        "sources": [{"name": "hh", "kind": "hf", "path": str(F / "hh-rlhf"), "data_dir": "harmless-base",
-                     "format": "hh-rlhf"},
+        "sources": [{**hh, "labelled_pairs": True},
                     {"name": "ufb", "kind": "hf", "path": str(F / "ultrafeedback_binarized"),
                      "split": "train_prefs", "format": "ultrafeedback-binarized"}],
         "filters": {"language": None}})
@@ -139,3 +145,15 @@ def test_labelled_pairs_join_the_dpo_split_beside_the_generated_ones(tmp_path, t
     off = build_preferences(tmp_path / "curated", local_cfg(tmp_path / "c.sqlite", labelled_pairs=False),
                             tmp_path / "prefs-off", progress=False)
     assert off.dpo_labelled == 0 and off.dpo == s.dpo - 4
+
+    from data_curation.preferences import labelled_pairs
+
+    rows = [{"id": f"r{i}", "messages": [{"role": "user", "content": "q"}], "category": "c", "source": "s",
+             "labelled_pair": {"chosen": c, "rejected": r}} for i, (c, r) in enumerate(
+                 [("good", "bad"), ("  ", "bad"), ("same", "same "), ("x" * 50, "short"), ("fine", "")])]
+    pairs, left = labelled_pairs(rows, max_chars=40)
+    assert [p["id"] for p in pairs] == ["r0:labelled"]
+    assert [(x["id"], x["reason"]) for x in left] == [("r1:labelled", "labelled_pair_empty"),
+                                                       ("r2:labelled", "labelled_pair_identical"),
+                                                       ("r3:labelled", "labelled_pair_too_long"),
+                                                       ("r4:labelled", "labelled_pair_empty")]
