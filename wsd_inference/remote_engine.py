@@ -34,17 +34,25 @@ def _record(rec: PromptRecord, method: str, response: str, t0: float, **fields) 
 
 async def _continue(base: ServedModel, ids: list[int], budget: int, stop: tuple[str, ...], cfg: WSDConfig,
                     rec: PromptRecord, before: str = "", on_text=None) -> tuple[str, int]:
-    """The served base's continuation (text, tokens); with `on_text`, streamed: it is called with the answer so
-    far (`before` + the continuation) as the text arrives."""
+    """The served base's continuation (text, tokens), always streamed: the client's timeout then bounds the wait
+    between tokens, not the whole answer (a 2,048-token answer from a loaded 70B server outlasts any per-request
+    timeout). With `on_text`, it is called with the answer so far (`before` + the continuation) as text arrives
+    (a stream that breaks is the caller's to restart, with the answer); without, a stream that breaks or stalls
+    past the timeout is asked again."""
     seed = cfg.served_seed(rec.id)
-    if on_text is None:
-        text, n, *_ = await base.server.complete(ids, budget, list(stop), cfg.temperature, cfg.top_p, seed)
+
+    async def stream() -> tuple[str, int]:
+        text, n = "", 0
+        async for text, n in base.server.stream_complete(ids, budget, list(stop), cfg.temperature, cfg.top_p,
+                                                         seed):
+            if on_text is not None:
+                on_text(before + text)
         return text, n
-    text, n = "", 0
-    on_text(before)
-    async for text, n in base.server.stream_complete(ids, budget, list(stop), cfg.temperature, cfg.top_p, seed):
-        on_text(before + text)
-    return text, n
+
+    if on_text is not None:
+        on_text(before)
+        return await stream()
+    return await base.server.retry_broken(stream)
 
 
 async def wsd_one(pilot, base: ServedModel, rec: PromptRecord, cfg: WSDConfig, stop: tuple[str, ...] = (),
