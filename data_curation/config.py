@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from pilot_core.config import BaseConfig
 from pilot_core.hub_data import HubData
@@ -21,6 +21,9 @@ class Columns(BaseConfig):
     messages: str | None = Field(None, description="a list of {role, content} (or {from, value}) turns")
     system: str | None = Field(None, description="optional system prompt column, prepended as a system turn")
     category: str | None = Field(None, description="optional category given by the source")
+
+
+PAIR_FORMATS = ("hh-rlhf", "ultrafeedback-binarized", "trl")  # the formats whose rows may hold a labelled pair
 
 
 class SourceConfig(BaseConfig):
@@ -60,7 +63,19 @@ class SourceConfig(BaseConfig):
                              "names its own columns)")
         if self.kind != "hf" and (self.subset or self.data_dir or self.data_files):
             raise ValueError(f"source {self.name}: subset, data_dir and data_files are for kind hf")
+        if self.labelled_pairs is not None and self.format not in PAIR_FORMATS:
+            raise ValueError(f"source {self.name}: labelled_pairs is for formats that label pairs "
+                             f"({', '.join(PAIR_FORMATS)})")
         return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """Unset, `labelled_pairs` is left out of the dump (so of the config's hash) where it changed nothing:
+        every format but hh-rlhf behaves as before it existed."""
+        out = handler(self)
+        if self.labelled_pairs is None and self.format != "hh-rlhf":
+            out.pop("labelled_pairs", None)
+        return out
 
 
 class LengthFilter(BaseConfig):

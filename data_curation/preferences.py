@@ -300,7 +300,6 @@ def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str |
     scores, judgments = _scores(cfg, prompts, cands, jcalls, jgot, reward)
     sft, dpo, skipped = _pairs(cfg, prompts, cands, scores)
     dpo += labelled
-    skipped += labelled_skipped
     responses = [{"id": row["id"], **asdict(c), "score": scores[p][c.k]}
                  for p, row in enumerate(prompts) for c in cands[p]]
     prices = {g.name: g.price for g in cfg.generators} | {cfg.judge.name: cfg.judge.price}
@@ -311,13 +310,16 @@ def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str |
               "response_failures": sum(1 for r in responses if r["error"]), "sft": len(sft), "dpo": len(dpo),
               "dpo_labelled": len(labelled),
               "skipped": {r: sum(1 for x in skipped if x["reason"] == r) for r in {x["reason"] for x in skipped}},
+              "labelled_skipped": {r: sum(1 for x in labelled_skipped if x["reason"] == r)
+                                   for r in {x["reason"] for x in labelled_skipped}},
               "judgments": {s: sum(1 for j in judgments if j.status == s) for s in {j.status for j in judgments}}}
     manifest = Manifest(kind="dataset", config_hash=config_hash(cfg), config=cfg.model_dump(mode="json"),
                         inputs={**source.inputs, "curated": source.config_hash or ""},
                         data={**source.data, "preferences": {**counts, "usage": usage}})
     card = (dataset / "README.md").read_text(encoding="utf-8") + _card(cfg, counts, usage)
     extra = {"sft": _table(sft, pa), "dpo": _table(dpo, pa), "responses": _table(responses, pa),
-             "judgments": _table([asdict(j) for j in judgments], pa), "pairs_skipped": _table(skipped, pa)}
+             "judgments": _table([asdict(j) for j in judgments], pa),
+             "pairs_skipped": _table(skipped + labelled_skipped, pa)}
     write_dataset(output, kept_t, excl_t, manifest, card, overwrite, extra=extra, splits=("sft", "dpo"))
     return PreferencesSummary.of(output, {**counts, "usage": usage})
 
@@ -334,7 +336,8 @@ def _card(cfg: PreferencesConfig, counts: dict, usage: dict) -> str:
              f"{counts['sft']} SFT rows and {counts['dpo']} preference pairs ({counts['dpo_labelled']} of them "
              f"labelled by the sources) from {counts['prompts']} prompts; "
              f"{counts['response_failures']} failed responses; judgments by status: {counts['judgments']}; "
-             f"prompts without a pair: {counts['skipped']}.", "",
+             f"prompts without a pair: {counts['skipped']}; sources' pairs left out: "
+             f"{counts.get('labelled_skipped') or 'none'}.", "",
              "| model | requests | cache hits | failures | prompt tokens | completion tokens | cost (USD) |",
              "|---|---:|---:|---:|---:|---:|---:|",
              *(f"| {w} | {u['requests']} | {u['cache_hits']} | {u['failures']} | {u['prompt_tokens']} | "

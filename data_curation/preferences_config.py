@@ -61,9 +61,10 @@ class PreferencesConfig(BaseConfig):
         description="curated category -> rubric (any other category: helpful)")
     client: ClientConfig = ClientConfig()
     pairs: PairConfig = PairConfig()
-    labelled_pairs: bool = Field(True, description="pairs a source already labels (format hh-rlhf, "
-                                 "ultrafeedback-binarized, trl with chosen/rejected) join the dpo split beside the "
-                                 "generated ones, with origin `labelled` and the source as their generator")
+    labelled_pairs: bool = Field(True, description="pairs a source already labels (ultrafeedback-binarized, trl "
+                                 "with chosen/rejected; hh-rlhf where its source asks) join the dpo split beside the "
+                                 "generated ones, with origin `labelled` and the source as their generator; an empty "
+                                 "side, identical sides or a side over pairs.max_response_chars are left out")
 
     @model_validator(mode="after")
     def _unique(self) -> "PreferencesConfig":

@@ -10,8 +10,10 @@ own argument checks of each training stage. One line per finding, naming the fil
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ from pilot_core.models.files import is_local
 from pilot_core.models.source import ModelSource
 
 BUILDERS = ("json", "csv", "parquet", "text", "arrow")  # datasets' file builders: their data_files are read
-MOVING = (None, "main", "master")
+COMMIT = re.compile(r"[0-9a-f]{40}")  # a pinned revision; a branch or tag name moves
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -35,9 +37,17 @@ class Finding:
     problem: bool  # False: what must be fetched (or set at run time) before a run; True: the recipe cannot run
 
 
+def _moving(revision: str | None) -> str:
+    return "" if revision and COMMIT.fullmatch(revision) else " (a moving revision: pin a commit)"
+
+
+def _sub(key: str, name: str) -> str:
+    """`key.name`, or `name` at the top level."""
+    return f"{key}.{name}" if key else name
+
+
 def _fetch(key: str, what: str, name: str, revision: str | None) -> Finding:
-    moving = " (a moving revision: pin a commit)" if revision in MOVING else ""
-    return Finding(key, f"fetch {what} {name}@{revision or 'main'}{moving}", False)
+    return Finding(key, f"fetch {what} {name}@{revision or 'main'}{_moving(revision)}", False)
 
 
 def _exists(key: str, path: str | None, what: str = "file") -> list[Finding]:
@@ -53,52 +63,54 @@ def _data_files(key: str, files) -> list[Finding]:
         return [f for k, v in files.items() for f in _data_files(f"{key}.{k}", v)]
     if isinstance(files, list):
         return [f for i, v in enumerate(files) for f in _data_files(f"{key}.{i}", v)]
-    if files.startswith("hf://"):  # hf://datasets/<owner>/<name>[@<revision>]/<file>
-        rest = files.removeprefix("hf://")
-        rev = rest.split("@", 1)[1].split("/", 1)[0] if "@" in rest else None
-        return [Finding(key, f"fetch hub file {files}" + (" (a moving revision: pin a commit)" if rev in MOVING
-                                                          else ""), False)]
+    if files.startswith("hf://"):  # hf://datasets/<owner>/<name>[@<revision>]/<file>: the revision is the repo's
+        parts = files.removeprefix("hf://").split("/")
+        rev = parts[2].partition("@")[2] if len(parts) > 2 else ""
+        return [Finding(key, f"fetch hub file {files}{_moving(rev or None)}", False)]
     if any(c in files for c in "*?["):
-        return [] if list(Path().glob(files)) else [Finding(key, f"no file matches {files}", True)]
+        found = glob.glob(os.path.expanduser(files), recursive=True)
+        return [] if found else [Finding(key, f"no file matches {files}", True)]
     return _exists(key, files)
 
 
 def _hub_data(key: str, data) -> list[Finding]:
     """A dataset read as the hub publishes it (HubData, a curation source of kind hf)."""
     if data.path in BUILDERS:
-        return _data_files(f"{key}.data_files", data.data_files)
+        return _data_files(_sub(key, "data_files"), data.data_files)
     if is_local(data.path):
-        return _exists(f"{key}.path", data.path, "dataset directory")
-    return [_fetch(f"{key}.path", "hub dataset", data.path, data.revision)]
+        return _exists(_sub(key, "path"), data.path, "dataset directory")
+    return [_fetch(_sub(key, "path"), "hub dataset", data.path, data.revision)]
 
 
 def _model(key: str, m: ModelSource) -> list[Finding]:
     if m.path:
         if is_local(m.path):
-            return _exists(f"{key}.path", m.path, "model directory")
-        return [_fetch(f"{key}.path", "hub model", m.path, m.revision)]
+            return _exists(_sub(key, "path"), m.path, "model directory")
+        return [_fetch(_sub(key, "path"), "hub model", m.path, m.revision)]
     if not m.url:
         return []  # tiny: built here
     out = []
     host = urlparse(m.url).hostname or ""
     if m.api_key_env is None and m.url.startswith("https://") and host not in LOOPBACK:
-        out.append(Finding(f"{key}.api_key_env", f"{m.url} is a hosted endpoint and names no api_key_env (the "
+        out.append(Finding(_sub(key, "api_key_env"), f"{m.url} is a hosted endpoint and names no api_key_env (the "
                            "variable its key is read from)", True))
     if m.api_key_env and not os.environ.get(m.api_key_env):
-        out.append(Finding(f"{key}.api_key_env", f"set {m.api_key_env} before the run (not set here)", False))
+        out.append(Finding(_sub(key, "api_key_env"), f"set {m.api_key_env} before the run (not set here)", False))
     tok = m.tokenizer
     if tok and is_local(tok):
-        out += _exists(f"{key}.tokenizer", tok, "tokenizer directory")
+        out += _exists(_sub(key, "tokenizer"), tok, "tokenizer directory")
     elif tok:
-        out.append(_fetch(f"{key}.tokenizer", "hub tokenizer", tok, m.revision))
+        out.append(_fetch(_sub(key, "tokenizer"), "hub tokenizer", tok, m.revision))
     return out
 
 
 def _walk(key: str, obj) -> list[Finding]:
     """Every finding under one config value."""
-    from data_curation.config import BenchmarkRef, DecontamConfig, SourceConfig
+    from data_curation.config import BenchmarkRef, DecontamConfig, DedupConfig, SourceConfig
     from evaluation.config import AlpacaEvalMetric, EvalSet, HarnessConfig
+    from flows.pipeline_config import PipelineConfig
     from training.config import StagesConfig
+    from training.launch import AccelerateConfig
     from wsd_inference.config import WSDConfig
 
     out: list[Finding] = []
@@ -107,28 +119,40 @@ def _walk(key: str, obj) -> list[Finding]:
     if isinstance(obj, HubData):
         return _hub_data(key, obj)
     if isinstance(obj, SourceConfig):
-        out += _hub_data(key, obj) if obj.kind == "hf" else _exists(f"{key}.path", obj.path)
+        out += _hub_data(key, obj) if obj.kind == "hf" else _exists(_sub(key, "path"), obj.path)
     elif isinstance(obj, (EvalSet, BenchmarkRef)):
         for name in ("path", "few_shot_path", "baseline_path"):
-            out += _exists(f"{key}.{name}", getattr(obj, name, None))
+            out += _exists(_sub(key, name), getattr(obj, name, None))
     elif isinstance(obj, DecontamConfig):
         for i, p in enumerate(obj.reference_sets):
             out += _exists(f"{key}.reference_sets.{i}", p)
     elif isinstance(obj, HarnessConfig):
-        out += _exists(f"{key}.include_path", obj.include_path, "directory")
+        out += _exists(_sub(key, "include_path"), obj.include_path, "directory")
         if not (shutil.which(obj.lm_eval) or Path(obj.lm_eval).is_file()):
-            out.append(Finding(f"{key}.lm_eval", f"no lm_eval command {obj.lm_eval!r} here (install lm-eval[api] in "
-                               "an environment of its own and give its path)", True))
+            out.append(Finding(_sub(key, "lm_eval"), f"no lm_eval command {obj.lm_eval!r} here (install "
+                               "lm-eval[api] in an environment of its own and give its path)", True))
     elif isinstance(obj, AlpacaEvalMetric) and obj.glm_data and not importlib.util.find_spec("sklearn"):
-        out.append(Finding(f"{key}.glm_data", "AlpacaEval's length-controlled GLM needs scikit-learn: pip install "
+        out.append(Finding(_sub(key, "glm_data"), "AlpacaEval's length-controlled GLM needs scikit-learn: pip install "
                            "'pilot-wsd[alpaca_eval]'", True))
     elif isinstance(obj, WSDConfig):
-        out += _exists(f"{key}.urial_prefix", obj.urial_prefix)
+        out += _exists(_sub(key, "urial_prefix"), obj.urial_prefix)
+        rm = obj.bon.reward_model
+        if rm:
+            out += (_exists(_sub(key, "bon.reward_model"), rm, "model directory") if is_local(rm) else
+                    [_fetch(_sub(key, "bon.reward_model"), "hub model", rm, None)])
+    elif isinstance(obj, DedupConfig) and isinstance(obj.previous, list):
+        for i, p in enumerate(obj.previous):
+            out += _exists(_sub(key, f"previous.{i}"), p, "dataset directory")
+    elif isinstance(obj, PipelineConfig):
+        out += _exists(_sub(key, "prompts"), obj.prompts)
+    elif isinstance(obj, AccelerateConfig):
+        out += _exists(_sub(key, "deepspeed_config.deepspeed_config_file"),
+                       obj.deepspeed_config.deepspeed_config_file)
     if isinstance(obj, StagesConfig):
         out += _training(key, obj)
     if isinstance(obj, BaseModel):
         for name in type(obj).model_fields:
-            out += _walk(f"{key}.{name}" if key else name, getattr(obj, name))
+            out += _walk(_sub(key, name), getattr(obj, name))
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
             out += _walk(f"{key}.{i}", v)
@@ -145,30 +169,34 @@ def _training(key: str, stages) -> list[Finding]:
     from training.launch import load_preset
     from training.train import _trl_args
 
-    out = _exists(f"{key}.chat_template", stages.chat_template)
+    out = _exists(_sub(key, "chat_template"), stages.chat_template)
     if isinstance(stages, TrainConfig) and not Path(stages.dataset).exists():
-        out.append(Finding(f"{key}.dataset", f"{stages.dataset} is not here yet (`pilot preferences` makes it)",
+        out.append(Finding(_sub(key, "dataset"), f"{stages.dataset} is not here yet (`pilot preferences` makes it)",
                            False))
     package, install = {"mlflow": ("mlflow", "'pilot-wsd[mlflow]'"), "wandb": ("wandb", "wandb"),
                         "tensorboard": ("tensorboard", "tensorboard")}.get(stages.report_to, (None, None))
     if package and not importlib.util.find_spec(package):
-        out.append(Finding(f"{key}.report_to", f"report_to {stages.report_to}: the {package} package is not "
+        out.append(Finding(_sub(key, "report_to"), f"report_to {stages.report_to}: the {package} package is not "
                            f"installed (pip install {install}); the trainer would stop at its start", True))
     if stages.distributed:  # the preset's ZeRO section by DeepSpeed's own model (the engine needs the devices)
         try:
             load_preset(stages.distributed)
         except UserError as e:
-            out.append(Finding(f"{key}.distributed", str(e), True))
+            out.append(Finding(_sub(key, "distributed"), str(e), True))
     if isinstance(stages, TrainConfig):
         cfg = stages
     else:  # a pipeline's section: the pipeline supplies the model and the data
         cfg = TrainConfig(**stages.model_dump(), name="check", model=ModelSource(name="pilot", path="pilot"),
                           dataset="dataset", output_dir="out")
+    try:
+        cfg.compute.resolve()
+    except UserError as e:  # a GPU asked for where there is none: said once, TRL is not asked
+        return [*out, Finding(_sub(key, "compute"), f"{e} (check on the machine that will train)", False)]
     for stage in cfg.stages:
         try:
             _trl_args(cfg.model_copy(update={"report_to": "none"}), stage, Path("/nonexistent"), None)
         except Exception as e:  # TRL's and transformers' own argument checks
-            out.append(Finding(f"{key}.{stage}", f"TRL rejects the {stage} arguments: {str(e).splitlines()[0]}",
+            out.append(Finding(_sub(key, stage), f"TRL rejects the {stage} arguments: {str(e).splitlines()[0]}",
                                True))
     return out
 

@@ -182,7 +182,7 @@ class OpenAIServer:
                     text, tokens = text + c.text, tokens + 1  # the usage chunk at the end has the exact count
                     yield text, tokens
             yield text, tokens
-        except openai.APIConnectionError as e:
+        except openai.APIError as e:  # the connection broke or stalled past the timeout, or an error event came
             raise StreamCutShort(f"{self.url}: the stream broke part-way ({type(e).__name__})") from e
         finally:
             await stream.close()
