@@ -83,8 +83,9 @@ RUNNING: list[subprocess.Popen] = []  # runs a test started in the background (c
 
 
 def small(out: Path) -> list[str]:
-    """The demo pipeline, smaller (fewer prompts, eval items), with a gate it passes whatever tiny models do."""
-    return [f"output_dir={out}", f"release.registry={out / 'registry'}",
+    """The demo pipeline, smaller (fewer prompts, eval items, no switch sweep: the end-to-end run in test_cli keeps
+    it), with a gate it passes whatever tiny models do."""
+    return [f"output_dir={out}", f"release.registry={out / 'registry'}", "validation.sweep=null",
             "curation.sources.0.cap=60", "training.sft.max_steps=20", "training.dpo.max_steps=10",
             *(f"validation.eval_sets.{i}.limit=4" for i in range(3)),
             "release.gate.metrics.harmlessness.min_gain=-1", "release.gate.metrics.win_rate.floor=0",

@@ -209,13 +209,20 @@ def test_alpaca_eval_annotator_reads_the_servers_log_probabilities(vllm_servers,
              ("Give three tips for focus.", "Sleep, plan, breaks.", "Phone away; timer; one task."),
              ("Name a prime number.", "7", "9")]
     got = alpaca_eval_annotate(AlpacaEvalMetric.model_validate({"model": model}), items, tmp_path / "c.sqlite")
-    client = AsyncOpenAI(base_url=vllm_servers["pilot"].url, api_key="EMPTY")
-    for (instruction, reference, answer), pref, bad in zip(items, got.values, got.unparsed):
-        swapped = ref.is_switched(instruction)
-        msgs = ref.fill_prompt(instruction, *((answer, reference) if swapped else (reference, answer)))
-        r = asyncio.run(client.chat.completions.create(model="pilot", messages=msgs, max_tokens=1, temperature=1.0,
-                                                       logprobs=True, top_logprobs=5, seed=0))
-        top = [{"token": t.token, "logprob": t.logprob} for t in r.choices[0].logprobs.content[0].top_logprobs]
+    async def direct() -> list:  # the same prompts, asked without our code (one event loop for the client)
+        client = AsyncOpenAI(base_url=vllm_servers["pilot"].url, api_key="EMPTY")
+        out = []
+        for instruction, reference, answer in items:
+            swapped = ref.is_switched(instruction)
+            msgs = ref.fill_prompt(instruction, *((answer, reference) if swapped else (reference, answer)))
+            r = await client.chat.completions.create(model="pilot", messages=msgs, max_tokens=1, temperature=1.0,
+                                                     logprobs=True, top_logprobs=5, seed=0)
+            out.append((swapped, [{"token": t.token, "logprob": t.logprob}
+                                  for t in r.choices[0].logprobs.content[0].top_logprobs]))
+        await client.close()
+        return out
+
+    for (swapped, top), pref, bad in zip(asyncio.run(direct()), got.values, got.unparsed):
         assert len(top) == 5
         want = ref.logprob_preference(top)
         assert (bad and pref == 1.0) if math.isnan(want) else pref == pytest.approx(3 - want if swapped else want)

@@ -280,7 +280,7 @@ def test_smollm2_annotates_and_judges_as_the_upstream_code_reads_it(smollm2, tmp
     ah_set = load_eval_set(EvalSet(name="ah", version="v0.1", format="arena_hard",
                                    path=str(B / "arena-hard/question.jsonl"),
                                    baseline_path=str(B / "arena-hard/model_answer/gpt-4-0314.jsonl")))
-    items = [(it.category, it.question[0]["content"], it.reference, "A short answer of mine.") for it in ah_set]
+    items = [(it.category, it.question[0]["content"], it.reference, "A short answer of mine.") for it in ah_set[:1]]
     games = arena_hard_judge(ArenaHardMetric(model=model, max_tokens=48), items, tmp_path / "cache.sqlite")
     for (cat, q, base, ans), labels, bad in zip(items, games.labels, games.unparsed):
         read = []
@@ -296,4 +296,4 @@ def test_smollm2_annotates_and_judges_as_the_upstream_code_reads_it(smollm2, tmp
             read.append(label if label in ah.KNOWN["v0.1"] else None)
         assert bad == any(x is None for x in read)
         assert list(labels) == [x if x is not None else ah.WORST[g] for g, x in enumerate(read)]
-    assert games.counts["judged"] + games.counts["unparseable"] == 2
+    assert games.counts["judged"] + games.counts["unparseable"] == 1
