@@ -86,15 +86,16 @@ def _text(item) -> str:
     return json.dumps(item.question, sort_keys=True, ensure_ascii=False)
 
 
-def _sweep(spec, pilot, bases, untuned, output, compute, progress, http_client) -> dict:
-    """WSD's switch setting per base, chosen on the calibration split (evaluation/switch_sweep.py): base-only once,
-    WSD at every setting of the grid, each measured as the eval sets are (generations under sweep/<setting>/,
-    resumable; judgments in the same cache)."""
+def _sweep(spec, gated_sets, pilot, bases, untuned, output, compute, progress, http_client) -> tuple[dict, list]:
+    """(WSD's switch setting per base, the calibration sets as loaded), chosen on the calibration split
+    (evaluation/switch_sweep.py): base-only once, WSD at every setting of the grid, each measured as the eval sets
+    are (generations under sweep/<setting>/, resumable; judgments in the same cache). `gated_sets`: the eval sets
+    as validation loaded them, which no calibration question may repeat."""
     from evaluation import switch_sweep as sw
 
     grid = spec.sweep
     sets = [(es, load_eval_set(es)) for es in grid.eval_sets]
-    gated = {_text(it) for es in spec.eval_sets for it in load_eval_set(es)}
+    gated = {_text(it) for _, items in gated_sets for it in items}
     for es, items in sets:  # kept apart: not one calibration question is a gated one
         same = [it.record.id for it in items if _text(it) in gated]
         if same:
@@ -116,7 +117,7 @@ def _sweep(spec, pilot, bases, untuned, output, compute, progress, http_client) 
         for b in bases:
             points[b.name].append(sw.point(rule, w, t, metrics[b.name]["wsd"], tax.get(b.name, {}).get("wsd", {}),
                                            [r for s in wsd for r in wsd[s][b.name]["wsd"].values()]))
-    return {b: sw.choose(pts, grid.max_tax) for b, pts in points.items()}
+    return {b: sw.choose(pts, grid.max_tax) for b, pts in points.items()}, sets
 
 
 def _run_code(rows: list[dict], items_by: dict, unsafe: bool) -> None:
@@ -389,7 +390,8 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
         code_execution = isolation(spec.unsafe_code_execution)
     untuned = _untuned(spec, manifest)
     pilot = ModelSource(name=pilot_name, path=str(ckpt))
-    choices = _sweep(spec, pilot, bases, untuned, output, compute, progress, http_client) if spec.sweep else {}
+    choices, calibration_sets = (_sweep(spec, sets, pilot, bases, untuned, output, compute, progress, http_client)
+                                 if spec.sweep else ({}, []))
     settings = {b: {"rule": c.rule, "window": c.window, "threshold": c.threshold} for b, c in choices.items()}
     records = _generate(spec, pilot, bases, untuned, sets, output, compute, progress, settings=settings)
     rows, counts = _scores(spec, sets, records, output, http_client, compute)
@@ -427,6 +429,6 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
                       counts=counts),
         metrics=metrics, alignment_tax=tax, diagnostics=_diagnostics(records, bases),
         config=spec.model_dump(mode="json"), code_execution=code_execution, switch_settings=choices,
-        calibration_sets={es.name: set_identity(es, len(load_eval_set(es))) for es in calibration})
+        calibration_sets={es.name: set_identity(es, len(items)) for es, items in calibration_sets})
     write_report(output, report, rows)
     return report

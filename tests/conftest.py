@@ -15,6 +15,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 from .helpers import PREF_PROMPTS, RUNNING, local_cfg  # noqa: E402
+
 # One model cache per test session, inherited by the CLI subprocesses the tests start; Prefect's home (its
 # profiles and the ephemeral API's database) likewise, out of ~/.prefect.
 os.environ["PILOT_CACHE_DIR"] = tempfile.mkdtemp(prefix="pilot-test-cache-")
@@ -58,6 +59,16 @@ def loads(monkeypatch) -> list[tuple[str, dict]]:
     monkeypatch.setattr(loading, "load_weights", spy)
     monkeypatch.setattr(reward, "load_weights", spy)
     return seen
+
+
+@pytest.fixture(scope="module")
+def models(pair_same, pair_different):
+    """The tiny pilot with each tiny base, loaded once per module: {"same": (pilot, base), "different": ...}."""
+    from pilot_core.models.loading import load_hf_model
+
+    pilot = load_hf_model(str(pair_same[0]), need_chat_template=True)
+    return {"same": (pilot, load_hf_model(str(pair_same[1]))),
+            "different": (pilot, load_hf_model(str(pair_different[1])))}
 
 
 @pytest.fixture(scope="session")

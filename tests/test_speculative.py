@@ -20,13 +20,6 @@ from .helpers import RECS, median_max_window
 FIELDS = ("response", "draft_text", "switch_index", "switched", "kept_draft_tokens", "base_tokens", "pilot_tokens")
 
 
-@pytest.fixture(scope="module")
-def models(pair_same, pair_different):
-    pilot = load_hf_model(str(pair_same[0]), need_chat_template=True)
-    return {"same": (pilot, load_hf_model(str(pair_same[1]))),
-            "different": (pilot, load_hf_model(str(pair_different[1])))}
-
-
 def speculating(cfg: WSDConfig, k: int, **more) -> WSDConfig:
     return cfg.model_copy(update={"speculation": cfg.speculation.model_copy(update={"tokens": k, **more})})
 

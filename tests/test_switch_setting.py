@@ -63,15 +63,6 @@ def test_the_relative_rule_measures_the_base_against_the_pilot():
     assert relative_logps(lp, [3, 7, 12], [3, 7, 12], [1.0, 1.0, 1.0]) == pytest.approx(lp)  # a sure pilot
 
 
-@pytest.fixture(scope="module")
-def models(pair_same, pair_different):
-    from pilot_core.models.loading import load_hf_model
-
-    pilot = load_hf_model(str(pair_same[0]), need_chat_template=True)
-    return {"same": (pilot, load_hf_model(str(pair_same[1]))),
-            "different": (pilot, load_hf_model(str(pair_different[1])))}
-
-
 @pytest.mark.parametrize("pair", ["same", "different"])
 def test_the_relative_rule_online_equals_staged_and_differs_from_the_absolute(models, pair):
     from wsd_inference.engine import wsd_generate

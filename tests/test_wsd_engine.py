@@ -2,7 +2,6 @@
 
 import pytest
 
-from pilot_core.models.loading import load_hf_model
 from wsd_inference.config import WSDConfig
 from wsd_inference.engine import wsd_generate
 
@@ -10,13 +9,6 @@ from .helpers import RECS, median_max_window
 from .wsd_reference import staged_wsd
 
 FIELDS = ("response", "draft_text", "switch_index", "switched", "base_tokens", "kept_draft_tokens")
-
-
-@pytest.fixture(scope="module")
-def models(pair_same, pair_different):
-    pilot = load_hf_model(str(pair_same[0]), need_chat_template=True)
-    return {"same": (pilot, load_hf_model(str(pair_same[1]))),
-            "different": (pilot, load_hf_model(str(pair_different[1])))}
 
 
 @pytest.mark.parametrize("pair", ["same", "different"])
