@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_serializer, model_validator
 
 from pilot_core.config import BaseConfig
 from pilot_core.hub_data import HubData
+from pilot_core.hub_items import HubRef, dataset_refs
 from pilot_core.models.source import ModelSource
 from pilot_core.names import check_unique, config_name
 
@@ -67,6 +68,9 @@ class SourceConfig(BaseConfig):
             raise ValueError(f"source {self.name}: labelled_pairs is for formats that label pairs "
                              f"({', '.join(PAIR_FORMATS)})")
         return self
+
+    def hub_refs(self) -> list[HubRef]:
+        return dataset_refs(self) if self.kind == "hf" else []
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):

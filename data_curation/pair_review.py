@@ -82,7 +82,7 @@ def _judge_view(cfg: dict, pair: dict, responses: list[dict], judgments: list[di
         rationale = " | ".join(f"{side}: {why[k]}" for side, k in (("chosen", kc), ("rejected", kr)) if why.get(k))
         return {"verdict": verdict, "agreement": "single judgments", "rationale": rationale, "rubric": rubric}
     mine = [j for j in judgments if {j["a"], j["b"]} == {kc, kr}]
-    combined = next((j for j in mine if j["order"] == "combined"), None)
+    combined = next((j for j in mine if j["order"] in ("combined", "screened")), None)  # screened: pointwise
     first = combined or next((j for j in mine if j["order"] == "AB"), None)
     if first is not None and first["verdict"] in ("A", "B"):
         winner = first["a"] if first["verdict"] == "A" else first["b"]
@@ -90,7 +90,8 @@ def _judge_view(cfg: dict, pair: dict, responses: list[dict], judgments: list[di
     elif first is not None and first["verdict"] == "tie":
         verdict = "tie"
     agreement = combined["status"] if combined else "one order"
-    rationale = " | ".join(f"{j['order']}: {j['rationale'] or j['status']}" for j in mine if j["order"] != "combined")
+    rationale = " | ".join(f"{j['order']}: {j['rationale'] or j['status']}" for j in mine
+                           if j["order"] not in ("combined", "screened")) or (combined["rationale"] if combined else "")
     return {"verdict": verdict, "agreement": agreement, "rationale": rationale, "rubric": rubric}
 
 

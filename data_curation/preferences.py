@@ -109,25 +109,65 @@ def _response_calls(cfg, endpoints, prompts) -> list[ResponseCall]:
     return out
 
 
-def _judge_calls(cfg, endpoint, prompts, cands: list[list[Candidate]]) -> list[JudgeCall]:
-    j = cfg.judge
-    params = verdict_params(j, "pointwise" if j.kind == "pointwise" else "pairwise")
-    out = []
+def _pointwise_calls(cfg, endpoint, prompts, cands: list[list[Candidate]]) -> list[JudgeCall]:
+    """One pointwise verdict per response (kind pointwise, or the screen of a screened pairwise judge)."""
+    j, out = cfg.judge, []
+    params = verdict_params(j, "pointwise")
     for p, row in enumerate(prompts):
         text = rubric(cfg.category_rubrics.get(row["category"], "helpful"), j.rubric_version)
+        for c in (c for c in cands[p] if c.text):
+            out.append(JudgeCall(p, c.k, None, "single", make_call(
+                "judgment", j.name, endpoint, pointwise_messages(text, row["messages"], c.text), params)))
+    return out
+
+
+def _pair_calls(cfg, endpoint, prompts, cands: list[list[Candidate]],
+                only: dict[int, set] | None = None) -> list[JudgeCall]:
+    """Pairwise verdicts on every pair of a prompt's responses (in both orders where asked), or on the pairs in
+    `only[prompt]` (the screen's close pairs)."""
+    j, out = cfg.judge, []
+    for p, row in enumerate(prompts):
         ok = [c for c in cands[p] if c.text]
-        if j.kind == "pointwise":
-            for c in ok:
-                out.append(JudgeCall(p, c.k, None, "single", make_call(
-                    "judgment", j.name, endpoint, pointwise_messages(text, row["messages"], c.text), params)))
-            continue
         for x in range(len(ok)):
             for y in range(x + 1, len(ok)):
                 a, b = ok[x], ok[y]
+                if only is not None and (a.k, b.k) not in only.get(p, ()):
+                    continue
                 calls = pair_calls(j, endpoint, row["messages"], a.text, b.text,
                                    cfg.category_rubrics.get(row["category"], "helpful"), j.both_orders)
                 out += [JudgeCall(p, a.k, b.k, name, c) for name, c in zip(("AB", "BA"), calls)]
     return out
+
+
+def _judge_calls(cfg, endpoint, prompts, cands: list[list[Candidate]]) -> list[JudgeCall]:
+    """Every call of a pointwise judge, or of a round-robin pairwise judge (a screened one: `_screen` between
+    `_pointwise_calls` and `_pair_calls`)."""
+    if cfg.judge.kind == "pointwise":
+        return _pointwise_calls(cfg, endpoint, prompts, cands)
+    return _pair_calls(cfg, endpoint, prompts, cands)
+
+
+def _screen(cfg, cands: list[list[Candidate]], scalls: list[JudgeCall], got: dict) -> dict[int, set]:
+    """Per prompt, the pairs the pointwise screen cannot separate: scores within judge.margin, or a side
+    unscored (an error or an unparseable verdict)."""
+    score: dict[tuple[int, int], float | None] = {}
+    for jc in scalls:
+        r = got[jc.call.key]
+        score[(jc.prompt, jc.a)] = parse_pointwise(r.get("text", ""))[0] if "error" not in r else None
+    close: dict[int, set] = {}
+    for p, cs in enumerate(cands):
+        ok = [c for c in cs if c.text]
+        for x in range(len(ok)):
+            for y in range(x + 1, len(ok)):
+                sa, sb = score.get((p, ok[x].k)), score.get((p, ok[y].k))
+                if sa is None or sb is None or abs(sa - sb) <= cfg.judge.margin:
+                    close.setdefault(p, set()).add((ok[x].k, ok[y].k))
+    return close
+
+
+def screened(cfg: PreferencesConfig) -> bool:
+    """The judge screens pointwise before judging pairwise (an LLM pairwise judge with strategy screened)."""
+    return cfg.judge.kind == "pairwise" and cfg.judge.strategy == "screened"
 
 
 def _verdict(v) -> str | None:
@@ -167,8 +207,16 @@ def _scores(cfg, prompts, cands: list[list[Candidate]], jcalls: list[JudgeCall],
             scores.append(s)
             continue
         by_pair: dict = {}
+        screen: dict[int, float | None] = {}
         for jc in mine:
             r = got[jc.call.key]
+            if jc.order == "single":  # the screen's pointwise verdict
+                score, why = parse_pointwise(r.get("text", "")) if "error" not in r else (None, "")
+                screen[jc.a] = score
+                records.append(Judgment(row["id"], jc.a, None, "single", _verdict(score),
+                                        "error" if "error" in r else "ok" if score is not None else "unparseable",
+                                        why, r.get("text", r.get("error", ""))))
+                continue
             w, why = parse_pairwise(r.get("text", "")) if "error" not in r else (None, "")
             by_pair.setdefault((jc.a, jc.b), {})[jc.order] = w
             records.append(Judgment(row["id"], jc.a, jc.b, jc.order, w,
@@ -182,6 +230,17 @@ def _scores(cfg, prompts, cands: list[list[Candidate]], jcalls: list[JudgeCall],
             else:
                 w = v.get("AB")
             verdicts[pair] = w
+        if screen:  # the pairs the screen separated: the higher pointwise score wins
+            ok = [c.k for c in cands[p] if c.text]
+            for x in range(len(ok)):
+                for y in range(x + 1, len(ok)):
+                    pair = (ok[x], ok[y])
+                    if pair in by_pair or screen.get(pair[0]) is None or screen.get(pair[1]) is None:
+                        continue
+                    w = "A" if screen[pair[0]] > screen[pair[1]] else "B"
+                    verdicts[pair] = w
+                    records.append(Judgment(row["id"], pair[0], pair[1], "screened", w, "pointwise",
+                                            f"pointwise {screen[pair[0]]:g} against {screen[pair[1]]:g}"))
         scores.append(win_rates(n, verdicts))
     return scores, records
 
@@ -283,18 +342,28 @@ def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str |
                 cands[rc.prompt].append(Candidate(len(cands[rc.prompt]), rc.generator, rc.sample,
                                                   r.get("text", "").strip(), r.get("error"), r.get("finish_reason"),
                                                   r.get("completion_tokens")))
-            jcalls, jgot = [], {}
-            if cfg.judge.kind in ("pairwise", "pointwise"):
+            jcalls, jgot, close = [], {}, None
+            if screened(cfg):
+                ep = endpoints[cfg.judge.name]
+                scalls = _pointwise_calls(cfg, ep, prompts, cands)
+                with tqdm(total=len(scalls), desc="screen", unit="call", disable=not progress) as bar:
+                    jgot = await run_calls([jc.call for jc in scalls], endpoints, cache, stats, bar)
+                close = _screen(cfg, cands, scalls, jgot)
+                pcalls = _pair_calls(cfg, ep, prompts, cands, only=close)
+                with tqdm(total=len(pcalls), desc="judgments", unit="call", disable=not progress) as bar:
+                    jgot |= await run_calls([jc.call for jc in pcalls], endpoints, cache, stats, bar)
+                jcalls = scalls + pcalls
+            elif cfg.judge.kind in ("pairwise", "pointwise"):
                 jcalls = _judge_calls(cfg, endpoints[cfg.judge.name], prompts, cands)
                 with tqdm(total=len(jcalls), desc="judgments", unit="call", disable=not progress) as bar:
                     jgot = await run_calls([jc.call for jc in jcalls], endpoints, cache, stats, bar)
-            return cands, jcalls, jgot
+            return cands, jcalls, jgot, close
         finally:
             for ep in endpoints.values():
                 await ep.backend.close()
 
     try:
-        cands, jcalls, jgot = asyncio.run(main())
+        cands, jcalls, jgot, close = asyncio.run(main())
     finally:
         cache.close()
     scores, judgments = _scores(cfg, prompts, cands, jcalls, jgot, reward)
@@ -313,19 +382,58 @@ def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str |
               "labelled_skipped": {r: sum(1 for x in labelled_skipped if x["reason"] == r)
                                    for r in {x["reason"] for x in labelled_skipped}},
               "judgments": {s: sum(1 for j in judgments if j.status == s) for s in {j.status for j in judgments}}}
+    screening = []
+    if cfg.judge.kind == "pairwise":  # which pairs were judged pairwise, and the calls the screen saved
+        counts["judging"], screening = _judging(cfg, prompts, cands, jcalls, close)
     manifest = Manifest(kind="dataset", config_hash=config_hash(cfg), config=cfg.model_dump(mode="json"),
                         inputs={**source.inputs, "curated": source.config_hash or ""},
-                        data={**source.data, "preferences": {**counts, "usage": usage}})
+                        data={**source.data, "preferences": {**counts, "usage": usage}}, hub=source.hub)
     card = (dataset / "README.md").read_text(encoding="utf-8") + _card(cfg, counts, usage)
     extra = {"sft": _table(sft, pa), "dpo": _table(dpo, pa), "responses": _table(responses, pa),
              "judgments": _table([asdict(j) for j in judgments], pa),
              "pairs_skipped": _table(skipped + labelled_skipped, pa)}
+    if screening:
+        extra["screening"] = _table(screening, pa)
     write_dataset(output, kept_t, excl_t, manifest, card, overwrite, extra=extra, splits=("sft", "dpo"))
     return PreferencesSummary.of(output, {**counts, "usage": usage})
 
 
+def _judging(cfg: PreferencesConfig, prompts, cands: list[list[Candidate]], jcalls: list[JudgeCall],
+             close: dict[int, set] | None) -> tuple[dict, list[dict]]:
+    """A pairwise judge's calls against the round robin's (every pair, in both orders where asked): the totals
+    (the manifest's data["preferences"]["judging"]) and a row per prompt (screening.parquet: the pairs judged
+    pairwise, as "a-b" of the responses' k)."""
+    orders = 2 if cfg.judge.both_orders else 1
+    per: dict[int, int] = {}
+    for jc in jcalls:
+        per[jc.prompt] = per.get(jc.prompt, 0) + 1
+    rows = []
+    for p, row in enumerate(prompts):
+        ok = [c.k for c in cands[p] if c.text]
+        pairs = [(a, b) for i, a in enumerate(ok) for b in ok[i + 1:]]
+        judged = pairs if close is None else sorted(close.get(p, ()))
+        rows.append({"id": row["id"], "responses": len(ok), "pairs": len(pairs),
+                     "pairs_pairwise": [f"{a}-{b}" for a, b in judged], "judge_calls": per.get(p, 0),
+                     "judge_calls_round_robin": len(pairs) * orders})
+    calls, rr = sum(r["judge_calls"] for r in rows), sum(r["judge_calls_round_robin"] for r in rows)
+    total = {"strategy": cfg.judge.strategy, "margin": cfg.judge.margin if close is not None else None,
+             "pairs": sum(r["pairs"] for r in rows), "pairs_pairwise": sum(len(r["pairs_pairwise"]) for r in rows),
+             "judge_calls": calls, "judge_calls_round_robin": rr, "calls_saved": rr - calls}
+    return total, rows
+
+
 def _table(rows: list[dict], pa):
     return pa.Table.from_pylist(rows) if rows else pa.table({"id": pa.array([], pa.string())})
+
+
+def _judging_lines(j: dict | None) -> list[str]:
+    if not j:
+        return []
+    how = (f"screened: each response scored pointwise, then {j['pairs_pairwise']} of {j['pairs']} pairs (scores "
+           f"within {j['margin']:g}, or unscored) judged pairwise" if j["strategy"] == "screened" else
+           f"round robin: all {j['pairs']} pairs judged pairwise")
+    return [f"Judging ({how}): {j['judge_calls']} judge calls, against {j['judge_calls_round_robin']} for the "
+            f"round robin ({j['calls_saved']} saved); the pairs judged pairwise per prompt: screening.parquet.", ""]
 
 
 def _card(cfg: PreferencesConfig, counts: dict, usage: dict) -> str:
@@ -338,6 +446,7 @@ def _card(cfg: PreferencesConfig, counts: dict, usage: dict) -> str:
              f"{counts['response_failures']} failed responses; judgments by status: {counts['judgments']}; "
              f"prompts without a pair: {counts['skipped']}; sources' pairs left out: "
              f"{counts.get('labelled_skipped') or 'none'}.", "",
+             *_judging_lines(counts.get("judging")),
              "| model | requests | cache hits | failures | prompt tokens | completion tokens | cost (USD) |",
              "|---|---:|---:|---:|---:|---:|---:|",
              *(f"| {w} | {u['requests']} | {u['cache_hits']} | {u['failures']} | {u['prompt_tokens']} | "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from pilot_core.config import BaseConfig
 from pilot_core.judge_spec import JudgeSpec
@@ -21,6 +21,14 @@ class Price(BaseConfig):
     output: float = Field(0.0, ge=0)
 
 
+class Throughput(BaseConfig):
+    """How fast one request to an endpoint runs, declared (or measured) for the plan (`pilot run --plan`): a
+    request takes first_token_s + its output tokens / output_tokens_per_s; `concurrency` run at once."""
+
+    output_tokens_per_s: float = Field(gt=0, description="decode speed of one request, output tokens per second")
+    first_token_s: float = Field(0.0, ge=0, description="seconds before the first token (queue + prefill)")
+
+
 class GeneratorConfig(BaseConfig):
     name: str
     model: ModelSource = Field(description="url + served_model (OpenAI-compatible; key from api_key_env), or a "
@@ -31,8 +39,13 @@ class GeneratorConfig(BaseConfig):
     max_tokens: int = Field(512, ge=1)
     system_prompt: str | None = None
     price: Price = Price()
+    throughput: Throughput | None = Field(None, description="for the plan's hours (null: unknown)")
 
     _name = field_validator("name")(config_name("generator or judge name"))
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        return _without_plan(handler(self))
 
 
 class JudgeConfig(JudgeSpec):
@@ -42,7 +55,30 @@ class JudgeConfig(JudgeSpec):
     name: str
     kind: Literal["pairwise", "pointwise", "reward_model", "rules"] = "pairwise"
     both_orders: bool = Field(True, description="pairwise: judge A/B and B/A; disagreeing orders make a tie")
+    strategy: Literal["screened", "round_robin"] = Field(
+        "screened", description="pairwise: `screened` scores each response pointwise first (one call each) and "
+        "judges pairwise only the pairs whose scores are within `margin`; `round_robin` judges every pair")
+    margin: float = Field(1.0, ge=0, description="screened: pairs whose pointwise scores (1-10) differ by at most "
+                          "this, or with a response left unscored, are judged pairwise")
     price: Price = Price()
+    throughput: Throughput | None = Field(None, description="for the plan's hours (null: unknown)")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """strategy and margin are left out of the dump (so of the stage's hash) where they change nothing: judges
+        that are not pairwise behave as before they existed."""
+        out = handler(self)
+        if self.kind != "pairwise":
+            out.pop("strategy", None)
+            out.pop("margin", None)
+        return _without_plan(out)
+
+
+def _without_plan(out: dict) -> dict:
+    """An undeclared throughput is left out of the dump: recipes that declare none hash as before it existed."""
+    if out.get("throughput") is None:
+        out.pop("throughput", None)
+    return out
 
 
 class PairConfig(BaseConfig):

@@ -280,6 +280,8 @@ class EvalSpec(BaseConfig):
                                           "against WSD and base-only behind `pilot wsd serve`")
     sweep: SwitchSweep | None = Field(None, description="choose WSD's switch setting per base on a calibration "
                                       "split first; the eval sets are then measured at it (and it ships as wsd.json)")
+    report_to: Literal["none", "mlflow"] = Field("none", description="mlflow: the report's figures, parameters and "
+                                                 "files as one MLflow run (MLFLOW_TRACKING_URI; the mlflow extra)")
     unsafe_code_execution: bool = Field(False, description="code sets: run the models' programs without a kernel "
                                         "boundary where bubblewrap cannot be set up (a disposable container only; "
                                         "the report records it). Off: such a run refuses (exit 2)")

@@ -28,6 +28,7 @@ from pilot_core.models.files import check_contained, check_local_dir
 from pilot_core.models.source import ModelSource
 from pilot_core.names import safe_join
 from pilot_core.report import CheckpointRef, Diagnostics, Judges, Stat, ValidationReport, load_report
+from pilot_core.tracking import identity
 from wsd_inference.methods import METHODS, read_record
 
 REFERENCE = "base_only"
@@ -148,6 +149,8 @@ def _scores(spec, sets, records, output, http_client=None, compute=None) -> tupl
                 for it in items:
                     row = {"set": es.name, "kind": es.kind, "base": base, "method": method, "id": it.record.id,
                            "response": recs[it.record.id].response}
+                    if recs[it.record.id].error is not None:
+                        row["error"] = recs[it.record.id].error
                     if es.kind in CAPABILITY_KINDS and es.kind != "code":
                         sc = score_answer(es.kind, row["response"], it.answer, it.n_choices)
                         row.update(correct=float(sc.correct), extracted=sc.extracted)
@@ -235,11 +238,30 @@ def _scores(spec, sets, records, output, http_client=None, compute=None) -> tupl
         _mark(harmful, "safe", verdicts, counts, "harmlessness")
         for r, cats in zip(harmful, verdicts.categories or ()):
             r["safe_categories"] = cats  # what the safety classifier named
+    _failed_as_worst(rows)
     failed = sum(c.get("failed", 0) for c in counts.values())
     if failed:
         raise JobFailed(f"{failed} judgments failed after their retries (judge counts: {counts}); rerun the same "
                         "command to retry them (finished judgments are cached)")
     return rows, counts
+
+
+WORST = {"correct": 0.0, "correct_strict": 0.0, "correct_flexible": 0.0, "unparsed": 1.0, "win": 0.0, "ref_win": 0.0,
+         "ae_win": 0.0, "safe": 0.0}
+
+
+def _failed_as_worst(rows: list[dict]) -> None:
+    """An item the server refused has no answer: every figure counts it as the worst outcome, so a method cannot
+    gain by failing (the reward, which has no worst value, leaves it out); the diagnostics count it and the gate's
+    max_failure_rate limits it (not its judge coverage: one failure is not counted twice)."""
+    for r in rows:
+        if "error" not in r:
+            continue
+        for field, worst in WORST.items():
+            if field in r:
+                r[field] = worst
+        if "reward" in r:
+            r["reward"] = None
 
 
 METRIC_FIELDS = {"reward": "reward", "win_rate": "win", "ref_win_rate": "ref_win", "alpaca_eval_win_rate": "ae_win",
@@ -371,10 +393,11 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
     check_local_dir(ckpt)
     check_contained(ckpt)
     ident = {"checkpoint": fingerprint(ckpt), "config_hash": config_hash(
-        {"spec": spec.model_dump(mode="json"), "bases": [b.model_dump(mode="json") for b in bases]})}
+        {"spec": identity(spec), "bases": [b.model_dump(mode="json") for b in bases]})}
     if (output / "report.json").is_file():
         old = load_report(output)
         if {"checkpoint": old.checkpoint.fingerprint, "config_hash": old.config_hash} == ident:
+            _track(spec, old, output, pilot_name)  # logged now if an earlier run could not
             return old  # the same checkpoint measured the same way: already done
         raise UserError(f"{output} holds a report for another checkpoint or config; choose another --output")
     if spec.harness:
@@ -431,4 +454,12 @@ def validate(spec: EvalSpec, checkpoint: str | Path, bases: list[ModelSource], o
         config=spec.model_dump(mode="json"), code_execution=code_execution, switch_settings=choices,
         calibration_sets={es.name: set_identity(es, len(items)) for es, items in calibration_sets})
     write_report(output, report, rows)
+    _track(spec, report, output, pilot_name)
     return report
+
+
+def _track(spec: EvalSpec, report: ValidationReport, output: Path, pilot_name: str) -> None:
+    if spec.report_to == "mlflow":
+        from pilot_core.tracking import log_validation
+
+        log_validation(output, report, pilot_name)

@@ -11,6 +11,7 @@ import sys
 import click
 
 from flows.curate_cli import curate
+from flows.fetch_cli import fetch
 from flows.preferences_cli import preferences
 from flows.release_cli import release
 from flows.review_cli import review
@@ -45,12 +46,18 @@ def config_check(paths: tuple[str, ...], schema_only: bool) -> None:
     """Validate YAML configs against the schema of their configs/<kind>/ directory, then resolve what each names:
     local files, hub models and datasets (listed to fetch, offline), API key variables, integrations, TRL's
     arguments. Problems: one line each naming the file and key, exit 2."""
-    from flows.config_check import resolve
+    from flows.config_check import Finding, resolve
     from flows.schemas import check_config
+    from pilot_core.lock import apply_lock
 
     problems = 0
     for p in paths:
-        found = [] if schema_only else resolve(check_config(p))
+        cfg = check_config(p, lock=False)
+        try:
+            locked, stale = apply_lock(cfg, p), []
+        except UserError as e:  # the lock beside it no longer matches: said as one problem, the rest still checked
+            locked, stale = [], [Finding("lock", str(e), True)]
+        found = [] if schema_only else stale + resolve(cfg, locked, p)
         for f in found:
             click.echo(f"{'problem' if f.problem else 'note   '}  {p}: {f.key}: {f.text}", err=f.problem)
         bad = sum(f.problem for f in found)
@@ -118,6 +125,7 @@ cli.add_command(train)
 cli.add_command(validate)
 cli.add_command(release)
 cli.add_command(score)
+cli.add_command(fetch)
 
 
 def main(argv: list[str] | None = None) -> int:

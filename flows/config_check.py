@@ -2,10 +2,12 @@
 days in (a missing file at validation, an integration that is not installed at the trainer's start).
 
 Walks the validated config and reports, per key: local files and directories that do not exist, hub models and
-datasets (offline they cannot be read: listed as what must be fetched, with their revision; a moving one is
-said), hosted endpoints that name no API key variable (and variables that are not set here), integrations that
-do not import (`report_to`, AlpacaEval's GLM), commands that are not here (lm-eval), DeepSpeed presets, and TRL's
-own argument checks of each training stage. One line per finding, naming the file and the key.
+datasets (pilot_core.hub_items' rules; listed as what must be fetched, with their revision; a moving one is said;
+one the lock beside the recipe pins is said so, with whether it is in the cache; a stale lock is a problem),
+hosted endpoints that name no API key variable (and variables that are not set here), integrations that do not
+import (`report_to` of training, validation and release; AlpacaEval's GLM), commands that are not here (lm-eval),
+DeepSpeed presets, and TRL's own argument checks of each training stage. One line per finding, naming the file and
+the key.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
-import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +23,13 @@ from urllib.parse import urlparse
 from pydantic import BaseModel
 
 from pilot_core.hub_data import HubData
+from pilot_core.hub_items import BUILDERS, HubItem, refs_of
+from pilot_core.lock import LockEntry, cached, lock_path
 from pilot_core.models.files import is_local
 from pilot_core.models.source import ModelSource
 
-BUILDERS = ("json", "csv", "parquet", "text", "arrow")  # datasets' file builders: their data_files are read
-COMMIT = re.compile(r"[0-9a-f]{40}")  # a pinned revision; a branch or tag name moves
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+HUB = {"model": "hub model", "tokenizer": "hub tokenizer", "dataset": "hub dataset", "file": "hub file"}
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,7 @@ class Finding:
     problem: bool  # False: what must be fetched (or set at run time) before a run; True: the recipe cannot run
 
 
-def _moving(revision: str | None) -> str:
-    return "" if revision and COMMIT.fullmatch(revision) else " (a moving revision: pin a commit)"
+Locked = dict[tuple[int, str], LockEntry]  # (id of the config object, its field's key) -> the lock's entry
 
 
 def _sub(key: str, name: str) -> str:
@@ -46,8 +47,20 @@ def _sub(key: str, name: str) -> str:
     return f"{key}.{name}" if key else name
 
 
-def _fetch(key: str, what: str, name: str, revision: str | None) -> Finding:
-    return Finding(key, f"fetch {what} {name}@{revision or 'main'}{_moving(revision)}", False)
+def _hub(key: str, obj, locked: Locked, lock_name: str) -> list[Finding]:
+    """The hub items an object names (pilot_core.hub_items' rules): to fetch, at their revision; one the recipe's
+    lock pins is said so, with whether it is in this machine's cache."""
+    out = []
+    for r in refs_of(obj):
+        entry = locked.get((id(obj), r.key))
+        if entry is not None:
+            here = "in the cache here" if cached(entry) else "not in the cache here: run `pilot fetch`"
+            text = (f"{HUB[r.what]} {entry.repo}@{entry.revision}{f' {r.file}' if r.file else ''} pinned to "
+                    f"{entry.sha} by {lock_name} ({here})")
+        else:
+            text = f"fetch {HUB[r.what]} {r.name}{'' if r.pinned else ' (a moving revision: pin a commit)'}"
+        out.append(Finding(_sub(key, r.key), text, False))
+    return out
 
 
 def _exists(key: str, path: str | None, what: str = "file") -> list[Finding]:
@@ -63,10 +76,8 @@ def _data_files(key: str, files) -> list[Finding]:
         return [f for k, v in files.items() for f in _data_files(f"{key}.{k}", v)]
     if isinstance(files, list):
         return [f for i, v in enumerate(files) for f in _data_files(f"{key}.{i}", v)]
-    if files.startswith("hf://"):  # hf://datasets/<owner>/<name>[@<revision>]/<file>: the revision is the repo's
-        parts = files.removeprefix("hf://").split("/")
-        rev = parts[2].partition("@")[2] if len(parts) > 2 else ""
-        return [Finding(key, f"fetch hub file {files}{_moving(rev or None)}", False)]
+    if files.startswith("hf://"):  # a hub item (_hub)
+        return []
     if any(c in files for c in "*?["):
         found = glob.glob(os.path.expanduser(files), recursive=True)
         return [] if found else [Finding(key, f"no file matches {files}", True)]
@@ -79,14 +90,12 @@ def _hub_data(key: str, data) -> list[Finding]:
         return _data_files(_sub(key, "data_files"), data.data_files)
     if is_local(data.path):
         return _exists(_sub(key, "path"), data.path, "dataset directory")
-    return [_fetch(_sub(key, "path"), "hub dataset", data.path, data.revision)]
+    return []  # a hub item (_hub)
 
 
 def _model(key: str, m: ModelSource) -> list[Finding]:
-    if m.path:
-        if is_local(m.path):
-            return _exists(_sub(key, "path"), m.path, "model directory")
-        return [_fetch(_sub(key, "path"), "hub model", m.path, m.revision)]
+    if m.path:  # a hub id is a hub item (_hub)
+        return _exists(_sub(key, "path"), m.path, "model directory") if is_local(m.path) else []
     if not m.url:
         return []  # tiny: built here
     out = []
@@ -96,15 +105,12 @@ def _model(key: str, m: ModelSource) -> list[Finding]:
                            "variable its key is read from)", True))
     if m.api_key_env and not os.environ.get(m.api_key_env):
         out.append(Finding(_sub(key, "api_key_env"), f"set {m.api_key_env} before the run (not set here)", False))
-    tok = m.tokenizer
-    if tok and is_local(tok):
-        out += _exists(_sub(key, "tokenizer"), tok, "tokenizer directory")
-    elif tok:
-        out.append(_fetch(_sub(key, "tokenizer"), "hub tokenizer", tok, m.revision))
+    if m.tokenizer and is_local(m.tokenizer):
+        out += _exists(_sub(key, "tokenizer"), m.tokenizer, "tokenizer directory")
     return out
 
 
-def _walk(key: str, obj) -> list[Finding]:
+def _walk(key: str, obj, locked: Locked, lock_name: str) -> list[Finding]:
     """Every finding under one config value."""
     from data_curation.config import BenchmarkRef, DecontamConfig, DedupConfig, SourceConfig
     from evaluation.config import AlpacaEvalMetric, EvalSet, HarnessConfig
@@ -113,11 +119,11 @@ def _walk(key: str, obj) -> list[Finding]:
     from training.launch import AccelerateConfig
     from wsd_inference.config import WSDConfig
 
-    out: list[Finding] = []
+    out: list[Finding] = _hub(key, obj, locked, lock_name)
     if isinstance(obj, ModelSource):
-        return _model(key, obj)
+        return out + _model(key, obj)
     if isinstance(obj, HubData):
-        return _hub_data(key, obj)
+        return out + _hub_data(key, obj)
     if isinstance(obj, SourceConfig):
         out += _hub_data(key, obj) if obj.kind == "hf" else _exists(_sub(key, "path"), obj.path)
     elif isinstance(obj, (EvalSet, BenchmarkRef)):
@@ -137,9 +143,8 @@ def _walk(key: str, obj) -> list[Finding]:
     elif isinstance(obj, WSDConfig):
         out += _exists(_sub(key, "urial_prefix"), obj.urial_prefix)
         rm = obj.bon.reward_model
-        if rm:
-            out += (_exists(_sub(key, "bon.reward_model"), rm, "model directory") if is_local(rm) else
-                    [_fetch(_sub(key, "bon.reward_model"), "hub model", rm, None)])
+        if rm and is_local(rm):  # a hub id is a hub item (_hub, of bon)
+            out += _exists(_sub(key, "bon.reward_model"), rm, "model directory")
     elif isinstance(obj, DedupConfig) and isinstance(obj.previous, list):
         for i, p in enumerate(obj.previous):
             out += _exists(_sub(key, f"previous.{i}"), p, "dataset directory")
@@ -148,18 +153,33 @@ def _walk(key: str, obj) -> list[Finding]:
     elif isinstance(obj, AccelerateConfig):
         out += _exists(_sub(key, "deepspeed_config.deepspeed_config_file"),
                        obj.deepspeed_config.deepspeed_config_file)
+    if isinstance(obj, BaseModel) and "report_to" in type(obj).model_fields:
+        out += _report_to(_sub(key, "report_to"), obj.report_to)
     if isinstance(obj, StagesConfig):
         out += _training(key, obj)
     if isinstance(obj, BaseModel):
         for name in type(obj).model_fields:
-            out += _walk(_sub(key, name), getattr(obj, name))
+            out += _walk(_sub(key, name), getattr(obj, name), locked, lock_name)
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
-            out += _walk(f"{key}.{i}", v)
+            out += _walk(f"{key}.{i}", v, locked, lock_name)
     elif isinstance(obj, dict):
         for k, v in obj.items():
-            out += _walk(f"{key}.{k}", v)
+            out += _walk(f"{key}.{k}", v, locked, lock_name)
     return out
+
+
+def _report_to(key: str, to: str) -> list[Finding]:
+    """The tracking integration imports (else the stage stops at its start); where MLflow logs is said."""
+    package, install = {"mlflow": ("mlflow", "'pilot-wsd[mlflow]'"), "wandb": ("wandb", "wandb"),
+                        "tensorboard": ("tensorboard", "tensorboard")}.get(to, (None, None))
+    if package and not importlib.util.find_spec(package):
+        return [Finding(key, f"report_to {to}: the {package} package is not installed (pip install {install}); "
+                        "the stage would stop at its start", True)]
+    if to == "mlflow" and not os.environ.get("MLFLOW_TRACKING_URI"):
+        return [Finding(key, "report_to mlflow: MLFLOW_TRACKING_URI is not set here (MLflow would log to a local "
+                        "store in the working directory)", False)]
+    return []
 
 
 def _training(key: str, stages) -> list[Finding]:
@@ -173,11 +193,6 @@ def _training(key: str, stages) -> list[Finding]:
     if isinstance(stages, TrainConfig) and not Path(stages.dataset).exists():
         out.append(Finding(_sub(key, "dataset"), f"{stages.dataset} is not here yet (`pilot preferences` makes it)",
                            False))
-    package, install = {"mlflow": ("mlflow", "'pilot-wsd[mlflow]'"), "wandb": ("wandb", "wandb"),
-                        "tensorboard": ("tensorboard", "tensorboard")}.get(stages.report_to, (None, None))
-    if package and not importlib.util.find_spec(package):
-        out.append(Finding(_sub(key, "report_to"), f"report_to {stages.report_to}: the {package} package is not "
-                           f"installed (pip install {install}); the trainer would stop at its start", True))
     if stages.distributed:  # the preset's ZeRO section by DeepSpeed's own model (the engine needs the devices)
         try:
             load_preset(stages.distributed)
@@ -201,6 +216,8 @@ def _training(key: str, stages) -> list[Finding]:
     return out
 
 
-def resolve(cfg: BaseModel) -> list[Finding]:
-    """Every finding of one validated config, in the order of its keys."""
-    return _walk("", cfg)
+def resolve(cfg: BaseModel, locked: list[tuple[HubItem, LockEntry]] = (), recipe: str | Path = "") -> list[Finding]:
+    """Every finding of one validated config, in the order of its keys; `locked`: the hub items the lock beside
+    `recipe` pinned (pilot_core.lock.apply_lock)."""
+    pins = {(id(item.owner), item.ref.key): entry for item, entry in locked}
+    return _walk("", cfg, pins, lock_path(recipe).name if recipe else "")

@@ -61,11 +61,27 @@ def _load(config_path: str, overrides: tuple[str, ...]):
 @click.option("--config", "config_path", required=True, help=CONFIG_HELP)
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=SET_HELP)
 @click.option("--unsafe-code-execution", is_flag=True, help=UNSAFE_HELP)
-def run(config_path: str, overrides: tuple[str, ...], unsafe_code_execution: bool) -> None:
+@click.option("--plan", "plan_only", is_flag=True, help="print each stage's calls, tokens, money and hours and the "
+              "run against its schedule's period, then exit: nothing runs, no model loads")
+@click.option("--json", "as_json", is_flag=True, help="with --plan: the plan as JSON")
+@click.option("--strategy", type=click.Choice(["screened", "round_robin"]), help="with --plan: plan the preference "
+              "judge with this strategy instead of the recipe's")
+@click.option("--prompt-tokens", type=int, default=256, show_default=True, help="with --plan: mean prompt tokens")
+@click.option("--response-fill", type=float, default=1.0, show_default=True, help="with --plan: responses and "
+              "verdicts as this share of their max_tokens (1.0: the upper bound)")
+@click.option("--close-fraction", type=float, default=0.25, show_default=True, help="with --plan: share of pairs "
+              "a screened judge still judges pairwise")
+@click.option("--prompts", "n_prompts", type=int, help="with --plan: prompts after the mix (default: mix.total)")
+def run(config_path: str, overrides: tuple[str, ...], unsafe_code_execution: bool, plan_only: bool, as_json: bool,
+        strategy: str | None, prompt_tokens: int, response_fill: float, close_fraction: float,
+        n_prompts: int | None) -> None:
     """Run the pipeline flow now: on the Prefect server at PREFECT_API_URL, or on an ephemeral local API that
-    ends with the run. A rerun reuses the stages an earlier run finished."""
+    ends with the run. A rerun reuses the stages an earlier run finished. With --plan: the plan, nothing run."""
     if unsafe_code_execution:
         overrides = (*overrides, "validation.unsafe_code_execution=true")
+    if plan_only:
+        return _plan(config_path, overrides, as_json, strategy, prompt_tokens, response_fill, close_fraction,
+                     n_prompts)
     cfg = _load(config_path, overrides)
     _prefect_env()
     from flows.ephemeral_api import ephemeral_api
@@ -94,6 +110,22 @@ def run(config_path: str, overrides: tuple[str, ...], unsafe_code_execution: boo
         r = out.release
         click.echo(f"  {'published:':<16} {cfg.release.name} {r.version} -> {r.path}"
                    + (" (already published)" if r.already else ""))
+
+
+def _plan(config_path, overrides, as_json, strategy, prompt_tokens, response_fill, close_fraction, n_prompts):
+    """The config validated (bad: exit 2), then the plan printed; no Prefect, no models, no input files read
+    beyond local eval sets' line counts."""
+    import json
+
+    from flows.pipeline_config import PipelineConfig
+    from flows.plan import Assumptions, plan, render
+    from pilot_core.config import load_config
+
+    if prompt_tokens < 1 or not 0 < response_fill <= 1 or not 0 <= close_fraction <= 1 or (n_prompts or 1) < 1:
+        raise UserError("--prompt-tokens >= 1, 0 < --response-fill <= 1, 0 <= --close-fraction <= 1, --prompts >= 1")
+    cfg = load_config(PipelineConfig, config_path, overrides)
+    p = plan(cfg, config_path, Assumptions(prompt_tokens, response_fill, close_fraction, n_prompts), strategy)
+    click.echo(json.dumps(p.as_dict(), indent=1) if as_json else render(p))
 
 
 @click.command()

@@ -35,5 +35,5 @@ def schema_for(path: str | Path) -> type[BaseModel]:
     return getattr(importlib.import_module(module), name)
 
 
-def check_config(path: str | Path, overrides: tuple[str, ...] = ()) -> BaseModel:
-    return load_config(schema_for(path), path, overrides)
+def check_config(path: str | Path, overrides: tuple[str, ...] = (), lock: bool = True) -> BaseModel:
+    return load_config(schema_for(path), path, overrides, lock=lock)

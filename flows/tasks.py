@@ -24,6 +24,7 @@ from pilot_core.manifest import MANIFEST, read_manifest
 from pilot_core.models.compute import Compute
 from pilot_core.models.source import ModelSource
 from pilot_core.stages import dir_identity, files_identity, source_identity, stage_dir, stage_key
+from pilot_core.tracking import identity
 
 if TYPE_CHECKING:
     from data_curation.preferences import PreferencesSummary
@@ -151,7 +152,7 @@ def train_task(training, pilot: ModelSource, name: str, dataset: str, root: str,
     from training.process import progress, run_training
 
     log = get_run_logger()
-    key = stage_key("train", training.model_dump(mode="json"),
+    key = stage_key("train", identity(training),
                     {"pilot": source_identity(pilot), "dataset": dir_identity(dataset),
                      "compute": compute.resolve().identity()})
     out = stage_dir(root, "train", key)
@@ -201,7 +202,7 @@ def validate_task(spec, checkpoint: str, bases: list[ModelSource], root: str, pi
     from evaluation.validate import validate
     from flows.validate_cli import summary_lines
 
-    key = stage_key("validation", spec.model_dump(mode="json"),
+    key = stage_key("validation", identity(spec),
                     {"checkpoint": dir_identity(checkpoint), "bases": [source_identity(b) for b in bases],
                      "eval_sets": files_identity([p for es in [*spec.eval_sets, *(spec.sweep.eval_sets if spec.sweep
                                                                                 else [])]

@@ -83,11 +83,7 @@ def resolve_models(pilot, base, untuned, config_path, overrides, device, dtype, 
                    trust_remote_code, pilot_model, base_model, base_tokenizer, pilot_tokenizer, api_key_env,
                    timeout_s, max_retries, base_name=None, **flags):
     """(pilot, base, untuned sources, the decoding config, compute) from the shared options."""
-    from pathlib import Path
-
-    import yaml
-
-    from pilot_core.config import apply_overrides, load_config, validate_config
+    from pilot_core.config import apply_overrides, load_config, read_yaml, validate_config
     from pilot_core.models.source import ModelSource
     from wsd_inference.config import WSDConfig
 
@@ -95,7 +91,7 @@ def resolve_models(pilot, base, untuned, config_path, overrides, device, dtype, 
     speculate = flags.pop("speculate", None)
     given = {k for k, v in flags.items() if v is not None} | {o.split("=")[0].strip() for o in overrides}
     if config_path:  # load_config checked the file; its own keys are what it sets
-        given |= set(yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {})
+        given |= set(read_yaml(config_path)[0] or {})
     data.update(_published_setting(pilot, base, base_name, base_model, given))
     data.update({k: v for k, v in flags.items() if v is not None})  # option names are the config keys
     if speculate is not None:
@@ -192,11 +188,9 @@ def serve(host, port, method, served_model_name, server_api_key_env, max_concurr
     named = options.get("temperature") is not None or any(o.split("=")[0].strip() == "temperature"
                                                            for o in options.get("overrides") or ())
     if options.get("config_path") and not named:
-        from pathlib import Path
+        from pilot_core.config import read_yaml
 
-        import yaml
-
-        named = "temperature" in (yaml.safe_load(Path(options["config_path"]).read_text(encoding="utf-8")) or {})
+        named = "temperature" in (read_yaml(options["config_path"])[0] or {})
     backend = make_backend(method, pilot, base, cfg, compute)  # loads (and checks) the models before listening
     limits = ServerLimits(max_concurrent_requests, max_request_bytes, max_prompt_tokens, cfg.max_new_tokens, max_n,
                           request_timeout_s, cfg.temperature if named else 1.0)

@@ -10,10 +10,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pilot_core.atomic import atomic_write_json
 from pilot_core.errors import UserError
+from pilot_core.hub_items import pinned_in
 
 MANIFEST = "manifest.json"
 TRACKED_PACKAGES = ("torch", "transformers", "tokenizers", "trl", "peft", "datasets", "accelerate", "deepspeed",
@@ -89,6 +90,14 @@ class Manifest(BaseModel):
     inputs: dict[str, str] = Field(default_factory=dict)  # name -> fingerprint
     versions: dict[str, str] = Field(default_factory=package_versions)
     data: dict[str, Any] = Field(default_factory=dict)  # counts, metrics: whatever the stage reports
+    hub: dict[str, str] = Field(default_factory=dict)  # hub repo -> the commit read (a locked or pinned recipe)
+
+    @model_validator(mode="after")
+    def _hub(self) -> "Manifest":
+        """With the hub items `config` reads at a commit (every one, when the run's recipe had a lock)."""
+        if self.config:
+            self.hub = dict(sorted({**self.hub, **pinned_in(self.config)}.items()))
+        return self
 
 
 def write_manifest(directory: str | Path, manifest: Manifest) -> Path:

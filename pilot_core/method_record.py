@@ -151,6 +151,7 @@ class MethodRecord:
     base_tokens: int = 0  # tokens the base wrote
     trace: Trace | None = None
     speculation: SpeculationFigures | None = None
+    error: str | None = None  # the item could not run (the server refused it): no answer, counted as failed
 
     def __post_init__(self):
         object.__setattr__(self, "time_s", round(self.time_s, 4))
@@ -183,6 +184,8 @@ class MethodRecord:
             out.update(self.trace.to_json())
         if self.speculation is not None:
             out["speculation"] = self.speculation.to_json()
+        if self.error is not None:
+            out["error"] = self.error
         return {**out, "time_s": self.time_s, "timing": self.timing}
 
     @classmethod
@@ -192,4 +195,4 @@ class MethodRecord:
         return cls(id=str(d["id"]), method=d["method"], response=d["response"], time_s=d["time_s"],
                    timing=d.get("timing") or {}, pilot_tokens=d.get("pilot_tokens", 0),
                    base_tokens=d.get("base_tokens", 0), trace=trace.from_json(d) if trace else None,
-                   speculation=SpeculationFigures.from_json(spec) if spec else None)
+                   speculation=SpeculationFigures.from_json(spec) if spec else None, error=d.get("error"))

@@ -83,6 +83,7 @@ class Diagnostics(_Record):
 
     n: int
     mean_time_s: float
+    failed: int | None = None  # items the server refused (a 400: too long for the base's context...): no answer
     switched_share: float | None = None
     never_switched_share: float | None = None
     switch_indices: list[int] | None = None
@@ -190,7 +191,8 @@ class GateCheck(_Record):
     base: str
     metric: str
     set: str
-    check: Literal["measured", "floor", "min_gain", "max_regression", "alignment_tax", "judge_coverage"]
+    check: Literal["measured", "floor", "min_gain", "max_regression", "alignment_tax", "judge_coverage",
+                   "max_failure_rate"]
     value: float | None
     limit: float | None
     passed: bool
@@ -326,6 +328,12 @@ def markdown(report: ValidationReport, verdict: GateVerdict | None = None) -> st
                 "| base | method | set | tax |", "|---|---|---|---|"]
         out += [f"| {b} | {m} | {s} | {_fmt(t, pct=True)} |" for b, by_m in report.alignment_tax.items()
                 for m, by_s in by_m.items() for s, t in by_s.items()] + [""]
+    failed = [(b, m, s, d) for b, by_m in report.diagnostics.items() for m, by_s in by_m.items()
+              for s, d in by_s.items() if d.failed]
+    if failed:
+        out += ["## Items that could not run (the server refused them; each counts as the worst outcome above)", "",
+                "| base | method | set | failed |", "|---|---|---|---|"]
+        out += [f"| {b} | {m} | {s} | {d.failed} of {d.n} |" for b, m, s, d in failed] + [""]
     wsd = [(b, s, d) for b, by_m in report.diagnostics.items() for by_s in by_m.values() for s, d in by_s.items()
            if d.switched_share is not None]  # where a draft was handed to the base
     if wsd:

@@ -4,6 +4,7 @@ model card says, and an optional Hugging Face Hub push."""
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -39,6 +40,8 @@ class ReleaseConfig(BaseConfig):
     name: str = Field(description="the model's name in the registry: <registry>/<name>/<version>/")
     registry: str = "registry"
     promote: bool = Field(True, description="move the champion alias to a version that passes the gate")
+    report_to: Literal["none", "mlflow"] = Field("none", description="mlflow: each published version registered "
+                                                 "in MLflow's model registry too (aliases candidate, champion)")
     gate: GateConfig
     card: CardConfig = CardConfig()
     hub: HubConfig | None = None

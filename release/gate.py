@@ -42,6 +42,9 @@ class GateConfig(BaseConfig):
     alignment_tax: TaxRule | None = None
     eval_sets: dict[str, str] = Field(default_factory=dict, description="eval set -> the version the thresholds "
                                       "were set for; a report on another version is refused")
+    max_failure_rate: float = Field(0.01, ge=0, le=1, description="the share of an eval set's items that may fail "
+                                    "to run (the server refused them: too long for the base's context...) for the "
+                                    "gated method and for base-only; they count as the worst outcome in the figures")
     min_judge_coverage: float = Field(0.95, ge=0, le=1, description="a gated figure (and the base-only figure it "
                                       "is compared with) must have a verdict for at least this share of its items: "
                                       "a judge whose verdicts fail or do not parse cannot pass the gate on the rest")
@@ -143,6 +146,13 @@ def _base_checks(base: str, cand: ValidationReport, champ: ValidationReport | No
                 out.append(_check(base, metric, s, "max_regression", drop, rule.max_regression, ok,
                                   f"{label} {v:.4f} vs champion {c:.4f}: regression {drop:+.4f} "
                                   f"{'<=' if ok else '>'} {rule.max_regression}"))
+    for method in (m, cand.reference_method):
+        for s, d in sorted(cand.diagnostics.get(base, {}).get(method, {}).items()):
+            if d.failed:
+                rate, limit = d.failed / d.n, gate.max_failure_rate
+                out.append(_check(base, "failure_rate", s, "max_failure_rate", rate, limit, rate <= limit,
+                                  f"{base}/{s}: {method} failed on {d.failed} of {d.n} items ({rate:.1%}) "
+                                  f"{'<=' if rate <= limit else '>'} {limit:.1%}"))
     if gate.alignment_tax:
         t = gate.alignment_tax
         for s, stat in sorted(cand.alignment_tax.get(base, {}).get(m, {}).items()):

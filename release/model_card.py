@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+from pilot_core.hub_items import pinned_in
 from pilot_core.report import GateVerdict, ValidationReport, switch_settings_md
 from release.config import CardConfig
 
@@ -26,6 +27,7 @@ def _dataset(manifest) -> dict:
     if mf and mf.is_file():
         data = json.loads(mf.read_text())
         info["name"] = (data.get("config") or {}).get("name") or Path(path).name
+        info["hub"] = data.get("hub") or {}
     return info
 
 
@@ -72,6 +74,10 @@ def build_card(report: ValidationReport, verdict: GateVerdict, manifest, card: C
                "the switch setting chosen for each base below, shipped in `wsd.json`")
     switch = "\n".join(switch_settings_md(report.switch_settings, "validation/plots/switch_sweep.png"))
     bases = "\n".join(f"- `{b}`: {json.dumps(src, sort_keys=True)}" for b, src in report.bases.items())
+    hub = {**ds.get("hub", {}), **manifest.hub, **pinned_in([report.config, report.bases])}
+    hub_md = ("\n## Hub revisions\nEvery hub model and dataset it was made and validated with, at the commit read "
+              "(`pilot fetch` locks them):\n" + "\n".join(f"- `{r}`: `{c}`" for r, c in sorted(hub.items())) + "\n"
+              if hub else "")
     body = f"""
 # {name} {version}
 
@@ -102,7 +108,7 @@ The full report is in `validation/report.md`.
 | base | eval set | metric | {method} | base-only |
 |---|---|---|---|---|
 {chr(10).join(rows)}
-
+{hub_md}
 ## License
 {card.license}
 """

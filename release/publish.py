@@ -75,6 +75,7 @@ def publish(checkpoint: str | Path, report_dir: str | Path, cfg: ReleaseConfig, 
     for v in registry.versions():  # the same weights twice would be two names for one model: a rerun is a no-op
         if report.checkpoint.fingerprint in (registry.dir / v / "release.json").read_text():
             verdict = load_verdict(registry.dir / v / "validation" / "gate.json")
+            _track(cfg, registry, v)  # registered now if an earlier run could not
             return Published(verdict, v, str(registry.dir / v), pushed=None, already=True)
     verdict = gate_report(report_dir, cfg)
     if not verdict.passed and override_reason is None:
@@ -98,4 +99,13 @@ def publish(checkpoint: str | Path, report_dir: str | Path, cfg: ReleaseConfig, 
         from release.hub import push_version
 
         pushed = push_version(path, cfg.hub)
+    _track(cfg, registry, path.name)  # last: a rerun (already published) registers what failed here, not the push
     return Published(verdict, path.name, str(path), pushed, already=False)
+
+
+def _track(cfg: ReleaseConfig, registry: Registry, version: str) -> None:
+    if cfg.report_to == "mlflow":
+        from pilot_core.tracking import register_version
+
+        register_version(registry.dir / version, cfg.name, version,
+                         champion=registry.aliases()["aliases"].get("champion") == version)

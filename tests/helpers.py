@@ -255,7 +255,8 @@ def local_cfg(cache, judge_kind="reward_model", **kw):
 
     rm = {"name": "rm", "tiny": REWARD_SPEC.model_dump(mode="json")}
     judge = ({"name": "rm", "kind": "reward_model", "model": rm}
-             if judge_kind == "reward_model" else {"name": "j", "kind": judge_kind, "model": TINY})
+             if judge_kind == "reward_model" else {"name": "j", "kind": judge_kind, "model": TINY}
+             | ({"strategy": "round_robin"} if judge_kind == "pairwise" else {}))
     return PreferencesConfig.model_validate({
         "cache": str(cache), "judge": judge,
         "generators": [{"name": "warm", "model": TINY, "samples": 2, "temperature": 0.9, "max_tokens": 24},

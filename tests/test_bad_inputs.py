@@ -251,6 +251,7 @@ MISSING = {
     "release verify": [["release", "verify", "--registry", "{missing}", "--name", "pilot-tiny"]],
     "release list": [["release", "list", "--registry", "{missing}", "--name", "pilot-tiny"]],
     "score": [["score", "--format", "gsm8k", "--input", "{missing}", "--output", "{tmp}/s.jsonl"]],
+    "fetch": [["fetch", "--config", "{missing}"]],
 }
 
 

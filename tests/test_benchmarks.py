@@ -4,7 +4,11 @@ outputs) and Arena-Hard (against a baseline's answers), read from a hub-style di
 validation reports them with bootstrap intervals, and curation decontaminates against them."""
 
 import json
+import math
+import os
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -257,3 +261,45 @@ def test_a_gate_fails_a_judge_whose_verdicts_do_not_parse(pair_same, tmp_path):
     v = decide(report, None, GateConfig.model_validate({"metrics": {"ref_win_rate": {"floor": 0.0}}}))
     assert not v.passed and any(c.check == "judge_coverage" and not c.passed for c in v.checks)
     assert f"judged {w.n} of 3 items" in " ".join(v.reasons)
+
+
+# ------------------------------------------------------------------------------ bench/gpu.sh (issue #40 item 8)
+def test_the_gpu_suite_reports_a_failing_or_late_part_and_goes_on(tmp_path):
+    """Each part is a child process with a time bound: one that fails or runs out of time is a status and its
+    error in the report (and a row of the table), not the end of the run."""
+    from bench.gpu_suite import run_child, table
+
+    (tmp_path / "plan.json").write_text("{}")  # no part can run from it: the child fails
+    failed = run_child({}, tmp_path, tmp_path, "nonesuch", limit=120)
+    assert failed["status"] == "failed (exit 1)" and "KeyError" in failed["error"]
+    late = run_child({}, tmp_path, tmp_path, "generation", limit=0.01)
+    assert late["status"].startswith("timeout") and late["ratios"] == {}
+    text = table({"plan": {"server": {"loads": []}}, "parts": {"generation": late, "cost": failed}})
+    assert "| generation | timeout" in text and "| cost | failed (exit 1) |" in text
+
+
+@pytest.mark.slow
+def test_the_gpu_suite_dry_run_measures_every_part(tmp_path):
+    """`bench/gpu.sh --dry-run`: the GPU suite's code paths on CPU with tiny configs (WSD, base-only and speculation
+    through the engine, ZeRO-2 steps through DeepSpeed, the server under load, the cost model): every part ends
+    ok with finite ratios, in about a minute."""
+    r = subprocess.run(["bash", str(REPO / "bench" / "gpu.sh"), "--dry-run", "--out", str(tmp_path)], cwd=REPO,
+                       env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_suite.json").read_text())
+    parts = report["parts"]
+    assert set(parts) == {"generation", "cost", "training", "server"}
+    for name, part in parts.items():
+        assert part["status"] == "ok", (name, part.get("error"))
+        assert part["ratios"] and all(math.isfinite(v) and v > 0 for v in part["ratios"].values()), name
+    assert {f"batch{b}_{m}_vs_base" for b in (1, 16) for m in ("wsd", "wsd_spec", "base_spec")} <= set(
+        parts["generation"]["ratios"])
+    for b in (1, 16):  # greedy: speculation changes no answer; the shaped pair switches and keeps proposals
+        g = parts["generation"][f"batch{b}"]
+        assert g["same_answers"] == {"wsd": True, "base": True} and g["switched"] == g["prompts"]
+        assert 0 < g["acceptance"]["wsd_spec"] < 1
+    assert {"zero2_vs_plain", "zero2_vs_plain_memory"} <= set(parts["training"]["ratios"])
+    assert parts["training"]["zero2"]["steps"] == parts["training"]["plain"]["steps"] == 4
+    assert {"c1_wsd_vs_base", "c4_wsd_vs_base"} <= set(parts["server"]["ratios"])
+    assert any(k.startswith("served_wsd_vs_base") for k in parts["cost"]["ratios"])
+    assert (tmp_path / "gpu_suite.md").read_text().startswith("| part | setting |")

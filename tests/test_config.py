@@ -169,3 +169,69 @@ def test_the_pipeline_decontaminates_against_what_it_validates_on():
                        "curation.decontamination.validation_sets=false"])
     assert curation_config(off).decontamination.reference_sets == ["data/demo/world-prompts.jsonl"]
     assert curation_config(off).tokenizer == off.pilot  # lengths under the pilot's template
+
+
+def test_an_overlay_merges_onto_its_base_as_compose_does(tmp_path):
+    """Mappings merge key by key, lists and values replace, !override replaces a mapping, !reset drops a key; an
+    error in an inherited key names the base file's line; recipes that extend each other are refused."""
+    from pilot_core.config import read_yaml
+
+    (tmp_path / "base.yaml").write_text("a: {x: 1, y: [1, 2], z: {p: 1, q: 2}}\nb: 3\nc: {k: 1}\nw:\n  window: 0\n")
+    (tmp_path / "over.yaml").write_text("extends: base.yaml\na: {x: 2, y: [3], z: !override {p: 5}}\n"
+                                        "b: !reset\nc: !override {}\nd: 4\n")
+    data, lines = read_yaml(tmp_path / "over.yaml")
+    assert data == {"a": {"x": 2, "y": [3], "z": {"p": 5}}, "c": {}, "d": 4, "w": {"window": 0}}
+    assert lines[("a", "x")] == 2 and lines[("w", "window")] == f"{tmp_path / 'base.yaml'}:5"
+    (tmp_path / "base.yaml").write_text("window: 0\n")  # invalid there, inherited here: the base's line is named
+    (tmp_path / "over.yaml").write_text("extends: base.yaml\nthreshold: 0.5\n")
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'base.yaml'}:1: key 'window': invalid value 0"):
+        load_config(WSDConfig, tmp_path / "over.yaml")
+    assert load_config(WSDConfig, tmp_path / "over.yaml", ["window=3"]).window == 3
+    (tmp_path / "base.yaml").write_text("extends: over.yaml\n")
+    with pytest.raises(UserError, match="extend each other"):
+        load_config(WSDConfig, tmp_path / "over.yaml")
+    (tmp_path / "over.yaml").write_text("extends: nowhere.yaml\n")
+    with pytest.raises(UserError, match="nowhere.yaml"):
+        load_config(WSDConfig, tmp_path / "over.yaml")
+
+
+def test_the_rehearsal_is_the_production_recipe_plus_what_it_names():
+    """configs/pipeline/rehearsal.yaml extends pilot-3b.yaml: every setting it does not name is production's,
+    so the two cannot drift (a key added to production reaches the rehearsal unless it says otherwise)."""
+    from pilot_core.config import _Override, _read_one
+
+    prod = load_config(PipelineConfig, REPO / "configs/pipeline/pilot-3b.yaml").model_dump(mode="json")
+    reh = load_config(PipelineConfig, REPO / "configs/pipeline/rehearsal.yaml").model_dump(mode="json")
+
+    def leaves(d, path=(), merging=lambda d: isinstance(d, dict) and d):
+        if merging(d):
+            for k, v in d.items():
+                yield from leaves(v, (*path, k), merging)
+        else:
+            yield path, d
+
+    overlay = _read_one(REPO / "configs/pipeline/rehearsal.yaml")[0]  # what it sets: values, lists, !override
+    named = {p for p, _ in leaves(overlay, merging=lambda d: isinstance(d, dict) and not isinstance(d, _Override))}
+
+    inherited = [(p, v) for p, v in leaves(prod) if not any(p[:i] in named for i in range(1, len(p) + 1))
+                 and not any(n[:len(p)] == p for n in named)
+                 and p != ("validation", "sweep", "max_tax")]  # derived from the gate's alignment_tax.max
+    assert len(inherited) > 40  # the filters, dedup, pair rules, TRL schedules, gate rules, ...
+    for path, value in inherited:
+        node = reh
+        for k in path:
+            node = node[k]
+        assert node == value, path
+    assert reh["training"]["sft"]["lr_scheduler_type"] == prod["training"]["sft"]["lr_scheduler_type"] == "cosine"
+    assert reh["curation"]["filters"] == prod["curation"]["filters"]
+
+
+def test_overlay_tags_keep_yaml_types_and_refuse_a_reset_list_item(tmp_path):
+    from pilot_core.config import read_yaml
+
+    (tmp_path / "base.yaml").write_text("a: 1\nb: [1, 2]\nc: x\n")
+    (tmp_path / "over.yaml").write_text("extends: base.yaml\na: !override 5\nc: !override null\n")
+    assert read_yaml(tmp_path / "over.yaml")[0] == {"a": 5, "b": [1, 2], "c": None}
+    (tmp_path / "over.yaml").write_text("extends: base.yaml\nb: [!reset , 3]\n")
+    with pytest.raises(UserError, match="not an item of a list"):
+        read_yaml(tmp_path / "over.yaml")

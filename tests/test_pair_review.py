@@ -43,8 +43,8 @@ def judged(small_dataset, tmp_path_factory, tiny_cache):
     out = tmp_path_factory.mktemp("judged") / "p"
     cfg = PreferencesConfig.model_validate({
         "cache": str(out.with_name("c.sqlite")),
-        "judge": {"name": "judge", "kind": "pairwise", "model": {"name": "judge", "url": "http://judge.test/v1",
-                                                                  "served_model": "judge"}},
+        "judge": {"name": "judge", "kind": "pairwise", "strategy": "round_robin",
+                  "model": {"name": "judge", "url": "http://judge.test/v1", "served_model": "judge"}},
         "generators": [{"name": "warm", "model": TINY, "samples": 2, "temperature": 0.9, "max_tokens": 24},
                        {"name": "cold", "model": TINY, "samples": 1, "temperature": 0.0, "max_tokens": 24}]})
     build_preferences(small_dataset, cfg, out, progress=False, http_client=httpx.AsyncClient(transport=LongerWins()))

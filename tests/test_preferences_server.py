@@ -93,8 +93,8 @@ def rows(db) -> tuple[int, int]:
 def test_faults_are_recorded_and_a_rerun_fills_only_the_gaps(vllm_servers, small_dataset, tmp_path,  # noqa: F811
                                                               monkeypatch):
     monkeypatch.setenv("PILOT_TEST_KEY", SECRET)
-    judge = {"name": "judge", "kind": "pairwise", "model": {"name": "judge", "url": vllm_servers["pilot"].url,
-                                                             "served_model": "pilot"}}
+    judge = {"name": "judge", "kind": "pairwise", "strategy": "round_robin",
+             "model": {"name": "judge", "url": vllm_servers["pilot"].url, "served_model": "pilot"}}
     cfg = server_cfg(vllm_servers, tmp_path / "c.sqlite", judge=judge)
     faults = Faults()
     s1 = build_preferences(small_dataset, cfg, tmp_path / "first", progress=False,

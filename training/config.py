@@ -7,7 +7,7 @@ directory, LoRA, the distribution preset and the stage order (DPO starts from th
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -36,6 +36,7 @@ class StagesConfig(BaseConfig):
                                       "generation %} markers, for models TRL has no training template for "
                                       "(configs/chat_templates/)")
     report_to: Literal["none", "mlflow", "wandb", "tensorboard"] = "none"
+    IDENTITY_REPORT_TO: ClassVar[str] = "none"  # what report_to counts as in a run's identity (pilot_core.tracking)
     resume: bool = Field(True, description="continue from the last checkpoint of the same run")
     sft: dict[str, Any] = Field(default_factory=dict, description="trl.SFTConfig arguments")
     dpo: dict[str, Any] = Field(default_factory=dict, description="trl.DPOConfig arguments")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pilot_core.errors import UserError
 from pilot_core.manifest import Manifest, config_hash, write_manifest
+from pilot_core.tracking import identity
 from training.chat_template import TrainingTemplate, training_template
 from training.config import StagesConfig, TrainConfig
 from training.data import check_chat_tokenizer, load_split
@@ -78,7 +79,9 @@ def pilot_template(cfg: StagesConfig, model: str, trust_remote_code: bool = Fals
 
 
 def _identity(cfg: TrainConfig, stage: str, data_fp: str, template: TrainingTemplate) -> dict:
-    return {"config": config_hash(cfg), "stage": stage, "dataset": data_fp, "chat_template": template.digest()}
+    # where the run reports to does not change what it trains: switching MLflow on continues the same run
+    return {"config": config_hash(identity(cfg)), "stage": stage,
+            "dataset": data_fp, "chat_template": template.digest()}
 
 
 def last_checkpoint(out: Path) -> str | None:
@@ -158,10 +161,28 @@ def train_stage(cfg: TrainConfig, stage: str, start: str, deepspeed: dict | None
         drop_incomplete(out)  # a checkpoint a kill cut short would make the trainer fail to resume
     trainer.accelerator.wait_for_everyone()
     resume = last_checkpoint(out) if cfg.resume else None
-    result = trainer.train(resume_from_checkpoint=resume)
-    tok.chat_template = own_template
-    _save(trainer, tok, final, cfg, stage, start, identity, result, resume)
+    with _tracked(cfg, stage, out, identity, args.process_index == 0):
+        result = trainer.train(resume_from_checkpoint=resume)  # the trainer's MLflow callback logs into the run
+        tok.chat_template = own_template
+        _save(trainer, tok, final, cfg, stage, start, identity, result, resume)
+        if cfg.report_to == "mlflow" and args.process_index == 0:
+            from pilot_core.tracking import mlflow
+
+            mlflow().log_artifact(str(final / "manifest.json"), "checkpoint")
     return final
+
+
+def _tracked(cfg: TrainConfig, stage: str, out: Path, identity: dict, rank0: bool):
+    """With report_to mlflow, the stage's MLflow run (rank 0 only): named for the stage, tagged with the config
+    and dataset it trains on, and continued when the stage resumes."""
+    import contextlib
+
+    if cfg.report_to != "mlflow" or not rank0:
+        return contextlib.nullcontext()
+    from pilot_core.tracking import run
+
+    return run(out, cfg.name, f"{cfg.name}-{stage}", {"pilot.stage": stage, "pilot.config_hash": identity["config"],
+                                                       "pilot.dataset": identity["dataset"]})
 
 
 def _save(trainer, tok, final: Path, cfg, stage, start, identity, result, resume) -> None:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, model_serializer, model_validator
 
 from pilot_core.config import BaseConfig
+from pilot_core.hub_items import HubRef, hub_model
 from pilot_core.models.sampling import Sampling
 from pilot_core.models.speculative import Speculation
 
@@ -33,6 +34,8 @@ class BoNConfig(BaseConfig):
     scorer: Literal["implicit", "reward_model"] = "implicit"
     reward_model: str | None = Field(None, description="reward model (a one-output sequence-classification model: "
                                      "a local path or hub id) for scorer=reward_model")
+    reward_model_revision: str | None = Field(None, description="a hub reward_model: the commit to read; pin one "
+                                              "in production (`pilot fetch` locks it)")
     temperature: float = Field(0.7, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(50, ge=0)
@@ -45,6 +48,17 @@ class BoNConfig(BaseConfig):
         if self.scorer == "reward_model" and not self.reward_model:
             raise ValueError("scorer reward_model needs reward_model: the path of a sequence-classification model")
         return self
+
+    def hub_refs(self) -> list[HubRef]:
+        return hub_model(self.reward_model, self.reward_model_revision, "reward_model", "reward_model_revision")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """Unset, `reward_model_revision` is left out of the dump (so of the config's hash): it changes nothing."""
+        out = handler(self)
+        if self.reward_model_revision is None:
+            out.pop("reward_model_revision", None)
+        return out
 
 
 class EFTConfig(BaseConfig):

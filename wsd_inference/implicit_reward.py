@@ -35,7 +35,8 @@ def score_from_scratch(m: HFModel, prompt: str, text: str, finished: bool) -> fl
     start = common_prefix(m.encode(prompt), ids)
     with torch.no_grad():
         logits = m.model(torch.tensor([ids], device=m.device)).logits[0].float()
-    lp = torch.log_softmax(logits[start - 1 : -1], -1).gather(1, torch.tensor(ids[start:])[:, None])
+    targets = torch.tensor(ids[start:], device=logits.device)
+    lp = torch.log_softmax(logits[start - 1 : -1], -1).gather(1, targets[:, None])
     return float(lp.sum())
 
 

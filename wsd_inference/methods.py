@@ -99,12 +99,15 @@ class Method:
         return self.served is not None or self.served_batch is not None
 
     def diagnostics(self, records: list[MethodRecord]) -> dict:
-        """The `pilot_core.report.Diagnostics` fields of one (base, eval set)'s records: items and time, the
-        method's own figures, and the speculation's where the pilot speculated."""
+        """The `pilot_core.report.Diagnostics` fields of one (base, eval set)'s records: items and time, items that
+        failed, the method's own figures and the speculation's where the pilot speculated (of the items that ran)."""
         out = {"n": len(records), "mean_time_s": sum(r.time_s for r in records) / len(records)}
-        if self.trace is not None:
-            out.update(self.trace.diagnostics(records))
-        return {**out, **SpeculationFigures.diagnostics([r.speculation for r in records if r.speculation])}
+        ran = [r for r in records if r.error is None]
+        if len(ran) < len(records):
+            out["failed"] = len(records) - len(ran)  # items the server refused
+        if self.trace is not None and ran:
+            out.update(self.trace.diagnostics(ran))
+        return {**out, **SpeculationFigures.diagnostics([r.speculation for r in ran if r.speculation])}
 
 
 def _bon_uses(cfg: WSDConfig) -> tuple[str, ...]:

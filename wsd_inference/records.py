@@ -57,11 +57,11 @@ class ResumableJsonl:
                                 "use a new --output or delete the old one")
         elif self.path.exists() or self.partial.exists():
             raise UserError(f"{self.path} exists but was not written by `pilot wsd generate` (no {self.meta.name})")
-        done = set()
+        done = set()  # a prompt the server refused is not done: a rerun asks again (its answer then follows)
         if self.path.exists():
-            done |= {str(r["id"]) for r in _read_records(self.path, tolerate_torn_tail=False)}
+            done |= {str(r["id"]) for r in _read_records(self.path, tolerate_torn_tail=False) if "error" not in r}
         if self.partial.exists():
-            done |= {str(r["id"]) for r in _read_records(self.partial, tolerate_torn_tail=True)}
+            done |= {str(r["id"]) for r in _read_records(self.partial, tolerate_torn_tail=True) if "error" not in r}
         return done
 
     def __enter__(self) -> "ResumableJsonl":

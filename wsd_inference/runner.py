@@ -2,18 +2,20 @@
 
 The one entry point shared by `pilot wsd generate`, the pipeline and validation: it reads the method registry
 (`methods.METHODS`), loads what the method uses in-process or reaches the model that writes on its server,
-persists every finished batch, and returns a summary of the new records.
+persists every finished record (in-process: every batch), and returns a summary of the new records.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pilot_core.errors import UserError
 from pilot_core.method_record import MethodRecord
 from pilot_core.models.compute import Compute
+from pilot_core.models.openai_server import RequestRefused
 from pilot_core.models.source import ModelSource
 from pilot_core.prompts import PromptRecord
 from wsd_inference.config import WSDConfig
@@ -62,7 +64,7 @@ class ModelLoader:
     def reward(self):
         from pilot_core.models.reward import RewardModel
 
-        return RewardModel(self.cfg.bon.reward_model, self.compute)
+        return RewardModel(self.cfg.bon.reward_model, self.compute, revision=self.cfg.bon.reward_model_revision)
 
     def local(self, uses, pilot, base, untuned) -> LocalModels:
         return LocalModels(pilot=self.hf(pilot, "pilot", chat=True) if "pilot" in uses else None,
@@ -118,33 +120,87 @@ def _run_local(method: Method, models: LocalModels, todo: list[PromptRecord], cf
         save(method.local(models, todo[i : i + cfg.batch_size], cfg))
 
 
+REFUSED_AT_START = 8  # refusals before any prompt ran: every request is wrong (a bad parameter), not one item
+
+
+async def _served_one(method: Method, models: ServedModels, rec: PromptRecord, cfg: WSDConfig) -> MethodRecord:
+    """One prompt with the model that writes on a server. A pilot stream that breaks part-way starts over; a
+    prompt the server refuses (a 400: too long for the base's context, say) is a record with its error."""
+    t0 = time.perf_counter()
+    try:
+        if models.pilot is None:
+            return await method.served(models, rec, cfg)
+        return await models.pilot.retry_broken(lambda: method.served(models, rec, cfg))
+    except RequestRefused as e:
+        return MethodRecord(rec.id, method.name, "", time.perf_counter() - t0, {}, error=str(e))
+
+
+async def served_rolling(method: Method, models: ServedModels, recs: list[PromptRecord], cfg: WSDConfig,
+                         on_record, ran_before: int = 0) -> None:
+    """Prompts through a rolling window of batch_size in flight, as a server's clients keep it busy: a finished
+    prompt's slot goes to the next at once (no barrier between groups), and `on_record` gets each record as it
+    finishes. Refused prompts are recorded; refusals before any prompt ran (here or in the `ran_before` prompts of
+    an earlier run) stop the run (RequestRefused)."""
+    todo = iter(recs)
+    seen = {"ran": ran_before, "refused": 0}
+
+    async def worker():
+        for rec in todo:  # one iterator shared by the workers: each takes the next prompt
+            r = await _served_one(method, models, rec, cfg)
+            seen["refused" if r.error else "ran"] += 1
+            if not seen["ran"] and seen["refused"] >= min(REFUSED_AT_START, len(recs)):
+                raise RequestRefused(f"{seen['refused']} prompts refused and none ran: {r.error}")
+            on_record(r)
+
+    try:
+        async with asyncio.TaskGroup() as tg:  # one failure cancels the other workers
+            for _ in range(min(cfg.batch_size, len(recs))):
+                tg.create_task(worker())
+    except ExceptionGroup as eg:
+        raise eg.exceptions[0] from None
+
+
 async def served_group(method: Method, models: ServedModels, recs: list[PromptRecord],
                        cfg: WSDConfig) -> list[MethodRecord]:
     """One group of prompts with the model that writes on a server; records in input order. A search decodes
-    the group as one scorer batch; other methods keep batch_size prompts in flight, and a prompt whose pilot
-    stream breaks part-way starts over."""
+    the group as one scorer batch; other methods go through the rolling window."""
     if method.served_batch is not None:
         return await method.served_batch(models, recs, cfg)
-    sem = asyncio.Semaphore(cfg.batch_size)
-
-    async def one(rec):
-        async with sem:
-            if models.pilot is None:
-                return await method.served(models, rec, cfg)
-            return await models.pilot.retry_broken(lambda: method.served(models, rec, cfg))
-
-    return list(await asyncio.gather(*(one(rec) for rec in recs)))
+    got: dict[str, MethodRecord] = {}
+    await served_rolling(method, models, recs, cfg, lambda r: got.__setitem__(r.id, r))
+    return [got[rec.id] for rec in recs]
 
 
-def _run_served(method: Method, models: ServedModels, todo: list[PromptRecord], cfg: WSDConfig, save) -> None:
-    """Prompts in groups, every finished group handed to `save`: a search's group is one scorer batch
-    (batch_size prompts x their rows), as in-process; other methods save every 4 batches' worth."""
+SAVE_EVERY_S = 2.0  # finished records are written (and fsynced) at most this often, not one fsync per record
+
+
+def _run_served(method: Method, models: ServedModels, todo: list[PromptRecord], cfg: WSDConfig, save,
+                done_before: int = 0) -> None:
+    """A search's prompts in groups (each group one scorer batch, as in-process: one refused prompt stops it);
+    every other method's through the rolling window, its finished records saved every SAVE_EVERY_S seconds."""
 
     async def main():
+        pending: list[MethodRecord] = []
+        last = time.monotonic()
+
+        def finished(r: MethodRecord) -> None:
+            nonlocal last
+            pending.append(r)
+            if time.monotonic() - last >= SAVE_EVERY_S:
+                save(pending[:])
+                pending.clear()
+                last = time.monotonic()
+
         try:
-            group = cfg.batch_size if method.served_batch else cfg.batch_size * 4
-            for i in range(0, len(todo), group):
-                save(await served_group(method, models, todo[i : i + group], cfg))
+            if method.served_batch:
+                for i in range(0, len(todo), cfg.batch_size):
+                    save(await served_group(method, models, todo[i : i + cfg.batch_size], cfg))
+            else:
+                try:
+                    await served_rolling(method, models, todo, cfg, finished, ran_before=done_before)
+                finally:  # what finished is kept, also when the run stops
+                    if pending:
+                        save(pending)
         finally:
             for client in (models.base and models.base.server, models.pilot):
                 if client is not None:
@@ -182,6 +238,9 @@ def generate_to_file(pilot: ModelSource, base: ModelSource, prompts: list[Prompt
                 new.extend(records)
                 bar.update(len(records))
 
-            (_run_served if remote else _run_local)(m, models, todo, cfg, save)
+            if remote:
+                _run_served(m, models, todo, cfg, save, done_before=len(prompts) - len(todo))
+            else:
+                _run_local(m, models, todo, cfg, save)
             out.finish()
     return GenerationSummary.of(out.path, new, len(prompts) - len(todo))

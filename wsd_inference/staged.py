@@ -31,8 +31,9 @@ def staged_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: W
     out = RaggedBatch(base, len(rows)).feed(full)  # stage 2: one teacher-forced pass over prompt + whole draft
     for row, ids, logits in zip(rows, full, out):
         P = row.prompt_len
-        row.logps = (torch.log_softmax(logits[P - 1 : -1], -1).gather(1, torch.tensor(ids[P:])[:, None])[:, 0]
-                     .tolist() if len(ids) > P else [])
+        targets = torch.tensor(ids[P:], device=logits.device)
+        row.logps = (torch.log_softmax(logits[P - 1 : -1], -1).gather(1, targets[:, None])[:, 0].tolist()
+                     if len(ids) > P else [])
         row.scores = row.rule_scores(row.view(pilot, base)) if cfg.rule == "relative" else row.logps
         row.accept, row.switched = accept_index(row.scores, cfg.window, cfg.threshold, cfg.max_new_tokens)
         row.final_ids = ids

@@ -34,12 +34,18 @@ async def _api_errors(url: str):
 
     try:
         yield
-    except (openai.BadRequestError, openai.NotFoundError, openai.AuthenticationError,
-            openai.PermissionDeniedError, openai.UnprocessableEntityError) as e:
+    except (openai.BadRequestError, openai.UnprocessableEntityError) as e:
+        raise RequestRefused(f"{url}: the server refused the request ({e.status_code}): {_message(e)}") from None
+    except (openai.NotFoundError, openai.AuthenticationError, openai.PermissionDeniedError) as e:
         raise UserError(f"{url}: the server refused the request ({e.status_code}): {_message(e)}") from None
     except (openai.APIConnectionError, openai.APIStatusError) as e:
         raise JobFailed(f"{url}: the server failed after retries: {_message(e)}; rerun the same command to "
                         "resume") from None
+
+
+class RequestRefused(UserError):
+    """A 400 or 422: this request cannot run (e.g. the prompt and max_tokens exceed the model's context). Fatal where
+    every request is alike (a wrong model name, a bad parameter); a batch of prompts records the item instead."""
 
 
 class StreamCutShort(Exception):

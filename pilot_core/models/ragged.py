@@ -108,8 +108,8 @@ class RaggedBatch:
             need = [p for p in range(first, pos.stop) if p >= score_from[r]]
             vals = dict.fromkeys(range(first, pos.stop), 0.0)
             if need:
-                rows_idx = torch.tensor([p - first for p in need])
-                toks = torch.tensor([feed[r][p - start[r]] for p in need])
+                rows_idx = torch.tensor([p - first for p in need], device=prev_logits.device)
+                toks = torch.tensor([feed[r][p - start[r]] for p in need], device=prev_logits.device)
                 lp = torch.log_softmax(prev_logits[rows_idx], dim=-1).gather(1, toks[:, None])[:, 0].tolist()
                 vals.update(zip(need, lp))
             self.logps[r].extend(vals[p] for p in range(first, pos.stop))

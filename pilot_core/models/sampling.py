@@ -49,7 +49,9 @@ def warped_probs(logits, sampling: Sampling):
         warpers.append(TopKLogitsWarper(sampling.top_k))
     if sampling.top_p < 1.0:
         warpers.append(TopPLogitsWarper(sampling.top_p))
-    return torch.softmax(warpers(None, logits[None].float())[0], dim=-1)
+    # drawn on the CPU, where the rows' generators are (CUDA's multinomial refuses a CPU generator); a row of
+    # probabilities per sampled token crosses to the host, small beside a forward pass
+    return torch.softmax(warpers(None, logits[None].float())[0], dim=-1).cpu()
 
 
 def top1_prob(logits) -> float:

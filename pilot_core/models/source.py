@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from pilot_core.config import BaseConfig
+from pilot_core.hub_items import HubRef, model_refs
 from pilot_core.models.tiny import TinyModelSpec, cached_tiny_model
 from pilot_core.names import config_name
 
@@ -49,6 +50,9 @@ class ModelSource(BaseConfig):
         if self.url and not self.served_model:
             raise ValueError("a url source needs served_model (the model name the server serves)")
         return self
+
+    def hub_refs(self) -> list[HubRef]:
+        return model_refs(self)
 
     def local_path(self) -> str:
         """The local directory or hub id (tiny models are built once and cached)."""
