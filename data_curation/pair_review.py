@@ -19,14 +19,24 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from pathlib import Path
 
-from data_curation.review_file import read_decisions, stratified_sample, write_review
+from data_curation.review_file import (
+    EXPORT,
+    check_export,
+    check_texts,
+    export_tag,
+    read_decisions,
+    stratified_sample,
+    write_review,
+)
 from data_curation.review_page import Column, PageSpec, render_page
 from data_curation.writer import write_dataset
 from pilot_core.errors import UserError
 from pilot_core.manifest import fingerprint, read_manifest
 
 FIELDS = ("id", "category", "generator_chosen", "generator_rejected", "score_chosen", "score_rejected", "verdict",
-          "agreement", "rubric", "prompt", "chosen", "rejected", "rationale", "decision", "judge_wrong", "note")
+          "agreement", "rubric", "prompt", "chosen", "rejected", "rationale", "decision", "judge_wrong", "note", EXPORT)
+KIND = "pairs"
+TEXTS = ("prompt", "chosen", "rejected")  # as exported: an edit in the file is refused
 DECISIONS = ("approve", "reject", "flip")
 TABLES = ("sft", "dpo", "responses", "judgments", "pairs_skipped")
 REVIEW_COLUMNS = ("review", "reviewer", "reviewed_at", "review_note", "judge_wrong")
@@ -56,6 +66,12 @@ def _judged_orientation(pair: dict) -> dict:
     swap = {"chosen": "rejected", "score_chosen": "score_rejected", "generator_chosen": "generator_rejected"}
     swap |= {v: k for k, v in swap.items()}
     return {k: pair[swap.get(k, k)] for k in pair}
+
+
+def _texts(pair: dict) -> dict:
+    """The pair's texts as the review shows them (pass it in the judge's orientation)."""
+    return {"prompt": _text(pair["prompt"]), "chosen": pair["chosen"][0]["content"],
+            "rejected": pair["rejected"][0]["content"]}
 
 
 def _judge_view(cfg: dict, pair: dict, responses: list[dict], judgments: list[dict]) -> dict:
@@ -111,11 +127,12 @@ def export_pair_review(dataset: str | Path, out: str | Path, per_stratum: int = 
                      "stratum": f"{pair['category']}: {pair['generator_chosen']} > {pair['generator_rejected']}",
                      "generator_chosen": pair["generator_chosen"], "generator_rejected": pair["generator_rejected"],
                      "score_chosen": pair["score_chosen"], "score_rejected": pair["score_rejected"],
-                     **_judge_view(manifest.config, pair, resp, judg), "prompt": _text(pair["prompt"]),
-                     "chosen": pair["chosen"][0]["content"], "rejected": pair["rejected"][0]["content"],
-                     "decision": "", "judge_wrong": "", "note": ""})
+                     **_judge_view(manifest.config, pair, resp, judg),
+                     **_texts(pair), "decision": "", "judge_wrong": "", "note": ""})
     rows = stratified_sample(rows, lambda r: r["stratum"], per_stratum, seed)
     fp = fingerprint(dataset / "dpo.parquet")
+    for r in rows:
+        r[EXPORT] = export_tag(KIND, fp)
     meta = {"dataset": str(dataset), "dpo_fingerprint": fp, "rows": len(rows), "pairs": tables["dpo"].num_rows}
     spec = PageSpec(
         title=f"preference pairs of {dataset.name}",
@@ -136,6 +153,26 @@ def export_pair_review(dataset: str | Path, out: str | Path, per_stratum: int = 
     return {"output": str(out), **meta}
 
 
+def _sft_follows(sft: list[dict], dpo: list[dict], rejected: list[dict]) -> tuple[list[dict], dict]:
+    """The sft split after a review: a reviewed pair's prompt trains on the pair's chosen answer (a flip makes
+    the reviewers' choice the target; approving an earlier flip back, the judge's), a rejected pair's prompt on
+    nothing (both splits lose it). Counts of what changed."""
+    reviewed = {p["id"]: p for p in dpo if p.get("review") in ("approve", "flip")}
+    gone = {p["id"] for p in rejected}
+    out, retargeted = [], 0
+    for row in sft:
+        if row["id"] in gone:
+            continue
+        p = reviewed.get(row["id"])
+        if p is not None and row["messages"][-1]["content"] != p["chosen"][0]["content"]:
+            row = {**row, "messages": [*row["messages"][:-1], {"role": "assistant",
+                                                              "content": p["chosen"][0]["content"]}],
+                   "generator": p["generator_chosen"], "score": p["score_chosen"]}
+            retargeted += 1
+        out.append(row)
+    return out, {"retargeted": retargeted, "removed": len(sft) - len(out)}
+
+
 def disagreement(dpo: list[dict], skipped: list[dict]) -> dict:
     """What the reviews so far found: pairs decided, and those where the reviewers disagreed with the judge."""
     decided = [p for p in dpo if p.get("review")] + [s for s in skipped if s.get("reason") == "review"]
@@ -151,13 +188,15 @@ def import_pair_review(dataset: str | Path, decisions: str | Path, reviewer: str
     dataset, decisions = Path(dataset), Path(decisions)
     if not reviewer.strip():
         raise UserError("--reviewer: give the reviewer's name")
-    rows = read_decisions(decisions, DECISIONS, flags=("judge_wrong",))
+    rows = read_decisions(decisions, DECISIONS, flags=("judge_wrong",), texts=TEXTS)
     manifest, tables = _read(dataset)
     done = next((e for e in manifest.data.get("pair_reviews", [])
                  if e["decisions_fingerprint"] == fingerprint(decisions)), None)
     if done is not None:  # the same file again (a retried task): it is in already
         return {**done, "already": True}
+    check_export(decisions, rows, KIND, fingerprint(dataset / "dpo.parquet"), dataset)
     dpo = tables["dpo"].to_pylist()
+    check_texts(decisions, rows, {p["id"]: _texts(_judged_orientation(p)) for p in dpo})
     skipped = tables["pairs_skipped"].to_pylist() if "pairs_skipped" in tables else []
     pairs = {p["id"]: p for p in dpo}
     gone = {s["id"] for s in skipped if s.get("reason") == "review"}
@@ -183,6 +222,7 @@ def import_pair_review(dataset: str | Path, decisions: str | Path, reviewer: str
                     judge_wrong=r["judge_wrong"] or r["decision"] == "flip")
     rejected = [pairs.pop(r["id"]) for r in rows if r["decision"] == "reject" and r["id"] in pairs]
     dpo = [p for p in dpo if p["id"] in pairs]
+    sft, sft_changed = _sft_follows(tables["sft"].to_pylist() if "sft" in tables else [], dpo, rejected)
     skipped += [{"id": p["id"], "reason": "review", "detail": f"{reviewer} at {p['reviewed_at']}: {p['review_note']}"
                  .rstrip(": "), "judge_wrong": p["judge_wrong"]} for p in rejected]
     for p in dpo:
@@ -200,15 +240,20 @@ def import_pair_review(dataset: str | Path, decisions: str | Path, reviewer: str
     data = dict(manifest.data)
     data["pair_reviews"] = [*data.get("pair_reviews", []), entry]
     data["pair_review"] = found
-    data["preferences"] = {**data["preferences"], "dpo": len(dpo)}
+    data["preferences"] = {**data["preferences"], "dpo": len(dpo), "sft": len(sft)}
+    entry["sft"] = sft_changed
     rate = "n/a" if found["judge_disagreement"] is None else f"{found['judge_disagreement']:.0%}"
     card = (dataset / "README.md").read_text(encoding="utf-8") + (
         f"\n## Pair review\n\n{reviewer} reviewed pairs on {at}: {counts['approve']} approved, {counts['flip']} "
         f"flipped, {len(rejected)} rejected (moved to pairs_skipped with reason `review`). Over all reviews so far, "
         f"reviewers found the judge wrong on {found['judge_wrong']} of {found['pairs_reviewed']} pairs "
-        f"(judge disagreement {rate}); {len(dpo)} pairs remain in the dpo split.\n")
+        f"(judge disagreement {rate}); {len(dpo)} pairs remain in the dpo split. The sft split follows: "
+        f"{sft_changed['retargeted']} prompts now train on the answer the reviewers chose, "
+        f"{sft_changed['removed']} rejected prompts left it ({len(sft)} rows).\n")
     extra = dict(tables)
     extra["dpo"] = pa.Table.from_pylist(dpo) if dpo else tables["dpo"].slice(0, 0)
+    if "sft" in tables:
+        extra["sft"] = pa.Table.from_pylist(sft, schema=tables["sft"].schema)
     extra["pairs_skipped"] = pa.Table.from_pylist(skipped) if skipped else tables.get(
         "pairs_skipped", pa.table({"id": pa.array([], pa.string())}))
     write_dataset(dataset, pq.read_table(dataset / "prompts.parquet"), pq.read_table(dataset / "excluded.parquet"),

@@ -13,20 +13,32 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from data_curation.decision import DROP_COLUMNS, Drop
-from data_curation.review_file import read_decisions, stratified_sample, write_review
+from data_curation.review_file import (
+    EXPORT,
+    check_export,
+    check_texts,
+    export_tag,
+    read_decisions,
+    stratified_sample,
+    write_review,
+)
 from data_curation.review_page import Column, PageSpec, render_page
 from data_curation.writer import write_dataset
 from pilot_core.errors import UserError
 from pilot_core.manifest import fingerprint, read_manifest
 
 FIELDS = ("id", "set", "source", "category", "stage", "reason", "score", "harm_tags", "pii", "text", "decision",
-          "note")
+          "note", EXPORT)
+KIND = "prompts"
 
 
 def _tables(dataset: Path):
     import pyarrow.parquet as pq
 
-    read_manifest(dataset, kind="dataset")
+    manifest = read_manifest(dataset, kind="dataset")
+    if "preferences" in manifest.data:  # rewritten as a curated dataset it would lose its splits
+        raise UserError(f"{dataset}: a preferences directory: review its pairs with `pilot review export-pairs` / "
+                        "`import-pairs`; `pilot review export` / `import` take a curated dataset")
     return pq.read_table(dataset / "prompts.parquet"), pq.read_table(dataset / "excluded.parquet")
 
 
@@ -48,6 +60,8 @@ def export_review(dataset: str | Path, out: str | Path, per_stratum: int = 10, r
               "text": r.get("text") or (r.get("detail") or ""), "decision": "", "note": "",
               "stratum": f"excluded: {r['stage']} / {r['reason']}"} for r in excl_rows]
     fp = fingerprint(dataset / "prompts.parquet")
+    for r in rows:
+        r[EXPORT] = export_tag(KIND, fp)
     meta = {"dataset": str(dataset), "dataset_fingerprint": fp, "rows": len(rows), "kept_sampled": len(kept_rows),
             "excluded_sampled": len(excl_rows)}
     write_review(out, FIELDS, rows, _page(dataset.name, rows, fp), meta)
@@ -58,7 +72,8 @@ def _page(title: str, rows: list[dict], fp: str) -> str:
     spec = PageSpec(
         title=title,
         intro="A stratified sample of the kept rows (per source and category) and of the rejects (per stage and "
-              "reason). Approve or reject each row (a rejected kept row leaves the dataset with reason review); "
+              "reason). Approve or reject each row (a rejected kept row leaves the dataset with reason review, an "
+              "approved excluded row comes back into it); "
               "filter to a stratum to decide it whole. Save, then run pilot review import DATASET --decisions "
               "review.csv.",
         columns=(Column("id", "id"), Column("set", "set"), Column("source", "source"),
@@ -72,6 +87,9 @@ def _page(title: str, rows: list[dict], fp: str) -> str:
 
 
 def import_review(dataset: str | Path, decisions: str | Path, reviewer: str) -> dict:
+    """Apply a decisions file exported from this dataset as it is now: a rejected kept row moves to excluded
+    (stage and reason review, the reviewer and note in its detail); an approved excluded row comes back (the
+    reviewer, note and the exclusion it undid in the manifest); a rejected excluded row stays out (confirmed)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -80,14 +98,31 @@ def import_review(dataset: str | Path, decisions: str | Path, reviewer: str) -> 
         raise UserError("--reviewer: give the reviewer's name")
     kept, excl = _tables(dataset)
     manifest = read_manifest(dataset, kind="dataset")
-    rows = read_decisions(decisions, ("approve", "reject"))
-    kept_ids, excl_ids = set(kept["id"].to_pylist()), set(excl["id"].to_pylist())
+    rows = read_decisions(decisions, ("approve", "reject"), texts=("text",))
+    done = next((e for e in manifest.data.get("reviews", [])
+                 if e.get("decisions_fingerprint") == fingerprint(decisions)), None)
+    if done is not None:  # the same file again (a retried task): it is in already
+        return {**done, "already": True}
+    check_export(decisions, rows, KIND, fingerprint(dataset / "prompts.parquet"), dataset)
+    kept_ids, excl_rows = set(kept["id"].to_pylist()), {r["id"]: r for r in excl.to_pylist()}
     for r in rows:
-        if r["id"] not in kept_ids and r["id"] not in excl_ids:
+        if r["id"] not in kept_ids and r["id"] not in excl_rows:
             raise UserError(f"{decisions}:{r['line']}: id {r['id']!r} is not in {dataset}")
+    current = {i: {"text": t} for i, t in zip(kept["id"].to_pylist(), kept["text"].to_pylist())}
+    current |= {i: {"text": x.get("text") or x.get("detail") or ""} for i, x in excl_rows.items()}
+    check_texts(decisions, rows, current)
+    restore = {r["id"]: r for r in rows if r["decision"] == "approve" and r["id"] in excl_rows}
+    for r in restore.values():
+        if excl_rows[r["id"]].get("messages") is None:
+            raise UserError(f"{decisions}:{r['line']}: id {r['id']!r} was excluded at {excl_rows[r['id']]['stage']} "
+                            "before it was read as a prompt: it cannot come back")
     reject = {r["id"]: r["note"] for r in rows if r["decision"] == "reject" and r["id"] in kept_ids}
     moved = kept.filter(pc.is_in(kept["id"], pa.array(sorted(reject), pa.string())))
     kept = kept.filter(pc.invert(pc.is_in(kept["id"], pa.array(sorted(reject), pa.string()))))
+    back = excl.filter(pc.is_in(excl["id"], pa.array(sorted(restore), pa.string())))
+    excl = excl.filter(pc.invert(pc.is_in(excl["id"], pa.array(sorted(restore), pa.string()))))
+    if back.num_rows:
+        kept = pa.concat_tables([kept, back.select(kept.column_names).cast(kept.schema)])
     if moved.num_rows:
         drops = [Drop("review", "review", detail=f"{reviewer}: {reject[i]}".rstrip(": "))
                  for i in moved["id"].to_pylist()]
@@ -95,22 +130,33 @@ def import_review(dataset: str | Path, decisions: str | Path, reviewer: str) -> 
             moved = moved.append_column(k, pa.array([getattr(d, k) for d in drops],
                                                     pa.float64() if k == "score" else pa.string()))
         excl = pa.concat_tables([excl, moved.select(excl.column_names).cast(excl.schema)])
+    restored = [{"id": i, "stage": excl_rows[i]["stage"], "reason": excl_rows[i]["reason"], "note": r["note"]}
+                for i, r in sorted(restore.items())]
     entry = {"reviewer": reviewer, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
              "decisions_file": decisions.name, "decisions_fingerprint": fingerprint(decisions),
-             "approved": sum(r["decision"] == "approve" for r in rows), "rejected": moved.num_rows,
+             "approved": sum(r["decision"] == "approve" and r["id"] in kept_ids for r in rows),
+             "rejected": moved.num_rows, "restored": restored,
+             "exclusions_confirmed": sum(r["decision"] == "reject" and r["id"] in excl_rows for r in rows),
              "undecided": sum(r["decision"] == "" for r in rows)}
     data = dict(manifest.data)
     data["reviews"] = [*data.get("reviews", []), entry]
+    per_source = {k: dict(v) for k, v in data["per_source"].items()}
+    excluded = {st: dict(by) for st, by in data["excluded"].items()}
     for src in moved["source"].to_pylist():
-        data["per_source"][src]["kept"] -= 1
-        data["per_source"][src]["excluded"] += 1
-    data["kept"] = kept.num_rows
-    data["excluded_total"] = excl.num_rows
+        per_source[src]["kept"] -= 1
+        per_source[src]["excluded"] += 1
+    for x in restored:
+        per_source[excl_rows[x["id"]]["source"]]["kept"] += 1
+        per_source[excl_rows[x["id"]]["source"]]["excluded"] -= 1
+        excluded[x["stage"]][x["reason"]] -= 1
     if moved.num_rows:
-        data["excluded"] = {**data["excluded"], "review": {"review": data["excluded"].get("review", {})
-                                                           .get("review", 0) + moved.num_rows}}
+        excluded.setdefault("review", {})["review"] = excluded.get("review", {}).get("review", 0) + moved.num_rows
+    data.update(per_source=per_source, excluded=excluded, kept=kept.num_rows, excluded_total=excl.num_rows)
     card = (dataset / "README.md").read_text(encoding="utf-8")
     card += (f"\n## Review\n\n{reviewer} reviewed on {entry['at']}: {entry['approved']} approved, "
-             f"{entry['rejected']} rejected (moved to excluded with reason `review`).\n")
+             f"{entry['rejected']} rejected (moved to excluded with reason `review`), {len(restored)} excluded "
+             f"rows restored, {entry['exclusions_confirmed']} exclusions confirmed.\n")
+    card += "".join(f"- restored `{x['id']}` (excluded at {x['stage']}: {x['reason']})"
+                    + (f": {x['note']}" if x["note"] else "") + "\n" for x in restored)
     write_dataset(dataset, kept, excl, manifest.model_copy(update={"data": data}), card, overwrite=True)
     return entry

@@ -60,18 +60,38 @@ def write_review(out: Path, fields: tuple[str, ...], rows: list[dict], page: str
         atomic_write_text(tmp / "review.json", json.dumps(meta, indent=2) + "\n")
 
 
-def read_decisions(path: Path, decisions: tuple[str, ...], flags: tuple[str, ...] = ()) -> list[dict]:
-    """[{line, id, decision, note, <flag>: bool}] from a CSV (with id and decision columns) or a JSONL file;
-    a decision outside `decisions` (or "") is an error naming the file, line and id."""
-    if path.suffix == ".jsonl":
-        rows = read_jsonl(path, "decisions file")
-    else:
-        reader = csv.DictReader(io.StringIO(read_text(path, "decisions file")))
-        if not reader.fieldnames or "id" not in reader.fieldnames or "decision" not in reader.fieldnames:
-            raise UserError(f"{path}: the header must have id and decision columns (found: "
-                            f"{', '.join(reader.fieldnames or [])})")
-        rows = [(n, {k: from_cell(v) if isinstance(v, str) else v for k, v in r.items()})
-                for n, r in enumerate(reader, 2)]
+EXPORT = "export"  # the column every exported row carries: which review (prompts or pairs) of which version
+SEPARATORS = (",", ";", "\t")  # as spreadsheets save CSV: Excel in many locales uses ";"
+
+
+def export_tag(kind: str, fp: str) -> str:
+    """What the export column holds: the review's kind and the directory's version it was exported from."""
+    return f"{kind}@{fp[:16]}"
+
+
+def _csv_rows(path: Path) -> list[tuple[int, dict]]:
+    """A CSV as people save it: UTF-8 with or without a byte-order mark, `,` `;` or tab between cells, Windows
+    or Unix line ends; the separator is the one that makes a header with id and decision columns."""
+    text = read_text(path, "decisions file").removeprefix("\ufeff")
+    head = text.splitlines()[0] if text.strip() else ""
+    for sep in SEPARATORS:
+        fields = next(csv.reader([head], delimiter=sep), [])
+        if "id" in fields and "decision" in fields:
+            reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=sep)
+            return [(n, {k: from_cell(v) if isinstance(v, str) else v for k, v in r.items()})
+                    for n, r in enumerate(reader, 2)]
+    raise UserError(f"{path}: the header must have id and decision columns, separated by , ; or a tab (found: "
+                    f"{head[:120]!r})")
+
+
+def read_decisions(path: Path, decisions: tuple[str, ...], flags: tuple[str, ...] = (),
+                   texts: tuple[str, ...] = ()) -> list[dict]:
+    """[{line, id, decision, note, export, texts, <flag>: bool}] from a CSV (with id and decision columns) or a
+    JSONL file; `texts`: the exported text columns, as the file holds them (to find edits). A decision outside
+    `decisions` (or "") is an error naming the file, line and id; so is a file with no rows."""
+    rows = read_jsonl(path, "decisions file") if path.suffix == ".jsonl" else _csv_rows(path)
+    if not rows:
+        raise UserError(f"{path}: no rows (only a header?): nothing to import")
     out, seen = [], {}
     allowed = ", ".join(decisions[:-1]) + f" or {decisions[-1]}"
     for n, r in rows:
@@ -83,9 +103,39 @@ def read_decisions(path: Path, decisions: tuple[str, ...], flags: tuple[str, ...
         if rid in seen:
             raise UserError(f"{path}:{n}: id {rid!r} again (first on line {seen[rid]}); decide each row once")
         seen[rid] = n
-        row = {"line": n, "id": rid, "decision": d, "note": str(r.get("note") or "")}
+        row = {"line": n, "id": rid, "decision": d, "note": str(r.get("note") or ""),
+               EXPORT: str(r.get(EXPORT) or ""), "texts": {f: r.get(f) for f in texts if r.get(f)}}
         for f in flags:
             v = r.get(f)
             row[f] = v is True or str(v or "").strip().lower() in YES
         out.append(row)
     return out
+
+
+def check_export(path: Path, rows: list[dict], kind: str, fp: str, directory: Path) -> None:
+    """The decisions were exported from this kind of review of this version of `directory`; else one error
+    (exit 2) before anything is written."""
+    want = export_tag(kind, fp)
+    for r in rows:
+        got = r[EXPORT]
+        if got == want:
+            continue
+        if not got:
+            raise UserError(f"{path}:{r['line']}: no {EXPORT} column value: not a file `pilot review export"
+                            f"{'-pairs' if kind == 'pairs' else ''}` wrote (export again and decide in that file)")
+        if got.split("@")[0] != kind:
+            other = "import-pairs" if kind == "prompts" else "import"
+            raise UserError(f"{path}:{r['line']}: exported from a {got.split('@')[0]} review, not a {kind} review of "
+                            f"{directory}: use `pilot review {other}` with the directory it came from")
+        raise UserError(f"{path}:{r['line']}: exported from another version of {directory} ({got}; it is {want} "
+                        "now): the directory changed since; export again")
+
+
+def check_texts(path: Path, rows: list[dict], current: dict[str, dict[str, str]]) -> None:
+    """Decisions apply to rows as exported: a text edited in the file (spacing aside) is one error naming it."""
+    for r in rows:
+        for field, text in r["texts"].items():
+            now = (current.get(r["id"]) or {}).get(field)
+            if now is not None and " ".join(str(text).split()) != " ".join(str(now).split()):
+                raise UserError(f"{path}:{r['line']}: the {field} of id {r['id']!r} was edited in the file "
+                                f"(decisions apply to the rows as exported): put it back, or export again")

@@ -88,7 +88,13 @@ def _prompts(tmp: Path, ctx) -> Path:
 
 
 def _unknown_id(tmp: Path, ctx) -> Path:
-    (tmp / "decisions.csv").write_text("id,decision,note\nno-such-id,reject,x\n")
+    """A decisions file exported from the dataset made for the case (its export column right) with an unknown id."""
+    from data_curation.review_file import export_tag
+    from pilot_core.manifest import fingerprint
+
+    ds = ctx["made"].get("dataset")
+    tag = export_tag("prompts", fingerprint(ds / "prompts.parquet")) if ds else ""
+    (tmp / "decisions.csv").write_text(f"id,decision,note,export\nno-such-id,reject,x,{tag}\n")
     return tmp / "decisions.csv"
 
 

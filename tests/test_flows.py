@@ -176,9 +176,10 @@ def test_approvals_pause_for_the_data_team_and_the_release_owner(prefect_api, tm
     assert run_id in r.stdout and "waits for: curation" in r.stdout
     (dataset,) = tmp_path.glob("demo/curate-*")
     with open(next(tmp_path.glob("demo/review-curate-*/review.csv")), newline="") as f:
-        kept_ids = [r["id"] for r in csv.DictReader(f) if r["set"] == "kept"][:2]
+        kept = [r for r in csv.DictReader(f) if r["set"] == "kept"][:2]
     decisions = tmp_path / "decisions.csv"  # the data team's answers: two sampled prompts rejected
-    decisions.write_text("id,decision,note\n" + "".join(f"{i},reject,off-topic\n" for i in kept_ids))
+    decisions.write_text("id,decision,note,export\n" + "".join(f"{r['id']},reject,off-topic,{r['export']}\n"
+                                                                for r in kept))
     r = pilot_cli("approval", "approve", run_id, "--by", "data team", "--decisions", str(decisions), api=prefect_api)
     assert r.returncode == 0, r.stderr
 
@@ -189,7 +190,8 @@ def test_approvals_pause_for_the_data_team_and_the_release_owner(prefect_api, tm
         pairs = list(csv.DictReader(f))
     flip, drop = pairs[0], pairs[1]
     decisions = tmp_path / "pairs.csv"  # one pair flipped, one rejected with the judge marked wrong
-    decisions.write_text(f"id,decision,judge_wrong\n{flip['id']},flip,\n{drop['id']},reject,yes\n")
+    decisions.write_text(f"id,decision,judge_wrong,export\n{flip['id']},flip,,{flip['export']}\n"
+                         f"{drop['id']},reject,yes,{drop['export']}\n")
     r = pilot_cli("approval", "approve", run_id, "--by", "data team", "--decisions", str(decisions), api=prefect_api)
     assert r.returncode == 0, r.stderr
 
@@ -201,7 +203,7 @@ def test_approvals_pause_for_the_data_team_and_the_release_owner(prefect_api, tm
     assert p.returncode == 1 and "pilot: release rejected by owner: not this week" in stderr
     assert not (tmp_path / "registry" / "pilot-tiny").exists()
     excluded = pq.read_table(dataset / "excluded.parquet").to_pylist()
-    assert sorted(r["id"] for r in excluded if r["stage"] == "review") == sorted(kept_ids)
+    assert sorted(r["id"] for r in excluded if r["stage"] == "review") == sorted(r["id"] for r in kept)
     assert json.loads(next(tmp_path.glob("demo/approvals/curation-*.json")).read_text())["by"] == "data team"
     # the trainer read the reviewed pairs: the flipped one flipped, the rejected one gone
     from pilot_core.manifest import fingerprint

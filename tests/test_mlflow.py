@@ -30,8 +30,9 @@ def server(tmp_path_factory):
     log = open(d / "server.log", "w")
     p = subprocess.Popen([MLFLOW_BIN, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                           "--backend-store-uri", f"sqlite:///{d}/mlflow.db", "--artifacts-destination", str(d / "art")],
-                         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
-                         start_new_session=True)
+                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
+                              "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no job runner: nothing uses it
     url = f"http://127.0.0.1:{port}"
     import urllib.request
 

@@ -94,6 +94,7 @@ def test_import_rejects_flips_and_records_who_when_and_what(copy, tmp_path):
     export_pair_review(copy, tmp_path / "r")
     rows = list(csv.DictReader(open(tmp_path / "r" / "review.csv")))
     before = {p["id"]: p for p in pq.read_table(copy / "dpo.parquet").to_pylist()}
+    sft_before = {r["id"]: r for r in pq.read_table(copy / "sft.parquet").to_pylist()}
     _marked(rows, tmp_path / "d.csv", **{"0": ("flip", False), "1": ("reject", True), "2": ("approve", False)})
     e = import_pair_review(copy, tmp_path / "d.csv", "dana")
     assert (e["flipped"], e["rejected"], e["approved"], e["judge_wrong"]) == (1, 1, 1, 2)
@@ -116,22 +117,38 @@ def test_import_rejects_flips_and_records_who_when_and_what(copy, tmp_path):
     assert m["data"]["pair_review"]["judge_wrong"] == 2 and m["data"]["preferences"]["dpo"] == len(before) - 1
     assert m["data"]["pair_reviews"][0]["reviewer"] == "dana"
     assert "judge disagreement 67%" in (copy / "README.md").read_text()
+    # the decisions reach the sft split: the flipped prompt trains on the reviewers' choice, the rejected on nothing
+    sft = {r["id"]: r for r in pq.read_table(copy / "sft.parquet").to_pylist()}
+    assert sft[flipped]["messages"][-1]["content"] == before[flipped]["rejected"][0]["content"]
+    assert sft[flipped]["generator"] == before[flipped]["generator_rejected"]
+    assert rejected not in sft and sft[approved] == sft_before[approved] and len(sft) == len(sft_before) - 1
+    assert e["sft"] == {"retargeted": 1, "removed": 1} and m["data"]["preferences"]["sft"] == len(sft)
+    assert len(load_split(copy, "sft")[0]) == len(sft_before) - 1  # what the trainer reads
+    assert "1 prompts now train on the answer the reviewers chose, 1 rejected prompts left it" in \
+        (copy / "README.md").read_text()
 
     again = import_pair_review(copy, tmp_path / "d.csv", "dana")  # the same file again: nothing changes
     assert again["already"] and len(load_split(copy, "dpo")[0]) == len(before) - 1
     assert {p["id"]: p["chosen"] for p in pq.read_table(copy / "dpo.parquet").to_pylist()}[flipped] == \
         before[flipped]["rejected"]
     # a decision is a state: a later review that approves the flipped pair puts it back as the judge ranked it
-    (tmp_path / "d2.jsonl").write_text(json.dumps({"id": flipped, "decision": "approve"}) + "\n")
+    (tmp_path / "d2.jsonl").write_text(json.dumps({"id": flipped, "decision": "approve", "export": _tag(copy)}) + "\n")
     import_pair_review(copy, tmp_path / "d2.jsonl", "kim")
     back = {p["id"]: p for p in pq.read_table(copy / "dpo.parquet").to_pylist()}[flipped]
     assert back["chosen"] == before[flipped]["chosen"] and back["review"] == "approve" and back["reviewer"] == "kim"
 
 
+def _tag(copy) -> str:
+    from data_curation.review_file import export_tag
+    from pilot_core.manifest import fingerprint
+
+    return export_tag("pairs", fingerprint(copy / "dpo.parquet"))
+
+
 def test_bad_pair_decisions_are_clear_errors(copy, tmp_path):
     first = pq.read_table(copy / "dpo.parquet").to_pylist()[0]["id"]
     bad = tmp_path / "bad.csv"
-    bad.write_text("id,decision\nnope,flip\n")
+    bad.write_text(f"id,decision,export\nnope,flip,{_tag(copy)}\n")
     with pytest.raises(UserError, match="bad.csv:2: id 'nope' is not a pair in"):
         import_pair_review(copy, bad, "dana")
     bad.write_text(f"id,decision\n{first},swap\n")
@@ -140,9 +157,9 @@ def test_bad_pair_decisions_are_clear_errors(copy, tmp_path):
     bad.write_text(f"id,decision\n{first},flip\n{first},reject\n")
     with pytest.raises(UserError, match="bad.csv:3: id .* again"):
         import_pair_review(copy, bad, "dana")
-    (tmp_path / "ok.csv").write_text(f"id,decision\n{first},reject\n")
+    (tmp_path / "ok.csv").write_text(f"id,decision,export\n{first},reject,{_tag(copy)}\n")
     import_pair_review(copy, tmp_path / "ok.csv", "dana")
-    bad.write_text(f"id,decision\n{first},flip\n")
+    bad.write_text(f"id,decision,export\n{first},flip,{_tag(copy)}\n")
     with pytest.raises(UserError, match="was rejected by an earlier review"):
         import_pair_review(copy, bad, "dana")
 
@@ -199,3 +216,20 @@ def test_a_pair_review_decided_in_the_page_trains_as_decided(copy, tmp_path):
     flipped = trained[before[ids[0]]["prompt"][-1]["content"]]
     assert flipped["chosen"] == before[ids[0]]["rejected"]
     assert before[ids[1]]["prompt"][-1]["content"] not in trained and len(split) == len(before) - 1
+
+
+def test_the_prompt_review_refuses_a_preferences_directory(copy, tmp_path):
+    """`pilot review export|import` (the prompts' review) given a preferences directory: one error, nothing
+    rewritten (it would lose the splits, responses and judgments)."""
+    from data_curation.review import export_review, import_review
+    from pilot_core.manifest import fingerprint
+
+    export_pair_review(copy, tmp_path / "r")
+    before = fingerprint(copy)
+    with pytest.raises(UserError, match="a preferences directory: review its pairs with `pilot review export-pairs`"):
+        export_review(copy, tmp_path / "p")
+    with pytest.raises(UserError, match="a preferences directory"):
+        import_review(copy, tmp_path / "r" / "review.csv", "dana")
+    assert fingerprint(copy) == before and {p.name for p in copy.glob("*.parquet")} >= {
+        "dpo.parquet", "sft.parquet", "responses.parquet", "judgments.parquet", "pairs_skipped.parquet"}
+

@@ -116,7 +116,7 @@ def test_nudging_with_smollm2_as_the_pilot(smollm2, pair_different):
     pilot, base = load_hf_model(str(smollm2), need_chat_template=True), load_hf_model(str(pair_different[1]))
     recs, handoffs = RECS[:3], 0
     for gamma in (0.4, 0.15):
-        cfg = WSDConfig(max_new_tokens=32, nudging=NudgingConfig(threshold=gamma))
+        cfg = WSDConfig(max_new_tokens=24, nudging=NudgingConfig(threshold=gamma))
         got = nudging_batch(pilot, base, recs, cfg)
         for rec, g in zip(recs, got):
             want = wsd_reference.nudging(pilot, base, rec.messages, cfg)

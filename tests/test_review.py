@@ -2,6 +2,7 @@
 mark), import the decisions (rejected rows excluded with reason `review`, who/when in the manifest)."""
 
 import csv
+import io
 import json
 import shutil
 import subprocess
@@ -15,10 +16,11 @@ from data_curation.run import curate
 from flows.curate_cli import quick_config
 from pilot_core.errors import UserError
 
+from .helpers import CHROMIUM, REPO, browser, cells
 from .helpers import GENERALIGN_CHATS as CHATS
 from .helpers import GENERALIGN_EVAL as EVAL
 from .helpers import GENERALIGN_PROMPTS as PROMPTS
-from .helpers import CHROMIUM, REPO, browser, cells
+
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
@@ -171,11 +173,15 @@ def test_import_excludes_rejects_and_records_the_reviewer(copy, tmp_path):
 
 
 def test_bad_decisions_are_clear_errors(copy, tmp_path):
+    from data_curation.review_file import export_tag
+    from pilot_core.manifest import fingerprint
+
+    tag = export_tag("prompts", fingerprint(copy / "prompts.parquet"))
     bad = tmp_path / "bad.csv"
     bad.write_text("id,decision\nprompts:ok-howto-0,maybe\n")
     with pytest.raises(UserError, match=r"bad.csv:2: decision 'maybe'"):
         import_review(copy, bad, "dana")
-    bad.write_text("id,decision\nprompts:nope,reject\n")
+    bad.write_text(f"id,decision,export\nprompts:nope,reject,{tag}\n")
     with pytest.raises(UserError, match="bad.csv:2: id 'prompts:nope' is not in"):
         import_review(copy, bad, "dana")
     bad.write_text("ident,verdict\nx,y\n")
@@ -283,3 +289,81 @@ def test_a_large_review_is_paged(tmp_path):
             assert cells(page, "id")[0] == f"s:{PAGE_ROWS}"
         finally:
             b.close()
+
+
+def _write(rows: list[dict], path, sep=",", bom=False, crlf=False) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=rows[0].keys(), delimiter=sep, lineterminator="\r\n" if crlf else "\n")
+    w.writeheader()
+    w.writerows(rows)
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + buf.getvalue().encode())
+
+
+def test_an_import_checks_the_kind_and_version_it_was_exported_from(copy, tmp_path):
+    """A file of a pair review, one exported before the directory changed, one without the export column, a header
+    without rows: each is one error naming the file (and line), and the directory is untouched."""
+    from pilot_core.manifest import fingerprint
+
+    export_review(copy, tmp_path / "r", per_stratum=2, rejects_per_reason=1)
+    rows = list(csv.DictReader(open(tmp_path / "r" / "review.csv", newline="")))
+    assert len({r["export"] for r in rows}) == 1 and rows[0]["export"].startswith("prompts@")
+    kept = [r for r in rows if r["set"] == "kept"]
+    before = fingerprint(copy)
+    cases = {"pairs": ([{**kept[0], "decision": "reject", "export": "pairs@0123456789abcdef"}],
+                       r"f.csv:2: exported from a pairs review, not a prompts review .* `pilot review import-pairs`"),
+             "none": ([{k: v for k, v in kept[0].items() if k != "export"} | {"decision": "reject"}],
+                      r"f.csv:2: no export column value"),
+             "edited": ([{**kept[0], "decision": "reject", "text": kept[0]["text"] + " (edited)"}],
+                        rf"f.csv:2: the text of id '{kept[0]['id']}' was edited in the file")}
+    for name, (file_rows, error) in cases.items():
+        _write(file_rows, tmp_path / "f.csv")
+        with pytest.raises(UserError, match=error):
+            import_review(copy, tmp_path / "f.csv", "dana")
+    (tmp_path / "f.csv").write_text(",".join(rows[0]) + "\n")
+    with pytest.raises(UserError, match="no rows"):
+        import_review(copy, tmp_path / "f.csv", "dana")
+    assert fingerprint(copy) == before  # nothing written
+    _write([{**kept[0], "decision": "reject"}], tmp_path / "first.csv")
+    _write([{**kept[1], "decision": "reject"}], tmp_path / "second.csv")  # the same export, decided apart
+    import_review(copy, tmp_path / "first.csv", "dana")
+    with pytest.raises(UserError, match=r"second.csv:2: exported from another version of .*; export again"):
+        import_review(copy, tmp_path / "second.csv", "kim")
+
+
+def test_spreadsheet_files_as_excel_saves_them(copy, tmp_path):
+    """UTF-8 with a byte-order mark, `;` or tab between cells, Windows line ends: read as the plain CSV."""
+    export_review(copy, tmp_path / "r", per_stratum=2, rejects_per_reason=1)
+    rows = list(csv.DictReader(open(tmp_path / "r" / "review.csv", newline="")))
+    kept = [r for r in rows if r["set"] == "kept"]
+    marked = [{**r, "decision": "reject" if r is kept[0] else "approve" if r is kept[1] else ""} for r in rows]
+    from data_curation.review_file import read_decisions
+
+    plain = tmp_path / "plain.csv"
+    _write(marked, plain)
+    want = read_decisions(plain, ("approve", "reject"), texts=("text",))
+    for sep, bom, crlf in ((";", True, True), ("\t", True, False), (",", True, True)):
+        f = tmp_path / "excel.csv"
+        _write(marked, f, sep, bom, crlf)
+        assert read_decisions(f, ("approve", "reject"), texts=("text",)) == want, (sep, bom, crlf)
+    entry = import_review(copy, f, "dana")
+    assert (entry["rejected"], entry["approved"]) == (1, 1)
+
+
+def test_an_approved_exclusion_comes_back_with_its_reviewer_and_note(copy, tmp_path):
+    export_review(copy, tmp_path / "r", per_stratum=2, rejects_per_reason=1)
+    rows = list(csv.DictReader(open(tmp_path / "r" / "review.csv", newline="")))
+    excl = [r for r in rows if r["set"] == "excluded"]
+    back, confirmed = excl[0], excl[1]
+    kept_before = pq.read_table(copy / "prompts.parquet").num_rows
+    _write([{**back, "decision": "approve", "note": "not a duplicate"}, {**confirmed, "decision": "reject"}],
+           tmp_path / "d.csv")
+    entry = import_review(copy, tmp_path / "d.csv", "dana")
+    assert entry["approved"] == 0 and entry["exclusions_confirmed"] == 1
+    assert entry["restored"] == [{"id": back["id"], "stage": back["stage"], "reason": back["reason"],
+                                  "note": "not a duplicate"}]
+    kept = {r["id"]: r for r in pq.read_table(copy / "prompts.parquet").to_pylist()}
+    assert back["id"] in kept and len(kept) == kept_before + 1 and kept[back["id"]]["text"] == back["text"]
+    assert back["id"] not in {r["id"] for r in pq.read_table(copy / "excluded.parquet").to_pylist()}
+    m = json.loads((copy / "manifest.json").read_text())
+    assert m["data"]["kept"] == len(kept) == sum(v["kept"] for v in m["data"]["per_source"].values())
+    assert f"restored `{back['id']}`" in (copy / "README.md").read_text()

@@ -81,8 +81,20 @@ class ResumableJsonl:
         self._f.flush()
         os.fsync(self._f.fileno())
 
-    def finish(self) -> None:
+    def finish(self, order: list[str] | None = None) -> None:
+        """Close and publish the file; with `order` (the prompts' ids), its records in that order (a rolling window
+        finishes them in any order; a retried id's records keep theirs, the last one read wins)."""
         self._f.close()
+        if order is not None:
+            rank = {str(i): n for n, i in enumerate(order)}
+            recs = sorted(_read_records(self.partial, tolerate_torn_tail=True),
+                          key=lambda r: rank.get(str(r["id"]), len(rank)))
+            tmp = self.partial.with_name(self.partial.name + ".sorted")
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.partial)
         os.replace(self.partial, self.path)
 
     def __exit__(self, *exc) -> None:

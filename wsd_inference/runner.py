@@ -242,5 +242,5 @@ def generate_to_file(pilot: ModelSource, base: ModelSource, prompts: list[Prompt
                 _run_served(m, models, todo, cfg, save, done_before=len(prompts) - len(todo))
             else:
                 _run_local(m, models, todo, cfg, save)
-            out.finish()
+            out.finish(order=[p.id for p in prompts])
     return GenerationSummary.of(out.path, new, len(prompts) - len(todo))
