@@ -23,29 +23,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-class LengthJudge(httpx.AsyncBaseTransport):
-    def __init__(self):
-        self.calls = {"pointwise": 0, "pairwise": 0}
-
-    async def handle_async_request(self, request):
-        body = json.loads(request.content)
-        user = body["messages"][-1]["content"]
-        if "# Response A\n" in user:
-            self.calls["pairwise"] += 1
-            a = user.split("# Response A\n", 1)[1].split("\n\n# Response B\n", 1)[0]
-            b = user.split("\n\n# Response B\n", 1)[1]
-            answer = {"winner": "A" if len(a) > len(b) else "B" if len(b) > len(a) else "tie", "rationale": "length"}
-        else:
-            self.calls["pointwise"] += 1
-            text = user.split("# Response\n", 1)[1]
-            answer = {"score": min(10, 1 + len(text) // 12), "rationale": "length"}
-        return httpx.Response(200, json={
-            "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": json.dumps(answer)}}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}})
+from tests.length_judge import LengthJudge  # noqa: E402
 
 
 def main() -> None:
@@ -74,7 +52,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     got = {}
     for strategy in ("round_robin", "screened"):
-        judge = LengthJudge()
+        judge = LengthJudge(lambda text: min(10, 1 + len(text) // 12))
         cfg = PreferencesConfig.model_validate({
             "cache": str(d / f"{strategy}.sqlite"),
             "judge": {"name": "judge", "kind": "pairwise", "strategy": strategy, "margin": args.margin,

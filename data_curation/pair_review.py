@@ -24,6 +24,7 @@ from data_curation.review_file import (
     check_export,
     check_texts,
     export_tag,
+    imported_before,
     read_decisions,
     stratified_sample,
     write_review,
@@ -190,8 +191,7 @@ def import_pair_review(dataset: str | Path, decisions: str | Path, reviewer: str
         raise UserError("--reviewer: give the reviewer's name")
     rows = read_decisions(decisions, DECISIONS, flags=("judge_wrong",), texts=TEXTS)
     manifest, tables = _read(dataset)
-    done = next((e for e in manifest.data.get("pair_reviews", [])
-                 if e["decisions_fingerprint"] == fingerprint(decisions)), None)
+    done = imported_before(manifest.data.get("pair_reviews", []), decisions)
     if done is not None:  # the same file again (a retried task): it is in already
         return {**done, "already": True}
     check_export(decisions, rows, KIND, fingerprint(dataset / "dpo.parquet"), dataset)

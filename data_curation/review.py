@@ -18,6 +18,7 @@ from data_curation.review_file import (
     check_export,
     check_texts,
     export_tag,
+    imported_before,
     read_decisions,
     stratified_sample,
     write_review,
@@ -99,8 +100,7 @@ def import_review(dataset: str | Path, decisions: str | Path, reviewer: str) -> 
     kept, excl = _tables(dataset)
     manifest = read_manifest(dataset, kind="dataset")
     rows = read_decisions(decisions, ("approve", "reject"), texts=("text",))
-    done = next((e for e in manifest.data.get("reviews", [])
-                 if e.get("decisions_fingerprint") == fingerprint(decisions)), None)
+    done = imported_before(manifest.data.get("reviews", []), decisions)
     if done is not None:  # the same file again (a retried task): it is in already
         return {**done, "already": True}
     check_export(decisions, rows, KIND, fingerprint(dataset / "prompts.parquet"), dataset)

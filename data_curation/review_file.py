@@ -14,6 +14,7 @@ from pilot_core.atomic import atomic_dir, atomic_write_text
 from pilot_core.errors import UserError
 from pilot_core.inputs import read_text
 from pilot_core.jsonl import read_jsonl
+from pilot_core.manifest import fingerprint
 
 YES = ("yes", "true", "1", "y", "x")
 # A cell a spreadsheet would evaluate (a formula, or a DDE call) starts with one of these. On export such a text
@@ -139,3 +140,9 @@ def check_texts(path: Path, rows: list[dict], current: dict[str, dict[str, str]]
             if now is not None and " ".join(str(text).split()) != " ".join(str(now).split()):
                 raise UserError(f"{path}:{r['line']}: the {field} of id {r['id']!r} was edited in the file "
                                 f"(decisions apply to the rows as exported): put it back, or export again")
+
+
+def imported_before(entries: list[dict], decisions: Path) -> dict | None:
+    """The review entry a decisions file already made (the same file again, e.g. a retried task), or None."""
+    fp = fingerprint(decisions)
+    return next((e for e in entries if e.get("decisions_fingerprint") == fp), None)

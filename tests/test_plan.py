@@ -18,32 +18,7 @@ from flows.pipeline_config import PipelineConfig
 from flows.plan import Assumptions, cron_period_h, plan, render
 
 from .helpers import REPO, TINY
-
-
-class LengthJudge(httpx.AsyncBaseTransport):
-    """A served judge that prefers the longer response: pointwise a score growing with the length (1-10),
-    pairwise the longer one in either order. Counts its calls by kind."""
-
-    def __init__(self):
-        self.calls = {"pointwise": 0, "pairwise": 0}
-
-    async def handle_async_request(self, request):
-        body = json.loads(request.content)
-        user = body["messages"][-1]["content"]
-        if "# Response A\n" in user:
-            self.calls["pairwise"] += 1
-            a = user.split("# Response A\n", 1)[1].split("\n\n# Response B\n", 1)[0]
-            b = user.split("\n\n# Response B\n", 1)[1]
-            answer = {"winner": "A" if len(a) > len(b) else "B" if len(b) > len(a) else "tie", "rationale": "length"}
-        else:
-            self.calls["pointwise"] += 1
-            text = user.split("# Response\n", 1)[1]
-            answer = {"score": round(1 + 9 * min(len(text), 120) / 120, 2), "rationale": "length"}
-        return httpx.Response(200, json={
-            "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": json.dumps(answer)}}],
-            "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10}})
+from .length_judge import LengthJudge
 
 
 def prefs_cfg(cache, strategy: str, margin: float = 0.5) -> PreferencesConfig:
