@@ -159,6 +159,20 @@ def prefect_api() -> str:
 
 
 @pytest.fixture(scope="session")
+def ray_head():
+    """A real local Ray cluster on loopback (`ray start --head`, 2 CPUs) for this session (tests/ray_cluster.py);
+    its `env` is what a process that talks to it needs (RAY_ADDRESS among it)."""
+    pytest.importorskip("ray")
+    from .ray_cluster import start_head, stop_head
+
+    head = start_head()
+    try:
+        yield head
+    finally:
+        stop_head(head)
+
+
+@pytest.fixture(scope="session")
 def untuned_path(tiny_cache):
     from pilot_core.models.tiny import tiny_untuned
 
