@@ -226,7 +226,7 @@ def part_generation(plan: dict, out: dict) -> None:
     from bench.wsd_speed import QUESTIONS, median_time, run_all
     from pilot_core.prompts import PromptRecord
     from wsd_inference.baselines import base_only_batch
-    from wsd_inference.config import WSDConfig
+    from wsd_inference.config import SpeculationConfig, WSDConfig
     from wsd_inference.engine import wsd_batch
 
     p = plan["generation"]
@@ -238,12 +238,15 @@ def part_generation(plan: dict, out: dict) -> None:
         recs = [PromptRecord(f"g{i}", ({"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]},))
                 for i in range(n)]
         cfg = WSDConfig(max_draft_tokens=p["max_draft_tokens"], max_new_tokens=p["max_new_tokens"],
-                        threshold=p["threshold"], batch_size=bs)
-        spec = cfg.model_copy(update={"speculation": cfg.speculation.model_copy(update={"tokens": p["speculate"]})})
+                        threshold=p["threshold"], batch_size=bs, speculation={"tokens": 0})  # plain: no speculation
+        # spec: every round run (what speculation buys on this device); auto: what users get (rounds where they pay)
+        spec = cfg.model_copy(update={"speculation": SpeculationConfig(tokens=p["speculate"], pace="always")})
+        auto = cfg.model_copy(update={"speculation": SpeculationConfig()})
         fns = {"base": lambda r, c: base_only_batch(base, r, c),
                "wsd": lambda r, c: wsd_batch(pilot, base, r, c),
                "base_spec": lambda r, c: base_only_batch(base, r, spec, pilot=pilot),
-               "wsd_spec": lambda r, c: wsd_batch(pilot, base, r, spec)}
+               "wsd_spec": lambda r, c: wsd_batch(pilot, base, r, spec),
+               "wsd_auto": lambda r, c: wsd_batch(pilot, base, r, auto)}
         for k, fn in list(fns.items()):  # a method that fails is reported; the others are still timed
             try:
                 run_all(fn, recs[:bs], cfg.model_copy(update={"max_new_tokens": 8, "max_draft_tokens": 8}))
@@ -511,7 +514,7 @@ def part_server(plan: dict, out: dict) -> None:
     pilot, base = build_pair(plan)
     most = max(c for c, _ in p["loads"])
     cfg = WSDConfig(threshold=p["threshold"], max_draft_tokens=p["max_tokens"], max_new_tokens=p["max_tokens"],
-                    batch_size=most)
+                    batch_size=most, speculation={"tokens": 0})  # the servers' own pace, not speculation's
     out["errors"] = {}
     for method in ("base_only", "wsd"):  # a method whose requests fail is reported; the other still runs
         server, thread, url = serve(method, pilot, base, cfg)

@@ -100,7 +100,7 @@ def main() -> None:
 
     path = smollm2()
     cfg = WSDConfig(max_new_tokens=args.max_new_tokens, max_draft_tokens=args.max_new_tokens,
-                    batch_size=args.batch_size, threshold=0.8)
+                    batch_size=args.batch_size, threshold=0.8, speculation={"tokens": 0})
     recs = records(args.prompts)
     m = load_hf_model(str(path), "smollm2", need_chat_template=True)
     if args.only:

@@ -2,7 +2,7 @@
 round, the draft's tokens of the answer so far and the base's tokens of the proposed text are computed with the
 tokenizers. Measured on SmolLM2-135M-Instruct continuing from the plain role template with the distilled pilot
 (bench/distilled_pilot.py) as its draft model, forced through the text path (the tokenizer work is the same
-whatever the vocabularies), speculating every round (min_acceptance 0, min_gain 0). Prints the tokenizer time per
+whatever the vocabularies), speculating every round (min_acceptance 0, pace always). Prints the tokenizer time per
 round and its share of the whole, the answers' length and whether they equal plain decoding.
 
     .venv/bin/python bench/text_crossing.py [--prompts 4] [--max-tokens 512] [--reps 2]
@@ -37,7 +37,7 @@ def continue_all(base, prompts, budget, drafter=None):
         Generation(batch, rows, Sampling(), STOP_STRINGS).run()
         return rows, None
     gen = SpeculativeGeneration(batch, rows, Sampling(), STOP_STRINGS, drafter,
-                                Speculation(tokens=4, min_acceptance=0.0, min_gain=0.0))
+                                Speculation(tokens=4, min_acceptance=0.0, pace="always"))
     gen.run()
     return rows, gen.stats
 

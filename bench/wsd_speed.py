@@ -8,9 +8,13 @@ on some drafts and switches happen); the base has ~10x the pilot's parameters, l
 Prints one table; copy it into docs/benchmarks.md.
 
     .venv/bin/python bench/wsd_speed.py [--prompts 16] [--threshold 0.8 0.1] [--reps 3] [--batch-size 8]
-    .venv/bin/python bench/wsd_speed.py --pair smollm2 --only-speculation --speculate 4 --batch-size 1 8
+    .venv/bin/python bench/wsd_speed.py --pair demo smollm2 --only-speculation --speculate 4 --batch-size 1 4 16
     .venv/bin/python bench/wsd_speed.py --pair smollm2 --only-speculation --speculate 4 --batch-size 1 \
         --methods urial nudging eft bon cbs
+
+The speculation table times WSD and base-only plainly, with `--speculate auto` (the default) and with each
+`--speculate K`, per pair and batch size; each timed run starts with no costs measured, as a fresh process does,
+so the probe's passes are in its time.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import statistics  # noqa: E402
 
+from pilot_core.models import speculative  # noqa: E402
 from pilot_core.models.loading import load_hf_model  # noqa: E402
 from pilot_core.models.tiny import TinyModelSpec, cached_tiny_model  # noqa: E402
 from pilot_core.prompts import PromptRecord  # noqa: E402
@@ -54,12 +59,14 @@ def run_all(fn, recs, cfg):
 
 
 def median_time(fns: dict, recs, cfg, reps: int) -> tuple[dict, dict]:
-    """Median wall time per method, the methods alternating so drift hits them alike; plus each one's output."""
+    """Median wall time per method, the methods alternating so drift hits them alike; plus each one's output.
+    Each run starts with no speculation costs measured (a fresh process), so it pays its own probe."""
     times, outs = {k: [] for k in fns}, {}
     for k, fn in fns.items():  # warm-up
         run_all(fn, recs[: cfg.batch_size], cfg.model_copy(update={"max_new_tokens": 16}))
     for _ in range(reps):
         for k, fn in fns.items():
+            speculative._COSTS.clear()
             t = time.perf_counter()
             outs[k] = run_all(fn, recs, cfg)
             times[k].append(time.perf_counter() - t)
@@ -75,40 +82,29 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--skip-search", action="store_true", help="only WSD / staged / base-only")
     ap.add_argument("--speculate", type=int, nargs="*", default=[4], metavar="K",
-                    help="speculation table: the pilot proposes K tokens at first (none: skip the table)")
+                    help="speculation table: beside auto, the pilot proposes K tokens at first (none: skip the "
+                    "table)")
     ap.add_argument("--only-speculation", action="store_true", help="only the speculation table")
     ap.add_argument("--methods", nargs="*", default=[], metavar="METHOD",
                     help="time these methods with and without speculation (urial nudging eft bon cbs) instead of "
                     "WSD and base-only")
-    ap.add_argument("--pair", choices=["demo", "smollm2"], default="demo", help="demo: the tiny pretrained pair "
-                    "below; smollm2: SmolLM2-135M-Instruct as the base and a pilot distilled from it "
-                    "(bench/distilled_pilot.py), on held-out prompts")
+    ap.add_argument("--pair", choices=["demo", "smollm2"], nargs="+", default=["demo"], help="demo: the tiny "
+                    "pretrained pair below; smollm2: SmolLM2-135M-Instruct as the base and a pilot distilled from it "
+                    "(bench/distilled_pilot.py), on held-out prompts (the speculation table runs each; the other "
+                    "tables the first)")
     ap.add_argument("--batch-size", type=int, nargs="+", default=[8], help="the speculation table runs each; the "
                     "other tables the first")
     args = ap.parse_args()
 
-    if args.pair == "smollm2":
-        from distilled_pilot import bench_requests, distilled_pair
-
-        pilot_dir, base_dir = distilled_pair()
-        questions = bench_requests(args.prompts)
-    else:
-        pilot_dir, base_dir = cached_tiny_model(BENCH_PILOT), cached_tiny_model(BENCH_BASE)
-        questions = [QUESTIONS[i % len(QUESTIONS)] + " " * (i // 16) for i in range(args.prompts)]
-    pilot = load_hf_model(str(pilot_dir), "pilot", need_chat_template=True)
-    base = load_hf_model(str(base_dir), "base")
-    ratio = base.num_parameters() / pilot.num_parameters()
-    recs = [PromptRecord(f"b{i}", ({"role": "user", "content": q},)) for i, q in enumerate(questions)]
-    import torch
-
-    print(f"pilot {pilot.num_parameters() / 1e6:.2f}M params, base {base.num_parameters() / 1e6:.2f}M "
-          f"({ratio:.1f}x); {len(recs)} prompts, batch {args.batch_size[0]}, draft <= {args.max_draft_tokens}, "
-          f"total <= "
-          f"{args.max_new_tokens} tokens, fp32 CPU, {torch.get_num_threads()} threads, median of {args.reps}")
     if args.speculate and not args.methods:
-        speculation_table(pilot, base, recs, args)
+        speculation_table(args)
+        if args.only_speculation:
+            return
+    pair = args.pair[0]
+    pilot, base, recs = load_pair(pair, args.prompts)
+    describe(pilot, base, recs, args.batch_size[0], args)
     if args.speculate and args.methods:
-        if args.pair == "smollm2":
+        if pair == "smollm2":
             from distilled_pilot import distilled_untuned
 
             untuned_dir = distilled_untuned()
@@ -123,7 +119,8 @@ def main() -> None:
     nudging_rows = []
     for gamma in args.threshold:
         cfg = WSDConfig(max_draft_tokens=args.max_draft_tokens, max_new_tokens=args.max_new_tokens, threshold=gamma,
-                        batch_size=args.batch_size[0], nudging=NudgingConfig(threshold=gamma))
+                        batch_size=args.batch_size[0], nudging=NudgingConfig(threshold=gamma),
+                        speculation={"tokens": 0})  # the methods themselves; speculation has its own table
         t, out = median_time({"base": lambda r, c: base_only_batch(base, r, c),
                               "wsd": lambda r, c: wsd_batch(pilot, base, r, c),
                               "staged": lambda r, c: staged_batch(pilot, base, r, c),
@@ -151,33 +148,67 @@ def main() -> None:
 
 
 
+def load_pair(pair: str, prompts: int):
+    """(pilot, base, prompt records) of the demo pair or the SmolLM2 pair."""
+    if pair == "smollm2":
+        from distilled_pilot import bench_requests, distilled_pair
+
+        pilot_dir, base_dir = distilled_pair()
+        questions = bench_requests(prompts)
+    else:
+        pilot_dir, base_dir = cached_tiny_model(BENCH_PILOT), cached_tiny_model(BENCH_BASE)
+        questions = [QUESTIONS[i % len(QUESTIONS)] + " " * (i // 16) for i in range(prompts)]
+    pilot = load_hf_model(str(pilot_dir), "pilot", need_chat_template=True)
+    base = load_hf_model(str(base_dir), "base")
+    return pilot, base, [PromptRecord(f"b{i}", ({"role": "user", "content": q},)) for i, q in enumerate(questions)]
+
+
+def describe(pilot, base, recs, batch: int, args) -> None:
+    import torch
+
+    ratio = base.num_parameters() / pilot.num_parameters()
+    print(f"pilot {pilot.num_parameters() / 1e6:.2f}M params, base {base.num_parameters() / 1e6:.2f}M "
+          f"({ratio:.1f}x); {len(recs)} prompts, batch {batch}, draft <= {args.max_draft_tokens}, total <= "
+          f"{args.max_new_tokens} tokens, fp32 CPU, {torch.get_num_threads()} threads, median of {args.reps}")
+
+
 def _rate(outs) -> float:
     s = [o.speculation for o in outs]
     return sum(x.accepted for x in s) / max(sum(x.proposed for x in s), 1)
 
 
-def speculation_table(pilot, base, recs, args) -> None:
-    """WSD and base-only with and without the pilot speculating for the base (greedy: the same answers), all
-    timed on the same prompts against plain base-only."""
-    print("\n| batch | gamma | k | base-only s | base-only+spec / base-only | WSD / base-only | WSD+spec / base-only "
-          "| acceptance WSD+spec (base-only+spec) | tokens per base pass | same answers |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for bs, gamma, k in [(b, g, k) for b in args.batch_size for g in args.threshold for k in args.speculate]:
-        cfg = WSDConfig(max_draft_tokens=args.max_draft_tokens, max_new_tokens=args.max_new_tokens,
-                        threshold=gamma, batch_size=bs)
-        spec = cfg.model_copy(update={"speculation": cfg.speculation.model_copy(update={"tokens": k})})
-        t, out = median_time({"base": lambda r, c: base_only_batch(base, r, c),
-                              "base_spec": lambda r, c: base_only_batch(base, r, spec, pilot=pilot),
-                              "wsd": lambda r, c: wsd_batch(pilot, base, r, c),
-                              "wsd_spec": lambda r, c: wsd_batch(pilot, base, r, spec)}, recs, cfg, args.reps)
-        same = all(a.response == b.response for a, b in zip(out["wsd"], out["wsd_spec"])) and all(
-            a.response == b.response for a, b in zip(out["base"], out["base_spec"]))
-
-        ws = [o.speculation for o in out["wsd_spec"]]
-        per_pass = sum(o.base_tokens for o in out["wsd_spec"]) / max(sum(x.base_passes for x in ws), 1)
-        print(f"| {bs} | {gamma} | {k} | {t['base']:.2f} | {t['base_spec'] / t['base']:.2f} | "
-              f"{t['wsd'] / t['base']:.2f} | {t['wsd_spec'] / t['base']:.2f} | {_rate(out['wsd_spec']):.0%} "
-              f"({_rate(out['base_spec']):.0%}) | {per_pass:.2f} | {same} |")
+def speculation_table(args) -> None:
+    """Per pair and batch size, WSD and base-only plainly, with `--speculate auto` and with each `--speculate K`
+    (greedy: the same answers), each against its plain twin: the ratio of times, the acceptance, and the rounds
+    with proposals per answer before the pace stepped aside (of the base passes its continuation took). Each
+    batch size decodes max(4, 2 x batch) prompts (at most --prompts)."""
+    print("| pair | batch | gamma | method | plain s | speculate | / plain | acceptance | rounds per answer "
+          "| base passes per answer | same answers |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    variants = [("auto", "auto")] + [(str(k), k) for k in args.speculate]
+    for pair in args.pair:
+        pilot, base, all_recs = load_pair(pair, args.prompts)
+        describe(pilot, base, all_recs, 0, args)
+        for bs, gamma in [(b, g) for b in args.batch_size for g in args.threshold]:
+            recs = all_recs[: min(len(all_recs), max(4, 2 * bs))]
+            cfg = WSDConfig(max_draft_tokens=args.max_draft_tokens, max_new_tokens=args.max_new_tokens,
+                            threshold=gamma, batch_size=bs, speculation={"tokens": 0})
+            fns = {}
+            for name, k in [("plain", 0)] + variants:
+                spec = cfg.model_copy(update={"speculation": cfg.speculation.model_copy(update={"tokens": k})})
+                fns[("wsd", name)] = lambda r, c, s=spec: wsd_batch(pilot, base, r, s)
+                fns[("base-only", name)] = lambda r, c, s=spec: base_only_batch(base, r, s, pilot=pilot)
+            t, out = median_time(fns, recs, cfg, args.reps)
+            for method in ("wsd", "base-only"):
+                plain = out[(method, "plain")]
+                for name, _ in variants:
+                    o = out[(method, name)]
+                    same = [a.response for a in o] == [b.response for b in plain]
+                    spec = [x.speculation for x in o]
+                    print(f"| {pair} | {bs} | {gamma} | {method} | {t[(method, 'plain')]:.2f} | {name} | "
+                          f"{t[(method, name)] / t[(method, 'plain')]:.2f} | {_rate(o):.0%} | "
+                          f"{sum(x.rounds for x in spec) / len(o):.1f} | "
+                          f"{sum(x.base_passes for x in spec) / len(o):.1f} | {same} |", flush=True)
 
 
 def methods_speculation_table(pilot, base, untuned, recs, args) -> None:
@@ -191,7 +222,7 @@ def methods_speculation_table(pilot, base, untuned, recs, args) -> None:
             "cbs": lambda r, c: cbs_batch(base, pilot, untuned, r, c)}
     cfg = WSDConfig(max_draft_tokens=args.max_draft_tokens, max_new_tokens=args.max_new_tokens,
                     threshold=args.threshold[0], batch_size=args.batch_size[0],
-                    nudging=NudgingConfig(threshold=args.threshold[0]))
+                    nudging=NudgingConfig(threshold=args.threshold[0]), speculation={"tokens": 0})
     spec = cfg.model_copy(update={"speculation": cfg.speculation.model_copy(update={"tokens": args.speculate[0]})})
     print(f"\n| method (batch {cfg.batch_size}, k {args.speculate[0]}) | plain s | +spec / plain | acceptance "
           "| base tokens per base pass | same answers |")
@@ -208,7 +239,7 @@ def methods_speculation_table(pilot, base, untuned, recs, args) -> None:
 
 def search_table(pilot, untuned, base, recs, max_new: int, reps: int) -> None:
     """CBS (W,K,L = 2,2,30, the paper's setting) and best-of-4 against base-only sampling, same budget."""
-    cfg = WSDConfig(max_new_tokens=max_new, temperature=0.7)
+    cfg = WSDConfig(max_new_tokens=max_new, temperature=0.7, speculation={"tokens": 0})
     t, out = median_time({"base": lambda r, c: base_only_batch(base, r, c),
                           "bon": lambda r, c: bon_batch(base, pilot, untuned, r, c),
                           "cbs": lambda r, c: cbs_batch(base, pilot, untuned, r, c)}, recs, cfg, reps)

@@ -37,9 +37,10 @@ def model_options(f):
         click.option("--temperature", type=float, help="0 = greedy (default)"),
         click.option("--top-p", type=float),
         click.option("--seed", type=int),
-        click.option("--speculate", type=click.IntRange(0, 64), metavar="K", help="the pilot proposes the base's "
-                     "next K tokens, checked in one base pass (same answers, fewer base passes; in-process bases; "
-                     "k adapts per row; 0 = off, the default)"),
+        click.option("--speculate", type=SpeculateK(), metavar="auto|K", help="the pilot proposes the base's "
+                     "next tokens, checked in one base pass (same answers, fewer base passes; in-process bases): "
+                     "auto (the default) where it pays, K to start at K proposals (adapted per row, rounds still "
+                     "only where they pay), 0 = off"),
         compute_options,
         click.option("--trust-remote-code", is_flag=True, help="allow model repos to run their own code (off by "
                      "default)"),
@@ -58,6 +59,23 @@ def model_options(f):
     for option in reversed(options):
         f = option(f)
     return f
+
+
+class SpeculateK(click.ParamType):
+    """`auto` or a k from 0 to 64."""
+
+    name = "auto|K"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) or value == "auto":
+            return value
+        try:
+            k = int(value)
+        except ValueError:
+            k = -1
+        if not 0 <= k <= 64:
+            self.fail(f"{value!r} is neither auto nor a k from 0 to 64", param, ctx)
+        return k
 
 
 def _published_setting(pilot: str, base: str, base_name: str | None, base_model: str | None, given: set) -> dict:

@@ -17,12 +17,14 @@ from dataclasses import asdict, dataclass, field, fields
 @dataclass(frozen=True)
 class SpeculationFigures:
     """One answer's speculation: the pilot's proposals and how many the base kept, the base tokens written while
-    speculating (a search's rows, kept or not) and the base's forward passes they took."""
+    speculating (a search's rows, kept or not), the base's forward passes they took and the rounds among them that
+    carried proposals (few where speculation stepped aside)."""
 
     proposed: int
     accepted: int
     tokens: int
     base_passes: int
+    rounds: int = 0
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -35,16 +37,17 @@ class SpeculationFigures:
     def to_json(self) -> dict:
         return {"proposed": self.proposed, "accepted": self.accepted, "tokens": self.tokens,
                 "acceptance_rate": self.acceptance_rate, "base_passes": self.base_passes,
-                "tokens_per_base_pass": self.tokens_per_base_pass}
+                "tokens_per_base_pass": self.tokens_per_base_pass, "rounds": self.rounds}
 
     @classmethod
     def from_json(cls, d: dict) -> SpeculationFigures:
-        return cls(d["proposed"], d["accepted"], d["tokens"], d["base_passes"])
+        return cls(d["proposed"], d["accepted"], d["tokens"], d["base_passes"], d.get("rounds", 0))  # 0: older
 
     def __add__(self, other: SpeculationFigures) -> SpeculationFigures:
         """One answer's figures over several generations (Nudging's base completions)."""
         return SpeculationFigures(self.proposed + other.proposed, self.accepted + other.accepted,
-                                  self.tokens + other.tokens, self.base_passes + other.base_passes)
+                                  self.tokens + other.tokens, self.base_passes + other.base_passes,
+                                  self.rounds + other.rounds)
 
     @staticmethod
     def diagnostics(specs: list[SpeculationFigures]) -> dict:

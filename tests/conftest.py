@@ -18,7 +18,8 @@ from .helpers import PREF_PROMPTS, RUNNING, local_cfg  # noqa: E402
 
 # One model cache per test session, inherited by the CLI subprocesses the tests start; Prefect's home (its
 # profiles and the ephemeral API's database) likewise, out of ~/.prefect.
-os.environ["PILOT_CACHE_DIR"] = tempfile.mkdtemp(prefix="pilot-test-cache-")
+# PILOT_TEST_CACHE_DIR keeps one across sessions while developing (the tiny models take minutes to build).
+os.environ["PILOT_CACHE_DIR"] = os.environ.get("PILOT_TEST_CACHE_DIR") or tempfile.mkdtemp(prefix="pilot-test-cache-")
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="pilot-test-prefect-")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 

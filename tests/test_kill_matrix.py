@@ -118,7 +118,10 @@ def validation_setup(tmp_path_factory, pair_same, pair_different):
                           "path": str(REPO / "data/demo/eval/math.v1.jsonl")}],
            "metrics": {"harmlessness": {"kind": "refusal_rules"}, "win_rate": {"kind": "rules"},
                        "bootstrap_samples": 100},
-           "wsd": {"max_draft_tokens": 12, "max_new_tokens": 16, "window": 3, "batch_size": 2}}
+           # speculation off: its figures depend on where a process began (it measures its rounds' costs at its
+           # first batch), so a resumed run's differ from an uninterrupted one's (its answers do not)
+           "wsd": {"max_draft_tokens": 12, "max_new_tokens": 16, "window": 3, "batch_size": 2,
+                   "speculation": {"tokens": 0}}}
     (tmp / "validation.yaml").write_text(yaml.safe_dump(cfg))
     return tmp, ckpt
 

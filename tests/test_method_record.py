@@ -12,7 +12,7 @@ from wsd_inference.methods import METHODS, read_record
 
 COMMON = ("id", "method", "response", "draft_text", "switch_index", "switched", "pilot_tokens", "kept_draft_tokens",
           "base_tokens", "window_scores", "time_s", "timing")
-SPEC = SpeculationFigures(proposed=10, accepted=7, tokens=12, base_passes=5)
+SPEC = SpeculationFigures(proposed=10, accepted=7, tokens=12, base_passes=5, rounds=3)
 RECORDS = [
     MethodRecord("a", "wsd", "Hi there.", time_s=0.123456, timing={"batch_s": 1.0}, pilot_tokens=9, base_tokens=4,
                  trace=WSDTrace("Hi", 2, True, 3, [0.91234567, 0.5])),
@@ -40,7 +40,7 @@ def test_the_flat_layout_and_the_trace_fields():
     assert wsd["window_scores"] == [0.912346, 0.5] and wsd["switch_index"] == 2 and wsd["time_s"] == 0.1235
     assert base["switch_index"] is None and base["draft_text"] == "" and base["kept_draft_tokens"] == 0
     assert base["speculation"] == {"proposed": 10, "accepted": 7, "tokens": 12, "acceptance_rate": 0.7,
-                                   "base_passes": 5, "tokens_per_base_pass": 2.4}
+                                   "base_passes": 5, "tokens_per_base_pass": 2.4, "rounds": 3}
     assert "speculation" not in wsd and (nudging["handoffs"], nudging["pilot_pieces"]) == (3, 2)
     assert bon["score"] == -1.234568 and bon["candidates"] == 4 and len(bon["candidate_scores"]) == 4
     assert "candidate_scores" not in cbs and "handoffs" not in bon

@@ -124,7 +124,7 @@ def test_the_pilot_speculates_for_the_bases_completions(m, pair):
     reference, on both tokenizer pairs; sampled: the same draws), with figures."""
     pilot, base = m["pilot"], m[pair]
     cfg = _cfg(GAMMA[pair])
-    spec = {"speculation": cfg.speculation.model_copy(update={"tokens": 3, "min_acceptance": 0.0})}
+    spec = {"speculation": cfg.speculation.model_copy(update={"tokens": 3, "min_acceptance": 0.0, "pace": "always"})}
     got = nudging_batch(pilot, base, RECS, cfg.model_copy(update=spec))
     _same_as_reference(pilot, base, got, cfg)
     assert all(g.speculation.accepted <= g.speculation.proposed for g in got)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
-from pydantic import Field, model_serializer, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from pilot_core.config import BaseConfig
 from pilot_core.hub_items import HubRef, hub_model
@@ -77,27 +77,46 @@ class NudgingConfig(BaseConfig):
     max_rounds: int = Field(150, ge=1, description="rounds (each opened by the pilot) before the answer ends")
 
 
+AUTO_FIRST_K = 4  # `auto`'s first proposals per row; k then adapts per row and the measured costs cap it
+
+
 class SpeculationConfig(BaseConfig):
     """Speculative decoding of the base's tokens, in-process, with the pilot as the draft model: the base checks
     the pilot's next k tokens in one pass; the answer is the base's own (greedy: identical; sampled: the same
-    distribution). A served base speculates on its server instead (vLLM's --speculative-config)."""
+    distribution). A round runs only where the measured costs say it pays (`pace`), so it steps aside where it does
+    not. A served base speculates on its server instead (vLLM's --speculative-config): `auto` leaves it alone."""
 
-    tokens: int = Field(0, ge=0, le=64, description="k: tokens the pilot proposes per round at first (0 = off); "
-                        "adapted per row within [1, max_tokens]")
+    tokens: int | Literal["auto"] = Field("auto", description="k: tokens the pilot proposes per round at first, "
+                                          "adapted per row within [1, max_tokens]; auto: speculate where an "
+                                          "in-process pilot is at hand and it pays; 0 = off")
     max_tokens: int = Field(16, ge=1, le=64, description="the largest k a row adapts to")
     min_acceptance: float = Field(0.3, ge=0.0, le=1.0, description="a row stops speculating when fewer of its "
                                   "proposals than this were kept (checked after min_rounds rounds)")
     min_rounds: int = Field(4, ge=1, description="rounds a row speculates before its acceptance rate is judged")
-    min_gain: float = Field(1.0, ge=0.0, description="a round runs only while the batch expects to keep this many "
-                            "proposals per live row (one speculating row widens every row's base pass: on a CPU "
-                            "that costs; on a GPU 0.2-0.5 pays)")
+    margin: float = Field(0.1, ge=0.0, description="a round runs only where it is expected to write this much "
+                          "faster than plain steps (its cost measured on the first passes of a batch shape)")
+    pace: Literal["measured", "always"] = Field("measured", description="measured: rounds only where they pay; "
+                                                "always: every round (to study the mechanism)")
+
+    @field_validator("tokens")
+    @classmethod
+    def _tokens(cls, v: int | str) -> int | str:
+        if v != "auto" and not 0 <= v <= 64:
+            raise ValueError("tokens is auto or a k from 0 to 64")
+        return v
+
+    @property
+    def auto(self) -> bool:
+        return self.tokens == "auto"
 
     @property
     def enabled(self) -> bool:
-        return self.tokens > 0
+        return self.tokens != 0
 
     def settings(self) -> Speculation:
-        return Speculation(self.tokens, self.max_tokens, self.min_acceptance, self.min_rounds, self.min_gain)
+        first = AUTO_FIRST_K if self.auto else self.tokens
+        return Speculation(first, self.max_tokens, self.min_acceptance, self.min_rounds, self.margin,
+                           self.pace)
 
 
 class WSDConfig(BaseConfig):

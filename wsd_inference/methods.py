@@ -13,7 +13,8 @@ The WSD server (`pilot wsd serve`) serves the methods that also give `watched` (
 takes the request's stop strings and a callback given the answer so far (`stop=(), on_text=None`).
 
 A method that decodes with an in-process base says `speculates=True` and passes `m.pilot` to
-`continuation.Speculator.of`: with `--speculate K` the pilot (added to the roles it uses) proposes the base's tokens.
+`continuation.Speculator.of`: the pilot (added to the roles it uses) proposes the base's tokens where that pays
+(`--speculate auto`, the default) or as asked (`--speculate K`); `--speculate 0` turns it off.
 
 A local runner decodes one batch of prompts with in-process models (`LocalModels`) and returns one
 `MethodRecord` per prompt; a method whose records carry a trace of their own names its type (`trace=`): it reads
@@ -86,11 +87,12 @@ class Method:
         """Whether `pilot wsd serve` can serve it (see the module's docstring)."""
         return self.watched is not None
 
-    def models(self, cfg: WSDConfig) -> tuple[str, ...]:
-        """The ROLES this method reads under `cfg`."""
+    def models(self, cfg: WSDConfig, in_process: bool = True) -> tuple[str, ...]:
+        """The ROLES this method reads under `cfg` (`in_process`: with in-process models, where the pilot may
+        speculate for the base)."""
         uses = self.uses(cfg) if callable(self.uses) else self.uses
         assert set(uses) <= set(ROLES), f"method {self.name} uses an unknown role: {uses}"
-        if self.speculates and cfg.speculation.enabled and "pilot" not in uses:
+        if in_process and self.speculates and cfg.speculation.enabled and "pilot" not in uses:
             uses += ("pilot",)  # the pilot as the base's draft model
         return uses
 

@@ -33,7 +33,7 @@ def served_at_all(method: Method, pilot: ModelSource, base: ModelSource, untuned
     if remote and not method.can_serve:
         raise UserError(f"method {method.name} runs on local models only for now (over a server: "
                         f"{', '.join(m.name for m in METHODS.values() if m.can_serve)})")
-    if remote and cfg.speculation.enabled:
+    if remote and cfg.speculation.enabled and not cfg.speculation.auto:  # auto: the server's own business
         raise UserError("speculation (--speculate) runs with an in-process base; a base on a vLLM server "
                         "speculates on the server: start it with --speculative-config '{\"method\": \"draft_model\", "
                         "\"model\": PILOT, \"num_speculative_tokens\": K}' (README, Speculative decoding)")
@@ -225,7 +225,7 @@ def generate_to_file(pilot: ModelSource, base: ModelSource, prompts: list[Prompt
         from tqdm import tqdm
 
         # everything that can fail on bad models fails here, before the output is opened
-        loader, uses = ModelLoader(cfg, compute), m.models(cfg)
+        loader, uses = ModelLoader(cfg, compute), m.models(cfg, in_process=not remote)
         models = (loader.served(uses, pilot, base, untuned, m.pilot_ids) if remote
                   else loader.local(uses, pilot, base, untuned))
         if m.check is not None:

@@ -189,7 +189,7 @@ def make_backend(method_name: str, pilot, base, cfg: WSDConfig, compute=None) ->
     if not method.servable:
         raise UserError(f"method {method_name} cannot be served (servable: wsd, base_only)")
     remote = served_at_all(method, pilot, base, None, cfg)
-    loader, uses = ModelLoader(cfg, compute), method.models(cfg)
+    loader, uses = ModelLoader(cfg, compute), method.models(cfg, in_process=not remote)
     if remote:
         return ServedBackend(method, loader.served(uses, pilot, base, None, method.pilot_ids))
     return LocalBackend(method, loader.local(uses, pilot, base, None), cfg.batch_size)

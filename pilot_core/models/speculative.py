@@ -13,16 +13,22 @@ one token of its own. The answer does not change:
 Across tokenizers only the stable part of the proposal is checked (tokens no appended text can change, the rule
 the switch uses: `pilot_core.models.tokenization.stable_token_count`). Each row adapts its k (transformers'
 heuristic: +2 after a round that kept every proposal, -1 otherwise) and stops speculating when its acceptance rate
-says it does not pay; a round runs only while the batch expects to keep enough proposals
-(`Speculation.min_gain`). Rows of a batch keep different lengths: rejected proposals are masked out of the cache
-(`RaggedBatch.drop`) and the row's last token is fed with the next round's proposals. With speculative
-sampling a row's draws depend on the rounds its batch ran, so a sampled answer follows the base's distribution
-but its exact tokens may differ from batch to batch (greedy and cross-tokenizer answers never do).
+says it does not pay. Whether a round runs at all, and how many proposals it takes, is decided from what was
+measured (`Pacing`): the tokens the rows are expected to keep, given their acceptance so far, against what a round
+costs relative to a plain step for this batch size on this device (`PassCosts`: timed on the first passes of the
+first generation of that shape, then fixed). Where a round does not pay the base steps alone. Rows of a batch keep
+different lengths: rejected proposals are masked out of the cache (`RaggedBatch.drop`) and the row's last token is
+fed with the next round's proposals. With speculative sampling a row's draws depend on the rounds its batch ran,
+so a sampled answer follows the base's distribution but its exact tokens may differ from batch to batch (greedy
+and cross-tokenizer answers never do).
 """
 
 from __future__ import annotations
 
+import time
+import weakref
 from dataclasses import astuple, dataclass, field, replace
+from typing import Literal
 
 from pilot_core.method_record import SpeculationFigures
 from pilot_core.models.loading import HFModel
@@ -35,14 +41,16 @@ from pilot_core.models.tokenization import splits_at_whitespace, stable_token_co
 class Speculation:
     """How the draft model speculates: `tokens` proposed per row in its first round (0: off), adapted within
     [1, max_tokens]; a row stops after `min_rounds` rounds if fewer than `min_acceptance` of its proposals were
-    kept. A round runs only while it is expected to keep `min_gain` proposals per live row of the batch (one
-    speculating row widens the whole batch's base pass; on a CPU that pass costs more the wider it is)."""
+    kept. `pace`: "measured" runs a round only where the rows' expected kept tokens beat its measured cost by
+    `margin` (a round widens every row's base pass, which costs on a CPU or a busy GPU); "always" runs every round
+    (benchmarks of the mechanism, tests)."""
 
     tokens: int = 0
     max_tokens: int = 16
     min_acceptance: float = 0.3
     min_rounds: int = 4
-    min_gain: float = 1.0
+    margin: float = 0.1
+    pace: Literal["measured", "always"] = "measured"
 
     @property
     def enabled(self) -> bool:
@@ -69,7 +77,7 @@ class SpecStats:
     def record(self, tokens: int) -> SpeculationFigures:
         """The figures a record carries; `tokens`: the base tokens written in those passes (a search's rows,
         kept or not)."""
-        return SpeculationFigures(self.proposed, self.accepted, tokens, self.base_passes)
+        return SpeculationFigures(self.proposed, self.accepted, tokens, self.base_passes, self.rounds)
 
 
 @dataclass
@@ -247,33 +255,114 @@ class SpecRow:
         return replace(self, stats=replace(self.stats))
 
 
+PROBE_PLAIN = 2  # plain base passes timed before the first round of a batch shape not measured yet
+PROBE_ROUNDS = 2  # rounds timed (at the rows' first k) before its costs are fixed
+
+
+@dataclass
+class PassCosts:
+    """What speculating costs for one draft/base pair at one batch size on this device: seconds of a plain base
+    pass (one token per row), of each extra token per row in a base pass, of one pass of the draft model. Timed on
+    the first passes of the first generation of that shape (PROBE_PLAIN plain passes, then PROBE_ROUNDS rounds)
+    and then fixed, so that later decisions (and with them a sampled answer's draws) do not move with timing
+    noise or with what ran before. Also the acceptance of the probe's rounds, the prior of a new row's."""
+
+    plain: list[float] = field(default_factory=list)
+    verify: list[tuple[int, float]] = field(default_factory=list)  # (widest row's tokens, seconds) of a round's pass
+    draft: list[float] = field(default_factory=list)  # seconds per pass of the draft model in a round
+    proposed: int = 0
+    accepted: int = 0
+
+    @property
+    def measuring(self) -> Literal["plain", "round"] | None:
+        """What the probe times next (None: the costs are fixed)."""
+        if len(self.plain) < PROBE_PLAIN:
+            return "plain"
+        return "round" if len(self.verify) < PROBE_ROUNDS else None
+
+    def timed_plain(self, seconds: float) -> None:
+        if self.measuring == "plain":
+            self.plain.append(seconds)
+
+    def timed_round(self, width: int, k: int, propose_s: float, verify_s: float) -> None:
+        if self.measuring == "round" and width > 1:  # a pass of one token per row says nothing of the width's cost
+            self.verify.append((width, verify_s))
+            self.draft.append(propose_s / k)
+
+    @property
+    def t_plain(self) -> float:
+        return min(self.plain)  # the least disturbed of the probe's passes
+
+    def round_s(self, k: int) -> float:
+        """A round at k proposals per row: k passes of the draft model, and a base pass k tokens wider than a
+        plain one (the pending token plus k), the cost per extra token read off the probe's widest pass."""
+        width, t = min(self.verify, key=lambda v: v[1] / v[0])
+        per_token = max(0.0, t - self.t_plain) / (width - 1)
+        return self.t_plain + per_token * k + min(self.draft) * k
+
+    @property
+    def prior(self) -> float:
+        """The acceptance of the probe's proposals (1/2 before any)."""
+        return (self.accepted + 1) / (self.proposed + 2)
+
+
+_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # draft model -> {(base, batch kind, rows): costs}
+
+
+def pass_costs(draft: HFModel, base: HFModel, kind: str, rows: int) -> PassCosts:
+    """The costs measured in this process for this pair and batch shape (`kind`: the batch's class, a RaggedBatch
+    or EFT's three models; `rows`); new, to be measured, if none yet."""
+    per_draft = _COSTS.setdefault(draft.model, {})
+    return per_draft.setdefault((id(base.model), kind, rows), PassCosts())
+
+
+def timed(device: str):
+    """A clock for a pass: waits for the device first (CUDA runs asynchronously)."""
+    if str(device).startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 class Pacing:
     """How much each row speculates: its k (transformers' heuristic: +2 after a round that kept every proposal,
-    -1 otherwise, within [1, max_tokens]; 0 once its acceptance rate says it does not pay), and the batch's rule:
-    a round runs only while it expects to keep `min_gain` proposals per live row."""
+    -1 otherwise, within [1, max_tokens]; 0 once its acceptance rate says it does not pay), and, with the
+    "measured" pace, whether the batch runs a round at all and up to which k: the one that writes the most tokens
+    per second, given the rows' acceptance and the measured `PassCosts`, if that beats a plain step by `margin`."""
 
-    def __init__(self, spec: Speculation):
-        self.spec = spec
+    def __init__(self, spec: Speculation, costs: PassCosts | None = None):
+        self.spec, self.costs = spec, costs
 
     def row(self, before: list[int] | None = None) -> SpecRow:
         return SpecRow(self.spec.tokens, before=before or [])
 
     def round_ks(self, rows: list[SpecRow], rooms: list[int | None]) -> list[int]:
         """Each row's k for this round (`rooms[r]`: the most proposals row r can take; None: not live); all 0
-        when the batch's expected gain does not pay for the round."""
-        spec = self.spec
-        ks = [0 if room is None else max(0, min(row.k, room)) for row, room in zip(rows, rooms)]
-        exploring = any(k and row.stats.rounds < spec.min_rounds for k, row in zip(ks, rows))
-        # judged at the k a row starts with at least: a row whose k shrank after a miss is not written off for it
-        gain = sum(self._expected_kept(row.stats, max(k, spec.tokens)) for k, row in zip(ks, rows) if k)
-        if not exploring and gain < spec.min_gain * sum(room is not None for room in rooms):
-            return [0] * len(ks)
-        return ks
+        for a plain step."""
+        caps = [0 if room is None else max(0, min(row.k, room)) for row, room in zip(rows, rooms)]
+        costs = self.costs
+        if self.spec.pace == "always" or costs is None or not any(caps):
+            return caps
+        if costs.measuring is not None:
+            return caps if costs.measuring == "round" else [0] * len(caps)
+        live = [r for r, room in enumerate(rooms) if room is not None]
+        kept = [self._acceptance(rows[r].stats, costs.prior) for r in live]
+        best, best_k = (1 + self.spec.margin) / costs.t_plain, 0  # tokens per row per second, plain
+        for k in range(1, max(caps) + 1):
+            tokens = sum(1 + self._expected_kept(a, min(caps[r], k)) for a, r in zip(kept, live)) / len(live)
+            if tokens / costs.round_s(k) > best:
+                best, best_k = tokens / costs.round_s(k), k
+        return [min(cap, best_k) for cap in caps]
 
     @staticmethod
-    def _expected_kept(st: SpecStats, k: int) -> float:
-        """Proposals a row is expected to keep out of k: a + a^2 + ... + a^k for its acceptance rate a so far."""
-        a = (st.accepted + 1) / (st.proposed + 2)
+    def _acceptance(st: SpecStats, prior: float) -> float:
+        """A row's acceptance rate: its own proposals, starting from the pair's rate (worth two proposals)."""
+        return (st.accepted + 2 * prior) / (st.proposed + 2)
+
+    @staticmethod
+    def _expected_kept(a: float, k: int) -> float:
+        """Proposals a row is expected to keep out of k: a + a^2 + ... + a^k for its acceptance rate a."""
         return k if a >= 1 else a * (1 - a**k) / (1 - a)
 
     def base_pass(self, row: SpecRow, asked: int, proposed: int, kept: int) -> None:
@@ -287,6 +376,9 @@ class Pacing:
         st.rounds += 1
         st.proposed += proposed
         st.accepted += kept
+        if self.costs is not None and self.costs.measuring is not None:  # the prior is the probe's too
+            self.costs.proposed += proposed
+            self.costs.accepted += kept
         st.full_rounds += proposed > 0 and kept == proposed
         st.empty_rounds += kept == 0
         row.k = min(row.k + 2, spec.max_tokens) if proposed and kept == proposed else max(1, row.k - 1)
@@ -303,8 +395,15 @@ class SpeculativeGeneration(Generation):
     def __init__(self, batch: RaggedBatch, rows: list[Stream], sampling: Sampling, stop_strings: tuple[str, ...],
                  drafter: Drafter, spec: Speculation, before: list[list[int]] | None = None):
         super().__init__(batch, rows, sampling, stop_strings)
-        self.drafter, self.pace = drafter, Pacing(spec)
+        self.drafter = drafter
+        self.pace = Pacing(spec, self._costs(spec))
         self.spec_rows = [self.pace.row(before[r] if before else None) for r in range(len(rows))]
+
+    def _costs(self, spec: Speculation) -> PassCosts | None:
+        """The measured costs for this batch's shape (none where every round runs)."""
+        if spec.pace == "always":
+            return None
+        return pass_costs(self.drafter.m, self.drafter.base, type(self.batch).__name__, len(self.rows))
 
     @property
     def stats(self) -> list[SpecStats]:
@@ -328,6 +427,7 @@ class SpeculativeGeneration(Generation):
         super().select(rows, generators)
         self.drafter.select(rows)
         self.spec_rows = [self.spec_rows[r].successor() for r in rows]
+        self.pace.costs = self._costs(self.pace.spec)  # the shape may have changed
 
     def _room(self, r: int) -> int:
         """The most proposals row r can take: the base adds one token of its own within its budget (and cap)."""
@@ -340,13 +440,22 @@ class SpeculativeGeneration(Generation):
         live, srs = self._live(), self.spec_rows
         ks = self.pace.round_ks(srs, [self._room(r) if live[r] else None for r in range(len(self.rows))])
         answers = [srs[r].before + self.rows[r].tokens if ks[r] else None for r in range(len(self.rows))]
+        device = self.batch.m.device
+        t0 = timed(device)
         props = (self.drafter.propose(answers, ks, [row.generator for row in self.rows]) if any(ks)
                  else [Proposal() for _ in self.rows])
         feed = [([srs[r].pending] if srs[r].pending is not None else []) + props[r].ids if live[r] else []
                 for r in range(len(self.rows))]
         # the logits before a row's first fed token, where no pending token is fed first
         first = {r: self.batch.next_logits[r] for r in range(len(self.rows)) if live[r] and srs[r].pending is None}
+        t1 = timed(device)
         out = self.batch.feed(feed)
+        if self.pace.costs is not None:
+            t2, width = timed(device), max(map(len, feed))
+            if any(ks):
+                self.pace.costs.timed_round(width, max(ks), t1 - t0, t2 - t1)
+            elif width == 1:
+                self.pace.costs.timed_plain(t2 - t1)
         for r, (row, sr) in enumerate(zip(self.rows, srs)):
             if not live[r]:
                 continue
