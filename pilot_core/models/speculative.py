@@ -333,6 +333,7 @@ class Pacing:
 
     def __init__(self, spec: Speculation, costs: PassCosts | None = None):
         self.spec, self.costs = spec, costs
+        self.probing = False  # this round is one of the probe's: its proposals make the prior
 
     def row(self, before: list[int] | None = None) -> SpecRow:
         return SpecRow(self.spec.tokens, before=before or [])
@@ -345,7 +346,9 @@ class Pacing:
         if self.spec.pace == "always" or costs is None or not any(caps):
             return caps
         if costs.measuring is not None:
-            return caps if costs.measuring == "round" else [0] * len(caps)
+            self.probing = costs.measuring == "round"
+            return caps if self.probing else [0] * len(caps)
+        self.probing = False
         live = [r for r, room in enumerate(rooms) if room is not None]
         kept = [self._acceptance(rows[r].stats, costs.prior) for r in live]
         best, best_k = (1 + self.spec.margin) / costs.t_plain, 0  # tokens per row per second, plain
@@ -376,7 +379,7 @@ class Pacing:
         st.rounds += 1
         st.proposed += proposed
         st.accepted += kept
-        if self.costs is not None and self.costs.measuring is not None:  # the prior is the probe's too
+        if self.costs is not None and self.probing:  # the prior is the probe's rounds' acceptance
             self.costs.proposed += proposed
             self.costs.accepted += kept
         st.full_rounds += proposed > 0 and kept == proposed
