@@ -443,17 +443,18 @@ class SpeculativeGeneration(Generation):
         live, srs = self._live(), self.spec_rows
         ks = self.pace.round_ks(srs, [self._room(r) if live[r] else None for r in range(len(self.rows))])
         answers = [srs[r].before + self.rows[r].tokens if ks[r] else None for r in range(len(self.rows))]
-        device = self.batch.m.device
-        t0 = timed(device)
+        # the clock (a device sync on CUDA) runs only while the probe measures: the costs are fixed after it
+        probe, device = self.pace.costs is not None and self.pace.costs.measuring is not None, self.batch.m.device
+        t0 = timed(device) if probe else 0.0
         props = (self.drafter.propose(answers, ks, [row.generator for row in self.rows]) if any(ks)
                  else [Proposal() for _ in self.rows])
         feed = [([srs[r].pending] if srs[r].pending is not None else []) + props[r].ids if live[r] else []
                 for r in range(len(self.rows))]
         # the logits before a row's first fed token, where no pending token is fed first
         first = {r: self.batch.next_logits[r] for r in range(len(self.rows)) if live[r] and srs[r].pending is None}
-        t1 = timed(device)
+        t1 = timed(device) if probe else 0.0
         out = self.batch.feed(feed)
-        if self.pace.costs is not None:
+        if probe:
             t2, width = timed(device), max(map(len, feed))
             if any(ks):
                 self.pace.costs.timed_round(width, max(ks), t1 - t0, t2 - t1)
