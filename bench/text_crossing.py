@@ -78,7 +78,7 @@ def main() -> None:
     runs = {mode: {"wall": [], "share": [], "per_round": []} for mode in ("whole text", "tail (windowed)")}
     for _ in range(args.reps):
         for mode, got in runs.items():
-            drafter = Drafter(pilot, base, [chat_prompt(pilot.tokenizer, m) for m in messages], Sampling())
+            drafter = Drafter(pilot, base, [chat_prompt(pilot.tokenizer, m) for m in messages])
             drafter.same_vocab = False  # the text path
             drafter.windowed = mode != "whole text" and splits_at_whitespace(base.tokenizer)
             spent["tokenizers"], spent["calls"] = 0.0, 0

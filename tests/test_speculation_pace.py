@@ -142,15 +142,19 @@ def test_where_rounds_are_cheap_the_rows_speculate(models, fresh_costs):
     assert sum(o.speculation.proposed for o in out) > 0
 
 
-def test_sampled_answers_do_not_move_with_timing_once_measured(models, fresh_costs):
-    """Speculative sampling's draws depend on the rounds run; with the costs fixed after the probe, the same
-    seed gives the same answers however long the passes take now."""
+def test_sampled_answers_do_not_move_with_the_pace(models, fresh_costs):
+    """The base draws every token itself, so a seeded sampled answer is the same whether the measured pace
+    speculates (cheap rounds), steps aside (dear rounds) or is still probing (nothing measured yet)."""
     pilot, base = models["same"]
     cfg = WSDConfig(max_new_tokens=32, batch_size=len(RECS), temperature=0.9, seed=5)
-    seeded(pilot, base, len(RECS), measured(1.0, 0.05, 0.05))
-    a = base_only_batch(base, RECS, cfg, pilot=pilot)
-    b = base_only_batch(base, RECS, cfg, pilot=pilot)
-    assert [x.response for x in a] == [y.response for y in b]
+    probing = base_only_batch(base, RECS, cfg, pilot=pilot)
+    answers = [[x.response for x in probing]]
+    for costs, speculates in ((measured(1.0, 0.05, 0.05), True), (measured(1.0, 1.0, 1.0), False)):
+        seeded(pilot, base, len(RECS), costs)
+        out = base_only_batch(base, RECS, cfg, pilot=pilot)
+        assert (sum(x.speculation.proposed for x in out) > 0) == speculates
+        answers.append([x.response for x in out])
+    assert answers[0] == answers[1] == answers[2]
 
 
 def test_cli_takes_auto_and_refuses_a_bad_k(models, tmp_path):

@@ -1,8 +1,7 @@
 """Speculative continuation: the pilot proposes the base's next tokens, the base checks them in one pass.
 
-Greedy answers are the base's own, token for token, on both tokenizer pairs, batched, whatever each row accepts;
-sampled answers keep the base's distribution (speculative sampling on one vocabulary, checked on a tiny one) or
-its very draws (across tokenizers)."""
+Answers are the base's own, token for token, greedy or sampled (the base draws each token itself, the draws a
+plain step makes), on both tokenizer pairs, batched, whatever each row accepts."""
 
 import pytest
 
@@ -48,23 +47,22 @@ def test_greedy_answers_are_identical_with_speculation(models, pair):
             assert sum(s.speculation.accepted for s in spec) > 0
 
 
-def test_sampled_across_tokenizers_draws_what_the_base_draws(models):
-    """Across tokenizers the base keeps a proposal only where its own draw (with the row's generator) equals it,
-    so the random draws, and the answers, are those of decoding without speculation."""
-    pilot, base = models["different"]
+@pytest.mark.parametrize("pair", ["same", "different"])
+def test_sampled_answers_are_the_draws_without_speculation(models, pair):
+    """The base keeps a proposal only where its own draw (with the row's generator) equals it, so the random
+    draws, and the answers, are those of decoding without speculation, on one vocabulary and across tokenizers;
+    seeded per prompt, not per batch position."""
+    pilot, base = models[pair]
     cfg = WSDConfig(window=3, threshold=0.1, max_draft_tokens=16, max_new_tokens=40, temperature=0.9, seed=3)
     plain, spec = base_only_batch(base, RECS, cfg), base_only_batch(base, RECS, speculating(cfg, 2), pilot=pilot)
     assert [s.response for s in spec] == [p.response for p in plain]
     assert sum(s.speculation.proposed for s in spec) > 0
-
-
-def test_sampled_one_vocabulary_is_seeded(models):
-    pilot, base = models["same"]
-    cfg = speculating(WSDConfig(window=3, threshold=0.1, max_draft_tokens=16, max_new_tokens=40, temperature=0.9), 3)
-    a, b = wsd_batch(pilot, base, RECS, cfg), wsd_batch(pilot, base, RECS[::-1], cfg)[::-1]
-    assert [x.response for x in a] == [x.response for x in b]  # per prompt, not per batch position
-    assert sum(x.speculation.accepted for x in a) > 0
-    c = wsd_batch(pilot, base, RECS, cfg.model_copy(update={"seed": 1}))
+    a, b = (wsd_batch(pilot, base, recs, speculating(cfg, 3)) for recs in (RECS, RECS[::-1]))
+    assert [x.response for x in a] == [x.response for x in b[::-1]] == [
+        x.response for x in wsd_batch(pilot, base, RECS, speculating(cfg, 0))]
+    if pair == "same":
+        assert sum(x.speculation.accepted for x in a) > 0
+    c = wsd_batch(pilot, base, RECS, speculating(cfg, 3).model_copy(update={"seed": 1}))
     assert [x.response for x in c] != [x.response for x in a]
 
 
@@ -91,7 +89,7 @@ def test_rows_accept_all_some_or_none_in_one_batch(models):
     draft_prompts = prompts[:3] + misread[3:]
 
     def run(spec: Speculation | None):
-        return continue_greedily(base, prompts, spec and Drafter(base, base, draft_prompts, Sampling()), spec)
+        return continue_greedily(base, prompts, spec and Drafter(base, base, draft_prompts), spec)
 
     plain, _ = run(None)
     rows, stats = run(Speculation(tokens=2, max_tokens=6, min_acceptance=0.0, pace="always"))
@@ -116,7 +114,7 @@ def test_text_crossing_proposes_what_the_base_writes(models):
     _, base = models["different"]
     prompts = [base_prompt(r.messages, base.tokenizer.bos_token) for r in RECS[:4]]
 
-    drafter = Drafter(base, base, prompts, Sampling())
+    drafter = Drafter(base, base, prompts)
     drafter.same_vocab = False  # the text path, as for a pilot of another tokenizer family
     plain, _ = continue_greedily(base, prompts)
     rows, stats = continue_greedily(base, prompts, drafter, Speculation(tokens=4, pace="always"))
@@ -124,28 +122,28 @@ def test_text_crossing_proposes_what_the_base_writes(models):
     assert sum(st.accepted for st in stats) > 0.5 * sum(st.proposed for st in stats) > 0
 
 
-def test_speculative_sampling_keeps_the_base_distribution():
-    """On a 6-token vocabulary: proposals drawn from q, checked against p; the first emitted token follows p0,
-    the second (after a kept first proposal) p1, the bonus token after two kept proposals p2."""
+def test_sampled_verify_emits_the_plain_draws():
+    """On a 6-token vocabulary, sampled: whatever is proposed, the tokens emitted are the ones a plain step draws
+    with the same generator, position by position (one draw per token emitted), and the proposals kept are the
+    longest prefix equal to them."""
     import torch
-    from scipy.stats import chisquare
+
+    from pilot_core.models.sampling import pick_token
 
     g = torch.Generator().manual_seed(0)
-    p = torch.softmax(torch.randn(3, 6, generator=g) * 1.5, -1)
-    q = torch.softmax(torch.randn(2, 6, generator=g) * 1.5, -1)
+    logits = torch.randn(4, 6, generator=g) * 1.5
     sampling = Sampling(temperature=1.0)
-    counts = torch.zeros(3, 6)
-    n = 6000
-    for _ in range(n):
-        d = [int(torch.multinomial(q[i], 1, generator=g)) for i in range(2)]
-        tokens, kept = verify(p.log(), Proposal(d, [q[0], q[1]]), sampling, g)
-        assert tokens[:kept] == d[:kept] and len(tokens) == kept + 1
-        for i, t in enumerate(tokens):
-            counts[i, t] += 1
-    for i in range(3):
-        observed = counts[i]
-        assert chisquare(observed, observed.sum() * p[i]).pvalue > 1e-3, (i, observed, p[i])
-    assert 0 < counts[2].sum() < n  # some rounds kept both proposals, some did not
+    kept_counts = set()
+    for seed in range(300):
+        proposal = [int(x) for x in torch.randint(0, 6, (3,), generator=g)]
+        mine, plain = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        tokens, kept = verify(logits, Proposal(proposal), sampling, mine)
+        want = [pick_token(logits[i], sampling, plain) for i in range(len(tokens))]
+        assert tokens == want and tokens[:kept] == proposal[:kept] and len(tokens) == kept + 1
+        assert kept == 3 or tokens[kept] != proposal[kept]
+        kept_counts.add(kept)
+        assert mine.get_state().equal(plain.get_state())  # no other draws were made
+    assert kept_counts == {0, 1, 2, 3}
 
 
 def test_greedy_verify_keeps_the_agreeing_prefix():
@@ -233,16 +231,16 @@ def test_searches_speculate_across_tokenizers_with_the_same_draws(models, untune
         assert all(s.speculation.tokens > s.base_tokens for s in spec)
 
 
-def test_searches_speculate_on_one_vocabulary_seeded_chunk_by_chunk(models, untuned):
-    """On one vocabulary the searches' samples come from speculative sampling: seeded (a rerun draws the same),
-    proposals kept, and a chunk is never longer than L tokens even when a round keeps several."""
+def test_searches_speculate_on_one_vocabulary_with_the_same_draws_chunk_by_chunk(models, untuned):
+    """On one vocabulary too the searches' samples are the draws without speculation, proposals are kept, and a
+    chunk is never longer than L tokens even when a round keeps several."""
     import asyncio
 
     from wsd_inference.search import LocalRows, cbs_batch
 
     pilot, base = models["same"]
-    a, b = (cbs_batch(base, pilot, untuned, RECS, search_cfg(3)) for _ in range(2))
-    assert [x.response for x in a] == [x.response for x in b]
+    a, plain = cbs_batch(base, pilot, untuned, RECS, search_cfg(3)), cbs_batch(base, pilot, untuned, RECS, search_cfg())
+    assert [(x.response, x.search.score) for x in a] == [(x.response, x.search.score) for x in plain]
     assert sum(x.speculation.accepted for x in a) > 0
     assert all(x.base_tokens <= 24 for x in a)
 
@@ -259,15 +257,15 @@ def test_what_the_draft_cache_holds_past_the_answer_is_proposed_first(models):
     of the pilot for them), and drafting goes on after them: the proposals a fresh draft would make."""
     pilot, base = models["same"]
     prompts = [chat_prompt(pilot.tokenizer, r.messages) for r in RECS[:3]]
-    want = [p.ids for p in Drafter(pilot, base, prompts, Sampling()).propose([[]] * 3, [6] * 3, [None] * 3)]
+    want = [p.ids for p in Drafter(pilot, base, prompts).propose([[]] * 3, [6] * 3)]
     assert all(len(w) == 6 for w in want)
     batch = RaggedBatch(pilot, 3)
     batch.feed([pilot.encode(p) + w[:3] for p, w in zip(prompts, want)])  # the draft ran 2 tokens past "the answer"
     width = batch.mask.shape[1]
-    warm = Drafter(pilot, base, prompts, Sampling(), batch)
-    assert [p.ids for p in warm.propose([w[:1] for w in want], [2] * 3, [None] * 3)] == [w[1:3] for w in want]
+    warm = Drafter(pilot, base, prompts, batch)
+    assert [p.ids for p in warm.propose([w[:1] for w in want], [2] * 3)] == [w[1:3] for w in want]
     assert batch.mask.shape[1] == width  # no pass
-    assert [p.ids for p in warm.propose([w[:1] for w in want], [5] * 3, [None] * 3)] == [w[1:6] for w in want]
+    assert [p.ids for p in warm.propose([w[:1] for w in want], [5] * 3)] == [w[1:6] for w in want]
     assert batch.mask.shape[1] == width + 2  # two passes of one token: the last proposal is not fed
 
 
@@ -279,7 +277,7 @@ def test_text_crossing_tokenizes_only_the_tail_with_the_same_result(models):
     text = " ".join(f"Step {i}: mix the flour, add water and wait {i * 7} minutes; then stir." for i in range(30))
     answer = base.encode(" " + text)
     prompts = [chat_prompt(pilot.tokenizer, RECS[0].messages)]
-    windowed, whole = Drafter(pilot, base, prompts, Sampling()), Drafter(pilot, base, prompts, Sampling())
+    windowed, whole = Drafter(pilot, base, prompts), Drafter(pilot, base, prompts)
     assert windowed.windowed and not windowed.same_vocab
     whole.windowed = False
     draft = pilot.encode(" and then serve it warm with butter")

@@ -29,16 +29,14 @@ class Speculator:
 
     @classmethod
     def of(cls, pilot: HFModel | None, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig,
-           before: list[list[int]] | None = None, batch: RaggedBatch | None = None,
-           sampling: Sampling | None = None) -> Speculator | None:
+           before: list[list[int]] | None = None, batch: RaggedBatch | None = None) -> Speculator | None:
         """The pilot speculating for `recs`, one row each (None when speculation is off or no pilot is at hand);
-        `batch`: the pilot's cache of its chat prompts, to go on from (WSD's drafting batch); `sampling`: how the
-        rows pick tokens, if not as `cfg` says (the searches)."""
+        `batch`: the pilot's cache of its chat prompts, to go on from (WSD's drafting batch)."""
         spec = cfg.speculation.settings()
         if pilot is None or not spec.enabled:
             return None
         prompts = [chat_prompt(pilot.tokenizer, r.messages) for r in recs]
-        return cls(Drafter(pilot, base, prompts, sampling or cfg.sampling(), batch), spec, before)
+        return cls(Drafter(pilot, base, prompts, batch), spec, before)
 
     def generation(self, batch, rows: list[Stream], sampling: Sampling,
                    stop: tuple[str, ...] = STOP_STRINGS) -> SpeculativeGeneration:

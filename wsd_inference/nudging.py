@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from pilot_core.method_record import MethodRecord, NudgingTrace, SpeculationFigures
 from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch
-from pilot_core.models.sampling import Sampling, Stream
+from pilot_core.models.sampling import Stream
 from pilot_core.models.templates import base_prompt, chat_prompt, cut_at_markers
 from pilot_core.prompts import PromptRecord
 from wsd_inference.continuation import Speculator, continue_base
@@ -112,7 +112,7 @@ def nudging_batch(pilot: HFModel, base: HFModel, recs: list[PromptRecord], cfg: 
         row.answer(None)
     caches = {w: RaggedBatch(m, len(rows)) for w, m in models.items()}
     # the pilot proposing the base's tokens, greedily: the base checks each proposal by its own pick
-    speculator = Speculator.of(pilot, base, recs, cfg, sampling=Sampling())
+    speculator = Speculator.of(pilot, base, recs, cfg)
     base_prompt_lens = [len(base.encode(row.prompts[Writer.BASE])) for row in rows]
     while any(row.ask is not None for row in rows):
         for writer in Writer:

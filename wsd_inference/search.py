@@ -53,7 +53,7 @@ class LocalRows:
         self.prompts = [rec for rec in recs for _ in range(n)]  # each row's prompt
         batch = prefilled(base, [base_prompt(rec.messages, base.tokenizer.bos_token) for rec in self.prompts])
         streams = [Stream(cfg.max_new_tokens, g) for g in self._generators(0)]
-        speculator = Speculator.of(pilot, base, self.prompts, cfg, sampling=sampling)
+        speculator = Speculator.of(pilot, base, self.prompts, cfg)
         self.gen = (speculator.generation(batch, streams, sampling) if speculator is not None
                     else Generation(batch, streams, sampling, STOP_STRINGS))
         self.spec: dict[str, tuple[SpecStats, int]] | None = (  # per prompt: speculation figures, tokens sampled

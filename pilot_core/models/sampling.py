@@ -40,7 +40,7 @@ class Sampling:
 
 def warped_probs(logits, sampling: Sampling):
     """The distribution a sampled token is drawn from: softmax after transformers' temperature, top-k and top-p
-    warpers (speculative sampling compares two of them)."""
+    warpers."""
     import torch
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 

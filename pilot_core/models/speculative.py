@@ -1,14 +1,14 @@
 """Speculative decoding for the base's continuation: a small draft model (WSD's pilot) proposes k tokens per row,
 the base checks them all in one forward pass over its KV cache and keeps the longest prefix it agrees with, plus
-one token of its own. The answer does not change:
+one token of its own. The answer does not change, token for token, greedy or sampled: the draft proposes its
+greedy tokens (across tokenizers, its greedy text re-tokenized by the base: transformers' universal assisted
+decoding), and the base picks its own token at each position, the argmax or a draw with the row's generator, the
+same draws in the same order as a plain step would make; a proposal is kept while it equals that pick.
 
-- greedy: a proposal is kept while it equals the base's argmax, so the answer is token for token the base's own;
-- sampled, one vocabulary: standard speculative sampling (Leviathan et al. 2023, Chen et al. 2023): a token drawn
-  from the draft's distribution q is kept with probability min(1, p/q), else replaced by a draw from
-  normalise(max(0, p - q)); the answer's distribution is the base's;
-- sampled, two tokenizers: the draft's greedy text is re-tokenized by the base (transformers' universal assisted
-  decoding) and the base draws its own token at each position with the row's generator, keeping proposals while
-  they equal its draw: the same random draws as without speculation, so the same answer.
+We do not use speculative sampling (Leviathan et al. 2023: keep a token drawn from the draft's q with probability
+min(1, p/q)). It keeps more proposals at high temperature, but its random draws depend on which rounds ran, so a
+seeded answer would move with the pace (which follows measured timings) and with what ran before in the process;
+with the base's own draws the answer is the one without speculation, whatever the pace decides.
 
 Across tokenizers only the stable part of the proposal is checked (tokens no appended text can change, the rule
 the switch uses: `pilot_core.models.tokenization.stable_token_count`). Each row adapts its k (transformers'
@@ -18,9 +18,7 @@ measured (`Pacing`): the tokens the rows are expected to keep, given their accep
 costs relative to a plain step for this batch size on this device (`PassCosts`: timed on the first passes of the
 first generation of that shape, then fixed). Where a round does not pay the base steps alone. Rows of a batch keep
 different lengths: rejected proposals are masked out of the cache (`RaggedBatch.drop`) and the row's last token is
-fed with the next round's proposals. With speculative sampling a row's draws depend on the rounds its batch ran,
-so a sampled answer follows the base's distribution but its exact tokens may differ from batch to batch (greedy
-and cross-tokenizer answers never do).
+fed with the next round's proposals.
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ from typing import Literal
 from pilot_core.method_record import SpeculationFigures
 from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch
-from pilot_core.models.sampling import Generation, Sampling, Stream, pick_token, top1_prob, warped_probs
+from pilot_core.models.sampling import Generation, Sampling, Stream, pick_token, top1_prob
 from pilot_core.models.tokenization import splits_at_whitespace, stable_token_count
 
 
@@ -82,11 +80,9 @@ class SpecStats:
 
 @dataclass
 class Proposal:
-    """Proposed base tokens for one row; `q[i]` is the draft's distribution token i was drawn from (speculative
-    sampling), or None when the base checks them by its own pick (greedy, or across tokenizers)."""
+    """Proposed base tokens for one row (the draft's greedy ones), kept while each equals the base's own pick."""
 
     ids: list[int] = field(default_factory=list)
-    q: list | None = None
 
 
 def same_vocabulary(a: HFModel, b: HFModel) -> bool:
@@ -106,13 +102,12 @@ class DraftRow:
 @dataclass
 class _Drafting:
     """One row's proposal in the making: `n` draft tokens at most, after `target` (the draft model's tokens of
-    the answer so far; `text`: the answer's text, across tokenizers), `q` their distributions when sampled."""
+    the answer so far; `text`: the answer's text, across tokenizers)."""
 
     n: int
     target: list[int] | None = None
     text: str = ""
     ids: list[int] = field(default_factory=list)
-    q: list = field(default_factory=list)
     live: bool = False
 
 
@@ -132,9 +127,8 @@ class Drafter:
     text up to its last final word are kept per row, and the base re-tokenizes a window of the answer from a word
     start; elsewhere the whole text, each round."""
 
-    def __init__(self, draft: HFModel, base: HFModel, prompts: list[str], sampling: Sampling,
-                 batch: RaggedBatch | None = None):
-        self.m, self.base, self.sampling = draft, base, sampling
+    def __init__(self, draft: HFModel, base: HFModel, prompts: list[str], batch: RaggedBatch | None = None):
+        self.m, self.base = draft, base
         self.same_vocab = same_vocabulary(draft, base)
         self.rows = [DraftRow(p, draft.encode(p)) for p in prompts]
         self.batch = batch if batch is not None else RaggedBatch(draft, len(prompts))  # may hold a prefix already
@@ -164,11 +158,10 @@ class Drafter:
                                               ids + enc.input_ids[:final]))
         return ids + enc.input_ids, text
 
-    def propose(self, answers: list[list[int] | None], ks: list[int], generators: list) -> list[Proposal]:
+    def propose(self, answers: list[list[int] | None], ks: list[int]) -> list[Proposal]:
         """Up to ks[r] base tokens proposed after `answers[r]` (None: row r does not speculate this round)."""
         import torch
 
-        sample = self.same_vocab and self.sampling.temperature > 0  # speculative sampling draws from q
         rounds = []
         for r, (answer, k) in enumerate(zip(answers, ks)):
             # across tokenizers the last word of the draft's text is held back, so a few more tokens are drafted
@@ -176,8 +169,8 @@ class Drafter:
             if answer is not None and k > 0:
                 d.target, d.text = self._target(r, answer)
                 # tokens the cache holds past the answer (WSD's draft past the switch) are proposed first, with
-                # no pass (not where proposals need their q: it was not kept)
-                d.ids = [] if sample else self._ahead(r, d.target)[: d.n]
+                # no pass
+                d.ids = self._ahead(r, d.target)[: d.n]
                 d.live = len(d.ids) < d.n
             rounds.append(d)
         syncs = [d.target + d.ids if d.live else None for d in rounds]  # what the cache must hold first
@@ -187,13 +180,7 @@ class Drafter:
             for r, d in enumerate(rounds):
                 if not d.live or i < len(d.ids) or i >= d.n:
                     continue
-                logits = self.batch.next_logits[r]
-                if sample:
-                    q = warped_probs(logits, self.sampling)
-                    tok = int(torch.multinomial(q, 1, generator=generators[r]))
-                    d.q.append(q)
-                else:
-                    tok = int(torch.argmax(logits))
+                tok = int(torch.argmax(self.batch.next_logits[r]))
                 d.ids.append(tok)
                 if tok in self.m.stop_ids:  # the draft ends its turn: nothing more to propose
                     d.live = False
@@ -206,7 +193,7 @@ class Drafter:
             elif not any(d.live and i + 1 < d.n for d in rounds):
                 break
         if self.same_vocab:
-            return [Proposal(d.ids, d.q if sample else None) for d in rounds]
+            return [Proposal(d.ids) for d in rounds]
         return [Proposal(self._cross(answers[r], d.text, d.target, d.ids)[: ks[r]]) if d.ids else Proposal()
                 for r, d in enumerate(rounds)]
 
@@ -446,7 +433,7 @@ class SpeculativeGeneration(Generation):
         # the clock (a device sync on CUDA) runs only while the probe measures: the costs are fixed after it
         probe, device = self.pace.costs is not None and self.pace.costs.measuring is not None, self.batch.m.device
         t0 = timed(device) if probe else 0.0
-        props = (self.drafter.propose(answers, ks, [row.generator for row in self.rows]) if any(ks)
+        props = (self.drafter.propose(answers, ks) if any(ks)
                  else [Proposal() for _ in self.rows])
         feed = [([srs[r].pending] if srs[r].pending is not None else []) + props[r].ids if live[r] else []
                 for r in range(len(self.rows))]
@@ -487,20 +474,10 @@ class SpeculativeGeneration(Generation):
 
 def verify(logits, proposal: Proposal, sampling: Sampling, generator) -> tuple[list[int], int]:
     """(the tokens the base emits, how many proposals it kept) given its logits before each proposed token and
-    after the last (`logits[i]`, i = 0..len(proposal.ids))."""
-    import torch
-
-    ids = proposal.ids
-    for i, d in enumerate(ids):
-        if proposal.q is None:  # the base's own pick: greedy, or a draw with the row's generator
-            t = pick_token(logits[i], sampling, generator)
-            if t != d:
-                return ids[:i] + [t], i
-            continue
-        p, q = warped_probs(logits[i], sampling), proposal.q[i]
-        if float(torch.rand((), generator=generator)) * float(q[d]) < float(p[d]):  # kept with prob min(1, p/q)
-            continue
-        residual = torch.clamp(p - q, min=0)
-        residual = residual / residual.sum() if float(residual.sum()) > 0 else p
-        return ids[:i] + [int(torch.multinomial(residual, 1, generator=generator))], i
-    return ids + [pick_token(logits[len(ids)], sampling, generator)], len(ids)
+    after the last (`logits[i]`, i = 0..len(proposal.ids)): at each position the base's own pick (greedy, or a
+    draw with the row's generator, as a plain step draws), the proposals kept while they equal it."""
+    for i, d in enumerate(proposal.ids):
+        t = pick_token(logits[i], sampling, generator)
+        if t != d:
+            return proposal.ids[:i] + [t], i
+    return proposal.ids + [pick_token(logits[len(proposal.ids)], sampling, generator)], len(proposal.ids)
