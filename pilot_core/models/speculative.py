@@ -133,6 +133,7 @@ class Drafter:
         self.rows = [DraftRow(p, draft.encode(p)) for p in prompts]
         self.batch = batch if batch is not None else RaggedBatch(draft, len(prompts))  # may hold a prefix already
         self.windowed = not self.same_vocab and all(splits_at_whitespace(m.tokenizer) for m in (draft, base))
+        self.passes = 0  # forward passes the last `propose` made (what a round's draft time is divided by)
 
     def select(self, rows: list[int]) -> None:
         """Follow the base batch's `select` (a search keeping some rows)."""
@@ -175,6 +176,7 @@ class Drafter:
             rounds.append(d)
         syncs = [d.target + d.ids if d.live else None for d in rounds]  # what the cache must hold first
         self.batch.advance(syncs, [len(t) if t is not None else 0 for t in syncs])
+        self.passes = int(any(t is not None for t in syncs))
         for i in range(max((d.n for d in rounds), default=0)):
             step: list[list[int]] = [[] for _ in rounds]
             for r, d in enumerate(rounds):
@@ -190,6 +192,7 @@ class Drafter:
                     step[r] = [tok]
             if any(step):
                 self.batch.feed(step)
+                self.passes += 1
             elif not any(d.live and i + 1 < d.n for d in rounds):
                 break
         if self.same_vocab:
@@ -243,16 +246,20 @@ class SpecRow:
 
 
 PROBE_PLAIN = 2  # plain base passes timed before the first round of a batch shape not measured yet
-PROBE_ROUNDS = 2  # rounds timed (at the rows' first k) before its costs are fixed
+PROBE_ROUNDS = 2  # then rounds timed (at the rows' first k) before the pace decides
+SAMPLES = 8  # passes of each kind (plain, round) timed as they come; the costs are fixed after that many
+EXPLORE_ROUNDS = 1  # rounds a new row runs at its k before the pace judges it
 
 
 @dataclass
 class PassCosts:
     """What speculating costs for one draft/base pair at one batch size on this device: seconds of a plain base
-    pass (one token per row), of each extra token per row in a base pass, of one pass of the draft model. Timed on
-    the first passes of the first generation of that shape (PROBE_PLAIN plain passes, then PROBE_ROUNDS rounds)
-    and then fixed, so that later decisions (and with them a sampled answer's draws) do not move with timing
-    noise or with what ran before. Also the acceptance of the probe's rounds, the prior of a new row's."""
+    pass (one token per row), of each extra token per row in a base pass, of one pass of the draft model. The first
+    generation of that shape starts with a probe (PROBE_PLAIN plain passes, then PROBE_ROUNDS rounds); after it the
+    passes are timed as they run, up to SAMPLES of each kind, and the costs are then fixed. Each cost is the least
+    of its samples: a pass disturbed by another process only ever takes longer, and on a shared machine a few are
+    (one disturbed round among two samples made rounds look 4x dearer, and the pace never tried again). Also the
+    acceptance of every round run with these costs, the prior of a new row's."""
 
     plain: list[float] = field(default_factory=list)
     verify: list[tuple[int, float]] = field(default_factory=list)  # (widest row's tokens, seconds) of a round's pass
@@ -262,34 +269,55 @@ class PassCosts:
 
     @property
     def measuring(self) -> Literal["plain", "round"] | None:
-        """What the probe times next (None: the costs are fixed)."""
+        """What the probe makes the next step (None: the probe is done)."""
         if len(self.plain) < PROBE_PLAIN:
             return "plain"
         return "round" if len(self.verify) < PROBE_ROUNDS else None
 
+    @property
+    def timing(self) -> bool:
+        """Whether passes are still timed (the clock syncs a GPU)."""
+        return min(len(self.plain), len(self.verify), len(self.draft)) < SAMPLES
+
     def timed_plain(self, seconds: float) -> None:
-        if self.measuring == "plain":
+        if len(self.plain) < SAMPLES:
             self.plain.append(seconds)
 
-    def timed_round(self, width: int, k: int, propose_s: float, verify_s: float) -> None:
-        if self.measuring == "round" and width > 1:  # a pass of one token per row says nothing of the width's cost
+    def timed_round(self, width: int, draft_passes: int, propose_s: float, verify_s: float) -> None:
+        """A round's base pass, `width` tokens for its widest row, after `draft_passes` of the draft model (none
+        where the proposals were in its cache already: WSD's draft past the switch)."""
+        if len(self.verify) < SAMPLES and width > 1:  # a pass one token wide says nothing of the width's cost
             self.verify.append((width, verify_s))
-            self.draft.append(propose_s / k)
+        if len(self.draft) < SAMPLES and draft_passes:
+            self.draft.append(propose_s / draft_passes)
 
     @property
     def t_plain(self) -> float:
-        return min(self.plain)  # the least disturbed of the probe's passes
+        return min(self.plain)
 
     def round_s(self, k: int) -> float:
-        """A round at k proposals per row: k passes of the draft model, and a base pass k tokens wider than a
-        plain one (the pending token plus k), the cost per extra token read off the probe's widest pass."""
-        width, t = min(self.verify, key=lambda v: v[1] / v[0])
-        per_token = max(0.0, t - self.t_plain) / (width - 1)
-        return self.t_plain + per_token * k + min(self.draft) * k
+        """A round at k proposals per row: k passes of the draft model, and a base pass k + 1 tokens wide (the
+        pending token and the proposals)."""
+        return self.base_pass_s(k + 1) + min(self.draft, default=0.0) * k
+
+    def base_pass_s(self, width: int) -> float:
+        """A base pass `width` tokens wide per row: the least time timed at each width, a plain pass at 1, read
+        between two widths on the line through them (beyond the widest, on the last two's). Not one cost per extra
+        token: a pass's fixed part weighs less the wider it is, so a wide pass's cost per token would make a narrow
+        round look cheaper than it is."""
+        least: dict[int, float] = {1: self.t_plain}
+        for w, t in self.verify:
+            least[w] = min(least.get(w, t), t)
+        if width in least:
+            return least[width]
+        widths = sorted(least)
+        hi = next((w for w in widths if w > width), widths[-1])
+        lo = max([w for w in widths if w < hi and w <= width] or [w for w in widths if w < hi])
+        return max(least[1], least[lo] + (least[hi] - least[lo]) * (width - lo) / (hi - lo))
 
     @property
     def prior(self) -> float:
-        """The acceptance of the probe's proposals (1/2 before any)."""
+        """The acceptance of the proposals made so far (1/2 before any)."""
         return (self.accepted + 1) / (self.proposed + 2)
 
 
@@ -316,11 +344,13 @@ class Pacing:
     """How much each row speculates: its k (transformers' heuristic: +2 after a round that kept every proposal,
     -1 otherwise, within [1, max_tokens]; 0 once its acceptance rate says it does not pay), and, with the
     "measured" pace, whether the batch runs a round at all and up to which k: the one that writes the most tokens
-    per second, given the rows' acceptance and the measured `PassCosts`, if that beats a plain step by `margin`."""
+    per second, given the rows' acceptance and the measured `PassCosts`, if that beats a plain step by `margin`.
+    A new row runs its first EXPLORE_ROUNDS at its k whatever the costs say: the acceptance of the rows before it
+    is only a prior, costs measured on a busy machine may be too high, and a row that never proposes could never
+    show either wrong (the price: one round per row)."""
 
     def __init__(self, spec: Speculation, costs: PassCosts | None = None):
         self.spec, self.costs = spec, costs
-        self.probing = False  # this round is one of the probe's: its proposals make the prior
 
     def row(self, before: list[int] | None = None) -> SpecRow:
         return SpecRow(self.spec.tokens, before=before or [])
@@ -333,9 +363,7 @@ class Pacing:
         if self.spec.pace == "always" or costs is None or not any(caps):
             return caps
         if costs.measuring is not None:
-            self.probing = costs.measuring == "round"
-            return caps if self.probing else [0] * len(caps)
-        self.probing = False
+            return caps if costs.measuring == "round" else [0] * len(caps)
         live = [r for r, room in enumerate(rooms) if room is not None]
         kept = [self._acceptance(rows[r].stats, costs.prior) for r in live]
         best, best_k = (1 + self.spec.margin) / costs.t_plain, 0  # tokens per row per second, plain
@@ -343,7 +371,7 @@ class Pacing:
             tokens = sum(1 + self._expected_kept(a, min(caps[r], k)) for a, r in zip(kept, live)) / len(live)
             if tokens / costs.round_s(k) > best:
                 best, best_k = tokens / costs.round_s(k), k
-        return [min(cap, best_k) for cap in caps]
+        return [cap if rows[r].stats.rounds < EXPLORE_ROUNDS else min(cap, best_k) for r, cap in enumerate(caps)]
 
     @staticmethod
     def _acceptance(st: SpecStats, prior: float) -> float:
@@ -366,7 +394,7 @@ class Pacing:
         st.rounds += 1
         st.proposed += proposed
         st.accepted += kept
-        if self.costs is not None and self.probing:  # the prior is the probe's rounds' acceptance
+        if self.costs is not None:  # the prior of the rows to come
             self.costs.proposed += proposed
             self.costs.accepted += kept
         st.full_rounds += proposed > 0 and kept == proposed
@@ -430,8 +458,8 @@ class SpeculativeGeneration(Generation):
         live, srs = self._live(), self.spec_rows
         ks = self.pace.round_ks(srs, [self._room(r) if live[r] else None for r in range(len(self.rows))])
         answers = [srs[r].before + self.rows[r].tokens if ks[r] else None for r in range(len(self.rows))]
-        # the clock (a device sync on CUDA) runs only while the probe measures: the costs are fixed after it
-        probe, device = self.pace.costs is not None and self.pace.costs.measuring is not None, self.batch.m.device
+        # the clock (a device sync on CUDA) runs only while passes are timed: the costs are fixed after that
+        probe, device = self.pace.costs is not None and self.pace.costs.timing, self.batch.m.device
         t0 = timed(device) if probe else 0.0
         props = (self.drafter.propose(answers, ks) if any(ks)
                  else [Proposal() for _ in self.rows])
@@ -444,7 +472,7 @@ class SpeculativeGeneration(Generation):
         if probe:
             t2, width = timed(device), max(map(len, feed))
             if any(ks):
-                self.pace.costs.timed_round(width, max(ks), t1 - t0, t2 - t1)
+                self.pace.costs.timed_round(width, self.drafter.passes, t1 - t0, t2 - t1)
             elif width == 1:
                 self.pace.costs.timed_plain(t2 - t1)
         for r, (row, sr) in enumerate(zip(self.rows, srs)):
