@@ -19,6 +19,7 @@ from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch
 from pilot_core.models.sampling import Stream, prefilled
 from pilot_core.models.templates import STOP_STRINGS, base_prompt, cut_at_markers
+from pilot_core.models.tokenization import vocabulary
 from pilot_core.prompts import PromptRecord
 from wsd_inference.continuation import Speculator, run_generation
 from wsd_inference.implicit_reward import small_prompt
@@ -36,8 +37,9 @@ class SharedVocabulary:
 def shared_vocabulary(*models: HFModel) -> SharedVocabulary:
     """The ids every model reads as the same token; a UserError naming the models if their regular (not added)
     vocabularies differ."""
-    vocabs = [m.tokenizer.get_vocab() for m in models]
-    regular = [{t: i for t, i in v.items() if t not in m.tokenizer.get_added_vocab()} for v, m in zip(vocabs, models)]
+    vocabs = [vocabulary(m.tokenizer) for m in models]
+    added = [m.tokenizer.get_added_vocab() for m in models]  # once: it is built anew at every call
+    regular = [{t: i for t, i in v.items() if t not in a} for v, a in zip(vocabs, added)]
     for m, r in zip(models[1:], regular[1:]):
         if r != regular[0]:
             diff = len(set(r.items()) ^ set(regular[0].items()))

@@ -32,7 +32,7 @@ from pilot_core.method_record import SpeculationFigures
 from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch
 from pilot_core.models.sampling import Generation, Sampling, Stream, pick_token, top1_prob
-from pilot_core.models.tokenization import splits_at_whitespace, stable_token_count
+from pilot_core.models.tokenization import splits_at_whitespace, stable_token_count, vocabulary
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ class Proposal:
 
 
 def same_vocabulary(a: HFModel, b: HFModel) -> bool:
-    return a.tokenizer.get_vocab() == b.tokenizer.get_vocab()
+    return a.tokenizer is b.tokenizer or vocabulary(a.tokenizer) == vocabulary(b.tokenizer)
 
 
 @dataclass(frozen=True)
