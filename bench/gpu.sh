@@ -18,7 +18,7 @@ WHEELS=build/gpu-wheels
 PACKAGES=(transformers huggingface_hub httpx2 httpcore2 truststore idna hf_xet click tokenizers safetensors
           accelerate peft trl datasets dill multiprocess fsspec deepspeed hjson
           fastapi starlette annotated_doc opentelemetry_api uvicorn h11 anyio httpx httpcore
-          pydantic pydantic_core annotated_types typing_inspection typing_extensions regex)
+          pydantic pydantic_core annotated_types typing_inspection typing_extensions regex prometheus_client)
 
 if [[ "${1:-}" == "--prepare" ]]; then
   PY=${PYTHON:-.venv/bin/python}

@@ -6,7 +6,8 @@ Parts, each reported as ratios (a part that fails or runs out of time is reporte
   engine's public functions (`wsd_batch`, `base_only_batch`); tokens/s and each / base-only.
 - cost: #44's cost model of the served design, from the base's own passes: a decode step at batch 1 and 16, a
   verification pass of k + 1 tokens, prefills of prompt + draft (what a served scoring request costs), the pilot's
-  step against the base's; then served WSD / base-only predicted from them (`served_prediction`).
+  step against the base's; then served WSD (both draft-scoring schedules) / base-only predicted from them by
+  bench/cost_model.py (`served_prediction`).
 - training: a few SFT steps of the pilot through `training.train.train`, with the zero2 preset (DeepSpeed, one
   process) and without (each its own child); steps/s, tokens/s, peak memory, ZeRO-2 / plain.
 - server: the WSD server's app (`create_app` over a `LocalBackend`, what `pilot wsd serve` runs) on uvicorn in
@@ -77,7 +78,7 @@ def make_plan(a) -> dict:
                        "reps": 1 if dry else 2},
         "cost": {"context": 32 if dry else 256, "lengths": [16, 32, 64] if dry else [64, 128, 256, 512],
                  "steps": 3 if dry else 20, "k": a.speculate, "prompt": 16 if dry else 64,
-                 "answer": 32 if dry else 256, "switch": [4, 16] if dry else [16, 64]},
+                 "answer": 32 if dry else 256, "draft": 24 if dry else 128, "switch": [4, 16] if dry else [16, 64]},
         "training": {"max_steps": 4 if dry else 8, "per_device_train_batch_size": 2 if dry else 8,
                      "max_length": 64 if dry else 256, "rows": 16 if dry else 128},
         "server": {"loads": [[1, 2], [4, 8]] if dry else [[1, 4], [16, 32]], "max_tokens": 16 if dry else 128,
@@ -325,29 +326,19 @@ def prefill_costs(model, plan: dict) -> dict[int, float]:
     return out
 
 
-def served_prediction(c: dict, prompt: int, answer: int, switch: int, chunk: int = 8) -> tuple[float, float]:
-    """(served WSD, served base-only) seconds of one answer at batch 1, from the measured costs, as the served
-    design runs it (wsd_inference/remote_engine.py): the pilot prefills its prompt and drafts D tokens; the base
-    scores prompt + draft by a prefill at chunk, 2 chunk, 4 chunk, ... draft tokens until one reaches the switch
-    (D is that length); then it prefills prompt + kept draft (switch + 1 tokens) and decodes the rest. Base-only:
-    a prefill and `answer` decode steps. Prefills between measured lengths are interpolated linearly."""
-    lengths = sorted(c["prefill_base"])
+def served_prediction(c: dict, prompt: int, answer: int, switch: int, draft: int) -> dict[str, float]:
+    """Served WSD (draft scored once, and at 8, 16, 32, ...) / served base-only, from the measured costs
+    (`bench/cost_model.py`: one answer of this shape through the served path with scripted models; its requests
+    and tokens timed with these costs): the latency of one answer, and the base's time per answer token (the
+    throughput where the base is the bottleneck)."""
+    from bench.cost_model import cost, costs_from_measured, scenario
 
-    def prefill(which, n):
-        xs, ys = lengths, [c[which][x] for x in lengths]
-        i = max(1, min(len(xs) - 1, next((j for j, x in enumerate(xs) if x >= n), len(xs) - 1)))
-        return ys[i - 1] + (ys[i] - ys[i - 1]) * (n - xs[i - 1]) / (xs[i] - xs[i - 1])
-
-    d, scoring = chunk, 0.0
-    while True:
-        scoring += prefill("prefill_base", prompt + d)
-        if d > switch or d >= answer:
-            break
-        d *= 2
-    kept = switch + 1
-    wsd = (prefill("prefill_pilot", prompt) + d * c["pilot_decode_b1"] + scoring
-           + prefill("prefill_base", prompt + kept) + (answer - kept) * c["base_decode_b1"])
-    return wsd, prefill("prefill_base", prompt) + answer * c["base_decode_b1"]
+    k = costs_from_measured(c, "gpu suite")
+    got = {label: cost(label, [r], k) for label, r in scenario(prompt, answer, draft, switch, firsts=(8,)).items()}
+    alone = got.pop("base-only")
+    return {f"{'once' if 'once' in label else 'doubling'}_{what}": v for label, a in got.items()
+            for what, v in (("latency", a.latency_s / alone.latency_s),
+                            ("base_time", alone.tokens_per_base_s / a.tokens_per_base_s))}
 
 
 def part_cost(plan: dict, out: dict) -> None:
@@ -357,7 +348,8 @@ def part_cost(plan: dict, out: dict) -> None:
     for bs in (1, 16):
         b = pass_costs(base.model, plan, bs, p["k"])
         c[f"base_decode_b{bs}"], c[f"base_verify_b{bs}"] = b["decode"], b["verify"]
-    c["pilot_decode_b1"] = pass_costs(pilot.model, plan, 1, p["k"])["decode"]
+    for bs in (1, 16):
+        c[f"pilot_decode_b{bs}"] = pass_costs(pilot.model, plan, bs, p["k"])["decode"]
     c["prefill_base"], c["prefill_pilot"] = prefill_costs(base.model, plan), prefill_costs(pilot.model, plan)
     out["costs_s"] = c
     r = out["ratios"]
@@ -368,8 +360,10 @@ def part_cost(plan: dict, out: dict) -> None:
     longest = max(p["lengths"])
     r[f"base_prefill{longest}_vs_decode_b1"] = c["prefill_base"][longest] / c["base_decode_b1"]
     for s in p["switch"]:
-        wsd, alone = served_prediction(c, p["prompt"], p["answer"], s)
-        r[f"served_wsd_vs_base_switch{s}"] = wsd / alone
+        pred = served_prediction(c, p["prompt"], p["answer"], s, p["draft"])
+        r[f"served_wsd_vs_base_switch{s}"] = pred["once_latency"]  # the default schedule's latency, batch 1
+        for k, v in pred.items():
+            r[f"served_{k}_vs_base_switch{s}"] = v
     out.save()
 
 
@@ -488,8 +482,7 @@ def serve(method: str, pilot, base, cfg):
     from wsd_inference.serving import LocalBackend
 
     backend = LocalBackend(get_method(method), LocalModels(pilot=pilot, base=base), cfg.batch_size)
-    app = create_app(backend, cfg, method, ServerLimits(max_concurrent=256, max_tokens=cfg.max_new_tokens,
-                                                        default_temperature=0.0))
+    app = create_app(backend, cfg, method, ServerLimits(max_tokens=cfg.max_new_tokens, default_temperature=0.0))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -666,10 +659,14 @@ def table(report: dict) -> str:
                      ms(s["prefill_base"][longest]), fmt(r[f"base_prefill{longest}_vs_decode_b1"], "x"),
                      "a served scoring request"))
         cp = report["plan"]["cost"]
-        for k in sorted((k for k in r if k.startswith("served_")), key=lambda k: int(k.rsplit("switch", 1)[1])):
-            rows.append(("cost", f"predicted served WSD / base-only, switch at {k.rsplit('switch', 1)[1]}",
-                         f"prompt {cp['prompt']}", f"answer {cp['answer']}", fmt(r[k], "x"),
-                         "batch 1, from the costs above"))
+        what = {"once_latency": "latency, draft scored once", "doubling_latency": "latency, scored at 8, 16, ...",
+                "once_base_time": "base time per token, scored once",
+                "doubling_base_time": "base time per token, scored at 8, 16, ..."}
+        for k in sorted((k for k in r if k.startswith("served_") and k.split("_vs_")[0][7:] in what),
+                        key=lambda k: (int(k.rsplit("switch", 1)[1]), k)):
+            rows.append(("cost", f"predicted served WSD / base-only, {what[k.split('_vs_')[0][7:]]}, switch at "
+                         f"{k.rsplit('switch', 1)[1]}", f"prompt {cp['prompt']}, draft {cp.get('draft', '?')}",
+                         f"answer {cp['answer']}", fmt(r[k], "x"), "bench/cost_model.py with the costs above"))
     t = P.get("training", {})
     z, p, tr = t.get("zero2", {}), t.get("plain", {}), t.get("ratios", {})
     if z.get("status") == "ok" or p.get("status") == "ok":

@@ -1,11 +1,14 @@
 """Responses and preferences for a curated dataset: candidates from every generator, verdicts from the judge,
 then SFT targets (`sft`: messages ending with the best response) and preference pairs (`dpo`: prompt / chosen /
 rejected in TRL's conversational format). Every call goes through the persistent cache, so a rerun after a
-crash or a failure pays only for what is missing; the output directory is written once, at the end."""
+crash or a failure pays only for what is missing; the output directory is written once, at the end. The calls
+are sent from this process (`engine: local`) or by a Ray Data pipeline (`engine: ray`, `pilot_core.models.ray_calls`);
+the output is the same."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,12 +16,20 @@ from pathlib import Path
 from data_curation.preferences_config import PreferencesConfig
 from pilot_core.errors import UserError
 from pilot_core.judge_spec import ALONE, pair_calls, scores_alone
-from pilot_core.judging import (combine_orders, parse_pairwise, parse_pointwise,
-                                pointwise_messages, rubric, verdict_params, win_rates)
+from pilot_core.judging import (
+    combine_orders,
+    parse_pairwise,
+    parse_pointwise,
+    pointwise_messages,
+    rubric,
+    verdict_params,
+    win_rates,
+)
 from pilot_core.manifest import Manifest, config_hash, read_manifest
 from pilot_core.models.call_cache import ResponseCache
 from pilot_core.models.calls import Call, CallStats, Endpoint, make_call, run_calls
 from pilot_core.models.compute import Compute
+from pilot_core.models.ray_calls import ray_engine
 
 
 @dataclass(frozen=True)
@@ -304,6 +315,8 @@ def labelled_pairs(prompts: list[dict], max_chars: int) -> tuple[list[dict], lis
 def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str | Path, overwrite: bool = False,
                       progress: bool = True, http_client=None,
                       compute: Compute | None = None) -> PreferencesSummary:
+    """Candidates, verdicts and the sft/dpo splits of `dataset`, written to `output`. `http_client` (e.g. one that
+    injects faults) is the local engine's: with `engine: ray` the calls leave from the Ray workers."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
@@ -327,15 +340,16 @@ def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str |
         reward = RewardModel(cfg.judge.model.local_path(), compute, trust_remote_code=cfg.judge.model.trust_remote_code,
                              revision=cfg.judge.model.revision)
     stats: dict[str, CallStats] = {}
+    sources = {g.name: g.model for g in cfg.generators} | (
+        {cfg.judge.name: cfg.judge.model} if cfg.judge.kind in ("pairwise", "pointwise") else {})
 
-    async def main():
-        endpoints = {g.name: Endpoint(g.model, cfg.client, http_client, compute) for g in cfg.generators}
-        if cfg.judge.kind in ("pairwise", "pointwise"):
-            endpoints[cfg.judge.name] = Endpoint(cfg.judge.model, cfg.client, http_client, compute)
+    async def main(engine):
+        endpoints = {name: Endpoint(src, cfg.client, http_client, compute) for name, src in sources.items()}
+        send = functools.partial(run_calls, endpoints=endpoints, cache=cache, stats=stats, engine=engine)
         try:
             rcalls = _response_calls(cfg, endpoints, prompts)
             with tqdm(total=len(rcalls), desc="responses", unit="call", disable=not progress) as bar:
-                got = await run_calls([rc.call for rc in rcalls], endpoints, cache, stats, bar)
+                got = await send([rc.call for rc in rcalls], progress=bar)
             cands: list[list[Candidate]] = [[] for _ in prompts]
             for rc in rcalls:
                 r = got[rc.call.key]
@@ -347,23 +361,27 @@ def build_preferences(dataset: str | Path, cfg: PreferencesConfig, output: str |
                 ep = endpoints[cfg.judge.name]
                 scalls = _pointwise_calls(cfg, ep, prompts, cands)
                 with tqdm(total=len(scalls), desc="screen", unit="call", disable=not progress) as bar:
-                    jgot = await run_calls([jc.call for jc in scalls], endpoints, cache, stats, bar)
+                    jgot = await send([jc.call for jc in scalls], progress=bar)
                 close = _screen(cfg, cands, scalls, jgot)
                 pcalls = _pair_calls(cfg, ep, prompts, cands, only=close)
                 with tqdm(total=len(pcalls), desc="judgments", unit="call", disable=not progress) as bar:
-                    jgot |= await run_calls([jc.call for jc in pcalls], endpoints, cache, stats, bar)
+                    jgot |= await send([jc.call for jc in pcalls], progress=bar)
                 jcalls = scalls + pcalls
             elif cfg.judge.kind in ("pairwise", "pointwise"):
                 jcalls = _judge_calls(cfg, endpoints[cfg.judge.name], prompts, cands)
                 with tqdm(total=len(jcalls), desc="judgments", unit="call", disable=not progress) as bar:
-                    jgot = await run_calls([jc.call for jc in jcalls], endpoints, cache, stats, bar)
+                    jgot = await send([jc.call for jc in jcalls], progress=bar)
             return cands, jcalls, jgot, close
         finally:
             for ep in endpoints.values():
                 await ep.backend.close()
 
     try:
-        cands, jcalls, jgot, close = asyncio.run(main())
+        if cfg.engine == "ray":
+            with ray_engine(cfg.ray, sources, cfg.client, cache.path) as engine:
+                cands, jcalls, jgot, close = asyncio.run(main(engine))
+        else:
+            cands, jcalls, jgot, close = asyncio.run(main(None))
     finally:
         cache.close()
     scores, judgments = _scores(cfg, prompts, cands, jcalls, jgot, reward)

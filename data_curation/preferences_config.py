@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_serializer, model_validator
 from pilot_core.config import BaseConfig
 from pilot_core.judge_spec import JudgeSpec
 from pilot_core.models.calls import ClientConfig
+from pilot_core.models.ray_calls import RayCallsConfig
 from pilot_core.models.source import ModelSource
 from pilot_core.names import check_unique, config_name
 
@@ -96,6 +97,11 @@ class PreferencesConfig(BaseConfig):
         {"harmful": "harmless", "knowledge": "honest"},
         description="curated category -> rubric (any other category: helpful)")
     client: ClientConfig = ClientConfig()
+    # where the calls are sent from changes no result: left out of the dump, so of the stage's hash
+    engine: Literal["local", "ray"] = Field(
+        "local", exclude=True, description="`local`: from this process; `ray`: a Ray Data pipeline on the cluster "
+        "RAY_ADDRESS names (else a local Ray), for served models only (needs the `ray` extra)")
+    ray: RayCallsConfig = Field(RayCallsConfig(), exclude=True, description="engine ray: its actors and batches")
     pairs: PairConfig = PairConfig()
     labelled_pairs: bool = Field(True, description="pairs a source already labels (ultrafeedback-binarized, trl "
                                  "with chosen/rejected; hh-rlhf where its source asks) join the dpo split beside the "
@@ -111,4 +117,12 @@ class PreferencesConfig(BaseConfig):
             raise ValueError(f"judge kind {self.judge.kind} needs model")
         if self.judge.kind == "reward_model" and self.judge.model.url:
             raise ValueError("a reward-model judge runs locally: give judge.model.path or tiny")
+        if self.engine == "ray":
+            callers = [(f"generator {g.name}", g.model) for g in self.generators]
+            callers += [(f"judge {self.judge.name}", self.judge.model)] if self.judge.kind in ("pairwise",
+                                                                                              "pointwise") else []
+            local = [who for who, m in callers if not m.url]
+            if local:
+                raise ValueError(f"engine ray sends the calls of served models; {local[0]} is a local model: serve "
+                                 "it (vLLM) and give its url, or use engine local")
         return self

@@ -47,17 +47,23 @@ def stratified_sample(rows: list[dict], key, k: int, seed: int) -> list[dict]:
     return out
 
 
-def write_review(out: Path, fields: tuple[str, ...], rows: list[dict], page: str, meta: dict) -> None:
-    """The review directory, replaced as a whole: a reader never sees half of it."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-    w.writeheader()
-    w.writerows({k: to_cell(v) for k, v in r.items()} for r in rows)
+def write_review(out: Path, fields: tuple[str, ...], parts: dict[str, tuple[list[dict], str]], meta: dict) -> None:
+    """The review directory, replaced as a whole: a reader never sees half of it. `parts`: {"": (rows, page)}
+    writes the files into `out`; {reviewer: (rows, page), ...} one set per reviewer's share in out/<reviewer>/."""
     with atomic_dir(out, overwrite=True) as tmp:
-        atomic_write_text(tmp / "review.csv", buf.getvalue())
-        atomic_write_text(tmp / "review.jsonl", "".join(json.dumps({k: r.get(k, "") for k in fields},
-                                                                   ensure_ascii=False) + "\n" for r in rows))
-        atomic_write_text(tmp / "review.html", page)
+        for name, (rows, page) in parts.items():
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+            w.writeheader()
+            w.writerows({k: to_cell(v) for k, v in r.items()} for r in rows)
+            d = tmp / name if name else tmp
+            atomic_write_text(d / "review.csv", buf.getvalue())
+            atomic_write_text(d / "review.jsonl", "".join(json.dumps({k: r.get(k, "") for k in fields},
+                                                                     ensure_ascii=False) + "\n" for r in rows))
+            atomic_write_text(d / "review.html", page)
+            if name:
+                atomic_write_text(d / "review.json", json.dumps({**meta, "reviewer": name, "rows": len(rows)},
+                                                                indent=2) + "\n")
         atomic_write_text(tmp / "review.json", json.dumps(meta, indent=2) + "\n")
 
 
@@ -87,9 +93,9 @@ def _csv_rows(path: Path) -> list[tuple[int, dict]]:
 
 def read_decisions(path: Path, decisions: tuple[str, ...], flags: tuple[str, ...] = (),
                    texts: tuple[str, ...] = ()) -> list[dict]:
-    """[{line, id, decision, note, export, texts, <flag>: bool}] from a CSV (with id and decision columns) or a
-    JSONL file; `texts`: the exported text columns, as the file holds them (to find edits). A decision outside
-    `decisions` (or "") is an error naming the file, line and id; so is a file with no rows."""
+    """[{line, id, decision, note, export, reviewer, texts, <flag>: bool}] from a CSV (with id and decision
+    columns) or a JSONL file; `texts`: the exported text columns, as the file holds them (to find edits). A
+    decision outside `decisions` (or "") is an error naming the file, line and id; so is a file with no rows."""
     rows = read_jsonl(path, "decisions file") if path.suffix == ".jsonl" else _csv_rows(path)
     if not rows:
         raise UserError(f"{path}: no rows (only a header?): nothing to import")
@@ -105,7 +111,8 @@ def read_decisions(path: Path, decisions: tuple[str, ...], flags: tuple[str, ...
             raise UserError(f"{path}:{n}: id {rid!r} again (first on line {seen[rid]}); decide each row once")
         seen[rid] = n
         row = {"line": n, "id": rid, "decision": d, "note": str(r.get("note") or ""),
-               EXPORT: str(r.get(EXPORT) or ""), "texts": {f: r.get(f) for f in texts if r.get(f)}}
+               EXPORT: str(r.get(EXPORT) or ""), "reviewer": str(r.get("reviewer") or "").strip(),
+               "texts": {f: r.get(f) for f in texts if r.get(f)}}
         for f in flags:
             v = r.get(f)
             row[f] = v is True or str(v or "").strip().lower() in YES
@@ -113,13 +120,14 @@ def read_decisions(path: Path, decisions: tuple[str, ...], flags: tuple[str, ...
     return out
 
 
-def check_export(path: Path, rows: list[dict], kind: str, fp: str, directory: Path) -> None:
-    """The decisions were exported from this kind of review of this version of `directory`; else one error
-    (exit 2) before anything is written."""
+def check_export(path: Path, rows: list[dict], kind: str, fp: str, directory: Path,
+                 also: frozenset[str] = frozenset()) -> None:
+    """The decisions were exported from this kind of review of this version of `directory` (or of an earlier
+    export in `also`, whose files still accumulate); else one error (exit 2) before anything is written."""
     want = export_tag(kind, fp)
     for r in rows:
         got = r[EXPORT]
-        if got == want:
+        if got == want or got in also:
             continue
         if not got:
             raise UserError(f"{path}:{r['line']}: no {EXPORT} column value: not a file `pilot review export"
@@ -142,7 +150,13 @@ def check_texts(path: Path, rows: list[dict], current: dict[str, dict[str, str]]
                                 f"(decisions apply to the rows as exported): put it back, or export again")
 
 
-def imported_before(entries: list[dict], decisions: Path) -> dict | None:
-    """The review entry a decisions file already made (the same file again, e.g. a retried task), or None."""
+def imported_before(entries: list[dict], decisions: Path, name: str, role: str) -> dict | None:
+    """The review entry a decisions file already made (the same file again, e.g. a retried task), or None. A file's
+    decisions are one person's: the same file as someone else's (or as adjudicator) is an error."""
     fp = fingerprint(decisions)
-    return next((e for e in entries if e.get("decisions_fingerprint") == fp), None)
+    done = next((e for e in entries if e.get("decisions_fingerprint") == fp), None)
+    if done is not None and (done.get("reviewer"), done.get("role", "reviewer")) != (name, role):
+        raise UserError(f"{decisions}: imported before as {done.get('reviewer')}'s decisions"
+                        f"{' (adjudicator)' if done.get('role') == 'adjudicator' else ''} on {done.get('at')}; a "
+                        "file's decisions are one person's")
+    return done

@@ -4,10 +4,12 @@ reads. Shared by the prompt review (review.py) and the pair review (pair_review.
 differs between them.
 
 What the page does: approve / reject (and, for pairs, flip and "judge wrong") each row by click or keyboard,
-a note per row, the same for every row matching the filters (a whole stratum); filters by the spec's columns,
-tags, stratum and decision, a text search, sorting by any column; progress (decided / sampled); pages of
-PAGE_ROWS rows so thousands of sampled rows stay responsive; decisions kept in the browser's localStorage as
-they are made (a reload loses nothing) and saved as a CSV download with the export's columns.
+a note per row, the same for every row matching the filters (a whole stratum: confirmed first, saying how many
+rows and whether a filter narrows them, and undoable); filters by the spec's columns, tags, stratum and
+decision (picking one hands the keys back to the rows), a text search, sorting by any column; progress
+(decided / sampled); pages of PAGE_ROWS rows, with the pager above and below them, so thousands of sampled rows
+stay responsive; a flipped row's texts relabelled; decisions kept in the browser's localStorage as they are made
+(a reload loses nothing) and saved as a CSV download with the export's columns.
 
 Rows are data, never markup: they travel as JSON inside a non-executing script element (`<`, `>` and `&`
 escaped, so a row cannot close it) and reach the document only through textContent.
@@ -43,6 +45,7 @@ class PageSpec:
     file_name: str  # the saved file's name
     storage_key: str  # where the browser keeps decisions between visits (the sample's identity)
     flags: tuple[str, ...] = ()  # yes/no marks a reviewer can set per row (saved as "yes" or "")
+    flipped: tuple[tuple[str, str], ...] = ()  # (text column, its label while the row is decided "flip")
 
 
 def _json_for_script(value) -> str:
@@ -53,6 +56,7 @@ def _json_for_script(value) -> str:
 def render_page(spec: PageSpec, rows: list[dict]) -> str:
     data = {"columns": [c.__dict__ for c in spec.columns], "filters": list(spec.filters), "tags": list(spec.tags),
             "decisions": list(spec.decisions), "flags": list(spec.flags), "fields": list(spec.fields),
+            "flipped": dict(spec.flipped),
             "file": spec.file_name, "storage": spec.storage_key, "pageRows": PAGE_ROWS, "rows": rows,
             "formulaStart": list(FORMULA_START)}
     keys = ["<kbd>j</kbd>/<kbd>k</kbd> next/previous row", "<kbd>[</kbd>/<kbd>]</kbd> page"]
@@ -91,6 +95,8 @@ button.on { font-weight: 700; outline: 2px solid #333; }
 input.note { width: 12em; }
 kbd { border: 1px solid #aaa; border-radius: 3px; padding: 0 3px; font-size: .85em; }
 .help { color: #555; font-size: .85em; }
+#confirm { background: #fff3cd; border: 1px solid #e0c36a; padding: 4px 8px; }
+#confirm[hidden] { display: none; }
 </style></head><body>
 <h1>Review: {{TITLE}}</h1>
 <p>{{INTRO}}</p>
@@ -102,12 +108,17 @@ kbd { border: 1px solid #aaa; border-radius: 3px; padding: 0 3px; font-size: .85
 </div>
 <div class="bar">
   <span id="actions"></span>
+  <button id="undo" disabled>undo</button>
   <button id="save">Save {{FILE}}</button>
   <span id="progress"></span>
 </div>
+<div class="bar" id="confirm" hidden><span id="confirm-text"></span>
+<button id="confirm-yes">yes</button><button id="confirm-no">cancel</button></div>
+<div class="bar"><button id="prev-top" class="prev">&larr; previous</button><span id="page-info-top"
+class="page-info"></span><button id="next-top" class="next">next &rarr;</button></div>
 <table id="rows"><thead><tr id="head"></tr></thead></table>
-<div class="bar"><button id="prev">&larr; previous</button><span id="page-info"></span>
-<button id="next">next &rarr;</button></div>
+<div class="bar"><button id="prev" class="prev">&larr; previous</button><span id="page-info"
+class="page-info"></span><button id="next" class="next">next &rarr;</button></div>
 <script id="data" type="application/json">{{DATA}}</script>
 <script>
 "use strict";
@@ -139,14 +150,14 @@ D.filters.forEach(c => {
   const label = (D.columns.find(x => x.key === c) || {label: c}).label;
   const sel = el("select", {id: "filter-" + c}, el("option", {value: "*", textContent: "all"}));
   values.forEach(v => sel.append(el("option", {value: v, textContent: v === "" ? "(none)" : v})));
-  sel.addEventListener("change", () => { filters[c] = sel.value; refresh(true); });
+  sel.addEventListener("change", () => { filters[c] = sel.value; refresh(true); sel.blur(); });  // keys: the rows
   document.getElementById("filters").append(el("label", {}, label + " ", sel));
 });
 const decSel = document.getElementById("filter-decision");
 [["*", "all"], ["", "undecided"], ...D.decisions.map(d => [d, d]),
  ...D.flags.map(f => ["flag:" + f, f.replace("_", " ")])]
   .forEach(([v, t]) => decSel.append(el("option", {value: v, textContent: t})));
-decSel.addEventListener("change", () => refresh(true));
+decSel.addEventListener("change", () => { refresh(true); decSel.blur(); });
 const search = document.getElementById("search");
 search.addEventListener("input", () => refresh(true));
 
@@ -194,8 +205,8 @@ function render() {
   const first = page * D.pageRows;
   view.slice(first, first + D.pageRows).forEach((r, i) => table.append(item(r, first + i)));
   const pages = Math.max(Math.ceil(view.length / D.pageRows), 1);
-  document.getElementById("page-info").textContent =
-    `page ${page + 1} of ${pages} (${view.length} matching)`;
+  document.querySelectorAll(".page-info").forEach(p => p.textContent =
+    `page ${page + 1} of ${pages} (${view.length} matching)`);
   const decided = rows.filter(r => r.decision).length;
   document.getElementById("progress").textContent = `decided ${decided} / ${rows.length} sampled`;
 }
@@ -223,26 +234,50 @@ function item(r, at) {
   body.append(tr);
   if (textCols.length) {
     const grid = el("div", {className: "grid"});
-    textCols.forEach(c => { const b = el("div", {className: "block"}, el("b", {textContent: c.label}),
-                                          String(r[c.key] ?? "")); b.dataset.key = c.key; grid.append(b); });
+    textCols.forEach(c => { const label = r.decision === "flip" && D.flipped[c.key] || c.label;
+      const b = el("div", {className: "block"}, el("b", {textContent: label}), String(r[c.key] ?? ""));
+      b.dataset.key = c.key; grid.append(b); });
     body.append(el("tr", {}, el("td", {className: "texts", colSpan: metaCols.length + D.flags.length + 2}, grid)));
   }
   return body;
 }
 
-// actions on every matching row (a whole stratum: filter to it first)
-const actions = document.getElementById("actions");
+// actions on every matching row (a whole stratum: filter to it first), confirmed first and undoable
+const actions = document.getElementById("actions"), undone = [], undoBtn = document.getElementById("undo");
+const confirmBar = document.getElementById("confirm");
+let pending = null;
+const narrowed = () => Object.values(filters).some(v => v !== "*") || decSel.value !== "*" || search.value.trim();
 [...D.decisions, ""].forEach(d => { const b = el("button", {textContent: (d || "undecide") + " all matching"});
   b.id = "all-" + (d || "undecide");
-  b.addEventListener("click", () => { view.forEach(r => r.decision = d); remember(); render(); });
+  b.addEventListener("click", () => {
+    pending = {d, rows: view.slice()};
+    document.getElementById("confirm-text").textContent = `${d || "undecide"} all ${pending.rows.length} ` +
+      `matching rows` + (narrowed() ? "?" : ` (no filter: every row of the sample)?`);
+    confirmBar.hidden = false; document.getElementById("confirm-yes").focus(); });
   actions.append(b); });
+function answer(yes) {
+  if (yes && pending) {
+    undone.push({what: `${pending.d || "undecide"} ${pending.rows.length} rows`,
+                 was: pending.rows.map(r => [r, r.decision])});
+    pending.rows.forEach(r => r.decision = pending.d); remember();
+  }
+  pending = null; confirmBar.hidden = true; document.activeElement.blur(); showUndo(); render();
+}
+document.getElementById("confirm-yes").addEventListener("click", () => answer(true));
+document.getElementById("confirm-no").addEventListener("click", () => answer(false));
+function showUndo() {
+  undoBtn.disabled = !undone.length;
+  undoBtn.textContent = undone.length ? `undo: ${undone[undone.length - 1].what}` : "undo";
+}
+undoBtn.addEventListener("click", () => { const u = undone.pop(); if (!u) return;
+  u.was.forEach(([r, d]) => r.decision = d); remember(); showUndo(); undoBtn.blur(); render(); });
 
 // paging and the keyboard
 const flagKey = f => f === "judge_wrong" ? "w" : f[0];
 function go(p) { page = Math.max(0, Math.min(p, Math.ceil(view.length / D.pageRows) - 1)); cursor = page * D.pageRows;
                  render(); }
-document.getElementById("prev").addEventListener("click", () => go(page - 1));
-document.getElementById("next").addEventListener("click", () => go(page + 1));
+document.querySelectorAll(".prev").forEach(b => b.addEventListener("click", () => go(page - 1)));
+document.querySelectorAll(".next").forEach(b => b.addEventListener("click", () => go(page + 1)));
 function move(to) {
   if (!view.length) return;
   cursor = Math.max(0, Math.min(to, view.length - 1));
@@ -255,6 +290,11 @@ document.addEventListener("keydown", e => {
   const t = e.target;
   if (t.tagName === "INPUT" && t.type !== "checkbox" || t.tagName === "SELECT") {
     if (e.key === "Escape") t.blur();
+    return;
+  }
+  if (!confirmBar.hidden) {  // a bulk action waits for its answer: Enter / y confirms, Escape / n cancels
+    if (e.key === "Escape" || e.key === "n") { answer(false); e.preventDefault(); }
+    else if (e.key === "Enter" || e.key === "y") { answer(true); e.preventDefault(); }
     return;
   }
   if (e.ctrlKey || e.metaKey || e.altKey) return;

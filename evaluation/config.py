@@ -267,6 +267,29 @@ class SwitchSweep(BaseConfig):
         return self
 
 
+class JobResources(BaseConfig):
+    """What one generation job (a method with a base on an eval set) reserves on the Ray cluster."""
+
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float | None = Field(None, ge=0, description="null: 1 for a job that runs a model in-process when "
+                                   "compute asks for a GPU (cuda, or auto on a cluster that has GPUs), else 0 (a "
+                                   "served base needs none: its server has them)")
+
+
+class RayFanOut(BaseConfig):
+    """engine ray: where the jobs run and what each reserves. The run's working directory, its output and local
+    models must be on storage every Ray node mounts at the same path (the jobs write their generations there)."""
+
+    address: str | None = Field(None, description="the cluster (ray.init's address, e.g. ray://head:10001 or "
+                                "head:6379); default: RAY_ADDRESS (set inside a Ray job), else a Ray started for "
+                                "this run on this machine, on loopback")
+    resources: JobResources = Field(JobResources(), description="each job's reservation")
+    bases: dict[str, JobResources] = Field({}, description="per base name: its jobs' reservation instead (an "
+                                           "in-process 70B base spread over 4 GPUs: {num_gpus: 4})")
+    autoscaling: bool = Field(False, description="the cluster adds nodes on demand (KubeRay's autoscaler): a job "
+                              "larger than every node present waits instead of being refused")
+
+
 class EvalSpec(BaseConfig):
     seed: int = 0
     eval_sets: list[EvalSet] = Field(min_length=1)
@@ -282,6 +305,12 @@ class EvalSpec(BaseConfig):
                                       "split first; the eval sets are then measured at it (and it ships as wsd.json)")
     report_to: Literal["none", "mlflow"] = Field("none", description="mlflow: the report's figures, parameters and "
                                                  "files as one MLflow run (MLFLOW_TRACKING_URI; the mlflow extra)")
+    # how the generations run changes no result: out of the dump, so stage keys, config hashes and reports are
+    # the same under either engine (as a served model's client settings are)
+    engine: Literal["local", "ray"] = Field("local", exclude=True, description="local: each generation job here, "
+                                            "one after another; ray: each (eval set, base, method) job a Ray task "
+                                            "with its resources (`ray`), gathered into the same report")
+    ray: RayFanOut = Field(RayFanOut(), exclude=True, description="engine ray: the cluster and the jobs' resources")
     unsafe_code_execution: bool = Field(False, description="code sets: run the models' programs without a kernel "
                                         "boundary where bubblewrap cannot be set up (a disposable container only; "
                                         "the report records it). Off: such a run refuses (exit 2)")
@@ -350,6 +379,13 @@ def check_rules_for_bases(spec: EvalSpec, bases: list[ModelSource]) -> None:
                          "and decode with the absolute rule there")
 
 
+def check_fanout_bases(spec: EvalSpec, bases: list[ModelSource]) -> None:
+    """ray.bases names bases the run has."""
+    unknown = sorted(set(spec.ray.bases) - {b.name for b in bases})
+    if unknown:
+        raise ValueError(f"ray.bases: no base named {unknown[0]!r} (bases: {', '.join(b.name for b in bases)})")
+
+
 class ValidationConfig(EvalSpec):
     name: str
     output_dir: str = Field("validation", description="reports go to <output_dir>/<name>/<checkpoint dir name>")
@@ -361,6 +397,7 @@ class ValidationConfig(EvalSpec):
     def _bases(self) -> "ValidationConfig":
         check_unique([b.name for b in self.bases], "base model")
         check_rules_for_bases(self, self.bases)
+        check_fanout_bases(self, self.bases)
         return self
 
     def spec(self) -> EvalSpec:

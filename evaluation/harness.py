@@ -30,7 +30,7 @@ METHODS = ("wsd", "base_only")  # what the WSD server serves
 def server_args(checkpoint: Path, base: ModelSource, method: str, config: Path) -> list[str]:
     """`pilot wsd serve` options for the checkpoint with `base`, decoding as `config` says."""
     if base.url:
-        where = ["--base", base.url, "--base-model", base.served_model]
+        where = ["--base", ",".join(base.urls), "--base-model", base.served_model]  # replicas: comma-separated
         where += ["--base-tokenizer", base.tokenizer] if base.tokenizer else []
         where += ["--api-key-env", base.api_key_env] if base.api_key_env else []
     else:

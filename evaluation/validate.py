@@ -50,36 +50,54 @@ def _read(path: Path) -> dict[str, MethodRecord]:
     return {r.id: r for r in recs}
 
 
-def _generate(spec, pilot, bases, untuned, sets, output, compute, progress, methods=None,
-              settings: dict | None = None) -> dict:
-    """records[set][base][method][id]; a method that reads no base (pilot_only) runs once per set and is shared
-    by every base. `settings`: base name -> WSD's switch setting for it (the sweep's choice)."""
+def _jobs(spec, pilot, bases, untuned, sets, output, methods=None, settings: dict | None = None,
+          tag: str = "") -> tuple[list, dict]:
+    """(the generation jobs, where each (set, base, method)'s records will be); a method that reads no base
+    (pilot_only) is one job per set, shared by every base. `settings`: base name -> WSD's switch setting for it
+    (the sweep's choice); `tag` starts each job's label."""
+    from evaluation.ray_fanout import GenerationJob
     from wsd_inference.config import WSDConfig
-    from wsd_inference.runner import generate_to_file
 
-    out: dict = {}
+    jobs, where = [], {}
     for es, items in sets:
         cfg = spec.wsd.model_copy(update={"max_new_tokens": es.max_new_tokens}) if es.max_new_tokens else spec.wsd
         prompts = [it.record for it in items]
-        shared: dict = {}
         for base in bases:
             for method in methods or spec.methods:
                 baseless = "base" not in METHODS[method].models(cfg)
-                if baseless and method in shared:
-                    out.setdefault(es.name, {}).setdefault(base.name, {})[method] = shared[method]
-                    continue
                 folder = "pilot" if baseless else base.name
                 path = safe_join(output / "generations", es.name, folder, what="eval set or base name") / \
                     f"{method}.jsonl"
+                where[(es.name, base.name, method)] = path
+                if baseless and any(j.path == path for j in jobs):
+                    continue
                 mine = cfg
                 if method == "wsd" and settings and base.name in settings:  # validated: a window fits the draft
                     mine = WSDConfig.model_validate({**cfg.model_dump(), **settings[base.name]})
-                generate_to_file(pilot, base, prompts, mine, path, compute, progress, method, untuned)
-                recs = _read(path)
-                out.setdefault(es.name, {}).setdefault(base.name, {})[method] = recs
-                if baseless:
-                    shared[method] = recs
+                jobs.append(GenerationJob(f"{tag}{es.name}/{folder}/{method}", pilot, base, untuned, prompts, mine,
+                                          method, path, None if baseless else base.name))
+    return jobs, where
+
+
+def _records(where: dict) -> dict:
+    """records[set][base][method][id] from the finished jobs' files (a shared file is read once)."""
+    out: dict = {}
+    read: dict = {}
+    for (s, base, method), path in where.items():
+        if path not in read:
+            read[path] = _read(path)
+        out.setdefault(s, {}).setdefault(base, {})[method] = read[path]
     return out
+
+
+def _generate(spec, pilot, bases, untuned, sets, output, compute, progress, methods=None,
+              settings: dict | None = None) -> dict:
+    """records[set][base][method][id], each job run by the spec's engine (evaluation/ray_fanout.py)."""
+    from evaluation.ray_fanout import run_jobs
+
+    jobs, where = _jobs(spec, pilot, bases, untuned, sets, output, methods, settings)
+    run_jobs(jobs, spec, compute, progress)
+    return _records(where)
 
 
 def _text(item) -> str:
@@ -93,6 +111,7 @@ def _sweep(spec, gated_sets, pilot, bases, untuned, output, compute, progress, h
     are (generations under sweep/<setting>/, resumable; judgments in the same cache). `gated_sets`: the eval sets
     as validation loaded them, which no calibration question may repeat."""
     from evaluation import switch_sweep as sw
+    from evaluation.ray_fanout import run_jobs
 
     grid = spec.sweep
     sets = [(es, load_eval_set(es)) for es in grid.eval_sets]
@@ -106,12 +125,20 @@ def _sweep(spec, gated_sets, pilot, bases, untuned, output, compute, progress, h
     cal = spec.model_copy(update={"eval_sets": grid.eval_sets, "methods": ["wsd", REFERENCE], "harness": None,
                                   "sweep": None, "metrics": metrics})  # only what the choice reads
     settings = [(rule, w, t) for rule in grid.rules for w in grid.windows for t in grid.thresholds]
-    ref = _generate(cal, pilot, bases, untuned, sets, output / "sweep" / "reference", compute, progress, [REFERENCE])
+    jobs, ref = _jobs(cal, pilot, bases, untuned, sets, output / "sweep" / "reference", [REFERENCE],
+                      tag="sweep/reference/")
+    grid_where = {}
+    for rule, w, t in settings:  # every setting's jobs at once: a cluster runs them side by side
+        key = f"{rule}-w{w}-t{t:g}"
+        more, grid_where[(rule, w, t)] = _jobs(cal, pilot, bases, untuned, sets, output / "sweep" / key, ["wsd"],
+                                               {b.name: {"rule": rule, "window": w, "threshold": t} for b in bases},
+                                               tag=f"sweep/{key}/")
+        jobs += more
+    run_jobs(jobs, cal, compute, progress)
+    ref = _records(ref)
     points: dict = {b.name: [] for b in bases}
     for rule, w, t in settings:
-        key = f"{rule}-w{w}-t{t:g}"
-        wsd = _generate(cal, pilot, bases, untuned, sets, output / "sweep" / key, compute, progress, ["wsd"],
-                        {b.name: {"rule": rule, "window": w, "threshold": t} for b in bases})
+        wsd = _records(grid_where[(rule, w, t)])
         records = {s: {b: {**ref[s][b], **by_m} for b, by_m in by_b.items()} for s, by_b in wsd.items()}
         rows, _ = _scores(cal, sets, records, output, http_client, compute)
         metrics, tax = _aggregate(cal, sets, bases, rows)

@@ -99,10 +99,10 @@ def _model(key: str, m: ModelSource) -> list[Finding]:
     if not m.url:
         return []  # tiny: built here
     out = []
-    host = urlparse(m.url).hostname or ""
-    if m.api_key_env is None and m.url.startswith("https://") and host not in LOOPBACK:
-        out.append(Finding(_sub(key, "api_key_env"), f"{m.url} is a hosted endpoint and names no api_key_env (the "
-                           "variable its key is read from)", True))
+    hosted = [u for u in m.urls if u.startswith("https://") and (urlparse(u).hostname or "") not in LOOPBACK]
+    if m.api_key_env is None and hosted:  # replicas (a list of urls) share one key variable
+        out.append(Finding(_sub(key, "api_key_env"), f"{hosted[0]} is a hosted endpoint and names no api_key_env "
+                           "(the variable its key is read from)", True))
     if m.api_key_env and not os.environ.get(m.api_key_env):
         out.append(Finding(_sub(key, "api_key_env"), f"set {m.api_key_env} before the run (not set here)", False))
     if m.tokenizer and is_local(m.tokenizer):

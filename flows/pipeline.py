@@ -18,6 +18,8 @@ Why it is shaped this way:
   continues from the last checkpoint.
 - A failed gate ends the run as Failed with its reasons (a markdown artifact, and the error), not as a crash.
 - Each stage leaves an artifact in the UI under a stable key (flows/artifacts.py).
+- With a `ray:` section, training and validation run as Ray jobs on a cluster (flows/ray_jobs.py): the flow
+  submits the stage's `pilot` command, streams its log here and waits; the stage directories are the same.
 """
 
 from __future__ import annotations
@@ -126,7 +128,8 @@ def training_flow(cfg: PipelineConfig, dataset: str) -> TrainingStage:
     root = run_root(cfg)
     p = preferences_flow(cfg, dataset)
     progress = artifacts.TrainingProgress(cfg.name, cfg.training.stages)
-    t = train_task(cfg.training, cfg.pilot, cfg.pilot.name, p.summary.output, root, cfg.compute, on_poll=progress)
+    t = train_task(cfg.training, cfg.pilot, cfg.pilot.name, p.summary.output, root, cfg.compute, on_poll=progress,
+                   ray=cfg.ray)
     artifacts.training(cfg.name, t.manifests)
     return TrainingStage(p, t)
 
@@ -146,7 +149,7 @@ def validation_flow(cfg: PipelineConfig, pilot: ModelSource) -> ValidationStage:
     wsd = {b.name: wsd_task(pilot, b, cfg.prompts, cfg.wsd, root, cfg.compute) for b in cfg.bases}
     if cfg.validation is None:
         return ValidationStage(wsd)
-    report = validate_task(cfg.validation, pilot.path, cfg.bases, root, pilot.name, cfg.compute)
+    report = validate_task(cfg.validation, pilot.path, cfg.bases, root, pilot.name, cfg.compute, ray=cfg.ray)
     artifacts.validation(cfg.name, report)
     return ValidationStage(wsd, report)
 
@@ -191,7 +194,22 @@ class PipelineResult:
     release: Published | None = None
 
 
-@flow(name="pilot-pipeline")
+def _stop_ray_jobs(flow, flow_run, state) -> None:
+    """on_cancellation: stop the Ray jobs this run submitted (its tasks stop their own when the cancellation
+    reaches them; this covers a process that was killed before it could)."""
+    from prefect.logging.loggers import flow_run_logger
+
+    from pilot_core.config import load_config
+
+    params = flow_run.parameters or {}
+    cfg = load_config(PipelineConfig, params["config"], tuple(params.get("overrides") or ()))
+    if cfg.ray is not None:
+        from flows.ray_jobs import stop_jobs_of_run
+
+        stop_jobs_of_run(cfg.ray.address, str(flow_run.id), flow_run_logger(flow_run, flow).info)
+
+
+@flow(name="pilot-pipeline", on_cancellation=[_stop_ray_jobs])
 def pipeline(config: str, overrides: list[str] | None = None) -> PipelineResult:
     """The whole pipeline from a configs/pipeline/*.yaml file (a deployment's parameters are the same two)."""
     from pilot_core.config import load_config

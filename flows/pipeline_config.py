@@ -6,11 +6,13 @@ the trained checkpoint, with every base below), release (gate + publish). `appro
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from data_curation.config import CurationConfig
 from data_curation.preferences_config import PreferencesConfig
-from evaluation.config import EvalSpec, check_rules_for_bases
+from evaluation.config import EvalSpec, check_fanout_bases, check_rules_for_bases
 from pilot_core.config import BaseConfig
 from pilot_core.models.compute import Compute
 from pilot_core.models.files import is_local
@@ -39,6 +41,40 @@ class ApprovalsConfig(BaseConfig):
                                      "before anything is published")
 
 
+class RayJobResources(BaseConfig):
+    """What a stage's Ray job reserves for its `pilot` command (the driver; a validation's fanned-out jobs reserve
+    their own, validation.ray)."""
+
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float | None = Field(None, ge=0, description="null: training: 0 with the ray launcher (its workers "
+                                   "reserve their own), else training.nproc (1 without it) unless compute.device is "
+                                   "cpu, then 0; validation: 0 (its jobs reserve their GPUs)")
+
+
+class RayJobs(BaseConfig):
+    """Submit stages to a Ray cluster as Ray jobs (the Jobs API): the flow writes the stage's config beside its
+    directory, submits the `pilot` command that runs it, streams its log into the run's log and waits. The run's
+    directory (output_dir, the configs, the data) must be on storage the cluster mounts at `working_dir`."""
+
+    address: str | None = Field(None, description="the cluster: its Jobs API (http://head:8265) or its address "
+                                "(head:6379); default RAY_ADDRESS. As in Ray's own clients, RAY_API_SERVER_ADDRESS "
+                                "or RAY_ADDRESS in the environment win over this key")
+    stages: list[Literal["training", "validation"]] = Field(["training", "validation"], min_length=1,
+                                                             description="the stages submitted as Ray jobs")
+    working_dir: str | None = Field(None, description="where the commands run on the cluster (the run's directory "
+                                    "as the nodes mount it); default: this process's working directory")
+    pilot: str = Field("pilot", description="the pilot command on the cluster's nodes")
+    training: RayJobResources = RayJobResources()
+    launcher: Literal["ray", "torchrun"] = Field("ray", description="how the training job starts its workers when "
+                                                 "training.distributed is set: Ray Train workers across the cluster "
+                                                 "(`pilot train --launcher ray`), or torchrun on the job's node")
+    storage: str | None = Field(None, description="with the ray launcher: where checkpoints are kept, a path or "
+                                "fsspec URL every worker reaches (`pilot train --storage`; default output_dir/ray)")
+    validation: RayJobResources = RayJobResources()
+    pending_timeout_s: float = Field(3600.0, gt=0, description="a job still waiting for resources after this long "
+                                     "fails (what it asks for is not in the cluster)")
+
+
 class PipelineConfig(BaseConfig):
     name: str
     seed: int = 0
@@ -60,6 +96,8 @@ class PipelineConfig(BaseConfig):
     release: ReleaseConfig | None = Field(None, description="gate the validated checkpoint and publish it (needs "
                                           "validation)")
     approvals: ApprovalsConfig = Field(ApprovalsConfig(), description="human sign-offs (need a Prefect server)")
+    ray: RayJobs | None = Field(None, description="run the training and validation stages as Ray jobs on a cluster "
+                                "(flows/ray_jobs.py); without it every stage runs in this process's machine")
 
     _name = field_validator("name")(config_name("pipeline name"))
 
@@ -86,6 +124,7 @@ class PipelineConfig(BaseConfig):
             sweep.max_tax = min(max(tax.max, 0.0), 1.0)
         if self.validation:
             check_rules_for_bases(self.validation, self.bases)
+            check_fanout_bases(self.validation, self.bases)
         return self
 
 

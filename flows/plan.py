@@ -70,14 +70,15 @@ def _tok(text: str) -> int:
 
 
 def endpoint_hours(calls: int, out_tokens_per_call: float, client: ClientConfig,
-                   tp: Throughput | None) -> tuple[float | None, float]:
-    """(hours, the rate limit's floor): calls at `concurrency` at a time, each first_token_s + output tokens /
-    output_tokens_per_s, and never faster than requests_per_minute. Without a throughput: (None, floor)."""
+                   tp: Throughput | None, replicas: int = 1) -> tuple[float | None, float]:
+    """(hours, the rate limit's floor): calls at `concurrency` at a time on each of the model's `replicas` (the
+    throughput is one replica's), each first_token_s + output tokens / output_tokens_per_s, and never faster than
+    requests_per_minute (the model's, over all its replicas). Without a throughput: (None, floor)."""
     floor = calls / client.requests_per_minute / 60 if client.requests_per_minute else 0.0
     if tp is None:
         return None, floor
     per_call = tp.first_token_s + out_tokens_per_call / tp.output_tokens_per_s
-    return max(calls * per_call / client.concurrency / 3600, floor), floor
+    return max(calls * per_call / (client.concurrency * replicas) / 3600, floor), floor
 
 
 def _cost(price, declared: bool, tin: int, tout: int) -> float | None:
@@ -106,7 +107,7 @@ def _preferences(cfg: PreferencesConfig, n: int, a: Assumptions, strategy: str |
         calls, out = n * g.samples, g.max_tokens * a.response_fill
         sys_tokens = _tok(g.system_prompt) if g.system_prompt else 0
         tin, tout = calls * (a.prompt_tokens + sys_tokens), round(calls * out)
-        hours, floor = endpoint_hours(calls, out, cfg.client, g.throughput)
+        hours, floor = endpoint_hours(calls, out, cfg.client, g.throughput, max(1, len(g.model.urls)))
         priced = "price" in g.model_fields_set
         lines.append(Line("preferences", g.name, f"responses ({g.samples} per prompt)", calls, tin, tout,
                           _cost(g.price, priced, tin, tout), hours, floor,
@@ -128,7 +129,8 @@ def _preferences(cfg: PreferencesConfig, n: int, a: Assumptions, strategy: str |
         if not calls:
             continue
         tin, tout = round(calls * tin_per), round(calls * out)
-        hours, floor = endpoint_hours(calls, out, cfg.client, j.throughput)
+        hours, floor = endpoint_hours(calls, out, cfg.client, j.throughput,
+                                      max(1, len(j.model.urls)) if j.model is not None else 1)
         label = ("screen: pointwise, each response" if what == "pointwise" and j.kind == "pairwise" else
                  f"{what} verdicts" + (f" (close pairs, {a.close_fraction:.0%} assumed)"
                                        if what == "pairwise" and (strategy or j.strategy) == "screened" else ""))

@@ -14,16 +14,20 @@ from flows.compute_options import compute_from, compute_options
 @click.option("--output", required=True, help="the new dataset directory (prompts, excluded, sft, dpo)")
 @click.option("--overwrite", is_flag=True, help="replace --output if it exists")
 @click.option("--quiet", is_flag=True, help="no progress bars")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default=None,
+              help="where the calls are sent from (default: the config's `engine`, local): ray runs them as a Ray "
+                   "Data pipeline on the cluster RAY_ADDRESS names, else on a local Ray")
 @compute_options
 def preferences(dataset: str, config_path: str, overrides: tuple[str, ...], output: str, overwrite: bool,
-                quiet: bool, device: str, dtype: str, attn_implementation: str | None, device_map: str | None) -> None:
+                quiet: bool, engine: str | None, device: str, dtype: str, attn_implementation: str | None,
+                device_map: str | None) -> None:
     """Generate candidate responses, judge them, and build SFT targets and DPO pairs. Calls are cached
     (<output>.cache.sqlite by default): rerunning after a crash or failures pays only for what is missing."""
     from data_curation.preferences import build_preferences
     from data_curation.preferences_config import PreferencesConfig
     from pilot_core.config import load_config
 
-    cfg = load_config(PreferencesConfig, config_path, overrides)
+    cfg = load_config(PreferencesConfig, config_path, (*overrides, *([f"engine={engine}"] if engine else [])))
     s = build_preferences(dataset, cfg, output, overwrite, progress=not quiet,
                           compute=compute_from(device, dtype, attn_implementation, device_map))
     click.echo(f"{s.output}: {s.sft} sft rows, {s.dpo} dpo pairs from {s.prompts} prompts; "

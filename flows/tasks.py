@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.pipeline_config import RayJobs
 from pilot_core.errors import JobFailed, UserError
 from pilot_core.manifest import MANIFEST, read_manifest
 from pilot_core.models.compute import Compute
@@ -143,11 +144,19 @@ class TrainingResult:
     output: str
 
 
+def _ray_log():
+    """(the run's logger's info, the root flow run's id): what a Ray job logs to and is tagged with."""
+    from prefect.runtime import flow_run
+
+    return get_run_logger().info, flow_run.root_flow_run_id or None
+
+
 @task(name="train", retries=1, retry_delay_seconds=30, retry_condition_fn=_retry_unless(UserError),
       cache_policy=NO_CACHE)
 def train_task(training, pilot: ModelSource, name: str, dataset: str, root: str, compute: Compute, on_poll=None,
-               poll_s: float = 5.0) -> TrainingResult:
-    """Train in a child process and poll it. A rerun (or a retry) resumes."""
+               poll_s: float = 5.0, ray: RayJobs | None = None) -> TrainingResult:
+    """Train in a child process and poll it, or (ray) as a Ray job running `pilot train` on the cluster. A rerun
+    (or a retry) resumes."""
     from training.config import TrainConfig
     from training.process import progress, run_training
 
@@ -163,6 +172,23 @@ def train_task(training, pilot: ModelSource, name: str, dataset: str, root: str,
         log.info(f"train: reusing {out}")
         if on_poll is not None:
             on_poll(progress(cfg))  # a reused run is a finished one
+    elif ray is not None and "training" in ray.stages:
+        from flows.ray_jobs import JobSpec, run_job, write_job_config
+
+        r, on_ray_train = ray.training, cfg.distributed is not None and ray.launcher == "ray"
+        gpus = r.num_gpus if r.num_gpus is not None else 0 if compute.device == "cpu" or on_ray_train else \
+            (cfg.nproc or 1)
+        job = write_job_config(cfg, out.with_name(out.name + ".ray-job.yaml"))
+        argv = ["train", "--config", str(job)]
+        if on_ray_train:  # the job is the driver; Ray Train places the nproc workers on the cluster
+            argv += ["--launcher", "ray", *(["--storage", ray.storage] if ray.storage else [])]
+        info, run_id = _ray_log()
+        run_job(ray, JobSpec(argv, out.name, r.num_cpus, gpus), info, run_id,
+                on_poll=(lambda: on_poll(progress(cfg))) if on_poll else None, poll_s=poll_s)
+        missing = [s for s, f in finals.items() if not (f / MANIFEST).is_file()]
+        if missing:
+            raise RuntimeError(f"train: the Ray job succeeded but {out} has no final {missing[0]} checkpoint here: "
+                               "is the run's directory on storage the cluster shares (ray.working_dir)?")
     else:
         log.info(f"train: {', '.join(cfg.stages)} in a child process -> {out} (log: {out / 'train.log'})")
         finals = run_training(cfg, out, poll_s=poll_s, on_poll=on_poll)
@@ -197,10 +223,12 @@ def wsd_task(pilot: ModelSource, base: ModelSource, prompts: str, wsd, root: str
 
 @task(name="validate", **NETWORK)
 def validate_task(spec, checkpoint: str, bases: list[ModelSource], root: str, pilot_name: str,
-                  compute: Compute) -> str:
-    """Validate the checkpoint into its stage directory; returns that directory (its report.json says more)."""
+                  compute: Compute, ray: RayJobs | None = None) -> str:
+    """Validate the checkpoint into its stage directory, here or (ray) as a Ray job running `pilot validate` on the
+    cluster; returns that directory (its report.json says more)."""
     from evaluation.validate import validate
     from flows.validate_cli import summary_lines
+    from pilot_core.report import load_report
 
     key = stage_key("validation", identity(spec),
                     {"checkpoint": dir_identity(checkpoint), "bases": [source_identity(b) for b in bases],
@@ -209,7 +237,25 @@ def validate_task(spec, checkpoint: str, bases: list[ModelSource], root: str, pi
                                                   for p in (es.path, es.few_shot_path, es.baseline_path) if p]),
                      "compute": compute.resolve().identity()})  # the calibration split's files too
     out = stage_dir(root, "validation", key)  # generations resume; a finished report is returned as it is
-    report = validate(spec, checkpoint, bases, out, pilot_name=pilot_name, compute=compute, progress=_progress())
+    if ray is not None and "validation" in ray.stages and not (out / "report.json").is_file():
+        from evaluation.config import ValidationConfig
+        from flows.ray_jobs import JobSpec, run_job, write_job_config
+
+        job = write_job_config(ValidationConfig(**dict(spec), name=pilot_name, bases=bases),
+                               out.with_name(out.name + ".ray-job.yaml"))
+        argv = ["validate", "--config", str(job), "--checkpoint", checkpoint, "--output", str(out),
+                *(x for k, v in compute.model_dump().items() if v is not None
+                  for x in (f"--{k.replace('_', '-')}", str(v)))]
+        info, run_id = _ray_log()
+        r = ray.validation
+        run_job(ray, JobSpec(argv, out.name, r.num_cpus, r.num_gpus or 0.0), info, run_id)
+        if not (out / "report.json").is_file():
+            raise RuntimeError(f"validate: the Ray job succeeded but {out} has no report.json here: is the run's "
+                               "directory on storage the cluster shares (ray.working_dir)?")
+        report = load_report(out)
+    else:
+        report = validate(spec, checkpoint, bases, out, pilot_name=pilot_name, compute=compute,
+                          progress=_progress())
     get_run_logger().info("validate:\n" + "\n".join(summary_lines(report, str(out))))
     return str(out)
 

@@ -29,9 +29,12 @@ def summary_lines(report, out: str) -> list[str]:
               "folder>); rerunning it resumes")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config key (repeatable)")
 @click.option("--unsafe-code-execution", is_flag=True, help=UNSAFE_HELP)
+@click.option("--engine", type=click.Choice(["local", "ray"]), help="run the generation jobs here one after another "
+              "(local) or as Ray tasks on the cluster at RAY_ADDRESS, else on a Ray started here (ray); default: the "
+              "config's engine (local)")
 @compute_options
-def validate(config_path, checkpoint, output, overrides, unsafe_code_execution, device, dtype, attn_implementation,
-             device_map) -> None:
+def validate(config_path, checkpoint, output, overrides, unsafe_code_execution, engine, device, dtype,
+             attn_implementation, device_map) -> None:
     """Run WSD with every base model of the config, and the compared methods, on the versioned eval sets;
     write report.json, report.md and plots."""
     from pathlib import Path
@@ -43,6 +46,8 @@ def validate(config_path, checkpoint, output, overrides, unsafe_code_execution, 
 
     if unsafe_code_execution:
         overrides = (*overrides, "unsafe_code_execution=true")
+    if engine:
+        overrides = (*overrides, f"engine={engine}")
     cfg = load_config(ValidationConfig, config_path, overrides)
     ckpt = Path(checkpoint)
     out = Path(output) if output else safe_join(Path(cfg.output_dir), cfg.name, ckpt.resolve().parent.name

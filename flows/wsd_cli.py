@@ -20,7 +20,8 @@ def model_options(f):
     options = [
         click.option("--pilot", required=True, help="pilot model: a local directory or hub id (a chat model), or "
                      "the base URL of its OpenAI-compatible server"),
-        click.option("--base", required=True, help="base model: a local directory or hub id, or a server's URL"),
+        click.option("--base", required=True, help="base model: a local directory or hub id, or a server's URL "
+                     "(replicas of one served model: their URLs, comma-separated)"),
         click.option("--base-name", help="the base's name in a published pilot's wsd.json, whose switch setting "
                      "(threshold, window, rule) is used where no option, --config or --set gives one of them "
                      "(default: the entry validated with this --base)"),
@@ -122,7 +123,8 @@ def resolve_models(pilot, base, untuned, config_path, overrides, device, dtype, 
         is_url = where.startswith(("http://", "https://"))
         if is_url and not model:
             raise UserError(f"--{role}-model is required when --{role} is a URL (the name the server serves)")
-        fields = {"url": where, "served_model": model, "tokenizer": tok, "timeout_s": timeout_s,
+        url = where.split(",") if is_url and "," in where else where  # replicas
+        fields = {"url": url, "served_model": model, "tokenizer": tok, "timeout_s": timeout_s,
                   "max_retries": max_retries} if is_url else {"path": where}
         sources.append(validate_config(ModelSource, {"name": role, "trust_remote_code": trust_remote_code,
                                                      "api_key_env": api_key_env, **fields}, source=f"--{role}"))
@@ -168,20 +170,31 @@ def generate(input_path, output_path, method, **options) -> None:
 @click.option("--server-api-key-env", metavar="VAR", help="environment variable holding the key clients must send "
               "(Authorization: Bearer ...); default: no key")
 @click.option("--max-concurrent-requests", type=click.IntRange(1), default=64, show_default=True,
-              help="answers (choices) in flight; more are answered 429 (OpenAI clients retry)")
+              help="answers (choices) decoded at once: with --pilot/--base URLs, answers whose requests are at the "
+              "model servers; in-process, the most in one batch (with --batch-size, the smaller); the rest wait in "
+              "the queue")
+@click.option("--max-queue", type=click.IntRange(1), default=256, show_default=True,
+              help="answers waiting to run, taken by the request's priority (lower first, as vLLM's `priority`), "
+              "first come first served within one; a request whose answers do not fit gets a 429 with Retry-After")
+@click.option("--draft-scoring", type=click.Choice(["once", "doubling"]),
+              help="the config's draft_scoring (default once): with a served base, when it scores WSD's draft "
+              "(same answers either way): once, when the draft is finished or fills the answer's budget (fewest "
+              "requests; the continuation reuses the server's prefix cache); doubling, at --chunk-size, 2x, 4x ... "
+              "draft tokens (the pilot stops nearer the switch, the base starts sooner; more prefills)")
 @click.option("--max-request-bytes", type=click.IntRange(1), default=1 << 20, show_default=True)
 @click.option("--max-prompt-tokens", type=click.IntRange(1), default=8192, show_default=True)
 @click.option("--max-n", type=click.IntRange(1), default=8, show_default=True, help="largest n (choices) a request "
               "may ask for")
 @click.option("--request-timeout-s", type=click.FloatRange(min=0, min_open=True), default=600.0, show_default=True,
-              help="seconds an answer may take; also how long SIGTERM waits for requests in flight")
+              help="seconds a request may take from its arrival, waiting in the queue included (then a 504); also "
+              "how long SIGTERM waits for requests in flight")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 @model_options
-def serve(host, port, method, served_model_name, server_api_key_env, max_concurrent_requests, max_request_bytes,
-          max_prompt_tokens, max_n, request_timeout_s, log_level, **options) -> None:
+def serve(host, port, method, served_model_name, server_api_key_env, max_concurrent_requests, max_queue,
+          draft_scoring, max_request_bytes, max_prompt_tokens, max_n, request_timeout_s, log_level, **options) -> None:
     """Serve WSD ("pilot + base" as one model) behind an OpenAI-compatible API: /v1/chat/completions (streaming
-    too), /v1/completions, /v1/models, /health.
+    too), /v1/completions, /v1/models, /health, /metrics (Prometheus).
 
     The models are the same as `pilot wsd generate` takes: in-process (requests are batched as they arrive) or on
     servers such as vLLM (--pilot / --base URLs). max_tokens in a request is WSD's total budget (default:
@@ -200,7 +213,8 @@ def serve(host, port, method, served_model_name, server_api_key_env, max_concurr
         key = os.environ.get(server_api_key_env)
         if not key:
             raise UserError(f"--server-api-key-env {server_api_key_env}: the environment variable is not set")
-    pilot, base, untuned, cfg, compute = resolve_models(**options)  # checks the config file before it is read here
+    # checks the config file before it is read here; --draft-scoring is a config key, as the shared options are
+    pilot, base, untuned, cfg, compute = resolve_models(**options, draft_scoring=draft_scoring)
     # a request without temperature samples at 1.0 (OpenAI's and vLLM's default) unless the operator named one:
     # --temperature, `-o temperature=...`, or a --config that sets it (as vLLM's --generation-config)
     named = options.get("temperature") is not None or any(o.split("=")[0].strip() == "temperature"
@@ -209,9 +223,11 @@ def serve(host, port, method, served_model_name, server_api_key_env, max_concurr
         from pilot_core.config import read_yaml
 
         named = "temperature" in (read_yaml(options["config_path"])[0] or {})
-    backend = make_backend(method, pilot, base, cfg, compute)  # loads (and checks) the models before listening
-    limits = ServerLimits(max_concurrent_requests, max_request_bytes, max_prompt_tokens, cfg.max_new_tokens, max_n,
-                          request_timeout_s, cfg.temperature if named else 1.0)
+    # loads (and checks) the models before listening
+    backend = make_backend(method, pilot, base, cfg, compute, max_queue=max_queue, max_running=max_concurrent_requests)
+    limits = ServerLimits(max_request_bytes=max_request_bytes, max_prompt_tokens=max_prompt_tokens,
+                          max_tokens=cfg.max_new_tokens, max_n=max_n, request_timeout_s=request_timeout_s,
+                          default_temperature=cfg.temperature if named else 1.0)
     name = served_model_name or method
     app = create_app(backend, cfg, name, limits, key)
     click.echo(f"serving {name!r} ({method}) on http://{host}:{port}/v1", err=True)

@@ -1,7 +1,8 @@
 """The method record: what a decoding method returns for one prompt, and one line of `pilot wsd generate`'s output.
 
 Every method fills the common fields; the method's own trace says how the answer was made (WSD: the kept draft
-and the switch; Nudging: the turns; a search: its scores), and `speculation` how the pilot sped the base up. The
+and the switch; Nudging: the turns; a search: its scores), `speculation` how the pilot sped the base up, and `calls`
+(served models) the requests it took and the tokens each model prefilled and decoded for it. The
 method registry names each method's trace type (`Method.trace`), which also reduces a set of records to the
 report's diagnostics, so no code outside the registry tests a method's name.
 
@@ -56,6 +57,37 @@ class SpeculationFigures:
             return {}
         return {"speculation_acceptance_rate": sum(s.accepted for s in specs) / max(sum(s.proposed for s in specs), 1),
                 "tokens_per_base_pass": sum(s.tokens for s in specs) / max(sum(s.base_passes for s in specs), 1)}
+
+
+@dataclass(frozen=True)
+class CallFigures:
+    """One answer's work on model servers, counted by the served path as it asks (`remote_engine`): requests per
+    model, the prompt tokens they sent (prefill) and the tokens generated (decode). A scoring request's one sampled
+    token comes from its prefill and is not counted as decode. `*_reusable_tokens`: of a model's prefill, the
+    tokens an earlier request of this answer had already computed (WSD: the continuation's prompt is a prefix of
+    the scoring request's), which a server with automatic prefix caching does not prefill again, in whole KV blocks
+    (a prompt-log-prob request reads no cache: none of its tokens count). `pilot_prefill_tokens`: a served pilot
+    renders and tokenizes its chat template itself, so they are its server's count, from the usage event at the end
+    of its stream (vLLM sends one); None where the server sent none, or where WSD closed the pilot's stream before
+    its end (the draft cut at the switch, or at the answer's budget). Retries of a broken request are not
+    counted."""
+
+    pilot_requests: int = 0
+    pilot_prefill_tokens: int | None = 0
+    pilot_reusable_tokens: int = 0
+    pilot_decode_tokens: int = 0
+    base_requests: int = 0
+    base_scoring_requests: int = 0
+    base_prefill_tokens: int = 0
+    base_reusable_tokens: int = 0
+    base_decode_tokens: int = 0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> CallFigures:
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 class Trace:
@@ -154,6 +186,7 @@ class MethodRecord:
     base_tokens: int = 0  # tokens the base wrote
     trace: Trace | None = None
     speculation: SpeculationFigures | None = None
+    calls: CallFigures | None = None  # served models: requests and tokens per model (None: not counted)
     error: str | None = None  # the item could not run (the server refused it): no answer, counted as failed
 
     def __post_init__(self):
@@ -187,6 +220,8 @@ class MethodRecord:
             out.update(self.trace.to_json())
         if self.speculation is not None:
             out["speculation"] = self.speculation.to_json()
+        if self.calls is not None:
+            out["calls"] = self.calls.to_json()
         if self.error is not None:
             out["error"] = self.error
         return {**out, "time_s": self.time_s, "timing": self.timing}
@@ -194,8 +229,9 @@ class MethodRecord:
     @classmethod
     def from_json(cls, d: dict, trace: type[Trace] | None) -> MethodRecord:
         """A record as `to_json` wrote it; `trace`: the writing method's trace type (`Method.trace`)."""
-        spec = d.get("speculation")
+        spec, calls = d.get("speculation"), d.get("calls")
         return cls(id=str(d["id"]), method=d["method"], response=d["response"], time_s=d["time_s"],
                    timing=d.get("timing") or {}, pilot_tokens=d.get("pilot_tokens", 0),
                    base_tokens=d.get("base_tokens", 0), trace=trace.from_json(d) if trace else None,
-                   speculation=SpeculationFigures.from_json(spec) if spec else None, error=d.get("error"))
+                   speculation=SpeculationFigures.from_json(spec) if spec else None,
+                   calls=CallFigures.from_json(calls) if calls else None, error=d.get("error"))

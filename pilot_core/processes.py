@@ -1,4 +1,5 @@
-"""Child processes that end when their parent ends, however it ends (SIGKILL, the OOM killer, a lost node).
+"""Child processes that end when their parent ends, however it ends (SIGKILL, the OOM killer, a lost node); and
+free loopback ports for the servers and rendezvous they open.
 
 Linux only: prctl(PR_SET_PDEATHSIG). The kernel sends the signal when the thread that started the child exits,
 so start such children from a thread that lives as long as they should (the main thread)."""
@@ -17,6 +18,15 @@ def _set_parent_death_signal(sig: int) -> bool:
         return ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig) == 0  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return False  # not Linux: such a child may outlive a killed parent (stop it by hand before a rerun)
+
+
+def free_port() -> int:
+    """A port nothing listens on now on loopback (two runs on one machine never share one)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def die_with_parent() -> None:

@@ -228,3 +228,39 @@ def pytest_terminal_summary(terminalreporter):
                                     f"artifacts unchanged ({len(reports) - ok} not)")
     for line in figures.lines():
         terminalreporter.write_line(line)
+
+
+# --- a second replica of the tiny pilot (tests/test_preferences_ray.py), started early as the vLLM servers are.
+# Hooks under their own names (pluggy's specname), so this block adds to the hooks above instead of replacing them.
+_REPLICA: dict = {}
+
+
+@pytest.hookimpl(specname="pytest_collection_finish")
+def pytest_collection_finish_pilot_replica(session):
+    if session.config.option.collectonly:
+        return
+    if any("pilot_replica" in getattr(item, "fixturenames", ()) for item in session.items):
+        from .vllm_server import start_pilot_replica
+
+        try:
+            _REPLICA["server"] = start_pilot_replica(Path(tempfile.mkdtemp(prefix="pilot-vllm-replica-")))
+        except Exception:  # noqa: BLE001 - the fixture tries again and its tests report why
+            _REPLICA.clear()
+
+
+@pytest.hookimpl(specname="pytest_sessionfinish")
+def pytest_sessionfinish_pilot_replica(session, exitstatus):
+    for s in _REPLICA.values():
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def pilot_replica(vllm_servers, tmp_path_factory):
+    """Another vLLM server of the tiny pilot, served as "pilot": with vllm_servers["pilot"], two replicas."""
+    from .vllm_server import start_pilot_replica
+
+    server = _REPLICA.pop("server", None) or start_pilot_replica(tmp_path_factory.mktemp("vllm-replica"))
+    try:
+        yield server.wait()
+    finally:
+        server.stop()

@@ -88,3 +88,19 @@ def test_validation_scores_a_local_gsm8k_task_through_lm_eval_against_the_wsd_se
     assert report.eval_sets["arith_gsm8k"].kind == "harness" and report.eval_sets["arith_gsm8k"].n == len(arith)
     assert "arith_gsm8k" in (tmp_path / "out" / "report.md").read_text()
     assert list((tmp_path / "out" / "harness" / "base-a" / "wsd").rglob("results_*.json"))
+
+
+def test_a_base_served_by_replicas_reaches_the_wsd_server_whole(tmp_path):
+    """Validation's lm-eval run starts `pilot wsd serve` with the base's options: every replica URL travels (as one
+    comma-separated --base), and the server reads them back as the same replicas."""
+    from evaluation.harness import server_args
+    from flows.wsd_cli import resolve_models
+
+    base = ModelSource(name="b", url=["http://a.test:8001/v1", "http://b.test:8001/v1"], served_model="m",
+                       tokenizer="tok")
+    argv = server_args(tmp_path, base, "wsd", tmp_path / "c.yaml")
+    got = argv[argv.index("--base") + 1]
+    assert got == "http://a.test:8001/v1,http://b.test:8001/v1"
+    _, served, *_ = resolve_models(str(tmp_path), got, None, None, (), "cpu", "auto", None, None, False, None, "m",
+                                   "tok", None, None, 30.0, 2)
+    assert served.urls == base.urls and served.served_model == "m"

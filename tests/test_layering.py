@@ -102,6 +102,6 @@ def test_the_rules_see_real_arrows():
     """Guards the tests above: the graph holds the arrows the architecture is made of."""
     g = imports()
     assert "pilot_core.models.ragged" in g["wsd_inference.engine"]
-    assert "wsd_inference.runner" in g["evaluation.validate"]
+    assert "wsd_inference.runner" in g["evaluation.ray_fanout"]
     assert "pilot_core.models.calls" in g["data_curation.preferences"]
     assert "prefect" in g["flows.tasks"] and len(g) > 80

@@ -17,8 +17,7 @@ from flows.cli import main
 from pilot_core.errors import UserError
 from training.data import load_split
 
-from .helpers import TINY
-from .helpers import CHROMIUM, browser, cells
+from .helpers import CHROMIUM, TINY, browser, cells
 
 
 class LongerWins(httpx.AsyncBaseTransport):
@@ -122,7 +121,7 @@ def test_import_rejects_flips_and_records_who_when_and_what(copy, tmp_path):
     assert sft[flipped]["messages"][-1]["content"] == before[flipped]["rejected"][0]["content"]
     assert sft[flipped]["generator"] == before[flipped]["generator_rejected"]
     assert rejected not in sft and sft[approved] == sft_before[approved] and len(sft) == len(sft_before) - 1
-    assert e["sft"] == {"retargeted": 1, "removed": 1} and m["data"]["preferences"]["sft"] == len(sft)
+    assert e["sft"] == {"retargeted": 1, "removed": 1, "returned": 0} and m["data"]["preferences"]["sft"] == len(sft)
     assert len(load_split(copy, "sft")[0]) == len(sft_before) - 1  # what the trainer reads
     assert "1 prompts now train on the answer the reviewers chose, 1 rejected prompts left it" in \
         (copy / "README.md").read_text()
@@ -131,11 +130,14 @@ def test_import_rejects_flips_and_records_who_when_and_what(copy, tmp_path):
     assert again["already"] and len(load_split(copy, "dpo")[0]) == len(before) - 1
     assert {p["id"]: p["chosen"] for p in pq.read_table(copy / "dpo.parquet").to_pylist()}[flipped] == \
         before[flipped]["rejected"]
-    # a decision is a state: a later review that approves the flipped pair puts it back as the judge ranked it
-    (tmp_path / "d2.jsonl").write_text(json.dumps({"id": flipped, "decision": "approve", "export": _tag(copy)}) + "\n")
-    import_pair_review(copy, tmp_path / "d2.jsonl", "kim")
+    # a decision is a state: the reviewer approving the flipped pair later puts it back as the judge ranked it
+    # (the file of the same export still imports: decisions accumulate)
+    (tmp_path / "d2.jsonl").write_text(json.dumps({"id": flipped, "decision": "approve", "export": rows[0]["export"]})
+                                       + "\n")
+    import_pair_review(copy, tmp_path / "d2.jsonl", "dana")
     back = {p["id"]: p for p in pq.read_table(copy / "dpo.parquet").to_pylist()}[flipped]
-    assert back["chosen"] == before[flipped]["chosen"] and back["review"] == "approve" and back["reviewer"] == "kim"
+    assert back["chosen"] == before[flipped]["chosen"] and back["review"] == "approve" and back["reviewer"] == "dana"
+    assert {r["id"]: r for r in pq.read_table(copy / "sft.parquet").to_pylist()}[flipped] == sft_before[flipped]
 
 
 def _tag(copy) -> str:
@@ -157,11 +159,14 @@ def test_bad_pair_decisions_are_clear_errors(copy, tmp_path):
     bad.write_text(f"id,decision\n{first},flip\n{first},reject\n")
     with pytest.raises(UserError, match="bad.csv:3: id .* again"):
         import_pair_review(copy, bad, "dana")
-    (tmp_path / "ok.csv").write_text(f"id,decision,export\n{first},reject,{_tag(copy)}\n")
+    tag = _tag(copy)
+    (tmp_path / "ok.csv").write_text(f"id,decision,export\n{first},reject,{tag}\n")
     import_pair_review(copy, tmp_path / "ok.csv", "dana")
-    bad.write_text(f"id,decision,export\n{first},flip,{_tag(copy)}\n")
-    with pytest.raises(UserError, match="was rejected by an earlier review"):
-        import_pair_review(copy, bad, "dana")
+    with pytest.raises(UserError, match="ok.csv: imported before as dana's decisions"):  # one person's decisions
+        import_pair_review(copy, tmp_path / "ok.csv", "kim")
+    (tmp_path / "again.csv").write_text(f"id,decision,export\n{first},flip,{tag}\n")
+    import_pair_review(copy, tmp_path / "again.csv", "dana")  # she changed her mind: the rejected pair is back
+    assert first in {p["id"] for p in pq.read_table(copy / "dpo.parquet").to_pylist()}
 
 
 def test_pair_review_cli(copy, tmp_path, capsys):
@@ -197,6 +202,11 @@ def test_a_pair_review_decided_in_the_page_trains_as_decided(copy, tmp_path):
                 before[ids[0]]["rejected"][0]["content"])
             assert first.locator('td[data-key="agreement"]').inner_text() == "consistent"
             first.locator('button[data-decision="flip"]').click()
+            first = page.locator("#rows tbody.item").first  # the flipped pair's texts say what they are now
+            assert first.locator('.block[data-key="chosen"] b').inner_text() == \
+                "chosen by the judge, now rejected (flipped)"
+            assert first.locator('.block[data-key="rejected"] b').inner_text() == \
+                "rejected by the judge, now chosen (flipped)"
             page.keyboard.press("j")
             page.keyboard.press("w")  # judge wrong, then reject (the cursor moves on)
             page.keyboard.press("r")
@@ -233,3 +243,104 @@ def test_the_prompt_review_refuses_a_preferences_directory(copy, tmp_path):
     assert fingerprint(copy) == before and {p.name for p in copy.glob("*.parquet")} >= {
         "dpo.parquet", "sft.parquet", "responses.parquet", "judgments.parquet", "pairs_skipped.parquet"}
 
+
+
+def _share_files(copy, tmp_path, decide: dict[str, dict[str, str]], capsys) -> tuple[list[str], dict]:
+    """Export shares for alice and bob with 3 pairs in both; write each share with `decide[name][overlap index]`
+    on the overlap and approve on the pairs of their own."""
+    assert main(["review", "export-pairs", str(copy), "--out", str(tmp_path / "r"), "--reviewers", "alice,bob",
+                 "--overlap", "3"]) == 0
+    assert "3 rows in every share" in capsys.readouterr().out
+    common = json.loads((tmp_path / "r" / "review.json").read_text())["overlap"]
+    shares = {}
+    for name in ("alice", "bob"):
+        rows = list(csv.DictReader(open(tmp_path / "r" / name / "review.csv", newline="")))
+        for r in rows:
+            r["decision"] = decide[name][str(common.index(r["id"]))] if r["id"] in common else "approve"
+        _marked(rows, tmp_path / f"{name}.csv")
+        shares[name] = rows
+    return common, shares
+
+
+def test_two_pair_reviewers_agreement_conflict_and_adjudicator(copy, tmp_path, capsys):
+    """Shares with 3 pairs in both: one flipped by both, one rejected by both, one in conflict (bob rejects, alice
+    approves). The conflict leaves the pair as the judge ranked it in dpo and sft (bob's rejection, imported
+    first, is undone); the adjudicator's decision settles it; kappa on the overlap in the manifest and card."""
+    from pilot_core.manifest import fingerprint
+
+    before = {p["id"]: p for p in pq.read_table(copy / "dpo.parquet").to_pylist()}
+    sft_before = {r["id"]: r for r in pq.read_table(copy / "sft.parquet").to_pylist()}
+    assert len(before) >= 3
+    (o1, o2, o3), _ = _share_files(copy, tmp_path, {"alice": {"0": "flip", "1": "approve", "2": "reject"},
+                                                    "bob": {"0": "flip", "1": "reject", "2": "reject"}}, capsys)
+
+    def split(name):  # what the trainer reads, by the prompt's last turn
+        return {(r["prompt"] if name == "dpo" else r["messages"][:-1])[-1]["content"]: r
+                for r in load_split(copy, name)[0]}
+
+    def prompt(i):
+        return before[i]["prompt"][-1]["content"]
+
+    assert main(["review", "import-pairs", str(copy), "--decisions", str(tmp_path / "bob.csv")]) == 0
+    assert prompt(o2) not in split("dpo") and prompt(o2) not in split("sft")  # bob alone: rejected
+    assert main(["review", "import-pairs", str(copy), "--decisions", str(tmp_path / "alice.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "alice: " in out and "1 in conflict with another reviewer" in out
+    dpo, sft = split("dpo"), split("sft")
+    assert dpo[prompt(o2)]["chosen"] == before[o2]["chosen"]  # the conflict: back as the judge ranked it
+    assert sft[prompt(o2)]["messages"] == sft_before[o2]["messages"]
+    assert dpo[prompt(o1)]["chosen"] == before[o1]["rejected"]  # both flipped: the reviewers' choice trains
+    assert sft[prompt(o1)]["messages"][-1]["content"] == before[o1]["rejected"][0]["content"]
+    assert prompt(o3) not in dpo and prompt(o3) not in sft  # both rejected
+    m = json.loads((copy / "manifest.json").read_text())["data"]
+    # by hand: alice (flip, approve, reject), bob (flip, reject, reject): p_o = 2/3; p_e = 1/3 * 1/3 (flip) +
+    # 1/3 * 0 (approve) + 1/3 * 2/3 (reject) = 1/3; kappa = (2/3 - 1/3) / (1 - 1/3) = 0.5
+    assert m["pair_review_state"]["agreement"] == [{"reviewers": ["alice", "bob"], "rows": 3, "agreed": 2,
+                                                    "kappa": 0.5}]
+    assert m["pair_review_state"]["conflicts"] == [{"id": o2, "votes": {"alice": "approve", "bob": "reject"}}]
+    assert "| alice / bob | 3 | 2 | 0.50 |" in (copy / "README.md").read_text()
+    assert main(["review", "conflicts", str(copy)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"{o2}\talice: approve, bob: reject"
+
+    fp = fingerprint(copy)  # the same file again: nothing changes
+    assert main(["review", "import-pairs", str(copy), "--decisions", str(tmp_path / "alice.csv")]) == 0
+    assert "imported before: nothing changed" in capsys.readouterr().out and fingerprint(copy) == fp
+
+    rows = [{**r, "decision": "reject" if r["id"] == o2 else "", "note": "both answers miss the point"
+             if r["id"] == o2 else ""} for r in csv.DictReader(open(tmp_path / "alice.csv", newline=""))]
+    _marked(rows, tmp_path / "carol.csv")
+    assert main(["review", "import-pairs", str(copy), "--decisions", str(tmp_path / "carol.csv"), "--adjudicator",
+                 "carol"]) == 0
+    assert prompt(o2) not in split("dpo") and prompt(o2) not in split("sft")
+    skipped = {s["id"]: s for s in pq.read_table(copy / "pairs_skipped.parquet").to_pylist()}
+    assert skipped[o2]["detail"].startswith("carol (adjudicator) at ") and "miss the point" in skipped[o2]["detail"]
+    m = json.loads((copy / "manifest.json").read_text())["data"]
+    assert m["pair_review_state"]["conflicts"] == [] and m["preferences"]["dpo"] == len(split("dpo"))
+    assert m["pair_review_state"]["adjudicated"] == [{"id": o2, "decision": "reject", "by": "carol", "note":
+                                                      "both answers miss the point",
+                                                      "votes": {"alice": "approve", "bob": "reject"}}]
+    assert f"- `{o2}`: carol decided reject (alice approve, bob reject)" in (copy / "README.md").read_text()
+    history = pq.read_table(copy / "pair_review_history.parquet").to_pylist()
+    assert [(h["reviewer"], h["role"], h["decision"]) for h in history if h["id"] == o2] == [
+        ("bob", "reviewer", "reject"), ("alice", "reviewer", "approve"), ("carol", "adjudicator", "reject")]
+
+
+def test_stale_or_wrong_pair_files_are_refused_with_nothing_written(copy, tmp_path, capsys):
+    from pilot_core.manifest import fingerprint
+
+    common, _ = _share_files(copy, tmp_path, {n: {"0": "approve", "1": "approve", "2": "reject"}
+                                              for n in ("alice", "bob")}, capsys)
+    assert main(["review", "import-pairs", str(copy), "--decisions", str(tmp_path / "alice.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "bob.csv", newline="")))
+    before = fingerprint(copy)
+    for tag, error in (("prompts@0123456789abcdef", "bob-x.csv:2: exported from a prompts review, not a pairs "
+                        "review"), ("pairs@0123456789abcdef", "bob-x.csv:2: exported from another version")):
+        _marked([{**r, "export": tag} for r in rows], tmp_path / "bob-x.csv")
+        capsys.readouterr()
+        assert main(["review", "import-pairs", str(copy), "--decisions", str(tmp_path / "bob-x.csv")]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and error in err, err
+    assert main(["review", "adjudicate", str(copy), "--id", common[0], "--decision", "swap", "--adjudicator",
+                 "carol"]) == 2
+    assert "--decision 'swap': use approve, reject or flip" in capsys.readouterr().err
+    assert fingerprint(copy) == before

@@ -136,3 +136,29 @@ def test_pilot_run_plan_starts_nothing(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nprompts: p.jsonl\n")
     assert main(["run", "--plan", "--config", str(bad)]) == 2
+
+
+def test_a_model_with_replicas_is_planned_at_their_combined_concurrency():
+    """Concurrency and the declared throughput are per replica: two replicas halve the hours; the rate limit is the
+    model's, whatever its replicas."""
+    from data_curation.preferences_config import Throughput
+    from flows.plan import endpoint_hours
+    from pilot_core.models.calls import ClientConfig
+
+    client, tp = ClientConfig(concurrency=4), Throughput(output_tokens_per_s=20.0, first_token_s=0.5)
+    one, _ = endpoint_hours(1000, 100, client, tp)
+    two, _ = endpoint_hours(1000, 100, client, tp, replicas=2)
+    assert one == pytest.approx(1000 * (0.5 + 100 / 20) / 4 / 3600) and two == pytest.approx(one / 2)
+    limited = ClientConfig(concurrency=4, requests_per_minute=60)
+    assert endpoint_hours(1000, 100, limited, tp, replicas=8)[0] == pytest.approx(1000 / 60 / 60)
+
+    cfg = prefs_cfg("/tmp/unused.sqlite", "screened").model_dump()
+    cfg["judge"]["model"]["url"] = ["http://judge-a.test/v1", "http://judge-b.test/v1"]
+    cfg["judge"]["throughput"] = {"output_tokens_per_s": 20.0}
+    from flows.plan import _preferences
+
+    lines = _preferences(PreferencesConfig.model_validate(cfg), 100, Assumptions(), None)
+    cfg["judge"]["model"]["url"] = "http://judge-a.test/v1"
+    single = _preferences(PreferencesConfig.model_validate(cfg), 100, Assumptions(), None)
+    judged = [(a.hours, b.hours) for a, b in zip(lines, single) if a.who == "judge"]
+    assert judged and all(a == pytest.approx(b / 2) for a, b in judged)

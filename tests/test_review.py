@@ -4,6 +4,7 @@ mark), import the decisions (rejected rows excluded with reason `review`, who/wh
 import csv
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -119,6 +120,7 @@ def test_a_review_decided_in_the_page_imports(copy, tmp_path):
             page.select_option("#filter-stratum", index=1)  # one whole stratum (of rejects), rejected at once
             whole = cells(page, "id")
             page.click("#all-reject")
+            page.click("#confirm-yes")
             page.select_option("#filter-stratum", "*")
             page.reload()  # decisions are kept in the browser as they are made
             page.select_option("#filter-decision", "reject")
@@ -280,13 +282,18 @@ def test_a_large_review_is_paged(tmp_path):
             n = sum(1 for r in rows if r["harm_tags"])
             assert page.locator("#page-info").inner_text().endswith(f"({n} matching)")
             page.click("#all-reject")
+            page.click("#confirm-yes")
             page.select_option("#filter-harm_tags", "*")
             for _ in range(PAGE_ROWS):  # the keyboard walks off the first page onto the second
                 page.keyboard.press("j")
             page.keyboard.press("a")
             assert page.locator("#page-info").inner_text().startswith("page 2 of")
+            assert page.locator("#page-info-top").inner_text() == page.locator("#page-info").inner_text()
             assert page.locator("#progress").inner_text() == f"decided {n + 1} / 5000 sampled"
             assert cells(page, "id")[0] == f"s:{PAGE_ROWS}"
+            page.click("#prev-top")  # the pager above the rows too
+            assert page.locator("#page-info").inner_text().startswith("page 1 of")
+            assert cells(page, "id")[0] == "s:0"
         finally:
             b.close()
 
@@ -326,8 +333,15 @@ def test_an_import_checks_the_kind_and_version_it_was_exported_from(copy, tmp_pa
     _write([{**kept[0], "decision": "reject"}], tmp_path / "first.csv")
     _write([{**kept[1], "decision": "reject"}], tmp_path / "second.csv")  # the same export, decided apart
     import_review(copy, tmp_path / "first.csv", "dana")
-    with pytest.raises(UserError, match=r"second.csv:2: exported from another version of .*; export again"):
-        import_review(copy, tmp_path / "second.csv", "kim")
+    assert import_review(copy, tmp_path / "second.csv", "kim")["rejected"] == 1  # decisions accumulate
+    # the directory changed by anything but a review import: every earlier export is stale
+    table = pq.read_table(copy / "prompts.parquet")
+    pq.write_table(table.slice(0, table.num_rows - 1), copy / "prompts.parquet")
+    _write([{**kept[2], "decision": "reject"}], tmp_path / "third.csv")
+    before = fingerprint(copy)
+    with pytest.raises(UserError, match=r"third.csv:2: exported from another version of .*; export again"):
+        import_review(copy, tmp_path / "third.csv", "lee")
+    assert fingerprint(copy) == before
 
 
 def test_spreadsheet_files_as_excel_saves_them(copy, tmp_path):
@@ -367,3 +381,192 @@ def test_an_approved_exclusion_comes_back_with_its_reviewer_and_note(copy, tmp_p
     m = json.loads((copy / "manifest.json").read_text())
     assert m["data"]["kept"] == len(kept) == sum(v["kept"] for v in m["data"]["per_source"].values())
     assert f"restored `{back['id']}`" in (copy / "README.md").read_text()
+
+
+def _cli(*args):
+    r = subprocess.run([sys.executable, "-m", "flows.cli", "review", *map(str, args)], cwd=REPO, capture_output=True,
+                       text=True)
+    return r.returncode, r.stdout, r.stderr
+
+
+def _where(directory) -> dict[str, str]:
+    """Each row's table: kept (prompts.parquet) or the excluded row's stage."""
+    out = {r["id"]: "kept" for r in pq.read_table(directory / "prompts.parquet", columns=["id"]).to_pylist()}
+    return out | {r["id"]: r["stage"] for r in pq.read_table(directory / "excluded.parquet",
+                                                              columns=["id", "stage"]).to_pylist()}
+
+
+def _shares(copy, tmp_path, overlap=8):
+    """Export shares for alice and bob; decide the overlap: both approve p1, alice approves p2, bob approves p3
+    (p1-p3: rows that can be approved, excluded ones first), both reject the rest; alice rejects one kept row of
+    her own share and bob approves one of his."""
+    code, out, err = _cli("export", copy, "--out", tmp_path / "r", "--per-stratum", 2, "--rejects-per-reason", 1,
+                          "--reviewers", "alice,bob", "--overlap", overlap)
+    assert code == 0 and "in shares for alice" in out and f"{overlap} rows in every share" in out, err
+    shares = {n: list(csv.DictReader(open(tmp_path / "r" / n / "review.csv", newline=""))) for n in ("alice", "bob")}
+    common = set(json.loads((tmp_path / "r" / "review.json").read_text())["overlap"])
+    assert len(common) == overlap and all(common <= {r["id"] for r in s} for s in shares.values())
+    assert {r["reviewer"] for r in shares["alice"]} == {"alice"}
+    rows = {r["id"]: r for r in shares["alice"]}
+    able = sorted((i for i in common if rows[i]["stage"] != "load"), key=lambda i: (rows[i]["set"] == "kept", i))
+    p1, p2, p3 = able[:3]
+    for name, mine in (("alice", (p1, p2)), ("bob", (p1, p3))):
+        for r in shares[name]:
+            r["decision"] = ("approve" if r["id"] in mine else "reject") if r["id"] in common else ""
+        own = next(r for r in shares[name] if r["id"] not in common and r["set"] == "kept")
+        own["decision"], own["note"] = ("reject", "off-topic") if name == "alice" else ("approve", "")
+        _write(shares[name], tmp_path / f"{name}.csv")
+    return p1, p2, p3, common, {n: next(r["id"] for r in s if r["id"] not in common and r["decision"])
+                                 for n, s in shares.items()}
+
+
+def test_two_reviewers_with_an_overlap_conflicts_and_an_adjudicator(copy, tmp_path):
+    """Shares with an overlap, both imported (kappa on the overlap in the manifest and the card), the conflicts
+    listed and left as they were, one settled by an adjudicator; the dataset holds exactly the settled decisions."""
+    from datasets import load_from_disk
+
+    from pilot_core.manifest import fingerprint
+
+    before = _where(copy)
+    p1, p2, p3, common, own = _shares(copy, tmp_path)
+    for name in ("alice", "bob"):
+        code, out, err = _cli("import", copy, "--decisions", tmp_path / f"{name}.csv")
+        assert code == 0 and out.startswith(f"{copy}: {name}: "), err
+    assert "2 in conflict with another reviewer" in out
+    # idempotent: the same file again changes nothing
+    fp = fingerprint(copy)
+    code, out, _ = _cli("import", copy, "--decisions", tmp_path / "alice.csv")
+    assert code == 0 and "imported before: nothing changed" in out and fingerprint(copy) == fp
+    code, out, _ = _cli("conflicts", copy)
+    lines = out.splitlines()
+    assert code == 0 and sorted(lines[:-1]) == sorted([f"{p2}\talice: approve, bob: reject",
+                                                       f"{p3}\talice: reject, bob: approve"])
+    assert lines[-1] == f"{copy}: 2 prompts conflict(s) (settle each with `pilot review adjudicate`)"
+    now = _where(copy)
+    assert now[p2] == before[p2] and now[p3] == before[p3]  # conflicts: not applied
+    assert now[p1] == "kept" and now[own["alice"]] == "review" and now[own["bob"]] == "kept"
+    assert all(now[i] == ("review" if before[i] == "kept" else before[i]) for i in common - {p1, p2, p3})
+    # kappa on the 8 overlap rows, by hand: both approve 1, one each 1 + 1, both reject 5: p_o = 6/8,
+    # p_e = (2/8)(2/8) + (6/8)(6/8) = 40/64, kappa = (48/64 - 40/64) / (24/64) = 1/3
+    m = json.loads((copy / "manifest.json").read_text())["data"]
+    assert m["review_state"]["agreement"] == [{"reviewers": ["alice", "bob"], "rows": 8, "agreed": 6,
+                                               "kappa": pytest.approx(1 / 3, abs=1e-4)}]
+    card = (copy / "README.md").read_text()
+    assert "| alice / bob | 8 | 6 | 0.33 |" in card and f"- `{p2}`: alice approve, bob reject" in card
+
+    code, out, err = _cli("adjudicate", copy, "--id", p2, "--decision", "approve", "--adjudicator", "carol",
+                          "--note", "fine as it is")
+    assert code == 0 and f"{p2}: carol decided approve" in out, err
+    now = _where(copy)
+    assert now[p2] == "kept" and now[p3] == before[p3]
+    code, out, _ = _cli("conflicts", copy)
+    assert out.splitlines()[0] == f"{p3}\talice: reject, bob: approve"
+    card = (copy / "README.md").read_text()
+    assert f"- `{p2}`: carol decided approve (alice approve, bob reject): fine as it is" in card
+    assert card.count("<!-- prompts-reviewers -->") == 1
+    m = json.loads((copy / "manifest.json").read_text())["data"]
+    assert m["kept"] == sum(v["kept"] for v in m["per_source"].values()) == sum(v == "kept" for v in now.values())
+    history = pq.read_table(copy / "review_history.parquet").to_pylist()
+    decided = {n: sum(bool(r["decision"]) for r in csv.DictReader(open(tmp_path / f"{n}.csv")))
+               for n in ("alice", "bob")}
+    assert [sum(h["reviewer"] == n for h in history) for n in ("alice", "bob", "carol")] == [*decided.values(), 1]
+    assert {h["role"] for h in history if h["reviewer"] == "carol"} == {"adjudicator"}
+    assert {r["id"] for r in load_from_disk(str(copy / "dataset"))["prompts"]} == {i for i, t in now.items()
+                                                                                   if t == "kept"}
+
+
+def test_imports_accumulate_in_any_order(dataset, tmp_path):
+    """alice then bob, or bob then alice: the same rows kept, the same exclusions."""
+    placed = []
+    for order in (("alice", "bob"), ("bob", "alice")):
+        d = tmp_path / "-".join(order) / "v1"
+        shutil.copytree(dataset, d)
+        _shares(d, d.parent)
+        for name in order:
+            import_review(d, d.parent / f"{name}.csv")
+        placed.append(_where(d))
+    assert placed[0] == placed[1]
+
+
+def test_wrong_or_stale_files_are_refused_and_nothing_is_written(copy, tmp_path):
+    """After shares were imported: a file of a pair review, of another version, of someone else's share: exit 2,
+    one line naming the file and line, the directory unchanged."""
+    from pilot_core.manifest import fingerprint
+
+    _shares(copy, tmp_path)
+    assert _cli("import", copy, "--decisions", tmp_path / "alice.csv")[0] == 0
+    rows = list(csv.DictReader(open(tmp_path / "bob.csv", newline="")))
+    cases = {"pairs@0123456789abcdef": r"bob-x.csv:2: exported from a pairs review, not a prompts review",
+             "prompts@0123456789abcdef": r"bob-x.csv:2: exported from another version of .*; export again"}
+    before = fingerprint(copy)
+    for tag, error in cases.items():
+        _write([{**r, "export": tag} for r in rows], tmp_path / "bob-x.csv")
+        code, out, err = _cli("import", copy, "--decisions", tmp_path / "bob-x.csv")
+        assert code == 2 and len(err.strip().splitlines()) == 1, (out, err)
+        assert re.search(error, err), err
+    code, _, err = _cli("import", copy, "--decisions", tmp_path / "bob.csv", "--reviewer", "alice")
+    assert code == 2 and "bob.csv:2: this row is bob's share, not alice's" in err
+    code, _, err = _cli("adjudicate", copy, "--id", "nope", "--decision", "approve", "--adjudicator", "carol")
+    assert code == 2 and "--id 'nope': no reviewer has decided this row" in err
+    assert fingerprint(copy) == before
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+def test_the_page_gives_the_keys_back_confirms_bulk_actions_undoes_them_and_says_why(dataset, tmp_path):
+    """After picking a filter the next key decides a row (not the filter); "reject all matching" asks first (saying
+    when no filter narrows it to the whole sample), can be cancelled and undone; each row says why it was kept or
+    excluded."""
+    from playwright.sync_api import sync_playwright
+
+    export_review(dataset, tmp_path / "review", per_stratum=3, rejects_per_reason=1)
+    rows = list(csv.DictReader(open(tmp_path / "review" / "review.csv", newline="")))
+    assert all(r["why"].startswith("passed every filter") for r in rows if r["set"] == "kept")
+    assert all(r["why"].startswith(f"{r['stage']}: {r['reason']}") for r in rows if r["set"] == "excluded")
+    with sync_playwright() as p:
+        b = browser(p)
+        try:
+            page = b.new_page()
+            page.goto((tmp_path / "review" / "review.html").as_uri())
+            assert cells(page, "why") == [r["why"] for r in rows]
+            page.focus("#filter-set")
+            page.select_option("#filter-set", "kept")
+            page.keyboard.press("a")  # decides the first kept row; the filter keeps its value
+            assert page.locator("#filter-set").input_value() == "kept"
+            kept = [r["id"] for r in rows if r["set"] == "kept"]
+            page.select_option("#filter-decision", "approve")
+            assert cells(page, "id") == [kept[0]]
+            page.select_option("#filter-decision", "*")
+            page.click("#all-reject")
+            assert page.locator("#confirm-text").inner_text() == f"reject all {len(kept)} matching rows?"
+            page.click("#confirm-no")
+            assert page.locator("#progress").inner_text() == f"decided 1 / {len(rows)} sampled"
+            page.click("#all-reject")
+            page.keyboard.press("Enter")
+            assert page.locator("#progress").inner_text() == f"decided {len(kept)} / {len(rows)} sampled"
+            page.select_option("#filter-set", "*")
+            page.click("#all-approve")
+            assert page.locator("#confirm-text").inner_text() == (f"approve all {len(rows)} matching rows (no filter: "
+                                                                  "every row of the sample)?")
+            page.keyboard.press("Escape")
+            assert page.locator("#confirm").is_hidden()
+            assert page.locator("#undo").inner_text() == f"undo: reject {len(kept)} rows"
+            page.click("#undo")  # back to one approved row
+            page.select_option("#filter-decision", "approve")
+            assert cells(page, "id") == [kept[0]]
+            page.select_option("#filter-decision", "reject")
+            assert cells(page, "id") == [] and page.locator("#undo").is_disabled()
+        finally:
+            b.close()
+
+
+def test_two_reviewers_importing_at_once_lose_nothing(copy, tmp_path):
+    """Both imports start together; the second waits for the first, so both reviewers' decisions are kept."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _shares(copy, tmp_path)
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda n: import_review(copy, tmp_path / f"{n}.csv"), ("alice", "bob")))
+    history = pq.read_table(copy / "review_history.parquet").to_pylist()
+    for name in ("alice", "bob"):
+        decided = sum(bool(r["decision"]) for r in csv.DictReader(open(tmp_path / f"{name}.csv")))
+        assert sum(h["reviewer"] == name for h in history) == decided

@@ -193,6 +193,37 @@ def test_errors_in_openai_shape_auth_limits_health(server, client):
     assert server.health()["status"] == "ok"
 
 
+def test_metrics_count_what_was_served(server, client):
+    """/metrics (Prometheus' text format, no key needed, as vLLM's): requests, answers, tokens and switches move by
+    what the server answered, streamed or not; the queue and running gauges are back at 0."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def scrape():
+        text = httpx.get(server.url.removesuffix("/v1") + "/metrics").text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    before = scrape()
+    whole = chat(client, PROMPTS[1], n=2)
+    streamed = list(chat(client, PROMPTS[2], stream=True, stream_options={"include_usage": True}))
+    after = scrape()
+
+    def moved(name, *labels):
+        return after[(name, labels)] - before.get((name, labels), 0)
+
+    assert moved("pilot:requests_total", ("outcome", "ok")) == 2
+    assert moved("pilot:request_success_total", ("finished_reason", "stop")) + moved(
+        "pilot:request_success_total", ("finished_reason", "length")) == 3
+    usage = streamed[-1].usage
+    assert moved("pilot:generation_tokens_total") == whole.usage.completion_tokens + usage.completion_tokens
+    assert moved("pilot:prompt_tokens_total") == 2 * whole.usage.prompt_tokens + usage.prompt_tokens  # per answer
+    switched = sum(bool(c.model_extra["wsd"]["switched"]) for c in whole.choices) + bool(
+        [c for c in streamed if c.choices][-1].choices[0].model_extra["wsd"]["switched"])
+    assert moved("pilot:wsd_answers_total") == 3 and moved("pilot:wsd_switched_total") == switched
+    assert 0 <= after[("pilot:switch_rate", ())] <= 1
+    assert after[("pilot:num_requests_waiting", ())] == after[("pilot:num_requests_running", ())] == 0
+
+
 def test_a_client_that_goes_away_mid_stream_stops_its_answer(server, client):
     before = server.health()["cancelled"]
     with chat(client, LONG, max_tokens=3000, stream=True) as stream:
@@ -209,8 +240,10 @@ def test_a_client_that_goes_away_mid_stream_stops_its_answer(server, client):
 
 
 def test_sigterm_finishes_the_requests_in_flight_and_the_limit_holds(pair_same):
+    """Three long answers in flight, in batches of two, at least one waiting in a queue of three; SIGTERM lets
+    all three finish."""
     with WSDServer(["--pilot", str(pair_same[0]), "--base", str(pair_same[1]), *DECODING, "--max-new-tokens",
-                    "400", "--batch-size", "2", "--max-concurrent-requests", "4"]) as s:
+                    "400", "--batch-size", "2", "--max-queue", "3"]) as s:
         c = openai.OpenAI(base_url=s.url, api_key="none", max_retries=0)
         results, errors = [], []
 
@@ -226,11 +259,12 @@ def test_sigterm_finishes_the_requests_in_flight_and_the_limit_holds(pair_same):
         deadline = time.monotonic() + 60
         while s.health()["in_flight"] < 3 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert s.health()["in_flight"] == 3
-        with pytest.raises(openai.RateLimitError):  # 3 + 2 answers: over the limit of 4 in flight; retry later
-            chat(c, "Hi", n=2)
-        with pytest.raises(openai.BadRequestError, match="over the server's limit of 4"):  # never admissible
-            chat(c, "Hi", n=5)
+        assert s.health()["in_flight"] == 3 and s.health()["waiting"] >= 1  # 1 or 2: the first batch may hold 1
+        with pytest.raises(openai.RateLimitError) as full:  # 1 + 3 answers waiting: over the queue of 3; retry later
+            chat(c, "Hi", n=3)
+        assert int(full.value.response.headers["retry-after"]) >= 1
+        with pytest.raises(openai.BadRequestError, match="over the server's queue of 3"):  # never admissible
+            chat(c, "Hi", n=4)
         assert s.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
         for t in threads:
             t.join()
@@ -238,3 +272,184 @@ def test_sigterm_finishes_the_requests_in_flight_and_the_limit_holds(pair_same):
         assert all(r.usage.completion_tokens == 400 for r in results)  # finished, not cut
         with pytest.raises(openai.APIConnectionError):
             chat(c, "Hi")
+
+
+# ------------------------------------------------------------------------------ admission (issue #44 item 3)
+# The app in this process over an in-process backend whose method is a stand-in: its first batch holds the engine
+# until released, so what waits, in which order it runs, what a full queue and a timeout answer are deterministic.
+class Letters:
+    """A tokenizer stand-in: one token per character."""
+
+    bos_token = None
+
+    def __call__(self, text, add_special_tokens=False):
+        return type("Enc", (), {"input_ids": [ord(c) for c in text]})()
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(map(chr, ids))
+
+
+class Held:
+    """A method stand-in: answers "answer to <prompt>", records the order it decoded prompts in, and holds the
+    engine in its first batch until `release`."""
+
+    def __init__(self):
+        self.order, self.hold = [], threading.Event()
+
+    def watched(self, models, recs, cfg, watch):
+        from pilot_core.method_record import MethodRecord, WSDTrace
+
+        first = not self.order
+        self.order += [r.messages[-1]["content"] for r in recs]
+        if first:
+            self.hold.wait(30)
+        return [MethodRecord(r.id, "wsd", f"answer to {r.messages[-1]['content']}", 0.0, {}, pilot_tokens=5,
+                             base_tokens=2, trace=WSDTrace("ab", 1, True, 2, [0.9])) for r in recs]
+
+
+def held_app(max_queue=4, timeout_s=30.0):
+    from types import SimpleNamespace
+
+    from wsd_inference.api.protocol import ServerLimits
+    from wsd_inference.api.router import create_app
+    from wsd_inference.config import WSDConfig
+    from wsd_inference.serving import JobQueue, LocalBackend
+
+    method = Held()
+    backend = LocalBackend(method, SimpleNamespace(base=SimpleNamespace(tokenizer=Letters()), pilot=None), 1,
+                           queue=JobQueue(max_queue))
+    cfg = WSDConfig(max_new_tokens=8, temperature=0.0)
+    app = create_app(backend, cfg, "wsd", ServerLimits(max_tokens=8, request_timeout_s=timeout_s,
+                                                       default_temperature=0.0))
+    return app, backend, method
+
+
+async def _until(cond, timeout_s=10.0):
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def test_priority_first_come_first_served_a_full_queue_429_and_metrics():
+    """Held engine: six requests queue behind the one it decodes; released, they run by priority (lower first,
+    vLLM's convention), in arrival order within a priority. A request that does not fit the queue gets a 429 with
+    Retry-After (the openai SDK, not retrying, raises RateLimitError); one that could never fit, a 400. /metrics
+    parses with Prometheus' own parser and counts what was served."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    app, backend, method = held_app(max_queue=5)
+
+    async def go():
+        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://wsd")
+        client = openai.AsyncOpenAI(base_url="http://wsd/v1", api_key="none", max_retries=0, http_client=http)
+
+        def ask(text, priority=None):
+            extra = {} if priority is None else {"extra_body": {"priority": priority}}
+            return client.chat.completions.create(model="wsd", messages=[{"role": "user", "content": text}],
+                                                  **extra)
+
+        first = asyncio.ensure_future(ask("hold"))
+        await _until(lambda: backend.running == 1)
+        assert (await http.get("/health")).json()["running"] == 1
+        waiting = []
+        for text, priority in (("b", None), ("c", 1), ("d", -1), ("e", 0), ("f", 1)):
+            waiting.append(asyncio.ensure_future(ask(text, priority)))
+            await _until(lambda: len(backend.queue) == len(waiting))  # arrival order is send order
+        with pytest.raises(openai.RateLimitError) as full:
+            await ask("g")
+        never = await http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "h"}],
+                                                              "n": 6})
+        metrics_held = (await http.get("/metrics")).text
+        method.hold.set()
+        answers = await asyncio.gather(first, *waiting)
+        scraped = await http.get("/metrics")
+        openmetrics = await http.get("/metrics", headers={"accept": "application/openmetrics-text; version=1.0.0"})
+        await http.aclose()
+        await backend.close()
+        assert scraped.headers["content-type"].startswith("text/plain; version=0.0.4")  # Prometheus' text format
+        assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+        assert openmetrics.text.endswith("# EOF\n")  # a scraper that asks for OpenMetrics gets it, as from vLLM
+        return full.value, never, answers, metrics_held, scraped.text
+
+    full, never, answers, metrics_held, metrics = asyncio.run(go())
+    assert method.order == ["hold", "d", "b", "e", "c", "f"]
+    assert full.status_code == 429 and int(full.response.headers["retry-after"]) >= 1
+    assert full.body["code"] == "rate_limit_exceeded" and "5 answers are waiting" in full.body["message"]
+    assert never.status_code == 400 and never.json()["error"]["param"] == "n"
+    assert [a.choices[0].message.content for a in answers] == [f"answer to {t}" for t in "hold b c d e f".split()]
+
+    def values(text):
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    held, m = values(metrics_held), values(metrics)
+    assert held[("pilot:num_requests_waiting", ())] == 5 and held[("pilot:num_requests_running", ())] == 1
+    assert held[("pilot:batch_occupancy", ())] == 1.0
+    assert m[("pilot:requests_total", (("outcome", "ok"),))] == 6
+    assert m[("pilot:requests_total", (("outcome", "rejected"),))] == 1
+    assert m[("pilot:requests_total", (("outcome", "invalid"),))] == 1
+    assert m[("pilot:num_requests_waiting", ())] == 0 and m[("pilot:num_requests_running", ())] == 0
+    assert m[("pilot:generation_tokens_total", ())] == sum(a.usage.completion_tokens for a in answers) == 6 * 4
+    assert m[("pilot:prompt_tokens_total", ())] == sum(a.usage.prompt_tokens for a in answers)
+    assert m[("pilot:request_success_total", (("finished_reason", "stop"),))] == 6
+    assert m[("pilot:wsd_answers_total", ())] == 6 and m[("pilot:switch_rate", ())] == 1.0
+    assert m[("pilot:draft_tokens_total", ())] == 30 and m[("pilot:e2e_request_latency_seconds_count", ())] == 6
+
+
+def test_a_request_that_outlives_its_timeout_gets_a_504_waiting_or_running():
+    """The timeout counts from admission: a request still waiting behind a held engine is answered 504 and leaves
+    the queue (it never runs); the one held past its time too."""
+    app, backend, method = held_app(timeout_s=0.5)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://wsd") as http:
+            def ask(text):
+                return http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": text}]})
+
+            held = asyncio.ensure_future(ask("hold"))
+            await _until(lambda: backend.running == 1)
+            waiting = await ask("late")
+            assert len(backend.queue) == 0  # it left the queue
+            running = await held
+            method.hold.set()
+            await backend.close()
+            return waiting, running, (await http.get("/metrics")).text
+
+    waiting, running, metrics = asyncio.run(go())
+    for r in (waiting, running):
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+    assert "still waiting in the queue" in waiting.json()["error"]["message"]
+    assert method.order == ["hold"]  # the late one never ran
+    assert 'pilot:requests_total{outcome="timeout"} 2.0' in metrics
+
+
+def test_the_queue_takes_by_priority_then_arrival_and_no_batch_passes_a_waiting_answer():
+    """A batch is the head of the queue (lowest priority number, then the earliest) and the answers right behind
+    it that share its settings: one with other settings is not passed by later ones, so it runs next. A request's
+    answers go in all or none."""
+    from pilot_core.prompts import PromptRecord
+    from wsd_inference.config import WSDConfig
+    from wsd_inference.serving import Job, JobQueue, QueueFull
+
+    short, long = WSDConfig(max_new_tokens=8), WSDConfig(max_new_tokens=16)
+    q = JobQueue(6)
+
+    def job(name, cfg=short, priority=0):
+        return Job(PromptRecord(name, ({"role": "user", "content": name},)), cfg, priority=priority)
+
+    q.put([job("a"), job("b", long), job("c")])
+    q.put([job("d", priority=1), job("e", priority=-1)])
+    with pytest.raises(QueueFull):
+        q.put([job("f"), job("g")])  # 5 + 2 over the bound of 6: neither goes in
+    assert len(q) == 5
+
+    def names(batch):
+        return [j.rec.id for j in batch]
+
+    def key(j):
+        return j.batch_key
+
+    assert names(q.take(4, key)) == ["e", "a"]  # b (other settings) stops the batch: c does not pass it
+    assert names(q.take(4, key)) == ["b"]
+    assert names(q.take(1, key)) == ["c"] and names(q.take(4, key)) == ["d"] and q.take(4, key) == []

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import httpx
 import pytest
 import torch
 
@@ -82,9 +83,70 @@ def test_server_path_equals_in_process(vllm_servers, local, base, threshold, pil
     for w, g in zip(want, got):
         assert {k: g.to_json()[k] for k in DECISIONS} == {k: w.to_json()[k] for k in DECISIONS}, w.id
         assert g.wsd.kept_draft_tokens + g.base_tokens <= 40
-    if threshold == 0.0:  # the pilot's stream is closed at the first check: drafting stops at the switch (a
-        # chunk of merged tokens can carry the count past the check)
-        assert all(cfg.chunk_size <= g.pilot_tokens < cfg.max_draft_tokens for g in got if g.wsd.switched)
+    # one scoring request per drafted answer (the draft scored once, when finished or at the budget)
+    assert all(g.calls.base_scoring_requests == (g.wsd.switch_index is not None) for g in got)
+
+
+def _vllm_prompt_tokens(url: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with httpx.Client() as c:
+        text = c.get(url.removesuffix("/v1") + "/metrics", timeout=10).text
+    return sum(s.value for f in text_string_to_metric_families(text) if f.name == "vllm:prompt_tokens"
+               for s in f.samples if s.name.endswith("_total"))
+
+
+def test_a_draft_scored_once_asks_fewer_requests_with_the_same_answers(vllm_servers, local):
+    """Issue #44 item 2 on real servers: the draft scored once (the default) and at 8, 16, 32, ... (before) give the
+    in-process answers; once asks one scoring request per drafted answer and fewer requests and prompt tokens in
+    all; each record's count is what reached the server: the requests a counting proxy in front of the vLLM base
+    saw, the prompt tokens vLLM's own metrics counted; the continuation's prompt is reusable (a prefix of the
+    scoring request's: vLLM's automatic prefix caching, on by default, keeps it in whole KV blocks)."""
+    from .fault_proxy import FaultProxy
+
+    pilot, base_m = local["pilot"], local["base-different"]
+    cfg = WSDConfig(window=3, threshold=median_max_window(pilot, base_m, 3), max_draft_tokens=24, max_new_tokens=40,
+                    batch_size=4)
+    want = list(wsd_generate(pilot, base_m, RECS, cfg))
+    url = vllm_servers["base-different"].url
+
+    def run(scoring):
+        async def go():
+            p, s = OpenAIServer(vllm_servers["pilot"].url, "pilot"), OpenAIServer(proxy.url, "base-different")
+            try:
+                # the config key `pilot wsd serve --draft-scoring` sets
+                return await served_group(METHODS["wsd"], ServedModels(ServedModel(s, base_m.tokenizer), p), RECS,
+                                          cfg.model_copy(update={"draft_scoring": scoring}))
+            finally:
+                await s.close()
+                await p.close()
+
+        with FaultProxy(url.removesuffix("/v1"), rate=0.0) as proxy:
+            before, pilot_before = _vllm_prompt_tokens(url), _vllm_prompt_tokens(vllm_servers["pilot"].url)
+            got = remote(go)
+            pilot_prompts[scoring] = _vllm_prompt_tokens(vllm_servers["pilot"].url) - pilot_before
+            return got, proxy.requests, _vllm_prompt_tokens(url) - before
+
+    figures, pilot_prompts = {}, {}
+    for scoring in ("doubling", "once"):
+        got, requests, prompt_tokens = run(scoring)
+        for w, g in zip(want, got):
+            assert {k: g.to_json()[k] for k in DECISIONS} == {k: w.to_json()[k] for k in DECISIONS}, (scoring, w.id)
+        assert requests == sum(g.calls.base_requests for g in got)
+        assert prompt_tokens == sum(g.calls.base_prefill_tokens for g in got)
+        figures[scoring] = got, requests, prompt_tokens
+    once, doubling = figures["once"][0], figures["doubling"][0]
+    # the pilot's prompt tokens: its server's usage, as its own metrics count them (once, every draft streams to its
+    # end; doubling closes a stream at the switch, before its usage: None there)
+    assert pilot_prompts["once"] == sum(g.calls.pilot_prefill_tokens for g in once) > 0
+    assert all(g.calls.pilot_prefill_tokens in (None, o.calls.pilot_prefill_tokens) for g, o in zip(doubling, once))
+    assert all(g.calls.base_scoring_requests == (g.wsd.switch_index is not None) for g in once)
+    for g in once:  # the continuation's prompt is all reusable, no longer than the scoring prompt it prefixes
+        c = g.calls
+        if c.base_scoring_requests and c.base_requests > c.base_scoring_requests:
+            assert 0 < c.base_reusable_tokens <= c.base_prefill_tokens - c.base_reusable_tokens
+    assert figures["once"][1] < figures["doubling"][1] and figures["once"][2] < figures["doubling"][2]
+    assert sum(g.calls.base_scoring_requests for g in once) < sum(g.calls.base_scoring_requests for g in doubling)
 
 
 def _spec_metrics(url: str) -> dict[str, float]:
@@ -191,6 +253,9 @@ def test_cli_with_servers(vllm_servers, pair_same, pair_different, tmp_path):
         [{k: x[k] for k in DECISIONS} for x in b]
     assert "".join(streamed) == b[0]["response"]
     assert len(streamed) > 1 or b[0]["base_tokens"] < 3
+    # each answer's requests and tokens, as the server counted them, are generate's: one scoring request per draft
+    assert [w.choices[0].model_extra["wsd"]["calls"] for w in whole] == [x["calls"] for x in b]
+    assert all(x["calls"]["base_scoring_requests"] == (x["switch_index"] is not None) for x in b)
 
 
 @pytest.mark.parametrize("method", ["base_only", "urial"])

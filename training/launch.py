@@ -1,8 +1,9 @@
 """Distribution presets chosen by name (configs/deepspeed/<name>.json) and the multi-process launch.
 
 `pilot train --distributed zero3 --nproc 2` writes the resolved config next to the run and starts
-`torchrun --nproc_per_node 2 -m training.worker RUN.json` (or `accelerate launch`); each worker initialises
-deepspeed.comm before loading the model (ZeRO-3 partitions it at load). On CPU the backend is gloo."""
+`torchrun --nproc_per_node 2 -m training.worker RUN.json` (or `accelerate launch`; or, with `--launcher ray`,
+Ray Train workers on a cluster: training.ray_launch); each worker initialises deepspeed.comm before loading the
+model (ZeRO-3 partitions it at load). On CPU the backend is gloo."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pydantic import field_validator
 
 from pilot_core.config import BaseConfig
 from pilot_core.errors import JobFailed, UserError
-from pilot_core.processes import LAUNCHED_BY, die_with_parent
+from pilot_core.processes import LAUNCHED_BY, die_with_parent, free_port
 
 PRESETS = Path(__file__).resolve().parent.parent / "configs" / "deepspeed"
 
@@ -41,15 +42,6 @@ def load_preset(name: str, presets: Path = PRESETS) -> dict:
     except Exception as e:  # pydantic ValidationError: unknown key, bad stage
         raise UserError(f"{path}: invalid zero_optimization: {str(e).splitlines()[0:3]}") from None
     return cfg
-
-
-def free_port() -> int:
-    """A port nothing listens on now, for the workers' rendezvous: two runs on one node never share one."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(cfg_json: Path, nproc: int, launcher: str = "torchrun", port: int | None = None,
@@ -78,14 +70,22 @@ def launch(cfg_json: Path, nproc: int, launcher: str = "torchrun", port: int | N
                         "from the last checkpoint")
 
 
-def train_distributed(cfg, preset: str, nproc: int, launcher: str = "torchrun") -> dict[str, Path]:
-    """Check the input in this process, write the run file, then train on `nproc` processes with a preset."""
+def train_distributed(cfg, preset: str, nproc: int, launcher: str = "torchrun",
+                      storage: str | None = None) -> dict[str, Path]:
+    """Check the input in this process, write the run file, then train on `nproc` processes with a preset
+    (launcher ray: on a Ray cluster, checkpoints kept on `storage` too; see training.ray_launch)."""
     import torch
 
     from pilot_core.atomic import atomic_write_text
     from training.train import preflight
 
     ds = load_preset(preset)
+    if launcher == "ray":
+        from training.ray_launch import require_ray, train_on_ray
+
+        require_ray()  # a missing extra or an address where no cluster answers: said before the slower checks
+        preflight(cfg)
+        return train_on_ray(cfg, ds, nproc, storage)
     preflight(cfg)  # bad input fails here, before any process starts
     run_file = Path(cfg.output_dir) / f"launch-{preset}.json"
     atomic_write_text(run_file, json.dumps({"config": cfg.model_dump(mode="json"), "deepspeed": ds,

@@ -116,8 +116,10 @@ def _complete(c: Path) -> bool:
     return state.get("global_step") == int(c.name.split("-")[-1])
 
 
-def train_stage(cfg: TrainConfig, stage: str, start: str, deepspeed: dict | None = None) -> Path:
-    """Train `stage` from the model at `start`; returns <output_dir>/<stage>/final."""
+def train_stage(cfg: TrainConfig, stage: str, start: str, deepspeed: dict | None = None,
+                callbacks: list | None = None) -> Path:
+    """Train `stage` from the model at `start` (`callbacks`: transformers TrainerCallbacks added to the trainer's);
+    returns <output_dir>/<stage>/final."""
     from transformers import set_seed
 
     from pilot_core.models.loading import check_head, load_config, load_weights
@@ -151,12 +153,13 @@ def train_stage(cfg: TrainConfig, stage: str, start: str, deepspeed: dict | None
     if stage == "sft":
         from trl import SFTTrainer
 
-        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft,
+                             callbacks=callbacks)
     else:
         from trl import DPOTrainer
 
         trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=data, processing_class=tok,
-                             peft_config=peft)
+                             peft_config=peft, callbacks=callbacks)
     if args.process_index == 0:
         drop_incomplete(out)  # a checkpoint a kill cut short would make the trainer fail to resume
     trainer.accelerator.wait_for_everyone()
@@ -243,12 +246,13 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def train(cfg: TrainConfig, deepspeed: dict | None = None) -> dict[str, Path]:
-    """Run the configured stages in order; DPO starts from the SFT output when both run."""
+def train(cfg: TrainConfig, deepspeed: dict | None = None, callbacks: list | None = None) -> dict[str, Path]:
+    """Run the configured stages in order; DPO starts from the SFT output when both run. `callbacks`: added to each
+    stage's trainer (Ray Train's worker reports checkpoints so)."""
     start = cfg.model.local_path()
     outs = {}
     for stage in cfg.stages:
-        outs[stage] = train_stage(cfg, stage, start, deepspeed)
+        outs[stage] = train_stage(cfg, stage, start, deepspeed, callbacks)
         start = str(outs[stage])
         if cfg.lora and stage != cfg.stages[-1]:  # the next stage trains a fresh adapter on the merged model
             from training.merge import merged

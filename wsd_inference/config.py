@@ -130,6 +130,12 @@ class WSDConfig(BaseConfig):
     max_new_tokens: int = Field(2048, ge=1, description="total budget in base tokens: kept draft + continuation")
     batch_size: int = Field(8, ge=1, description="prompts decoded together")
     chunk_size: int = Field(8, ge=1, description="draft tokens scored per base forward pass (online engine)")
+    draft_scoring: Literal["once", "doubling"] = Field("once", description="a served base (online WSD): when it "
+                                                       "scores the draft, with the same answers either way; once: "
+                                                       "when the draft is finished or fills the budget (one "
+                                                       "request; the continuation reuses the server's prefix "
+                                                       "cache); doubling: at chunk_size, 2x, 4x ... draft tokens "
+                                                       "(the pilot stops nearer the switch, more prefills)")
     temperature: float = Field(0.0, ge=0.0, description="0 = greedy (the paper); > 0 samples, seeded")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int = 0
@@ -157,6 +163,15 @@ class WSDConfig(BaseConfig):
     def served_seed(self, key: str) -> int | None:
         """The server-side sampling seed of a prompt (none when decoding greedily)."""
         return self.prompt_seed(key) if self.temperature > 0 else None
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        """At its default, `draft_scoring` is left out of the dump (so of the hashes and the settings a resumed
+        output is checked against, which were made without it): it changes no answer."""
+        out = handler(self)
+        if self.draft_scoring == "once":
+            out.pop("draft_scoring", None)
+        return out
 
     @model_validator(mode="after")
     def _budget(self) -> "WSDConfig":

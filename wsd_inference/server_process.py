@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -15,13 +14,7 @@ import urllib.request
 from pathlib import Path
 
 from pilot_core.errors import UserError
-from pilot_core.processes import die_with_parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pilot_core.processes import die_with_parent, free_port
 
 
 class WSDServer:

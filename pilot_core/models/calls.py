@@ -1,21 +1,23 @@
 """Chat calls to many models (candidate responses, judgments), through one path: cache first, then an
-OpenAI-compatible endpoint (`OpenAIServer`, whose openai client retries 429/5xx/timeouts with backoff) or a
-local transformers model (`LocalChat`). Concurrency and a requests-per-minute limit apply per served endpoint;
-a local model generates `concurrency` calls at a time, in one batch. A call that still fails is returned as a
-failure (recorded by the caller, retried by a rerun); a refused credential or an unknown model aborts the run
-with one clear error."""
+OpenAI-compatible endpoint (`OpenAIServer`, whose openai client retries 429/5xx/timeouts with backoff, on another
+replica where the model has several) or a local transformers model (`LocalChat`). Concurrency applies per served
+replica and a requests-per-minute limit per model; a local model generates `concurrency` calls at a time, in one
+batch. A call that still fails is returned as a failure (recorded by the caller, retried by a rerun); a refused
+credential or an unknown model aborts the run with one clear error. The calls the cache does not hold are sent
+from here (`send_calls`) or by another engine with the same contract (`pilot_core.models.ray_calls`)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydantic import Field
 
 from pilot_core.config import BaseConfig
 from pilot_core.errors import UserError
-from pilot_core.models.call_cache import ResponseCache, cache_key
+from pilot_core.models.call_cache import cache_key
 from pilot_core.models.compute import Compute
 from pilot_core.models.local_chat import LocalChat
 from pilot_core.models.openai_server import OpenAIServer, malformed_errors
@@ -25,9 +27,10 @@ from pilot_core.models.source import ModelSource
 class ClientConfig(BaseConfig):
     """How calls reach the models of a stage (its `client:` section)."""
 
-    concurrency: int = Field(8, ge=1, description="requests in flight per endpoint (a local model: calls "
-                             "generated together in one batch)")
-    requests_per_minute: float | None = Field(None, gt=0, description="rate limit per endpoint (null: none)")
+    concurrency: int = Field(8, ge=1, description="requests in flight per served replica (a model with a list of "
+                             "urls: this many on each; a local model: calls generated together in one batch)")
+    requests_per_minute: float | None = Field(None, gt=0, description="rate limit per model, all its replicas "
+                                              "together (null: none)")
     max_retries: int = Field(5, ge=0, le=20, description="retries with backoff on 429, 5xx, timeouts and broken "
                              "bodies (a model's own `max_retries` wins where set)")
     timeout_s: float = Field(120.0, gt=0, description="seconds per request (a model's own `timeout_s` wins where "
@@ -57,7 +60,7 @@ class Endpoint:
         self.identity = ({"served_model": src.served_model} if src.url else
                          {"path": src.path, "tiny": src.tiny.model_dump(mode="json") if src.tiny else None,
                           "weights": _weights_id(src.path)})
-        self.sem = asyncio.Semaphore(client.concurrency)
+        self.sem = asyncio.Semaphore(client.concurrency * max(1, len(src.urls)))
         self.interval = 60.0 / client.requests_per_minute if client.requests_per_minute else 0.0
         self.next_start = 0.0
         self.rate_lock = asyncio.Lock()
@@ -95,37 +98,71 @@ class CallStats:
     completion_tokens: int = 0
     errors: dict = field(default_factory=dict)
 
+    def add(self, result: dict, hit: bool = False) -> None:
+        """One call's outcome: a cache hit, or a request that answered (its tokens) or failed (`error`: "<exception
+        name>: <message>", counted by name)."""
+        if hit:
+            self.cache_hits += 1
+            return
+        self.requests += 1
+        if "error" in result:
+            self.failures += 1
+            name = result["error"].split(":", 1)[0]
+            self.errors[name] = self.errors.get(name, 0) + 1
+        else:
+            self.prompt_tokens += result["prompt_tokens"]
+            self.completion_tokens += result["completion_tokens"]
 
-async def run_calls(calls: list[Call], endpoints: dict[str, Endpoint], cache: ResponseCache,
-                    stats: dict[str, CallStats], progress=None) -> dict[str, dict]:
-    """Every call's result by key: {text, prompt_tokens, completion_tokens, finish_reason} or {error: ...}.
-    Served models get one request per call (up to `concurrency` in flight); a local model gets its calls in
-    batches, one batch at a time."""
+
+Done = Callable[[Call, dict, bool], None]  # (call, its result, whether the cache held it)
+
+
+async def run_calls(calls: list[Call], endpoints: dict[str, Endpoint], cache, stats: dict[str, CallStats],
+                    progress=None, engine=None) -> dict[str, dict]:
+    """Every call's result by key: {text, prompt_tokens, completion_tokens, finish_reason} or {error: ...}. What
+    `cache` (a `ResponseCache`, or anything with its get/put) holds is not sent again; the rest goes to
+    `engine(todo, endpoints, cache, done)` (default `send_calls`, here), which commits each answer to the cache
+    as it arrives and reports every call to `done`."""
+    results: dict[str, dict] = {}
+
+    def done(c: Call, r: dict, hit: bool = False) -> None:
+        stats[c.who].add(r, hit)
+        results[c.key] = r
+        if progress is not None:
+            progress.update(1)
+
+    todo = []
+    for c in calls:
+        stats.setdefault(c.who, CallStats())
+        hit = cache.get(c.key)
+        if hit is not None:
+            done(c, hit, True)
+        else:
+            todo.append(c)
+    if todo:
+        await (engine or send_calls)(todo, endpoints, cache, done)
+    return results
+
+
+async def send_calls(todo: list[Call], endpoints: dict[str, Endpoint], cache, done: Done) -> None:
+    """Send each call: served models one request per call (up to their `concurrency` in flight), a local model its
+    calls in batches, one batch at a time. An answer is committed to `cache` as it arrives; a failure is not (a
+    rerun tries it again)."""
     import openai
 
-    results: dict[str, dict] = {}
     failures = (openai.APIError, ValueError, *malformed_errors())  # after retries; a rerun tries again
 
     def finish(c: Call, r: dict | None = None, error: BaseException | None = None) -> None:
-        st = stats[c.who]
         if error is not None:
-            st.failures += 1
-            name = type(error).__name__
-            st.errors[name] = st.errors.get(name, 0) + 1
-            results[c.key] = {"error": f"{name}: {str(error).splitlines()[0][:200]}"}
+            r = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"}
         else:
-            st.prompt_tokens += r["prompt_tokens"]
-            st.completion_tokens += r["completion_tokens"]
             cache.put(c.key, c.kind, c.who, r)
-            results[c.key] = r
-        if progress is not None:
-            progress.update(1)
+        done(c, r, False)
 
     async def served(c: Call) -> None:
         ep = endpoints[c.who]
         async with ep.sem:
             await ep.wait_turn()
-            stats[c.who].requests += 1
             try:
                 r = await ep.backend.chat(c.messages, **c.params)
             except (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError) as e:
@@ -139,7 +176,6 @@ async def run_calls(calls: list[Call], endpoints: dict[str, Endpoint], cache: Re
         backend = endpoints[who].backend
         for i in range(0, len(todo), backend.batch_size):
             part = todo[i : i + backend.batch_size]
-            stats[who].requests += len(part)
             try:
                 rs = await backend.chat_many([(c.messages, c.params) for c in part])
             except ValueError as e:
@@ -150,17 +186,9 @@ async def run_calls(calls: list[Call], endpoints: dict[str, Endpoint], cache: Re
                 finish(c, r)
 
     jobs, by_local = [], {}
-    for c in calls:
-        st = stats.setdefault(c.who, CallStats())
-        hit = cache.get(c.key)
-        if hit is not None:
-            st.cache_hits += 1
-            results[c.key] = hit
-            if progress is not None:
-                progress.update(1)
-        elif isinstance(endpoints[c.who].backend, LocalChat):
+    for c in todo:
+        if isinstance(endpoints[c.who].backend, LocalChat):
             by_local.setdefault(c.who, []).append(c)
         else:
             jobs.append(served(c))
     await asyncio.gather(*jobs, *(local(who, todo) for who, todo in by_local.items()))
-    return results

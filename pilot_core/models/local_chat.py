@@ -70,12 +70,16 @@ class LocalChat:
         return (await self.chat_many([(messages, params)]))[0]
 
     async def stream_chat(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,
-                          seed: int | None):
+                          seed: int | None, usage: dict | None = None):
         """Yield (text delta, finish_reason or "", 1) per generated token, as `OpenAIServer.stream_chat` does per
-        chunk; each token is computed in a worker thread, so other requests go on meanwhile."""
+        chunk; each token is computed in a worker thread, so other requests go on meanwhile. `usage`, where
+        given, gets the prompt's tokens (`prompt_tokens`) at once, as a server's usage event would."""
         sampling = Sampling(temperature, top_p)
         row = Stream(max_tokens, sampling.generator(seed))
-        batch = await asyncio.to_thread(prefilled, self.m, [chat_prompt(self.m.tokenizer, messages)])
+        prompt = chat_prompt(self.m.tokenizer, messages)
+        if usage is not None:
+            usage["prompt_tokens"] = len(self.m.encode(prompt))
+        batch = await asyncio.to_thread(prefilled, self.m, [prompt])
         gen, text = Generation(batch, [row], sampling), ""
         while gen.live:
             await asyncio.to_thread(gen.step)

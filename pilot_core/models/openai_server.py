@@ -11,14 +11,18 @@ Retries with backoff on 429/5xx/timeouts are the openai client's own (`max_retri
 broken (a body cut short, a connection dropped mid-body) is not retried by the client: `retry_malformed` retries
 it the same number of times, then the job fails (exit 1) and a rerun resumes.
 The API key comes from the environment variable the caller names, never from a file or a flag.
+A model served by several replicas (a list of URLs) is one client whose transport (`Replicas`) sends each attempt
+to a replica: so the retry policy above is unchanged and a retried request lands on another replica.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
+import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -56,9 +60,12 @@ def malformed_errors() -> tuple[type[BaseException], ...]:
     """What a broken response raises: JSON cut short, a connection dropped mid-body or mid-stream, a stream that
     ends early, a body of the wrong shape."""
     import httpx
+    import httpx2
     import openai
 
-    return json.JSONDecodeError, httpx.TransportError, openai.APIResponseValidationError, StreamCutShort
+    # httpx2: the openai client's own HTTP library; httpx: a client a caller passes in
+    return (json.JSONDecodeError, httpx.TransportError, httpx2.TransportError, openai.APIResponseValidationError,
+            StreamCutShort)
 
 
 async def retry_malformed(url: str, tries: int, call, fail: bool = True):
@@ -91,19 +98,127 @@ class Completion(NamedTuple):
     top_logprobs: list[float] | None = None  # per generated token, the log-prob of the most likely token there
 
 
-class OpenAIServer:
-    """One model on one OpenAI-compatible server."""
+@dataclass
+class _Replica:
+    base: str  # its base URL, ending in /
+    outstanding: int = 0  # requests sent and not done (a stream until its body is closed)
+    failures: int = 0  # in a row
+    cool_until: float = 0.0  # time.monotonic() before which it is left out
 
-    def __init__(self, base_url: str, model: str, api_key_env: str | None = None, timeout: float = 120.0,
-                 max_retries: int = 5, http_client=None):
+
+class Replicas:
+    """An httpx2 transport for the openai client that sends each attempt of a request to one of several replicas of
+    a served model: the one with the fewest requests outstanding (a streamed answer counts until its body is
+    closed; ties go round robin), leaving out a replica whose last attempt failed (connection error, timeout, 429,
+    5xx, a body cut short) while its cool-down lasts (1 s, doubling per failure in a row, at most 30 s) unless all
+    are cooling down. The openai client's retries therefore reach another replica; which replica answered changes
+    no cache key (`calls.Endpoint.identity` names the served model). Requests go through `client` (default: an
+    httpx2 client with openai's connection limits; a caller's httpx or httpx2 client, e.g. one injecting faults)."""
+
+    def __init__(self, urls: list[str], client=None):
+        import httpx2
+        import openai
+
+        self.replicas = [_Replica(u.rstrip("/") + "/") for u in urls]
+        self.client = client if client is not None else openai.DefaultAsyncHttpxClient()
+        self.turn = 0
+        self._stream = _relay_class(httpx2.AsyncByteStream)
+
+    def pick(self) -> int:
+        n, now = len(self.replicas), time.monotonic()
+        ready = [i for i, r in enumerate(self.replicas) if r.cool_until <= now] or range(n)
+        i = min(ready, key=lambda i: (self.replicas[i].outstanding, (i - self.turn) % n))
+        self.turn = (i + 1) % n
+        return i
+
+    def _done(self, i: int, failed: bool) -> None:
+        r = self.replicas[i]
+        r.outstanding -= 1
+        if failed:
+            r.failures += 1
+            r.cool_until = time.monotonic() + min(2.0 ** (r.failures - 1), 30.0)
+        else:
+            r.failures = 0
+
+    def _on(self, url: str, i: int) -> str:
+        """The request's URL on replica i (the openai client builds it on the first replica's base URL)."""
+        for r in self.replicas:
+            if url.startswith(r.base):
+                return self.replicas[i].base + url[len(r.base):]
+        return url
+
+    async def handle_async_request(self, request):
+        import httpx2
+
+        i = self.pick()
+        self.replicas[i].outstanding += 1
+        ext = dict(request.extensions)
+        timeout = ext.pop("timeout", None)
+        headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"host"]
+        try:
+            sent = self.client.build_request(
+                request.method, self._on(str(request.url), i), headers=headers, content=await request.aread(),
+                extensions=ext, **({"timeout": type(self.client.timeout)(**timeout)} if timeout else {}))
+            response = await self.client.send(sent, stream=True)
+        except BaseException as e:
+            self._done(i, isinstance(e, Exception))
+            raise
+        failed = response.status_code == 429 or response.status_code >= 500
+        return httpx2.Response(response.status_code, headers=response.headers.raw, extensions=response.extensions,
+                               stream=self._stream(response, lambda broken: self._done(i, failed or broken)))
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+@functools.cache
+def _relay_class(base: type):
+    class Relay(base):
+        """A replica's response body, relayed; closing it (or its failing) ends the request's turn on the replica."""
+
+        def __init__(self, response, done):
+            self.response, self.done, self.broken = response, done, False
+
+        async def __aiter__(self):
+            try:
+                if self.response.is_stream_consumed:  # built from bytes, as a test's mock transport does
+                    yield self.response.content
+                    return
+                async for chunk in self.response.aiter_raw():
+                    yield chunk
+            except Exception:
+                self.broken = True
+                raise
+
+        async def aclose(self) -> None:
+            done, self.done = self.done, None
+            try:
+                await self.response.aclose()
+            finally:
+                if done is not None:
+                    done(self.broken)
+
+    return Relay
+
+
+class OpenAIServer:
+    """One model on one OpenAI-compatible server, or on several replicas of it (`base_url` a list: `Replicas`)."""
+
+    def __init__(self, base_url: str | list[str], model: str, api_key_env: str | None = None,
+                 timeout: float = 120.0, max_retries: int = 5, http_client=None):
+        import openai
         from openai import AsyncOpenAI
 
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        where = urls[0] if len(urls) == 1 else f"{model} at {', '.join(urls)}"
         key = os.environ.get(api_key_env, "") if api_key_env else ""
         if api_key_env and not key:
-            raise UserError(f"environment variable {api_key_env} (the API key for {base_url}) is not set")
-        self.url, self.model, self.tries = base_url, model, max_retries + 1
+            raise UserError(f"environment variable {api_key_env} (the API key for {where}) is not set")
+        self.url, self.model, self.tries = where, model, max_retries + 1
         self.structured: bool | None = None  # False once the server refused response_format
-        self.client = AsyncOpenAI(base_url=base_url, api_key=key or "EMPTY", timeout=timeout,
+        if len(urls) > 1:
+            http_client = openai.DefaultAsyncHttpxClient(transport=Replicas(urls, http_client))
+        self.client = AsyncOpenAI(base_url=urls[0], api_key=key or "EMPTY", timeout=timeout,
                                   max_retries=max_retries, http_client=http_client)
 
     @classmethod
@@ -114,7 +229,7 @@ class OpenAIServer:
             return getattr(defaults, name) if defaults is not None and name not in src.model_fields_set else \
                 getattr(src, name)
 
-        return cls(src.url, src.served_model, src.api_key_env, setting("timeout_s"), setting("max_retries"),
+        return cls(src.urls, src.served_model, src.api_key_env, setting("timeout_s"), setting("max_retries"),
                    http_client)
 
     async def close(self) -> None:
@@ -233,13 +348,15 @@ class OpenAIServer:
 
     # ------------------------------------------------------------------------------------------- pilot side
     async def stream_chat(self, messages: list[dict], max_tokens: int, temperature: float, top_p: float,
-                          seed: int | None):
+                          seed: int | None, usage: dict | None = None):
         """Yield (text delta, finish_reason or "", tokens in the delta) of a chat completion, one per streamed
         chunk (closing the stream aborts it). A chunk can hold several tokens (vLLM merges the deltas a busy
         server has not sent yet), so tokens are counted from the chunk's logprobs, or as 1 where a server sends
         none. A stream that breaks part-way, or ends before a finish_reason (the openai client takes a body cut
         short at an event boundary for a finished stream), raises one of `malformed_errors()`; the caller
-        restarts the prompt."""
+        restarts the prompt. `usage`, where given, gets the server's `prompt_tokens` and `completion_tokens` from
+        the stream's usage event (vLLM and OpenAI send it last, after the finish: a stream closed before its end
+        leaves `usage` as it was, as does a server that sends none)."""
         async with _api_errors(self.url):
             stream = await self.client.chat.completions.create(
                 model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
@@ -250,6 +367,9 @@ class OpenAIServer:
         finished = False
         try:
             async for chunk in stream:
+                if usage is not None and chunk.usage is not None:
+                    usage.update(prompt_tokens=chunk.usage.prompt_tokens,
+                                 completion_tokens=chunk.usage.completion_tokens)
                 c = chunk.choices[0] if chunk.choices else None
                 if c is None:
                     continue

@@ -14,12 +14,16 @@ from pilot_core.names import config_name
 class ModelSource(BaseConfig):
     """Exactly one of `path` (local directory or hub id), `tiny` (built in-process and cached) or `url` (an
     OpenAI-compatible server such as vLLM, serving `served_model`; the tokenizer is loaded locally from
-    `tokenizer`, default `served_model`)."""
+    `tokenizer`, default `served_model`). `url` may list several replicas of the one served model: requests spread
+    over them (`openai_server.Replicas`). A router in front of replicas is one URL, as any server is."""
 
     name: str
     path: str | None = None
     tiny: TinyModelSpec | None = None
-    url: str | None = None
+    url: str | list[str] | None = Field(None, description="an OpenAI-compatible server's base URL (http(s)://…/v1); "
+                                        "a list: replicas serving the same model, each request sent to the one "
+                                        "with the fewest in flight and retried on another if it fails; a router "
+                                        "in front of replicas is one URL")
     served_model: str | None = None
     tokenizer: str | None = Field(None, description="for url sources: tokenizer path or hub id")
     revision: str | None = Field(None, description="for hub ids (path, or a url source's tokenizer): the commit to "
@@ -35,10 +39,24 @@ class ModelSource(BaseConfig):
 
     @field_validator("url")
     @classmethod
-    def _url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError("a url must start with http:// or https://")
-        return v
+    def _url(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if not isinstance(v, list):
+            if v is not None and not v.startswith(("http://", "https://")):
+                raise ValueError("a url must start with http:// or https://")
+            return v
+        if not v:
+            raise ValueError("a list of replica urls needs at least one")
+        for i, u in enumerate(v):
+            if not u.startswith(("http://", "https://")):
+                raise ValueError(f"replica {i} ({u!r}) must start with http:// or https://")
+            if u.rstrip("/") in (w.rstrip("/") for w in v[:i]):
+                raise ValueError(f"replica {i} ({u!r}) is listed twice")
+        return v[0] if len(v) == 1 else v  # one replica is a url: the same config, the same stage key
+
+    @property
+    def urls(self) -> list[str]:
+        """The server's replicas (one for a single url; none for a local model)."""
+        return [] if self.url is None else [self.url] if isinstance(self.url, str) else list(self.url)
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSource":
@@ -59,5 +77,5 @@ class ModelSource(BaseConfig):
         if self.tiny is not None:
             return str(cached_tiny_model(self.tiny))
         if self.path is None:
-            raise ValueError(f"model {self.name} is served at {self.url}, not local")
+            raise ValueError(f"model {self.name} is served at {', '.join(self.urls)}, not local")
         return self.path

@@ -6,7 +6,8 @@ Every sampling parameter is honoured or refused: `max_tokens` / `max_completion_
 draft + the base's continuation), `temperature` (1.0 where a request gives none, as OpenAI and vLLM; `pilot wsd
 serve --temperature` sets another default), `top_p`, `seed` (a choice's random stream is keyed by the seed and its
 index, never by its batch), `stop` (up to 4 strings), `n`, `stream`; vLLM's extra fields at their neutral values
-(`top_k` -1 or 0, `repetition_penalty` 1, `min_p` 0). Unknown parameters are refused, not ignored.
+(`top_k` -1 or 0, `repetition_penalty` 1, `min_p` 0), and vLLM's `priority` (lower is served first; first come
+first served within a priority). Unknown parameters are refused, not ignored.
 """
 
 from __future__ import annotations
@@ -17,18 +18,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from pilot_core.method_record import CallFigures
+
 # accepted at these values only (what OpenAI's SDK or vLLM's clients send when a feature is off)
 NEUTRAL = {"presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "logprobs": (False, 0), "top_logprobs": (0,),
            "top_k": (-1, 0), "repetition_penalty": (1, 1.0), "min_p": (0, 0.0),  # vLLM's extras, at their "off"
            "logit_bias": ({},), "tools": ([],), "tool_choice": ("none",), "response_format": ({"type": "text"},),
            "echo": (False,), "suffix": ("",), "best_of": (1,)}
 IGNORED = {"user", "store", "metadata", "service_tier", "parallel_tool_calls", "stream_options", "model"}
-SAMPLING = {"n", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "stream"}
+SAMPLING = {"n", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop", "stream", "priority"}
 
 
 @dataclass(frozen=True)
 class ServerLimits:
-    max_concurrent: int = 64  # answers (choices: a request with n=4 counts 4) in flight; more get a 429
+    """What a request may ask for (the queue's bound and how many answers run at once are the backend's)."""
+
     max_request_bytes: int = 1 << 20
     max_prompt_tokens: int = 8192
     max_tokens: int = 2048  # the largest max_tokens a request may ask for
@@ -80,6 +84,7 @@ class SamplingParams(BaseModel):
     stop: tuple[str, ...] = ()
     stream: bool = False
     include_usage: bool = False
+    priority: int = 0  # vLLM's: lower is served first; first come first served within a priority
 
     @classmethod
     def from_body(cls, body: dict, limits: ServerLimits, known: set[str]) -> "SamplingParams":
@@ -117,7 +122,8 @@ class SamplingParams(BaseModel):
                    max_tokens=_number({"max_tokens": mt}, "max_tokens", 1, limits.max_tokens, integer=True),
                    temperature=limits.default_temperature if temperature is None else temperature,
                    top_p=_number(body, "top_p", 0, 1, lo_open=True), seed=seed, stop=stop, stream=stream,
-                   include_usage=bool(opts.get("include_usage")))
+                   include_usage=bool(opts.get("include_usage")),
+                   priority=_number(body, "priority", -(2**63), 2**63 - 1, integer=True) or 0)
 
 
 def _number(body: dict, key: str, lo: float, hi: float, integer: bool = False, lo_open: bool = False):
@@ -194,6 +200,7 @@ class WSDDetails(BaseModel):
     pilot_tokens: int | None = None
     base_tokens: int | None = None
     draft_text: str | None = None
+    calls: CallFigures | None = None  # with the models on servers: requests and tokens per model
 
 
 class Message(BaseModel):

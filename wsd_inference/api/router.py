@@ -1,16 +1,18 @@
 """The WSD server's HTTP side, thin: OpenAI's chat completions, completions and models endpoints, /health,
-authentication and the body's size and shape; each route checks its request (`protocol`) and hands it to
-`OpenAIServing` (after vLLM's `api_router.py`). Any OpenAI client or evaluation harness can use "pilot + base" as
-one model; each choice carries WSD's decisions in an extra field, `wsd`; errors are OpenAI's JSON error shape."""
+/metrics (Prometheus' text format, as vLLM's server exposes; like /health, without the API key), authentication
+and the body's size and shape; each route checks its request (`protocol`) and hands it to `OpenAIServing` (after
+vLLM's `api_router.py`). Any OpenAI client or evaluation harness can use "pilot + base" as one model; each choice
+carries WSD's decisions in an extra field, `wsd`; errors are OpenAI's JSON error shape."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -42,6 +44,8 @@ def create_app(backend, cfg: WSDConfig, model_name: str, limits: ServerLimits, a
 
     @app.exception_handler(ApiError)
     async def _api_error(request, e: ApiError):
+        if request.url.path.endswith("completions"):
+            serving.metrics.request(e.status)
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     @app.exception_handler(StarletteHTTPException)
@@ -78,21 +82,30 @@ def create_app(backend, cfg: WSDConfig, model_name: str, limits: ServerLimits, a
         return body
 
     async def answer(request: Request, recs: list[PromptRecord], s: SamplingParams, chat: bool):
-        jobs, rcfg = serving.jobs_for(recs, s)
-        release = serving.admit(len(jobs))
-        if s.stream:  # the generator releases the slots when it ends (or, never started, the response does)
-            return StreamingResponse(serving.stream(recs, s, chat, release, jobs, rcfg),
-                                     media_type="text/event-stream", background=BackgroundTask(release),
+        if s.stream:  # the generator releases the answers when it ends (or, never started, the response does)
+            loop, updates = asyncio.get_running_loop(), asyncio.Queue()
+            adm = serving.admit(recs, s, lambda i, text: loop.call_soon_threadsafe(updates.put_nowait, (i, text)))
+            return StreamingResponse(serving.stream(adm, updates, s, chat), media_type="text/event-stream",
+                                     background=BackgroundTask(adm.release),
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        adm = serving.admit(recs, s)
         try:
-            return (await serving.complete(request.is_disconnected, recs, s, chat, release, jobs, rcfg)).dump()
+            body = (await serving.complete(request.is_disconnected, adm, chat)).dump()
         except JobCancelled:
+            serving.metrics.request(499)
             return JSONResponse(ApiError(499, "client closed the request").body(), status_code=499)
+        serving.metrics.request(200)
+        return body
 
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model_name, "in_flight": serving.in_flight, "served": serving.served,
                 **backend.stats()}
+
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        body, content_type = serving.metrics.exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     @app.get("/v1/models")
     async def models(request: Request):
