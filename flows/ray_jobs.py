@@ -74,7 +74,8 @@ def write_job_config(config: BaseModel, path: Path) -> Path:
 def _client(address: str | None):
     if not (address or os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_API_SERVER_ADDRESS")):
         raise UserError("ray: which cluster? set ray.address (its Jobs API, e.g. http://head:8265) or RAY_ADDRESS")
-    ray_connect.import_ray(address or os.environ.get("RAY_ADDRESS"))  # its token, where one is at hand
+    # its token, where one is at hand (never a token of a Ray started here: this names a cluster)
+    ray_connect.import_ray(address or os.environ.get("RAY_ADDRESS") or os.environ.get("RAY_API_SERVER_ADDRESS"))
     from ray.job_submission import JobSubmissionClient
 
     try:
@@ -184,9 +185,9 @@ def _submit(client, *, tries: int = 6, **job) -> str:
             if "No available agent" not in str(e):
                 raise
             if i == tries - 1:
-                raise RayJobFailed(f"{e} (after {2 ** tries - 1} s): the head node's dashboard agent is not running; "
-                                   "its dashboard_agent.log says why (on one machine, often another Ray holding "
-                                   "its port 52365)") from None
+                raise RayJobFailed(f"{e} (after {2 ** (tries - 1) - 1} s): the head node's dashboard agent is not "
+                                   "running; its dashboard_agent.log says why (on one machine, often another Ray "
+                                   "holding its port 52365)") from None
             time.sleep(2 ** i)
     raise AssertionError("unreachable")
 

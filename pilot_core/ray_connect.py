@@ -99,9 +99,12 @@ def import_ray(address: str | None = None):
     os.environ.update(client_env(address))
     try:
         import ray
-        from ray._raylet import AuthenticationTokenLoader, Config
     except ImportError as e:
         raise UserError(f"this needs Ray, which is not installed ({e}): pip install 'pilot-wsd[ray]'") from None
+    try:  # Ray's internals (2.60): where they moved, Ray reads the environment at its own times
+        from ray._raylet import AuthenticationTokenLoader, Config
+    except ImportError:
+        return ray
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
     return ray
@@ -170,24 +173,32 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
     return ray, True
 
 
-_SET_HERE = (LOOPBACK, AUTH_MODE, "RAY_AUTH_TOKEN", "RAY_GCS_SERVER_PORT")
+_SET_HERE = (LOOPBACK, AUTH_MODE, "RAY_AUTH_TOKEN", "RAY_GCS_SERVER_PORT")  # the last: GCS_PORT_ENVIRONMENT_VARIABLE
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, **kwargs) -> Iterator[object]:
-    """`connect`, for the time of the block: a connection made here is closed after it (which stops a Ray started
-    here), and the environment is as it was (a local Ray's token must not go to a cluster connected later)."""
+def restored_env() -> Iterator[None]:
+    """The variables this module sets are as they were after the block (a local Ray's token must not go to a
+    cluster connected later)."""
     before = {k: os.environ.get(k) for k in _SET_HERE}
     try:
-        ray, ours = connect(address, **kwargs)
-        try:
-            yield ray
-        finally:
-            if ours:
-                ray.shutdown()
+        yield
     finally:
         for k, v in before.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, **kwargs) -> Iterator[object]:
+    """`connect`, for the time of the block: a connection made here is closed after it (which stops a Ray started
+    here), and the environment is as it was."""
+    with restored_env():
+        ray, ours = connect(address, **kwargs)
+        try:
+            yield ray
+        finally:
+            if ours:
+                ray.shutdown()

@@ -47,8 +47,10 @@ def test_the_probe_times_plain_passes_then_rounds_then_decides():
     assert pace.costs.measuring is None
     pace.costs.timed_round(width=5, draft_passes=4, propose_s=4.0, verify_s=5.0)  # a disturbed one: least wins
     assert pace.costs.round_s(4) == pytest.approx(1.0 + 0.1 * 4 + 0.1 * 4)
-    while pace.costs.timing:  # timed as they come, up to SAMPLES of each kind
+    while pace.costs.timing(False):  # timed as they come, up to SAMPLES of each kind
         pace.costs.timed_plain(0.5)
+    assert pace.costs.timing(True)  # rounds are still timed, plain steps no more (a GPU is not synced for them)
+    while pace.costs.timing(True):
         pace.costs.timed_round(width=5, draft_passes=4, propose_s=0.4, verify_s=0.9)
     frozen = (list(pace.costs.plain), list(pace.costs.verify), list(pace.costs.draft))
     assert len(frozen[0]) == len(frozen[1]) == len(frozen[2]) == SAMPLES
@@ -123,7 +125,8 @@ def fresh_costs():
 
 
 def seeded(pilot, base, rows: int, costs: PassCosts) -> PassCosts:
-    sp._COSTS.setdefault(pilot.model, {})[(id(base.model), "RaggedBatch", rows)] = costs
+    sp.pass_costs(pilot, base, "RaggedBatch", rows)
+    sp._COSTS[pilot.model][base.model][("RaggedBatch", rows)] = costs
     return costs
 
 
@@ -136,7 +139,7 @@ def test_measured_generation_probes_once_then_decides_with_the_same_answers(mode
     plain = base_only_batch(base, RECS, cfg.model_copy(update={"speculation": SpeculationConfig(tokens=0)}))
     first = base_only_batch(base, RECS, cfg, pilot=pilot)
     assert [f.response for f in first] == [p.response for p in plain]
-    costs = fresh_costs[pilot.model][(id(base.model), "RaggedBatch", len(RECS))]
+    costs = fresh_costs[pilot.model][base.model][("RaggedBatch", len(RECS))]
     assert costs.measuring is None and len(costs.plain) >= PROBE_PLAIN and len(costs.verify) >= PROBE_ROUNDS
     again = base_only_batch(base, RECS, cfg, pilot=pilot)
     assert [a.response for a in again] == [p.response for p in plain]
@@ -210,3 +213,15 @@ def test_a_base_pass_costs_what_was_timed_at_its_width_or_between_two():
     assert [costs.base_pass_s(w) for w in (1, 3, 5, 7, 9, 13)] == pytest.approx([1.0, 1.4, 1.8, 2.1, 2.4, 3.0])
     assert costs.round_s(2) == pytest.approx(1.4 + 0.2)
     assert costs.round_s(2) > costs.t_plain + 2 * (2.4 - 1.0) / 8 + 0.2  # what the widest pass per token says
+
+
+def test_across_tokenizers_a_round_pays_for_the_draft_passes_it_makes():
+    """Across tokenizers the pilot drafts CROSS_HOLD tokens beyond k (its text's last word is held back): a round
+    costs those passes too, so where the pilot's passes are dear an acceptance that pays on one vocabulary does
+    not across two."""
+    costs = measured(1.0, 0.02, 0.1)
+    rows = rows_at(0.5, k=16)
+    same = Pacing(Speculation(tokens=4, max_tokens=16), costs).round_ks(rows, [50] * 4)
+    cross = Pacing(Speculation(tokens=4, max_tokens=16), costs, sp.CROSS_HOLD).round_ks(rows, [50] * 4)
+    assert costs.round_s(2, sp.CROSS_HOLD) == pytest.approx(costs.round_s(2) + sp.CROSS_HOLD * 0.1)
+    assert all(same) and not any(cross)

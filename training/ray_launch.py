@@ -34,13 +34,15 @@ def require_ray() -> None:
     """Ray Train importable, and the cluster RAY_ADDRESS names, when set, answering: said before the slower checks of
     the input."""
     address = os.environ.get("RAY_ADDRESS")
-    os.environ.update(ray_connect.client_env(address))  # before ray is imported
-    try:
-        import ray.train.torch  # noqa: F401
-    except ImportError as e:
-        raise UserError(f"--launcher ray needs Ray Train, which is not installed ({e}): pip install '.[ray]'") from None
-    if address:
-        ray_connect.check_reachable(address, "RAY_ADDRESS")
+    with ray_connect.restored_env():  # set for the import (Ray reads it then); the session sets it again
+        os.environ.update(ray_connect.client_env(address))
+        try:
+            import ray.train.torch  # noqa: F401
+        except ImportError as e:
+            raise UserError(f"--launcher ray needs Ray Train, which is not installed ({e}): pip install '.[ray]'") \
+                from None
+        if address:
+            ray_connect.check_reachable(address, "RAY_ADDRESS")
 
 
 def run_name(cfg) -> str:

@@ -82,9 +82,10 @@ AUTO_FIRST_K = 4  # `auto`'s first proposals per row; k then adapts per row and 
 
 class SpeculationConfig(BaseConfig):
     """Speculative decoding of the base's tokens, in-process, with the pilot as the draft model: the base checks
-    the pilot's next k tokens in one pass; the answer is the base's own (greedy: identical; sampled: the same
-    distribution). A round runs only where the measured costs say it pays (`pace`), so it steps aside where it does
-    not. A served base speculates on its server instead (vLLM's --speculative-config): `auto` leaves it alone."""
+    the pilot's next k tokens in one pass; the answer is the base's own, greedy or sampled (the base draws every
+    token itself, as a plain step does). A round runs only where the measured costs say it pays (`pace`), so it
+    steps aside where it does not. A served base speculates on its server instead (vLLM's --speculative-config):
+    `auto` leaves it alone."""
 
     tokens: int | Literal["auto"] = Field("auto", description="k: tokens the pilot proposes per round at first, "
                                           "adapted per row within [1, max_tokens]; auto: speculate where an "
@@ -94,7 +95,7 @@ class SpeculationConfig(BaseConfig):
                                   "proposals than this were kept (checked after min_rounds rounds)")
     min_rounds: int = Field(4, ge=1, description="rounds a row speculates before its acceptance rate is judged")
     margin: float = Field(0.1, ge=0.0, description="a round runs only where it is expected to write this much "
-                          "faster than plain steps (its cost measured on the first passes of a batch shape)")
+                          "faster than plain steps (its cost timed on a batch shape's passes, up to 8 of each kind)")
     pace: Literal["measured", "always"] = Field("measured", description="measured: rounds only where they pay; "
                                                 "always: every round (to study the mechanism)")
 

@@ -276,7 +276,16 @@ class ServedBackend(Backend):
                 continue
             self.running += 1
             self._tasks[job] = task = asyncio.ensure_future(self._run(job))
-            task.add_done_callback(lambda _, job=job: (self._tasks.pop(job, None), self._start_waiting()))
+            task.add_done_callback(lambda _, job=job: self._ended(job))
+
+    def _ended(self, job: Job) -> None:
+        """A job's task is done, even one cancelled before its first step (its body, and a `finally` in it, never
+        ran): its slot is freed and its answer settled here."""
+        self.running -= 1
+        self._tasks.pop(job, None)
+        if not job.future.done():
+            job.future.set_exception(JobCancelled())
+        self._start_waiting()
 
     async def _run(self, job: Job) -> None:
         def call():
@@ -289,8 +298,6 @@ class ServedBackend(Backend):
             job.future.set_exception(JobCancelled())
         except BaseException as e:  # noqa: BLE001 — the request's to report
             job.future.set_exception(e)
-        finally:
-            self.running -= 1
 
     async def close(self) -> None:
         """After the jobs already queued are finished."""

@@ -15,8 +15,9 @@ the switch uses: `pilot_core.models.tokenization.stable_token_count`). Each row 
 heuristic: +2 after a round that kept every proposal, -1 otherwise) and stops speculating when its acceptance rate
 says it does not pay. Whether a round runs at all, and how many proposals it takes, is decided from what was
 measured (`Pacing`): the tokens the rows are expected to keep, given their acceptance so far, against what a round
-costs relative to a plain step for this batch size on this device (`PassCosts`: timed on the first passes of the
-first generation of that shape, then fixed). Where a round does not pay the base steps alone. Rows of a batch keep
+costs relative to a plain step for this batch size on this device (`PassCosts`: timed as passes run, up to
+SAMPLES of each kind, then fixed). Where a round does not pay the base steps alone; a new row still runs one round
+before it is judged. Rows of a batch keep
 different lengths: rejected proposals are masked out of the cache (`RaggedBatch.drop`) and the row's last token is
 fed with the next round's proposals.
 """
@@ -254,12 +255,12 @@ EXPLORE_ROUNDS = 1  # rounds a new row runs at its k before the pace judges it
 @dataclass
 class PassCosts:
     """What speculating costs for one draft/base pair at one batch size on this device: seconds of a plain base
-    pass (one token per row), of each extra token per row in a base pass, of one pass of the draft model. The first
-    generation of that shape starts with a probe (PROBE_PLAIN plain passes, then PROBE_ROUNDS rounds); after it the
-    passes are timed as they run, up to SAMPLES of each kind, and the costs are then fixed. Each cost is the least
-    of its samples: a pass disturbed by another process only ever takes longer, and on a shared machine a few are
-    (one disturbed round among two samples made rounds look 4x dearer, and the pace never tried again). Also the
-    acceptance of every round run with these costs, the prior of a new row's."""
+    pass (one token per row), of a base pass k + 1 tokens wide (`base_pass_s`), of one pass of the draft model.
+    The first generation of that shape starts with a probe (PROBE_PLAIN plain passes, then PROBE_ROUNDS rounds);
+    after it the passes are timed as they run, up to SAMPLES of each kind, and the costs are then fixed. Each cost
+    is the least of its samples: a pass disturbed by another process only ever takes longer, and on a shared
+    machine a few are (one disturbed round among two samples made rounds look 4x dearer, and the pace never tried
+    again). Also the acceptance of every round run with these costs, the prior of a new row's."""
 
     plain: list[float] = field(default_factory=list)
     verify: list[tuple[int, float]] = field(default_factory=list)  # (widest row's tokens, seconds) of a round's pass
@@ -274,10 +275,10 @@ class PassCosts:
             return "plain"
         return "round" if len(self.verify) < PROBE_ROUNDS else None
 
-    @property
-    def timing(self) -> bool:
-        """Whether passes are still timed (the clock syncs a GPU)."""
-        return min(len(self.plain), len(self.verify), len(self.draft)) < SAMPLES
+    def timing(self, round_: bool) -> bool:
+        """Whether a pass of this kind (a round, else a plain step) is still timed: the clock syncs a GPU, so a step
+        whose time would be thrown away is not timed."""
+        return min(len(self.verify), len(self.draft)) < SAMPLES if round_ else len(self.plain) < SAMPLES
 
     def timed_plain(self, seconds: float) -> None:
         if len(self.plain) < SAMPLES:
@@ -295,10 +296,10 @@ class PassCosts:
     def t_plain(self) -> float:
         return min(self.plain)
 
-    def round_s(self, k: int) -> float:
-        """A round at k proposals per row: k passes of the draft model, and a base pass k + 1 tokens wide (the
-        pending token and the proposals)."""
-        return self.base_pass_s(k + 1) + min(self.draft, default=0.0) * k
+    def round_s(self, k: int, draft_extra: int = 0) -> float:
+        """A round at k proposals per row: k + `draft_extra` passes of the draft model (across tokenizers it drafts
+        CROSS_HOLD more), and a base pass k + 1 tokens wide (the pending token and the proposals)."""
+        return self.base_pass_s(k + 1) + min(self.draft, default=0.0) * (k + draft_extra)
 
     def base_pass_s(self, width: int) -> float:
         """A base pass `width` tokens wide per row: the least time timed at each width, a plain pass at 1, read
@@ -321,14 +322,16 @@ class PassCosts:
         return (self.accepted + 1) / (self.proposed + 2)
 
 
-_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # draft model -> {(base, batch kind, rows): costs}
+# draft model -> base model -> {(batch kind, rows): costs}; weak both ways, so a base loaded where a freed one was
+# (validation's bases, one after another) never inherits its costs
+_COSTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def pass_costs(draft: HFModel, base: HFModel, kind: str, rows: int) -> PassCosts:
     """The costs measured in this process for this pair and batch shape (`kind`: the batch's class, a RaggedBatch
     or EFT's three models; `rows`); new, to be measured, if none yet."""
-    per_draft = _COSTS.setdefault(draft.model, {})
-    return per_draft.setdefault((id(base.model), kind, rows), PassCosts())
+    per_base = _COSTS.setdefault(draft.model, weakref.WeakKeyDictionary()).setdefault(base.model, {})
+    return per_base.setdefault((kind, rows), PassCosts())
 
 
 def timed(device: str):
@@ -349,8 +352,9 @@ class Pacing:
     is only a prior, costs measured on a busy machine may be too high, and a row that never proposes could never
     show either wrong (the price: one round per row)."""
 
-    def __init__(self, spec: Speculation, costs: PassCosts | None = None):
+    def __init__(self, spec: Speculation, costs: PassCosts | None = None, draft_extra: int = 0):
         self.spec, self.costs = spec, costs
+        self.draft_extra = draft_extra  # draft passes a round makes beyond its k (across tokenizers)
 
     def row(self, before: list[int] | None = None) -> SpecRow:
         return SpecRow(self.spec.tokens, before=before or [])
@@ -369,8 +373,9 @@ class Pacing:
         best, best_k = (1 + self.spec.margin) / costs.t_plain, 0  # tokens per row per second, plain
         for k in range(1, max(caps) + 1):
             tokens = sum(1 + self._expected_kept(a, min(caps[r], k)) for a, r in zip(kept, live)) / len(live)
-            if tokens / costs.round_s(k) > best:
-                best, best_k = tokens / costs.round_s(k), k
+            rate = tokens / costs.round_s(k, self.draft_extra)
+            if rate > best:
+                best, best_k = rate, k
         return [cap if rows[r].stats.rounds < EXPLORE_ROUNDS else min(cap, best_k) for r, cap in enumerate(caps)]
 
     @staticmethod
@@ -414,7 +419,7 @@ class SpeculativeGeneration(Generation):
                  drafter: Drafter, spec: Speculation, before: list[list[int]] | None = None):
         super().__init__(batch, rows, sampling, stop_strings)
         self.drafter = drafter
-        self.pace = Pacing(spec, self._costs(spec))
+        self.pace = Pacing(spec, self._costs(spec), 0 if drafter.same_vocab else CROSS_HOLD)
         self.spec_rows = [self.pace.row(before[r] if before else None) for r in range(len(rows))]
 
     def _costs(self, spec: Speculation) -> PassCosts | None:
@@ -458,8 +463,8 @@ class SpeculativeGeneration(Generation):
         live, srs = self._live(), self.spec_rows
         ks = self.pace.round_ks(srs, [self._room(r) if live[r] else None for r in range(len(self.rows))])
         answers = [srs[r].before + self.rows[r].tokens if ks[r] else None for r in range(len(self.rows))]
-        # the clock (a device sync on CUDA) runs only while passes are timed: the costs are fixed after that
-        probe, device = self.pace.costs is not None and self.pace.costs.timing, self.batch.m.device
+        # the clock (a device sync on CUDA) runs only while passes of this step's kind are timed
+        probe, device = self.pace.costs is not None and self.pace.costs.timing(any(ks)), self.batch.m.device
         t0 = timed(device) if probe else 0.0
         props = (self.drafter.propose(answers, ks) if any(ks)
                  else [Proposal() for _ in self.rows])
