@@ -23,6 +23,7 @@ import getpass
 import hashlib
 import json
 import re
+import tempfile
 from dataclasses import asdict, dataclass, fields
 from itertools import combinations
 from pathlib import Path
@@ -131,8 +132,12 @@ class ReviewState:
 
 @contextlib.contextmanager
 def _serialised(directory: Path):
-    lock = directory.parent / f".{directory.name}.review-lock"  # beside it: the directory itself is replaced
-    with open(lock, "w") as f:
+    # not beside the directory (a refused import must leave the user's files as they were) but in this machine's
+    # temp dir, one file per directory, never removed (a removed lock file could be locked twice)
+    key = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:24]
+    locks = Path(tempfile.gettempdir()) / "pilot-review-locks"
+    locks.mkdir(exist_ok=True)
+    with open(locks / f"{key}.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
