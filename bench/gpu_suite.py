@@ -10,7 +10,7 @@ Parts, each reported as ratios (a part that fails or runs out of time is reporte
   bench/cost_model.py (`served_prediction`).
 - training: a few SFT steps of the pilot through `training.train.train`, with the zero2 preset (DeepSpeed, one
   process) and without (each its own child); steps/s, tokens/s, peak memory, ZeRO-2 / plain.
-- server: the WSD server's app (`create_app` over a `LocalBackend`, what `pilot wsd serve` runs) on uvicorn in
+- server: the WSD server's app (`create_app` over a `ContinuousBackend`, what `pilot wsd serve` runs) on uvicorn in
   the child, the models in memory, under concurrent chat requests; WSD against base-only served the same way:
   tokens/s, p50 / p95 latency.
 
@@ -479,9 +479,10 @@ def serve(method: str, pilot, base, cfg):
     from wsd_inference.api.protocol import ServerLimits
     from wsd_inference.api.router import create_app
     from wsd_inference.methods import LocalModels, get_method
-    from wsd_inference.serving import LocalBackend
+    from wsd_inference.serving import ContinuousBackend
 
-    backend = LocalBackend(get_method(method), LocalModels(pilot=pilot, base=base), cfg.batch_size)
+    models = LocalModels(pilot=pilot, base=base)  # continuous batching, as `pilot wsd serve` in-process
+    backend = ContinuousBackend(get_method(method).continuous(models), models, cfg.batch_size)
     app = create_app(backend, cfg, method, ServerLimits(max_tokens=cfg.max_new_tokens, default_temperature=0.0))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,14 +3,16 @@ served the same way (`pilot wsd serve --method base_only`) and, with --backend s
 server itself, and what each served answer asked of the model servers.
 
 The pair is bench/wsd_speed.py's (a base ~10x the pilot, briefly pretrained). --backend local: both models in the
-server's process (dynamic batching). --backend served: the pilot and the base each on a vLLM server (CPU here,
-automatic prefix caching on, as vLLM's default, with --vllm-block-size tokens per KV block), `pilot wsd serve` in
-front, WSD run twice: with the draft scored at 8, 16, 32, ... tokens (`--draft-scoring doubling`, the schedule
-before issue #44) and once per answer (`once`, the default now). Every request is a chat completion with
-max_tokens = --max-tokens, greedy; tokens/s counts the answers' tokens (`usage.completion_tokens`). Per served
-answer, from each choice's `wsd.calls` (what the server counted as it asked): requests to the pilot, to the base
-(of them scoring), the base's prompt (prefill) tokens and of them the ones the continuation could reuse from the
-scoring request; from the vLLM base's own /metrics: the prompt tokens it counted, of them from its prefix cache.
+server's process, with each --batching in turn (static: a batch runs until its last answer is done; continuous:
+answers join and leave the running batch at every step). --backend served: the pilot and the base each on a vLLM
+server (CPU here, automatic prefix caching on, as vLLM's default, with --vllm-block-size tokens per KV block),
+`pilot wsd serve` in front, WSD run twice: with the draft scored at 8, 16, 32, ... tokens (`--draft-scoring
+doubling`, the schedule before issue #44) and once per answer (`once`, the default now). Every request is a chat
+completion with max_tokens = --max-tokens, greedy; tokens/s counts the answers' tokens (`usage.completion_tokens`).
+Per served answer, from each choice's `wsd.calls` (what the server counted as it asked): requests to the pilot, to
+the base (of them scoring), the base's prompt (prefill) tokens and of them the ones the continuation could reuse
+from the scoring request; from the vLLM base's own /metrics: the prompt tokens it counted, of them from its prefix
+cache.
 Prints the tables; copy them into docs/benchmarks.md (bench/cost_model.py turns such counts into GPU time).
 
     .venv/bin/python bench/wsd_server.py [--backend local|served|both] [--prompts 64] [--max-tokens 64]
@@ -122,6 +124,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--threshold", type=float, default=0.8)
+    ap.add_argument("--batching", nargs="+", choices=["static", "continuous"], default=["static", "continuous"],
+                    help="--backend local: the in-process server's batching, each in turn (static: issue #44's before)")
     ap.add_argument("--vllm-block-size", type=int, default=32, help="KV block of the vLLM servers (prefix caching "
                     "reuses whole blocks; vLLM-CPU's default is 128, GPUs' 16)")
     args = ap.parse_args()
@@ -135,13 +139,14 @@ def main() -> None:
             "switched |\n|---|---|---|---|---|---|---|---|")
     if args.backend in ("local", "both"):
         print(head)
-        with WSDServer(["--pilot", str(pilot), "--base", str(base), *decoding]) as wsd, \
-                WSDServer(["--pilot", str(pilot), "--base", str(base), "--method", "base_only", *decoding]) as alone:
-            for c in args.concurrency:
-                ref = asyncio.run(load(alone.url, "base_only", prompts, c, args.max_tokens))
-                got = asyncio.run(load(wsd.url, "wsd", prompts, c, args.max_tokens))
-                print(row("in-process base-only", c, ref, None))
-                print(row("in-process WSD", c, got, ref), flush=True)
+        for batching in args.batching:
+            local = ["--pilot", str(pilot), "--base", str(base), "--batching", batching, *decoding]
+            with WSDServer(local) as wsd, WSDServer([*local, "--method", "base_only"]) as alone:
+                for c in args.concurrency:
+                    ref = asyncio.run(load(alone.url, "base_only", prompts, c, args.max_tokens))
+                    got = asyncio.run(load(wsd.url, "wsd", prompts, c, args.max_tokens))
+                    print(row(f"in-process ({batching}) base-only", c, ref, None))
+                    print(row(f"in-process ({batching}) WSD", c, got, ref), flush=True)
     if args.backend in ("served", "both"):
         served_tables(args, pilot, base, prompts, decoding, head)
 

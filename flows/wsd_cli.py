@@ -181,6 +181,11 @@ def generate(input_path, output_path, method, **options) -> None:
               "(same answers either way): once, when the draft is finished or fills the answer's budget (fewest "
               "requests; the continuation reuses the server's prefix cache); doubling, at --chunk-size, 2x, 4x ... "
               "draft tokens (the pilot stops nearer the switch, the base starts sooner; more prefills)")
+@click.option("--batching", type=click.Choice(["continuous", "static"]),
+              help="in-process models: continuous (the default), an answer joins the running batch at the next step "
+              "and leaves it when done (the pilot does not speculate); static (the default where --speculate K "
+              "asks the pilot to speculate), a batch of answers with the same settings runs until its last one is "
+              "done, the pilot speculating for the base")
 @click.option("--max-request-bytes", type=click.IntRange(1), default=1 << 20, show_default=True)
 @click.option("--max-prompt-tokens", type=click.IntRange(1), default=8192, show_default=True)
 @click.option("--max-n", type=click.IntRange(1), default=8, show_default=True, help="largest n (choices) a request "
@@ -192,14 +197,15 @@ def generate(input_path, output_path, method, **options) -> None:
               show_default=True)
 @model_options
 def serve(host, port, method, served_model_name, server_api_key_env, max_concurrent_requests, max_queue,
-          draft_scoring, max_request_bytes, max_prompt_tokens, max_n, request_timeout_s, log_level, **options) -> None:
+          draft_scoring, batching, max_request_bytes, max_prompt_tokens, max_n, request_timeout_s, log_level,
+          **options) -> None:
     """Serve WSD ("pilot + base" as one model) behind an OpenAI-compatible API: /v1/chat/completions (streaming
     too), /v1/completions, /v1/models, /health, /metrics (Prometheus).
 
-    The models are the same as `pilot wsd generate` takes: in-process (requests are batched as they arrive) or on
-    servers such as vLLM (--pilot / --base URLs). max_tokens in a request is WSD's total budget (default:
-    --max-new-tokens); temperature, where a request gives none, is 1.0 as OpenAI's and vLLM's (--temperature sets
-    another). SIGTERM stops accepting requests and finishes the ones in flight."""
+    The models are the same as `pilot wsd generate` takes: in-process (answers join the running batch as they
+    arrive: --batching) or on servers such as vLLM (--pilot / --base URLs). max_tokens in a request is WSD's
+    total budget (default: --max-new-tokens); temperature, where a request gives none, is 1.0 as OpenAI's and
+    vLLM's (--temperature sets another). SIGTERM stops accepting requests and finishes the ones in flight."""
     import os
 
     import uvicorn
@@ -224,12 +230,14 @@ def serve(host, port, method, served_model_name, server_api_key_env, max_concurr
 
         named = "temperature" in (read_yaml(options["config_path"])[0] or {})
     # loads (and checks) the models before listening
-    backend = make_backend(method, pilot, base, cfg, compute, max_queue=max_queue, max_running=max_concurrent_requests)
+    backend = make_backend(method, pilot, base, cfg, compute, max_queue=max_queue, max_running=max_concurrent_requests,
+                           batching=batching)
     limits = ServerLimits(max_request_bytes=max_request_bytes, max_prompt_tokens=max_prompt_tokens,
                           max_tokens=cfg.max_new_tokens, max_n=max_n, request_timeout_s=request_timeout_s,
                           default_temperature=cfg.temperature if named else 1.0)
     name = served_model_name or method
     app = create_app(backend, cfg, name, limits, key)
-    click.echo(f"serving {name!r} ({method}) on http://{host}:{port}/v1", err=True)
+    how = f", {backend.stats()['batching']} batching" if "batching" in backend.stats() else ""
+    click.echo(f"serving {name!r} ({method}{how}) on http://{host}:{port}/v1", err=True)
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                   timeout_graceful_shutdown=int(request_timeout_s) + 1)).run()

@@ -10,6 +10,7 @@ from pilot_core.models.speculative import (
     PROBE_PLAIN,
     PROBE_ROUNDS,
     SAMPLES,
+    SETTLED,
     Pacing,
     PassCosts,
     SpecRow,
@@ -90,12 +91,19 @@ def test_a_row_capped_by_its_room_or_its_k_proposes_no_more():
 
 
 def test_new_rows_explore_once_then_go_by_their_own_and_the_pairs_acceptance():
-    """The pair's acceptance so far is a prior: a new row runs one round at its k even where the prior says it
-    does not pay (else a pilot unlucky in its first rounds would never speculate again in this process); after
-    it, its own proposals weigh."""
+    """The pair's acceptance so far is a prior: while it rests on few proposals, a new row runs one round at its k
+    even where the prior says it does not pay (else a pilot unlucky in its first rounds would never speculate again
+    in this process); after it, its own proposals weigh. Once the prior rests on SETTLED proposals and the costs
+    are fixed, a new row is judged at once."""
     costs = measured(1.0, 0.1, 0.02)
-    costs.proposed, costs.accepted = 1000, 50  # this pair's proposals were hardly ever kept
+    costs.proposed, costs.accepted = SETTLED - 4, 3  # this pair's proposals were hardly ever kept, so far
     pace = Pacing(Speculation(tokens=4), costs)
+    assert pace.round_ks([SpecRow(4) for _ in range(4)], [50] * 4) == [4] * 4
+    costs.proposed, costs.accepted = 1000, 50
+    assert not any(pace.round_ks([SpecRow(4) for _ in range(4)], [50] * 4))  # settled: no exploring round
+    costs.draft = []  # the pilot's passes never timed (it proposed from its cache): settled all the same
+    assert not any(pace.round_ks([SpecRow(4) for _ in range(4)], [50] * 4))
+    costs.verify = costs.verify[:-1]  # ... but not while a round sample is missing (costs still being timed)
     assert pace.round_ks([SpecRow(4) for _ in range(4)], [50] * 4) == [4] * 4
     assert not any(pace.round_ks([SpecRow(4, SpecStats(rounds=1, proposed=4, accepted=0)) for _ in range(4)],
                                  [50] * 4))

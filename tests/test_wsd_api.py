@@ -22,6 +22,7 @@ from .helpers import pilot
 KEY_ENV, KEY = "PILOT_TEST_SERVER_KEY", "sk-test-4f1c9e"
 DECODING = ["--max-draft-tokens", "16", "--window", "3", "--threshold", "0.05"]
 PROMPTS = [f"Question number {i}: what is {i} plus {i}?" for i in range(6)]
+FIELDS = ("switched", "switch_index", "kept_draft_tokens", "base_tokens", "draft_text")
 LONG = "Question number 22: what is 22 plus 22?"  # the tiny pair's greedy answer runs to any budget (3000 here)
 
 
@@ -67,15 +68,17 @@ def test_answers_equal_wsd_generate_also_when_batched(server, generated):
             return await asyncio.gather(*(c.chat.completions.create(
                 model="wsd", messages=[{"role": "user", "content": p}], max_tokens=24, temperature=0) for p in PROMPTS))
 
-    before = server.health()
     answers = asyncio.run(all_at_once())
     after = server.health()
-    assert after["largest_batch"] > 1 and after["batches"] - before["batches"] < len(PROMPTS)  # they were batched
+    assert after["batching"] == "continuous" and after["largest_batch"] > 1  # they ran together
     for i, r in enumerate(answers):
         want, c = generated[f"q{i}"], r.choices[0]
         assert c.message.content == want["response"]
-        assert c.model_extra["wsd"] == {k: want[k] for k in ("switched", "switch_index", "kept_draft_tokens",
-                                                              "pilot_tokens", "base_tokens", "draft_text")}
+        got = c.model_extra["wsd"]
+        assert {k: got[k] for k in FIELDS} == {k: want[k] for k in FIELDS}
+        # scored as it becomes final (continuous batching), a greedy draft stops within a chunk (8) of where
+        # the batch engine's does
+        assert abs(got["pilot_tokens"] - want["pilot_tokens"]) <= 8
         assert r.usage.completion_tokens == want["kept_draft_tokens"] + want["base_tokens"] <= 24
         assert c.finish_reason == ("length" if r.usage.completion_tokens == 24 else "stop")
         assert r.usage.prompt_tokens > 5 and r.model == "wsd"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pilot_core.inputs import read_text
-from pilot_core.method_record import MethodRecord
+from pilot_core.method_record import MethodRecord, SpeculationFigures
 from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch
 from pilot_core.models.sampling import NO_WATCH, Watch, chat_batch
@@ -64,9 +64,15 @@ def _base_alone(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prompts
                          speculator)
     total = time.perf_counter() - t0
     timing = {"batch_s": round(total, 4), "draft_and_score_s": 0.0, "batch_size": len(recs)}
-    return [MethodRecord(rec.id, method, cut_at_markers(base.decode(row.tokens), stop), time_s=total / len(recs),
-                         timing=timing, base_tokens=len(row.tokens), speculation=spec and spec[i])
+    return [base_record(base, rec, row.tokens, method, stop, total / len(recs), timing, spec and spec[i])
             for i, (rec, row) in enumerate(zip(recs, rows))]
+
+
+def base_record(base: HFModel, rec: PromptRecord, tokens: list[int], method: str, stop: tuple[str, ...],
+                time_s: float, timing: dict, speculation: SpeculationFigures | None = None) -> MethodRecord:
+    """The record of an answer the base wrote alone: its text cut at the first stop string."""
+    return MethodRecord(rec.id, method, cut_at_markers(base.decode(tokens), stop), time_s=time_s, timing=timing,
+                        base_tokens=len(tokens), speculation=speculation)
 
 
 def base_only_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, watch: Watch = NO_WATCH,

@@ -86,18 +86,21 @@ class WSDRow:
             return self.logps
         return relative_logps(self.logps, view.ends, view.pilot_ends, self.draft.top1)
 
-    def decide(self, view: DraftView, logps: list[float], changed: int, cfg: WSDConfig) -> None:
+    def decide(self, view: DraftView, logps: list[float], changed: int, cfg: WSDConfig,
+               finished: bool | None = None) -> None:
         """After the base scored `view` (`logps`: its log-prob per position): switch at the first window that
         reaches the threshold (only windows touching a changed position are new), or keep the whole draft once
-        the pilot finished. An empty finished draft keeps nothing."""
-        if self.draft.done:
+        the pilot finished and all of it is scored (`finished`; default: the draft is done and `view` is all of
+        it). An empty finished draft keeps nothing."""
+        finished = self.draft.done if finished is None else finished
+        if finished:
             self.final_ids = view.ids
         if view.empty:
             self.decided = True
             return
         self.logps = logps[self.prompt_len:]
         self.scores = self.rule_scores(view)
-        d = decide(self.scores, self.draft.done, cfg.window, cfg.threshold, cfg.max_new_tokens,
+        d = decide(self.scores, finished, cfg.window, cfg.threshold, cfg.max_new_tokens,
                    start=max(0, changed - self.prompt_len))
         if d is not None:
             (self.accept, self.switched), self.decided = d, True

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pilot_core.method_record import MethodRecord, NudgingTrace, SearchTrace, SpeculationFigures, Trace, WSDTrace
-from wsd_inference import baselines, eft, engine, nudging, remote_engine, remote_search, search, staged
+from wsd_inference import baselines, continuous, eft, engine, nudging, remote_engine, remote_search, search, staged
 
 if TYPE_CHECKING:  # the CLI imports this table: the methods' modules import no config (pydantic) at import time
     from pilot_core.models.completions import LocalCompletions, ServedCompletions
@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # the CLI imports this table: the methods' modules import no 
     from pilot_core.models.reward import RewardModel
     from pilot_core.models.sampling import Watch
     from wsd_inference.config import WSDConfig
+    from wsd_inference.continuous import ContinuousEngine
 
 ROLES = ("pilot", "base", "untuned", "reward")  # what a method may use
 
@@ -81,6 +82,7 @@ class Method:
     pilot_ids: bool = False  # with a served base, the pilot continues token ids (a served pilot's tokenizer is loaded)
     validation: bool = True  # whether `pilot validate` may run it
     speculates: bool = False  # in-process, the pilot proposes the base's tokens when speculation is on
+    continuous: Callable[[LocalModels], ContinuousEngine] | None = None  # in-process, continuous batching (serving)
 
     @property
     def servable(self) -> bool:
@@ -121,12 +123,14 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            uses=("pilot", "base"), speculates=True, trace=WSDTrace,
            local=lambda m, recs, cfg: engine.wsd_batch(m.pilot, m.base, recs, cfg),
            watched=lambda m, recs, cfg, watch: engine.wsd_batch(m.pilot, m.base, recs, cfg, watch),
+           continuous=lambda m: continuous.ContinuousEngine("wsd", m.base, m.pilot),
            served=lambda m, rec, cfg, stop=(), on_text=None: remote_engine.wsd_one(m.pilot, m.base, rec, cfg, stop,
                                                                                      on_text)),
     Method("base_only", "the base alone with the plain role template",
            uses=("base",), speculates=True,
            local=lambda m, recs, cfg: baselines.base_only_batch(m.base, recs, cfg, pilot=m.pilot),
            watched=lambda m, recs, cfg, watch: baselines.base_only_batch(m.base, recs, cfg, watch, m.pilot),
+           continuous=lambda m: continuous.ContinuousEngine("base_only", m.base),
            served=lambda m, rec, cfg, stop=(), on_text=None: remote_engine.base_only_one(m.base, rec, cfg, stop,
                                                                                            on_text)),
     Method("pilot_only", "the pilot alone with its chat template, for the whole budget",

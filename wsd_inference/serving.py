@@ -4,10 +4,13 @@ runner from the registry, in-process or with the models on servers.
 
 Admission (`api/serving.py`) puts a request's answers in the queue, all or none (a full queue: 429); the backend's
 scheduler takes them, by priority then arrival, when it has room:
-- `LocalBackend`: the models in this process. One engine thread decodes a batch at a time: the answer at the head
-  of the queue and those right behind it that share its decoding settings, up to `batch_size` (dynamic batching;
-  a batch runs until its last row is done). A continuous-batching scheduler would take from the same queue whenever
-  a row frees up. An answer's random stream is seeded by its own key, so it does not depend on its batch.
+- `ContinuousBackend` (in-process, the default for WSD and the base alone): one engine thread steps the running
+  answers (`wsd_inference.continuous`); the answers at the head of the queue join at the next step whenever fewer
+  than `capacity` run, whatever their settings, and each leaves when it is done (continuous batching).
+- `LocalBackend` (in-process, `--batching static`, and every other method): one engine thread decodes a batch at a
+  time: the answer at the head of the queue and those right behind it that share its decoding settings, up to
+  `batch_size` (dynamic batching; a batch runs until its last row is done). The pilot speculates for the base here.
+  An answer's random stream is seeded by its own key, so it does not depend on its batch, in either.
 - `ServedBackend`: the model that writes is on a server (vLLM); up to `max_running` answers at once, each its own
   requests there, and the servers batch them; a streamed answer streams the base's continuation.
 
@@ -31,6 +34,7 @@ from pilot_core.models.sampling import Stream, Watch
 from pilot_core.models.templates import base_prompt
 from pilot_core.prompts import PromptRecord
 from wsd_inference.config import WSDConfig
+from wsd_inference.continuous import Answer, ContinuousEngine
 from wsd_inference.methods import LocalModels, Method, ServedModels
 
 
@@ -173,29 +177,56 @@ class Backend:
         return await self.result(job)
 
 
-class LocalBackend(Backend):
-    """In-process models; one engine thread, dynamic batching."""
+class InProcess(Backend):
+    """What both in-process backends share: one engine thread, the counts `stats` reports, and a job's callback
+    per token (its text to a streaming client; a cancelled job's row stopped)."""
 
-    def __init__(self, method: Method, models: LocalModels, batch_size: int, gather_s: float = 0.005,
-                 queue: JobQueue | None = None, max_running: int | None = None):
-        self.method, self.models, self.gather_s = method, models, gather_s
+    def _start(self, models: LocalModels, queue: JobQueue | None, gather_s: float) -> None:
+        self.models, self.gather_s = models, gather_s
         self.queue = queue if queue is not None else JobQueue()
-        self.capacity = min(batch_size, max_running or batch_size)  # answers in one batch
         self.base_tokenizer = (models.base or models.pilot).tokenizer
-        self.batches, self.largest_batch = 0, 0  # batches run, and the most answers one held
-        self.running = 0  # answers in the batch being decoded
+        self.largest_batch = 0  # the most answers decoded together
         self.cancelled = 0  # answers stopped part-way because their client went away
         self._thread = threading.Thread(target=self._run, name="wsd-engine", daemon=True)
         self._thread.start()
-
-    def stats(self) -> dict:
-        return {"batches": self.batches, "largest_batch": self.largest_batch, "cancelled": self.cancelled,
-                "running": self.running, "waiting": len(self.queue)}
 
     async def close(self) -> None:
         """After the jobs already queued are finished."""
         self.queue.close()
         await asyncio.to_thread(self._thread.join)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def _watcher(self, job: Job) -> Callable[[list[int], Stream], None]:
+        decode = self.base_tokenizer.decode
+
+        def watch(before: list[int], stream: Stream) -> None:
+            job.finish = stream.finish
+            if job.cancelled.is_set():
+                if not stream.done:
+                    self.cancelled += 1
+                stream.done = True
+            elif job.on_text is not None:
+                job.on_text(decode(before + stream.tokens, skip_special_tokens=True))
+
+        return watch
+
+
+class LocalBackend(InProcess):
+    """In-process models; one engine thread, dynamic batching."""
+
+    def __init__(self, method: Method, models: LocalModels, batch_size: int, gather_s: float = 0.005,
+                 queue: JobQueue | None = None, max_running: int | None = None):
+        self.method = method
+        self.capacity = min(batch_size, max_running or batch_size)  # answers in one batch
+        self.batches = 0  # batches run
+        self.running = 0  # answers in the batch being decoded
+        self._start(models, queue, gather_s)
+
+    def stats(self) -> dict:
+        return {"batching": "static", "batches": self.batches, "largest_batch": self.largest_batch,
+                "cancelled": self.cancelled, "running": self.running, "waiting": len(self.queue)}
 
     def _run(self) -> None:
         while self.queue.wait():
@@ -222,19 +253,51 @@ class LocalBackend(Backend):
         for job, record in zip(jobs, records):
             job.future.set_result(record)
 
-    def _watcher(self, job: Job) -> Callable[[list[int], Stream], None]:
-        decode = self.base_tokenizer.decode
 
-        def watch(before: list[int], stream: Stream) -> None:
-            job.finish = stream.finish
-            if job.cancelled.is_set():
-                if not stream.done:
+class ContinuousBackend(InProcess):
+    """In-process models, continuous batching: one engine thread steps a `ContinuousEngine`; waiting answers join
+    at the next step while fewer than `capacity` run."""
+
+    def __init__(self, engine: ContinuousEngine, models: LocalModels, capacity: int, gather_s: float = 0.005,
+                 queue: JobQueue | None = None):
+        self.engine, self.capacity = engine, capacity
+        self._jobs: dict[Answer, Job] = {}  # the answers running, and whose they are
+        self._start(models, queue, gather_s)
+
+    @property
+    def running(self) -> int:
+        return len(self._jobs)
+
+    def stats(self) -> dict:
+        return {"batching": "continuous", "steps": self.engine.steps, "largest_batch": self.largest_batch,
+                "cancelled": self.cancelled, "running": self.running, "waiting": len(self.queue)}
+
+    def _run(self) -> None:
+        while self._jobs or self.queue.wait():
+            if not self._jobs:  # idle: requests sent together arrive a little apart; let them join one prefill
+                time.sleep(self.gather_s)
+            for job in self.queue.take(self.capacity - len(self._jobs)):
+                if job.start():
+                    self._jobs[self.engine.add(job.rec, job.cfg, job.stop, self._watcher(job))] = job
+            for answer, job in self._jobs.items():
+                if job.cancelled.is_set() and answer.stream is None:  # drafting: no callback sees it
+                    self.engine.drop(answer)  # it leaves at this step
                     self.cancelled += 1
-                stream.done = True
-            elif job.on_text is not None:
-                job.on_text(decode(before + stream.tokens, skip_special_tokens=True))
-
-        return watch
+            self.largest_batch = max(self.largest_batch, self.engine.running)
+            try:
+                done = self.engine.step()
+            except BaseException as e:  # noqa: BLE001 — handed to every running request, the engine starts afresh
+                for job in self._jobs.values():
+                    job.future.set_exception(e)
+                self._jobs.clear()
+                self.engine = self.engine.fresh()
+                continue
+            for answer in done:
+                job = self._jobs.pop(answer)
+                if job.cancelled.is_set():
+                    job.future.set_exception(JobCancelled())
+                else:
+                    job.future.set_result(answer.record)
 
 
 class ServedBackend(Backend):
@@ -322,10 +385,11 @@ def request_config(cfg: WSDConfig, max_tokens: int | None, temperature: float | 
 
 
 def make_backend(method_name: str, pilot, base, cfg: WSDConfig, compute=None, max_queue: int = 256,
-                 max_running: int = 64) -> LocalBackend | ServedBackend:
+                 max_running: int = 64, batching: str | None = None) -> Backend:
     """Load (or reach) what a servable method uses, in-process or on servers, as `pilot wsd generate` does; its
-    queue holds `max_queue` answers, and at most `max_running` run at once (in-process: in one batch, at most
-    `batch_size`)."""
+    queue holds `max_queue` answers, and at most `max_running` run at once (in-process: at most `batch_size`
+    together; `batching`: continuous or static; by default continuous where the method has it, unless the config
+    asks the pilot to speculate with a given k, which static batches do)."""
     from pilot_core.errors import UserError
     from wsd_inference.methods import get_method
     from wsd_inference.runner import ModelLoader, served_at_all
@@ -334,9 +398,19 @@ def make_backend(method_name: str, pilot, base, cfg: WSDConfig, compute=None, ma
     if not method.servable:
         raise UserError(f"method {method_name} cannot be served (servable: wsd, base_only)")
     remote = served_at_all(method, pilot, base, None, cfg)
+    asked = cfg.speculation.enabled and not cfg.speculation.auto  # a k given: --speculate K or the config's
+    if batching == "continuous" and asked:
+        raise UserError(f"--speculate {cfg.speculation.tokens}: in-process, the pilot speculates with --batching "
+                        "static (continuous batching does not speculate yet)")
+    continuous = (not remote and method.continuous is not None
+                  and (batching == "continuous" or batching is None and not asked))
+    if continuous:
+        cfg = cfg.model_copy(update={"speculation": cfg.speculation.model_copy(update={"tokens": 0})})
     loader, uses = ModelLoader(cfg, compute), method.models(cfg, in_process=not remote)
     queue = JobQueue(max_queue)
     if remote:
         return ServedBackend(method, loader.served(uses, pilot, base, None, method.pilot_ids), queue, max_running)
-    return LocalBackend(method, loader.local(uses, pilot, base, None), cfg.batch_size, queue=queue,
-                        max_running=max_running)
+    models = loader.local(uses, pilot, base, None)
+    if continuous:
+        return ContinuousBackend(method.continuous(models), models, min(cfg.batch_size, max_running), queue=queue)
+    return LocalBackend(method, models, cfg.batch_size, queue=queue, max_running=max_running)

@@ -183,10 +183,11 @@ class RaggedBatch:
                                                                                    layer.values.shape[-1]))
         self.mask = mask.to(self.m.device)
 
-    def compact_if_sparse(self, slack: int = 64) -> None:
-        """Compact once holes (rewound or padded slots) take more than half the cache width plus `slack` slots:
-        a pass attends over every slot, so holes cost; compacting too often costs a copy of the cache."""
-        if self.mask.shape[1] > 2 * max((len(s) for s in self.slots), default=0) + slack:
+    def compact_if_sparse(self, slack: int = 64, factor: float = 2.0) -> None:
+        """Compact once the cache is wider than `factor` times its longest row plus `slack` slots (holes: rewound or
+        padded slots, rows that joined later): a pass attends over every slot, so holes cost; compacting too often
+        costs a copy of the cache."""
+        if self.mask.shape[1] > factor * max((len(s) for s in self.slots), default=0) + slack:
             self.compact()
 
     def select(self, rows: list[int]) -> None:
@@ -200,6 +201,41 @@ class RaggedBatch:
         self.tokens = [list(self.tokens[r]) for r in rows]
         self.next_logits = [self.next_logits[r] for r in rows]
         self.logps = [list(self.logps[r]) for r in rows]
+
+    def extend(self, other: RaggedBatch) -> None:
+        """Append `other`'s rows (same model) after this batch's, with their caches, tokens and logits (rows joining
+        a running batch: continuous batching). The shorter cache is padded on the right with masked slots; a row's
+        slots keep their indices."""
+        import torch
+
+        if not len(self):
+            self.__dict__.update(other.__dict__)
+            return
+        width = max(self.mask.shape[1], other.mask.shape[1])
+
+        def padded(x, dim):
+            pad = width - x.shape[dim]
+            return x if not pad else torch.cat([x, x.new_zeros(*x.shape[:dim], pad, *x.shape[dim + 1:])], dim)
+
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            if theirs.keys is None or not theirs.keys.numel():
+                raise ValueError("rows join a running batch once they hold tokens")
+            mine.keys = torch.cat([padded(mine.keys, 2), padded(theirs.keys, 2)])
+            mine.values = torch.cat([padded(mine.values, 2), padded(theirs.values, 2)])
+        self.mask = torch.cat([padded(self.mask, 1), padded(other.mask, 1)])
+        self.slots += other.slots
+        self.tokens += other.tokens
+        self.next_logits += other.next_logits
+        self.logps += other.logps
+
+    def keep_rows(self, rows: list[int]) -> None:
+        """Keep only the given rows, in order (finished rows leave: their cache is freed); none: an empty batch."""
+        if len(rows) == len(self):
+            return
+        if rows:
+            self.select(rows)
+        else:
+            self.__init__(self.m, 0)
 
     def drop(self, r: int, n: int) -> None:
         """Drop the last n live tokens of row r (`truncate`)."""

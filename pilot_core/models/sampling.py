@@ -111,17 +111,7 @@ class Generation:
         """One token for every live row; the rows that did not stop are fed together."""
         step: list[list[int]] = [[] for _ in self.rows]
         for r, row in enumerate(self.rows):
-            if row.done:
-                continue
-            logits = self.next_logits(r)
-            row.tokens.append(pick_token(logits, self.sampling, row.generator))
-            if row.top1 is not None:
-                row.top1.append(top1_prob(logits))
-            if self._stops(row):
-                row.done = True
-            if row.on_token is not None:
-                row.on_token(row)  # may end the row (a client that went away)
-            if not row.done:
+            if not row.done and next_token(row, self.next_logits(r), self.batch.m, self.sampling, self.stop_strings):
                 step[r] = [row.tokens[-1]]
         if any(step):
             self.feed(step)
@@ -139,14 +129,31 @@ class Generation:
         self.rows = [self.rows[r].copy(g) for r, g in zip(rows, generators)]
 
     def _stops(self, row: Stream) -> bool:
-        """Whether the row stops after its last token; `row.finish` says why (a stop wins over the budget)."""
-        m = self.batch.m
-        if row.tokens[-1] in m.stop_ids or self.stop_strings and has_marker(
-                m.tokenizer.decode(row.tokens[-MARKER_TAIL:], skip_special_tokens=True), self.stop_strings):
-            row.finish = "stop"
-        elif len(row.tokens) >= row.budget:
-            row.finish = "length"
-        return row.finish is not None
+        return stops(row, self.batch.m, self.stop_strings)
+
+
+def stops(row: Stream, m: HFModel, stop_strings: tuple[str, ...]) -> bool:
+    """Whether the row stops after its last token; `row.finish` says why (a stop wins over the budget)."""
+    if row.tokens[-1] in m.stop_ids or stop_strings and has_marker(
+            m.tokenizer.decode(row.tokens[-MARKER_TAIL:], skip_special_tokens=True), stop_strings):
+        row.finish = "stop"
+    elif len(row.tokens) >= row.budget:
+        row.finish = "length"
+    return row.finish is not None
+
+
+def next_token(row: Stream, logits, m: HFModel, sampling: Sampling, stop_strings: tuple[str, ...] = ()) -> bool:
+    """One token for a live row from its next-token logits (model `m`): picked with the row's own generator,
+    recorded, checked for a stop, shown to the row's callback (which may end it). True if the row goes on: its new
+    token is to be fed."""
+    row.tokens.append(pick_token(logits, sampling, row.generator))
+    if row.top1 is not None:
+        row.top1.append(top1_prob(logits))
+    if stops(row, m, stop_strings):
+        row.done = True
+    if row.on_token is not None:
+        row.on_token(row)  # may end the row (a client that went away)
+    return not row.done
 
 
 @dataclass(frozen=True)

@@ -249,7 +249,8 @@ class SpecRow:
 PROBE_PLAIN = 2  # plain base passes timed before the first round of a batch shape not measured yet
 PROBE_ROUNDS = 2  # then rounds timed (at the rows' first k) before the pace decides
 SAMPLES = 8  # passes of each kind (plain, round) timed as they come; the costs are fixed after that many
-EXPLORE_ROUNDS = 1  # rounds a new row runs at its k before the pace judges it
+EXPLORE_ROUNDS = 1  # rounds a new row runs at its k before the pace judges it, while the costs or the prior are thin
+SETTLED = 64  # proposals the pair's acceptance (the prior) rests on before a new row is judged by it at once
 
 
 @dataclass
@@ -348,9 +349,11 @@ class Pacing:
     -1 otherwise, within [1, max_tokens]; 0 once its acceptance rate says it does not pay), and, with the
     "measured" pace, whether the batch runs a round at all and up to which k: the one that writes the most tokens
     per second, given the rows' acceptance and the measured `PassCosts`, if that beats a plain step by `margin`.
-    A new row runs its first EXPLORE_ROUNDS at its k whatever the costs say: the acceptance of the rows before it
-    is only a prior, costs measured on a busy machine may be too high, and a row that never proposes could never
-    show either wrong (the price: one round per row)."""
+    A new row runs its first EXPLORE_ROUNDS at its k whatever the costs say while they are thin: the acceptance of
+    the rows before it is only a prior, costs measured on a busy machine may be too high, and a row that never
+    proposes could never show either wrong (the price: one round per row). Once every round sample is in and the
+    prior rests on SETTLED proposals, a new row is judged by them from its first step (short answers on a pair
+    where rounds do not pay lost a few percent to those rounds: issue #43)."""
 
     def __init__(self, spec: Speculation, costs: PassCosts | None = None, draft_extra: int = 0):
         self.spec, self.costs = spec, costs
@@ -376,7 +379,10 @@ class Pacing:
             rate = tokens / costs.round_s(k, self.draft_extra)
             if rate > best:
                 best, best_k = rate, k
-        return [cap if rows[r].stats.rounds < EXPLORE_ROUNDS else min(cap, best_k) for r, cap in enumerate(caps)]
+        # not `timing(True)`: a pilot that proposes from its cache (WSD's draft past the switch) times no draft pass
+        settled = costs.proposed >= SETTLED and len(costs.verify) >= SAMPLES
+        return [cap if not settled and rows[r].stats.rounds < EXPLORE_ROUNDS else min(cap, best_k)
+                for r, cap in enumerate(caps)]
 
     @staticmethod
     def _acceptance(st: SpecStats, prior: float) -> float:

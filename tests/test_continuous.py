@@ -1,0 +1,135 @@
+"""Continuous batching (`wsd_inference.continuous`): answers that join a running batch at any step and leave it
+when done get the batch engine's answers, greedy and sampled, on both tokenizer pairs, and free their rows."""
+
+import pytest
+
+from wsd_inference.baselines import base_only_batch
+from wsd_inference.config import WSDConfig
+from wsd_inference.continuous import ContinuousEngine
+from wsd_inference.engine import wsd_batch
+
+from .helpers import RECS, median_max_window
+
+FIELDS = ("response", "draft_text", "switch_index", "switched", "base_tokens", "kept_draft_tokens")
+
+
+def run(engine: ContinuousEngine, cfg: WSDConfig, arrivals: list[int], capacity: int = 64) -> dict:
+    """RECS through the engine, `arrivals[i]` of them joining at step i (the rest after the last), at most
+    `capacity` running; records by id, and the most rows each batch held."""
+    todo, got, widest, i = list(RECS), {}, {"base": 0, "pilot": 0}, 0
+    while todo or engine.running:
+        n = arrivals[i] if i < len(arrivals) else len(todo)
+        for rec in todo[: max(0, min(n, capacity - engine.running))]:
+            engine.add(rec, cfg)
+            todo.remove(rec)
+        for a in engine.step():
+            got[a.rec.id] = a.record
+        widest["base"] = max(widest["base"], len(engine.base_rows))
+        widest["pilot"] = max(widest["pilot"], len(engine.pilot_rows) if engine.pilot_rows else 0)
+        assert len(engine.base_rows) == len(engine.answers) and engine.steps < 2000
+        i += 1
+    assert len(engine.base_rows) == 0 and (engine.pilot_rows is None or len(engine.pilot_rows) == 0)
+    return got, widest
+
+
+STAGGERED = [2, 0, 1, 0, 0, 3, 1]  # two at once, then one and three more while the first are mid-answer
+
+
+@pytest.mark.parametrize("pair", ["same", "different"])
+@pytest.mark.parametrize("rule,temperature,chunk", [("absolute", 0.0, 8), ("relative", 0.0, 8), ("absolute", 1.0, 8),
+                                                    ("absolute", 1.0, 3), ("absolute", 0.0, 16),
+                                                    ("absolute", 1.0, 16)])
+def test_wsd_answers_equal_the_batch_engine_whenever_they_join(models, pair, rule, temperature, chunk):
+    """Sampled: a draft and its continuation share a generator, so the engine must draw the batch engine's draft
+    tokens, chunk by chunk (a chunk shorter than the tokens a new draft is given when it joins, too)."""
+    pilot, base = models[pair]
+    cfg = WSDConfig(window=3, threshold=median_max_window(pilot, base, 3), rule=rule, max_draft_tokens=24,
+                    max_new_tokens=40, temperature=temperature, seed=3, chunk_size=chunk, speculation={"tokens": 0})
+    want = {r.id: r for r in wsd_batch(pilot, base, RECS, cfg)}
+    if rule == "absolute":  # the threshold is the absolute rule's median: some switch, some do not
+        assert any(r.wsd.switched for r in want.values()) and not all(r.wsd.switched for r in want.values())
+    for arrivals, capacity in ((STAGGERED, 64), ([len(RECS)], 3)):
+        got, widest = run(ContinuousEngine("wsd", base, pilot), cfg, arrivals, capacity)
+        assert widest["base"] <= capacity and widest["base"] > 1
+        for rec in RECS:
+            g, w = got[rec.id].to_json(), want[rec.id].to_json()
+            assert {k: g[k] for k in FIELDS} == {k: w[k] for k in FIELDS}, (rec.id, arrivals)
+            # a sampled draft draws what the batch engine's does; a greedy one, scored as it becomes final (never
+            # chunk_size tokens behind), stops within a chunk of where the batch engine's does
+            if temperature:
+                assert g["pilot_tokens"] == w["pilot_tokens"]
+            else:
+                assert abs(g["pilot_tokens"] - w["pilot_tokens"]) <= cfg.chunk_size
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_base_only_equals_the_batch_engine_with_answers_of_their_own_settings(models, temperature):
+    """Rows of one batch need not share settings: each answer decodes with its own budget and temperature."""
+    _, base = models["different"]
+    cfg = WSDConfig(max_new_tokens=30, temperature=temperature, seed=5, speculation={"tokens": 0})
+    short = cfg.model_copy(update={"max_new_tokens": 7, "temperature": 0.0})
+    want = {r.id: r for r in base_only_batch(base, RECS, cfg)}
+    want_short = {r.id: r for r in base_only_batch(base, RECS, short)}
+    engine, got, step = ContinuousEngine("base_only", base), {}, 0
+    answers = {}
+    for i, rec in enumerate(RECS):  # one joins per step, every other one with the short settings
+        answers[rec.id] = engine.add(rec, short if i % 2 else cfg)
+        for a in engine.step():
+            got[a.rec.id] = a.record
+    while engine.running:
+        for a in engine.step():
+            got[a.rec.id] = a.record
+        step += 1
+    for i, rec in enumerate(RECS):
+        w = (want_short if i % 2 else want)[rec.id]
+        assert (got[rec.id].response, got[rec.id].base_tokens) == (w.response, w.base_tokens), rec.id
+    assert max(r.base_tokens for r in got.values()) > 7  # the long answers outlived the short ones' rows
+
+
+def test_an_answer_dropped_mid_way_leaves_and_the_others_are_unchanged(models):
+    pilot, base = models["same"]
+    cfg = WSDConfig(window=3, threshold=median_max_window(pilot, base, 3), max_draft_tokens=24, max_new_tokens=40,
+                    speculation={"tokens": 0})
+    want = {r.id: r for r in wsd_batch(pilot, base, RECS, cfg)}
+    engine = ContinuousEngine("wsd", base, pilot)
+    never = engine.add(RECS[0], cfg)
+    engine.drop(never)  # before it joined: the next step returns it, and it never took a row
+    answers = [engine.add(rec, cfg) for rec in RECS]
+    assert engine.step()[0] is never and len(engine.base_rows) == len(RECS)
+    engine.step()
+    engine.drop(answers[0])  # drafting
+    got = {}
+    while engine.running:
+        if answers[1].stream is not None and not answers[1].done:
+            engine.drop(answers[1])  # continuing
+        for a in engine.step():
+            got[a.rec.id] = a.record
+    assert len(engine.base_rows) == 0
+    for rec in RECS[2:]:
+        assert got[rec.id].response == want[rec.id].response
+
+
+def test_the_server_batches_continuously_unless_asked_to_speculate_with_a_given_k(pair_same):
+    """`pilot wsd serve` in-process: continuous batching by default (no pilot loaded for base_only, whose pilot
+    would only speculate); static where the config gives a k; continuous and a k together are refused."""
+    import asyncio
+
+    from pilot_core.errors import UserError
+    from pilot_core.models.source import ModelSource
+    from wsd_inference.serving import ContinuousBackend, LocalBackend, make_backend
+
+    pilot, base = ModelSource(name="p", path=str(pair_same[0])), ModelSource(name="b", path=str(pair_same[1]))
+    k4 = WSDConfig(speculation={"tokens": 4})
+    chosen = {}
+    for label, method, cfg, batching in (("default", "wsd", WSDConfig(), None),
+                                         ("alone", "base_only", WSDConfig(), None),
+                                         ("k", "wsd", k4, None), ("static", "wsd", WSDConfig(), "static")):
+        backend = make_backend(method, pilot, base, cfg, batching=batching)
+        chosen[label] = backend
+        asyncio.run(backend.close())
+    assert isinstance(chosen["default"], ContinuousBackend) and isinstance(chosen["alone"], ContinuousBackend)
+    assert chosen["alone"].models.pilot is None and chosen["default"].engine.pilot is not None
+    assert isinstance(chosen["k"], LocalBackend) and isinstance(chosen["static"], LocalBackend)
+    assert chosen["k"].stats()["batching"] == "static"
+    with pytest.raises(UserError, match="--batching static"):
+        make_backend("wsd", pilot, base, k4, batching="continuous")
