@@ -10,15 +10,16 @@ One step (`ContinuousEngine.step`):
 3. the base runs one pass over its rows: a continuing answer's new token is fed (one whose switch was just
    decided first re-reads its kept context), a drafting answer's next final draft token is scored, and the switch
    rule runs on what was scored (where no answer continues, the pass waits until a draft has a chunk to score:
-   `_scoring`);
+   `_ready`);
 4. answers that are done leave, with their records.
 
-The answers are the batch engine's (`engine.wsd_batch`, `baselines.base_only_batch`), greedy and sampled: each row
-draws with its own seeded generator, in the same order. A draft is scored as its tokens become final instead of
-every `chunk_size` tokens; no decision changes (the first window that reaches γ is the same whenever it is read:
-`switch.decide` over final tokens only), only how far the pilot drafts past the switch point (a sampled draft
-draws exactly the batch engine's chunks: `Answer.decided`). Each answer has its own settings (temperature, budget,
-stop strings): rows need not share them.
+The answers are the batch engine's (`engine.wsd_batch`, `baselines.base_only_batch`), greedy and sampled, up to
+float rounding (rows run beside others, padded otherwise; a near tie could differ, as between any two batch shapes):
+each row draws with its own seeded generator, in the same order. A draft is scored as its tokens become final
+instead of every `chunk_size` tokens; no decision changes (the first window that reaches γ is the same whenever it
+is read: `switch.decide` over final tokens only), only how far the pilot drafts past the switch point (a sampled
+draft draws exactly the batch engine's chunks: `Answer.decided`). Each answer has its own settings (temperature,
+budget, stop strings): rows need not share them.
 
 Not here: speculation (the pilot proposing the base's tokens): the batch engine does it (`pilot wsd serve
 --batching static`).
@@ -62,6 +63,7 @@ class Answer:
     stop: tuple[str, ...] = ()  # the request's own stop strings, besides the role markers
     watch: WatchFn | None = None
     wsd: WSDRow | None = None
+    pilot_prompt: str = ""  # WSD: the pilot's chat prompt
     context: list[int] | None = None
     stream: Stream | None = None
     synced: bool = False  # the base's row holds context + stream's tokens, with the logits after them
@@ -97,8 +99,9 @@ class Answer:
         """The switch is decided over the base's `scored` tokens (`stopped`: the pilot had finished its draft).
         A sampled draft and its continuation draw from one generator, and the batch engine drafts in chunks of
         `chunk_size` tokens before it scores: so that the continuation's draws are the ones it makes there, a
-        sampled row first drafts on to the end of its chunk (the tokens are not kept; the pilot's are the cheap
-        ones). A greedy one draws nothing and goes on at once."""
+        sampled row first drafts on to the end of its chunk (the tokens are not in the answer, only in its
+        pilot_tokens, as the batch engine's are; the pilot's are the cheap ones). A greedy one draws nothing and
+        goes on at once."""
         w = self.wsd
         w.keep(scored, self.cfg)
         if w.generator is not None and not stopped:
@@ -148,9 +151,14 @@ class ContinuousEngine:
 
     def add(self, rec: PromptRecord, cfg: WSDConfig, stop: tuple[str, ...] = (), watch: WatchFn | None = None,
             ) -> Answer:
+        """An answer to join at the next step. Its prompts are rendered here, so a conversation a chat template
+        refuses fails its own request (raised here), not the step of every running answer."""
         a = Answer(rec, cfg, stop, watch)
         if self.method == "wsd":
             a.wsd = wsd_rows(self.base, [rec], cfg)[0]
+            a.pilot_prompt = chat_prompt(self.pilot.tokenizer, rec.messages)
+        else:
+            a.context = self.base.encode(base_prompt(rec.messages, self.base.tokenizer.bos_token))
         self.joining.append(a)
         return a
 
@@ -158,7 +166,7 @@ class ContinuousEngine:
         """End an answer before it is done: the next step returns it, its rows gone."""
         if answer.stream is None:
             if answer.wsd is not None:
-                answer.wsd.decided, answer.owed = True, 0  # out of the drafting rows
+                answer.wsd.decided, answer.wsd.draft.done, answer.owed = True, True, 0  # out of the drafting rows
             answer.stream = Stream(0)
         else:
             answer.stream.done = True
@@ -180,7 +188,7 @@ class ContinuousEngine:
             return
         rows = RaggedBatch(self.base, len(new))
         if self.method == "wsd":
-            drafts = prefilled(self.pilot, [chat_prompt(self.pilot.tokenizer, a.rec.messages) for a in new])
+            drafts = prefilled(self.pilot, [a.pilot_prompt for a in new])
             for _ in range(LEAD):  # the new drafts' first tokens, on their own rows: scoring starts at once
                 self._draft(drafts, new)
             self.pilot_rows.extend(drafts)
@@ -188,8 +196,7 @@ class ContinuousEngine:
             rows.advance([a.wsd.prompt_ids for a in new], [a.wsd.prompt_len for a in new])
         else:
             for a in new:
-                a.continue_from(self.base.encode(base_prompt(a.rec.messages, self.base.tokenizer.bos_token)),
-                                a.cfg.max_new_tokens, [])
+                a.continue_from(a.context, a.cfg.max_new_tokens, [])
             rows.feed([a.context for a in new])
             for a in new:
                 a.synced = True

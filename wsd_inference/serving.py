@@ -277,8 +277,12 @@ class ContinuousBackend(InProcess):
             if not self._jobs:  # idle: requests sent together arrive a little apart; let them join one prefill
                 time.sleep(self.gather_s)
             for job in self.queue.take(self.capacity - len(self._jobs)):
-                if job.start():
+                if not job.start():
+                    continue
+                try:  # a prompt its template refuses fails its own request only
                     self._jobs[self.engine.add(job.rec, job.cfg, job.stop, self._watcher(job))] = job
+                except Exception as e:  # noqa: BLE001 — the request's to report
+                    job.future.set_exception(e)
             for answer, job in self._jobs.items():
                 if job.cancelled.is_set() and answer.stream is None:  # drafting: no callback sees it
                     self.engine.drop(answer)  # it leaves at this step
