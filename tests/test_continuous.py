@@ -70,16 +70,14 @@ def test_base_only_equals_the_batch_engine_with_answers_of_their_own_settings(mo
     short = cfg.model_copy(update={"max_new_tokens": 7, "temperature": 0.0})
     want = {r.id: r for r in base_only_batch(base, RECS, cfg)}
     want_short = {r.id: r for r in base_only_batch(base, RECS, short)}
-    engine, got, step = ContinuousEngine("base_only", base), {}, 0
-    answers = {}
+    engine, got = ContinuousEngine("base_only", base), {}
     for i, rec in enumerate(RECS):  # one joins per step, every other one with the short settings
-        answers[rec.id] = engine.add(rec, short if i % 2 else cfg)
+        engine.add(rec, short if i % 2 else cfg)
         for a in engine.step():
             got[a.rec.id] = a.record
     while engine.running:
         for a in engine.step():
             got[a.rec.id] = a.record
-        step += 1
     for i, rec in enumerate(RECS):
         w = (want_short if i % 2 else want)[rec.id]
         assert (got[rec.id].response, got[rec.id].base_tokens) == (w.response, w.base_tokens), rec.id
