@@ -123,3 +123,29 @@ def test_nudging_with_smollm2_as_the_pilot(smollm2, pair_different):
             assert {k: g.to_json()[k] for k in want} == want, (gamma, rec.id)
         handoffs += sum(g.nudging.handoffs for g in got)
     assert handoffs > 0
+
+
+def test_continuous_batching_with_smollm2_as_the_pilot(smollm2, pair_different):
+    """The server's continuous batching with a real chat pilot (SmolLM2's 49k tokenizer and template) beside a base
+    of another tokenizer family, answers joining at different steps: the batch engine's answers."""
+    from pilot_core.models.loading import load_hf_model
+    from wsd_inference.config import WSDConfig
+    from wsd_inference.continuous import ContinuousEngine
+    from wsd_inference.engine import wsd_batch
+
+    from .helpers import RECS
+
+    pilot, base = load_hf_model(str(smollm2), need_chat_template=True), load_hf_model(str(pair_different[1]))
+    recs = RECS[:4]
+    cfg = WSDConfig(window=3, threshold=0.05, max_draft_tokens=24, max_new_tokens=32, speculation={"tokens": 0})
+    want = {r.id: r for r in wsd_batch(pilot, base, recs, cfg)}
+    engine, got = ContinuousEngine("wsd", base, pilot), {}
+    for rec in recs:  # one joins per step
+        engine.add(rec, cfg)
+        got.update((a.rec.id, a.record) for a in engine.step())
+    while engine.running:
+        got.update((a.rec.id, a.record) for a in engine.step())
+    fields = ("response", "draft_text", "switch_index", "switched", "base_tokens", "kept_draft_tokens")
+    for rec in recs:
+        assert {k: got[rec.id].to_json()[k] for k in fields} == {k: want[rec.id].to_json()[k] for k in fields}
+    assert any(g.wsd.kept_draft_tokens for g in got.values())  # the pilot's words were kept
