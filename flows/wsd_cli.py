@@ -34,6 +34,12 @@ def model_options(f):
         click.option("--max-draft-tokens", type=int, help="default 512"),
         click.option("--max-new-tokens", type=int, help="total budget in base tokens, default 2048"),
         click.option("--batch-size", type=int, help="default 8"),
+        click.option("--batching", type=click.Choice(["auto", "continuous", "static"]), help="in-process models: "
+                     "continuous, an answer joins the running batch at the next step and leaves it when done (wsd, "
+                     "base_only, urial, pilot_only; the pilot does not speculate); static, batch by batch, each "
+                     "until its last answer is done (the pilot speculates for the base); auto (the default): serve "
+                     "batches continuously where the method has it, --batch-size > 1 and no --speculate K; "
+                     "generate, statically"),
         click.option("--chunk-size", type=int, help="draft tokens scored per base pass, default 8"),
         click.option("--temperature", type=float, help="0 = greedy (default)"),
         click.option("--top-p", type=float),
@@ -181,11 +187,6 @@ def generate(input_path, output_path, method, **options) -> None:
               "(same answers either way): once, when the draft is finished or fills the answer's budget (fewest "
               "requests; the continuation reuses the server's prefix cache); doubling, at --chunk-size, 2x, 4x ... "
               "draft tokens (the pilot stops nearer the switch, the base starts sooner; more prefills)")
-@click.option("--batching", type=click.Choice(["continuous", "static"]),
-              help="in-process models: continuous (the default), an answer joins the running batch at the next step "
-              "and leaves it when done (the pilot does not speculate); static (the default where --speculate K "
-              "asks the pilot to speculate), a batch of answers with the same settings runs until its last one is "
-              "done, the pilot speculating for the base")
 @click.option("--max-request-bytes", type=click.IntRange(1), default=1 << 20, show_default=True)
 @click.option("--max-prompt-tokens", type=click.IntRange(1), default=8192, show_default=True)
 @click.option("--max-n", type=click.IntRange(1), default=8, show_default=True, help="largest n (choices) a request "
@@ -197,7 +198,7 @@ def generate(input_path, output_path, method, **options) -> None:
               show_default=True)
 @model_options
 def serve(host, port, method, served_model_name, server_api_key_env, max_concurrent_requests, max_queue,
-          draft_scoring, batching, max_request_bytes, max_prompt_tokens, max_n, request_timeout_s, log_level,
+          draft_scoring, max_request_bytes, max_prompt_tokens, max_n, request_timeout_s, log_level,
           **options) -> None:
     """Serve WSD ("pilot + base" as one model) behind an OpenAI-compatible API: /v1/chat/completions (streaming
     too), /v1/completions, /v1/models, /health, /metrics (Prometheus).
@@ -230,8 +231,7 @@ def serve(host, port, method, served_model_name, server_api_key_env, max_concurr
 
         named = "temperature" in (read_yaml(options["config_path"])[0] or {})
     # loads (and checks) the models before listening
-    backend = make_backend(method, pilot, base, cfg, compute, max_queue=max_queue, max_running=max_concurrent_requests,
-                           batching=batching)
+    backend = make_backend(method, pilot, base, cfg, compute, max_queue=max_queue, max_running=max_concurrent_requests)
     limits = ServerLimits(max_request_bytes=max_request_bytes, max_prompt_tokens=max_prompt_tokens,
                           max_tokens=cfg.max_new_tokens, max_n=max_n, request_timeout_s=request_timeout_s,
                           default_temperature=cfg.temperature if named else 1.0)

@@ -180,7 +180,7 @@ class MethodRecord:
     id: str
     method: str
     response: str
-    time_s: float  # this answer's share of its batch's wall time
+    time_s: float  # this answer's share of its batch's wall time (batched continuously: of the steps it ran in)
     timing: dict[str, float]  # how the batch's time was spent (clock readings, for people)
     pilot_tokens: int = 0  # tokens the pilot wrote (WSD: drafted, kept or not)
     base_tokens: int = 0  # tokens the base wrote

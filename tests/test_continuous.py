@@ -1,9 +1,11 @@
 """Continuous batching (`wsd_inference.continuous`): answers that join a running batch at any step and leave it
 when done get the batch engine's answers, greedy and sampled, on both tokenizer pairs, and free their rows."""
 
+import json
+
 import pytest
 
-from wsd_inference.baselines import base_only_batch
+from wsd_inference.baselines import base_only_batch, pilot_only_batch, urial_batch
 from wsd_inference.config import WSDConfig
 from wsd_inference.continuous import ContinuousEngine
 from wsd_inference.engine import wsd_batch
@@ -24,11 +26,11 @@ def run(engine: ContinuousEngine, cfg: WSDConfig, arrivals: list[int], capacity:
             todo.remove(rec)
         for a in engine.step():
             got[a.rec.id] = a.record
-        widest["base"] = max(widest["base"], len(engine.base_rows))
+        widest["base"] = max(widest["base"], len(engine.rows))
         widest["pilot"] = max(widest["pilot"], len(engine.pilot_rows) if engine.pilot_rows else 0)
-        assert len(engine.base_rows) == len(engine.answers) and engine.steps < 2000
+        assert len(engine.rows) == len(engine.answers) and engine.steps < 2000
         i += 1
-    assert len(engine.base_rows) == 0 and (engine.pilot_rows is None or len(engine.pilot_rows) == 0)
+    assert len(engine.rows) == 0 and (engine.pilot_rows is None or len(engine.pilot_rows) == 0)
     return got, widest
 
 
@@ -84,6 +86,24 @@ def test_base_only_equals_the_batch_engine_with_answers_of_their_own_settings(mo
     assert max(r.base_tokens for r in got.values()) > 7  # the long answers outlived the short ones' rows
 
 
+@pytest.mark.parametrize("method,temperature", [("urial", 0.0), ("urial", 1.0), ("pilot_only", 0.0),
+                                                ("pilot_only", 1.0)])
+def test_the_other_baselines_equal_their_batch_functions_whenever_they_join(models, method, temperature):
+    """URIAL (its prefix, its stop string, its answer out of the fence) and the pilot alone (its chat template, to
+    its end of turn) batched continuously: the batch functions' answers, with answers joining at different steps."""
+    pilot, base = models["different"]
+    cfg = WSDConfig(max_new_tokens=30, temperature=temperature, seed=7, speculation={"tokens": 0})
+    batch = {"urial": lambda: urial_batch(base, RECS, cfg), "pilot_only": lambda: pilot_only_batch(pilot, RECS, cfg)}
+    want = {r.id: r for r in batch[method]()}
+    engine = ContinuousEngine(method, base if method == "urial" else pilot)
+    got, _ = run(engine, cfg, STAGGERED)
+    count = "pilot_tokens" if method == "pilot_only" else "base_tokens"
+    for rec in RECS:
+        g, w = got[rec.id].to_json(), want[rec.id].to_json()
+        assert (g["method"], g["response"], g[count]) == (w["method"], w["response"], w[count]), rec.id
+    assert len({r.response for r in want.values()}) > 1
+
+
 def test_an_answer_dropped_mid_way_leaves_and_the_others_are_unchanged(models):
     pilot, base = models["same"]
     cfg = WSDConfig(window=3, threshold=median_max_window(pilot, base, 3), max_draft_tokens=24, max_new_tokens=40,
@@ -93,7 +113,7 @@ def test_an_answer_dropped_mid_way_leaves_and_the_others_are_unchanged(models):
     never = engine.add(RECS[0], cfg)
     engine.drop(never)  # before it joined: the next step returns it, and it never took a row
     answers = [engine.add(rec, cfg) for rec in RECS]
-    assert engine.step()[0] is never and len(engine.base_rows) == len(RECS)
+    assert engine.step()[0] is never and len(engine.rows) == len(RECS)
     engine.step()
     engine.drop(answers[0])  # drafting
     got = {}
@@ -102,14 +122,15 @@ def test_an_answer_dropped_mid_way_leaves_and_the_others_are_unchanged(models):
             engine.drop(answers[1])  # continuing
         for a in engine.step():
             got[a.rec.id] = a.record
-    assert len(engine.base_rows) == 0
+    assert len(engine.rows) == 0
     for rec in RECS[2:]:
         assert got[rec.id].response == want[rec.id].response
 
 
 def test_the_server_batches_continuously_unless_asked_to_speculate_with_a_given_k(pair_same):
     """`pilot wsd serve` in-process: continuous batching by default (no pilot loaded for base_only, whose pilot
-    would only speculate); static where the config gives a k; continuous and a k together are refused."""
+    would only speculate); static where the config gives a k or one answer runs at a time; continuous and a k
+    together are refused."""
     import asyncio
 
     from pilot_core.errors import UserError
@@ -119,15 +140,72 @@ def test_the_server_batches_continuously_unless_asked_to_speculate_with_a_given_
     pilot, base = ModelSource(name="p", path=str(pair_same[0])), ModelSource(name="b", path=str(pair_same[1]))
     k4 = WSDConfig(speculation={"tokens": 4})
     chosen = {}
-    for label, method, cfg, batching in (("default", "wsd", WSDConfig(), None),
-                                         ("alone", "base_only", WSDConfig(), None),
-                                         ("k", "wsd", k4, None), ("static", "wsd", WSDConfig(), "static")):
-        backend = make_backend(method, pilot, base, cfg, batching=batching)
+    for label, method, cfg in (("default", "wsd", WSDConfig()), ("alone", "base_only", WSDConfig()),
+                               ("k", "wsd", k4), ("static", "wsd", WSDConfig(batching="static")),
+                               ("one", "wsd", WSDConfig(batch_size=1))):
+        backend = make_backend(method, pilot, base, cfg)
         chosen[label] = backend
         asyncio.run(backend.close())
     assert isinstance(chosen["default"], ContinuousBackend) and isinstance(chosen["alone"], ContinuousBackend)
     assert chosen["alone"].models.pilot is None and chosen["default"].engine.pilot is not None
-    assert isinstance(chosen["k"], LocalBackend) and isinstance(chosen["static"], LocalBackend)
-    assert chosen["k"].stats()["batching"] == "static"
-    with pytest.raises(UserError, match="--batching static"):
-        make_backend("wsd", pilot, base, k4, batching="continuous")
+    for label in ("k", "static", "one"):  # at one answer at a time, speculation is what pays
+        assert isinstance(chosen[label], LocalBackend) and chosen[label].stats()["batching"] == "static", label
+    with pytest.raises(UserError, match="batching static"):
+        make_backend("wsd", pilot, base, k4.model_copy(update={"batching": "continuous"}))
+
+
+@pytest.mark.parametrize("method", ["wsd", "base_only", "urial", "pilot_only"])
+def test_generate_batches_continuously_with_the_answers_of_static_batches(models, pair_same, tmp_path, method):
+    """`pilot wsd generate` (generate_to_file) batched continuously: batch_size answers at once, a finished one's
+    place going to the next prompt; the answers are static batches', each record's time its share of the steps it
+    ran in."""
+    from pilot_core.models.source import ModelSource
+    from wsd_inference.runner import generate_to_file
+
+    pilot, base = models["same"]
+    sources = [ModelSource(name=n, path=str(p)) for n, p in zip(("pilot", "base"), pair_same)]
+    cfg = WSDConfig(window=3, threshold=median_max_window(pilot, base, 3), max_draft_tokens=16, max_new_tokens=24,
+                    batch_size=3)
+    got = {}
+    for batching in ("static", "continuous"):
+        out = tmp_path / f"{batching}.jsonl"
+        generate_to_file(*sources, RECS, cfg.model_copy(update={"batching": batching}).without_speculation(), out,
+                         progress=False, method=method)
+        got[batching] = {r["id"]: r for r in map(json.loads, open(out))}
+    assert list(got["continuous"]) == [r.id for r in RECS]  # in input order, as static batches write them
+    for rec in RECS:
+        s, c = got["static"][rec.id], got["continuous"][rec.id]
+        assert c["response"] == s["response"] and c["base_tokens"] == s["base_tokens"], rec.id
+        assert "running" in c["timing"] and "batch_size" in s["timing"] and c["time_s"] > 0
+    if method == "wsd":
+        assert {r["switched"] for r in got["continuous"].values()} == {True, False}
+
+
+def test_auto_batches_continuously_in_the_server_and_statically_in_generate():
+    """`batching: auto`: the server batches continuously unless a k is given or one answer runs at a time;
+    generate keeps static batches (measured: the pilot's speculation there is worth more on a close pair)."""
+    from wsd_inference.methods import METHODS, continuous_batching
+
+    auto, off, k4, one = WSDConfig(), WSDConfig(speculation={"tokens": 0}), WSDConfig(speculation={"tokens": 4}), \
+        WSDConfig(batch_size=1)
+    for name in ("wsd", "base_only", "urial", "pilot_only"):
+        m = METHODS[name]
+        assert [continuous_batching(m, c, serving=True) for c in (auto, off, k4, one)] == [True, True, False, False]
+        assert not any(continuous_batching(m, c) for c in (auto, off, k4, one)), name
+        assert not continuous_batching(m, off.model_copy(update={"batching": "continuous"}), remote=True)
+    assert not any(continuous_batching(METHODS[m], off, serving=True) for m in ("nudging", "eft", "bon", "cbs"))
+
+
+def test_generate_refuses_continuous_batching_it_cannot_do_before_writing(pair_same, tmp_path):
+    """`batching: continuous` for a method without it, or beside a given k: one error, no output written."""
+    from pilot_core.errors import UserError
+    from pilot_core.models.source import ModelSource
+    from wsd_inference.runner import generate_to_file
+
+    sources = [ModelSource(name=n, path=str(p)) for n, p in zip(("pilot", "base"), pair_same)]
+    for method, cfg, says in (("nudging", WSDConfig(batching="continuous"), "nudging has no continuous batching"),
+                              ("wsd", WSDConfig(batching="continuous", speculation={"tokens": 4}),
+                               "speculation.tokens 4")):
+        with pytest.raises(UserError, match=says):
+            generate_to_file(*sources, RECS, cfg, tmp_path / "out.jsonl", progress=False, method=method)
+        assert not list(tmp_path.iterdir())

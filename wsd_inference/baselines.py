@@ -9,7 +9,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ from pilot_core.method_record import MethodRecord, SpeculationFigures
 from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch
 from pilot_core.models.sampling import NO_WATCH, Watch, chat_batch
-from pilot_core.models.templates import STOP_STRINGS, base_prompt, cut_at_markers
+from pilot_core.models.templates import STOP_STRINGS, base_prompt, chat_prompt, cut_at_markers
 from pilot_core.prompts import PromptRecord
 from wsd_inference.continuation import Speculator, continue_base
 
@@ -53,44 +54,59 @@ def urial_answer(response: str) -> str:
     return response.removesuffix("```").strip()
 
 
-def _base_alone(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prompts: list[str], method: str,
-                stop: tuple[str, ...] = STOP_STRINGS, watch: Watch = NO_WATCH,
+@dataclass(frozen=True)
+class Alone:
+    """One model writing the answer by itself (a baseline): the rule every path reads (the batch functions here,
+    continuous batching): the prompt it reads, where its answer ends, the answer from its text, its record."""
+
+    method: str
+    writer: str  # "base" or "pilot": the model that writes, whose tokens the record counts
+    prompt: Callable[[HFModel, list[dict], WSDConfig], str]
+    stop: tuple[str, ...]  # stop strings, besides the writer's own end tokens
+    answer: Callable[[str], str] = str.strip  # the answer from the text cut at the first stop string
+
+    def record(self, model: HFModel, rec: PromptRecord, tokens: list[int], time_s: float, timing: dict,
+               stop: tuple[str, ...] = (), speculation: SpeculationFigures | None = None) -> MethodRecord:
+        """The record of an answer it wrote (`stop`: a request's own stop strings, besides the method's)."""
+        text = self.answer(cut_at_markers(model.decode(tokens), self.stop + stop))
+        count = {"pilot_tokens" if self.writer == "pilot" else "base_tokens": len(tokens)}
+        return MethodRecord(rec.id, self.method, text, time_s=time_s, timing=timing, speculation=speculation, **count)
+
+
+ALONE = {a.method: a for a in (
+    Alone("base_only", "base", lambda m, messages, cfg: base_prompt(messages, m.tokenizer.bos_token), STOP_STRINGS),
+    Alone("urial", "base", lambda m, messages, cfg: urial_prompt(messages, urial_prefix(cfg.urial_prefix),
+                                                                 m.tokenizer.bos_token), URIAL_STOP, urial_answer),
+    Alone("pilot_only", "pilot", lambda m, messages, cfg: chat_prompt(m.tokenizer, messages), ()),
+)}
+
+
+def _base_alone(alone: Alone, base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, watch: Watch = NO_WATCH,
                 speculator: Speculator | None = None) -> list[MethodRecord]:
     """The base alone from each prompt, with the whole budget; the response cut at the first stop string."""
     t0 = time.perf_counter()
-    stop = stop + watch.stop
+    stop = alone.stop + watch.stop
     rows = [watch.stream(r, cfg.max_new_tokens, g) for r, g in enumerate(cfg.generators([r.id for r in recs]))]
-    spec = continue_base(RaggedBatch(base, len(recs)), [base.encode(p) for p in prompts], rows, cfg.sampling(), stop,
-                         speculator)
+    prompts = [base.encode(alone.prompt(base, r.messages, cfg)) for r in recs]
+    spec = continue_base(RaggedBatch(base, len(recs)), prompts, rows, cfg.sampling(), stop, speculator)
     total = time.perf_counter() - t0
     timing = {"batch_s": round(total, 4), "draft_and_score_s": 0.0, "batch_size": len(recs)}
-    return [base_record(base, rec, row.tokens, method, stop, total / len(recs), timing, spec and spec[i])
+    return [alone.record(base, rec, row.tokens, total / len(recs), timing, watch.stop, spec and spec[i])
             for i, (rec, row) in enumerate(zip(recs, rows))]
-
-
-def base_record(base: HFModel, rec: PromptRecord, tokens: list[int], method: str, stop: tuple[str, ...],
-                time_s: float, timing: dict, speculation: SpeculationFigures | None = None) -> MethodRecord:
-    """The record of an answer the base wrote alone: its text cut at the first stop string."""
-    return MethodRecord(rec.id, method, cut_at_markers(base.decode(tokens), stop), time_s=time_s, timing=timing,
-                        base_tokens=len(tokens), speculation=speculation)
 
 
 def base_only_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, watch: Watch = NO_WATCH,
                     pilot: HFModel | None = None) -> list[MethodRecord]:
     """The base model alone with the plain role template, same budget and stop rules as WSD; with speculation on
     and a pilot given, the pilot proposes the base's tokens (the answers are still the base's)."""
-    return _base_alone(base, recs, cfg, [base_prompt(r.messages, base.tokenizer.bos_token) for r in recs],
-                       "base_only", watch=watch, speculator=Speculator.of(pilot, base, recs, cfg))
+    return _base_alone(ALONE["base_only"], base, recs, cfg, watch, Speculator.of(pilot, base, recs, cfg))
 
 
-def urial_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig, prefix: str | None = None,
+def urial_batch(base: HFModel, recs: list[PromptRecord], cfg: WSDConfig,
                 pilot: HFModel | None = None) -> list[MethodRecord]:
     """The base after the URIAL prefix; with speculation on and a pilot given, the pilot (reading its own chat
     template, not the prefix) proposes the base's tokens."""
-    prefix = urial_prefix(cfg.urial_prefix) if prefix is None else prefix
-    out = _base_alone(base, recs, cfg, [urial_prompt(r.messages, prefix, base.tokenizer.bos_token) for r in recs],
-                      "urial", stop=URIAL_STOP, speculator=Speculator.of(pilot, base, recs, cfg))
-    return [replace(r, response=urial_answer(r.response)) for r in out]
+    return _base_alone(ALONE["urial"], base, recs, cfg, speculator=Speculator.of(pilot, base, recs, cfg))
 
 
 def pilot_only_batch(pilot: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -> list[MethodRecord]:
@@ -99,6 +115,5 @@ def pilot_only_batch(pilot: HFModel, recs: list[PromptRecord], cfg: WSDConfig) -
     answers = chat_batch(pilot, [r.messages for r in recs], cfg.max_new_tokens, cfg.sampling(),
                          cfg.generators([r.id for r in recs]))
     total = time.perf_counter() - t0
-    return [MethodRecord(rec.id, "pilot_only", pilot.decode(d).strip(), time_s=total / len(recs),
-                         timing={"batch_s": round(total, 4), "batch_size": len(recs)}, pilot_tokens=len(d))
-            for rec, d in zip(recs, answers)]
+    timing = {"batch_s": round(total, 4), "batch_size": len(recs)}
+    return [ALONE["pilot_only"].record(pilot, rec, d, total / len(recs), timing) for rec, d in zip(recs, answers)]

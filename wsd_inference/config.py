@@ -130,6 +130,15 @@ class WSDConfig(BaseConfig):
     max_draft_tokens: int = Field(512, ge=0, description="pilot tokens drafted at most")
     max_new_tokens: int = Field(2048, ge=1, description="total budget in base tokens: kept draft + continuation")
     batch_size: int = Field(8, ge=1, description="prompts decoded together")
+    batching: Literal["auto", "continuous", "static"] = Field("auto", description="in-process: continuous (an "
+                                                              "answer joins the running batch at the next step "
+                                                              "and leaves it when done; wsd, base_only, urial, "
+                                                              "pilot_only; the pilot does not speculate), static "
+                                                              "(batch by batch, each until its last answer is "
+                                                              "done; the pilot speculates for the base), auto: "
+                                                              "continuous in the server where the method has it, "
+                                                              "batch_size > 1 and speculation.tokens is not a "
+                                                              "given k; static in generate")
     chunk_size: int = Field(8, ge=1, description="draft tokens scored per base forward pass (online engine)")
     draft_scoring: Literal["once", "doubling"] = Field("once", description="a served base (online WSD): when it "
                                                        "scores the draft, with the same answers either way; once: "
@@ -151,6 +160,9 @@ class WSDConfig(BaseConfig):
         """How WSD, the baselines and EFT pick tokens (the searches sample with their own settings)."""
         return Sampling(self.temperature, self.top_p)
 
+    def without_speculation(self) -> WSDConfig:
+        return self.model_copy(update={"speculation": self.speculation.model_copy(update={"tokens": 0})})
+
     def prompt_seed(self, key: str) -> int:
         """The seed of one prompt's (or one search row's) sampling: a sampled answer does not depend on the batch
         it ran in, and the local and served paths draw with the same seed."""
@@ -167,11 +179,13 @@ class WSDConfig(BaseConfig):
 
     @model_serializer(mode="wrap")
     def _dump(self, handler):
-        """At its default, `draft_scoring` is left out of the dump (so of the hashes and the settings a resumed
-        output is checked against, which were made without it): it changes no answer."""
+        """At their defaults, `draft_scoring` and `batching` are left out of the dump (so of the hashes and the
+        settings a resumed output is checked against, which were made without them): neither changes an answer
+        (batching: up to float rounding, as any two batch shapes)."""
         out = handler(self)
-        if self.draft_scoring == "once":
-            out.pop("draft_scoring", None)
+        for key, default in (("draft_scoring", "once"), ("batching", "auto")):
+            if getattr(self, key) == default:
+                out.pop(key, None)
         return out
 
     @model_validator(mode="after")

@@ -1,19 +1,20 @@
 """Iteration-level (continuous) batching, in-process, as vLLM schedules: an answer joins the running batch at the
 next step and leaves it when it is done, its rows and their KV cache dropped at once, so a short answer never waits
-for a long one and a new request never waits for a batch to end. For WSD and the base alone (what `pilot wsd
-serve` serves in-process).
+for a long one and a new request never waits for a batch to end. For WSD and the baselines where one model writes
+alone (`baselines.ALONE`: base_only, urial, pilot_only); `pilot wsd serve` and `pilot wsd generate` batch them so
+(`methods.continuous_batching`).
 
 One step (`ContinuousEngine.step`):
 1. the answers added since the last step are prefilled, in passes of their own (a new draft gets its first LEAD
    tokens there), and join the running batches (`RaggedBatch.extend`);
 2. the pilot writes one token for every answer still drafting (one pass over the drafting rows only);
-3. the base runs one pass over its rows: a continuing answer's new token is fed (one whose switch was just
-   decided first re-reads its kept context), a drafting answer's next final draft token is scored, and the switch
-   rule runs on what was scored (where no answer continues, the pass waits until a draft has a chunk to score:
-   `_ready`);
+3. the base (a baseline's writer) runs one pass over its rows: a continuing answer's new token is fed (one whose
+   switch was just decided first re-reads its kept context), a drafting answer's next final draft token is scored,
+   and the switch rule runs on what was scored (where no answer continues, the pass waits until a draft has a
+   chunk to score: `_ready`);
 4. answers that are done leave, with their records.
 
-The answers are the batch engine's (`engine.wsd_batch`, `baselines.base_only_batch`), greedy and sampled, up to
+The answers are the batch engine's (`engine.wsd_batch`, the `baselines` batch functions), greedy and sampled, up to
 float rounding (rows run beside others, padded otherwise; a near tie could differ, as between any two batch shapes):
 each row draws with its own seeded generator, in the same order. A draft is scored as its tokens become final
 instead of every `chunk_size` tokens; no decision changes (the first window that reaches γ is the same whenever it
@@ -21,8 +22,7 @@ is read: `switch.decide` over final tokens only), only how far the pilot drafts 
 draft draws exactly the batch engine's chunks: `Answer.decided`). Each answer has its own settings (temperature,
 budget, stop strings): rows need not share them.
 
-Not here: speculation (the pilot proposing the base's tokens): the batch engine does it (`pilot wsd serve
---batching static`).
+Not here: speculation (the pilot proposing the base's tokens): the batch engine does it (`batching: static`).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from pilot_core.method_record import MethodRecord
 from pilot_core.models.loading import HFModel
 from pilot_core.models.ragged import RaggedBatch, common_prefix
 from pilot_core.models.sampling import Stream, Watch, next_token, prefilled
-from pilot_core.models.templates import STOP_STRINGS, base_prompt, chat_prompt
+from pilot_core.models.templates import STOP_STRINGS, chat_prompt
 from pilot_core.prompts import PromptRecord
-from wsd_inference.baselines import base_record
+from wsd_inference.baselines import ALONE
 from wsd_inference.engine import DraftView, WSDRow, wsd_rows
 
 if TYPE_CHECKING:  # annotations only, see methods.py
@@ -71,6 +71,7 @@ class Answer:
     caught_up: bool = False  # the base scored every final token of the draft so far
     behind: int = 0  # final draft tokens the base has not scored yet
     record: MethodRecord | None = None
+    share: float = 0.0  # its share of the steps' wall time (a step's time split among the answers in it)
     t0: float = field(default_factory=time.perf_counter)
     t_draft: float = 0.0
 
@@ -127,17 +128,21 @@ class Answer:
 
 
 class ContinuousEngine:
-    """The running answers of one method ("wsd" or "base_only") over one KV cache per model. `add` queues an
-    answer to join at the next `step`; `step` returns the answers it finished; `drop` takes one out (a client that
-    went away). Not thread-safe: one thread steps it."""
+    """The running answers of one method over one KV cache per model: WSD (`model` the base, with its `pilot`) or
+    a baseline where `model` writes alone (`baselines.ALONE`). `add` queues an answer to join at the next `step`;
+    `step` returns the answers it finished; `drop` takes one out (a client that went away). Not thread-safe: one
+    thread steps it."""
 
-    def __init__(self, method: str, base: HFModel, pilot: HFModel | None = None):
-        if method not in ("wsd", "base_only") or (method == "wsd") != (pilot is not None):
-            raise ValueError(f"continuous batching runs wsd (with a pilot) or base_only, not {method}")
-        self.method, self.base, self.pilot = method, base, pilot
-        self.answers: list[Answer] = []  # row r of `base_rows`
+    def __init__(self, method: str, model: HFModel, pilot: HFModel | None = None):
+        if not (method == "wsd" and pilot is not None or method in ALONE and pilot is None):
+            raise ValueError(f"continuous batching runs wsd (with a pilot) or one of {', '.join(ALONE)}, "
+                             f"not {method}")
+        self.method, self.model, self.pilot = method, model, pilot
+        self.alone = ALONE.get(method)
+        self.stop = STOP_STRINGS if self.alone is None else self.alone.stop  # where the writer's answer ends
+        self.answers: list[Answer] = []  # row r of `rows`
         self.drafters: list[Answer] = []  # row r of `pilot_rows`: the answers still drafting
-        self.base_rows, self.pilot_rows = RaggedBatch(base, 0), RaggedBatch(pilot, 0) if pilot else None
+        self.rows, self.pilot_rows = RaggedBatch(model, 0), RaggedBatch(pilot, 0) if pilot else None
         self.joining: list[Answer] = []
         self.steps = 0
 
@@ -147,7 +152,7 @@ class ContinuousEngine:
 
     def fresh(self) -> ContinuousEngine:
         """The same models, nothing running (after a step failed)."""
-        return ContinuousEngine(self.method, self.base, self.pilot)
+        return ContinuousEngine(self.method, self.model, self.pilot)
 
     def add(self, rec: PromptRecord, cfg: WSDConfig, stop: tuple[str, ...] = (), watch: WatchFn | None = None,
             ) -> Answer:
@@ -155,10 +160,10 @@ class ContinuousEngine:
         refuses fails its own request (raised here), not the step of every running answer."""
         a = Answer(rec, cfg, stop, watch)
         if self.method == "wsd":
-            a.wsd = wsd_rows(self.base, [rec], cfg)[0]
+            a.wsd = wsd_rows(self.model, [rec], cfg)[0]
             a.pilot_prompt = chat_prompt(self.pilot.tokenizer, rec.messages)
         else:
-            a.context = self.base.encode(base_prompt(rec.messages, self.base.tokenizer.bos_token))
+            a.context = self.model.encode(self.alone.prompt(self.model, rec.messages, cfg))
         self.joining.append(a)
         return a
 
@@ -172,11 +177,13 @@ class ContinuousEngine:
             answer.stream.done = True
 
     def step(self) -> list[Answer]:
-        self.steps += 1
+        t0, self.steps = time.perf_counter(), self.steps + 1
         dropped = [a for a in self.joining if a.done]
         self._join()
         self._draft()
         self._base_pass()
+        for a in self.answers:
+            a.share += (time.perf_counter() - t0) / len(self.answers)
         for a in dropped:
             a.record = self._record(a, len(self.answers))
         return dropped + self._leave()
@@ -186,7 +193,7 @@ class ContinuousEngine:
         new, self.joining = [a for a in self.joining if not a.done], []
         if not new:
             return
-        rows = RaggedBatch(self.base, len(new))
+        rows = RaggedBatch(self.model, len(new))
         if self.method == "wsd":
             drafts = prefilled(self.pilot, [a.pilot_prompt for a in new])
             for _ in range(LEAD):  # the new drafts' first tokens, on their own rows: scoring starts at once
@@ -200,7 +207,7 @@ class ContinuousEngine:
             rows.feed([a.context for a in new])
             for a in new:
                 a.synced = True
-        self.base_rows.extend(rows)
+        self.rows.extend(rows)
         self.answers += new
 
     def _draft(self, rows: RaggedBatch | None = None, answers: list[Answer] | None = None) -> None:
@@ -235,21 +242,21 @@ class ContinuousEngine:
         views = self._scoring(drafts, targets, score_from, 1 if writing else None)
         for r in writing:
             a = self.answers[r]
-            if a.synced and not next_token(a.stream, self.base_rows.next_logits[r], self.base, a.cfg.sampling(),
-                                           STOP_STRINGS + a.stop):
+            if a.synced and not next_token(a.stream, self.rows.next_logits[r], self.model, a.cfg.sampling(),
+                                           self.stop + a.stop):
                 continue  # it stopped: nothing to feed
             targets[r] = a.context + a.stream.tokens
             score_from[r] = len(targets[r])  # no log-probs wanted
             a.synced = True  # once this pass ran (`advance` leaves the logits after the target)
-        changed = self.base_rows.advance(targets, score_from)
+        changed = self.rows.advance(targets, score_from)
         for r, view in views.items():
             a, stopped = self.answers[r], self.answers[r].wsd.draft.done
-            a.wsd.decide(view, self.base_rows.logps[r], changed[r], a.cfg, finished=stopped and a.caught_up)
+            a.wsd.decide(view, self.rows.logps[r], changed[r], a.cfg, finished=stopped and a.caught_up)
             if a.wsd.decided:
-                a.decided(self.base_rows.tokens[r], stopped)
+                a.decided(self.rows.tokens[r], stopped)
                 # where the switch is the last token scored, the logits after the kept context are at hand
-                a.synced = self.base_rows.tokens[r] == a.context and self.base_rows.next_logits[r] is not None
-        self.base_rows.compact_if_sparse(**COMPACT)
+                a.synced = self.rows.tokens[r] == a.context and self.rows.next_logits[r] is not None
+        self.rows.compact_if_sparse(**COMPACT)
 
     def _drafts(self) -> dict[int, tuple[DraftView, list[int], int]]:
         """Per drafting row: the base's view of its draft, the draft's final base tokens, how many of them the row
@@ -257,9 +264,9 @@ class ContinuousEngine:
         out = {}
         for r, a in enumerate(self.answers):
             if a.drafting:
-                view = a.wsd.view(self.pilot, self.base)
+                view = a.wsd.view(self.pilot, self.model)
                 final = [] if view.empty else view.ids[: view.final]
-                out[r] = view, final, common_prefix(self.base_rows.tokens[r], final)
+                out[r] = view, final, common_prefix(self.rows.tokens[r], final)
                 a.behind = len(final) - out[r][2]
         return out
 
@@ -304,15 +311,17 @@ class ContinuousEngine:
         if done:
             running = len(self.answers)
             kept = [r for r, a in enumerate(self.answers) if not a.done]
-            self.base_rows.keep_rows(kept)
+            self.rows.keep_rows(kept)
             self.answers = [self.answers[r] for r in kept]
             for a in done:
                 a.record = self._record(a, running)
         return done
 
     def _record(self, a: Answer, running: int) -> MethodRecord:
-        total = time.perf_counter() - a.t0
-        timing = {"answer_s": round(total, 4), "draft_and_score_s": round(a.t_draft, 4), "running": running}
-        if a.wsd is None:
-            return base_record(self.base, a.rec, a.stream.tokens, "base_only", STOP_STRINGS + a.stop, total, timing)
-        return a.wsd.record(self.base, a.stream.tokens, a.cfg, total, timing, "wsd", a.stop)
+        """Its time_s: its share of the steps it ran in (as a batch's records share the batch's time); its
+        latency, from `add` to done, in the timing."""
+        timing = {"answer_s": round(time.perf_counter() - a.t0, 4), "draft_and_score_s": round(a.t_draft, 4),
+                  "running": running}
+        if self.alone is not None:
+            return self.alone.record(self.model, a.rec, a.stream.tokens, a.share, timing, a.stop)
+        return a.wsd.record(self.model, a.stream.tokens, a.cfg, a.share, timing, "wsd", a.stop)

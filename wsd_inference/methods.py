@@ -82,7 +82,7 @@ class Method:
     pilot_ids: bool = False  # with a served base, the pilot continues token ids (a served pilot's tokenizer is loaded)
     validation: bool = True  # whether `pilot validate` may run it
     speculates: bool = False  # in-process, the pilot proposes the base's tokens when speculation is on
-    continuous: Callable[[LocalModels], ContinuousEngine] | None = None  # in-process, continuous batching (serving)
+    continuous: Callable[[LocalModels], ContinuousEngine] | None = None  # in-process, continuous batching
 
     @property
     def servable(self) -> bool:
@@ -136,10 +136,12 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("pilot_only", "the pilot alone with its chat template, for the whole budget",
            uses=("pilot",),
            local=lambda m, recs, cfg: baselines.pilot_only_batch(m.pilot, recs, cfg),
+           continuous=lambda m: continuous.ContinuousEngine("pilot_only", m.pilot),
            served=lambda m, rec, cfg: remote_engine.pilot_only_one(m.pilot, rec, cfg)),
     Method("urial", "the base with a fixed in-context alignment prefix (URIAL)",
            uses=("base",), speculates=True,
            local=lambda m, recs, cfg: baselines.urial_batch(m.base, recs, cfg, pilot=m.pilot),
+           continuous=lambda m: continuous.ContinuousEngine("urial", m.base),
            served=lambda m, rec, cfg: remote_engine.urial_one(m.base, rec, cfg),
            check=lambda m, cfg: baselines.urial_prefix(cfg.urial_prefix)),
     Method("bon", "best-of-N base samples, ranked by the pilot's implicit reward (or a reward model)",
@@ -169,6 +171,32 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            local=lambda m, recs, cfg: staged.staged_batch(m.pilot, m.base, recs, cfg),
            validation=False),
 )}
+
+
+def continuous_batching(method: Method, cfg: WSDConfig, remote: bool = False, serving: bool = False) -> bool:
+    """Whether in-process answers are batched continuously (`continuous.ContinuousEngine`: an answer joins the
+    running batch at the next step and leaves it when done) rather than batch by batch, as `cfg.batching` says.
+    auto: in a server (`serving`), whose requests arrive over time, where the method has it, more than one answer
+    runs at once (batch_size) and no k is given for the pilot to speculate with (static batches speculate,
+    continuous batching does not yet): a new request never waits for a batch to end. In `pilot wsd generate`, all
+    prompts at hand, static: measured, continuous batching gained 1.2-1.3x only for WSD at 8-32 answers at once with
+    speculation off, and lost to static batches where the pilot speculates on a close pair (0.6-0.7x on the SmolLM2
+    pair) and for the tiny pilot alone (docs/benchmarks.md). A base on a server is batched by its server
+    (`remote`: always False)."""
+    from pilot_core.errors import UserError
+
+    asked = cfg.speculation.enabled and not cfg.speculation.auto  # a k given: --speculate K or the config's
+    if remote or cfg.batching == "static":
+        return False
+    if cfg.batching == "continuous":
+        if method.continuous is None:
+            raise UserError(f"method {method.name} has no continuous batching (batching continuous: "
+                            f"{', '.join(m.name for m in METHODS.values() if m.continuous)})")
+        if asked:
+            raise UserError(f"speculation.tokens {cfg.speculation.tokens}: the pilot speculates with batching "
+                            "static (continuous batching does not speculate yet)")
+        return True
+    return serving and method.continuous is not None and cfg.batch_size > 1 and not asked
 
 
 def read_record(d: dict) -> MethodRecord:

@@ -19,7 +19,7 @@ from pilot_core.models.openai_server import RequestRefused
 from pilot_core.models.source import ModelSource
 from pilot_core.prompts import PromptRecord
 from wsd_inference.config import WSDConfig
-from wsd_inference.methods import METHODS, LocalModels, Method, ServedModels, get_method
+from wsd_inference.methods import METHODS, LocalModels, Method, ServedModels, continuous_batching, get_method
 from wsd_inference.records import ResumableJsonl
 
 
@@ -115,9 +115,31 @@ class GenerationSummary:
                    sum(r.wsd.kept_draft_tokens for r in new) / n, sum(r.base_tokens for r in new) / n)
 
 
+SAVE_EVERY_S = 2.0  # finished records are written (and fsynced) at most this often, not one fsync per record
+
+
 def _run_local(method: Method, models: LocalModels, todo: list[PromptRecord], cfg: WSDConfig, save) -> None:
-    for i in range(0, len(todo), cfg.batch_size):
-        save(method.local(models, todo[i : i + cfg.batch_size], cfg))
+    """Batch by batch, each batch's records saved; or, batched continuously, batch_size answers running at once (a
+    finished answer's place goes to the next prompt at the next step), finished records saved every SAVE_EVERY_S
+    seconds and when the run stops."""
+    if not continuous_batching(method, cfg):
+        for i in range(0, len(todo), cfg.batch_size):
+            save(method.local(models, todo[i : i + cfg.batch_size], cfg))
+        return
+    engine, waiting, finished, last = method.continuous(models), iter(todo), [], time.monotonic()
+    try:
+        while True:
+            while engine.running < cfg.batch_size and (rec := next(waiting, None)) is not None:
+                engine.add(rec, cfg)
+            if not engine.running:
+                break
+            finished += [a.record for a in engine.step()]
+            if finished and time.monotonic() - last >= SAVE_EVERY_S:
+                save(finished)
+                finished, last = [], time.monotonic()
+    finally:  # what finished is kept, also when the run stops
+        if finished:
+            save(finished)
 
 
 REFUSED_AT_START = 8  # refusals before any prompt ran: every request is wrong (a bad parameter), not one item
@@ -171,9 +193,6 @@ async def served_group(method: Method, models: ServedModels, recs: list[PromptRe
     return [got[rec.id] for rec in recs]
 
 
-SAVE_EVERY_S = 2.0  # finished records are written (and fsynced) at most this often, not one fsync per record
-
-
 def _run_served(method: Method, models: ServedModels, todo: list[PromptRecord], cfg: WSDConfig, save,
                 done_before: int = 0) -> None:
     """A search's prompts in groups (each group one scorer batch, as in-process: one refused prompt stops it);
@@ -225,6 +244,8 @@ def generate_to_file(pilot: ModelSource, base: ModelSource, prompts: list[Prompt
         from tqdm import tqdm
 
         # everything that can fail on bad models fails here, before the output is opened
+        if continuous_batching(m, cfg, remote):  # the pilot does not speculate there: not loaded for it
+            cfg = cfg.without_speculation()
         loader, uses = ModelLoader(cfg, compute), m.models(cfg, in_process=not remote)
         models = (loader.served(uses, pilot, base, untuned, m.pilot_ids) if remote
                   else loader.local(uses, pilot, base, untuned))

@@ -389,27 +389,21 @@ def request_config(cfg: WSDConfig, max_tokens: int | None, temperature: float | 
 
 
 def make_backend(method_name: str, pilot, base, cfg: WSDConfig, compute=None, max_queue: int = 256,
-                 max_running: int = 64, batching: str | None = None) -> Backend:
+                 max_running: int = 64) -> Backend:
     """Load (or reach) what a servable method uses, in-process or on servers, as `pilot wsd generate` does; its
     queue holds `max_queue` answers, and at most `max_running` run at once (in-process: at most `batch_size`
-    together; `batching`: continuous or static; by default continuous where the method has it, unless the config
-    asks the pilot to speculate with a given k, which static batches do)."""
+    together, batched continuously or batch by batch as `methods.continuous_batching` says)."""
     from pilot_core.errors import UserError
-    from wsd_inference.methods import get_method
+    from wsd_inference.methods import continuous_batching, get_method
     from wsd_inference.runner import ModelLoader, served_at_all
 
     method = get_method(method_name)
     if not method.servable:
         raise UserError(f"method {method_name} cannot be served (servable: wsd, base_only)")
     remote = served_at_all(method, pilot, base, None, cfg)
-    asked = cfg.speculation.enabled and not cfg.speculation.auto  # a k given: --speculate K or the config's
-    if batching == "continuous" and asked:
-        raise UserError(f"--speculate {cfg.speculation.tokens}: in-process, the pilot speculates with --batching "
-                        "static (continuous batching does not speculate yet)")
-    continuous = (not remote and method.continuous is not None
-                  and (batching == "continuous" or batching is None and not asked))
+    continuous = continuous_batching(method, cfg, remote, serving=True)
     if continuous:
-        cfg = cfg.model_copy(update={"speculation": cfg.speculation.model_copy(update={"tokens": 0})})
+        cfg = cfg.without_speculation()
     loader, uses = ModelLoader(cfg, compute), method.models(cfg, in_process=not remote)
     queue = JobQueue(max_queue)
     if remote:
