@@ -133,7 +133,6 @@ def test_the_server_batches_continuously_unless_asked_to_speculate_with_a_given_
     together are refused."""
     import asyncio
 
-    from pilot_core.errors import UserError
     from pilot_core.models.source import ModelSource
     from wsd_inference.serving import ContinuousBackend, LocalBackend, make_backend
 
@@ -150,8 +149,8 @@ def test_the_server_batches_continuously_unless_asked_to_speculate_with_a_given_
     assert chosen["alone"].models.pilot is None and chosen["default"].engine.pilot is not None
     for label in ("k", "static", "one"):  # at one answer at a time, speculation is what pays
         assert isinstance(chosen[label], LocalBackend) and chosen[label].stats()["batching"] == "static", label
-    with pytest.raises(UserError, match="batching static"):
-        make_backend("wsd", pilot, base, k4.model_copy(update={"batching": "continuous"}))
+    with pytest.raises(ValueError, match="batching continuous does not speculate"):
+        WSDConfig(batching="continuous", speculation={"tokens": 4})  # a config error, before anything loads
 
 
 @pytest.mark.parametrize("method", ["wsd", "base_only", "urial", "pilot_only"])
@@ -175,7 +174,8 @@ def test_generate_batches_continuously_with_the_answers_of_static_batches(models
     assert list(got["continuous"]) == [r.id for r in RECS]  # in input order, as static batches write them
     for rec in RECS:
         s, c = got["static"][rec.id], got["continuous"][rec.id]
-        assert c["response"] == s["response"] and c["base_tokens"] == s["base_tokens"], rec.id
+        count = "pilot_tokens" if method == "pilot_only" else "base_tokens"
+        assert c["response"] == s["response"] and c[count] == s[count], rec.id
         assert "running" in c["timing"] and "batch_size" in s["timing"] and c["time_s"] > 0
     if method == "wsd":
         assert {r["switched"] for r in got["continuous"].values()} == {True, False}
@@ -190,22 +190,34 @@ def test_auto_batches_continuously_in_the_server_and_statically_in_generate():
         WSDConfig(batch_size=1)
     for name in ("wsd", "base_only", "urial", "pilot_only"):
         m = METHODS[name]
-        assert [continuous_batching(m, c, serving=True) for c in (auto, off, k4, one)] == [True, True, False, False]
+        k_static = m.speculates  # a k is for the pilot speculating: the pilot alone never does
+        assert [continuous_batching(m, c, serving=True) for c in (auto, off, k4, one)] == [True, True, not k_static,
+                                                                                            False], name
         assert not any(continuous_batching(m, c) for c in (auto, off, k4, one)), name
         assert not continuous_batching(m, off.model_copy(update={"batching": "continuous"}), remote=True)
-    assert not any(continuous_batching(METHODS[m], off, serving=True) for m in ("nudging", "eft", "bon", "cbs"))
+    asked = off.model_copy(update={"batching": "continuous"})
+    assert not any(continuous_batching(METHODS[m], c, serving=True) for m in ("nudging", "eft", "bon", "cbs")
+                   for c in (off, asked))
 
 
-def test_generate_refuses_continuous_batching_it_cannot_do_before_writing(pair_same, tmp_path):
-    """`batching: continuous` for a method without it, or beside a given k: one error, no output written."""
-    from pilot_core.errors import UserError
+def test_generate_resumes_under_either_batching_and_batches_the_others_statically(models, pair_same, tmp_path):
+    """How answers are batched is not a setting an output is bound to: a run resumed with the other batching
+    completes it. `batching: continuous` (validation gives one config to every method) batches the methods that
+    have no continuous engine (nudging) statically, with their usual answers."""
     from pilot_core.models.source import ModelSource
+    from wsd_inference.nudging import nudging_batch
     from wsd_inference.runner import generate_to_file
 
+    pilot, base = models["same"]
     sources = [ModelSource(name=n, path=str(p)) for n, p in zip(("pilot", "base"), pair_same)]
-    for method, cfg, says in (("nudging", WSDConfig(batching="continuous"), "nudging has no continuous batching"),
-                              ("wsd", WSDConfig(batching="continuous", speculation={"tokens": 4}),
-                               "speculation.tokens 4")):
-        with pytest.raises(UserError, match=says):
-            generate_to_file(*sources, RECS, cfg, tmp_path / "out.jsonl", progress=False, method=method)
-        assert not list(tmp_path.iterdir())
+    cfg = WSDConfig(max_draft_tokens=8, max_new_tokens=12, batch_size=2, batching="continuous",
+                    speculation={"tokens": 0})
+    out = tmp_path / "out.jsonl"
+    first = generate_to_file(*sources, RECS[:3], cfg, out, progress=False)
+    rest = generate_to_file(*sources, RECS, cfg.model_copy(update={"batching": "static"}), out, progress=False)
+    assert (first.new, rest.new, rest.already_done) == (3, len(RECS) - 3, 3)
+    assert [json.loads(x)["id"] for x in open(out)] == [r.id for r in RECS]
+    generate_to_file(*sources, RECS, cfg, tmp_path / "nudging.jsonl", progress=False, method="nudging")
+    want = {r.id: r.response for r in nudging_batch(pilot, base, RECS[:2], cfg)}
+    got = {r["id"]: r["response"] for r in map(json.loads, open(tmp_path / "nudging.jsonl"))}
+    assert all(got[i] == want[i] for i in want)

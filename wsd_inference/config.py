@@ -133,12 +133,13 @@ class WSDConfig(BaseConfig):
     batching: Literal["auto", "continuous", "static"] = Field("auto", description="in-process: continuous (an "
                                                               "answer joins the running batch at the next step "
                                                               "and leaves it when done; wsd, base_only, urial, "
-                                                              "pilot_only; the pilot does not speculate), static "
-                                                              "(batch by batch, each until its last answer is "
-                                                              "done; the pilot speculates for the base), auto: "
-                                                              "continuous in the server where the method has it, "
-                                                              "batch_size > 1 and speculation.tokens is not a "
-                                                              "given k; static in generate")
+                                                              "pilot_only, the others static; the pilot does not "
+                                                              "speculate), static (batch by batch, each until its "
+                                                              "last answer is done; the pilot speculates for the "
+                                                              "base), auto: continuous in the server where the "
+                                                              "method has it, batch_size > 1 and "
+                                                              "speculation.tokens is not a given k; static in "
+                                                              "generate")
     chunk_size: int = Field(8, ge=1, description="draft tokens scored per base forward pass (online engine)")
     draft_scoring: Literal["once", "doubling"] = Field("once", description="a served base (online WSD): when it "
                                                        "scores the draft, with the same answers either way; once: "
@@ -187,6 +188,13 @@ class WSDConfig(BaseConfig):
             if getattr(self, key) == default:
                 out.pop(key, None)
         return out
+
+    @model_validator(mode="after")
+    def _batching(self) -> "WSDConfig":
+        if self.batching == "continuous" and self.speculation.enabled and not self.speculation.auto:
+            raise ValueError(f"batching continuous does not speculate (speculation.tokens {self.speculation.tokens}):"
+                             " batching static speculates, or speculation.tokens auto or 0")
+        return self
 
     @model_validator(mode="after")
     def _budget(self) -> "WSDConfig":

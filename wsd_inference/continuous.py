@@ -182,8 +182,9 @@ class ContinuousEngine:
         self._join()
         self._draft()
         self._base_pass()
+        took = time.perf_counter() - t0
         for a in self.answers:
-            a.share += (time.perf_counter() - t0) / len(self.answers)
+            a.share += took / len(self.answers)
         for a in dropped:
             a.record = self._record(a, len(self.answers))
         return dropped + self._leave()

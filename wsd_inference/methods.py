@@ -175,28 +175,20 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 
 def continuous_batching(method: Method, cfg: WSDConfig, remote: bool = False, serving: bool = False) -> bool:
     """Whether in-process answers are batched continuously (`continuous.ContinuousEngine`: an answer joins the
-    running batch at the next step and leaves it when done) rather than batch by batch, as `cfg.batching` says.
-    auto: in a server (`serving`), whose requests arrive over time, where the method has it, more than one answer
-    runs at once (batch_size) and no k is given for the pilot to speculate with (static batches speculate,
-    continuous batching does not yet): a new request never waits for a batch to end. In `pilot wsd generate`, all
-    prompts at hand, static: measured, continuous batching gained 1.2-1.3x only for WSD at 8-32 answers at once with
-    speculation off, and lost to static batches where the pilot speculates on a close pair (0.6-0.7x on the SmolLM2
-    pair) and for the tiny pilot alone (docs/benchmarks.md). A base on a server is batched by its server
-    (`remote`: always False)."""
-    from pilot_core.errors import UserError
-
-    asked = cfg.speculation.enabled and not cfg.speculation.auto  # a k given: --speculate K or the config's
-    if remote or cfg.batching == "static":
+    running batch at the next step and leaves it when done) rather than batch by batch, as `cfg.batching` says:
+    continuous where the method has it (the others batch by batch). auto: in a server (`serving`), whose requests
+    arrive over time, where the method has it, more than one answer runs at once (batch_size) and no k is given for
+    the pilot to speculate with (static batches speculate, continuous batching does not yet): a new request never
+    waits for a batch to end. In `pilot wsd generate`, all prompts at hand, static: measured, continuous batching
+    gained 1.2-1.3x only for WSD at 8-32 answers at once with speculation off, and lost to static batches where the
+    pilot speculates on a close pair (0.6-0.7x on the SmolLM2 pair) and for the tiny pilot alone
+    (docs/benchmarks.md). A base on a server is batched by its server (`remote`: always False)."""
+    if remote or method.continuous is None or cfg.batching == "static":
         return False
-    if cfg.batching == "continuous":
-        if method.continuous is None:
-            raise UserError(f"method {method.name} has no continuous batching (batching continuous: "
-                            f"{', '.join(m.name for m in METHODS.values() if m.continuous)})")
-        if asked:
-            raise UserError(f"speculation.tokens {cfg.speculation.tokens}: the pilot speculates with batching "
-                            "static (continuous batching does not speculate yet)")
+    if cfg.batching == "continuous":  # WSDConfig refuses it beside a given k
         return True
-    return serving and method.continuous is not None and cfg.batch_size > 1 and not asked
+    asked = cfg.speculation.enabled and not cfg.speculation.auto  # a k given: --speculate K or the config's
+    return serving and cfg.batch_size > 1 and not (asked and method.speculates)
 
 
 def read_record(d: dict) -> MethodRecord:

@@ -135,8 +135,8 @@ def _run_local(method: Method, models: LocalModels, todo: list[PromptRecord], cf
                 break
             finished += [a.record for a in engine.step()]
             if finished and time.monotonic() - last >= SAVE_EVERY_S:
-                save(finished)
-                finished, last = [], time.monotonic()
+                done, finished, last = finished, [], time.monotonic()  # never saved twice, even if saving fails
+                save(done)
     finally:  # what finished is kept, also when the run stops
         if finished:
             save(finished)
@@ -234,7 +234,9 @@ def generate_to_file(pilot: ModelSource, base: ModelSource, prompts: list[Prompt
     m = get_method(method)
     remote = served_at_all(m, pilot, base, untuned, cfg)
     settings = {"method": method, "pilot": pilot.model_dump(mode="json"), "base": base.model_dump(mode="json"),
-                "untuned": untuned.model_dump(mode="json") if untuned else None, "config": cfg.model_dump(mode="json"),
+                "untuned": untuned.model_dump(mode="json") if untuned else None,
+                # how answers are batched changes none (up to float rounding): an output resumes under any batching
+                "config": cfg.model_dump(mode="json", exclude={"batching"}),
                 "compute": (compute or Compute()).resolve().identity()}
     out = ResumableJsonl(output, settings)
     done = out.done_ids()

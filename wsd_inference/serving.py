@@ -4,10 +4,11 @@ runner from the registry, in-process or with the models on servers.
 
 Admission (`api/serving.py`) puts a request's answers in the queue, all or none (a full queue: 429); the backend's
 scheduler takes them, by priority then arrival, when it has room:
-- `ContinuousBackend` (in-process, the default for WSD and the base alone): one engine thread steps the running
-  answers (`wsd_inference.continuous`); the answers at the head of the queue join at the next step whenever fewer
-  than `capacity` run, whatever their settings, and each leaves when it is done (continuous batching).
-- `LocalBackend` (in-process, `--batching static`, and every other method): one engine thread decodes a batch at a
+- `ContinuousBackend` (in-process, WSD and the base alone, unless `--batching static`, `--speculate K` or
+  `--batch-size 1`: `methods.continuous_batching`): one engine thread steps the running answers
+  (`wsd_inference.continuous`); the answers at the head of the queue join at the next step whenever fewer than
+  `capacity` run, whatever their settings, and each leaves when it is done (continuous batching).
+- `LocalBackend` (in-process otherwise, and every other method): one engine thread decodes a batch at a
   time: the answer at the head of the queue and those right behind it that share its decoding settings, up to
   `batch_size` (dynamic batching; a batch runs until its last row is done). The pilot speculates for the base here.
   An answer's random stream is seeded by its own key, so it does not depend on its batch, in either.
