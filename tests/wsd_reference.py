@@ -1,6 +1,8 @@
 """A straightforward staged WSD, the way the authors' code runs it: draft everything, score everything in one
 forward pass, then re-prefill the base and continue. No caches, batch size 1. The engine must equal it."""
 
+import weakref
+
 import numpy as np
 import torch
 
@@ -63,11 +65,23 @@ def staged_wsd(pilot, base, messages, cfg):
     }
 
 
+_COMPLETIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (prompt, n) -> completion
+
+
 def _completion(model, prompt_text, n):
     """A text completion the way the authors' API calls get one, greedy: up to n tokens after the prompt, ending
     at the model's stop token; each token's text (decoded with the whole prompt; a stop token's is empty, and a
     token that ends inside a character has none: the character goes with the token that completes it), the
-    top-1 probability before it, and whether it stopped."""
+    top-1 probability before it, and whether it stopped. Remembered per model: a greedy completion is a function
+    of its prompt, and runs of the reference at two thresholds ask for many of the same (no cache in the loop)."""
+    seen = _COMPLETIONS.setdefault(model.model, {})
+    if (prompt_text, n) not in seen:
+        seen[prompt_text, n] = _complete(model, prompt_text, n)
+    texts, top1, finished = seen[prompt_text, n]
+    return list(texts), list(top1), finished
+
+
+def _complete(model, prompt_text, n):
     ids, out, texts, top1 = model.encode(prompt_text), [], [], []
     done = model.decode(ids)
     for _ in range(n):

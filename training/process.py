@@ -15,7 +15,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -71,7 +70,10 @@ def run_training(cfg: TrainConfig, run_dir: str | Path, *, poll_s: float = 5.0,
                                  stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent)
         try:
             while child.poll() is None:
-                time.sleep(poll_s)
+                try:
+                    child.wait(timeout=poll_s)  # back as soon as the trainer exits, not at the next tick
+                except subprocess.TimeoutExpired:
+                    pass
                 if on_poll is not None:
                     on_poll(progress(cfg))
         except BaseException:  # interrupted: the trainer must not run on unattended
