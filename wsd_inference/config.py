@@ -114,6 +114,11 @@ class SpeculationConfig(BaseConfig):
     def enabled(self) -> bool:
         return self.tokens != 0
 
+    @property
+    def given(self) -> bool:
+        """A k was given (--speculate K or the config's), not auto, not off."""
+        return self.enabled and not self.auto
+
     def settings(self) -> Speculation:
         first = AUTO_FIRST_K if self.auto else self.tokens
         return Speculation(first, self.max_tokens, self.min_acceptance, self.min_rounds, self.margin,
@@ -191,7 +196,7 @@ class WSDConfig(BaseConfig):
 
     @model_validator(mode="after")
     def _batching(self) -> "WSDConfig":
-        if self.batching == "continuous" and self.speculation.enabled and not self.speculation.auto:
+        if self.batching == "continuous" and self.speculation.given:
             raise ValueError(f"batching continuous does not speculate (speculation.tokens {self.speculation.tokens}):"
                              " batching static speculates, or speculation.tokens auto or 0")
         return self

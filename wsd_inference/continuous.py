@@ -1,8 +1,8 @@
 """Iteration-level (continuous) batching, in-process, as vLLM schedules: an answer joins the running batch at the
 next step and leaves it when it is done, its rows and their KV cache dropped at once, so a short answer never waits
 for a long one and a new request never waits for a batch to end. For WSD and the baselines where one model writes
-alone (`baselines.ALONE`: base_only, urial, pilot_only); `pilot wsd serve` and `pilot wsd generate` batch them so
-(`methods.continuous_batching`).
+alone (`baselines.ALONE`: base_only, urial, pilot_only); `pilot wsd serve` batches them so, and `pilot wsd generate
+--batching continuous` (`methods.continuous_batching`).
 
 One step (`ContinuousEngine.step`):
 1. the answers added since the last step are prefilled, in passes of their own (a new draft gets its first LEAD

@@ -187,8 +187,7 @@ def continuous_batching(method: Method, cfg: WSDConfig, remote: bool = False, se
         return False
     if cfg.batching == "continuous":  # WSDConfig refuses it beside a given k
         return True
-    asked = cfg.speculation.enabled and not cfg.speculation.auto  # a k given: --speculate K or the config's
-    return serving and cfg.batch_size > 1 and not (asked and method.speculates)
+    return serving and cfg.batch_size > 1 and not (cfg.speculation.given and method.speculates)
 
 
 def read_record(d: dict) -> MethodRecord:

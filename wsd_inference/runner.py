@@ -33,7 +33,7 @@ def served_at_all(method: Method, pilot: ModelSource, base: ModelSource, untuned
     if remote and not method.can_serve:
         raise UserError(f"method {method.name} runs on local models only for now (over a server: "
                         f"{', '.join(m.name for m in METHODS.values() if m.can_serve)})")
-    if remote and cfg.speculation.enabled and not cfg.speculation.auto:  # auto: the server's own business
+    if remote and cfg.speculation.given:  # auto: the server's own business
         raise UserError("speculation (--speculate) runs with an in-process base; a base on a vLLM server "
                         "speculates on the server: start it with --speculative-config '{\"method\": \"draft_model\", "
                         "\"model\": PILOT, \"num_speculative_tokens\": K}' (README, Speculative decoding)")
